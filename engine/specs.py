@@ -1,0 +1,529 @@
+"""Typed job specifications: dataclasses, validation, TOML presets, ``--set`` overrides.
+
+A spec is plain data. It is loaded from a TOML preset under ``configs/``,
+patched with ``key=value`` overrides (dotted paths such as ``optim.head_lr``),
+validated with messages that name the bad field, and stored as JSON in the
+jobs table so the worker rebuilds exactly what the user asked for.
+
+This module imports only the standard library: the console uses it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+from engine.errors import ConfigError
+
+# --- sections --------------------------------------------------------------------
+
+
+@dataclass
+class DataSection:
+    """Where the dataset is and which parts of it a job uses."""
+
+    root: str = ""
+    use_noisy: bool = False
+    #: Folder for decoded-waveform caches; empty = ``<root>/.fsat-cache``.
+    cache_dir: str = ""
+
+    def validate(self, path: str) -> None:
+        if not self.root:
+            raise ConfigError("the dataset root is required (pass --data DIR or set data.root)",
+                              field=f"{path}.root")
+
+
+@dataclass
+class AudioSection:
+    """Decoding and cropping (PANNs-aligned: 32 kHz, 10 s crops)."""
+
+    sample_rate: int = 32000
+    crop_seconds: float = 10.0
+    #: Probability that a clip shorter than the crop is loop-padded instead of zero-padded.
+    loop_pad_prob: float = 0.1
+    #: Extra crop lengths for multi-scale training (e.g. [5.0, 12.0]); each drawn with multiscale_prob.
+    multiscale_crops: list[float] = field(default_factory=list)
+    multiscale_prob: float = 0.2
+
+    def validate(self, path: str) -> None:
+        _positive(self.sample_rate, f"{path}.sample_rate")
+        _positive(self.crop_seconds, f"{path}.crop_seconds")
+        _prob(self.loop_pad_prob, f"{path}.loop_pad_prob")
+        _prob(self.multiscale_prob, f"{path}.multiscale_prob")
+        for i, s in enumerate(self.multiscale_crops):
+            _positive(s, f"{path}.multiscale_crops[{i}]")
+        if self.multiscale_prob * len(self.multiscale_crops) > 1.0:
+            raise ConfigError("multiscale_prob times the number of extra crops must be at most 1",
+                              field=f"{path}.multiscale_prob")
+
+
+@dataclass
+class FeaturesSection:
+    """Log-mel frontend (PANNs defaults; 128 or 256 mels for diversity models)."""
+
+    n_fft: int = 1024
+    hop_length: int = 320
+    win_length: int = 1024
+    n_mels: int = 64
+    fmin: float = 50.0
+    fmax: float = 16000.0
+    #: Standardised features are clamped to [-clamp, clamp].
+    clamp: float = 10.0
+
+    def validate(self, path: str) -> None:
+        for name in ("n_fft", "hop_length", "win_length", "n_mels", "clamp"):
+            _positive(getattr(self, name), f"{path}.{name}")
+        if self.win_length > self.n_fft:
+            raise ConfigError("must not exceed n_fft", field=f"{path}.win_length")
+        if not 0 <= self.fmin < self.fmax:
+            raise ConfigError(f"need 0 <= fmin < fmax, got fmin={self.fmin}, fmax={self.fmax}",
+                              field=f"{path}.fmin")
+
+
+MODEL_ARCHS = ("small", "cnn14", "resnet38")
+PRETRAINED_MODES = ("required", "optional", "none")
+
+
+@dataclass
+class ModelSection:
+    """Architecture and pretrained weights."""
+
+    arch: str = "small"
+    #: PANNs checkpoint path; empty = look in $FSAT_PANNS_DIR for the published file name.
+    checkpoint: str = ""
+    #: required: fail when the checkpoint is absent; optional: train from scratch then; none: never load.
+    pretrained: str = "required"
+    dropout: float = 0.5
+    init_head_from_audioset: bool = False
+    #: Base channel count of the compact ``small`` model.
+    width: int = 32
+
+    def validate(self, path: str) -> None:
+        _choice(self.arch, MODEL_ARCHS, f"{path}.arch")
+        _choice(self.pretrained, PRETRAINED_MODES, f"{path}.pretrained")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"must be in [0, 1), got {self.dropout}", field=f"{path}.dropout")
+        _positive(self.width, f"{path}.width")
+
+
+LOSS_NAMES = ("bce", "gce", "sce", "focal")
+
+
+@dataclass
+class LossSection:
+    """Loss function and label handling."""
+
+    name: str = "bce"
+    #: Smoothing on positives only: y -> y(1-e) + 0.5e.
+    label_smoothing: float = 0.0
+    #: Inverse square root of curated class frequency, normalised to mean 1.
+    class_weights: bool = False
+    gce_q: float = 0.7
+    sce_alpha: float = 1.0
+    sce_beta: float = 0.5
+    focal_gamma: float = 1.5
+
+    def validate(self, path: str) -> None:
+        _choice(self.name, LOSS_NAMES, f"{path}.name")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"must be in [0, 1), got {self.label_smoothing}", field=f"{path}.label_smoothing")
+        if not 0 < self.gce_q <= 1:
+            raise ConfigError(f"must be in (0, 1], got {self.gce_q}", field=f"{path}.gce_q")
+        _nonneg(self.focal_gamma, f"{path}.focal_gamma")
+
+
+@dataclass
+class OptimSection:
+    """AdamW with head/encoder parameter groups, warmup then cosine decay."""
+
+    head_lr: float = 2e-4
+    encoder_lr: float = 1e-4
+    weight_decay: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    #: Warmup length in epochs; ``warmup_steps`` > 0 overrides it.
+    warmup_epochs: float = 1.0
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 5.0
+    #: fp16 autocast with a grad scaler on CUDA.
+    amp: bool = True
+    #: bf16 autocast on CPU.
+    cpu_bf16: bool = False
+
+    def validate(self, path: str) -> None:
+        _positive(self.head_lr, f"{path}.head_lr")
+        _positive(self.encoder_lr, f"{path}.encoder_lr")
+        _nonneg(self.weight_decay, f"{path}.weight_decay")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"need two values in [0, 1), got {self.betas}", field=f"{path}.betas")
+        _nonneg(self.warmup_epochs, f"{path}.warmup_epochs")
+        _nonneg(self.warmup_steps, f"{path}.warmup_steps")
+        _prob(self.min_lr_ratio, f"{path}.min_lr_ratio")
+        _nonneg(self.grad_clip, f"{path}.grad_clip")
+
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class TrainSection:
+    """Epochs, batches, folds, early stopping, loader settings, seed and device."""
+
+    epochs: int = 20
+    #: A number, or "auto" for the largest batch that fits (found by trying).
+    batch_size: Union[int, str] = 32
+    patience: int = 3
+    n_folds: int = 5
+    #: Which folds to train (default: all).
+    folds: list[int] = field(default_factory=list)
+    fold_seed: int = 42
+    seed: int = 42
+    num_workers: int = 0
+    pin_memory: bool = False
+    prefetch_factor: int = 2
+    device: str = "auto"
+    #: Inverse-frequency class-balanced sampling of curated clips, capped at max_oversample.
+    balanced_sampler: bool = False
+    max_oversample: float = 5.0
+    #: Training steps per epoch (0 = one pass over the training fold).
+    steps_per_epoch: int = 0
+
+    def validate(self, path: str) -> None:
+        _positive(self.epochs, f"{path}.epochs")
+        if isinstance(self.batch_size, str):
+            if self.batch_size != "auto":
+                raise ConfigError(f"must be a positive number or \"auto\", got {self.batch_size!r}",
+                                  field=f"{path}.batch_size")
+        else:
+            _positive(self.batch_size, f"{path}.batch_size")
+        _nonneg(self.patience, f"{path}.patience")
+        if self.n_folds < 2:
+            raise ConfigError(f"need at least 2 folds, got {self.n_folds}", field=f"{path}.n_folds")
+        for i, k in enumerate(self.folds):
+            if not 0 <= k < self.n_folds:
+                raise ConfigError(f"fold {k} is outside 0..{self.n_folds - 1}", field=f"{path}.folds[{i}]")
+        _nonneg(self.num_workers, f"{path}.num_workers")
+        _positive(self.prefetch_factor, f"{path}.prefetch_factor")
+        _choice(self.device, DEVICES, f"{path}.device")
+        if self.max_oversample < 1:
+            raise ConfigError(f"must be at least 1, got {self.max_oversample}", field=f"{path}.max_oversample")
+        _nonneg(self.steps_per_epoch, f"{path}.steps_per_epoch")
+
+    def fold_list(self) -> list[int]:
+        """The folds to train, in order."""
+        return list(self.folds) if self.folds else list(range(self.n_folds))
+
+
+@dataclass
+class AugmentSection:
+    """Augmentations, each with its probability (0 = off) and range."""
+
+    gain_db: float = 6.0
+    gain_p: float = 0.0
+    noise_snr_db: list[float] = field(default_factory=lambda: [20.0, 30.0])
+    noise_p: float = 0.0
+    noise_colors: list[str] = field(default_factory=lambda: ["white", "pink"])
+    shift_s: float = 0.5
+    shift_p: float = 0.0
+    pitch_semitones: float = 2.0
+    pitch_p: float = 0.0
+    stretch: list[float] = field(default_factory=lambda: [0.9, 1.1])
+    stretch_p: float = 0.0
+    specaug_p: float = 0.0
+    freq_masks: int = 2
+    freq_width: int = 20
+    time_masks: int = 2
+    time_frac: float = 0.1
+    mixup_p: float = 0.0
+    mixup_alpha: float = 0.4
+
+    def validate(self, path: str) -> None:
+        for name in ("gain_p", "noise_p", "shift_p", "pitch_p", "stretch_p", "specaug_p", "mixup_p"):
+            _prob(getattr(self, name), f"{path}.{name}")
+        if len(self.noise_snr_db) != 2 or self.noise_snr_db[0] > self.noise_snr_db[1]:
+            raise ConfigError(f"need [low, high], got {self.noise_snr_db}", field=f"{path}.noise_snr_db")
+        if len(self.stretch) != 2 or not 0 < self.stretch[0] <= self.stretch[1]:
+            raise ConfigError(f"need [low, high] with 0 < low <= high, got {self.stretch}",
+                              field=f"{path}.stretch")
+        for i, c in enumerate(self.noise_colors):
+            _choice(c, ("white", "pink"), f"{path}.noise_colors[{i}]")
+        _prob(self.time_frac, f"{path}.time_frac")
+        _positive(self.mixup_alpha, f"{path}.mixup_alpha")
+
+    def any_wave(self) -> bool:
+        """True when some waveform augmentation is on."""
+        return any(p > 0 for p in (self.gain_p, self.noise_p, self.shift_p, self.pitch_p, self.stretch_p))
+
+
+# --- job specs -------------------------------------------------------------------
+
+
+@dataclass
+class TrainSpec:
+    """A 5-fold cross-validated training run."""
+
+    KIND: typing.ClassVar[str] = "train"
+    name: str = ""
+    data: DataSection = field(default_factory=DataSection)
+    audio: AudioSection = field(default_factory=AudioSection)
+    features: FeaturesSection = field(default_factory=FeaturesSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    loss: LossSection = field(default_factory=LossSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    augment: AugmentSection = field(default_factory=AugmentSection)
+
+
+SPEC_TYPES: dict[str, type] = {"train": TrainSpec}
+
+
+def register_spec(cls: type) -> type:
+    """Make a spec class known under its ``KIND`` (used by job modules that add kinds)."""
+    SPEC_TYPES[cls.KIND] = cls
+    return cls
+
+
+# --- conversion, validation ---------------------------------------------------------
+
+
+def to_dict(spec: Any) -> dict:
+    """A spec as plain JSON-able data."""
+    return dataclasses.asdict(spec)
+
+
+def spec_hash(spec: Any) -> str:
+    """A short hash of everything that changes results (the name is left out)."""
+    d = to_dict(spec)
+    d.pop("name", None)
+    blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def from_dict(cls: type, data: dict, *, path: str = "", source: object | None = None) -> Any:
+    """Build a (nested) spec dataclass from plain data, checking names and types.
+
+    Unknown keys and wrong types raise ConfigError naming the dotted field.
+    Section ``validate`` methods run afterwards.
+    """
+    obj = _build(cls, data, path, source)
+    validate(obj, source=source)
+    return obj
+
+
+def validate(spec: Any, *, source: object | None = None, path: str = "") -> None:
+    """Run every section's range checks; ConfigError names the field."""
+    for f in dataclasses.fields(spec):
+        value = getattr(spec, f.name)
+        sub = f"{path}.{f.name}" if path else f.name
+        if dataclasses.is_dataclass(value):
+            validate(value, source=source, path=sub)
+    if hasattr(spec, "validate"):
+        try:
+            spec.validate(path or spec.__class__.__name__)
+        except ConfigError as err:
+            if source is not None and err.file is None:
+                raise ConfigError(err.reason, field=err.field, file=source) from None
+            raise
+
+
+def _build(cls: type, data: Any, path: str, source: object | None) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a table of settings, got {type(data).__name__}",
+                          field=path or None, file=source)
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        sub = f"{path}.{key}" if path else key
+        if key == "kind" and not path:
+            kind = getattr(cls, "KIND", None)
+            if value != kind:
+                raise ConfigError(f"this preset is for {value!r} jobs, not {kind!r}", field="kind", file=source)
+            continue
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"unknown setting (known here: {known})", field=sub, file=source)
+        kwargs[key] = _coerce(hints[key], value, sub, source)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, path: str, source: object | None) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path, source)
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        errors = []
+        for option in get_args(tp):
+            try:
+                return _coerce(option, value, path, source)
+            except ConfigError as err:
+                errors.append(str(err))
+        names = " or ".join(_type_name(a) for a in get_args(tp))
+        raise ConfigError(f"expected {names}, got {value!r}", field=path, file=source)
+    if origin is list:
+        (item_type,) = get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"expected a list of {_type_name(item_type)}, got {value!r}", field=path, file=source)
+        return [_coerce(item_type, v, f"{path}[{i}]", source) for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"expected true or false, got {value!r}", field=path, file=source)
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"expected a whole number, got {value!r}", field=path, file=source)
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"expected a number, got {value!r}", field=path, file=source)
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"expected a string, got {value!r}", field=path, file=source)
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    return {int: "a whole number", float: "a number", str: "a string", bool: "true/false"}.get(
+        tp, getattr(tp, "__name__", str(tp)))
+
+
+def _positive(v: float, path: str) -> None:
+    if not v > 0:
+        raise ConfigError(f"must be positive, got {v}", field=path)
+
+
+def _nonneg(v: float, path: str) -> None:
+    if not v >= 0:
+        raise ConfigError(f"must not be negative, got {v}", field=path)
+
+
+def _prob(v: float, path: str) -> None:
+    if not 0 <= v <= 1:
+        raise ConfigError(f"must be a probability in [0, 1], got {v}", field=path)
+
+
+def _choice(v: str, options: tuple[str, ...], path: str) -> None:
+    if v not in options:
+        raise ConfigError(f"{v!r} is not one of {', '.join(options)}", field=path)
+
+
+# --- presets and overrides ------------------------------------------------------------
+
+
+def configs_dirs() -> list[Path]:
+    """Where presets are looked up: $FSAT_CONFIGS, ./configs, then the project's configs/."""
+    dirs = []
+    if os.environ.get("FSAT_CONFIGS"):
+        dirs.append(Path(os.environ["FSAT_CONFIGS"]))
+    dirs.append(Path.cwd() / "configs")
+    dirs.append(Path(__file__).resolve().parent.parent / "configs")
+    seen, out = set(), []
+    for d in dirs:
+        key = d.resolve() if d.exists() else d
+        if key not in seen:
+            seen.add(key)
+            out.append(d)
+    return out
+
+
+def list_presets() -> dict[str, Path]:
+    """Preset name -> file, first directory wins."""
+    found: dict[str, Path] = {}
+    for d in configs_dirs():
+        if d.is_dir():
+            for p in sorted(d.glob("*.toml")):
+                found.setdefault(p.stem, p)
+    return found
+
+
+def read_toml(path: Path | str) -> dict:
+    """Read a TOML file; a syntax error names the file and line."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError("no such config file", file=path) from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"not valid TOML: {err}", file=path) from None
+
+
+def preset_path(name: str) -> Path:
+    """The file of a named preset; ConfigError lists the known names."""
+    presets = list_presets()
+    if name not in presets:
+        known = ", ".join(sorted(presets)) or "none found"
+        raise ConfigError(f"unknown preset {name!r} (known: {known})", field="preset")
+    return presets[name]
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``a.b=value``; the value is read as TOML (numbers, booleans, lists) or else a string."""
+    if "=" not in text:
+        raise ConfigError(f"expected key=value, got {text!r}", field="--set")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"bad key in {text!r}", field="--set")
+    raw = raw.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Return a copy of ``data`` with ``key=value`` overrides applied at their dotted paths."""
+    out = json.loads(json.dumps(data))
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = out
+        for part in parts[:-1]:
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"{part!r} is a value, not a section", field=".".join(parts))
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+def resolve_spec(kind: str, *, preset: str | None = None, config: Path | str | None = None,
+                 overrides: list[str] | None = None, data_root: str | None = None) -> Any:
+    """Build a validated spec of ``kind`` from a preset or config file plus overrides."""
+    if kind not in SPEC_TYPES:
+        raise ConfigError(f"unknown job kind {kind!r} (known: {', '.join(SPEC_TYPES)})", field="kind")
+    cls = SPEC_TYPES[kind]
+    source: Path | None = None
+    data: dict = {}
+    if preset and config:
+        raise ConfigError("give either a preset or a config file, not both", field="preset")
+    if preset:
+        source = preset_path(preset)
+    elif config:
+        source = Path(config)
+    if source is not None:
+        data = read_toml(source)
+    if data_root:
+        data = apply_overrides(data, [f"data.root={json.dumps(str(Path(data_root).resolve()))}"])
+    data = apply_overrides(data, overrides or [])
+    return from_dict(cls, data, source=source)
+
+
+def spec_from_json(kind: str, data: dict) -> Any:
+    """Rebuild a spec stored in the jobs table."""
+    if kind not in SPEC_TYPES:
+        raise ConfigError(f"unknown job kind {kind!r}", field="kind")
+    return from_dict(SPEC_TYPES[kind], data)
