@@ -1,0 +1,1 @@
+"""Job implementations run by the worker in a child process."""

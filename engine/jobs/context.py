@@ -1,0 +1,98 @@
+"""What a job sees while it runs: its spec, store, run directory, progress and cancel checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.store import Job, Store
+
+
+class JobAborted(Exception):
+    """The job was cancelled, lost its lease, or its worker died: stop without recording."""
+
+
+@dataclass
+class JobContext:
+    """Handed to every job's ``run(ctx)``."""
+
+    store: Store
+    job: Job
+    worker_id: str
+    run_id: str
+    run_dir: Path
+    parent_pid: int = field(default_factory=os.getppid)
+    _last_check: float = 0.0
+
+    @property
+    def spec(self) -> dict:
+        """The job's spec as stored (plain data)."""
+        return self.job.spec
+
+    def progress(self, fraction: float, message: str = "") -> None:
+        """Report progress in [0, 1]; also checks that the job should go on."""
+        self.check()
+        self.store.set_progress(self.job.id, fraction, message)
+        print(f"{time.strftime('%H:%M:%S')} {fraction * 100:5.1f}% {message}", flush=True)
+
+    def check(self, every: float = 1.0) -> None:
+        """Raise JobAborted when the worker died, the job was cancelled or taken back.
+
+        Reads the database at most every ``every`` seconds.
+        """
+        if os.getppid() != self.parent_pid:
+            raise JobAborted("the worker process is gone")
+        now = time.monotonic()
+        if now - self._last_check < every:
+            return
+        self._last_check = now
+        job = self.store.get_job(self.job.id)
+        if job.cancel_requested:
+            raise JobAborted("cancel requested")
+        if job.status != "running" or job.worker_id != self.worker_id or job.attempts != self.job.attempts:
+            raise JobAborted("the job is no longer this worker's")
+
+    def log(self, text: str) -> None:
+        """A line in the job log."""
+        print(f"{time.strftime('%H:%M:%S')} {text}", flush=True)
+
+
+def environment_record() -> dict:
+    """Package versions and the project's git commit, recorded with every run."""
+    from importlib import metadata
+
+    versions = {"python": sys.version.split()[0]}
+    for pkg in ("torch", "torchaudio", "numpy", "librosa", "soundfile", "scikit-learn",
+                "iterative-stratification", "fsat-console"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def git_commit() -> str:
+    """The project's git commit (with ``-dirty`` when the tree has changes), or ''."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+        if not sha:
+            return ""
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def write_json(path: Path, data: object) -> None:
+    """Write JSON atomically (temp file, then rename)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)

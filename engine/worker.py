@@ -1,0 +1,205 @@
+"""The engine worker: a supervisor that runs queued jobs, one child process each.
+
+``python -m engine.worker [--db PATH] [--drain]``
+
+Loop: requeue jobs whose worker died, claim one job, run it in a child
+process (``python -m engine.jobs``), watch it (heartbeat, cancel flag, exit
+code), record the outcome, repeat. A crash or out-of-memory kill in a job
+never takes the worker down. SIGTERM/SIGINT stop the worker cleanly: the
+running job is stopped and put back in the queue, to resume later.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from engine.store import DEFAULT_LEASE_SECONDS, Job, Store, default_db_path, runs_root
+
+
+def run_id_for(job: Job) -> str:
+    """The run id a job writes to (stable across retries, so a requeued job resumes)."""
+    return job.run_id or f"{job.kind}-{job.id:04d}"
+
+
+def _set_parent_death_signal() -> None:  # pragma: no cover - runs in the child before exec
+    """Ask Linux to SIGKILL the child when the worker dies, so no orphan keeps training."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+class Worker:
+    """Claims and supervises jobs until stopped (or, with ``drain``, until the queue is empty)."""
+
+    def __init__(self, db_path: Path | str, *, drain: bool = False, poll: float = 1.0,
+                 lease: float = DEFAULT_LEASE_SECONDS, worker_id: str | None = None,
+                 grace: float = 5.0) -> None:
+        self.db_path = Path(db_path)
+        self.drain = drain
+        self.poll = poll
+        self.lease = lease
+        self.grace = grace
+        self.worker_id = worker_id or f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.store = Store(self.db_path)
+        self.stopping = False
+        self.child: subprocess.Popen | None = None
+
+    def request_stop(self, *_: object) -> None:
+        """Signal handler: finish the current step, stop the child, exit."""
+        self.stopping = True
+
+    def log(self, text: str) -> None:
+        """One line to stderr, prefixed with the time and worker id."""
+        print(f"{time.strftime('%H:%M:%S')} [{self.worker_id}] {text}", file=sys.stderr, flush=True)
+
+    def run(self) -> int:
+        """The supervisor loop; returns the process exit code."""
+        self.store.register_worker(self.worker_id)
+        self.log(f"started on {self.db_path}")
+        try:
+            while not self.stopping:
+                self.store.worker_heartbeat(self.worker_id)
+                for job_id in self.store.requeue_stale(self.lease):
+                    self.log(f"requeued job {job_id}: its worker stopped heartbeating")
+                job = self.store.claim(self.worker_id)
+                if job is None:
+                    # A running job may still come back (its worker may die), so
+                    # --drain waits until nothing is queued or running.
+                    if self.drain and not self.store.count_jobs("queued", "running"):
+                        self.log("queue empty, exiting (--drain)")
+                        break
+                    self._sleep(self.poll)
+                    continue
+                self.supervise(job)
+        finally:
+            self.store.worker_stopped(self.worker_id)
+            self.log("stopped")
+            self.store.close()
+        return 0
+
+    def _sleep(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while not self.stopping and time.monotonic() < end:
+            time.sleep(min(0.1, seconds))
+
+    def supervise(self, job: Job) -> None:
+        """Run one job in a child process and record how it ended."""
+        run_id = run_id_for(job)
+        run_dir = runs_root(self.db_path) / run_id
+        run_dir.mkdir(parents=True, exist_ok=True)
+        log_path = run_dir / "job.log"
+        self.log(f"job {job.id} ({job.kind} {job.name!r}) attempt {job.attempts} -> {run_dir}")
+        cmd = [sys.executable, "-m", "engine.jobs", "--db", str(self.db_path), "--job", str(job.id),
+               "--worker", self.worker_id, "--run-id", run_id, "--run-dir", str(run_dir)]
+        env = dict(os.environ)
+        # The job may be started from any directory; keep the project importable.
+        project = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = project + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        with open(log_path, "ab") as log:
+            log.write(f"\n=== job {job.id} attempt {job.attempts} worker {self.worker_id} "
+                      f"{time.strftime('%Y-%m-%d %H:%M:%S')} ===\n".encode())
+            log.flush()
+            self.child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                          preexec_fn=_set_parent_death_signal)
+        outcome = self._watch(job)
+        rc = self.child.returncode
+        self.child = None
+        if outcome == "cancelled":
+            self.store.mark_cancelled(job.id)
+            self.log(f"job {job.id} cancelled")
+            return
+        if outcome == "stopping":
+            self.store.release_job(job.id)
+            self.log(f"job {job.id} put back in the queue (worker stopping)")
+            return
+        if outcome == "lost":
+            self.log(f"job {job.id} is no longer ours (lease expired); child stopped")
+            return
+        final = self.store.get_job(job.id)
+        if final.status == "running":
+            # The child died without recording an outcome: a crash, a kill, out of memory.
+            how = f"killed by signal {-rc}" if rc is not None and rc < 0 else f"exited with code {rc}"
+            if rc is not None and -rc == signal.SIGKILL:
+                how += " (out of memory or killed)"
+            tail = _tail(log_path, 40)
+            self.store.fail_job(job.id, f"job process {how}; see {log_path}", tail)
+            self.log(f"job {job.id} failed: process {how}")
+        else:
+            self.log(f"job {job.id} {final.status}")
+
+    def _watch(self, job: Job) -> str:
+        """Wait for the child; returns finished | cancelled | stopping | lost."""
+        assert self.child is not None
+        beat_every = max(0.5, min(2.0, self.lease / 6))
+        last_beat = 0.0
+        while True:
+            try:
+                self.child.wait(timeout=0.25)
+                return "finished"
+            except subprocess.TimeoutExpired:
+                pass
+            if self.stopping:
+                self._stop_child()
+                return "stopping"
+            now = time.monotonic()
+            if now - last_beat >= beat_every:
+                last_beat = now
+                self.store.worker_heartbeat(self.worker_id)
+                if not self.store.heartbeat_job(job.id, self.worker_id):
+                    self._stop_child()
+                    return "lost"
+            if self.store.get_job(job.id).cancel_requested:
+                self._stop_child()
+                return "cancelled"
+
+    def _stop_child(self) -> None:
+        """SIGTERM, then SIGKILL after the grace period."""
+        assert self.child is not None
+        if self.child.poll() is not None:
+            return
+        self.child.terminate()
+        try:
+            self.child.wait(timeout=self.grace)
+        except subprocess.TimeoutExpired:
+            self.child.kill()
+            self.child.wait()
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m engine.worker``."""
+    ap = argparse.ArgumentParser(prog="python -m engine.worker", description=__doc__.splitlines()[0])
+    ap.add_argument("--db", type=Path, default=None, help="database (default $FSAT_DB or ./experiments.db)")
+    ap.add_argument("--drain", action="store_true",
+                    help="exit when no job is queued or running")
+    ap.add_argument("--poll", type=float, default=1.0, help="seconds between queue polls when idle")
+    ap.add_argument("--lease", type=float, default=float(os.environ.get("FSAT_LEASE", DEFAULT_LEASE_SECONDS)),
+                    help="seconds without heartbeat after which a running job is requeued")
+    args = ap.parse_args(argv)
+    worker = Worker(args.db or default_db_path(), drain=args.drain, poll=args.poll, lease=args.lease)
+    signal.signal(signal.SIGTERM, worker.request_stop)
+    signal.signal(signal.SIGINT, worker.request_stop)
+    return worker.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

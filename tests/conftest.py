@@ -1,0 +1,67 @@
+"""Shared fixtures: a real database file, real worker subprocesses, a tiny real demo dataset."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    """A fresh database path in the test's folder (runs/ goes beside it)."""
+    return tmp_path / "experiments.db"
+
+
+def worker_cmd(db: Path, *extra: str) -> list[str]:
+    """The command line of a real worker process."""
+    return [sys.executable, "-m", "engine.worker", "--db", str(db), "--poll", "0.2", *extra]
+
+
+@pytest.fixture
+def spawn_worker():
+    """Start worker subprocesses; every one still alive is killed at the end of the test."""
+    procs: list[subprocess.Popen] = []
+
+    def spawn(db: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
+        full_env = dict(os.environ, **(env or {}))
+        full_env["PYTHONPATH"] = str(PROJECT) + os.pathsep + full_env.get("PYTHONPATH", "")
+        log = open(db.parent / f"worker-{len(procs)}.log", "ab")
+        proc = subprocess.Popen(worker_cmd(db, *extra), stdout=log, stderr=subprocess.STDOUT, env=full_env,
+                                cwd=db.parent, start_new_session=True)
+        procs.append(proc)
+        return proc
+
+    yield spawn
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):
+    """Poll ``predicate`` until it returns a truthy value; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory) -> Path:
+    """A small demo dataset in the Kaggle layout, written once per test session."""
+    from engine.data.demo import write_demo_dataset
+
+    root = tmp_path_factory.mktemp("demo") / "demo_data"
+    write_demo_dataset(root, seed=1, clips_per_class=6, noisy_per_class=1, test_per_class=1)
+    return root
