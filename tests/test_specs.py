@@ -1,0 +1,97 @@
+"""Job specs: presets, overrides, validation messages that name the field."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from engine.errors import ConfigError
+from engine.specs import (TrainSpec, apply_overrides, list_presets, parse_override, resolve_spec, spec_from_json,
+                          spec_hash, to_dict)
+
+
+def test_every_shipped_preset_resolves():
+    presets = list_presets()
+    assert "demo" in presets
+    for name in presets:
+        spec = resolve_spec("train", preset=name, data_root="/data/fsd")
+        assert spec.data.root == str(Path("/data/fsd").resolve())
+
+
+def test_overrides_parse_as_toml_values():
+    assert parse_override("train.epochs=3") == (["train", "epochs"], 3)
+    assert parse_override("train.folds=[0, 2]") == (["train", "folds"], [0, 2])
+    assert parse_override("model.arch=cnn14") == (["model", "arch"], "cnn14")
+    assert parse_override("optim.amp=false") == (["optim", "amp"], False)
+    spec = resolve_spec("train", preset="demo", data_root="/d",
+                        overrides=["train.epochs=3", "train.folds=[0]", "optim.head_lr=1e-3"])
+    assert spec.train.epochs == 3 and spec.train.fold_list() == [0] and spec.optim.head_lr == 1e-3
+
+
+@pytest.mark.parametrize("override, field, words", [
+    ("train.epochs=abc", "train.epochs", "whole number"),
+    ("train.epochs=0", "train.epochs", "positive"),
+    ("model.arch=vgg", "model.arch", "not one of"),
+    ("augment.mixup_p=1.5", "augment.mixup_p", "probability"),
+    ("train.folds=[7]", "train.folds[0]", "outside"),
+    ("train.batch_size=large", "train.batch_size", "auto"),
+    ("optim.betas=[0.9]", "optim.betas", "two values"),
+    ("nosuch.key=1", "nosuch", "unknown setting"),
+    ("train.nosuch=1", "train.nosuch", "unknown setting"),
+])
+def test_bad_fields_are_named(override: str, field: str, words: str):
+    with pytest.raises(ConfigError) as info:
+        resolve_spec("train", preset="demo", data_root="/d", overrides=[override])
+    assert info.value.field == field
+    assert words in str(info.value) and field in str(info.value)
+
+
+def test_bad_config_file_names_file(tmp_path: Path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nepochs = = 3\n")
+    with pytest.raises(ConfigError, match="bad.toml: not valid TOML"):
+        resolve_spec("train", config=bad, data_root="/d")
+    typo = tmp_path / "typo.toml"
+    typo.write_text("[train]\nepoch = 3\n")
+    with pytest.raises(ConfigError) as info:
+        resolve_spec("train", config=typo, data_root="/d")
+    assert "typo.toml" in str(info.value) and info.value.field == "train.epoch"
+    with pytest.raises(ConfigError, match="unknown preset 'nope'"):
+        resolve_spec("train", preset="nope", data_root="/d")
+
+
+def test_missing_data_root_is_named():
+    with pytest.raises(ConfigError) as info:
+        resolve_spec("train", preset="demo")
+    assert info.value.field == "data.root"
+
+
+def test_json_roundtrip_and_hash():
+    spec = resolve_spec("train", preset="demo", data_root="/d", overrides=["train.seed=7"])
+    again = spec_from_json("train", json.loads(json.dumps(to_dict(spec))))
+    assert again == spec
+    assert spec_hash(again) == spec_hash(spec)
+    renamed = spec_from_json("train", {**to_dict(spec), "name": "other"})
+    assert spec_hash(renamed) == spec_hash(spec), "the name does not change results"
+    reseeded = resolve_spec("train", preset="demo", data_root="/d", overrides=["train.seed=8"])
+    assert spec_hash(reseeded) != spec_hash(spec)
+
+
+def test_apply_overrides_does_not_mutate_and_rejects_value_as_section():
+    base = {"train": {"epochs": 2}}
+    out = apply_overrides(base, ["train.epochs=5"])
+    assert base["train"]["epochs"] == 2 and out["train"]["epochs"] == 5
+    with pytest.raises(ConfigError, match="is a value, not a section"):
+        apply_overrides({"name": "x"}, ["name.sub=1"])
+
+
+def test_defaults_follow_the_recipe():
+    spec = TrainSpec()
+    assert (spec.audio.sample_rate, spec.audio.crop_seconds) == (32000, 10.0)
+    assert (spec.features.n_fft, spec.features.hop_length, spec.features.n_mels) == (1024, 320, 64)
+    assert (spec.features.fmin, spec.features.fmax) == (50.0, 16000.0)
+    assert (spec.optim.head_lr, spec.optim.encoder_lr, spec.optim.weight_decay) == (2e-4, 1e-4, 1e-4)
+    assert (spec.train.n_folds, spec.train.fold_seed, spec.train.patience) == (5, 42, 3)
+    assert spec.optim.grad_clip == 5.0
