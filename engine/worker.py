@@ -158,11 +158,20 @@ class Worker:
                 last_beat = now
                 self.store.worker_heartbeat(self.worker_id)
                 if not self.store.heartbeat_job(job.id, self.worker_id):
+                    # Either the child just recorded the outcome (the job left
+                    # 'running') or the lease was given to another worker.
+                    if self.child.poll() is not None or self._recorded_by_child(job.id):
+                        self.child.wait()
+                        return "finished"
                     self._stop_child()
                     return "lost"
             if self.store.get_job(job.id).cancel_requested:
                 self._stop_child()
                 return "cancelled"
+
+    def _recorded_by_child(self, job_id: int) -> bool:
+        job = self.store.get_job(job_id)
+        return job.status in ("done", "failed") and job.worker_id == self.worker_id
 
     def _stop_child(self) -> None:
         """SIGTERM, then SIGKILL after the grace period."""
