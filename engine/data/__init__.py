@@ -1,0 +1,1 @@
+"""Dataset layout, labels, folds, audio decoding and the demo dataset."""
