@@ -1,0 +1,1 @@
+"""Log-mel frontend and augmentations (torch)."""

@@ -1,0 +1,1 @@
+"""Losses, optimiser schedules and the per-fold training loop."""
