@@ -1,0 +1,569 @@
+"""Ensembling of out-of-fold and test scores: per-class rank averaging, weights,
+rank-to-probability calibration and greedy member selection.
+
+numpy only (the console imports this module and must not pull in torch, sklearn
+or scipy). Arrays are ``[n_clips, n_classes]``, one column per class in
+``sample_submission.csv`` order.
+
+Scale of test ranks. Each member's test scores are ranked against that
+member's own out-of-fold (OOF) column (``rank_against``), not among the test
+rows: a test clip's rank then means "the fraction of curated clips this model
+scored lower", the same quantity as on the OOF rows, whatever the size or class
+mix of the test set. The OOF rows go through the same function with themselves
+as reference, so OOF and test ranks are on one scale by construction.
+
+Rank to probability. The averaged ranks are mapped back to probabilities per
+class (``RankCalibrator``): min-max to [0, 1] over the OOF rows, an affine
+squeeze into [eps, 1 - eps], then ``sigmoid(logit(r) / tau_c)`` with one
+temperature per class fitted by BCE on the OOF truth. Every step is strictly
+increasing, so ties are kept and no new ties appear; values beyond the OOF
+range continue on a bounded tail instead of being clipped. A temperature
+alone cannot move the median-ranked clip away from p = 0.5, so for rare
+classes the BCE fit flattens the map (large tau): the outputs are valid
+probabilities for the submission, not base-rate calibrated ones, and because
+the temperatures differ per class they change the order of classes within a
+clip, hence LWLRAP (``BlendResult.raw_oof_lwlrap`` keeps the uncalibrated
+score for comparison).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from engine.metrics import lwlrap, per_class_lwlrap
+
+__all__ = [
+    "BlendResult",
+    "Member",
+    "RankCalibrator",
+    "blend",
+    "greedy_forward_selection",
+    "rank_against",
+    "rank_average",
+    "rank_normalise",
+    "weights_from_cv",
+]
+
+METHODS = ("rank", "mean")
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _as_score_matrix(scores: np.ndarray, what: str) -> np.ndarray:
+    """A finite float64 ``[n, C]`` view of ``scores`` or a ValueError naming ``what``."""
+    array = np.asarray(scores, dtype=np.float64)
+    if array.ndim != 2:
+        raise ValueError(f"{what} must be a 2-D [clips, classes] array, got shape {array.shape}")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"{what} is empty (shape {array.shape})")
+    if not np.isfinite(array).all():
+        row, col = np.argwhere(~np.isfinite(array))[0]
+        raise ValueError(f"{what} holds NaN or inf at row {row}, class {col}")
+    return array
+
+
+def _as_truth(truth: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A 0/1 float truth matrix of ``shape`` or a ValueError saying what is wrong."""
+    array = np.asarray(truth)
+    if array.shape != shape:
+        raise ValueError(f"truth has shape {array.shape}, which does not match the OOF scores {shape}")
+    array = array.astype(np.float64)
+    if not np.isin(array, (0.0, 1.0)).all():
+        raise ValueError("truth must hold only 0 and 1")
+    return array
+
+
+def _normalised_weights(weights: Sequence[float], n_members: int) -> np.ndarray:
+    """Weights checked (one per member, finite, non-negative, not all zero) and scaled to sum 1."""
+    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    if w.size != n_members:
+        raise ValueError(f"got {w.size} weights for {n_members} members; give one weight per member")
+    if not np.isfinite(w).all():
+        raise ValueError(f"weights must be finite numbers, got {w.tolist()}")
+    if (w < 0).any():
+        bad = int(np.flatnonzero(w < 0)[0])
+        raise ValueError(f"weight of member {bad} is negative ({w[bad]}); weights must be >= 0")
+    total = w.sum()
+    if total <= 0:
+        raise ValueError("all weights are zero; give at least one member a positive weight")
+    return w / total
+
+
+# --------------------------------------------------------------------------- ranks
+
+
+def rank_normalise(scores: np.ndarray) -> np.ndarray:
+    """Per class (column), the rows' ranks scaled to [0, 1].
+
+    Ties get their average rank, so equal scores stay equal and distinct scores
+    stay distinct; the lowest score maps to 0 and the highest to 1. A single
+    row maps to 0.5.
+    """
+    x = _as_score_matrix(scores, "scores")
+    n = x.shape[0]
+    if n == 1:
+        return np.full_like(x, 0.5)
+    order = np.argsort(x, axis=0, kind="stable")
+    ordered = np.take_along_axis(x, order, axis=0)
+    position = np.broadcast_to(np.arange(n)[:, None], x.shape)
+    # A tie group spans [first, last] positions in sorted order; its members share
+    # the mean of those positions.
+    starts = np.ones(x.shape, dtype=bool)
+    starts[1:] = ordered[1:] != ordered[:-1]
+    ends = np.ones(x.shape, dtype=bool)
+    ends[:-1] = starts[1:]
+    first = np.maximum.accumulate(np.where(starts, position, 0), axis=0)
+    last = np.minimum.accumulate(np.where(ends, position, n - 1)[::-1], axis=0)[::-1]
+    ranks = np.empty_like(x)
+    np.put_along_axis(ranks, order, (first + last) / (2.0 * (n - 1)), axis=0)
+    return ranks
+
+
+def rank_average(members: Sequence[np.ndarray], weights: Sequence[float] | None = None) -> np.ndarray:
+    """Weighted per-class rank average of score matrices of one shape.
+
+    Each member is rank-normalised per class (``rank_normalise``) and the ranks
+    are averaged with ``weights`` scaled to sum 1 (equal weights when None).
+    The result lies in [0, 1].
+    """
+    if len(members) == 0:
+        raise ValueError("rank_average needs at least one member")
+    matrices = [_as_score_matrix(m, f"member {i}") for i, m in enumerate(members)]
+    shape = matrices[0].shape
+    for i, m in enumerate(matrices[1:], start=1):
+        if m.shape != shape:
+            raise ValueError(f"member {i} has shape {m.shape}, which does not match member 0 {shape}")
+    w = (np.full(len(matrices), 1.0 / len(matrices)) if weights is None
+         else _normalised_weights(weights, len(matrices)))
+    out = np.zeros(shape)
+    for wk, m in zip(w, matrices):
+        if wk > 0:
+            out += wk * rank_normalise(m)
+    return out
+
+
+def weights_from_cv(cv_lwlraps: Sequence[float]) -> np.ndarray:
+    """Member weights proportional to their CV LWLRAP, scaled to sum 1."""
+    scores = np.asarray(cv_lwlraps, dtype=np.float64).reshape(-1)
+    if scores.size == 0:
+        raise ValueError("weights_from_cv needs at least one CV LWLRAP")
+    if not np.isfinite(scores).all() or (scores < 0).any():
+        raise ValueError(f"CV LWLRAP values must be finite and >= 0, got {scores.tolist()}")
+    if scores.sum() <= 0:
+        raise ValueError("every CV LWLRAP is zero; weights cannot be proportional to them")
+    return scores / scores.sum()
+
+
+def rank_against(reference: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Per class, where each score falls in the reference column's distribution, in (0, 1).
+
+    For a value equal to a reference value this is the fraction of reference
+    values below it plus half the fraction equal to it (the mid-rank; so
+    ``rank_against(r, r)`` is an affine map of ``rank_normalise(r)`` per class).
+    Between neighbouring distinct reference values it interpolates linearly.
+    Below the smallest and above the largest reference value it continues
+    towards 0 and 1 on hyperbolic tails, ``level / (1 + distance / range)``
+    (mirrored at the top), so the map is strictly increasing everywhere:
+    distinct scores never collide (up to float64 resolution) and equal scores
+    stay equal.
+
+    ``reference`` is ``[m, C]`` (out-of-fold scores), ``scores`` is ``[n, C]``.
+    """
+    ref = _as_score_matrix(reference, "reference")
+    x = _as_score_matrix(scores, "scores")
+    if ref.shape[1] != x.shape[1]:
+        raise ValueError(f"scores have {x.shape[1]} classes but the reference has {ref.shape[1]}")
+    m = ref.shape[0]
+    # Work class-major (contiguous rows per class) so the sorts and searches are cache friendly.
+    knots = np.sort(np.ascontiguousarray(ref.T), axis=1)                      # [C, m]
+    query_order = np.argsort(np.ascontiguousarray(x.T), axis=1)               # [C, n]
+    queries = np.take_along_axis(x.T, query_order, axis=1)
+    # Counts of reference values below / at-or-below each query: one C-level
+    # binary search per class on sorted queries (the loop runs over classes).
+    below = np.empty(queries.shape, dtype=np.int64)
+    at_or_below = np.empty(queries.shape, dtype=np.int64)
+    for c in range(knots.shape[0]):
+        below[c] = np.searchsorted(knots[c], queries[c], side="left")
+        at_or_below[c] = np.searchsorted(knots[c], queries[c], side="right")
+
+    # Tie groups of the sorted reference: group_start[j] / group_stop[j] bound
+    # the run of values equal to knots[j]; its mid-rank level is their mean / m.
+    position = np.broadcast_to(np.arange(m), knots.shape)
+    starts = np.ones(knots.shape, dtype=bool)
+    starts[:, 1:] = knots[:, 1:] != knots[:, :-1]
+    stops = np.ones(knots.shape, dtype=bool)
+    stops[:, :-1] = starts[:, 1:]
+    group_start = np.maximum.accumulate(np.where(starts, position, 0), axis=1)
+    group_stop = np.minimum.accumulate(np.where(stops, position, m - 1)[:, ::-1], axis=1)[:, ::-1] + 1
+
+    def take(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        return np.take_along_axis(a, np.clip(idx, 0, m - 1), axis=1)
+
+    # Interior: linear between the mid-rank levels of the neighbouring distinct values.
+    lo_value = take(knots, below - 1)
+    hi_value = take(knots, below)
+    lo_level = (take(group_start, below - 1) + below) / (2.0 * m)
+    hi_level = (below + take(group_stop, below)) / (2.0 * m)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frac = (queries - lo_value) / (hi_value - lo_value)
+    levels = lo_level + frac * (hi_level - lo_level)
+    # Equal to a reference value: its mid-rank.
+    levels = np.where(at_or_below > below, (below + at_or_below) / (2.0 * m), levels)
+
+    # Tails: hyperbolic approach to 0 and 1, continuous at the extreme values.
+    # An exponential tail would round to exactly 1.0 some 37 ranges past the
+    # end; this one keeps distinct values apart out to ~1e12 ranges.
+    first, last = knots[:, :1], knots[:, -1:]
+    span = last - first
+    scale = np.where(span > 0, span, np.maximum(np.abs(first), 1.0))
+    first_level = group_stop[:, :1] / (2.0 * m)
+    last_level = (group_start[:, -1:] + m) / (2.0 * m)
+    under = first_level / (1.0 + np.maximum(first - queries, 0.0) / scale)
+    over = 1.0 - (1.0 - last_level) / (1.0 + np.maximum(queries - last, 0.0) / scale)
+    levels = np.where(queries < first, under, levels)
+    levels = np.where(queries > last, over, levels)
+
+    out = np.empty(queries.shape)
+    np.put_along_axis(out, query_order, levels, axis=1)
+    return np.ascontiguousarray(out.T)
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def _log_sigmoid(w: np.ndarray) -> np.ndarray:
+    """log(sigmoid(w)) without overflow for any w."""
+    return -np.logaddexp(0.0, -w)
+
+
+class RankCalibrator:
+    """Per-class map from averaged ranks to probabilities, fitted on OOF rows.
+
+    Per class c: ``r = (x - min_c) / (max_c - min_c)`` over the OOF rows, an
+    affine squeeze ``q = eps + (1 - 2 eps) r`` (a squeeze, not a clip, so no
+    ties appear), then ``p = sigmoid(w)`` with ``w = logit(q) / tau_c``.
+    ``tau_c`` minimises the mean BCE on the OOF truth over ``[tau_min,
+    tau_max]``; classes without positives keep ``tau = 1``, and if the search
+    cannot beat ``tau = 1`` it keeps 1, so ``bce_after_ <= bce_before_``
+    always holds.
+
+    Beyond the OOF range (test rows) ``w`` continues from its edge value with
+    the same slope and bends towards ``+-W_MAX`` (a hyperbolic squash), so the
+    map stays strictly increasing and continuous instead of clipping. ``W_MAX
+    = 30`` keeps ``1 - p`` above 1e-13, well clear of float64's resolution
+    near 1, so distinct values keep distinct probabilities.
+
+    Attributes after ``fit``: ``min_``, ``max_``, ``taus_``, ``bce_before_``
+    (per class, tau = 1), ``bce_after_`` (per class, fitted tau).
+    """
+
+    W_MAX = 30.0
+
+    def __init__(self, eps: float = 1e-3, tau_min: float = 0.25, tau_max: float = 64.0,
+                 max_iter: int = 50) -> None:
+        """``eps`` sets the squeeze; taus are searched in ``[tau_min, tau_max]``.
+
+        ``logit(1 - eps) / tau_min`` must stay below ``W_MAX`` so that the
+        top-ranked OOF clips keep distinct probabilities and the tails have
+        room; the defaults give 27.6.
+        """
+        if not 0.0 < eps < 0.5:
+            raise ValueError(f"eps must lie in (0, 0.5), got {eps}")
+        if not 0.0 < tau_min <= 1.0 <= tau_max:
+            raise ValueError(f"need 0 < tau_min <= 1 <= tau_max, got {tau_min}, {tau_max}")
+        if np.log((1.0 - eps) / eps) / tau_min >= 0.95 * self.W_MAX:
+            raise ValueError(f"eps={eps} with tau_min={tau_min} pushes probabilities to 1.0 in float64; "
+                             "raise eps or tau_min")
+        self.eps = eps
+        self.tau_min = tau_min
+        self.tau_max = tau_max
+        self.max_iter = max_iter
+
+    # ----------------------------------------------------------------- maps
+
+    def _unit(self, x: np.ndarray) -> np.ndarray:
+        """Rank averages min-max normalised per class with the OOF min/max (beyond [0, 1] off-range)."""
+        return (x - self.min_) / (self.max_ - self.min_)
+
+    def _logit_q(self, r: np.ndarray) -> np.ndarray:
+        """logit of the squeezed rank for r in [0, 1]."""
+        q = self.eps + (1.0 - 2.0 * self.eps) * r
+        return np.log(q) - np.log1p(-q)
+
+    @staticmethod
+    def _bce(z: np.ndarray, y: np.ndarray, a: np.ndarray) -> np.ndarray:
+        """Mean BCE per class of sigmoid(a_c * z) against y."""
+        w = z * a
+        return np.mean(np.logaddexp(0.0, w) - y * w, axis=0)
+
+    # ----------------------------------------------------------------- fit
+
+    def fit(self, oof_rank_avg: np.ndarray, truth: np.ndarray) -> "RankCalibrator":
+        """Store the per-class OOF min/max and fit one temperature per class by BCE."""
+        x = _as_score_matrix(oof_rank_avg, "oof_rank_avg")
+        y = _as_truth(truth, x.shape)
+        lo = x.min(axis=0)
+        hi = x.max(axis=0)
+        flat = hi <= lo
+        # A constant column has no range to normalise; centre it at r = 0.5.
+        self.min_ = np.where(flat, lo - 0.5, lo)
+        self.max_ = np.where(flat, hi + 0.5, hi)
+        z = self._logit_q(self._unit(x))
+
+        # BCE of sigmoid(a z) is convex in a = 1 / tau, so its derivative is
+        # increasing: a bracketed, safeguarded Newton search finds the root for
+        # all classes at once. In-sample |a z| <= logit(1 - eps) / tau_min < W_MAX,
+        # so the plain sigmoid below cannot overflow.
+        n_classes = x.shape[1]
+        a_min, a_max = 1.0 / self.tau_max, 1.0 / self.tau_min
+        a = np.ones(n_classes)
+        has_positive = y.sum(axis=0) > 0
+
+        def grad_hess(cols: np.ndarray, a_cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            zc = z[:, cols]
+            p = 1.0 / (1.0 + np.exp(-zc * a_cols))
+            return np.mean((p - y[:, cols]) * zc, axis=0), np.mean(p * (1.0 - p) * zc * zc, axis=0)
+
+        cols = np.flatnonzero(has_positive)
+        if cols.size:
+            g_lo, _ = grad_hess(cols, np.full(cols.size, a_min))
+            g_hi, _ = grad_hess(cols, np.full(cols.size, a_max))
+            # A derivative of one sign over the whole interval puts the minimum on a bound.
+            a[cols[g_lo >= 0]] = a_min
+            a[cols[g_hi <= 0]] = a_max
+            cols = cols[(g_lo < 0) & (g_hi > 0)]
+        bracket_lo = np.full(cols.size, a_min)
+        bracket_hi = np.full(cols.size, a_max)
+        for _ in range(self.max_iter):
+            if cols.size == 0:
+                break
+            a_cols = a[cols]
+            g, h = grad_hess(cols, a_cols)
+            bracket_lo = np.where(g < 0, a_cols, bracket_lo)
+            bracket_hi = np.where(g > 0, a_cols, bracket_hi)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                newton = a_cols - g / h
+            # Newton steps that leave the bracket fall back to bisection, in log
+            # space because the bracket spans a factor of tau_max / tau_min.
+            ok = (h > 0) & (newton > bracket_lo) & (newton < bracket_hi)
+            a_next = np.where(ok, newton, np.sqrt(bracket_lo * bracket_hi))
+            a[cols] = a_next
+            # Classes that have converged drop out of the remaining iterations.
+            going = np.abs(a_next - a_cols) > 1e-9 * a_cols
+            cols, bracket_lo, bracket_hi = cols[going], bracket_lo[going], bracket_hi[going]
+
+        self.bce_before_ = self._bce(z, y, np.ones(n_classes))
+        after = self._bce(z, y, a)
+        # tau = 1 lies in the search interval; keep it whenever the search did not beat it.
+        keep_one = ~has_positive | ~(after <= self.bce_before_)
+        a = np.where(keep_one, 1.0, a)
+        self.taus_ = 1.0 / a
+        self.bce_after_ = np.where(keep_one, self.bce_before_, after)
+        return self
+
+    def transform(self, rank_avg: np.ndarray) -> np.ndarray:
+        """Probabilities in [0, 1], strictly increasing in ``rank_avg`` per class."""
+        if not hasattr(self, "taus_"):
+            raise ValueError("RankCalibrator.transform called before fit")
+        x = _as_score_matrix(rank_avg, "rank_avg")
+        if x.shape[1] != self.taus_.size:
+            raise ValueError(f"rank_avg has {x.shape[1]} classes but the calibrator was fitted "
+                             f"on {self.taus_.size}")
+        eps = self.eps
+        r = self._unit(x)
+        w = self._logit_q(np.clip(r, 0.0, 1.0)) / self.taus_
+        # Tails: w(edge + d) = w_edge + s d / (1 + s d / room), which leaves the
+        # edge with slope s (the in-range slope there) and never exceeds W_MAX.
+        w_edge = np.log((1.0 - eps) / eps) / self.taus_
+        slope = (1.0 - 2.0 * eps) / (eps * (1.0 - eps)) / self.taus_
+        room = self.W_MAX - w_edge
+        d_high = slope * np.maximum(r - 1.0, 0.0)
+        d_low = slope * np.maximum(-r, 0.0)
+        w = np.where(r > 1.0, w_edge + d_high / (1.0 + d_high / room), w)
+        w = np.where(r < 0.0, -w_edge - d_low / (1.0 + d_low / room), w)
+        return np.exp(_log_sigmoid(w))
+
+    def fit_transform(self, oof_rank_avg: np.ndarray, truth: np.ndarray) -> np.ndarray:
+        """``fit`` then ``transform`` on the same OOF rows."""
+        return self.fit(oof_rank_avg, truth).transform(oof_rank_avg)
+
+
+# --------------------------------------------------------------------------- blends
+
+
+@dataclass
+class Member:
+    """One model (a run) in an ensemble: its OOF scores in curated order and its test scores."""
+
+    name: str
+    oof: np.ndarray
+    test: np.ndarray | None = None
+    cv_lwlrap: float | None = None
+
+
+@dataclass
+class BlendResult:
+    """A blend's outputs and scores.
+
+    ``oof`` / ``test`` are probabilities when calibrated, otherwise blended
+    ranks ('rank') or blended probabilities ('mean'). ``oof_lwlrap`` and
+    ``per_class`` / ``class_weights`` score ``oof``; ``raw_oof_lwlrap`` scores
+    the blend before calibration. The two differ: LWLRAP compares classes
+    within a clip, and per-class temperatures change that order even though
+    each class's own order is kept.
+    """
+
+    oof: np.ndarray
+    test: np.ndarray | None
+    weights: np.ndarray
+    oof_lwlrap: float
+    per_class: np.ndarray
+    class_weights: np.ndarray
+    method: str
+    calibrator: RankCalibrator | None
+    raw_oof_lwlrap: float = field(default=float("nan"))
+
+
+def _check_members(members: Sequence[Member], truth: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Validate members against the truth; return the truth as floats and whether all have test scores."""
+    if len(members) == 0:
+        raise ValueError("an ensemble needs at least one member")
+    first = np.asarray(members[0].oof)
+    if first.ndim != 2:
+        raise ValueError(f"member 0 ({members[0].name}) OOF must be 2-D, got shape {first.shape}")
+    y = _as_truth(truth, first.shape)
+    test_shape = None
+    has_test = all(m.test is not None for m in members)
+    for i, m in enumerate(members):
+        oof = np.asarray(m.oof)
+        if oof.shape != y.shape:
+            raise ValueError(f"member {i} ({m.name}) OOF has shape {oof.shape}, which does not match "
+                             f"the truth {y.shape}; OOF scores must be in curated order over every clip")
+        if has_test:
+            test = np.asarray(m.test)
+            if test.ndim != 2 or test.shape[1] != y.shape[1]:
+                raise ValueError(f"member {i} ({m.name}) test scores have shape {test.shape}; "
+                                 f"expected [n_test, {y.shape[1]}]")
+            if test_shape is None:
+                test_shape = test.shape
+            elif test.shape != test_shape:
+                raise ValueError(f"member {i} ({m.name}) test scores have shape {test.shape}, which does "
+                                 f"not match member 0 {test_shape}")
+    return y, has_test
+
+
+def _member_weights(members: Sequence[Member], weights: Sequence[float] | None) -> np.ndarray:
+    """Explicit weights normalised; else proportional to CV LWLRAP when all are known; else equal."""
+    if weights is not None:
+        return _normalised_weights(weights, len(members))
+    cvs = [m.cv_lwlrap for m in members]
+    if all(cv is not None for cv in cvs):
+        return weights_from_cv(cvs)
+    return np.full(len(members), 1.0 / len(members))
+
+
+def _member_scales(member: Member, index: int, method: str, with_test: bool
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
+    """A member's OOF and test scores on the scale the blend averages (OOF-referenced ranks or raw)."""
+    oof = _as_score_matrix(member.oof, f"member {index} ({member.name}) OOF")
+    test = (_as_score_matrix(member.test, f"member {index} ({member.name}) test")
+            if with_test else None)
+    if method == "mean":
+        return oof, test
+    return rank_against(oof, oof), (rank_against(oof, test) if test is not None else None)
+
+
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+
+
+def blend(members: Sequence[Member], truth: np.ndarray, *, weights: Sequence[float] | None = None,
+          method: str = "rank", calibrate: bool = True) -> BlendResult:
+    """Blend members' OOF (and test) scores and score the OOF blend by LWLRAP.
+
+    ``method='rank'``: per-class weighted average of ranks, each member's test
+    scores ranked against its own OOF column; ``'mean'``: plain weighted
+    average of the scores, for comparison. Weights default to CV LWLRAP
+    proportions when every member has ``cv_lwlrap``, else equal. With
+    ``calibrate`` a ``RankCalibrator`` fitted on the OOF blend maps both OOF
+    and test to probabilities. ``test`` is None unless every member has test
+    scores.
+    """
+    _check_method(method)
+    y, has_test = _check_members(members, truth)
+    w = _member_weights(members, weights)
+    oof = np.zeros(y.shape)
+    test = None
+    for i, (wk, m) in enumerate(zip(w, members)):
+        if wk == 0:
+            continue
+        oof_k, test_k = _member_scales(m, i, method, has_test)
+        oof += wk * oof_k
+        if test_k is not None:
+            test = wk * test_k if test is None else test + wk * test_k
+    raw_lwlrap = lwlrap(y, oof)
+    calibrator = None
+    if calibrate:
+        calibrator = RankCalibrator().fit(oof, y)
+        oof = calibrator.transform(oof)
+        if test is not None:
+            test = calibrator.transform(test)
+    per_class, class_weights = per_class_lwlrap(y, oof)
+    return BlendResult(
+        oof=oof,
+        test=test,
+        weights=w,
+        oof_lwlrap=float(np.nansum(per_class * class_weights)),
+        per_class=per_class,
+        class_weights=class_weights,
+        method=method,
+        calibrator=calibrator,
+        raw_oof_lwlrap=raw_lwlrap,
+    )
+
+
+def greedy_forward_selection(members: Sequence[Member], truth: np.ndarray, *, max_steps: int = 20,
+                             with_replacement: bool = True, method: str = "rank"
+                             ) -> tuple[list[int], np.ndarray, list[float]]:
+    """Caruana-style forward selection of members by the OOF LWLRAP of their blend.
+
+    Starts from the best single member and at each step adds the member whose
+    addition gives the highest OOF LWLRAP, stopping when no addition improves
+    it strictly or after ``max_steps`` picks. With replacement a member may be
+    picked again, which raises its weight. The blend scored is the
+    uncalibrated equal-weight blend of the picks (rank or mean), the quantity
+    the picks control; ``blend(..., weights=weights)`` then gives the
+    calibrated outputs. Returns the picked indices in order (with repeats),
+    the implied weights (pick counts / total, one per member) and the score
+    history (one entry per pick, non-decreasing).
+    """
+    _check_method(method)
+    if max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+    y, _ = _check_members(members, truth)
+    scaled = [_member_scales(m, i, method, False)[0] for i, m in enumerate(members)]
+    picks: list[int] = []
+    history: list[float] = []
+    total = np.zeros(y.shape)
+    current = -np.inf
+    for _ in range(max_steps):
+        candidates = [k for k in range(len(members)) if with_replacement or k not in picks]
+        if not candidates:
+            break
+        n = len(picks) + 1
+        # Score the equal-weight mean of the picks: the blend that weights = counts / total gives.
+        scores = [lwlrap(y, (total + scaled[k]) / n) for k in candidates]
+        best = int(np.argmax(scores))
+        if scores[best] <= current:
+            break
+        picks.append(candidates[best])
+        total += scaled[candidates[best]]
+        current = scores[best]
+        history.append(float(current))
+    counts = np.bincount(picks, minlength=len(members)).astype(np.float64)
+    return picks, counts / counts.sum(), history

@@ -1,0 +1,342 @@
+"""Rank averaging, OOF-referenced test ranks, rank calibration, blends and greedy selection."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.stats import rankdata
+
+import engine.ensemble as ensemble
+from engine.ensemble import (
+    Member,
+    RankCalibrator,
+    blend,
+    greedy_forward_selection,
+    rank_against,
+    rank_average,
+    rank_normalise,
+    weights_from_cv,
+)
+from engine.metrics import lwlrap
+
+# 4 clips x 2 classes; class 0 has a tie (0.4, 0.4).
+A = np.array([[0.1, 0.8],
+              [0.4, 0.2],
+              [0.4, 0.5],
+              [0.9, 0.1]])
+B = np.array([[4.0, 1.0],
+              [3.0, 2.0],
+              [2.0, 3.0],
+              [1.0, 4.0]])
+
+
+def make_case(seed: int, n: int = 120, c: int = 6, strengths=(2.0, 0.4)) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Truth with at least one label per clip, and one score matrix per strength (higher = better)."""
+    rng = np.random.default_rng(seed)
+    truth = (rng.random((n, c)) < 0.2).astype(int)
+    truth[np.arange(n), rng.integers(c, size=n)] = 1
+    scores = [1.0 / (1.0 + np.exp(-(s * (2 * truth - 1) + rng.normal(size=(n, c))))) for s in strengths]
+    return truth, scores
+
+
+def loop_rank_against(reference: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Straightforward per-value version of rank_against's definition."""
+    m = reference.shape[0]
+    out = np.empty(scores.shape)
+    for c in range(scores.shape[1]):
+        ref = reference[:, c]
+        lo_end, hi_end = ref.min(), ref.max()
+        scale = hi_end - lo_end if hi_end > lo_end else max(abs(lo_end), 1.0)
+
+        def level(v: float) -> float:
+            return (np.sum(ref < v) + 0.5 * np.sum(ref == v)) / m
+
+        for i, v in enumerate(scores[:, c]):
+            if v < lo_end:
+                out[i, c] = level(lo_end) / (1.0 + (lo_end - v) / scale)
+            elif v > hi_end:
+                out[i, c] = 1.0 - (1.0 - level(hi_end)) / (1.0 + (v - hi_end) / scale)
+            elif np.any(ref == v):
+                out[i, c] = level(v)
+            else:
+                below, above = ref[ref < v].max(), ref[ref > v].min()
+                t = (v - below) / (above - below)
+                out[i, c] = level(below) + t * (level(above) - level(below))
+    return out
+
+
+def assert_same_order(before: np.ndarray, after: np.ndarray) -> None:
+    """Per column: equal inputs give equal outputs and a larger input a strictly larger output.
+
+    Inputs closer than 1e-12 (a few float64 ulps, e.g. two sums of ranks that
+    differ only by rounding) need only keep their order, not stay distinct:
+    no float64 map can keep every one-ulp gap.
+    """
+    for c in range(before.shape[1]):
+        order = np.argsort(before[:, c], kind="stable")
+        x, y = before[order, c], after[order, c]
+        gap, step = np.diff(x), np.diff(y)
+        assert np.all(step[gap == 0] == 0), f"class {c}: a tie was broken"
+        assert np.all(step >= 0), f"class {c}: order lost"
+        assert np.all(step[gap > 1e-12] > 0), f"class {c}: distinct values collided"
+
+
+# ------------------------------------------------------------------ rank_normalise / rank_average
+
+
+def test_rank_normalise_hand_example():
+    # class 0: 0.1 -> rank 0, the two 0.4 share (1 + 2) / 2, 0.9 -> 3; divided by n - 1 = 3
+    expected = np.array([[0.0, 1.0],
+                         [0.5, 1 / 3],
+                         [0.5, 2 / 3],
+                         [1.0, 0.0]])
+    np.testing.assert_allclose(rank_normalise(A), expected, atol=1e-15)
+
+
+def test_rank_normalise_matches_scipy_average_ranks():
+    rng = np.random.default_rng(0)
+    scores = np.round(rng.random((50, 7)), 1)  # many ties
+    expected = (rankdata(scores, method="average", axis=0) - 1) / 49
+    np.testing.assert_allclose(rank_normalise(scores), expected, atol=1e-14)
+
+
+def test_rank_average_hand_example_and_weight_normalisation():
+    # rank_normalise(B): class 0 -> [1, 2/3, 1/3, 0], class 1 -> [0, 1/3, 2/3, 1]
+    expected = np.array([[0.75 * 0.0 + 0.25 * 1.0, 0.75 * 1.0 + 0.25 * 0.0],
+                         [0.75 * 0.5 + 0.25 * 2 / 3, 0.75 / 3 + 0.25 / 3],
+                         [0.75 * 0.5 + 0.25 / 3, 0.75 * 2 / 3 + 0.25 * 2 / 3],
+                         [0.75 * 1.0 + 0.25 * 0.0, 0.75 * 0.0 + 0.25 * 1.0]])
+    np.testing.assert_allclose(rank_average([A, B], [3.0, 1.0]), expected, atol=1e-15)
+    np.testing.assert_allclose(rank_average([A, B], [0.75, 0.25]), expected, atol=1e-15)
+    np.testing.assert_allclose(rank_average([A, B]), 0.5 * rank_normalise(A) + 0.5 * rank_normalise(B),
+                               atol=1e-15)
+
+
+def test_weights_from_cv_are_proportional_and_sum_to_one():
+    np.testing.assert_allclose(weights_from_cv([0.8, 0.6, 0.6]), [0.4, 0.3, 0.3])
+    with pytest.raises(ValueError, match="zero"):
+        weights_from_cv([0.0, 0.0])
+
+
+def test_rank_average_rejects_bad_members_and_weights():
+    with pytest.raises(ValueError, match="member 2 has shape"):
+        rank_average([A, B, A[:3]])
+    with pytest.raises(ValueError, match="member 1 is negative"):
+        rank_average([A, B], [1.0, -0.5])
+    with pytest.raises(ValueError, match="all weights are zero"):
+        rank_average([A, B], [0.0, 0.0])
+    with pytest.raises(ValueError, match="2 weights for 3 members"):
+        rank_average([A, B, A], [1.0, 1.0])
+    with pytest.raises(ValueError, match="member 0 holds NaN"):
+        rank_average([np.where(A > 0.8, np.nan, A)])
+
+
+@pytest.mark.parametrize("weights", [None, [0.2, 0.8], [1.0, 0.0], [5.0, 5.0], [1e-3, 7.0]])
+def test_ensemble_of_a_model_with_itself_keeps_its_ranking(weights):
+    truth, (scores, _) = make_case(1)
+    for combined in (rank_average([scores, scores], weights), rank_normalise(scores)):
+        assert np.array_equal(np.argsort(combined, axis=0, kind="stable"),
+                              np.argsort(scores, axis=0, kind="stable"))
+    single = Member("m", scores, scores[:30], 0.9)
+    twice = [Member("m", scores, scores[:30], 0.9), Member("m copy", scores, scores[:30], 0.9)]
+    for method in ("rank", "mean"):
+        for calibrate in (False, True):
+            one = blend([single], truth, method=method, calibrate=calibrate)
+            two = blend(twice, truth, weights=weights, method=method, calibrate=calibrate)
+            assert np.array_equal(np.argsort(two.oof, axis=0, kind="stable"),
+                                  np.argsort(scores, axis=0, kind="stable"))
+            assert two.oof_lwlrap == one.oof_lwlrap
+            np.testing.assert_allclose(two.test, one.test, atol=1e-12)
+
+
+# ------------------------------------------------------------------ rank_against
+
+
+def test_rank_against_hand_example():
+    reference = np.array([[1.0], [2.0], [2.0], [4.0]])
+    # mid-rank levels: 1 -> 0.5/4, 2 -> (1 + 2/2)/4, 4 -> (3 + 0.5)/4; range 3 sets the tail scale
+    scores = np.array([[0.0], [1.0], [1.5], [2.0], [3.0], [4.0], [5.0]])
+    expected = [0.125 / (1 + 1 / 3), 0.125, 0.3125, 0.5, 0.6875, 0.875,
+                1 - 0.125 / (1 + 1 / 3)]
+    np.testing.assert_allclose(rank_against(reference, scores)[:, 0], expected, atol=1e-15)
+
+
+def test_rank_against_matches_loop_with_ties_and_values_beyond_the_ends():
+    rng = np.random.default_rng(2)
+    reference = np.round(rng.random((40, 5)), 1)
+    reference[:, 4] = 0.3  # a constant class
+    scores = np.round(rng.normal(0.5, 0.5, size=(30, 5)), 2)
+    scores[:5] = reference[:5]  # exact hits on reference values
+    np.testing.assert_allclose(rank_against(reference, scores), loop_rank_against(reference, scores),
+                               atol=1e-14)
+
+
+def test_rank_against_itself_is_an_affine_map_of_rank_normalise():
+    rng = np.random.default_rng(3)
+    oof = np.round(rng.random((25, 4)), 1)
+    np.testing.assert_allclose(rank_against(oof, oof), (rank_normalise(oof) * 24 + 0.5) / 25,
+                               atol=1e-14)
+
+
+def test_rank_against_keeps_ties_adds_none_and_stays_inside_unit_interval():
+    rng = np.random.default_rng(4)
+    reference = rng.random((60, 3))
+    scores = np.concatenate([rng.random((20, 3)), reference[:5],
+                             [[-1e6] * 3, [-3.0] * 3, [-2.9] * 3, [5.0] * 3, [5.001] * 3, [40.0] * 3, [1e6] * 3]])
+    scores = np.concatenate([scores, scores[:4]])  # duplicated rows must stay equal
+    ranks = rank_against(reference, scores)
+    assert_same_order(scores, ranks)
+    assert np.all((ranks > 0) & (ranks < 1))
+
+
+def test_test_rows_are_ranked_on_the_oof_scale():
+    truth, (strong, weak) = make_case(5)
+    members = [Member("strong", strong, strong[10:25], 0.9), Member("weak", weak, weak[10:25], 0.7)]
+    for calibrate in (False, True):
+        result = blend(members, truth, calibrate=calibrate)
+        # A test clip scored like an OOF clip gets that clip's blended value.
+        np.testing.assert_allclose(result.test, result.oof[10:25], atol=1e-15)
+
+
+# ------------------------------------------------------------------ RankCalibrator
+
+
+def test_calibrator_is_strictly_monotone_and_bounded_beyond_the_oof_range():
+    truth, (strong, weak) = make_case(6)
+    oof_avg = rank_average([strong, weak])
+    lo, hi = oof_avg.min(0), oof_avg.max(0)
+    sharpest = RankCalibrator().fit(oof_avg, truth)
+    sharpest.taus_ = np.full(truth.shape[1], sharpest.tau_min)  # the steepest map the fit can choose
+    for calibrator in (RankCalibrator().fit(oof_avg, truth), sharpest):
+        # test rows up to a full OOF range past either end, plus repeated rows
+        beyond = lo + np.array([[-1.0], [-0.5], [-0.01], [-1e-6], [1 + 1e-6], [1.01], [1.5], [2.0]]) * (hi - lo)
+        values = np.concatenate([oof_avg, beyond, oof_avg[:3]])
+        probs = calibrator.transform(values)
+        assert np.all((probs > 0) & (probs < 1))
+        assert_same_order(values, probs)
+        np.testing.assert_array_equal(calibrator.transform(oof_avg), probs[:len(oof_avg)])
+        # absurdly far values still give probabilities, never NaN or values outside [0, 1]
+        extreme = calibrator.transform(np.array([[-1e9], [1e9]]) * np.ones((1, truth.shape[1])))
+        assert np.all((extreme >= 0) & (extreme <= 1)) and np.all(extreme[0] < extreme[1])
+
+
+def direct_bce(oof_avg: np.ndarray, truth: np.ndarray, tau: float, eps: float = 1e-3) -> np.ndarray:
+    """BCE per class of sigmoid(logit(q) / tau), q the min-max rank squeezed into [eps, 1 - eps]."""
+    r = (oof_avg - oof_avg.min(0)) / (oof_avg.max(0) - oof_avg.min(0))
+    q = eps + (1 - 2 * eps) * r
+    p = 1 / (1 + np.exp(-np.log(q / (1 - q)) / tau))
+    return -np.mean(truth * np.log(p) + (1 - truth) * np.log(1 - p), axis=0)
+
+
+def test_fitted_temperature_lowers_bce_and_finds_the_grid_minimum():
+    rng = np.random.default_rng(7)
+    n = 400
+    oof_avg = rng.random((n, 3))
+    truth = np.zeros((n, 3), dtype=int)
+    truth[:, 0] = oof_avg[:, 0] > 0.6            # cleanly separated: wants a small tau (sharper)
+    truth[:, 1] = rng.random(n) < 0.5            # unrelated to the rank: wants a large tau (flatter)
+    truth[:, 2] = 0                              # no positives: keeps tau = 1
+    calibrator = RankCalibrator().fit(oof_avg, truth)
+
+    np.testing.assert_allclose(calibrator.bce_before_, direct_bce(oof_avg, truth, 1.0), rtol=1e-12)
+    assert np.all(calibrator.bce_after_ <= calibrator.bce_before_)
+    assert calibrator.bce_after_[0] < calibrator.bce_before_[0] - 0.01
+    assert calibrator.bce_after_[1] < calibrator.bce_before_[1] - 0.01
+    assert calibrator.taus_[0] < 1.0 < calibrator.taus_[1]
+    assert calibrator.taus_[2] == 1.0
+
+    grid = np.exp(np.linspace(np.log(0.25), np.log(64.0), 2001))
+    grid_bce = np.array([direct_bce(oof_avg, truth, t) for t in grid])  # [taus, classes]
+    for c in (0, 1):
+        best = grid[np.argmin(grid_bce[:, c])]
+        assert calibrator.bce_after_[c] <= grid_bce[:, c].min() + 1e-12
+        assert calibrator.taus_[c] == pytest.approx(best, rel=0.01)
+        np.testing.assert_allclose(calibrator.bce_after_[c],
+                                   direct_bce(oof_avg, truth, calibrator.taus_[c])[c], rtol=1e-10)
+
+
+def test_calibrator_checks_its_inputs():
+    with pytest.raises(ValueError, match="before fit"):
+        RankCalibrator().transform(A)
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        RankCalibrator().fit(A, np.full(A.shape, 2))
+    with pytest.raises(ValueError, match="does not match"):
+        RankCalibrator().fit(A, np.ones((3, 2)))
+
+
+# ------------------------------------------------------------------ blend / greedy selection
+
+
+@pytest.mark.parametrize("method", ["rank", "mean"])
+@pytest.mark.parametrize("calibrate", [False, True])
+def test_blend_of_strong_and_weak_beats_the_weak_member(method, calibrate):
+    truth, (strong, weak) = make_case(8)
+    members = [Member("strong", strong, None, lwlrap(truth, strong)),
+               Member("weak", weak, None, lwlrap(truth, weak))]
+    result = blend(members, truth, method=method, calibrate=calibrate)
+    assert result.oof_lwlrap >= lwlrap(truth, weak)
+    assert result.oof_lwlrap == pytest.approx(lwlrap(truth, result.oof), abs=1e-12)
+    assert result.method == method and result.test is None
+    assert (result.calibrator is not None) == calibrate
+    assert np.all((result.oof >= 0) & (result.oof <= 1))
+    np.testing.assert_allclose(np.nansum(result.per_class * result.class_weights), result.oof_lwlrap,
+                               atol=1e-12)
+
+
+def test_blend_weights_default_to_cv_lwlrap_then_equal():
+    truth, (strong, weak) = make_case(9)
+    with_cv = [Member("a", strong, None, 0.9), Member("b", weak, None, 0.6)]
+    np.testing.assert_allclose(blend(with_cv, truth, calibrate=False).weights, [0.6, 0.4])
+    partial = [Member("a", strong, None, 0.9), Member("b", weak, None, None)]
+    np.testing.assert_allclose(blend(partial, truth, calibrate=False).weights, [0.5, 0.5])
+    explicit = blend(with_cv, truth, weights=[1, 3], calibrate=False)
+    np.testing.assert_allclose(explicit.weights, [0.25, 0.75])
+    ranked = 0.25 * rank_against(strong, strong) + 0.75 * rank_against(weak, weak)
+    np.testing.assert_allclose(explicit.oof, ranked, atol=1e-15)
+    mean = blend(with_cv, truth, weights=[1, 3], method="mean", calibrate=False)
+    np.testing.assert_allclose(mean.oof, 0.25 * strong + 0.75 * weak, atol=1e-15)
+
+
+def test_blend_rejects_mismatched_members():
+    truth, (strong, weak) = make_case(10)
+    with pytest.raises(ValueError, match=r"member 1 \(short\) OOF has shape"):
+        blend([Member("a", strong), Member("short", weak[:-1])], truth)
+    with pytest.raises(ValueError, match=r"member 1 \(b\) test scores have shape"):
+        blend([Member("a", strong, strong[:5]), Member("b", weak, weak[:6])], truth)
+    with pytest.raises(ValueError, match="method must be one of"):
+        blend([Member("a", strong)], truth, method="median")
+    with pytest.raises(ValueError, match="at least one member"):
+        blend([], truth)
+
+
+def test_greedy_selection_picks_the_strongest_first_and_never_gets_worse():
+    truth, scores = make_case(11, strengths=(0.3, 1.6, 0.8, 1.2))
+    members = [Member(f"m{k}", s) for k, s in enumerate(scores)]
+    singles = [lwlrap(truth, rank_against(s, s)) for s in scores]
+    picks, weights, history = greedy_forward_selection(members, truth, max_steps=8)
+    assert picks[0] == int(np.argmax(singles)) == 1
+    assert history[0] == pytest.approx(max(singles), abs=1e-12)
+    assert len(history) == len(picks) >= 1
+    assert all(b > a for a, b in zip(history, history[1:]))
+    counts = np.bincount(picks, minlength=len(members))
+    np.testing.assert_allclose(weights, counts / counts.sum())
+    assert blend(members, truth, weights=weights, calibrate=False).oof_lwlrap == pytest.approx(
+        history[-1], abs=1e-12)
+
+    picks, weights, history = greedy_forward_selection(members, truth, with_replacement=False)
+    assert len(set(picks)) == len(picks) and picks[0] == 1
+    assert all(b > a for a, b in zip(history, history[1:]))
+
+
+def test_ensemble_module_does_not_pull_in_torch_sklearn_scipy_or_librosa():
+    # The console imports engine.ensemble and must start fast; check in a fresh interpreter.
+    code = ("import sys, engine.ensemble; "
+            "print(','.join(m for m in ('torch', 'sklearn', 'scipy', 'librosa') if m in sys.modules))")
+    root = Path(ensemble.__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip() == ""
