@@ -282,7 +282,118 @@ class TrainSpec:
     augment: AugmentSection = field(default_factory=AugmentSection)
 
 
-SPEC_TYPES: dict[str, type] = {"train": TrainSpec}
+@dataclass
+class InferSection:
+    """Test-time augmentation and batching for inference."""
+
+    #: K time crops per clip, each of the training crop length, spaced uniformly.
+    tta_crops: int = 5
+    #: Crops for clips longer than ``long_seconds``.
+    tta_crops_long: int = 10
+    long_seconds: float = 30.0
+    batch_size: int = 32
+    num_workers: int = 0
+    device: str = "auto"
+
+    def validate(self, path: str) -> None:
+        _positive(self.tta_crops, f"{path}.tta_crops")
+        _positive(self.tta_crops_long, f"{path}.tta_crops_long")
+        _positive(self.long_seconds, f"{path}.long_seconds")
+        _positive(self.batch_size, f"{path}.batch_size")
+        _nonneg(self.num_workers, f"{path}.num_workers")
+        _choice(self.device, DEVICES, f"{path}.device")
+
+
+INFER_SPLITS = ("oof", "test")
+
+
+@dataclass
+class InferSpec:
+    """Inference of a trained run with TTA and fold averaging, on curated out-of-fold clips and/or the test set."""
+
+    KIND: typing.ClassVar[str] = "infer"
+    name: str = ""
+    #: The trained run whose fold checkpoints are used.
+    run_id: str = ""
+    splits: list[str] = field(default_factory=lambda: ["oof", "test"])
+    write_submission: bool = True
+    infer: InferSection = field(default_factory=InferSection)
+
+    def validate(self, path: str) -> None:
+        if not self.run_id:
+            raise ConfigError("the trained run to infer with is required (e.g. run_id=train-0003)", field="run_id")
+        if not self.splits:
+            raise ConfigError("name at least one of oof, test", field="splits")
+        for i, split in enumerate(self.splits):
+            _choice(split, INFER_SPLITS, f"splits[{i}]")
+
+
+ENSEMBLE_METHODS = ("rank", "mean")
+
+
+@dataclass
+class EnsembleSpec:
+    """A blend of runs that have out-of-fold (and test) predictions."""
+
+    KIND: typing.ClassVar[str] = "ensemble"
+    name: str = ""
+    members: list[str] = field(default_factory=list)
+    #: Member weights; empty = proportional to each member's CV LWLRAP.
+    weights: list[float] = field(default_factory=list)
+    method: str = "rank"
+    #: Per-class min-max of averaged ranks, then a temperature per class fitted on out-of-fold BCE.
+    calibrate: bool = True
+    #: Greedy forward selection (with replacement) of members by out-of-fold LWLRAP.
+    greedy: bool = False
+    greedy_steps: int = 20
+    write_submission: bool = True
+
+    def validate(self, path: str) -> None:
+        if not self.members:
+            raise ConfigError("name the member runs (e.g. members=[\"infer-0004\", \"infer-0006\"])",
+                              field="members")
+        if self.weights:
+            if len(self.weights) != len(self.members):
+                raise ConfigError(f"{len(self.weights)} weights for {len(self.members)} members", field="weights")
+            for i, w in enumerate(self.weights):
+                _nonneg(w, f"weights[{i}]")
+            if not sum(self.weights) > 0:
+                raise ConfigError("at least one weight must be positive", field="weights")
+        _choice(self.method, ENSEMBLE_METHODS, "method")
+        _positive(self.greedy_steps, "greedy_steps")
+
+
+@dataclass
+class BaselineSpec:
+    """CNN14 embeddings of a centre crop, then a one-vs-rest logistic regression per fold."""
+
+    KIND: typing.ClassVar[str] = "baseline"
+    name: str = ""
+    data: DataSection = field(default_factory=DataSection)
+    audio: AudioSection = field(default_factory=AudioSection)
+    features: FeaturesSection = field(default_factory=FeaturesSection)
+    #: PANNs CNN14 checkpoint; empty = $FSAT_PANNS_DIR/Cnn14_mAP=0.431.pth.
+    checkpoint: str = ""
+    #: When no checkpoint is found: a trained cnn14 run whose fold-0 encoder embeds the clips.
+    encoder_run_id: str = ""
+    #: Inverse regularisation strength of the logistic regression (on standardised embeddings).
+    C: float = 2.0
+    n_folds: int = 5
+    fold_seed: int = 42
+    batch_size: int = 16
+    device: str = "auto"
+    write_submission: bool = True
+
+    def validate(self, path: str) -> None:
+        _positive(self.C, "C")
+        if self.n_folds < 2:
+            raise ConfigError(f"need at least 2 folds, got {self.n_folds}", field="n_folds")
+        _positive(self.batch_size, "batch_size")
+        _choice(self.device, DEVICES, "device")
+
+
+SPEC_TYPES: dict[str, type] = {"train": TrainSpec, "infer": InferSpec, "ensemble": EnsembleSpec,
+                               "baseline": BaselineSpec}
 
 
 def register_spec(cls: type) -> type:
