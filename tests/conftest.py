@@ -63,5 +63,24 @@ def tiny_demo(tmp_path_factory) -> Path:
     from engine.data.demo import write_demo_dataset
 
     root = tmp_path_factory.mktemp("demo") / "demo_data"
-    write_demo_dataset(root, seed=1, clips_per_class=6, noisy_per_class=1, test_per_class=1)
+    # Short clips keep the session fixture and the CPU training in the tests quick.
+    write_demo_dataset(root, seed=1, clips_per_class=6, noisy_per_class=1, test_per_class=1, max_seconds=4.0)
     return root
+
+
+def copy_dataset(src: Path, dst: Path) -> Path:
+    """A private copy of a dataset root (without its waveform cache) that a test may damage."""
+    import shutil
+
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".fsat-cache"))
+    return dst
+
+
+def run_cli(*args: str, db: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the real ``fsat`` command line in a subprocess."""
+    cmd = [sys.executable, "-m", "engine.cli"] + (["--db", str(db)] if db else []) + list(args)
+    env = dict(os.environ, PYTHONPATH=str(PROJECT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+    return out

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.data.audio import decode
+from engine.errors import DataError
 from engine.data.manifest import ClipTable
 
 CACHE_FORMAT = 1
@@ -199,9 +200,15 @@ class WaveformCache:
         total = len(fnames)
         offsets = np.zeros(total + 1, dtype=np.int64)
 
+        listed_at = {f: table.where(i) for i, f in enumerate(fnames)}
+
         def load(fname: str) -> np.ndarray:
-            return _to_int16(decode(source.read_bytes(fname), name=source.describe(fname),
-                                    target_sr=sample_rate))
+            try:
+                return _to_int16(decode(source.read_bytes(fname), name=source.describe(fname),
+                                        target_sr=sample_rate))
+            except DataError as err:
+                # Say where the clip is listed too, so the user can fix or drop the row.
+                raise DataError(f"{err} (listed in {listed_at[fname]})") from err
 
         with target.open("wb") as out:
             def write(i: int, wave: np.ndarray) -> None:

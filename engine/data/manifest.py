@@ -221,6 +221,14 @@ class ClipTable:
     Y: np.ndarray | None
     source: AudioSource
     csv_path: Path | None
+    #: The CSV line of each clip (header = line 1), for error messages; None without a CSV.
+    lines: list[int] | None = None
+
+    def where(self, i: int) -> str:
+        """``train_curated.csv row 12``: where clip ``i`` is listed, for error messages."""
+        if self.csv_path is None or self.lines is None:
+            return f"{self.split} clip {i}"
+        return f"{self.csv_path} row {self.lines[i]}"
 
     def __len__(self) -> int:
         return len(self.fnames)
@@ -266,7 +274,7 @@ def _labelled_table(root: Path, split: str, csv_name: str, classes: list[str], w
     csv_path = root / csv_name
     source = source or _require_source(root, split, what)
     fnames, Y, lines = parse_label_rows(csv_path, classes)
-    table = ClipTable(split=split, fnames=fnames, Y=Y, source=source, csv_path=csv_path)
+    table = ClipTable(split=split, fnames=fnames, Y=Y, source=source, csv_path=csv_path, lines=lines)
     _check_present(table, lines, csv_path)
     return table, lines
 
@@ -313,7 +321,7 @@ def load_layout(root: Path | str, *, require_noisy: bool = False) -> DatasetLayo
 
     test_source = _require_source(root, "test", "test set")
     test = ClipTable(split="test", fnames=test_fnames, Y=None, source=test_source,
-                     csv_path=sample_submission)
+                     csv_path=sample_submission, lines=test_lines)
     _check_present(test, test_lines, sample_submission)
 
     test_truth = None

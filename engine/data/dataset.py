@@ -1,0 +1,117 @@
+"""Torch datasets over a decoded-waveform cache: crops, padding and waveform augmentation.
+
+The log-mel frontend, SpecAugment and MixUp run later, batched on the
+training device; this part runs in DataLoader workers on the CPU.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from engine.data.audio import fit_length
+
+
+class CropDataset(Dataset):
+    """Clips of a WaveformCache cut or padded to a crop length, with their labels.
+
+    Training mode: a random crop (one of ``crop_choices`` lengths), loop-pad
+    with probability ``loop_pad_prob`` else zero-pad, then ``wave_augment``.
+    Evaluation mode: the centre crop, zero-padded. Every clip in a batch must
+    have one length, so multi-scale crops are drawn per batch by
+    :class:`MultiScaleCollate`, not per clip.
+    """
+
+    def __init__(self, cache, indices: Sequence[int], Y: np.ndarray | None, *, crop_samples: int,
+                 train: bool, loop_pad_prob: float = 0.0, seed: int = 0,
+                 wave_augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
+                 sample_weights: np.ndarray | None = None) -> None:
+        self.cache = cache
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.Y = None if Y is None else np.asarray(Y, dtype=np.float32)
+        self.crop_samples = int(crop_samples)
+        self.train = train
+        self.loop_pad_prob = loop_pad_prob
+        self.seed = seed
+        self.epoch = 0
+        self.wave_augment = wave_augment
+        self.sample_weights = sample_weights
+
+    def set_epoch(self, epoch: int) -> None:
+        """Change the random crops reproducibly from one epoch to the next."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item: int | tuple[int, int]):
+        crop = self.crop_samples
+        if isinstance(item, tuple):  # (position, crop length) from MultiScaleBatchSampler
+            item, crop = item
+        clip = int(self.indices[item])
+        wave = self.cache.get(clip)
+        if self.train:
+            # A per-(seed, epoch, clip) generator keeps crops reproducible whatever
+            # the DataLoader worker count or order.
+            rng = np.random.default_rng((self.seed, self.epoch, clip))
+            wave = fit_length(wave, crop, mode="random", rng=rng, loop_prob=self.loop_pad_prob)
+            if self.wave_augment is not None:
+                wave = self.wave_augment(wave, rng)
+        else:
+            wave = fit_length(wave, crop, mode="center")
+        x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
+        y = torch.from_numpy(self.Y[clip]) if self.Y is not None else torch.zeros(0)
+        w = torch.tensor(1.0 if self.sample_weights is None else float(self.sample_weights[clip]))
+        return x, y, w
+
+
+class MultiScaleBatchSampler(torch.utils.data.Sampler):
+    """Wraps a sampler into batches of (index, crop length): one length per batch.
+
+    With probability ``prob`` each, a batch uses one of the extra crop lengths
+    (multi-scale training, e.g. 5 s and 12 s besides 10 s).
+    """
+
+    def __init__(self, sampler, batch_size: int, *, base_crop: int, extra_crops: Sequence[int],
+                 prob: float, seed: int = 0, drop_last: bool = False) -> None:
+        self.sampler = sampler
+        self.batch_size = batch_size
+        self.base_crop = base_crop
+        self.extra_crops = list(extra_crops)
+        self.prob = prob
+        self.seed = seed
+        self.epoch = 0
+        self.drop_last = drop_last
+
+    def set_epoch(self, epoch: int) -> None:
+        """Change the crop draws (and the wrapped sampler's draws) reproducibly per epoch."""
+        self.epoch = epoch
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def _crop(self, rng: np.random.Generator) -> int:
+        u = rng.random()
+        for i, crop in enumerate(self.extra_crops):
+            if u < self.prob * (i + 1):
+                return crop
+        return self.base_crop
+
+    def __iter__(self):
+        rng = np.random.default_rng((self.seed, self.epoch, 7))
+        batch: list[int] = []
+        for idx in self.sampler:
+            batch.append(int(idx))
+            if len(batch) == self.batch_size:
+                crop = self._crop(rng)
+                yield [(i, crop) for i in batch]
+                batch = []
+        if batch and not self.drop_last:
+            crop = self._crop(rng)
+            yield [(i, crop) for i in batch]
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)

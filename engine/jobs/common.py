@@ -1,0 +1,97 @@
+"""Pieces every torch job shares: device choice, seeding, dataset registration and folds."""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.data.cache import WaveformCache
+from engine.data.folds import make_folds
+from engine.data.manifest import ClipTable, DatasetLayout, load_layout
+from engine.jobs.context import JobContext
+from engine.store import Store
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` takes CUDA when present, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from engine.errors import ConfigError
+        raise ConfigError("CUDA was asked for but no GPU is visible; use device = \"auto\" or \"cpu\"",
+                          field="train.device")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def configure_threads() -> None:
+    """Use the machine's cores for intra-op work unless the user set OMP_NUM_THREADS."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+
+@dataclass
+class PreparedData:
+    """A loaded dataset layout registered in the store, with its stored folds."""
+
+    layout: DatasetLayout
+    dataset_id: int
+    folds: np.ndarray          # fold index per curated clip, curated CSV order
+
+    @property
+    def classes(self) -> list[str]:
+        return self.layout.classes
+
+
+def prepare_dataset(store: Store, root: str | Path, *, n_folds: int = 5, fold_seed: int = 42) -> PreparedData:
+    """Load the layout, register it, and compute the folds once (stored for every later run)."""
+    layout = load_layout(root)
+    name = Path(root).resolve().name
+    dataset_id = store.register_dataset(
+        root, name=name, classes=layout.classes, n_curated=len(layout.curated.fnames),
+        n_noisy=len(layout.noisy.fnames) if layout.noisy else 0, n_test=len(layout.test.fnames))
+    stored = store.get_folds(dataset_id)
+    if not stored:
+        folds = make_folds(layout.curated.Y, n_splits=n_folds, seed=fold_seed)
+        store.save_folds(dataset_id, layout.curated.fnames, folds.tolist(), seed=fold_seed, n_folds=n_folds)
+        stored = store.get_folds(dataset_id)
+    ds = store.get_dataset(dataset_id)
+    if ds and ds["n_folds"] and ds["n_folds"] != n_folds:
+        from engine.errors import ConfigError
+        raise ConfigError(f"the dataset's stored folds are {ds['n_folds']}-fold (seed {ds['fold_seed']}); "
+                          f"every run on a dataset uses the same folds", field="train.n_folds")
+    missing = [f for f in layout.curated.fnames if f not in stored]
+    if missing:
+        from engine.errors import DataError
+        raise DataError(f"{len(missing)} curated clips (first: {missing[0]}) are not in the stored folds: "
+                        "the curated list changed since the folds were made; register it as a new dataset",
+                        file=layout.curated.csv_path)
+    folds = np.array([stored[f] for f in layout.curated.fnames], dtype=np.int64)
+    return PreparedData(layout=layout, dataset_id=dataset_id, folds=folds)
+
+
+def cache_dir_for(root: str | Path, cache_dir: str = "") -> Path:
+    """The waveform cache folder: the spec's, or ``<dataset root>/.fsat-cache``."""
+    return Path(cache_dir) if cache_dir else Path(root) / ".fsat-cache"
+
+
+def build_cache(ctx: JobContext, table: ClipTable, *, sample_rate: int, cache_dir: Path,
+                start: float = 0.0, span: float = 0.05) -> WaveformCache:
+    """Decode and resample a split once (or reuse the cache), reporting progress."""
+    def progress(done: int, total: int) -> None:
+        ctx.progress(start + span * done / max(total, 1), f"decoding {table.split} {done}/{total}")
+
+    return WaveformCache.build(table, sample_rate=sample_rate, cache_dir=cache_dir, progress=progress)

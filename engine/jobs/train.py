@@ -1,0 +1,207 @@
+"""The ``train`` job: k-fold cross-validated training of one model configuration.
+
+Records, as it goes: every epoch of every fold (train loss, val loss, val
+LWLRAP, lr, seconds, clips/s), each fold's best LWLRAP and per-class LRAP,
+then the out-of-fold LWLRAP over all curated clips and its per-class LRAP.
+Artifacts under ``runs/<run_id>/``: ``config.json``, ``mel_stats.npz``,
+``fold<k>/best.pt`` (the checkpoint used later), ``fold<k>/last.pt`` (resume),
+``oof.npy`` (curated CSV order; NaN rows for folds not trained).
+A requeued job resumes: finished folds are kept, an interrupted fold
+continues from its last epoch.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, RandomSampler
+
+from engine.data.dataset import CropDataset, MultiScaleBatchSampler
+from engine.data.sampler import BalancedClassSampler
+from engine.errors import CheckpointError
+from engine.features.augment import SpecAugment, WaveAugment
+from engine.features.frontend import LogMelFrontend, compute_mel_stats
+from engine.jobs.common import build_cache, cache_dir_for, configure_threads, pick_device, prepare_dataset, seed_everything
+from engine.jobs.context import JobContext, environment_record, git_commit, write_json
+from engine.metrics import lwlrap, per_class_lwlrap
+from engine.models.registry import build_model
+from engine.specs import TrainSpec, spec_from_json, spec_hash, to_dict
+from engine.store import OOF
+from engine.train.losses import build_loss, class_weights_from_counts
+from engine.train.loop import Tagger, find_batch_size, train_fold
+
+
+def make_frontend(spec: TrainSpec) -> LogMelFrontend:
+    """The log-mel frontend a spec describes (statistics still unset)."""
+    f = spec.features
+    return LogMelFrontend(sample_rate=spec.audio.sample_rate, n_fft=f.n_fft, hop_length=f.hop_length,
+                          win_length=f.win_length, n_mels=f.n_mels, fmin=f.fmin, fmax=f.fmax, clamp=f.clamp)
+
+
+def make_model(spec: TrainSpec, n_classes: int, log=print):
+    """Build the model and load pretrained weights as the spec says."""
+    m = spec.model
+    model = build_model(m.arch, n_classes=n_classes, n_mels=spec.features.n_mels, dropout=m.dropout,
+                        width=m.width)
+    if m.arch == "small" or m.pretrained == "none":
+        return model
+    from engine.models.checkpoint import resolve_checkpoint
+
+    path = resolve_checkpoint(m.arch, m.checkpoint or None)
+    if path is None or not path.exists():
+        published = {"cnn14": "Cnn14_mAP=0.431.pth", "resnet38": "ResNet38_mAP=0.434.pth"}[m.arch]
+        where = m.checkpoint or f"$FSAT_PANNS_DIR/{published}"
+        if m.pretrained == "required":
+            raise CheckpointError(
+                f"model.checkpoint: no PANNs checkpoint at {where}. Put {published} there (or set "
+                "FSAT_PANNS_DIR to its folder, or model.checkpoint to its path), or set "
+                "model.pretrained = \"optional\" to train from scratch when it is absent")
+        log(f"no PANNs checkpoint at {where}: training {m.arch} from scratch (model.pretrained = optional)")
+        return model
+    info = model.load_pretrained(path, init_head_from_audioset=m.init_head_from_audioset)
+    log(f"loaded {path}: {info}")
+    return model
+
+
+def run(ctx: JobContext) -> str:
+    """Train every requested fold, record scores, write artifacts; returns a summary message."""
+    spec: TrainSpec = spec_from_json("train", ctx.spec)
+    store, run_id, run_dir = ctx.store, ctx.run_id, ctx.run_dir
+    configure_threads()
+    device = pick_device(spec.train.device)
+    seed_everything(spec.train.seed)
+    ctx.progress(0.0, "loading dataset")
+    data = prepare_dataset(store, spec.data.root, n_folds=spec.train.n_folds, fold_seed=spec.train.fold_seed)
+    classes, Y = data.classes, data.layout.curated.Y
+    config = to_dict(spec)
+    new = store.create_run(run_id, kind="train", job_id=ctx.job.id, dataset_id=data.dataset_id,
+                           name=spec.name or run_id, model=_model_label(spec), config=config,
+                           config_hash=spec_hash(spec), seed=spec.train.seed, device=str(device),
+                           versions=environment_record(), git_commit=git_commit(), run_dir=str(run_dir))
+    write_json(run_dir / "config.json", {"kind": "train", "run_id": run_id, "config_hash": spec_hash(spec),
+                                         "spec": config})
+    ctx.log(f"{'new run' if new else 'resuming run'} {run_id} on {device}; {len(Y)} curated clips, "
+            f"{len(classes)} classes")
+
+    cache = build_cache(ctx, data.layout.curated, sample_rate=spec.audio.sample_rate,
+                        cache_dir=cache_dir_for(spec.data.root, spec.data.cache_dir))
+    frontend = make_frontend(spec)
+    stats_path = run_dir / "mel_stats.npz"
+    if stats_path.exists():
+        stats = np.load(stats_path)
+        mean, std = stats["mean"], stats["std"]
+    else:
+        # Statistics over all curated clips: label-free, so no leakage across folds.
+        ctx.progress(0.05, "computing log-mel statistics")
+        mean, std = compute_mel_stats(frontend, (cache.get(i) for i in range(len(cache))), device=str(device))
+        np.savez(stats_path, mean=mean, std=std)
+    frontend.set_stats(mean, std)
+
+    crop = int(round(spec.audio.crop_seconds * spec.audio.sample_rate))
+    counts = Y.sum(axis=0)
+    loss_fn = build_loss(spec.loss.name, label_smoothing=spec.loss.label_smoothing,
+                         class_weights=(torch.as_tensor(class_weights_from_counts(counts), dtype=torch.float32,
+                                                        device=device) if spec.loss.class_weights else None),
+                         gce_q=spec.loss.gce_q, sce_alpha=spec.loss.sce_alpha, sce_beta=spec.loss.sce_beta,
+                         focal_gamma=spec.loss.focal_gamma)
+    a = spec.augment
+    wave_aug = WaveAugment(sample_rate=spec.audio.sample_rate, gain_db=a.gain_db, gain_p=a.gain_p,
+                           noise_snr_db=tuple(a.noise_snr_db), noise_p=a.noise_p,
+                           noise_colors=tuple(a.noise_colors), shift_s=a.shift_s, shift_p=a.shift_p,
+                           pitch_semitones=a.pitch_semitones, pitch_p=a.pitch_p, stretch=tuple(a.stretch),
+                           stretch_p=a.stretch_p) if a.any_wave() else None
+
+    folds_to_run = spec.train.fold_list()
+    n = len(Y)
+    oof_path = run_dir / "oof.npy"
+    oof = np.load(oof_path) if oof_path.exists() else np.full((n, len(classes)), np.nan, dtype=np.float32)
+    done_folds = {r["fold"] for r in store.fold_scores(run_id)}
+    batch_size = spec.train.batch_size
+    t_run = time.perf_counter()
+
+    for i, fold in enumerate(folds_to_run):
+        fold_dir = run_dir / f"fold{fold}"
+        val_idx = np.flatnonzero(data.folds == fold)
+        train_idx = np.flatnonzero(data.folds != fold)
+        if fold in done_folds and (fold_dir / "best.pt").exists() and not np.isnan(oof[val_idx]).any():
+            ctx.log(f"fold {fold}: already finished, kept")
+            continue
+        seed_everything(spec.train.seed + fold)
+        model = make_model(spec, len(classes), log=ctx.log)
+        spec_aug = SpecAugment(freq_masks=a.freq_masks, freq_width=a.freq_width, time_masks=a.time_masks,
+                               time_frac=a.time_frac, p=a.specaug_p) if a.specaug_p > 0 else None
+        tagger = Tagger(frontend, model, spec_aug)
+        if batch_size == "auto":
+            batch_size = find_batch_size(tagger, len(classes), crop, device)
+            ctx.log(f"batch_size auto -> {batch_size}")
+        train_loader, val_loader = _loaders(spec, cache, Y, train_idx, val_idx, crop, int(batch_size),
+                                            wave_aug, device, fold)
+
+        def on_step(step: int, total: int, _i: int = i, _fold: int = fold) -> None:
+            frac = 0.08 + 0.9 * (_i + step / total) / len(folds_to_run)
+            ctx.progress(frac, f"fold {_fold} step {step}/{total}")
+
+        def on_epoch(r, _fold: int = fold) -> None:
+            store.record_epoch(run_id, _fold, r.epoch, train_loss=r.train_loss, val_loss=r.val_loss,
+                               val_lwlrap=r.val_lwlrap, lr=r.lr, seconds=r.seconds, clips_per_sec=r.clips_per_sec)
+            ctx.log(f"fold {_fold} epoch {r.epoch}: train {r.train_loss:.4f} val {r.val_loss:.4f} "
+                    f"lwlrap {r.val_lwlrap:.4f}{' *' if r.is_best else ''} ({r.clips_per_sec:.1f} clips/s)")
+
+        o = spec.optim
+        result = train_fold(tagger, train_loader=train_loader, val_loader=val_loader, val_truth=Y[val_idx],
+                            loss_fn=loss_fn, device=device, fold_dir=fold_dir, epochs=spec.train.epochs,
+                            patience=spec.train.patience, head_lr=o.head_lr, encoder_lr=o.encoder_lr,
+                            weight_decay=o.weight_decay, betas=tuple(o.betas), warmup_epochs=o.warmup_epochs,
+                            warmup_steps=o.warmup_steps, min_lr_ratio=o.min_lr_ratio, grad_clip=o.grad_clip,
+                            amp=o.amp, cpu_bf16=o.cpu_bf16, mixup_p=a.mixup_p, mixup_alpha=a.mixup_alpha,
+                            seed=spec.train.seed + fold, on_epoch=on_epoch, on_step=on_step)
+        oof[val_idx] = result.val_pred
+        np.save(oof_path, oof)
+        store.record_fold(run_id, fold, lwlrap=result.best_lwlrap, best_epoch=result.best_epoch,
+                          n_val=len(val_idx))
+        per_class, weights = per_class_lwlrap(Y[val_idx], result.val_pred)
+        store.record_class_scores(run_id, fold, classes, per_class, weights, Y[val_idx].sum(axis=0))
+        ctx.log(f"fold {fold}: best lwlrap {result.best_lwlrap:.4f} at epoch {result.best_epoch}")
+
+    covered = ~np.isnan(oof).any(axis=1)
+    cv = lwlrap(Y[covered], oof[covered])
+    per_class, weights = per_class_lwlrap(Y[covered], oof[covered])
+    store.record_class_scores(run_id, OOF, classes, per_class, weights, Y[covered].sum(axis=0))
+    store.finish_run(run_id, status="done", cv_lwlrap=cv)
+    ctx.log(f"out-of-fold lwlrap {cv:.4f} over {int(covered.sum())} clips "
+            f"({time.perf_counter() - t_run:.0f}s)")
+    return f"CV lwlrap {cv:.4f}"
+
+
+def _model_label(spec: TrainSpec) -> str:
+    label = f"{spec.model.arch}-{spec.features.n_mels}mel"
+    return label
+
+
+def _loaders(spec: TrainSpec, cache, Y: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, crop: int,
+             batch_size: int, wave_aug, device: torch.device, fold: int) -> tuple[DataLoader, DataLoader]:
+    t = spec.train
+    seed = t.seed + fold
+    train_ds = CropDataset(cache, train_idx, Y, crop_samples=crop, train=True,
+                           loop_pad_prob=spec.audio.loop_pad_prob, seed=seed, wave_augment=wave_aug)
+    val_ds = CropDataset(cache, val_idx, Y, crop_samples=crop, train=False)
+    n_draws = t.steps_per_epoch * batch_size if t.steps_per_epoch else len(train_idx)
+    if t.balanced_sampler:
+        sampler = BalancedClassSampler(Y[train_idx], num_samples=n_draws, max_oversample=t.max_oversample,
+                                       seed=seed)
+    else:
+        generator = torch.Generator().manual_seed(seed)
+        sampler = RandomSampler(train_ds, replacement=bool(t.steps_per_epoch), num_samples=n_draws,
+                                generator=generator)
+    extra = [int(round(s * spec.audio.sample_rate)) for s in spec.audio.multiscale_crops]
+    batch_sampler = MultiScaleBatchSampler(sampler, batch_size, base_crop=crop, extra_crops=extra,
+                                           prob=spec.audio.multiscale_prob, seed=seed,
+                                           drop_last=len(train_idx) > batch_size)
+    loader_kw = dict(num_workers=t.num_workers, pin_memory=t.pin_memory and device.type == "cuda")
+    if t.num_workers > 0:
+        loader_kw.update(prefetch_factor=t.prefetch_factor, persistent_workers=False)
+    train_loader = DataLoader(train_ds, batch_sampler=batch_sampler, **loader_kw)
+    val_loader = DataLoader(val_ds, batch_size=batch_size, shuffle=False, **loader_kw)
+    return train_loader, val_loader

@@ -1,0 +1,236 @@
+"""Training one fold: epochs, validation LWLRAP, early stopping, checkpoints, resume.
+
+Per epoch: waveform crops from the DataLoader -> log-mel frontend on the
+device -> SpecAugment -> MixUp -> model -> loss (smoothing, class and sample
+weights) -> AdamW step under autocast with gradient clipping -> warmup-cosine
+schedule. Validation uses centre crops. The best epoch (by validation
+LWLRAP) is saved as ``best.pt``; ``last.pt`` holds everything needed to
+resume the fold after an interruption.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from engine.features.augment import SpecAugment, mixup
+from engine.metrics import lwlrap
+from engine.train.schedule import (EarlyStopping, autocast_context, build_optimizer, clip_gradients,
+                                   make_grad_scaler, warmup_cosine)
+
+
+@dataclass
+class EpochResult:
+    """What one epoch of one fold produced."""
+
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_lwlrap: float
+    lr: float
+    seconds: float
+    clips_per_sec: float
+    is_best: bool
+
+
+@dataclass
+class FoldResult:
+    """The outcome of a fold: best score and epoch, and validation predictions of the best model."""
+
+    best_lwlrap: float
+    best_epoch: int
+    val_pred: np.ndarray
+    epochs_run: int
+
+
+class Tagger(nn.Module):
+    """Frontend + augmentation + model: waveform batch in, logits out."""
+
+    def __init__(self, frontend: nn.Module, model: nn.Module, spec_augment: nn.Module | None = None) -> None:
+        super().__init__()
+        self.frontend = frontend
+        self.model = model
+        self.spec_augment = spec_augment
+
+    @property
+    def head(self) -> nn.Module:
+        return self.model.head
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.model.encoder
+
+    def features(self, wave: torch.Tensor) -> torch.Tensor:
+        """Standardised log-mel [B, 1, frames, mels], SpecAugment applied in train mode."""
+        with torch.no_grad():
+            x = self.frontend(wave)
+        if self.spec_augment is not None and self.training:
+            x = self.spec_augment(x)
+        return x
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        return self.model(self.features(wave))
+
+
+def save_atomic(obj: object, path: Path) -> None:
+    """torch.save to a temp file then rename, so a kill never leaves a torn checkpoint."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def predict(tagger: Tagger, loader: DataLoader, device: torch.device, loss_fn: nn.Module | None = None,
+            *, amp: bool = False, cpu_bf16: bool = False) -> tuple[np.ndarray, float]:
+    """Sigmoid probabilities for every clip of the loader and the mean loss (NaN without loss_fn)."""
+    tagger.eval()
+    preds, losses, n = [], 0.0, 0
+    for wave, y, _w in loader:
+        wave = wave.to(device, non_blocking=True)
+        with autocast_context(device, amp=amp, cpu_bf16=cpu_bf16):
+            logits = tagger(wave)
+        logits = logits.float()
+        if loss_fn is not None and y.numel():
+            losses += float(loss_fn(logits, y.to(device))) * len(wave)
+            n += len(wave)
+        preds.append(torch.sigmoid(logits).cpu().numpy())
+    return np.concatenate(preds), (losses / n if n else float("nan"))
+
+
+def train_fold(tagger: Tagger, *, train_loader: DataLoader, val_loader: DataLoader, val_truth: np.ndarray,
+               loss_fn: nn.Module, device: torch.device, fold_dir: Path, epochs: int, patience: int,
+               head_lr: float, encoder_lr: float, weight_decay: float, betas: tuple[float, float],
+               warmup_epochs: float, warmup_steps: int, min_lr_ratio: float, grad_clip: float,
+               amp: bool, cpu_bf16: bool, mixup_p: float, mixup_alpha: float, seed: int,
+               on_epoch: Callable[[EpochResult], None] | None = None,
+               on_step: Callable[[int, int], None] | None = None) -> FoldResult:
+    """Train one fold to early stopping, resuming from ``fold_dir/last.pt`` when present."""
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    tagger.to(device)
+    optimizer = build_optimizer(tagger.model, head_lr=head_lr, encoder_lr=encoder_lr,
+                                weight_decay=weight_decay, betas=tuple(betas))
+    steps_per_epoch = len(train_loader)
+    total = max(1, steps_per_epoch * epochs)
+    warm = warmup_steps if warmup_steps > 0 else int(round(warmup_epochs * steps_per_epoch))
+    scheduler = warmup_cosine(optimizer, warmup_steps=min(warm, total - 1), total_steps=total,
+                              min_lr_ratio=min_lr_ratio)
+    scaler = make_grad_scaler(device, amp)
+    stopper = EarlyStopping(patience=patience, mode="max")
+    generator = torch.Generator().manual_seed(seed)
+    start_epoch = 0
+
+    last_path, best_path = fold_dir / "last.pt", fold_dir / "best.pt"
+    if last_path.exists():
+        state = torch.load(last_path, map_location="cpu", weights_only=False)
+        tagger.model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        stopper.load_state_dict(state["early_stopping"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        start_epoch = state["epoch"] + 1
+
+    epoch = start_epoch - 1
+    for epoch in range(start_epoch, epochs):
+        if stopper.should_stop:
+            break
+        for obj in (train_loader.dataset, train_loader.sampler, getattr(train_loader, "batch_sampler", None)):
+            if hasattr(obj, "set_epoch"):
+                obj.set_epoch(epoch)
+        tagger.train()
+        t0 = time.perf_counter()
+        running, seen = 0.0, 0
+        for step, (wave, y, w) in enumerate(train_loader):
+            wave, y, w = wave.to(device, non_blocking=True), y.to(device), w.to(device)
+            with autocast_context(device, amp=amp, cpu_bf16=cpu_bf16):
+                x = tagger.features(wave)
+                x, y, w = mixup(x, y, alpha=mixup_alpha, p=mixup_p, generator=generator, sample_weights=w)
+                logits = tagger.model(x)
+            loss = loss_fn(logits.float(), y, sample_weights=w)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training loss became {float(loss)} at epoch {epoch} step {step}; "
+                                         "lower the learning rate or disable AMP")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if grad_clip > 0:
+                scaler.unscale_(optimizer)
+                clip_gradients(tagger.model, grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            running += float(loss) * len(wave)
+            seen += len(wave)
+            if on_step is not None:
+                on_step(epoch * steps_per_epoch + step + 1, total)
+        train_seconds = time.perf_counter() - t0
+        val_pred, val_loss = predict(tagger, val_loader, device, loss_fn, amp=amp, cpu_bf16=cpu_bf16)
+        score = lwlrap(val_truth, val_pred)
+        is_best = stopper.step(score)
+        if is_best:
+            save_atomic({"model": tagger.model.state_dict(), "epoch": epoch, "val_lwlrap": score,
+                         "mel_mean": tagger.frontend.mel_mean.cpu(), "mel_std": tagger.frontend.mel_std.cpu()},
+                        best_path)
+            np.save(fold_dir / "val_pred.npy", val_pred)
+        save_atomic({"model": tagger.model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                     "early_stopping": stopper.state_dict(), "generator": generator.get_state(),
+                     "torch_rng": torch.get_rng_state(), "epoch": epoch}, last_path)
+        result = EpochResult(epoch=epoch, train_loss=running / max(seen, 1), val_loss=val_loss,
+                             val_lwlrap=score, lr=optimizer.param_groups[0]["lr"],
+                             seconds=time.perf_counter() - t0,
+                             clips_per_sec=seen / train_seconds if train_seconds > 0 else math.nan,
+                             is_best=is_best)
+        if on_epoch is not None:
+            on_epoch(result)
+    best = np.load(fold_dir / "val_pred.npy")
+    return FoldResult(best_lwlrap=float(stopper.best), best_epoch=int(stopper.best_epoch),
+                      val_pred=best, epochs_run=epoch + 1)
+
+
+def is_oom(err: BaseException) -> bool:
+    """True for out-of-memory errors from CUDA or the CPU allocator."""
+    if torch.cuda.is_available() and isinstance(err, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate" in text)
+
+
+def find_batch_size(tagger: Tagger, n_classes: int, crop_samples: int, device: torch.device, *,
+                    start: int = 4, limit: int | None = None) -> int:
+    """The largest batch (doubling from ``start``) whose forward + backward fits, found by trying.
+
+    On a CPU the search stops at 64 (``limit``): beyond that the kernel's
+    out-of-memory killer, not an exception, would answer.
+    """
+    limit = limit or (1024 if device.type == "cuda" else 64)
+    tagger.to(device).train()
+    best, size = 0, start
+    while size <= limit:
+        try:
+            wave = torch.randn(size, crop_samples, device=device) * 0.1
+            logits = tagger(wave)
+            loss = nn.functional.binary_cross_entropy_with_logits(logits, torch.zeros(size, n_classes, device=device))
+            loss.backward()
+            best = size
+        except Exception as err:  # noqa: BLE001 - only out-of-memory ends the search quietly
+            if not is_oom(err):
+                raise
+            break
+        finally:
+            tagger.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        size *= 2
+    if best == 0:
+        raise RuntimeError(f"not even a batch of {start} fits on {device}; lower audio.crop_seconds")
+    return best
