@@ -31,7 +31,6 @@ class DataSection:
     """Where the dataset is and which parts of it a job uses."""
 
     root: str = ""
-    use_noisy: bool = False
     #: Folder for decoded-waveform caches; empty = ``<root>/.fsat-cache``.
     cache_dir: str = ""
 
@@ -549,14 +548,24 @@ def configs_dirs() -> list[Path]:
     return out
 
 
-def list_presets() -> dict[str, Path]:
-    """Preset name -> file, first directory wins."""
+def list_presets(kind: str | None = None) -> dict[str, Path]:
+    """Preset name -> file, first directory wins; only presets of ``kind`` when given."""
     found: dict[str, Path] = {}
     for d in configs_dirs():
         if d.is_dir():
             for p in sorted(d.glob("*.toml")):
                 found.setdefault(p.stem, p)
+    if kind is not None:
+        found = {name: p for name, p in found.items() if preset_kind(p) == kind}
     return found
+
+
+def preset_kind(path: Path | str) -> str:
+    """The job kind a preset file is for: its ``kind`` key, following ``extends``; default ``train``."""
+    try:
+        return str(load_preset_file(path).get("kind", "train"))
+    except ConfigError:
+        return "train"
 
 
 def read_toml(path: Path | str) -> dict:
@@ -569,6 +578,31 @@ def read_toml(path: Path | str) -> dict:
         raise ConfigError("no such config file", file=path) from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"not valid TOML: {err}", file=path) from None
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_preset_file(path: Path | str, _seen: tuple[str, ...] = ()) -> dict:
+    """Read a preset; ``extends = "NAME"`` first loads preset NAME and lays this file over it."""
+    path = Path(path)
+    data = read_toml(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise ConfigError(f"expected a preset name, got {parent!r}", field="extends", file=path)
+    if parent in _seen:
+        raise ConfigError(f"presets extend each other in a loop: {' -> '.join(_seen + (parent,))}",
+                          field="extends", file=path)
+    return _deep_merge(load_preset_file(preset_path(parent), _seen + (parent,)), data)
 
 
 def preset_path(name: str) -> Path:
@@ -626,7 +660,7 @@ def resolve_spec(kind: str, *, preset: str | None = None, config: Path | str | N
     elif config:
         source = Path(config)
     if source is not None:
-        data = read_toml(source)
+        data = load_preset_file(source)
     if data_root:
         data = apply_overrides(data, [f"data.root={json.dumps(str(Path(data_root).resolve()))}"])
     data = apply_overrides(data, overrides or [])

@@ -8,16 +8,49 @@ from pathlib import Path
 import pytest
 
 from engine.errors import ConfigError
-from engine.specs import (TrainSpec, apply_overrides, list_presets, parse_override, resolve_spec, spec_from_json,
-                          spec_hash, to_dict)
+from engine.specs import (TrainSpec, apply_overrides, list_presets, parse_override, preset_kind, resolve_spec,
+                          spec_from_json, spec_hash, to_dict)
 
 
 def test_every_shipped_preset_resolves():
     presets = list_presets()
-    assert "demo" in presets
-    for name in presets:
-        spec = resolve_spec("train", preset=name, data_root="/data/fsd")
-        assert spec.data.root == str(Path("/data/fsd").resolve())
+    assert {"demo", "cnn14", "cnn14_seed2025", "cnn14_128mel", "resnet38", "cnn14_focal",
+            "cnn14_multiscale", "baseline", "tta"} <= set(presets)
+    for name, path in presets.items():
+        kind = preset_kind(path)
+        if kind == "infer":
+            spec = resolve_spec(kind, preset=name, overrides=["run_id=train-0001"])
+            assert spec.infer.tta_crops == 5
+        else:
+            spec = resolve_spec(kind, preset=name, data_root="/data/fsd")
+            assert spec.data.root == str(Path("/data/fsd").resolve())
+    assert set(list_presets("train")) >= {"demo", "cnn14", "resnet38"}
+    assert "baseline" not in list_presets("train")
+
+
+def test_ensemble_member_presets_follow_the_plan():
+    def train(name: str):
+        return resolve_spec("train", preset=name, data_root="/d")
+
+    base = train("cnn14")
+    assert (base.model.arch, base.features.n_mels, base.audio.crop_seconds, base.train.seed) == ("cnn14", 64, 10.0, 42)
+    assert base.loss.label_smoothing == 0.05 and base.augment.mixup_p == 0.5 and base.train.balanced_sampler
+    assert train("cnn14_seed2025").train.seed == 2025
+    assert train("cnn14_128mel").features.n_mels == 128
+    assert train("resnet38").model.arch == "resnet38"
+    focal = train("cnn14_focal")
+    assert (focal.loss.name, focal.loss.focal_gamma) == ("focal", 1.5)
+    assert train("cnn14_multiscale").audio.multiscale_crops == [5.0, 12.0]
+    # Members differ from the base only where the plan says.
+    assert spec_hash(train("cnn14_seed2025")) != spec_hash(base)
+
+
+def test_extends_loop_is_refused(tmp_path: Path, monkeypatch):
+    (tmp_path / "a.toml").write_text('extends = "b"\n')
+    (tmp_path / "b.toml").write_text('extends = "a"\n')
+    monkeypatch.setenv("FSAT_CONFIGS", str(tmp_path))
+    with pytest.raises(ConfigError, match="loop"):
+        resolve_spec("train", preset="a", data_root="/d")
 
 
 def test_overrides_parse_as_toml_values():
