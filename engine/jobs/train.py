@@ -61,7 +61,8 @@ def make_model(spec: TrainSpec, n_classes: int, log=print):
         log(f"no PANNs checkpoint at {where}: training {m.arch} from scratch (model.pretrained = optional)")
         return model
     info = model.load_pretrained(path, init_head_from_audioset=m.init_head_from_audioset)
-    log(f"loaded {path}: {info}")
+    log(f"loaded {info['loaded']} pretrained tensors from {path}" +
+        "".join(f"; {note}" for note in info.get("notes", [])))
     return model
 
 
