@@ -1,0 +1,1 @@
+"""fsat-console: the Textual experiment console."""

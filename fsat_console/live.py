@@ -1,0 +1,230 @@
+"""Live data: change detection and loading on the console's own read-only connection.
+
+The worker and its jobs commit scores to ``experiments.db`` from other
+processes. Every poll asks SQLite for ``PRAGMA data_version`` (it changes when
+another connection commits) — one cheap statement. Only when it changed, when
+the caller forces it, or when the last full load is a few seconds old (worker
+liveness is a matter of heartbeat *age*, which changes without a commit) are
+the jobs, runs and workers loaded. The loaded rows are then compared with the
+previous ones, so a heartbeat-only commit does not repaint anything.
+
+The run screen asks for one run's detail (epochs, folds, per-class scores of
+one fold); it is loaded with the overview only while that screen is shown.
+
+``Poller`` is used from one thread at a time (the console's poll worker), and
+polls never overlap: the console schedules the next one when the previous one
+has been handled.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from textual.message import Message
+
+from engine.errors import FsatError
+from engine.store import Store, StoreError
+
+#: A worker whose heartbeat is older than this is not counted as alive.
+WORKER_MAX_AGE = 10.0
+
+
+@dataclass
+class Overview:
+    """Everything the main screen and the status line show."""
+
+    jobs: list[dict]
+    runs: list[dict]
+    workers: list[dict]
+    loaded_at: float = field(default_factory=time.time)
+
+    def job(self, job_id: int | None) -> dict | None:
+        """The job row with this id, if it is among the listed jobs."""
+        return next((j for j in self.jobs if j["id"] == job_id), None)
+
+    def counts(self) -> dict[str, int]:
+        """Number of jobs per status."""
+        out: dict[str, int] = {}
+        for job in self.jobs:
+            out[job["status"]] = out.get(job["status"], 0) + 1
+        return out
+
+
+@dataclass
+class RunDetail:
+    """One run as the run screen shows it."""
+
+    run_id: str
+    class_fold: int
+    run: dict | None
+    job: dict | None
+    epochs: list[dict]
+    folds: list[dict]
+    classes: list[dict]
+
+    @property
+    def planned_epochs(self) -> int | None:
+        """Epochs per fold from the run's (or else its job's) spec."""
+        for spec in (self.run or {}).get("config") or {}, (self.job or {}).get("spec") or {}:
+            epochs = (spec.get("train") or {}).get("epochs")
+            if epochs:
+                return int(epochs)
+        return None
+
+    @property
+    def planned_folds(self) -> list[int]:
+        """The folds this run trains (from its spec), else the folds seen so far, else 0..4."""
+        for spec in (self.run or {}).get("config") or {}, (self.job or {}).get("spec") or {}:
+            train = spec.get("train") or {}
+            if train:
+                folds = train.get("folds") or list(range(int(train.get("n_folds") or 5)))
+                return [int(k) for k in folds]
+        seen = sorted({int(e["fold"]) for e in self.epochs} | {int(f["fold"]) for f in self.folds})
+        return seen or list(range(5))
+
+    @property
+    def n_folds(self) -> int:
+        """Folds in the split (for cycling the per-class view through them)."""
+        for spec in (self.run or {}).get("config") or {}, (self.job or {}).get("spec") or {}:
+            n = (spec.get("train") or {}).get("n_folds")
+            if n:
+                return int(n)
+        return max(self.planned_folds, default=4) + 1
+
+
+class LiveUpdate(Message):
+    """New data from a poll: an overview and/or a run detail (None = unchanged)."""
+
+    def __init__(self, overview: Overview | None, detail: RunDetail | None) -> None:
+        super().__init__()
+        self.overview = overview
+        self.detail = detail
+
+
+class LiveError(Message):
+    """A poll failed; ``text`` says why in the user's terms."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+
+def describe_error(err: BaseException, db_path: Path) -> str:
+    """A one-line explanation of a poll failure, naming the database."""
+    text = str(err)
+    if isinstance(err, sqlite3.OperationalError) and "locked" in text:
+        return f"{db_path}: the database is locked by another process; retrying"
+    if isinstance(err, sqlite3.DatabaseError):
+        return f"{db_path}: {text}"
+    if isinstance(err, FsatError):
+        return text
+    return f"{db_path}: {type(err).__name__}: {text}"
+
+
+def _strip(rows: list[dict], *drop: str) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in drop} for r in rows]
+
+
+class Poller:
+    """Detects changes to the database and loads what the console shows."""
+
+    def __init__(self, db_path: Path | str, *, stale_after: float = 3.0,
+                 worker_max_age: float = WORKER_MAX_AGE) -> None:
+        self.db_path = Path(db_path)
+        self.stale_after = stale_after
+        self.worker_max_age = worker_max_age
+        self._store: Store | None = None
+        self._version: int | None = None
+        self._overview_key: tuple | None = None
+        self._detail_key: tuple | None = None
+        self._loaded_at = 0.0
+
+    def _open(self) -> Store:
+        if self._store is None:
+            self._store = Store(self.db_path, readonly=True, timeout=2.0)
+            self._version = None
+        return self._store
+
+    def close(self) -> None:
+        """Close the read-only connection (reopened on the next poll)."""
+        if self._store is not None:
+            try:
+                self._store.close()
+            finally:
+                self._store = None
+
+    def poll(self, watch: tuple[str, int] | None = None, *,
+             force: bool = False) -> tuple[Overview | None, RunDetail | None]:
+        """One poll: returns (overview, detail), each None when nothing the UI shows changed.
+
+        ``watch`` is ``(run_id, class_fold)`` while the run screen is shown.
+        ``force`` returns fresh objects even when nothing changed. Raises
+        sqlite3 errors or FsatError; the connection is then dropped and
+        reopened next time.
+        """
+        if not self.db_path.exists():
+            self.close()
+            raise FsatError(f"{self.db_path}: the database file is gone (deleted or moved); "
+                            "put it back or restart the console to create a new one")
+        try:
+            store = self._open()
+            version = store.data_version()
+            changed = version != self._version
+            stale = time.time() - self._loaded_at >= self.stale_after
+            overview = detail = None
+            if changed or stale or force:
+                overview = self._load_overview(store, force)
+                self._loaded_at = time.time()
+            if watch is not None and (changed or force or self._detail_key is None
+                                      or self._detail_key[:2] != tuple(watch)):
+                detail = self._load_detail(store, watch, force)
+            elif watch is None:
+                self._detail_key = None
+            self._version = version
+            return overview, detail
+        except (sqlite3.Error, OSError):
+            self.close()
+            raise
+
+    def _load_overview(self, store: Store, force: bool) -> Overview | None:
+        jobs = store.list_jobs()
+        runs = store.list_runs()
+        workers = store.live_workers(self.worker_max_age)
+        # Heartbeats alone must not repaint: compare without them.
+        key = (repr(_strip(jobs)), repr(runs), repr(_strip(workers, "heartbeat_at")))
+        if key == self._overview_key and not force:
+            return None
+        self._overview_key = key
+        return Overview(jobs=jobs, runs=runs, workers=workers)
+
+    def _load_detail(self, store: Store, watch: tuple[str, int], force: bool) -> RunDetail | None:
+        run_id, class_fold = watch
+        run = store.get_run(run_id)
+        job = None
+        if run and run.get("job_id") is not None:
+            try:
+                job = _job_dict(store.get_job(int(run["job_id"])))
+            except StoreError:
+                job = None
+        epochs = store.epochs(run_id)
+        folds = store.fold_scores(run_id)
+        classes = store.class_scores(run_id, class_fold)
+        key = (run_id, class_fold, repr(run), repr(_strip([job] if job else [], "heartbeat_at")),
+               repr(epochs), repr(folds), repr(classes))
+        if key == self._detail_key and not force:
+            return None
+        self._detail_key = key
+        return RunDetail(run_id=run_id, class_fold=class_fold, run=run, job=job, epochs=epochs,
+                         folds=folds, classes=classes)
+
+
+def _job_dict(job: object) -> dict:
+    """A store Job as a plain dict (the spec stays decoded)."""
+    return dict(vars(job))
+
+
+__all__ = ["LiveError", "LiveUpdate", "Overview", "Poller", "RunDetail", "describe_error",
+           "WORKER_MAX_AGE"]

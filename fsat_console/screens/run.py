@@ -1,0 +1,289 @@
+"""One run: its header, per-fold scores, per-epoch curves and the 80 classes by LRAP.
+
+Everything here refreshes by itself while the run trains: the app's poller
+loads this run's rows whenever the database changes and hands them to
+``show_detail``. ``f`` walks the per-class table from out-of-fold through each
+fold, so a class that is weak everywhere stands apart from one weak in a
+single fold.
+"""
+
+from __future__ import annotations
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Footer, Header, Static
+
+from engine.store import OOF
+from fsat_console.formatting import bar, fmt_score, status_text
+from fsat_console.live import Overview, RunDetail
+from fsat_console.widgets.chart import METRICS, EpochChart, fold_series
+from fsat_console.widgets.live_table import Cell, ColumnSpec, LiveTable, num_cell
+from fsat_console.widgets.status import WorkerStatus
+
+FOLD_COLUMNS = (
+    ColumnSpec("fold", "fold"),
+    ColumnSpec("lwlrap", "LWLRAP", descending_first=True),
+    ColumnSpec("best_epoch", "best ep"),
+    ColumnSpec("n_val", "n_val", descending_first=True),
+    ColumnSpec("epochs", "epochs", descending_first=True),
+    ColumnSpec("state", "state"),
+)
+
+CLASS_COLUMNS = (
+    ColumnSpec("class", "class"),
+    ColumnSpec("lrap", "LRAP", descending_first=True),
+    ColumnSpec("bar", "", sortable=False),
+    ColumnSpec("weight", "weight", descending_first=True),
+    ColumnSpec("n_pos", "n_pos", descending_first=True),
+)
+
+
+def fold_rows(detail: RunDetail) -> list[tuple[str, list[Cell]]]:
+    """One row per planned (or seen) fold: best LWLRAP and its epoch, n_val, epochs done, state."""
+    planned = detail.planned_epochs
+    scores = {int(f["fold"]): f for f in detail.folds}
+    by_fold: dict[int, list[dict]] = {}
+    for e in detail.epochs:
+        by_fold.setdefault(int(e["fold"]), []).append(e)
+    folds = sorted(set(detail.planned_folds) | set(scores) | set(by_fold))
+    status = (detail.run or {}).get("status")
+    running = status == "running"
+    # A fold not started yet is waiting only while the run can still reach it.
+    pending = status in ("running", "interrupted", None)
+    rows = []
+    for k in folds:
+        score = scores.get(k)
+        epochs = by_fold.get(k, [])
+        if score is not None:
+            state = Text("✔ done", style="green")
+        elif epochs and running:
+            state = Text("▶ training", style="bold yellow")
+        elif epochs:
+            state = Text("⏸ stopped", style="dark_orange")
+        elif pending:
+            state = Text("◌ waiting", style="dim")
+        else:
+            state = Text("— not run", style="dim")
+        done = f"{len(epochs)}/{planned}" if planned else str(len(epochs))
+        rows.append((str(k), [
+            num_cell(str(k), k),
+            num_cell(fmt_score(score["lwlrap"]) if score else "—", score["lwlrap"] if score else None,
+                     "bold" if score else ""),
+            num_cell(str(score["best_epoch"]) if score and score.get("best_epoch") is not None else "—",
+                     score.get("best_epoch") if score else None),
+            num_cell(str(score["n_val"]) if score else "—", score["n_val"] if score else None),
+            num_cell(done, len(epochs)),
+            Cell(state.plain, style=str(state.style), sort_key=state.plain),
+        ]))
+    return rows
+
+
+def class_rows(classes: list[dict]) -> list[tuple[str, list[Cell]]]:
+    """One row per class: LRAP with a bar, its LWLRAP weight (share of positives) and positives."""
+    rows = []
+    for c in classes:
+        lrap = c.get("lrap")
+        style = "" if lrap is None else "red" if lrap < 0.5 else "yellow" if lrap < 0.8 else "green"
+        rows.append((str(c["class_idx"]), [
+            Cell(c["class_name"], sort_key=c["class_name"].lower()),
+            num_cell(fmt_score(lrap), lrap),
+            Cell(bar(lrap, 10), style=style),
+            num_cell(f"{c['weight'] * 100:.2f}%", c["weight"]),
+            num_cell(str(c["n_pos"]), c["n_pos"]),
+        ]))
+    return rows
+
+
+def fold_label(fold: int) -> str:
+    """``out-of-fold`` or ``fold N``."""
+    return "out-of-fold" if fold == OOF else f"fold {fold}"
+
+
+def run_header(detail: RunDetail | None, run_id: str) -> Table:
+    """The header grid: identity and settings on the first line, scores and progress on the second."""
+    grid = Table.grid(padding=(0, 3))
+    for _ in range(5):
+        grid.add_column()
+    run = detail.run if detail else None
+    if run is None:
+        grid.add_row(Text(f"run {run_id}", style="bold"),
+                     Text("loading…" if detail is None else "not in the database (yet)", style="dim"))
+        return grid
+
+    def pair(label: str, value: str, style: str = "bold") -> Text:
+        return Text.assemble((f"{label} ", "dim"), (value, style))
+
+    folds = [f["lwlrap"] for f in detail.folds]
+    mean = sum(folds) / len(folds) if folds else None
+    grid.add_row(
+        Text.assemble(("run ", "dim"), (str(run["id"]), "bold"),
+                      ("  " + (run.get("name") or ""), "italic")),
+        pair("model", run.get("model") or "—"),
+        Text.assemble(("status ", "dim"), status_text(run.get("status"))),
+        pair("config", run.get("config_hash") or "—"),
+        pair("seed", "—" if run.get("seed") is None else str(run["seed"])),
+    )
+    job = detail.job
+    progress = Text()
+    if job is not None:
+        progress.append("job ", style="dim")
+        progress.append(f"{job['id']} ", style="bold")
+        if job["status"] == "running":
+            progress.append(bar(job.get("progress"), 10), style="yellow")
+            progress.append(f" {float(job.get('progress') or 0) * 100:3.0f}% ")
+        else:
+            progress.append_text(status_text(job["status"]))
+            progress.append(" ")
+        if (job.get("message") or "") != job["status"]:
+            progress.append(job.get("message") or "", style="dim")
+    grid.add_row(
+        pair("CV LWLRAP", fmt_score(run.get("cv_lwlrap")), "bold green" if run.get("cv_lwlrap") else "bold"),
+        pair("mean fold", fmt_score(mean)),
+        pair("test", fmt_score(run.get("test_lwlrap"))),
+        pair("device", run.get("device") or "—"),
+        progress,
+    )
+    return grid
+
+
+class RunScreen(Screen):
+    """Drill into one run; updates live while it trains."""
+
+    BINDINGS = [
+        Binding("escape", "back", "Back", tooltip="Back to runs and jobs"),
+        Binding("f", "cycle_fold", "Class fold", tooltip="Per-class table: out-of-fold, then fold 0, 1, …"),
+        Binding("m", "cycle_metric", "Chart metric",
+                tooltip="Chart: val LWLRAP, val loss, train loss, learning rate"),
+        Binding("s", "cycle_sort", "Sort", tooltip="Sort the focused table by its next column"),
+        Binding("S", "reverse_sort", "Reverse", show=False, tooltip="Reverse the sort of the focused table"),
+        Binding("c", "cancel_job", "Cancel job", tooltip="Cancel this run's job (asks first)"),
+        Binding("tab", "switch_table", "Folds/Classes", tooltip="Move between the fold and the class table"),
+    ]
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__()
+        self.run_id = run_id
+        self.class_fold = OOF
+        self.metric_index = 0
+        self.detail: RunDetail | None = None
+
+    def compose(self) -> ComposeResult:
+        """Header, run summary, folds + chart on the left, classes on the right."""
+        yield Header()
+        yield WorkerStatus(id="status")
+        yield Static(run_header(None, self.run_id), id="run-header")
+        with Horizontal(id="run-body"):
+            with Vertical(id="run-left"):
+                yield LiveTable(FOLD_COLUMNS, sort_column="fold", id="folds")
+                yield EpochChart(id="chart")
+            yield LiveTable(CLASS_COLUMNS, sort_column="lrap", reverse=True, id="classes")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        """Titles and an empty chart until the first poll lands."""
+        self.sub_title = f"run {self.run_id}"
+        self.query_one("#run-header", Static).border_title = "Run"
+        self.query_one("#folds", LiveTable).border_title = "Folds"
+        self.query_one("#classes", LiveTable).focus()
+        self.query_one(EpochChart).show({}, METRICS[self.metric_index][1])
+        self._class_title()
+
+    @property
+    def watch_key(self) -> tuple[str, int]:
+        """What the poller should load for this screen."""
+        return (self.run_id, self.class_fold)
+
+    def on_screen_resume(self) -> None:
+        """Ask the poller for this run as soon as the screen is shown."""
+        self.app.follow_run(self)  # type: ignore[attr-defined]
+
+    def on_screen_suspend(self) -> None:
+        """Stop loading this run while another screen covers it."""
+        self.app.unfollow_run(self)  # type: ignore[attr-defined]
+
+    def on_unmount(self) -> None:
+        """Stop loading this run once the screen is closed."""
+        self.app.unfollow_run(self)  # type: ignore[attr-defined]
+
+    def _class_title(self) -> None:
+        table = self.query_one("#classes", LiveTable)
+        table.border_title = f"Classes · {fold_label(self.class_fold)} LRAP"
+        count = table.row_count
+        table.border_subtitle = (f"{count} classes · sorted by {table.sort_description} · f: next fold · S: reverse"
+                                 if count else f"no per-class scores for {fold_label(self.class_fold)} yet · f: next fold")
+
+    def show_overview(self, overview: Overview | None) -> None:
+        """Only the status line depends on the overview here."""
+        self.app.refresh_status(self)  # type: ignore[attr-defined]
+
+    def show_detail(self, detail: RunDetail) -> None:
+        """Refresh the header, fold table, chart and class table from a poll."""
+        if detail.run_id != self.run_id or detail.class_fold != self.class_fold:
+            return  # an answer to an earlier request (before f was pressed)
+        self.detail = detail
+        self.query_one("#run-header", Static).update(run_header(detail, self.run_id))
+        folds = self.query_one("#folds", LiveTable)
+        folds.sync(fold_rows(detail))
+        done = len(detail.folds)
+        folds.border_subtitle = f"{done}/{len(detail.planned_folds)} folds done"
+        self._plot()
+        self.query_one("#classes", LiveTable).sync(class_rows(detail.classes))
+        self._class_title()
+
+    def _plot(self) -> None:
+        metric, label, _ = METRICS[self.metric_index]
+        epochs = self.detail.epochs if self.detail else []
+        self.query_one(EpochChart).show(fold_series(epochs, metric), label)
+
+    # -- actions --------------------------------------------------------------------
+
+    def action_back(self) -> None:
+        """Return to the main screen."""
+        self.app.pop_screen()
+
+    def action_cycle_fold(self) -> None:
+        """Show per-class LRAP of the next fold (out-of-fold → 0 → … → last → out-of-fold)."""
+        n_folds = self.detail.n_folds if self.detail else 5
+        self.class_fold = 0 if self.class_fold == OOF else self.class_fold + 1
+        if self.class_fold >= n_folds:
+            self.class_fold = OOF
+        self.query_one("#classes", LiveTable).sync([])
+        self._class_title()
+        self.app.follow_run(self)  # type: ignore[attr-defined]
+
+    def action_cycle_metric(self) -> None:
+        """Chart the next per-epoch metric."""
+        self.metric_index = (self.metric_index + 1) % len(METRICS)
+        self._plot()
+
+    def _focused_table(self) -> LiveTable:
+        focused = self.focused
+        return focused if isinstance(focused, LiveTable) else self.query_one("#classes", LiveTable)
+
+    def action_cycle_sort(self) -> None:
+        """Sort the focused table by its next column."""
+        self._focused_table().cycle_sort()
+        self._class_title()
+
+    def action_reverse_sort(self) -> None:
+        """Reverse the focused table's sort."""
+        self._focused_table().reverse_sort()
+        self._class_title()
+
+    def action_switch_table(self) -> None:
+        """Focus the other table."""
+        folds = self.query_one("#folds", LiveTable)
+        classes = self.query_one("#classes", LiveTable)
+        (classes if self.focused is folds else folds).focus()
+
+    def action_cancel_job(self) -> None:
+        """Cancel the job that produces this run."""
+        job_id = (self.detail.run or {}).get("job_id") if self.detail else None
+        if job_id is None:
+            self.notify(f"Run {self.run_id} has no job to cancel.", severity="warning", markup=False)
+            return
+        self.app.confirm_cancel(int(job_id))  # type: ignore[attr-defined]

@@ -1,0 +1,450 @@
+"""The Textual console, driven with Pilot on a real SQLite file.
+
+The test itself plays the other processes: it writes jobs, runs and scores
+through ``engine.store.Store`` on its own connection while the console is
+open, and checks that the console shows them without a key press. One test
+lets the console start a real ``python -m engine.worker`` process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from textual.command import CommandList, CommandPalette
+from textual.widgets import Input, OptionList, Static
+
+from engine.data.labels import FSD2019_CLASSES
+from engine.store import OOF, Store
+from fsat_console.app import FsatConsole
+from fsat_console.screens.confirm import ConfirmScreen
+from fsat_console.screens.help import HelpScreen
+from fsat_console.screens.main import MainScreen
+from fsat_console.screens.queue import QueueScreen, preset_about, split_overrides, train_presets
+from fsat_console.widgets.live_table import LiveTable
+
+PROJECT = Path(__file__).resolve().parent.parent
+SIZE = (140, 45)
+
+TINY_PRESET = """\
+name = "tiny"
+
+[model]
+arch = "small"
+width = 8
+
+[train]
+epochs = 1
+batch_size = 4
+"""
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """A database, a preset directory (first in the search path) and a dataset root."""
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "tiny.toml").write_text(TINY_PRESET)
+    monkeypatch.setenv("FSAT_CONFIGS", str(configs))
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train_curated.csv").write_text("fname,labels\n")
+    db = tmp_path / "experiments.db"
+    store = Store(db)
+    yield {"db": db, "data": data, "store": store, "tmp": tmp_path}
+    store.close()
+
+
+async def wait_until(pilot, predicate, timeout: float = 5.0, what: str = "condition") -> None:
+    """Let the app run until ``predicate()`` holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        await pilot.pause(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def screen_text(app) -> str:
+    """The current screen rendered to plain text, line by line."""
+    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
+
+
+def table(app, table_id: str) -> LiveTable:
+    """A LiveTable of the current screen."""
+    return app.screen.query_one(f"#{table_id}", LiveTable)
+
+
+async def open_queue_dialog(pilot, app, *, press: bool = True, timeout: float = 5.0) -> QueueScreen:
+    """Press n (unless the app opens the dialog itself) and wait until the preset list has focus."""
+    if press:
+        await pilot.press("n")
+    await wait_until(pilot, lambda: isinstance(app.screen, QueueScreen)
+                     and app.focused is app.screen.query_one("#preset", OptionList),
+                     timeout=timeout, what="queue dialog")
+    return app.screen
+
+
+def cell_text(t: LiveTable, row_key: str, column: str) -> str:
+    """Plain text of one cell."""
+    return t.get_cell(row_key, column).plain
+
+
+# -- (a) queue a job with keys only ---------------------------------------------------------
+
+
+async def test_queue_job_from_modal_with_keys_only(env: dict) -> None:
+    app = FsatConsole(env["db"], data_root=env["data"], poll_interval=0.1)
+    async with app.run_test(size=SIZE) as pilot:
+        queue = await open_queue_dialog(pilot, app)
+        await pilot.press("home")  # the test preset is first in the list
+        assert queue.preset == "tiny"
+        assert queue.query_one("#data-root", Input).value == str(env["data"].resolve())
+        await pilot.press("tab", "tab")  # preset -> data root -> overrides
+        assert app.focused is queue.query_one("#overrides", Input)
+        await pilot.press(*"train.epochs=3 train.folds=[0]")
+        await pilot.press("tab", "backspace", "7")  # priority
+        await pilot.press("enter")
+        await app.workers.wait_for_complete()
+        await wait_until(pilot, lambda: isinstance(app.screen, MainScreen), what="dialog to close")
+
+        jobs = env["store"].list_jobs()
+        assert len(jobs) == 1
+        job = env["store"].get_job(jobs[0]["id"])
+        assert (job.kind, job.status, job.name, job.priority) == ("train", "queued", "tiny", 7)
+        assert job.spec["train"]["epochs"] == 3
+        assert job.spec["train"]["folds"] == [0]
+        assert job.spec["train"]["batch_size"] == 4  # from the preset
+        assert job.spec["data"]["root"] == str(env["data"].resolve())
+
+        key = str(job.id)
+        await wait_until(pilot, lambda: key in table(app, "jobs").rows, what="job row")
+        jobs_table = table(app, "jobs")
+        assert cell_text(jobs_table, key, "name") == "tiny"
+        assert cell_text(jobs_table, key, "status").endswith("queued")
+
+
+# -- (b) a bad override is shown under its field; nothing is queued ---------------------------
+
+
+async def test_bad_override_shows_field_error_and_queues_nothing(env: dict) -> None:
+    app = FsatConsole(env["db"], data_root=env["data"], poll_interval=0.1)
+    async with app.run_test(size=SIZE) as pilot:
+        queue = await open_queue_dialog(pilot, app)
+        await pilot.press("home", "tab", "tab", *"train.epochs=abc", "enter")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+
+        error = queue.query_one("#overrides-error", Static)
+        assert app.screen is queue
+        assert error.display
+        assert "train.epochs" in str(error.content)
+        assert "whole number" in str(error.content)
+        assert queue.query_one("#overrides", Input).value == "train.epochs=abc"
+        assert env["store"].list_jobs() == []
+
+        # Nothing is lost: fix the value in place and queue.
+        await pilot.press("backspace", "backspace", "backspace", "2", "enter")
+        await app.workers.wait_for_complete()
+        await wait_until(pilot, lambda: isinstance(app.screen, MainScreen), what="dialog to close")
+        jobs = env["store"].list_jobs()
+        assert len(jobs) == 1
+        assert env["store"].get_job(jobs[0]["id"]).spec["train"]["epochs"] == 2
+
+
+async def test_missing_data_root_is_shown_under_its_field(env: dict) -> None:
+    app = FsatConsole(env["db"], data_root=env["tmp"] / "nowhere", poll_interval=0.1)
+    async with app.run_test(size=SIZE) as pilot:
+        queue = await open_queue_dialog(pilot, app)
+        await pilot.press("enter")
+        await pilot.pause()
+        error = queue.query_one("#data-root-error", Static)
+        assert error.display and "no such folder" in str(error.content)
+        assert app.screen is queue
+        assert env["store"].list_jobs() == []
+
+
+async def test_full_queue_is_reported_in_the_dialog(env: dict) -> None:
+    for _ in range(1000):  # the store's default limit of waiting jobs
+        env["store"].enqueue("train", {}, name="filler")
+    app = FsatConsole(env["db"], data_root=env["data"], poll_interval=0.1)
+    async with app.run_test(size=SIZE) as pilot:
+        queue = await open_queue_dialog(pilot, app)
+        await pilot.press("home", "enter")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        error = queue.query_one("#queue-error", Static)
+        assert app.screen is queue
+        assert error.display and "Queue full" in str(error.content)
+    assert len(env["store"].list_jobs(limit=2000)) == 1000
+
+
+def test_queue_dialog_lists_only_training_presets(env: dict) -> None:
+    configs = env["tmp"] / "configs"
+    (configs / "zz_tta.toml").write_text('kind = "infer"\nrun_id = "train-0001"\n')
+    (configs / "zz_train.toml").write_text('# Two epochs,\n# for a smoke test.\nkind = "train"\n'
+                                           '# not part of the description\n[train]\nepochs = 2\n')
+    presets = train_presets()
+    assert "tiny" in presets and "zz_train" in presets
+    assert "zz_tta" not in presets
+    assert preset_about(presets["zz_train"]) == "Two epochs, for a smoke test."
+    assert preset_about(presets["tiny"]) == ""
+
+
+def test_split_overrides_keeps_lists_and_quoted_strings_together() -> None:
+    assert split_overrides('train.epochs=3  train.folds=[0, 1] name="my run" x=1') == [
+        "train.epochs=3", "train.folds=[0, 1]", 'name="my run"', "x=1"]
+    assert split_overrides("   ") == []
+
+
+# -- (c) scores written by another connection appear live on the run screen --------------------
+
+
+async def test_run_screen_updates_live_without_key_press(env: dict) -> None:
+    store = env["store"]
+    job_id = store.enqueue("train", {"train": {"epochs": 2, "n_folds": 5}}, name="live")
+    run_id = "train-0001"
+    store.create_run(run_id, kind="train", job_id=job_id, name="live", model="small", seed=7,
+                     device="cpu", config_hash="0123abcd4567",
+                     config={"train": {"epochs": 2, "n_folds": 5, "folds": []}})
+    app = FsatConsole(env["db"], data_root=env["data"], poll_interval=0.1)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: run_id in table(app, "runs").rows, what="run row")
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: type(app.screen).__name__ == "RunScreen", what="run screen")
+        screen = app.screen
+        await wait_until(pilot, lambda: screen.detail is not None, what="first load")
+        assert cell_text(table(app, "folds"), "0", "lwlrap") == "—"
+        assert table(app, "classes").row_count == 0
+
+        # Another connection (the stand-in for a training job) writes scores.
+        rng_lrap = [((i * 37) % 80) / 80 for i in range(80)]  # a permutation of 0, 1/80, ..., 79/80
+        weights = [(i % 5 + 1) / 240 for i in range(80)]
+        n_pos = [i % 5 + 1 for i in range(80)]
+        store.record_epoch(run_id, 0, 1, train_loss=0.9, val_loss=0.8, val_lwlrap=0.41, lr=1e-3, seconds=2.0)
+        store.record_epoch(run_id, 0, 2, train_loss=0.7, val_loss=0.6, val_lwlrap=0.55, lr=5e-4, seconds=2.0)
+        store.record_epoch(run_id, 1, 1, train_loss=0.95, val_loss=0.85, val_lwlrap=0.38, lr=1e-3, seconds=2.0)
+        store.record_fold(run_id, 0, lwlrap=0.55, best_epoch=2, n_val=17)
+        store.record_class_scores(run_id, OOF, FSD2019_CLASSES, rng_lrap, weights, n_pos)
+
+        folds = table(app, "folds")
+        classes = table(app, "classes")
+        await wait_until(pilot, lambda: cell_text(folds, "0", "lwlrap") == "0.5500" and classes.row_count == 80,
+                         what="scores to appear")
+        assert cell_text(folds, "0", "best_epoch") == "2"
+        assert cell_text(folds, "0", "n_val") == "17"
+        assert cell_text(folds, "0", "epochs") == "2/2"
+        assert cell_text(folds, "1", "epochs") == "1/2"
+        assert cell_text(folds, "1", "lwlrap") == "—"
+        chart = screen.query_one("#chart")
+        assert chart.series == {0: [(1, 0.41), (2, 0.55)], 1: [(1, 0.38)]}
+
+        # Classes sorted by out-of-fold LRAP, best first, with weight and positives.
+        expected = sorted(range(80), key=lambda i: -rng_lrap[i])
+        assert classes.keys_in_order() == [str(i) for i in expected]
+        best = expected[0]
+        assert cell_text(classes, str(best), "class") == FSD2019_CLASSES[best]
+        assert cell_text(classes, str(best), "lrap") == f"{rng_lrap[best]:.4f}"
+        assert cell_text(classes, str(best), "weight") == f"{weights[best] * 100:.2f}%"
+        assert cell_text(classes, str(best), "n_pos") == str(n_pos[best])
+        assert "0.5500" in screen_text(app)  # the header's mean fold LWLRAP
+
+        # f switches the class table to fold 0 (its own scores), still live.
+        fold0 = [1.0 - x for x in rng_lrap]
+        store.record_class_scores(run_id, 0, FSD2019_CLASSES, fold0, weights, n_pos)
+        await pilot.press("f")
+        await wait_until(pilot, lambda: classes.row_count == 80 and screen.class_fold == 0, what="fold 0 classes")
+        expected0 = sorted(range(80), key=lambda i: -fold0[i])
+        assert classes.keys_in_order() == [str(i) for i in expected0]
+        assert "fold 0" in classes.border_title
+
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: isinstance(app.screen, MainScreen), what="main screen")
+
+
+async def test_tables_keep_cursor_row_and_sort_when_data_changes(env: dict) -> None:
+    store = env["store"]
+    for i, cv in enumerate((0.61, 0.83, 0.72)):
+        run_id = f"train-{i:04d}"
+        store.create_run(run_id, kind="train", name=f"run{i}", model="small")
+        store.finish_run(run_id, cv_lwlrap=cv)
+    app = FsatConsole(env["db"], data_root=env["data"], poll_interval=0.1)
+    async with app.run_test(size=SIZE) as pilot:
+        runs = table(app, "runs")
+        await wait_until(pilot, lambda: runs.row_count == 3, what="three runs")
+        # s cycles the sort column: run id, name, model, status, folds, CV LWLRAP (high first).
+        for _ in range(6):
+            await pilot.press("s")
+        assert runs.sort_column == "cv" and runs.sort_reverse
+        assert runs.keys_in_order() == ["train-0001", "train-0002", "train-0000"]
+        assert runs.selected_key() == "train-0001"  # a new sort shows its top row
+
+        # A better run arrives from another connection: it goes on top, the cursor stays on its row.
+        store.create_run("train-0003", kind="train", name="run3", model="small")
+        store.finish_run("train-0003", cv_lwlrap=0.9)
+        await wait_until(pilot, lambda: runs.row_count == 4, what="new run")
+        assert runs.keys_in_order() == ["train-0003", "train-0001", "train-0002", "train-0000"]
+        assert runs.selected_key() == "train-0001"
+        assert runs.cursor_row == 1
+        assert cell_text(runs, "train-0003", "cv") == "0.9000"
+
+        await pilot.press("S")  # reverse: lowest CV LWLRAP first
+        assert runs.keys_in_order() == ["train-0000", "train-0002", "train-0001", "train-0003"]
+        assert runs.selected_key() == "train-0000"
+
+
+# -- (d) cancel a queued job ------------------------------------------------------------------
+
+
+async def test_cancel_queued_job_from_jobs_table(env: dict) -> None:
+    store = env["store"]
+    first = store.enqueue("train", {}, name="keep")
+    second = store.enqueue("train", {}, name="drop")
+    app = FsatConsole(env["db"], data_root=env["data"], poll_interval=0.1)
+    async with app.run_test(size=SIZE) as pilot:
+        jobs = table(app, "jobs")
+        await wait_until(pilot, lambda: jobs.row_count == 2, what="two jobs")
+        await pilot.press("tab")
+        assert app.focused is jobs
+        assert jobs.selected_key() == str(second)  # newest first
+
+        await pilot.press("c")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="confirmation")
+        await pilot.press("n")  # changing one's mind keeps the job
+        await pilot.pause()
+        assert store.get_job(second).status == "queued"
+
+        await pilot.press("c")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="confirmation")
+        await pilot.press("y")
+        await app.workers.wait_for_complete()
+        assert store.get_job(second).status == "cancelled"
+        assert store.get_job(first).status == "queued"
+        await wait_until(pilot, lambda: cell_text(jobs, str(second), "status").endswith("cancelled"),
+                         what="cancelled status in the table")
+
+
+# -- --demo: write the demo dataset with a progress bar, then offer the demo preset -------------
+
+
+async def test_demo_writes_dataset_then_opens_queue_with_demo_preset(env: dict) -> None:
+    root = env["tmp"] / "demo_data"
+    small = {"clips_per_class": 1, "noisy_per_class": 1, "test_per_class": 1, "max_seconds": 0.5}
+    app = FsatConsole(env["db"], data_root=root, demo=True, poll_interval=0.1, demo_options=small)
+    async with app.run_test(size=SIZE) as pilot:
+        queue = await open_queue_dialog(pilot, app, press=False, timeout=30.0)
+        assert queue.preset == "demo"
+        assert queue.query_one("#data-root", Input).value == str(root.resolve())
+        with open(root / "train_curated.csv") as fh:
+            assert len(fh.read().strip().splitlines()) == 1 + len(FSD2019_CLASSES)
+        assert (root / "sample_submission.csv").is_file()
+
+        await pilot.press("enter")  # the user only confirms
+        await app.workers.wait_for_complete()
+        await wait_until(pilot, lambda: isinstance(app.screen, MainScreen), what="dialog to close")
+    (job,) = env["store"].list_jobs()
+    spec = env["store"].get_job(job["id"]).spec
+    assert spec["data"]["root"] == str(root.resolve())
+    assert job["name"] == spec["name"]
+
+
+# -- (e) help ----------------------------------------------------------------------------------
+
+
+async def test_help_screen_lists_keys_and_database(env: dict) -> None:
+    app = FsatConsole(env["db"], data_root=env["data"], poll_interval=0.1)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("question_mark")
+        await wait_until(pilot, lambda: isinstance(app.screen, HelpScreen), what="help")
+        text = screen_text(app)
+        assert str(env["db"].resolve()) in text
+        for words in ("Cancel the selected job", "Queue a training job", "Per-class table", "Quit"):
+            assert words in text, words
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: isinstance(app.screen, MainScreen), what="main screen")
+
+
+async def test_command_palette_reaches_every_screen_and_run(env: dict) -> None:
+    job_id = env["store"].enqueue("train", {}, name="palette")
+    env["store"].create_run("train-0042", kind="train", job_id=job_id, name="palette", model="small")
+    app = FsatConsole(env["db"], data_root=env["data"], poll_interval=0.1)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: app.overview is not None and app.overview.runs, what="first poll")
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        for title in ("Runs and jobs", "Queue a training job", "Help", "Run train-0042 palette",
+                      f"Job {job_id} palette"):
+            assert title in titles, title
+        await pilot.press("ctrl+p")
+        await wait_until(pilot, lambda: isinstance(app.screen, CommandPalette), what="palette")
+        await pilot.press(*"train-0042")
+        results = app.screen.query_one(CommandList)
+
+        def run_on_top() -> bool:
+            option = results.highlighted_option
+            return option is not None and "Run train-0042" in str(option.prompt)
+
+        await wait_until(pilot, run_on_top, what="the run as the top match")
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: getattr(app.screen, "run_id", None) == "train-0042", what="run screen")
+
+
+async def test_deleted_database_is_reported_not_raised(env: dict) -> None:
+    app = FsatConsole(env["db"], data_root=env["data"], poll_interval=0.1)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: app.overview is not None, what="first poll")
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(env["db"]) + suffix).unlink(missing_ok=True)
+        await wait_until(pilot, lambda: app.live_problem is not None, what="problem report")
+        assert "gone" in app.live_problem
+        assert str(env["db"].resolve()) in app.live_problem
+        assert app.is_running
+
+
+# -- (f) start-up stays light ---------------------------------------------------------------------
+
+
+def test_console_import_does_not_load_heavy_libraries() -> None:
+    code = ("import sys, fsat_console.app, fsat_console.screens.run; "
+            "print(sorted(m for m in ('torch', 'librosa', 'sklearn', 'scipy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# -- (g) the console starts a worker when none is alive ---------------------------------------------
+
+
+async def test_console_starts_worker_when_none_alive(env: dict) -> None:
+    app = FsatConsole(env["db"], data_root=env["data"], start_worker=True, poll_interval=0.1)
+    process = None
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_until(pilot, lambda: app.worker_process is not None, what="worker spawn")
+            process = app.worker_process
+            pid = process.pid
+            await wait_until(pilot, lambda: any(w["pid"] == pid for w in env["store"].live_workers()),
+                             timeout=30.0, what="worker row")
+            await wait_until(pilot, lambda: f"worker pid {pid}" in screen_text(app), what="status line")
+        assert (env["tmp"] / "worker.log").exists()
+        # Closing the console leaves the worker running.
+        assert process.poll() is None
+    finally:
+        if process is not None:
+            os.killpg(process.pid, signal.SIGTERM)  # its own session: the pid is the group id
+            process.wait(timeout=30)
+
+
+async def test_console_does_not_start_a_second_worker(env: dict) -> None:
+    env["store"].register_worker("already-here", pid=os.getpid())
+    app = FsatConsole(env["db"], data_root=env["data"], start_worker=True, poll_interval=0.1)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.workers.wait_for_complete()
+        await wait_until(pilot, lambda: app.overview is not None, what="first poll")
+        assert app.worker_process is None
+        assert [w["id"] for w in env["store"].live_workers()] == ["already-here"]
+        assert f"worker pid {os.getpid()}" in screen_text(app)
