@@ -76,6 +76,9 @@ class FeaturesSection:
     fmax: float = 16000.0
     #: Standardised features are clamped to [-clamp, clamp].
     clamp: float = 10.0
+    #: Per-mel-bin standardisation with curated statistics; false feeds raw dB log-mels
+    #: (what PANNs was pretrained on: zero-shot runs need it).
+    standardise: bool = True
 
     def validate(self, path: str) -> None:
         for name in ("n_fft", "hop_length", "win_length", "n_mels", "clamp"):
@@ -176,6 +179,7 @@ DEVICES = ("auto", "cpu", "cuda")
 class TrainSection:
     """Epochs, batches, folds, early stopping, loader settings, seed and device."""
 
+    #: 0 = no training: the initial (pretrained) model is each fold's checkpoint, scored as is (zero-shot).
     epochs: int = 20
     #: A number, or "auto" for the largest batch that fits (found by trying).
     batch_size: Union[int, str] = 32
@@ -196,7 +200,7 @@ class TrainSection:
     steps_per_epoch: int = 0
 
     def validate(self, path: str) -> None:
-        _positive(self.epochs, f"{path}.epochs")
+        _nonneg(self.epochs, f"{path}.epochs")
         if isinstance(self.batch_size, str):
             if self.batch_size != "auto":
                 raise ConfigError(f"must be a positive number or \"auto\", got {self.batch_size!r}",

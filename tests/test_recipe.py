@@ -122,3 +122,25 @@ def test_auto_batch_size_is_found_by_trying():
 
     bounded = Tagger(LogMelFrontend(), MemoryBound())
     assert find_batch_size(bounded, 80, 16000, torch.device("cpu"), start=2, limit=64) == 8
+
+
+def test_zero_shot_run_needs_no_training(tiny_demo: Path, tmp_path: Path, panns_dir: Path, spawn_worker):
+    from engine.models.heads import AUDIOSET_INDEX_80
+
+    db = tmp_path / "experiments.db"
+    job_id = int(run_cli("queue", "train", "--data", str(tiny_demo), "--preset", "cnn14_zeroshot",
+                         *_sets(["audio.crop_seconds=1.0", "train.batch_size=16", "train.num_workers=0"]),
+                         db=db).stdout)
+    assert spawn_worker(db, "--drain", env={"FSAT_PANNS_DIR": str(panns_dir)}).wait(timeout=600) == 0
+    store = Store(db)
+    job = store.get_job(job_id)
+    assert job.status == "done", job.error
+    assert store.epochs(job.run_id) == []
+    folds = store.fold_scores(job.run_id)
+    assert [f["fold"] for f in folds] == [0, 1, 2, 3, 4] and all(f["best_epoch"] is None for f in folds)
+    assert 0 < store.get_run(job.run_id)["cv_lwlrap"] <= 1
+    pretrained = torch.load(panns_dir / "Cnn14_mAP=0.431.pth", weights_only=True)["model"]
+    fold0 = torch.load(Path(store.get_run(job.run_id)["run_dir"]) / "fold0" / "best.pt", weights_only=True)["model"]
+    torch.testing.assert_close(fold0["head.cla.weight"].squeeze(),
+                               pretrained["fc_audioset.weight"][AUDIOSET_INDEX_80])
+    torch.testing.assert_close(fold0["encoder.conv_block1.conv1.weight"], pretrained["conv_block1.conv1.weight"])

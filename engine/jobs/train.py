@@ -30,14 +30,16 @@ from engine.models.registry import build_model
 from engine.specs import TrainSpec, spec_from_json, spec_hash, to_dict
 from engine.store import OOF
 from engine.train.losses import build_loss, class_weights_from_counts
-from engine.train.loop import Tagger, find_batch_size, train_fold
+from engine.train.loop import FoldResult, Tagger, find_batch_size, predict, save_atomic, train_fold
 
 
 def make_frontend(spec: TrainSpec) -> LogMelFrontend:
     """The log-mel frontend a spec describes (statistics still unset)."""
     f = spec.features
-    return LogMelFrontend(sample_rate=spec.audio.sample_rate, n_fft=f.n_fft, hop_length=f.hop_length,
-                          win_length=f.win_length, n_mels=f.n_mels, fmin=f.fmin, fmax=f.fmax, clamp=f.clamp)
+    frontend = LogMelFrontend(sample_rate=spec.audio.sample_rate, n_fft=f.n_fft, hop_length=f.hop_length,
+                              win_length=f.win_length, n_mels=f.n_mels, fmin=f.fmin, fmax=f.fmax, clamp=f.clamp)
+    frontend.standardise = f.standardise
+    return frontend
 
 
 def make_model(spec: TrainSpec, n_classes: int, log=print):
@@ -151,13 +153,16 @@ def run(ctx: JobContext) -> str:
                     f"lwlrap {r.val_lwlrap:.4f}{' *' if r.is_best else ''} ({r.clips_per_sec:.1f} clips/s)")
 
         o = spec.optim
-        result = train_fold(tagger, train_loader=train_loader, val_loader=val_loader, val_truth=Y[val_idx],
-                            loss_fn=loss_fn, device=device, fold_dir=fold_dir, epochs=spec.train.epochs,
-                            patience=spec.train.patience, head_lr=o.head_lr, encoder_lr=o.encoder_lr,
-                            weight_decay=o.weight_decay, betas=tuple(o.betas), warmup_epochs=o.warmup_epochs,
-                            warmup_steps=o.warmup_steps, min_lr_ratio=o.min_lr_ratio, grad_clip=o.grad_clip,
-                            amp=o.amp, cpu_bf16=o.cpu_bf16, mixup_p=a.mixup_p, mixup_alpha=a.mixup_alpha,
-                            seed=spec.train.seed + fold, on_epoch=on_epoch, on_step=on_step)
+        if spec.train.epochs == 0:
+            result = score_untrained(tagger, val_loader, Y[val_idx], device, fold_dir)
+        else:
+            result = train_fold(tagger, train_loader=train_loader, val_loader=val_loader, val_truth=Y[val_idx],
+                                loss_fn=loss_fn, device=device, fold_dir=fold_dir, epochs=spec.train.epochs,
+                                patience=spec.train.patience, head_lr=o.head_lr, encoder_lr=o.encoder_lr,
+                                weight_decay=o.weight_decay, betas=tuple(o.betas), warmup_epochs=o.warmup_epochs,
+                                warmup_steps=o.warmup_steps, min_lr_ratio=o.min_lr_ratio, grad_clip=o.grad_clip,
+                                amp=o.amp, cpu_bf16=o.cpu_bf16, mixup_p=a.mixup_p, mixup_alpha=a.mixup_alpha,
+                                seed=spec.train.seed + fold, on_epoch=on_epoch, on_step=on_step)
         oof[val_idx] = result.val_pred
         np.save(oof_path, oof)
         store.record_fold(run_id, fold, lwlrap=result.best_lwlrap, best_epoch=result.best_epoch,
@@ -174,6 +179,23 @@ def run(ctx: JobContext) -> str:
     ctx.log(f"out-of-fold lwlrap {cv:.4f} over {int(covered.sum())} clips "
             f"({time.perf_counter() - t_run:.0f}s)")
     return f"CV lwlrap {cv:.4f}"
+
+
+def score_untrained(tagger: Tagger, val_loader: DataLoader, val_truth: np.ndarray, device: torch.device,
+                    fold_dir) -> FoldResult:
+    """``train.epochs = 0``: keep the initial (pretrained) model as the fold's checkpoint and score it.
+
+    With a PANNs checkpoint and the head initialised from the AudioSet rows this
+    is a zero-shot run, ready for inference without training.
+    """
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    tagger.to(device)
+    val_pred, _ = predict(tagger, val_loader, device)
+    save_atomic({"model": tagger.model.state_dict(), "epoch": -1, "val_lwlrap": lwlrap(val_truth, val_pred),
+                 "mel_mean": tagger.frontend.mel_mean.cpu(), "mel_std": tagger.frontend.mel_std.cpu()},
+                fold_dir / "best.pt")
+    np.save(fold_dir / "val_pred.npy", val_pred)
+    return FoldResult(best_lwlrap=lwlrap(val_truth, val_pred), best_epoch=None, val_pred=val_pred, epochs_run=0)
 
 
 def _model_label(spec: TrainSpec) -> str:

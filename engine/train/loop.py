@@ -47,7 +47,7 @@ class FoldResult:
     """The outcome of a fold: best score and epoch, and validation predictions of the best model."""
 
     best_lwlrap: float
-    best_epoch: int
+    best_epoch: int | None
     val_pred: np.ndarray
     epochs_run: int
 
