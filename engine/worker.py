@@ -107,6 +107,9 @@ class Worker:
         # The job may be started from any directory; keep the project importable.
         project = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = project + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        # Idle OpenMP threads that spin starve audio decoding on small CPUs
+        # (measured in benchmarks/README.md); let them sleep unless told otherwise.
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         with open(log_path, "ab") as log:
             log.write(f"\n=== job {job.id} attempt {job.attempts} worker {self.worker_id} "
                       f"{time.strftime('%Y-%m-%d %H:%M:%S')} ===\n".encode())
