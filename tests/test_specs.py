@@ -65,7 +65,7 @@ def test_overrides_parse_as_toml_values():
 
 @pytest.mark.parametrize("override, field, words", [
     ("train.epochs=abc", "train.epochs", "whole number"),
-    ("train.epochs=0", "train.epochs", "positive"),
+    ("train.epochs=-1", "train.epochs", "must not be negative"),
     ("model.arch=vgg", "model.arch", "not one of"),
     ("augment.mixup_p=1.5", "augment.mixup_p", "probability"),
     ("train.folds=[7]", "train.folds[0]", "outside"),
