@@ -33,8 +33,10 @@ from fsat_console.live import (WORKER_MAX_AGE, LiveError, LiveUpdate, Overview, 
                                describe_error)
 from fsat_console.screens.confirm import ConfirmScreen
 from fsat_console.screens.demo import DemoScreen, demo_state
+from fsat_console.screens.ensemble import BlendBench, BlendState, EnsembleScreen
 from fsat_console.screens.error import ErrorScreen
 from fsat_console.screens.help import HelpScreen, binding_rows
+from fsat_console.screens.infer import InferScreen
 from fsat_console.screens.job import JobScreen
 from fsat_console.screens.main import MainScreen
 from fsat_console.screens.queue import QueueScreen
@@ -104,6 +106,9 @@ class FsatConsole(App):
         self._force = True
         self._poll_in_flight = False
         self._poll_timer: Timer | None = None
+        # The ensemble screen's choices and loaded arrays outlive the screen.
+        self.blend_state = BlendState()
+        self.blend_bench = BlendBench()
 
     def get_default_screen(self) -> Screen:
         """The runs-and-jobs screen is the base of the stack."""
@@ -297,9 +302,14 @@ class FsatConsole(App):
             ("Runs and jobs", binding_rows(self, MainScreen.BINDINGS)
              + [("↑ ↓ pgup pgdn", "Move in the focused table")]),
             ("Run", binding_rows(self, RunScreen.BINDINGS)),
+            ("Ensemble", binding_rows(self, EnsembleScreen.BINDINGS)
+             + [("↑ ↓", "Move between runs"), ("", "The score is the blend's out-of-fold LWLRAP against "
+                                                   "the curated labels, recomputed after every change")]),
             ("Queue dialog", binding_rows(self, QueueScreen.BINDINGS)
              + [("↑ ↓", "Choose the preset"), ("tab", "Next field"),
                 ("enter", "Queue the job (errors appear under the field at fault)")]),
+            ("Inference and baseline dialogs", binding_rows(self, InferScreen.BINDINGS)
+             + [("tab", "Next field"), ("space", "Tick or untick a split (out-of-fold, test)")]),
         ]
         where = [
             ("database", str(self.db_path)),
@@ -329,8 +339,17 @@ class FsatConsole(App):
     def _queued(self, job_id: int | None) -> None:
         if job_id is None:
             return
+        self.announce_queued(job_id)
+
+    def announce_queued(self, job_id: int) -> None:
+        """Say that a job was queued and show it at once."""
         self.notify(f"queued job {job_id}", title="Queue")
         self.request_refresh()
+
+    def open_ensemble(self) -> None:
+        """Show the ensemble screen (unless it is already shown)."""
+        if not isinstance(self.screen, EnsembleScreen):
+            self.push_screen(EnsembleScreen())
 
     def open_run(self, run_id: str) -> None:
         """Show one run (replacing a run screen that is already shown)."""
@@ -434,6 +453,8 @@ class FsatConsole(App):
         yield SystemCommand("Runs and jobs", "The main screen: all runs and the job queue", self.go_home)
         yield SystemCommand("Queue a training job", "Pick a preset, a data root and overrides",
                             self.action_new_job)
+        yield SystemCommand("Ensemble", "Blend runs' out-of-fold scores: members, weights, rank/mean, "
+                            "calibration, greedy selection; save as a job", self.open_ensemble)
         yield SystemCommand("Help", "Every key, and where the database and logs are", self.action_help)
         yield SystemCommand("Refresh", "Reload everything from the database now", self.action_refresh)
         yield SystemCommand("Start a worker", "Start python -m engine.worker if none is alive",

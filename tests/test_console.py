@@ -338,7 +338,7 @@ async def test_demo_writes_dataset_then_opens_queue_with_demo_preset(env: dict) 
     app = FsatConsole(env["db"], data_root=root, demo=True, poll_interval=0.1, demo_options=small)
     async with app.run_test(size=SIZE) as pilot:
         queue = await open_queue_dialog(pilot, app, press=False, timeout=30.0)
-        assert queue.preset == "demo"
+        await wait_until(pilot, lambda: queue.preset == "demo", what="the demo preset highlighted")
         assert queue.query_one("#data-root", Input).value == str(root.resolve())
         with open(root / "train_curated.csv") as fh:
             assert len(fh.read().strip().splitlines()) == 1 + len(FSD2019_CLASSES)

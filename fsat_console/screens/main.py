@@ -90,9 +90,10 @@ class MainScreen(Screen):
     """Runs above, jobs below; both refresh live and keep their cursor and sort."""
 
     BINDINGS = [
-        Binding("enter", "open", "Open", priority=True,
+        Binding("enter", "open", "Open",
                 tooltip="Open the selected run; on a job: its details, error and traceback (o there opens its run)"),
         Binding("c", "cancel_job", "Cancel job", tooltip="Cancel the selected job (asks first)"),
+        Binding("e", "ensemble", "Ensemble", tooltip="Blend runs' out-of-fold scores and save the blend as a job"),
         Binding("s", "cycle_sort", "Sort", tooltip="Sort the focused table by its next column"),
         Binding("S", "reverse_sort", "Reverse", show=False, tooltip="Reverse the sort of the focused table"),
         Binding("tab", "switch_table", "Runs/Jobs", tooltip="Move between the runs and the jobs table"),
@@ -182,6 +183,10 @@ class MainScreen(Screen):
         """A click on the selected row opens it too."""
         event.stop()
         self.action_open()
+
+    def action_ensemble(self) -> None:
+        """Open the ensemble screen."""
+        self.app.open_ensemble()  # type: ignore[attr-defined]
 
     def action_cancel_job(self) -> None:
         """Cancel the selected job (from the runs table: the selected run's job)."""

@@ -184,8 +184,15 @@ class QueueScreen(ModalScreen[int | None]):
                 "demo" if "demo" in names else names[0])
             if self.initial_preset and self.initial_preset not in names:
                 self._set_error("preset", f"no preset named {self.initial_preset!r}; pick one from the list")
+            # Highlight now and again after the first layout: before it, a long
+            # list may clamp the index or reset it on focus.
             option_list.highlighted = names.index(wanted)
+            self.call_after_refresh(self._highlight, names.index(wanted))
         option_list.focus()
+        self._update_summary()
+
+    def _highlight(self, index: int) -> None:
+        self.query_one("#preset", OptionList).highlighted = index
         self._update_summary()
 
     # -- fields ---------------------------------------------------------------------

@@ -5,9 +5,18 @@ loads this run's rows whenever the database changes and hands them to
 ``show_detail``. ``f`` walks the per-class table from out-of-fold through each
 fold, so a class that is weak everywhere stands apart from one weak in a
 single fold.
+
+Once a trained run has been inferred with test-time augmentation (an ``infer``
+run whose parent is this run), a line under the header compares its CV LWLRAP
+without TTA (this run) and with TTA (the newest inference run), and the class
+table gains a column with each class's LRAP gain; an inference run's own
+screen shows the same against its parent. ``i`` queues such an inference,
+``b`` a baseline on the run's dataset.
 """
 
 from __future__ import annotations
+
+import sqlite3
 
 from rich.table import Table
 from rich.text import Text
@@ -17,9 +26,10 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
-from engine.store import OOF
+from engine.store import OOF, StoreError
 from fsat_console.formatting import bar, fmt_score, status_text
-from fsat_console.live import Overview, RunDetail
+from fsat_console.live import Overview, RunDetail, TtaComparison
+from fsat_console.screens.infer import BaselineScreen, InferScreen
 from fsat_console.widgets.chart import METRICS, EpochChart, fold_series
 from fsat_console.widgets.live_table import Cell, ColumnSpec, LiveTable, num_cell
 from fsat_console.widgets.status import WorkerStatus
@@ -40,6 +50,13 @@ CLASS_COLUMNS = (
     ColumnSpec("weight", "weight", descending_first=True),
     ColumnSpec("n_pos", "n_pos", descending_first=True),
 )
+
+#: The class table while a TTA comparison is shown: the gain takes the place of the bar, beside LRAP.
+GAIN_CLASS_COLUMNS = (CLASS_COLUMNS[0], CLASS_COLUMNS[1], ColumnSpec("gain", "TTA gain", descending_first=True),
+                      *CLASS_COLUMNS[3:])
+
+#: Run kinds that have fold checkpoints to infer with.
+TRAINED_KINDS = ("train", "curriculum")
 
 
 def fold_rows(detail: RunDetail) -> list[tuple[str, list[Cell]]]:
@@ -82,20 +99,62 @@ def fold_rows(detail: RunDetail) -> list[tuple[str, list[Cell]]]:
     return rows
 
 
-def class_rows(classes: list[dict]) -> list[tuple[str, list[Cell]]]:
-    """One row per class: LRAP with a bar, its LWLRAP weight (share of positives) and positives."""
+def gain_cell(gain: float | None) -> Cell:
+    """A signed LWLRAP/LRAP difference, green when TTA helps and red when it hurts."""
+    if gain is None:
+        return num_cell("—", None, "dim")
+    style = "green" if gain > 0 else "red" if gain < 0 else "dim"
+    return num_cell(f"{gain:+.4f}", gain, style)
+
+
+def class_rows(classes: list[dict], gains: dict[int, float | None] | None = None) -> list[tuple[str, list[Cell]]]:
+    """One row per class: LRAP with a bar, its LWLRAP weight (share of positives) and positives.
+
+    With ``gains`` (class_idx -> LRAP with TTA minus without) the bar gives way to the
+    class's TTA gain (the columns of ``GAIN_CLASS_COLUMNS``).
+    """
     rows = []
     for c in classes:
         lrap = c.get("lrap")
         style = "" if lrap is None else "red" if lrap < 0.5 else "yellow" if lrap < 0.8 else "green"
-        rows.append((str(c["class_idx"]), [
+        cells = [
             Cell(c["class_name"], sort_key=c["class_name"].lower()),
             num_cell(fmt_score(lrap), lrap),
             Cell(bar(lrap, 10), style=style),
             num_cell(f"{c['weight'] * 100:.2f}%", c["weight"]),
             num_cell(str(c["n_pos"]), c["n_pos"]),
-        ]))
+        ]
+        if gains is not None:
+            cells[2] = gain_cell(gains.get(int(c["class_idx"])))
+        rows.append((str(c["class_idx"]), cells))
     return rows
+
+
+def tta_line(tta: TtaComparison, run_id: str) -> Text:
+    """``gain +0.0178   without TTA 0.8123 train-0003  →  with TTA 0.8301 infer-0004 (5 crops, …)``.
+
+    The gain comes first so that a narrow terminal still shows it; the run
+    this screen is about is marked "this run".
+    """
+    text = Text()
+    gain = tta.gain
+    text.append("gain ", style="dim")
+    text.append("—" if gain is None else f"{gain:+.4f}",
+                style="bold" if not gain else "bold green" if gain > 0 else "bold red")
+    for label, run, sep in (("without TTA", tta.base, "   "), ("with TTA", tta.tta, "  →  ")):
+        text.append(f"{sep}{label} ", style="dim")
+        text.append(fmt_score(run.get("cv_lwlrap")), style="bold")
+        text.append(f" {run['id']}" + (" (this run)" if str(run["id"]) == run_id else ""), style="dim")
+    if tta.settings:
+        text.append(f" · {tta.settings}", style="dim")
+    status = tta.tta.get("status")
+    if status and status != "done":
+        text.append("  ")
+        text.append_text(status_text(status))
+    if tta.n_infer_runs > 1:
+        text.append(f"   newest of {tta.n_infer_runs} inference runs" if str(tta.base["id"]) == run_id
+                    else f"   {tta.n_infer_runs} inference runs of {tta.base['id']}", style="dim")
+    return text
 
 
 def fold_label(fold: int) -> str:
@@ -161,6 +220,10 @@ class RunScreen(Screen):
         Binding("s", "cycle_sort", "Sort", tooltip="Sort the focused table by its next column"),
         Binding("S", "reverse_sort", "Reverse", show=False, tooltip="Reverse the sort of the focused table"),
         Binding("c", "cancel_job", "Cancel job", tooltip="Cancel this run's job (asks first)"),
+        Binding("i", "infer", "Infer+TTA",
+                tooltip="Queue inference of this run with test-time augmentation (crops, splits)"),
+        Binding("b", "baseline", "Baseline", tooltip="Queue the embeddings + logistic-regression baseline "
+                                                    "on this run's dataset"),
         Binding("tab", "switch_table", "Folds/Classes", tooltip="Move between the fold and the class table"),
     ]
 
@@ -176,6 +239,7 @@ class RunScreen(Screen):
         yield Header()
         yield WorkerStatus(id="status")
         yield Static(run_header(None, self.run_id), id="run-header")
+        yield Static("", id="tta-gain")
         with Horizontal(id="run-body"):
             with Vertical(id="run-left"):
                 yield LiveTable(FOLD_COLUMNS, sort_column="fold", id="folds")
@@ -187,6 +251,9 @@ class RunScreen(Screen):
         """Titles and an empty chart until the first poll lands."""
         self.sub_title = f"run {self.run_id}"
         self.query_one("#run-header", Static).border_title = "Run"
+        tta = self.query_one("#tta-gain", Static)
+        tta.border_title = "Test-time augmentation"
+        tta.display = False
         self.query_one("#folds", LiveTable).border_title = "Folds"
         self.query_one("#classes", LiveTable).focus()
         self.query_one(EpochChart).show({}, METRICS[self.metric_index][1])
@@ -231,8 +298,25 @@ class RunScreen(Screen):
         done = len(detail.folds)
         folds.border_subtitle = f"{done}/{len(detail.planned_folds)} folds done"
         self._plot()
-        self.query_one("#classes", LiveTable).sync(class_rows(detail.classes))
+        self._show_tta(detail.tta)
+        gains = detail.tta.class_gains() if detail.tta is not None else None
+        self.query_one("#classes", LiveTable).sync(class_rows(detail.classes, gains))
         self._class_title()
+
+    def _show_tta(self, tta: TtaComparison | None) -> None:
+        """The TTA line, and the class table's gain column only while there is a comparison."""
+        panel = self.query_one("#tta-gain", Static)
+        panel.display = tta is not None
+        if tta is not None:
+            panel.update(tta_line(tta, self.run_id))
+        table = self.query_one("#classes", LiveTable)
+        wanted = list(GAIN_CLASS_COLUMNS if tta is not None else CLASS_COLUMNS)
+        if [c.key for c in table.specs] != [c.key for c in wanted]:
+            # Rows of the old width cannot take the new column: rebuild the table, keep the sort.
+            table.specs = wanted
+            if table.sort_column not in {c.key for c in wanted}:
+                table.sort_column, table.sort_reverse = "lrap", True
+            table.clear(columns=True)
 
     def _plot(self) -> None:
         metric, label, _ = METRICS[self.metric_index]
@@ -279,6 +363,50 @@ class RunScreen(Screen):
         folds = self.query_one("#folds", LiveTable)
         classes = self.query_one("#classes", LiveTable)
         (classes if self.focused is folds else folds).focus()
+
+    def action_infer(self) -> None:
+        """Queue inference with TTA of this run (of its parent, on an inference run's screen)."""
+        run = self.detail.run if self.detail else None
+        if run is None:
+            self.notify(f"Run {self.run_id} is not loaded yet.", severity="warning", markup=False)
+            return
+        target = run
+        if run.get("kind") == "infer":
+            parent = self.detail.tta.base if self.detail and self.detail.tta else None
+            if parent is None:
+                self.notify(f"Run {self.run_id} is an inference run whose trained run is unknown.",
+                            severity="warning", markup=False)
+                return
+            target = parent
+        elif run.get("kind") not in TRAINED_KINDS:
+            self.notify(f"Run {self.run_id} is a {run.get('kind')} run: it has no fold checkpoints to infer with.",
+                        severity="warning", markup=False)
+            return
+        self.app.push_screen(InferScreen(target), self._queued)
+
+    def action_baseline(self) -> None:
+        """Queue the baseline on the dataset this run was made on."""
+        run = self.detail.run if self.detail else None
+        if run is None:
+            self.notify(f"Run {self.run_id} is not loaded yet.", severity="warning", markup=False)
+            return
+        dataset = None
+        problem = ""
+        if run.get("dataset_id") is not None:
+            try:
+                dataset = self.app.store.get_dataset(int(run["dataset_id"]))  # type: ignore[attr-defined]
+            except (sqlite3.Error, StoreError) as err:
+                problem = f"could not read the run's dataset: {err}"
+        if dataset is None and not problem:
+            problem = f"run {self.run_id} has no dataset recorded; check this data root"
+        root = str(dataset["root"]) if dataset else str(self.app.default_data_root())  # type: ignore[attr-defined]
+        encoder = str(run["id"]) if run.get("model") == "cnn14" and run.get("kind") in TRAINED_KINDS else ""
+        self.app.push_screen(BaselineScreen(data_root=root, dataset_name=dataset["name"] if dataset else "",
+                                            encoder_run_id=encoder, root_problem=problem), self._queued)
+
+    def _queued(self, job_id: int | None) -> None:
+        if job_id is not None:
+            self.app.announce_queued(job_id)  # type: ignore[attr-defined]
 
     def action_cancel_job(self) -> None:
         """Cancel the job that produces this run."""

@@ -1,0 +1,884 @@
+"""The ensemble screen: pick runs and weights, see the blend's out-of-fold LWLRAP at once.
+
+Every finished run of one dataset whose run folder holds an ``oof.npy``
+(out-of-fold scores in curated order) is a candidate. Space puts the selected
+run in the blend or takes it out, ``+``/``-`` change its weight, ``m`` switches
+rank and mean averaging, ``k`` calibration, ``g`` runs greedy forward
+selection over all candidates. After every change a thread worker blends the
+members' OOF scores with ``engine.ensemble.blend`` against the curated truth
+(``train_curated.csv`` of the dataset) and the score replaces the old one;
+``ctrl+s`` (or enter) queues an ``ensemble`` job with exactly what is shown,
+whose worker writes the submission and records the ensemble as a run.
+
+Arrays are read once per run (and again only when the file changes), so a
+change costs one blend (a few tenths of a second for five members of 5000
+clips). numpy and ``engine.ensemble`` are imported only in the worker thread:
+the console starts without numpy.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import DataTable, Digits, Footer, Header, Static
+from textual.worker import get_current_worker
+
+from engine import specs
+from engine.errors import ConfigError, DataError, FsatError, QueueFull
+from fsat_console.formatting import fmt_score, shorten
+from fsat_console.live import Overview
+from fsat_console.widgets.live_table import Cell, ColumnSpec, LiveTable, num_cell
+from fsat_console.widgets.status import WorkerStatus
+
+if TYPE_CHECKING:
+    import numpy as np
+
+#: How much ``+`` / ``-`` change a member's weight.
+WEIGHT_STEP = 0.5
+#: Picks of greedy forward selection (the ensemble spec's default ``greedy_steps``).
+GREEDY_STEPS = 20
+METHODS = ("rank", "mean")
+METHOD_LABELS = {"rank": "per-class rank average", "mean": "score mean"}
+
+MEMBER_COLUMNS = (
+    ColumnSpec("in", "in", descending_first=True),
+    ColumnSpec("run", "run"),
+    ColumnSpec("name", "name"),
+    ColumnSpec("kind", "kind"),
+    ColumnSpec("model", "model"),
+    ColumnSpec("cv", "CV LWLRAP", descending_first=True),
+    ColumnSpec("oof", "OOF LWLRAP", descending_first=True),
+    ColumnSpec("weight", "weight", descending_first=True),
+    ColumnSpec("share", "share", descending_first=True),
+    ColumnSpec("test", "test"),
+    ColumnSpec("note", "note", sortable=False),
+)
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A finished run with out-of-fold scores on disk."""
+
+    run_id: str
+    name: str
+    kind: str
+    model: str
+    cv_lwlrap: float | None
+    dataset_id: int | None
+    run_dir: Path
+    has_test: bool
+
+    @property
+    def oof_path(self) -> Path:
+        """``<run_dir>/oof.npy``."""
+        return self.run_dir / "oof.npy"
+
+
+def find_candidates(store: Any, runs: Sequence[dict], db_path: Path,
+                    row_cache: dict[str, dict] | None = None) -> tuple[list[Candidate], dict[int, dict]]:
+    """Finished runs (of ``Store.list_runs`` rows) whose run folder holds ``oof.npy``, and their datasets.
+
+    ``row_cache`` keeps the run folder and dataset of runs already looked up
+    (they do not change once a run is done). A relative run folder is taken
+    relative to the database's folder. Returns the candidates in the order of
+    ``runs`` and dataset id -> dataset row (classes decoded).
+    """
+    cache = row_cache if row_cache is not None else {}
+    found: list[Candidate] = []
+    datasets: dict[int, dict] = {}
+    for r in runs:
+        if r.get("status") != "done":
+            continue
+        run_id = str(r["run_id"])
+        row = cache.get(run_id)
+        if row is None:
+            full = store.get_run(run_id)
+            if full is None:
+                continue
+            row = cache[run_id] = {"run_dir": full.get("run_dir") or "", "dataset_id": full.get("dataset_id")}
+        if not row["run_dir"]:
+            continue
+        run_dir = Path(row["run_dir"]).expanduser()
+        if not run_dir.is_absolute():
+            run_dir = Path(db_path).resolve().parent / run_dir
+        if not (run_dir / "oof.npy").is_file():
+            continue
+        dataset_id = row["dataset_id"]
+        if dataset_id is not None and dataset_id not in datasets:
+            dataset = store.get_dataset(int(dataset_id))
+            if dataset is not None:
+                datasets[int(dataset_id)] = dataset
+        found.append(Candidate(run_id=run_id, name=r.get("name") or "", kind=r.get("kind") or "",
+                               model=r.get("model") or "", cv_lwlrap=r.get("cv_lwlrap"),
+                               dataset_id=None if dataset_id is None else int(dataset_id),
+                               run_dir=run_dir, has_test=(run_dir / "test.npy").is_file()))
+    return found, datasets
+
+
+@dataclass
+class BlendState:
+    """What the user has chosen: the dataset, members with their weights, method, calibration.
+
+    Kept on the app, so leaving the ensemble screen and coming back keeps the blend.
+    """
+
+    dataset_id: int | None = None
+    #: Member run id -> weight (any non-negative number; the blend scales them to sum 1).
+    weights: dict[str, float] = field(default_factory=dict)
+    method: str = "rank"
+    calibrate: bool = True
+
+    def key(self) -> tuple:
+        """Everything a blend's score depends on."""
+        return (self.dataset_id, tuple(sorted(self.weights.items())), self.method, self.calibrate)
+
+    def members(self) -> list[str]:
+        """Member run ids in a fixed order (the order of the saved spec)."""
+        return sorted(self.weights)
+
+    def shares(self) -> dict[str, float]:
+        """Each member's weight as a fraction of the total (empty when all weights are zero)."""
+        total = sum(self.weights.values())
+        return {k: w / total for k, w in self.weights.items()} if total > 0 else {}
+
+
+@dataclass
+class BlendOutcome:
+    """The score of one blend, or why there is none."""
+
+    key: tuple
+    #: Member run ids that were blended and their weights scaled to sum 1.
+    members: list[str] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
+    oof_lwlrap: float | None = None
+    raw_oof_lwlrap: float | None = None
+    #: Each loaded member's own OOF LWLRAP.
+    member_lwlrap: dict[str, float] = field(default_factory=dict)
+    #: Members left out, with the reason (unreadable file, other dataset, wrong shape, missing folds).
+    problems: dict[str, str] = field(default_factory=dict)
+    #: The same reasons in a few words.
+    short_problems: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+    n_clips: int = 0
+    seconds: float = 0.0
+
+
+class MemberProblem(Exception):
+    """A run's out-of-fold scores cannot take part in a blend; the message says why.
+
+    ``short`` is a few words for a table cell.
+    """
+
+    def __init__(self, message: str, short: str) -> None:
+        super().__init__(message)
+        self.short = short
+
+
+class BlendBench:
+    """Curated truth and members' out-of-fold arrays, each read once, and blends of them.
+
+    Arrays are cached by file version (modification time and size), so an
+    ``oof.npy`` rewritten by a resumed job is read again. Use under ``lock``:
+    the console's blend and greedy workers share one bench.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self._truth: dict[int, tuple[tuple, Any]] = {}
+        self._oof: dict[str, tuple[tuple, Any, float]] = {}
+
+    @staticmethod
+    def _stamp(path: Path) -> tuple[int, int]:
+        st = path.stat()
+        return (st.st_mtime_ns, st.st_size)
+
+    def truth(self, dataset: dict) -> "np.ndarray":
+        """The curated label matrix [clips, classes] of a dataset row (classes in its order)."""
+        from engine.data.labels import parse_label_csv
+
+        path = Path(dataset["root"]) / "train_curated.csv"
+        try:
+            stamp = self._stamp(path)
+        except OSError:
+            raise DataError("file not found: the dataset folder moved or was deleted; the blend needs "
+                            "the curated labels", file=path) from None
+        cached = self._truth.get(int(dataset["id"]))
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        _, truth = parse_label_csv(path, list(dataset["classes"]))
+        self._truth[int(dataset["id"])] = (stamp, truth)
+        return truth
+
+    def member_oof(self, candidate: Candidate, dataset: dict, truth: "np.ndarray") -> tuple["np.ndarray", float]:
+        """A member's OOF scores checked against the truth, and its own OOF LWLRAP; MemberProblem if unusable."""
+        import numpy as np
+
+        from engine.metrics import lwlrap
+
+        if candidate.dataset_id != dataset["id"]:
+            raise MemberProblem(f"run {candidate.run_id} was made on another dataset (id {candidate.dataset_id}) "
+                                f"than the blend ({dataset.get('name')!r}, id {dataset['id']}); members must "
+                                "score the same curated clips", "another dataset")
+        path = candidate.oof_path
+        try:
+            stamp = self._stamp(path)
+        except OSError:
+            raise MemberProblem(f"{path} is gone (moved or deleted)", "oof.npy is gone") from None
+        cached = self._oof.get(candidate.run_id)
+        if cached is None or cached[0] != stamp:
+            try:
+                array = np.load(path, allow_pickle=False)
+            except (OSError, ValueError) as err:
+                raise MemberProblem(f"cannot read {path}: {err}", "unreadable oof.npy") from None
+            score = float("nan")
+            if array.ndim == 2 and array.shape == truth.shape and np.isfinite(array).all():
+                score = float(lwlrap(truth, array))
+            cached = self._oof[candidate.run_id] = (stamp, array, score)
+        array, score = cached[1], cached[2]
+        if array.ndim != 2 or array.shape != truth.shape:
+            raise MemberProblem(f"{path} has shape {tuple(array.shape)} but {dataset.get('name')!r} has "
+                                f"{truth.shape[0]} curated clips × {truth.shape[1]} classes; it was made on "
+                                "another dataset or another version of it",
+                                f"shape {'×'.join(str(n) for n in array.shape)}, "
+                                f"expected {truth.shape[0]}×{truth.shape[1]}")
+        complete = np.isfinite(array).all(axis=1)
+        if not complete.all():
+            missing = int((~complete).sum())
+            raise MemberProblem(f"{path} has no scores for {missing} of {len(complete)} curated clips "
+                                "(not every fold was trained or inferred)",
+                                f"{missing} of {len(complete)} clips unscored")
+        return array, score
+
+    def evaluate(self, dataset: dict | None, members: Sequence[tuple[Candidate, float]], *, method: str,
+                 calibrate: bool, key: tuple) -> BlendOutcome:
+        """Blend ``members`` (candidate, weight) and score the blend; problems are reported, not raised."""
+        from engine.ensemble import Member, blend
+
+        t0 = time.perf_counter()
+        outcome = BlendOutcome(key=key)
+        if not members:
+            return outcome
+        if dataset is None:
+            outcome.error = "these runs have no dataset recorded, so there is no curated truth to score against"
+            return outcome
+        try:
+            truth = self.truth(dataset)
+        except FsatError as err:
+            outcome.error = str(err)
+            return outcome
+        outcome.n_clips = int(truth.shape[0])
+        usable: list[tuple[Candidate, float, Any]] = []
+        for candidate, weight in members:
+            try:
+                array, score = self.member_oof(candidate, dataset, truth)
+            except MemberProblem as problem:
+                outcome.problems[candidate.run_id] = str(problem)
+                outcome.short_problems[candidate.run_id] = problem.short
+                continue
+            outcome.member_lwlrap[candidate.run_id] = score
+            usable.append((candidate, weight, array))
+        if not usable:
+            return outcome
+        weights = [w for _, w, _ in usable]
+        if not sum(weights) > 0:
+            outcome.error = "every member's weight is zero; press + on one of them"
+            return outcome
+        try:
+            result = blend([Member(c.run_id, a, None, c.cv_lwlrap) for c, _, a in usable], truth,
+                           weights=weights, method=method, calibrate=calibrate)
+        except ValueError as err:
+            outcome.error = f"cannot blend: {err}"
+            return outcome
+        outcome.members = [c.run_id for c, _, _ in usable]
+        outcome.weights = [float(w) for w in result.weights]
+        outcome.oof_lwlrap = float(result.oof_lwlrap)
+        outcome.raw_oof_lwlrap = float(result.raw_oof_lwlrap)
+        outcome.seconds = time.perf_counter() - t0
+        return outcome
+
+    def greedy(self, dataset: dict, candidates: Sequence[Candidate], *, method: str,
+               max_steps: int = GREEDY_STEPS) -> tuple[dict[str, float], list[float], dict[str, str]]:
+        """Greedy forward selection (with replacement) over every usable candidate.
+
+        Returns member -> pick count (the weights), the OOF LWLRAP after each
+        pick (uncalibrated blend of the picks), and the candidates left out
+        with why (in a few words).
+        """
+        from engine.ensemble import Member, greedy_forward_selection
+
+        truth = self.truth(dataset)
+        usable: list[tuple[Candidate, Any]] = []
+        problems: dict[str, str] = {}
+        for candidate in candidates:
+            try:
+                usable.append((candidate, self.member_oof(candidate, dataset, truth)[0]))
+            except MemberProblem as problem:
+                problems[candidate.run_id] = problem.short
+        if not usable:
+            return {}, [], problems
+        picks, _, history = greedy_forward_selection(
+            [Member(c.run_id, a, None, c.cv_lwlrap) for c, a in usable], truth, max_steps=max_steps,
+            method=method)
+        counts = Counter(usable[k][0].run_id for k in picks)
+        return {run_id: float(n) for run_id, n in counts.items()}, history, problems
+
+
+def ensemble_spec(state: BlendState, name: str = "") -> Any:
+    """The validated ``EnsembleSpec`` of what is shown (ConfigError names the bad field)."""
+    members = state.members()
+    overrides = [f"members={_toml(members)}", f"weights={_toml([float(state.weights[m]) for m in members])}",
+                 f"method={_toml(state.method)}", f"calibrate={'true' if state.calibrate else 'false'}",
+                 "greedy=false"]
+    if name:
+        overrides.append(f"name={_toml(name)}")
+    return specs.resolve_spec("ensemble", overrides=overrides)
+
+
+def _toml(value: object) -> str:
+    import json
+
+    return json.dumps(value)
+
+
+# --------------------------------------------------------------------------- messages
+
+
+class CandidatesLoaded(Message):
+    """The candidate runs and their datasets, or why they could not be listed."""
+
+    def __init__(self, candidates: list[Candidate], datasets: dict[int, dict], problem: str | None = None) -> None:
+        super().__init__()
+        self.candidates = candidates
+        self.datasets = datasets
+        self.problem = problem
+
+
+class BlendComputed(Message):
+    """A blend worker finished."""
+
+    def __init__(self, outcome: BlendOutcome) -> None:
+        super().__init__()
+        self.outcome = outcome
+
+
+class GreedyDone(Message):
+    """Greedy selection finished: member -> picks, score history, left-out runs, or an error."""
+
+    def __init__(self, selection: dict[str, float], history: list[float], problems: dict[str, str],
+                 error: str | None = None) -> None:
+        super().__init__()
+        self.selection = selection
+        self.history = history
+        self.problems = problems
+        self.error = error
+
+
+class EnsembleQueued(Message):
+    """The ensemble job was queued (``job_id``) or not (``error``)."""
+
+    def __init__(self, job_id: int | None, error: str | None = None) -> None:
+        super().__init__()
+        self.job_id = job_id
+        self.error = error
+
+
+# --------------------------------------------------------------------------- screen
+
+
+def _signed(value: float | None) -> str:
+    return "—" if value is None else f"{value:+.4f}"
+
+
+class MemberTable(LiveTable, inherit_bindings=False):
+    """The runs table, without the table's own enter binding.
+
+    Enter reaches the screen (which saves) the way space and + do, in the order
+    the keys were pressed; a priority binding would run before keys still
+    waiting in the table's queue.
+    """
+
+    BINDINGS = [b for b in DataTable.BINDINGS if not (isinstance(b, Binding) and b.key == "enter")]
+
+
+class EnsembleScreen(Screen):
+    """Blend runs' out-of-fold scores from the keyboard and queue the result as an ensemble job."""
+
+    BINDINGS = [
+        Binding("escape", "back", "Back", tooltip="Back to the previous screen (the blend is kept)"),
+        Binding("space", "toggle_member", "In/out", tooltip="Put the selected run in the blend or take it out"),
+        Binding("plus,equals_sign", "weight(1)", "Weight+", key_display="+",
+                tooltip=f"Raise the selected member's weight by {WEIGHT_STEP:g}"),
+        Binding("minus", "weight(-1)", "Weight−", key_display="-",
+                tooltip=f"Lower the selected member's weight by {WEIGHT_STEP:g} (not below 0)"),
+        Binding("m", "toggle_method", "Rank/mean", tooltip="Average per-class ranks or plain scores"),
+        Binding("k", "toggle_calibrate", "Calibrate",
+                tooltip="Map the blend to probabilities with a per-class temperature (on/off)"),
+        Binding("g", "greedy", "Greedy",
+                tooltip=f"Greedy forward selection over all runs listed (up to {GREEDY_STEPS} picks)"),
+        Binding("ctrl+s,enter", "save", "Save",
+                tooltip="Queue an ensemble job with these members, weights, method and calibration"),
+        Binding("d", "next_dataset", "Dataset", tooltip="Show the runs of the next dataset (clears the blend)"),
+        Binding("s", "cycle_sort", "Sort", tooltip="Sort the runs by their next column"),
+        Binding("S", "reverse_sort", "Reverse", show=False, tooltip="Reverse the sort of the runs"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.candidates: dict[str, Candidate] = {}
+        self.datasets: dict[int, dict] = {}
+        self.outcome: BlendOutcome | None = None
+        #: Why a run was taken out of the blend (shown in its note column until it is put back).
+        self.notes: dict[str, str] = {}
+        self.loaded = False
+        self.list_problem: str | None = None
+        self.greedy_running = False
+        self._runs_key: str | None = None
+        self._row_cache: dict[str, dict] = {}
+        self._pending_key: tuple | None = None
+
+    # -- set-up ------------------------------------------------------------------------
+
+    @property
+    def state(self) -> BlendState:
+        """The blend chosen so far (lives on the app)."""
+        return self.app.blend_state  # type: ignore[attr-defined]
+
+    @property
+    def bench(self) -> BlendBench:
+        """The arrays loaded so far (live on the app)."""
+        return self.app.blend_bench  # type: ignore[attr-defined]
+
+    @property
+    def table(self) -> LiveTable:
+        """The runs table."""
+        return self.query_one("#members", LiveTable)
+
+    def compose(self) -> ComposeResult:
+        """Header, status line, the blend's score, the runs, footer."""
+        yield Header()
+        yield WorkerStatus(id="status")
+        with Horizontal(id="blend-panel"):
+            yield Digits("", id="blend-score")
+            yield Static("", id="blend-about")
+        yield MemberTable(MEMBER_COLUMNS, sort_column="cv", reverse=True, id="members")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        """Title, focus the runs, list the candidates from what the app already loaded."""
+        self.sub_title = "ensemble"
+        self.query_one("#blend-panel").border_title = "Blend"
+        self.table.border_title = "Runs with out-of-fold scores"
+        self.table.focus()
+        self._render_panel()
+        self.show_overview(getattr(self.app, "overview", None), force=True)
+
+    def on_screen_resume(self) -> None:
+        """Catch up with runs that finished while another screen was shown."""
+        self.show_overview(getattr(self.app, "overview", None))
+
+    def show_overview(self, overview: Overview | None, force: bool = False) -> None:
+        """New poll data: refresh the status line; list the candidates again when the runs changed."""
+        self.app.refresh_status(self)  # type: ignore[attr-defined]
+        if overview is None:
+            return
+        key = repr([(r.get("run_id"), r.get("status"), r.get("cv_lwlrap"), r.get("name")) for r in overview.runs])
+        if key == self._runs_key and not force:
+            return
+        self._runs_key = key
+        self._load_candidates(list(overview.runs))
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="ensemble-candidates")
+    def _load_candidates(self, runs: list[dict]) -> None:
+        """Look up run folders and datasets off the UI thread."""
+        try:
+            found, datasets = find_candidates(self.app.store, runs, self.app.db_path,  # type: ignore[attr-defined]
+                                              self._row_cache)
+        except (sqlite3.Error, FsatError, OSError) as err:
+            self.post_message(CandidatesLoaded([], {}, problem=f"could not list the runs: {err}"))
+            return
+        self.post_message(CandidatesLoaded(found, datasets))
+
+    def on_candidates_loaded(self, message: CandidatesLoaded) -> None:
+        """Show the candidates of the blend's dataset (choosing one if needed) and rescore if needed."""
+        self.loaded = True
+        self.list_problem = message.problem
+        self.candidates = {c.run_id: c for c in message.candidates}
+        self.datasets = message.datasets
+        state = self.state
+        with_runs = self._dataset_ids()
+        if state.dataset_id not in with_runs:
+            state.dataset_id = with_runs[0] if with_runs else None
+        if message.problem is None:
+            # A member that is no longer a finished run with oof.npy on this dataset leaves the blend.
+            state.weights = {k: w for k, w in state.weights.items()
+                             if k in self.candidates and self.candidates[k].dataset_id == state.dataset_id}
+        self.refresh_bindings()
+        self._refresh_table()
+        self._request_blend()
+
+    def _dataset_ids(self) -> list[int]:
+        """Datasets that have candidates, the one with the newest candidate first."""
+        seen: list[int] = []
+        for c in self.candidates.values():
+            if c.dataset_id is not None and c.dataset_id in self.datasets and c.dataset_id not in seen:
+                seen.append(c.dataset_id)
+        return seen
+
+    @property
+    def dataset(self) -> dict | None:
+        """The dataset row of the blend."""
+        return self.datasets.get(self.state.dataset_id) if self.state.dataset_id is not None else None
+
+    def shown_candidates(self) -> list[Candidate]:
+        """Candidates on the blend's dataset."""
+        return [c for c in self.candidates.values() if c.dataset_id == self.state.dataset_id]
+
+    # -- table and panel -----------------------------------------------------------------
+
+    def _rows(self) -> list[tuple[str, list[Cell]]]:
+        state = self.state
+        shares = state.shares()
+        member_lwlrap = self.outcome.member_lwlrap if self.outcome else {}
+        rows = []
+        for c in self.shown_candidates():
+            selected = c.run_id in state.weights
+            weight = state.weights.get(c.run_id)
+            note = self.notes.get(c.run_id, "")
+            if not note and selected and not c.has_test:
+                note = "no test.npy"
+            style = "bold" if selected else ""
+            rows.append((c.run_id, [
+                Cell("●" if selected else "○", sort_key=int(selected), style="bold green" if selected else "dim"),
+                Cell(c.run_id, sort_key=c.run_id, style=style),
+                Cell(shorten(c.name, 24), sort_key=c.name.lower()),
+                Cell(c.kind, sort_key=c.kind),
+                Cell(c.model or "—", sort_key=c.model),
+                num_cell(fmt_score(c.cv_lwlrap), c.cv_lwlrap),
+                num_cell(fmt_score(member_lwlrap.get(c.run_id)), member_lwlrap.get(c.run_id)),
+                num_cell("—" if weight is None else f"{weight:.2f}", weight,
+                         "bold" if weight else "dim"),
+                num_cell("—" if c.run_id not in shares else f"{shares[c.run_id] * 100:.1f}%", shares.get(c.run_id)),
+                Cell("✔" if c.has_test else "—", sort_key=int(c.has_test), style="" if c.has_test else "dim"),
+                Cell(shorten(note, 36), style="red" if c.run_id in self.notes else "yellow"),
+            ]))
+        return rows
+
+    def _refresh_table(self) -> None:
+        table = self.table
+        table.sync(self._rows())
+        dataset = self.dataset
+        where = f" · {dataset['name']}" if dataset else ""
+        table.border_title = f"Runs with out-of-fold scores{where} ({table.row_count})"
+        others = len(self._dataset_ids()) - 1
+        no_dataset = sum(1 for c in self.candidates.values() if c.dataset_id not in self.datasets)
+        parts = [f"sorted by {table.sort_description}"]
+        if others > 0:
+            parts.append(f"{others} more dataset{'s' if others > 1 else ''}: d")
+        if no_dataset:
+            parts.append(f"{no_dataset} run{'s' if no_dataset > 1 else ''} without a dataset not shown")
+        table.border_subtitle = " · ".join(parts)
+
+    def _render_panel(self) -> None:
+        state = self.state
+        digits = self.query_one("#blend-score", Digits)
+        about = self.query_one("#blend-about", Static)
+        outcome = self.outcome if self.outcome is not None and self.outcome.key == state.key() else None
+        pending = self._pending_key == state.key() and outcome is None
+        shown = self.outcome if pending else outcome  # keep the last score, dimmed, while computing
+        digits.update(f"{shown.oof_lwlrap:.4f}" if shown and shown.oof_lwlrap is not None else "")
+        digits.set_class(pending, "-stale")
+        text = Text()
+        text.append("Blend OOF LWLRAP", style="bold")
+        text.append(f"  {METHOD_LABELS[state.method]} · {'calibrated' if state.calibrate else 'not calibrated'}",
+                    style="cyan")
+        n = len(state.weights)
+        if self.dataset:
+            clips = f" ({outcome.n_clips} curated clips)" if outcome and outcome.n_clips else ""
+            text.append(f" · {n} member{'s' if n != 1 else ''} on {self.dataset['name']}{clips}")
+        if self.greedy_running:
+            text.append("\ngreedy forward selection running…", style="bold yellow")
+        elif pending:
+            text.append("\ncomputing…", style="bold yellow")
+        if not self.loaded:
+            text.append("\nlisting runs…", style="dim")
+        elif self.list_problem:
+            text.append(f"\n{self.list_problem}", style="bold red")
+        elif not self.candidates:
+            text.append("\nNo finished run has out-of-fold scores (oof.npy in its run folder) yet: "
+                        "train or infer a run first.", style="dim")
+        elif n == 0:
+            text.append("\nPress space on a run to put it in the blend, or g to pick members greedily.",
+                        style="dim")
+        if outcome is not None and outcome.error:
+            text.append(f"\n{outcome.error}", style="bold red")
+        elif outcome is not None and outcome.oof_lwlrap is not None:
+            text.append("\n")
+            if state.calibrate:
+                text.append("raw (before calibration) ", style="dim")
+                text.append(fmt_score(outcome.raw_oof_lwlrap), style="bold")
+                text.append(" · ", style="dim")
+            best = max(outcome.member_lwlrap.items(), key=lambda kv: kv[1], default=None)
+            if best is not None:
+                text.append("best member ", style="dim")
+                text.append(f"{best[1]:.4f} {best[0]}", style="bold")
+                gain = outcome.oof_lwlrap - best[1]
+                text.append(" · gain ", style="dim")
+                text.append(_signed(gain), style="bold green" if gain > 0 else "bold red")
+            text.append("\nweights ", style="dim")
+            text.append("  ".join(f"{m} {w * 100:.0f}%" for m, w in zip(outcome.members, outcome.weights)))
+            missing_test = [m for m in outcome.members if m in self.candidates and not self.candidates[m].has_test]
+            if missing_test:
+                text.append(f"\n{len(missing_test)} member(s) without test.npy: the saved ensemble will have "
+                            "no submission", style="yellow")
+        about.update(text)
+
+    # -- blending ---------------------------------------------------------------------------
+
+    def _request_blend(self) -> None:
+        """Score the current blend unless that score is already shown or on its way."""
+        key = self.state.key()
+        if (self.outcome is not None and self.outcome.key == key) or self._pending_key == key:
+            self._render_panel()
+            return
+        members = [(self.candidates[m], w) for m, w in sorted(self.state.weights.items()) if m in self.candidates]
+        if not members:
+            self.outcome = BlendOutcome(key=key)
+            self._pending_key = None
+            self._render_panel()
+            self._refresh_table()
+            return
+        self._pending_key = key
+        self._render_panel()
+        self._blend(self.dataset, members, self.state.method, self.state.calibrate, key)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="ensemble-blend")
+    def _blend(self, dataset: dict | None, members: list[tuple[Candidate, float]], method: str,
+               calibrate: bool, key: tuple) -> None:
+        """Blend in a thread; a request overtaken by a newer one is dropped unstarted."""
+        worker = get_current_worker()
+        bench = self.bench
+        with bench.lock:  # one blend at a time: quick key presses queue here, and only the last one runs
+            if worker.is_cancelled:
+                return
+            try:
+                outcome = bench.evaluate(dataset, members, method=method, calibrate=calibrate, key=key)
+            except Exception as err:  # whatever happens becomes a message in the panel
+                outcome = BlendOutcome(key=key, error=f"cannot blend: {type(err).__name__}: {err}")
+        self.post_message(BlendComputed(outcome))
+
+    def on_blend_computed(self, message: BlendComputed) -> None:
+        """Show a blend's score; members that could not take part are taken out, with the reason."""
+        outcome = message.outcome
+        if self._pending_key == outcome.key:
+            self._pending_key = None
+        if outcome.key != self.state.key():
+            return  # the blend changed since this was asked for
+        self.outcome = outcome
+        if outcome.problems:
+            for run_id in outcome.problems:
+                self.notes[run_id] = outcome.short_problems.get(run_id, "left out")
+                self.state.weights.pop(run_id, None)
+            self.notify("\n".join(f"{k}: {v}" for k, v in outcome.problems.items()),
+                        title="Left out of the blend", severity="warning", timeout=10, markup=False)
+            self._refresh_table()
+            self._request_blend()
+            return
+        self._refresh_table()
+        self._render_panel()
+
+    def _changed(self) -> None:
+        self._refresh_table()
+        self._request_blend()
+
+    # -- actions ------------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Offer ``d`` only when runs of more than one dataset are listed."""
+        if action == "next_dataset":
+            return len(self._dataset_ids()) > 1
+        return True
+
+    def _busy(self) -> bool:
+        if self.greedy_running:
+            self.notify("Greedy selection is running; the blend changes when it is done.", severity="warning")
+            return True
+        return False
+
+    def action_back(self) -> None:
+        """Leave the screen; the blend is kept for next time."""
+        self.app.pop_screen()
+
+    def _selected(self) -> str | None:
+        key = self.table.selected_key()
+        if key is None:
+            self.notify("No run selected.", severity="warning")
+        return key
+
+    def action_toggle_member(self) -> None:
+        """Put the selected run in the blend (weight 1) or take it out."""
+        if self._busy():
+            return
+        key = self._selected()
+        if key is None:
+            return
+        if key in self.state.weights:
+            del self.state.weights[key]
+        else:
+            self.notes.pop(key, None)
+            self.state.weights[key] = 1.0
+        self._changed()
+
+    def action_weight(self, direction: int) -> None:
+        """Change the selected member's weight by one step (``+`` on a run not in the blend adds it)."""
+        if self._busy():
+            return
+        key = self._selected()
+        if key is None:
+            return
+        weights = self.state.weights
+        if key not in weights:
+            if direction < 0:
+                self.notify(f"{key} is not in the blend.", severity="warning", markup=False)
+                return
+            self.notes.pop(key, None)
+            weights[key] = 1.0
+        else:
+            weights[key] = max(0.0, weights[key] + direction * WEIGHT_STEP)
+        self._changed()
+
+    def action_toggle_method(self) -> None:
+        """Switch between rank and mean averaging."""
+        if self._busy():
+            return
+        self.state.method = METHODS[(METHODS.index(self.state.method) + 1) % len(METHODS)]
+        self._changed()
+
+    def action_toggle_calibrate(self) -> None:
+        """Switch calibration on or off."""
+        if self._busy():
+            return
+        self.state.calibrate = not self.state.calibrate
+        self._changed()
+
+    def action_next_dataset(self) -> None:
+        """Show the next dataset's runs; a blend cannot mix datasets, so it starts empty."""
+        ids = self._dataset_ids()
+        if len(ids) < 2 or self._busy():
+            return
+        index = ids.index(self.state.dataset_id) if self.state.dataset_id in ids else -1
+        self.state.dataset_id = ids[(index + 1) % len(ids)]
+        self.state.weights.clear()
+        self.notes.clear()
+        self.notify(f"Dataset {self.dataset['name'] if self.dataset else self.state.dataset_id}", timeout=2,
+                    markup=False)
+        self._changed()
+
+    def action_cycle_sort(self) -> None:
+        """Sort the runs by their next column."""
+        self.table.cycle_sort()
+        self._refresh_table()
+
+    def action_reverse_sort(self) -> None:
+        """Reverse the sort of the runs."""
+        self.table.reverse_sort()
+        self._refresh_table()
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        """A click on the selected row toggles it (enter saves instead)."""
+        event.stop()
+        self.action_toggle_member()
+
+    # -- greedy selection --------------------------------------------------------------------
+
+    def action_greedy(self) -> None:
+        """Pick members and weights by greedy forward selection over every run listed."""
+        if self._busy():
+            return
+        candidates = self.shown_candidates()
+        if not candidates or self.dataset is None:
+            self.notify("No runs with out-of-fold scores to select from.", severity="warning")
+            return
+        self.greedy_running = True
+        self._render_panel()
+        self._greedy(self.dataset, sorted(candidates, key=lambda c: c.run_id), self.state.method)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="ensemble-greedy")
+    def _greedy(self, dataset: dict, candidates: list[Candidate], method: str) -> None:
+        """Run greedy selection in a thread (one at a time; the screen takes no changes meanwhile)."""
+        bench = self.bench
+        with bench.lock:
+            try:
+                selection, history, problems = bench.greedy(dataset, candidates, method=method)
+            except Exception as err:  # shown in the panel, never a traceback
+                self.post_message(GreedyDone({}, [], {}, error=f"greedy selection failed: {err}"))
+                return
+        self.post_message(GreedyDone(selection, history, problems))
+
+    def on_greedy_done(self, message: GreedyDone) -> None:
+        """Take the greedy picks as the blend: members with their pick counts as weights."""
+        self.greedy_running = False
+        for run_id, why in message.problems.items():
+            self.notes[run_id] = why
+        if message.error or not message.selection:
+            self.notify(message.error or "No run could take part in greedy selection.", severity="error",
+                        markup=False)
+            self._changed()
+            return
+        self.state.weights = dict(message.selection)
+        picks = int(sum(message.selection.values()))
+        self.notify(f"{picks} picks → {len(message.selection)} members; uncalibrated OOF LWLRAP of the picks "
+                    f"{message.history[-1]:.4f}", title="Greedy selection", markup=False)
+        self._changed()
+
+    # -- save -----------------------------------------------------------------------------------
+
+    def action_save(self) -> None:
+        """Queue an ensemble job with exactly this blend."""
+        if self._busy():
+            return
+        state = self.state
+        if not state.weights:
+            self.notify("The blend has no members: press space on a run first.", severity="warning")
+            return
+        name = f"{state.method} blend of {len(state.weights)}"
+        try:
+            spec = ensemble_spec(state, name)
+        except ConfigError as err:
+            self.notify(str(err), title="Cannot save this blend", severity="error", markup=False)
+            return
+        self._enqueue(specs.to_dict(spec), name)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="ensemble-save")
+    def _enqueue(self, spec: dict, name: str) -> None:
+        """Insert the job (a short write transaction) off the UI thread."""
+        try:
+            job_id = self.app.store.enqueue("ensemble", spec, name=name)  # type: ignore[attr-defined]
+        except (QueueFull, sqlite3.Error, FsatError) as err:
+            self.post_message(EnsembleQueued(None, error=f"Could not queue the ensemble: {err}"))
+            return
+        self.post_message(EnsembleQueued(job_id))
+
+    def on_ensemble_queued(self, message: EnsembleQueued) -> None:
+        """Say which job will write the submission."""
+        if message.error:
+            self.notify(message.error, severity="error", markup=False)
+            return
+        self.notify(f"queued job {message.job_id}: it writes the blend's submission and records it as a run",
+                    title="Ensemble", markup=False)
+        self.app.request_refresh()  # type: ignore[attr-defined]

@@ -1,0 +1,477 @@
+"""The ensemble screen, the TTA comparison and the infer/baseline dialogs, driven with Pilot.
+
+Everything is real: a SQLite file in ``tmp_path``, a dataset folder with a
+``train_curated.csv`` written by the test, runs whose ``oof.npy`` files the
+test writes with numpy. The blend scores the console shows are compared with
+``engine.ensemble.blend`` called here on the same arrays; per-class TTA gains
+with differences computed here from the scores the test wrote.
+"""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from textual.widgets import Checkbox, Digits, Input, Static
+
+from engine.data.labels import FSD2019_CLASSES
+from engine.ensemble import Member, blend, greedy_forward_selection
+from engine.metrics import lwlrap
+from engine.store import OOF, Store
+from fsat_console.app import FsatConsole
+from fsat_console.screens.ensemble import BlendBench, EnsembleScreen, find_candidates
+from fsat_console.screens.help import HelpScreen
+from fsat_console.screens.infer import BaselineScreen, InferScreen
+from fsat_console.screens.main import MainScreen
+from fsat_console.screens.run import RunScreen
+from fsat_console.widgets.live_table import LiveTable
+
+PROJECT = Path(__file__).resolve().parent.parent
+SIZE = (140, 45)
+N_CLIPS = 40
+CLASSES = list(FSD2019_CLASSES)
+
+
+# -- a dataset, runs with out-of-fold scores ----------------------------------------------------
+
+
+def write_dataset(root: Path, truth: np.ndarray) -> None:
+    """train_curated.csv (labels quoted, comma-separated) and sample_submission.csv."""
+    root.mkdir(parents=True)
+    with open(root / "train_curated.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["fname", "labels"])
+        for i, row in enumerate(truth):
+            writer.writerow([f"clip{i:03d}.wav", ",".join(CLASSES[j] for j in np.flatnonzero(row))])
+    with open(root / "sample_submission.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["fname", *CLASSES])
+        for i in range(3):
+            writer.writerow([f"test{i}.wav", *["0"] * len(CLASSES)])
+
+
+def add_run(store: Store, tmp: Path, run_id: str, oof: np.ndarray, *, dataset_id: int | None,
+            status: str = "done", cv: float | None = None, kind: str = "train", name: str = "",
+            parent: str | None = None, test: bool = True, config: dict | None = None) -> Path:
+    """A run whose run folder holds ``oof.npy`` (and ``test.npy``)."""
+    run_dir = tmp / "runs" / run_id
+    run_dir.mkdir(parents=True)
+    np.save(run_dir / "oof.npy", oof)
+    if test:
+        np.save(run_dir / "test.npy", np.random.default_rng(1).random((3, oof.shape[1])))
+    store.create_run(run_id, kind=kind, dataset_id=dataset_id, run_dir=str(run_dir), name=name or run_id,
+                     model="cnn14", parent_run_id=parent, config=config or {})
+    if status == "done":
+        store.finish_run(run_id, status="done", cv_lwlrap=cv)
+    return run_dir
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> dict:
+    """Two datasets; on the first a good, a weak, a wrong-shape and a half-scored run, plus a running one."""
+    rng = np.random.default_rng(7)
+    truth = np.zeros((N_CLIPS, len(CLASSES)), dtype=np.float32)
+    truth[np.arange(N_CLIPS), rng.integers(0, len(CLASSES), N_CLIPS)] = 1
+    second = rng.random(N_CLIPS) < 0.3
+    truth[np.flatnonzero(second), rng.integers(0, len(CLASSES), int(second.sum()))] = 1
+    data = tmp_path / "data"
+    write_dataset(data, truth)
+    other = tmp_path / "other"
+    write_dataset(other, truth[:30])
+
+    db = tmp_path / "experiments.db"
+    store = Store(db)
+    ds = store.register_dataset(data, name="tiny", classes=CLASSES, n_curated=N_CLIPS)
+    ds_other = store.register_dataset(other, name="other", classes=CLASSES, n_curated=30)
+
+    good = truth * 1.5 + rng.normal(size=truth.shape)
+    weak = truth * 0.6 + rng.normal(size=truth.shape)
+    oofs = {"train-0001": good, "train-0002": weak}
+    # The oldest run is on the other dataset: the screen opens on the dataset of the newest runs.
+    add_run(store, tmp_path, "train-0000", truth[:30] + rng.normal(size=(30, len(CLASSES))), dataset_id=ds_other,
+            cv=0.5, name="elsewhere")
+    add_run(store, tmp_path, "train-0001", good, dataset_id=ds, cv=lwlrap(truth, good), name="good")
+    add_run(store, tmp_path, "train-0002", weak, dataset_id=ds, cv=lwlrap(truth, weak), name="weak")
+    add_run(store, tmp_path, "train-0003", rng.normal(size=(N_CLIPS - 1, len(CLASSES))), dataset_id=ds,
+            cv=0.30, name="wrong shape")
+    half = good.copy()
+    half[:10] = np.nan  # folds that were never trained
+    add_run(store, tmp_path, "train-0004", half, dataset_id=ds, cv=0.20, name="half scored")
+    add_run(store, tmp_path, "train-0005", good, dataset_id=ds, status="running", name="still training")
+    yield {"db": db, "store": store, "truth": truth, "oofs": oofs, "data": data, "ds": ds, "tmp": tmp_path}
+    store.close()
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+async def wait_until(pilot, predicate, timeout: float = 10.0, what: str = "condition") -> None:
+    """Let the app run until ``predicate()`` holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        await pilot.pause(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def screen_text(app) -> str:
+    """The current screen rendered to plain text."""
+    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
+
+
+async def open_ensemble(pilot, app) -> EnsembleScreen:
+    """Press e and wait until the candidates are listed."""
+    await wait_until(pilot, lambda: isinstance(app.screen, MainScreen) and app.overview is not None,
+                     what="main screen")
+    await pilot.press("e")
+    await wait_until(pilot, lambda: isinstance(app.screen, EnsembleScreen) and app.screen.loaded,
+                     what="ensemble screen with its runs")
+    return app.screen
+
+
+async def select_row(pilot, table: LiveTable, key: str) -> None:
+    """Move the cursor to the row ``key`` with the arrow keys."""
+    await pilot.press(*["up"] * table.row_count)
+    for _ in range(table.row_count):
+        if table.selected_key() == key:
+            return
+        await pilot.press("down")
+    assert table.selected_key() == key, f"row {key} not reachable"
+
+
+async def settled(pilot, screen: EnsembleScreen) -> None:
+    """Wait until the blend shown is the blend chosen."""
+    await wait_until(pilot, lambda: screen.outcome is not None and screen.outcome.key == screen.state.key()
+                     and screen._pending_key is None and not screen.greedy_running, what="blend score")
+
+
+def shown_score(screen: EnsembleScreen) -> str:
+    """The big number."""
+    return screen.query_one("#blend-score", Digits).value
+
+
+def expected_blend(world: dict, weights: dict[str, float], **kwargs) -> float:
+    members = sorted(weights)
+    return blend([Member(m, world["oofs"][m]) for m in members], world["truth"],
+                 weights=[weights[m] for m in members], **kwargs).oof_lwlrap
+
+
+# -- the ensemble screen -------------------------------------------------------------------------
+
+
+async def test_blend_score_follows_members_weights_method_and_calibration(world: dict) -> None:
+    app = FsatConsole(world["db"], poll_interval=0.1)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_ensemble(pilot, app)
+        table = screen.table
+        # Finished runs of the dataset with oof.npy; not the running one, not the other dataset's.
+        assert sorted(k.value for k in table.rows) == ["train-0001", "train-0002", "train-0003", "train-0004"]
+        assert "tiny" in table.border_title
+
+        await select_row(pilot, table, "train-0001")
+        await pilot.press("space")
+        await settled(pilot, screen)
+        one = expected_blend(world, {"train-0001": 1.0})
+        assert screen.outcome.oof_lwlrap == pytest.approx(one, abs=1e-12)
+        assert shown_score(screen) == f"{one:.4f}"
+        assert screen.outcome.member_lwlrap["train-0001"] == pytest.approx(lwlrap(world["truth"],
+                                                                                  world["oofs"]["train-0001"]))
+
+        await select_row(pilot, table, "train-0002")
+        await pilot.press("space")
+        await settled(pilot, screen)
+        both = expected_blend(world, {"train-0001": 1.0, "train-0002": 1.0})
+        assert screen.outcome.oof_lwlrap == pytest.approx(both, abs=1e-12)
+        assert shown_score(screen) == f"{both:.4f}"
+        assert table.get_cell("train-0002", "share").plain == "50.0%"
+
+        await pilot.press("plus")  # weight of train-0002: 1 -> 1.5
+        await settled(pilot, screen)
+        heavier = expected_blend(world, {"train-0001": 1.0, "train-0002": 1.5})
+        assert abs(heavier - both) > 1e-6  # the weight matters for these arrays
+        assert screen.outcome.oof_lwlrap == pytest.approx(heavier, abs=1e-12)
+        assert shown_score(screen) == f"{heavier:.4f}"
+        assert table.get_cell("train-0002", "weight").plain == "1.50"
+        assert screen.outcome.weights == pytest.approx([1 / 2.5, 1.5 / 2.5])
+
+        await pilot.press("m")  # plain mean of the scores
+        await settled(pilot, screen)
+        mean = expected_blend(world, {"train-0001": 1.0, "train-0002": 1.5}, method="mean")
+        assert screen.outcome.oof_lwlrap == pytest.approx(mean, abs=1e-12)
+
+        await pilot.press("k")  # no calibration: the score is the raw one
+        await settled(pilot, screen)
+        raw = expected_blend(world, {"train-0001": 1.0, "train-0002": 1.5}, method="mean", calibrate=False)
+        assert screen.outcome.oof_lwlrap == pytest.approx(raw, abs=1e-12)
+        assert screen.outcome.raw_oof_lwlrap == pytest.approx(raw, abs=1e-12)
+        assert "score mean · not calibrated" in screen_text(app)
+
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: world["store"].list_jobs(), what="ensemble job")
+        (job,) = world["store"].list_jobs()
+        spec = world["store"].get_job(job["id"]).spec
+        assert job["kind"] == "ensemble"
+        assert spec["members"] == ["train-0001", "train-0002"]
+        assert spec["weights"] == [1.0, 1.5]
+        assert (spec["method"], spec["calibrate"], spec["greedy"]) == ("mean", False, False)
+
+
+async def test_unusable_members_are_left_out_with_a_reason(world: dict) -> None:
+    app = FsatConsole(world["db"], poll_interval=0.1)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_ensemble(pilot, app)
+        table = screen.table
+        await select_row(pilot, table, "train-0001")
+        await pilot.press("space")
+        await settled(pilot, screen)
+        before = screen.outcome.oof_lwlrap
+
+        await select_row(pilot, table, "train-0003")  # 39 rows for a 40-clip dataset
+        await pilot.press("space")
+        await settled(pilot, screen)
+        assert "train-0003" not in screen.state.weights
+        assert table.get_cell("train-0003", "note").plain == f"shape {N_CLIPS - 1}×80, expected {N_CLIPS}×80"
+        assert screen.outcome.oof_lwlrap == pytest.approx(before, abs=1e-12)
+
+        await select_row(pilot, table, "train-0004")  # NaN where folds were never trained
+        await pilot.press("space")
+        await settled(pilot, screen)
+        assert "train-0004" not in screen.state.weights
+        assert table.get_cell("train-0004", "note").plain == f"10 of {N_CLIPS} clips unscored"
+        assert screen.outcome.oof_lwlrap == pytest.approx(before, abs=1e-12)
+        assert app.is_running
+
+        # Every weight at zero is a message, not a crash; saving then refuses.
+        await select_row(pilot, table, "train-0001")
+        await pilot.press("minus", "minus")
+        await settled(pilot, screen)
+        assert screen.state.weights == {"train-0001": 0.0}
+        assert screen.outcome.oof_lwlrap is None and "weight is zero" in screen.outcome.error
+        await pilot.press("ctrl+s")
+        await pilot.pause(0.2)
+        assert world["store"].list_jobs() == []
+
+        # A run that finishes while the screen is open joins the list.
+        add_run(world["store"], world["tmp"], "train-0008", world["oofs"]["train-0002"], dataset_id=world["ds"],
+                cv=0.4, name="late")
+        await wait_until(pilot, lambda: "train-0008" in [k.value for k in table.rows], what="new run listed")
+
+        # d shows the other dataset's runs; the blend starts empty there.
+        await pilot.press("d")
+        await wait_until(pilot, lambda: [k.value for k in table.rows] == ["train-0000"], what="other dataset")
+        assert screen.state.weights == {}
+
+
+async def test_greedy_selection_matches_the_engine(world: dict) -> None:
+    app = FsatConsole(world["db"], poll_interval=0.1)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_ensemble(pilot, app)
+        await pilot.press("g")
+        await settled(pilot, screen)
+        names = ["train-0001", "train-0002"]  # the usable candidates, in the order the screen passes them
+        picks, _, _ = greedy_forward_selection([Member(m, world["oofs"][m]) for m in names], world["truth"],
+                                               max_steps=20, method="rank")
+        counts = {names[k]: float(picks.count(k)) for k in set(picks)}
+        assert screen.state.weights == counts
+        assert screen.outcome.oof_lwlrap == pytest.approx(expected_blend(world, counts), abs=1e-12)
+        # The unusable runs were skipped with their reason.
+        assert "unscored" in screen.table.get_cell("train-0004", "note").plain
+
+
+def test_bench_refuses_a_member_of_another_dataset(world: dict) -> None:
+    found, datasets = find_candidates(world["store"], world["store"].list_runs(), world["db"])
+    by_id = {c.run_id: c for c in found}
+    assert set(by_id) == {"train-0000", "train-0001", "train-0002", "train-0003", "train-0004"}
+    outcome = BlendBench().evaluate(datasets[world["ds"]], [(by_id["train-0001"], 1.0), (by_id["train-0000"], 1.0)],
+                                    method="rank", calibrate=True, key=("k",))
+    assert "another dataset" in outcome.problems["train-0000"]
+    assert outcome.members == ["train-0001"]
+    assert outcome.oof_lwlrap == pytest.approx(expected_blend(world, {"train-0001": 1.0}), abs=1e-12)
+
+
+# -- run screen: i queues inference, b a baseline ---------------------------------------------------
+
+
+async def open_run(pilot, app, run_id: str) -> RunScreen:
+    await wait_until(pilot, lambda: app.overview is not None, what="first poll")
+    app.open_run(run_id)
+    await wait_until(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.detail is not None
+                     and app.screen.detail.run is not None, what=f"run screen of {run_id}")
+    return app.screen
+
+
+async def test_i_queues_inference_with_the_chosen_tta_settings(world: dict) -> None:
+    app = FsatConsole(world["db"], poll_interval=0.1)
+    async with app.run_test(size=SIZE) as pilot:
+        await open_run(pilot, app, "train-0001")
+        await pilot.press("i")
+        await wait_until(pilot, lambda: isinstance(app.screen, InferScreen), what="infer dialog")
+        dialog = app.screen
+        assert not dialog.query_one("#preset-error", Static).display
+        # Prefilled from the tta preset.
+        assert [dialog.query_one(f"#{f}", Input).value for f in ("tta-crops", "tta-crops-long", "long-seconds")] \
+            == ["5", "10", "30"]
+        assert dialog.query_one("#split-oof", Checkbox).value and dialog.query_one("#split-test", Checkbox).value
+
+        await pilot.press("backspace", "0", "enter")  # K = 0: the engine's message under the field
+        await pilot.pause(0.2)
+        error = dialog.query_one("#tta-crops-error", Static)
+        assert app.screen is dialog and error.display
+        assert "must be positive" in str(error.content)
+        assert world["store"].list_jobs() == []
+
+        await pilot.press("backspace", "7", "tab", "backspace", "backspace", "1", "2", "tab")
+        await pilot.press("backspace", "backspace", "2", "0", "tab", "tab", "space")  # untick test
+        assert dialog.query_one("#split-test", Checkbox).value is False
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, RunScreen), what="dialog to close")
+        (job,) = world["store"].list_jobs()
+        spec = world["store"].get_job(job["id"]).spec
+        assert job["kind"] == "infer" and job["name"] == "train-0001 tta7"
+        assert spec["run_id"] == "train-0001"
+        assert spec["splits"] == ["oof"]
+        assert (spec["infer"]["tta_crops"], spec["infer"]["tta_crops_long"], spec["infer"]["long_seconds"]) \
+            == (7, 12, 20.0)
+        assert spec["infer"]["batch_size"] == 32  # the rest from the preset
+
+
+async def test_b_queues_a_baseline_on_the_runs_dataset(world: dict) -> None:
+    app = FsatConsole(world["db"], poll_interval=0.1)
+    async with app.run_test(size=SIZE) as pilot:
+        await open_run(pilot, app, "train-0002")
+        await pilot.press("b")
+        await wait_until(pilot, lambda: isinstance(app.screen, BaselineScreen), what="baseline dialog")
+        dialog = app.screen
+        assert not dialog.query_one("#preset-error", Static).display
+        assert dialog.query_one("#data-root", Input).value == str(world["data"].resolve())
+        assert dialog.query_one("#encoder", Input).value == "train-0002"  # a cnn14 run: its encoder as fallback
+
+        dialog.query_one("#c", Input).value = "0"
+        await pilot.press("enter")
+        await pilot.pause(0.2)
+        assert dialog.query_one("#c-error", Static).display
+        assert "must be positive" in str(dialog.query_one("#c-error", Static).content)
+        assert world["store"].list_jobs() == []
+
+        dialog.query_one("#c", Input).value = "0.5"
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, RunScreen), what="dialog to close")
+        (job,) = world["store"].list_jobs()
+        spec = world["store"].get_job(job["id"]).spec
+        assert job["kind"] == "baseline"
+        assert spec["data"]["root"] == str(world["data"].resolve())
+        assert spec["C"] == 0.5 and spec["encoder_run_id"] == "train-0002"
+
+
+# -- TTA gain on the run screen ----------------------------------------------------------------------
+
+
+def class_scores(seed: int) -> list[float | None]:
+    values: list[float | None] = [float(x) for x in np.random.default_rng(seed).random(len(CLASSES))]
+    values[3] = None  # a class without positives in this run
+    return values
+
+
+async def test_tta_gain_appears_live_and_on_the_inference_run(world: dict) -> None:
+    store = world["store"]
+    weights = [1 / len(CLASSES)] * len(CLASSES)
+    n_pos = [1] * len(CLASSES)
+    base = class_scores(1)
+    store.record_class_scores("train-0001", OOF, CLASSES, base, weights, n_pos)
+    app = FsatConsole(world["db"], poll_interval=0.1)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_run(pilot, app, "train-0001")
+        panel = screen.query_one("#tta-gain", Static)
+        classes = screen.query_one("#classes", LiveTable)
+        await wait_until(pilot, lambda: classes.row_count == len(CLASSES), what="class rows")
+        assert not panel.display
+        assert "gain" not in [c.key for c in classes.specs]
+
+        # Another connection (the inference job) records a TTA run of train-0001.
+        with_tta = class_scores(2)
+        add_run(store, world["tmp"], "infer-0007", world["oofs"]["train-0001"], dataset_id=world["ds"],
+                kind="infer", parent="train-0001", status="running",
+                config={"infer": {"tta_crops": 5, "tta_crops_long": 10, "long_seconds": 30.0}})
+        store.record_class_scores("infer-0007", OOF, CLASSES, with_tta, weights, n_pos)
+        cv_base = store.get_run("train-0001")["cv_lwlrap"]
+        store.finish_run("infer-0007", status="done", cv_lwlrap=cv_base + 0.0123)
+
+        await wait_until(pilot, lambda: panel.display and "0.0123" in str(panel.content)
+                         and classes.row_count == len(CLASSES) and "gain" in [c.key for c in classes.specs],
+                         what="TTA comparison")
+        text = str(panel.content)
+        assert f"without TTA {cv_base:.4f} train-0001 (this run)" in text
+        assert f"with TTA {cv_base + 0.0123:.4f} infer-0007" in text
+        assert "5 crops, 10 beyond 30 s" in text and text.startswith("gain +0.0123")
+        for i in (0, 1, 2, 40, 79):
+            assert classes.get_cell(str(i), "gain").plain == f"{with_tta[i] - base[i]:+.4f}", CLASSES[i]
+        assert classes.get_cell("3", "gain").plain == "—"
+
+        # The inference run's own screen: its parent and the same gain.
+        await pilot.press("escape")
+        infer_screen = await open_run(pilot, app, "infer-0007")
+        panel = infer_screen.query_one("#tta-gain", Static)
+        await wait_until(pilot, lambda: panel.display, what="TTA line on the inference run")
+        assert f"without TTA {cv_base:.4f} train-0001 " in str(panel.content)
+        assert f"with TTA {cv_base + 0.0123:.4f} infer-0007 (this run)" in str(panel.content)
+        assert str(panel.content).startswith("gain +0.0123")
+        classes = infer_screen.query_one("#classes", LiveTable)
+        await wait_until(pilot, lambda: classes.row_count == len(CLASSES), what="class rows")
+        assert classes.get_cell("40", "lrap").plain == f"{with_tta[40]:.4f}"
+        assert classes.get_cell("40", "gain").plain == f"{with_tta[40] - base[40]:+.4f}"
+
+        # i on an inference run infers its trained run again.
+        await pilot.press("i")
+        await wait_until(pilot, lambda: isinstance(app.screen, InferScreen), what="infer dialog")
+        assert app.screen.run_id == "train-0001"
+
+
+# -- help, palette, start-up --------------------------------------------------------------------------
+
+
+async def test_help_and_palette_reach_the_ensemble_screen(world: dict) -> None:
+    app = FsatConsole(world["db"], poll_interval=0.1)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: app.overview is not None, what="first poll")
+        await pilot.press("question_mark")
+        await wait_until(pilot, lambda: isinstance(app.screen, HelpScreen), what="help")
+        titles_and_rows = [(title, " ".join(f"{keys} {what}" for keys, what in rows))
+                           for title, rows in app.screen.sections]
+        ensemble = dict(titles_and_rows)["Ensemble"]
+        for words in ("space Put the selected run in the blend", "g Greedy forward selection",
+                      "^s / ⏎ Queue an ensemble job", "m Average per-class ranks"):
+            assert words in ensemble, words
+        run = dict(titles_and_rows)["Run"]
+        assert "i Queue inference of this run" in run and "b Queue the embeddings" in run
+        assert "e Blend runs' out-of-fold scores" in dict(titles_and_rows)["Runs and jobs"]
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: isinstance(app.screen, MainScreen), what="main screen")
+        entry = next(c for c in app.get_system_commands(app.screen) if c.title == "Ensemble")
+        entry.callback()  # what choosing it in the palette does
+        await wait_until(pilot, lambda: isinstance(app.screen, EnsembleScreen) and app.screen.loaded,
+                         what="ensemble screen")
+
+
+def test_new_screens_and_the_blend_path_load_no_heavy_library(world: dict) -> None:
+    code = f"""
+import sys
+import fsat_console.app, fsat_console.screens.ensemble, fsat_console.screens.infer, fsat_console.screens.run
+from engine.store import Store
+from fsat_console.screens.ensemble import BlendBench, find_candidates
+store = Store({str(world["db"])!r}, readonly=True)
+found, datasets = find_candidates(store, store.list_runs(), {str(world["db"])!r})
+good = [c for c in found if c.run_id == "train-0001"]
+outcome = BlendBench().evaluate(datasets[good[0].dataset_id], [(good[0], 1.0)], method="rank",
+                                calibrate=True, key=())
+assert outcome.oof_lwlrap is not None, outcome
+print(sorted(m for m in ("torch", "librosa", "sklearn", "scipy") if m in sys.modules))
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
