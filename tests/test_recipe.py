@@ -129,7 +129,8 @@ def test_zero_shot_run_needs_no_training(tiny_demo: Path, tmp_path: Path, panns_
 
     db = tmp_path / "experiments.db"
     job_id = int(run_cli("queue", "train", "--data", str(tiny_demo), "--preset", "cnn14_zeroshot",
-                         *_sets(["audio.crop_seconds=1.0", "train.batch_size=16", "train.num_workers=0"]),
+                         *_sets(["audio.crop_seconds=1.0", "train.batch_size=16", "train.num_workers=0",
+                                 "train.folds=[0, 1]"]),
                          db=db).stdout)
     assert spawn_worker(db, "--drain", env={"FSAT_PANNS_DIR": str(panns_dir)}).wait(timeout=600) == 0
     store = Store(db)
@@ -137,7 +138,7 @@ def test_zero_shot_run_needs_no_training(tiny_demo: Path, tmp_path: Path, panns_
     assert job.status == "done", job.error
     assert store.epochs(job.run_id) == []
     folds = store.fold_scores(job.run_id)
-    assert [f["fold"] for f in folds] == [0, 1, 2, 3, 4] and all(f["best_epoch"] is None for f in folds)
+    assert [f["fold"] for f in folds] == [0, 1] and all(f["best_epoch"] is None for f in folds)
     assert 0 < store.get_run(job.run_id)["cv_lwlrap"] <= 1
     pretrained = torch.load(panns_dir / "Cnn14_mAP=0.431.pth", weights_only=True)["model"]
     fold0 = torch.load(Path(store.get_run(job.run_id)["run_dir"]) / "fold0" / "best.pt", weights_only=True)["model"]
