@@ -2,7 +2,13 @@
 
     fsat demo-data DIR [--seed N] [--clips-per-class N]
     fsat [--db PATH] register DIR
-    fsat [--db PATH] queue train --data DIR [--preset NAME | --config FILE] [--set key=value ...]
+    fsat [--db PATH] queue train|baseline --data DIR [--preset NAME | --config FILE] [--set key=value ...]
+    fsat [--db PATH] queue infer RUN_ID [--set infer.tta_crops=5 ...]
+    fsat [--db PATH] queue ensemble RUN_ID RUN_ID ... [--set method="mean" ...]
+    fsat [--db PATH] ensemble RUN_ID RUN_ID ... [--weights W ...] [--method rank|mean] [--no-calibrate]
+                                               [--greedy] [--name NAME] [--now]
+    fsat [--db PATH] submission RUN_ID --out PATH
+    fsat [--db PATH] tta RUN_ID [--json]
     fsat [--db PATH] jobs | runs | workers | presets | datasets   [--json]
     fsat [--db PATH] show RUN_ID [--fold K] [--json]
     fsat [--db PATH] cancel JOB_ID
@@ -98,8 +104,32 @@ def cmd_register(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Job kinds whose spec has a dataset section (``--data``).
+_DATA_KINDS = ("train", "baseline")
+
+
+def _queue_overrides(args: argparse.Namespace) -> list[str]:
+    """``--set`` overrides plus the positional run ids of ``queue infer`` / ``queue ensemble``."""
+    overrides = list(args.set or [])
+    targets = list(args.targets or [])
+    if args.kind == "infer":
+        if len(targets) > 1:
+            raise FsatError(f"queue infer takes one trained run id, got {len(targets)}: {' '.join(targets)}")
+        if targets:
+            overrides.append(f"run_id={json.dumps(targets[0])}")
+    elif args.kind == "ensemble":
+        if targets:
+            overrides.append(f"members={json.dumps(targets)}")
+    elif targets:
+        raise FsatError(f"queue {args.kind} takes no run ids (got {' '.join(targets)}); "
+                        "run ids are for infer and ensemble jobs")
+    if args.data and args.kind not in _DATA_KINDS:
+        raise FsatError(f"--data does not apply to {args.kind} jobs: they use the dataset of the runs they name")
+    return overrides
+
+
 def cmd_queue(args: argparse.Namespace) -> int:
-    from engine.specs import resolve_spec, spec_hash, to_dict
+    from engine.specs import resolve_spec, to_dict
 
     if args.kind == "probe":
         from engine.specs import apply_overrides
@@ -112,12 +142,13 @@ def cmd_queue(args: argparse.Namespace) -> int:
             if not (root / "sample_submission.csv").exists():
                 raise FsatError(f"{root}: not a dataset root (no sample_submission.csv); "
                                 "expected the FSDKaggle2019 layout, or run `fsat demo-data DIR`")
-        spec = resolve_spec(args.kind, preset=args.preset, config=args.config, overrides=args.set or [],
-                            data_root=args.data)
+        overrides = _queue_overrides(args)
+        spec = resolve_spec(args.kind, preset=args.preset, config=args.config, overrides=overrides,
+                            data_root=args.data if args.kind in _DATA_KINDS else None)
         if args.name:
             spec.name = args.name
         spec_dict = to_dict(spec)
-        name = spec.name or (args.preset or args.kind)
+        name = spec.name or (args.preset or _default_name(args.kind, spec_dict))
     with _open(args) as store:
         job_id = store.enqueue(args.kind, spec_dict, name=name, priority=args.priority)
     if args.json:
@@ -125,6 +156,148 @@ def cmd_queue(args: argparse.Namespace) -> int:
     else:
         print(job_id)
     return 0
+
+
+def _default_name(kind: str, spec: dict) -> str:
+    if kind == "infer":
+        return f"tta {spec.get('run_id', '')}".strip()
+    if kind == "ensemble":
+        return f"{spec.get('method', 'rank')} blend of {len(spec.get('members', []))}"
+    return kind
+
+
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    """Queue an ensemble job, or with ``--now`` blend in this process and record the run."""
+    from engine.specs import EnsembleSpec, from_dict, to_dict
+
+    data: dict = {"members": list(args.members), "method": args.method, "calibrate": not args.no_calibrate,
+                  "greedy": args.greedy, "write_submission": not args.no_submission}
+    if args.weights:
+        data["weights"] = list(args.weights)
+    if args.greedy_steps is not None:
+        data["greedy_steps"] = args.greedy_steps
+    if args.name:
+        data["name"] = args.name
+    spec = from_dict(EnsembleSpec, data)
+    if not args.now:
+        with _open(args) as store:
+            job_id = store.enqueue("ensemble", to_dict(spec), name=spec.name or _default_name("ensemble", data),
+                                   priority=args.priority)
+        if args.json:
+            print(json.dumps({"job_id": job_id, "kind": "ensemble"}))
+        else:
+            print(job_id)
+        return 0
+
+    from engine.jobs.ensemble import build_ensemble, unique_run_id
+    from engine.store import runs_root
+
+    db = args.db or default_db_path()
+    log = (lambda text: err_console.print(text, highlight=False)) if args.json else \
+        (lambda text: console.print(text, highlight=False))
+    with _open(args) as store:
+        run_id = unique_run_id(store)
+        outcome = build_ensemble(store, spec, run_id=run_id, run_dir=runs_root(db) / run_id, log=log)
+    if args.json:
+        print(json.dumps({"run_id": outcome.run_id, "run_dir": str(outcome.run_dir), "weights": outcome.weights,
+                          "cv_lwlrap": outcome.cv_lwlrap, "raw_cv_lwlrap": outcome.raw_cv_lwlrap,
+                          "test_lwlrap": outcome.test_lwlrap,
+                          "submission": str(outcome.submission) if outcome.submission else None,
+                          "message": outcome.message}, indent=2))
+    else:
+        console.print(f"[bold]{outcome.run_id}[/]: {outcome.message}", highlight=False)
+    return 0
+
+
+def cmd_submission(args: argparse.Namespace) -> int:
+    """Write (and so validate) a submission CSV from a run's test scores."""
+    import numpy as np
+
+    from engine.data.manifest import load_layout
+    from engine.submission import score_submission, write_submission
+
+    with _open(args) as store:
+        run = store.get_run(args.run_id)
+        if run is None:
+            raise FsatError(f"no run {args.run_id!r} (see `fsat runs`)")
+        dataset = store.get_dataset(run["dataset_id"]) if run["dataset_id"] is not None else None
+    test_path = Path(run["run_dir"]) / "test.npy"
+    if not test_path.is_file():
+        hint = (f"infer it first (`fsat queue infer {args.run_id}`)" if run["kind"] in ("train", "curriculum")
+                else "its blend or inference had no test scores")
+        raise FsatError(f"run {args.run_id!r} ({run['kind']}) has no test scores: {test_path} does not exist; {hint}")
+    if dataset is None:
+        raise FsatError(f"run {args.run_id!r} is linked to no dataset, so there is no sample submission to follow")
+    layout = load_layout(dataset["root"])
+    path = write_submission(args.out, layout.test.fnames, np.load(test_path),
+                            sample_submission=layout.sample_submission)
+    score = (score_submission(path, layout.test_truth.csv_path, layout.classes)
+             if layout.test_truth is not None else None)
+    if args.json:
+        print(json.dumps({"run_id": args.run_id, "path": str(path), "rows": len(layout.test.fnames),
+                          "test_lwlrap": score}, indent=2))
+    else:
+        console.print(f"wrote {path}: {len(layout.test.fnames)} clips x {len(layout.classes)} classes"
+                      + (f", test lwlrap {score:.4f}" if score is not None else ""), highlight=False)
+    return 0
+
+
+def tta_gain_report(store: Store, run_id: str) -> dict:
+    """The TTA gain of an infer run over its trained run: overall, per fold and per class.
+
+    The trained run recorded the same best checkpoints scored on one centre
+    crop, so ``gain = with_tta - without_tta`` compares TTA alone. Per class
+    the out-of-fold LRAP of both runs is joined on the class index.
+    """
+    run = store.get_run(run_id)
+    if run is None:
+        raise FsatError(f"no run {run_id!r} (see `fsat runs`)")
+    if run["kind"] != "infer" or not run["parent_run_id"]:
+        raise FsatError(f"run {run_id!r} is a {run['kind']} run; the TTA gain is shown for infer runs")
+    parent_id = run["parent_run_id"]
+    parent = store.get_run(parent_id)
+    if parent is None:
+        raise FsatError(f"run {run_id!r} was inferred from {parent_id!r}, which is no longer in the database")
+
+    def gain(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else a - b
+
+    spec = run["config"]
+    base_folds = {r["fold"]: r["lwlrap"] for r in store.fold_scores(parent_id)}
+    folds = [{"fold": r["fold"], "with_tta": r["lwlrap"], "without_tta": base_folds.get(r["fold"]),
+              "gain": gain(r["lwlrap"], base_folds.get(r["fold"]))} for r in store.fold_scores(run_id)]
+    base_classes = {r["class_idx"]: r for r in store.class_scores(parent_id, OOF)}
+    classes = []
+    for r in store.class_scores(run_id, OOF):
+        b = base_classes.get(r["class_idx"], {})
+        classes.append({"class_idx": r["class_idx"], "class_name": r["class_name"], "with_tta": r["lrap"],
+                        "without_tta": b.get("lrap"), "gain": gain(r["lrap"], b.get("lrap")),
+                        "weight": r["weight"], "n_pos": r["n_pos"]})
+    return {"run_id": run_id, "source_run_id": parent_id, "tta_crops": spec.get("infer", {}).get("tta_crops"),
+            "with_tta": run["cv_lwlrap"], "without_tta": parent["cv_lwlrap"],
+            "gain": gain(run["cv_lwlrap"], parent["cv_lwlrap"]), "folds": folds, "classes": classes}
+
+
+def cmd_tta(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        report = tta_gain_report(store, args.run_id)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    console.print(f"[bold]{report['run_id']}[/] ({report['tta_crops']} crops) vs [bold]{report['source_run_id']}[/] "
+                  f"(centre crop): OOF lwlrap {_fmt(report['with_tta'])} with TTA, {_fmt(report['without_tta'])} "
+                  f"without, gain [bold]{_signed(report['gain'])}[/]", highlight=False)
+    folds = [dict(r, gain=_signed(r["gain"])) for r in report["folds"]]
+    console.print(_table("per fold", folds, ["fold", "with_tta", "without_tta", "gain"]))
+    ranked = sorted(report["classes"], key=lambda r: (r["gain"] is None, -(r["gain"] or 0)))
+    ranked = [dict(r, gain=_signed(r["gain"])) for r in ranked]
+    console.print(_table("per class (out-of-fold LRAP, by gain)", ranked,
+                         ["class_idx", "class_name", "with_tta", "without_tta", "gain", "n_pos"]))
+    return 0
+
+
+def _signed(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.4f}"
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
@@ -243,13 +416,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fold-seed", type=int, default=42)
 
     p = add("queue", cmd_queue, "queue a job from a preset or config file with overrides; prints the job id")
-    p.add_argument("kind", choices=["train", "probe"])
-    p.add_argument("--data", help="dataset root (Kaggle layout)")
+    p.add_argument("kind", choices=["train", "infer", "ensemble", "baseline", "probe"])
+    p.add_argument("targets", nargs="*", metavar="RUN_ID",
+                   help="infer: the trained run; ensemble: the member runs")
+    p.add_argument("--data", help="dataset root (Kaggle layout; train and baseline jobs)")
     p.add_argument("--preset", help="preset name under configs/ (see `fsat presets`)")
     p.add_argument("--config", type=Path, help="a TOML config file")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. train.epochs=3")
     p.add_argument("--name", help="run name")
     p.add_argument("--priority", type=int, default=0, help="higher runs first")
+
+    p = add("ensemble", cmd_ensemble, "blend runs' out-of-fold and test scores: queue the job (prints its id) "
+            "or, with --now, blend here", listing=True)
+    p.add_argument("members", nargs="+", metavar="RUN_ID", help="runs with oof.npy (infer, baseline, ensemble)")
+    p.add_argument("--weights", nargs="+", type=float, metavar="W",
+                   help="one weight per member (default: proportional to CV lwlrap)")
+    p.add_argument("--method", choices=["rank", "mean"], default="rank")
+    p.add_argument("--no-calibrate", action="store_true", help="keep blended ranks, no rank-to-probability map")
+    p.add_argument("--greedy", action="store_true", help="greedy forward selection of members by OOF lwlrap")
+    p.add_argument("--greedy-steps", type=int, default=None)
+    p.add_argument("--no-submission", action="store_true", help="do not write submission.csv")
+    p.add_argument("--name", help="run name")
+    p.add_argument("--priority", type=int, default=0, help="higher runs first (queued job)")
+    p.add_argument("--now", action="store_true", help="blend in this process instead of queueing a job")
+
+    p = add("submission", cmd_submission, "write a validated submission CSV from a run's test scores",
+            listing=True)
+    p.add_argument("run_id")
+    p.add_argument("--out", type=Path, required=True, help="where to write the CSV")
+
+    p = add("tta", cmd_tta, "the TTA gain of an infer run over its trained run: overall, per fold, per class",
+            listing=True)
+    p.add_argument("run_id")
 
     p = add("jobs", cmd_jobs, "list jobs", listing=True)
     p.add_argument("--status", choices=["queued", "running", "done", "failed", "cancelled"])
@@ -282,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except FsatError as err:
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         return 2
 
 

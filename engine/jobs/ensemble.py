@@ -1,0 +1,260 @@
+"""The ``ensemble`` job: a rank-averaged, calibrated blend of runs' out-of-fold and test scores.
+
+Members are runs whose run directory holds ``oof.npy`` (curated order) and,
+for a submission, ``test.npy`` (``sample_submission.csv`` order): infer,
+baseline and ensemble runs. A train run has ``oof.npy`` but no ``test.npy``:
+it may join an out-of-fold-only blend (to compare blends by CV), and then the
+ensemble has no test scores and writes no submission; the result message
+says which member lacked them.
+
+numpy only: ``fsat ensemble --now`` runs :func:`build_ensemble` in the
+command's own process, the worker runs the same function through
+:func:`run`, and both record the same things: a run of kind ``ensemble``
+with its members and weights, per-fold and out-of-fold LWLRAP (the run's
+``cv_lwlrap`` is the calibrated blend's; the uncalibrated one is logged),
+per-class LRAP, ``oof.npy`` / ``test.npy`` (float64), ``submission.csv`` and
+the test LWLRAP when the dataset has ``test_ground_truth.csv``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from engine.data.manifest import DatasetLayout, load_layout
+from engine.ensemble import Member, blend, greedy_forward_selection
+from engine.errors import ConfigError, FsatError
+from engine.jobs.context import JobContext, environment_record, git_commit, write_json
+from engine.metrics import lwlrap
+from engine.specs import EnsembleSpec, spec_from_json, spec_hash, to_dict
+from engine.store import OOF, Store
+
+
+@dataclass
+class LoadedMembers:
+    """Member runs' scores with the dataset they share."""
+
+    members: list[Member]            # in spec order
+    dataset: dict                    # the datasets row (classes decoded)
+    layout: DatasetLayout
+    truth: np.ndarray                # curated label matrix, CSV order
+    missing_test: list[str] = field(default_factory=list)   # "run_id (why)" for members without test scores
+
+
+@dataclass
+class EnsembleOutcome:
+    """What :func:`build_ensemble` recorded."""
+
+    run_id: str
+    run_dir: Path
+    weights: dict[str, float]
+    cv_lwlrap: float
+    raw_cv_lwlrap: float
+    test_lwlrap: float | None
+    submission: Path | None
+    message: str
+
+
+def load_members(store: Store, member_ids: list[str]) -> LoadedMembers:
+    """Load each member's ``oof.npy`` (and ``test.npy`` when every member has one) and check them.
+
+    Every member must be a finished run of the same dataset whose OOF scores
+    cover every curated clip (``[n_curated, n_classes]``, finite) and whose
+    test scores, when present, are ``[n_test, n_classes]``. Errors name the
+    member and the file.
+    """
+    if not member_ids:
+        raise ConfigError("name the member runs", field="members")
+    seen: set[str] = set()
+    for m in member_ids:
+        if m in seen:
+            raise ConfigError(f"member {m!r} is listed twice; give it a larger weight instead", field="members")
+        seen.add(m)
+    runs = []
+    for m in member_ids:
+        run = store.get_run(m)
+        if run is None:
+            raise ConfigError(f"no run {m!r}; members must be runs with out-of-fold scores (see `fsat runs`)",
+                              field="members")
+        if run["status"] != "done":
+            raise FsatError(f"member {m!r} is {run['status']}, not finished; blend it once it is done")
+        oof_path = Path(run["run_dir"]) / "oof.npy"
+        if not oof_path.is_file():
+            hint = (f"infer it first (`fsat queue infer {m}`)" if run["kind"] in ("train", "curriculum")
+                    else "it produced no out-of-fold scores; run it again or leave it out")
+            raise FsatError(f"member {m!r} ({run['kind']} run) has no out-of-fold scores: {oof_path} "
+                            f"does not exist; {hint}")
+        runs.append(run)
+
+    dataset_ids = {r["dataset_id"] for r in runs if r["dataset_id"] is not None}
+    if len(dataset_ids) > 1:
+        first = runs[0]
+        for r in runs[1:]:
+            if r["dataset_id"] != first["dataset_id"]:
+                raise FsatError(f"member {r['id']!r} is from dataset {r['dataset_id']} but member "
+                                f"{first['id']!r} is from dataset {first['dataset_id']}; blend runs of one dataset")
+    if not dataset_ids:
+        raise FsatError(f"member {runs[0]['id']!r} is linked to no dataset; its scores cannot be checked "
+                        "against labels")
+    dataset = store.get_dataset(dataset_ids.pop())
+    layout = load_layout(dataset["root"])
+    truth = layout.curated.Y
+    n_test = len(layout.test.fnames)
+
+    members, missing_test = [], []
+    for run in runs:
+        run_dir = Path(run["run_dir"])
+        oof_path = run_dir / "oof.npy"
+        oof = np.load(oof_path)
+        if oof.shape != truth.shape:
+            raise FsatError(f"member {run['id']!r}: {oof_path} has shape {oof.shape} but the dataset has "
+                            f"{truth.shape[0]} curated clips and {truth.shape[1]} classes; its scores are "
+                            "from another dataset or class list")
+        bad_rows = ~np.isfinite(oof).all(axis=1)
+        if bad_rows.any():
+            raise FsatError(f"member {run['id']!r}: {oof_path} has no out-of-fold scores for "
+                            f"{int(bad_rows.sum())} curated clips (first: row {int(np.flatnonzero(bad_rows)[0])}); "
+                            "only runs that covered every fold can be blended")
+        test = None
+        test_path = run_dir / "test.npy"
+        if test_path.is_file():
+            test = np.load(test_path)
+            if test.shape != (n_test, truth.shape[1]):
+                raise FsatError(f"member {run['id']!r}: {test_path} has shape {test.shape}; the dataset has "
+                                f"{n_test} test clips and {truth.shape[1]} classes")
+            if not np.isfinite(test).all():
+                raise FsatError(f"member {run['id']!r}: {test_path} holds NaN or inf scores; infer it again")
+        else:
+            why = "a train run: infer it for test scores" if run["kind"] in ("train", "curriculum") else "no test.npy"
+            missing_test.append(f"{run['id']} ({why})")
+        members.append(Member(name=run["id"], oof=oof, test=test, cv_lwlrap=lwlrap(truth, oof)))
+    if missing_test:
+        # Test scores are blended only when every member has them.
+        for m in members:
+            m.test = None
+    return LoadedMembers(members=members, dataset=dataset, layout=layout, truth=truth, missing_test=missing_test)
+
+
+def unique_run_id(store: Store, prefix: str = "ensemble") -> str:
+    """A new run id for a blend made outside the queue: ``<prefix>-now-YYYYmmdd-HHMMSS[-n]``."""
+    base = f"{prefix}-now-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_id, n = base, 1
+    while store.get_run(run_id) is not None:
+        n += 1
+        run_id = f"{base}-{n}"
+    return run_id
+
+
+def build_ensemble(store: Store, spec: EnsembleSpec, *, run_id: str, run_dir: Path | str,
+                   job_id: int | None = None, log: Callable[[str], None] = print,
+                   progress: Callable[[float, str], None] | None = None) -> EnsembleOutcome:
+    """Blend the spec's members and record the ensemble run ``run_id`` (artifacts in ``run_dir``).
+
+    Everything is checked and blended before the run is created, so a bad
+    member leaves no half-made run behind.
+    """
+    def step(fraction: float, message: str) -> None:
+        if progress is not None:
+            progress(fraction, message)
+
+    run_dir = Path(run_dir)
+    if spec.greedy and spec.weights:
+        raise ConfigError("give either weights or greedy selection, not both", field="greedy")
+    step(0.05, "loading members")
+    loaded = load_members(store, list(spec.members))
+    members, truth = loaded.members, loaded.truth
+    for m in members:
+        log(f"member {m.name}: OOF lwlrap {m.cv_lwlrap:.4f}{'' if m.test is not None else ', no test scores'}")
+    if loaded.missing_test:
+        log("no test blend: " + "; ".join(loaded.missing_test))
+
+    step(0.3, "blending")
+    weights = list(spec.weights) if spec.weights else None
+    if spec.greedy:
+        picks, greedy_weights, history = greedy_forward_selection(members, truth, max_steps=spec.greedy_steps,
+                                                                  method=spec.method)
+        weights = greedy_weights.tolist()
+        log("greedy selection: " + " -> ".join(f"{members[i].name} ({s:.4f})" for i, s in zip(picks, history)))
+    try:
+        result = blend(members, truth, weights=weights, method=spec.method, calibrate=spec.calibrate)
+    except ValueError as err:
+        raise FsatError(f"cannot blend {', '.join(spec.members)}: {err}") from None
+    classes = loaded.layout.classes
+    weight_of = {m.name: float(w) for m, w in zip(members, result.weights)}
+    log(f"{spec.method} blend, weights " + ", ".join(f"{k} {v:.3f}" for k, v in weight_of.items()))
+    log(f"OOF lwlrap {result.oof_lwlrap:.4f}" + (f" calibrated ({result.raw_oof_lwlrap:.4f} before calibration)"
+                                                 if spec.calibrate else ""))
+    if spec.calibrate and result.oof_lwlrap < result.raw_oof_lwlrap:
+        # Per-class temperatures reorder classes within a clip; say so rather than hide it.
+        log(f"note: calibration lowers the OOF lwlrap by {result.raw_oof_lwlrap - result.oof_lwlrap:.4f}; "
+            "without it (--no-calibrate, calibrate = false) the blend keeps the uncalibrated order, "
+            "and its scores are still valid submission values in [0, 1]")
+
+    step(0.6, "recording")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dataset_id = loaded.dataset["id"]
+    store.create_run(run_id, kind="ensemble", job_id=job_id, dataset_id=dataset_id,
+                     name=spec.name or f"{spec.method} blend of {len(members)}", model="ensemble",
+                     config=to_dict(spec), config_hash=spec_hash(spec), device="cpu",
+                     versions=environment_record(), git_commit=git_commit(), run_dir=str(run_dir))
+    try:
+        store.set_run_members(run_id, list(weight_of.items()))
+        write_json(run_dir / "config.json", {"kind": "ensemble", "run_id": run_id, "config_hash": spec_hash(spec),
+                                             "spec": to_dict(spec), "weights": weight_of,
+                                             "raw_oof_lwlrap": result.raw_oof_lwlrap})
+        np.save(run_dir / "oof.npy", result.oof)
+        folds = store.get_folds(dataset_id)
+        if folds:
+            fold_of = np.array([folds.get(f, -1) for f in loaded.layout.curated.fnames])
+            for k in sorted(set(fold_of.tolist()) - {-1}):
+                rows = fold_of == k
+                store.record_fold(run_id, int(k), lwlrap=lwlrap(truth[rows], result.oof[rows]), best_epoch=None,
+                                  n_val=int(rows.sum()))
+        store.record_class_scores(run_id, OOF, classes, result.per_class, result.class_weights,
+                                  truth.sum(axis=0))
+
+        submission, test_score = None, None
+        parts = [f"OOF lwlrap {result.oof_lwlrap:.4f}"
+                 + (f" (uncalibrated {result.raw_oof_lwlrap:.4f})" if spec.calibrate else "")]
+        if result.test is not None:
+            step(0.8, "writing test scores")
+            np.save(run_dir / "test.npy", result.test)
+            layout = loaded.layout
+            if spec.write_submission:
+                from engine.submission import score_submission, write_submission
+
+                submission = write_submission(run_dir / "submission.csv", layout.test.fnames, result.test,
+                                              sample_submission=layout.sample_submission)
+                log(f"wrote {submission}")
+                if layout.test_truth is not None:
+                    test_score = score_submission(submission, layout.test_truth.csv_path, classes)
+            elif layout.test_truth is not None:
+                row = {f: i for i, f in enumerate(layout.test.fnames)}
+                test_score = lwlrap(layout.test_truth.Y, result.test[[row[f] for f in layout.test_truth.fnames]])
+            if test_score is not None:
+                parts.append(f"test lwlrap {test_score:.4f}")
+                log(f"test lwlrap {test_score:.4f}")
+        else:
+            parts.append("no submission: " + "; ".join(loaded.missing_test))
+        store.finish_run(run_id, status="done", cv_lwlrap=result.oof_lwlrap, test_lwlrap=test_score)
+    except Exception:
+        # A queued job's failure is recorded by the worker; a blend made in-process records its own.
+        if job_id is None:
+            store.finish_run(run_id, status="failed")
+        raise
+    step(1.0, "done")
+    return EnsembleOutcome(run_id=run_id, run_dir=run_dir, weights=weight_of, cv_lwlrap=result.oof_lwlrap,
+                           raw_cv_lwlrap=result.raw_oof_lwlrap, test_lwlrap=test_score, submission=submission,
+                           message="; ".join(parts))
+
+
+def run(ctx: JobContext) -> str:
+    """The worker's entry point: build the ensemble the job's spec describes."""
+    spec: EnsembleSpec = spec_from_json("ensemble", ctx.spec)
+    outcome = build_ensemble(ctx.store, spec, run_id=ctx.run_id, run_dir=ctx.run_dir, job_id=ctx.job.id,
+                             log=ctx.log, progress=ctx.progress)
+    return outcome.message

@@ -1,0 +1,293 @@
+"""The ``infer`` job: a trained run's fold models with TTA on the curated out-of-fold clips and the test set.
+
+Creates its own run (kind ``infer``, ``parent_run_id`` = the trained run).
+
+- ``oof`` split: each fold model predicts its own validation fold with TTA;
+  the rows together make ``oof.npy`` (curated CSV order). Recorded: LWLRAP
+  and per-class LRAP of every fold and out-of-fold, and the run's
+  ``cv_lwlrap`` = the out-of-fold LWLRAP with TTA. The same checkpoints
+  without TTA (one centre crop) are what the trained run recorded, so the TTA
+  gain is this run's scores minus its parent's (``fsat tta RUN_ID``).
+- ``test`` split: every fold model predicts every test clip with TTA; the
+  fold models are averaged in logit space (mean of the per-fold mean TTA
+  logits, then the sigmoid), the same rule as for the crops, so one clip's
+  test score is the sigmoid of the mean logit over all folds and crops with
+  each fold weighted equally. ``test.npy`` is in ``sample_submission.csv``
+  order; ``test_logits_fold<k>.npy`` keeps each fold's mean logits. With
+  ``write_submission`` the run writes ``submission.csv``; when the dataset has
+  ``test_ground_truth.csv`` the submission is scored and the run gets its
+  ``test_lwlrap``.
+
+Probabilities are saved as float64 so that confident scores near 1 stay
+distinct (LWLRAP depends only on their order). A requeued job keeps the folds
+it finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.errors import CheckpointError, ConfigError, FsatError
+from engine.infer import DEFAULT_SHORT_CLIPS, predict_tta_logits, sigmoid
+from engine.jobs.common import build_cache, cache_dir_for, configure_threads, prepare_dataset
+from engine.jobs.context import JobContext, environment_record, git_commit, write_json
+from engine.jobs.train import make_frontend
+from engine.metrics import lwlrap, per_class_lwlrap
+from engine.models.registry import build_model
+from engine.specs import InferSpec, TrainSpec, from_dict, spec_from_json, spec_hash, to_dict
+from engine.store import OOF, Store
+from engine.submission import score_submission, write_submission
+from engine.train.loop import Tagger
+
+#: Run kinds whose run directory holds fold checkpoints ``fold<k>/best.pt`` and a training spec.
+TRAINED_KINDS = ("train", "curriculum")
+#: How clips shorter than the crop are varied at inference (see engine.infer).
+SHORT_CLIPS = DEFAULT_SHORT_CLIPS
+
+
+@dataclass
+class TrainedRun:
+    """A finished training run: its row, its training spec, its folds and where its checkpoints are."""
+
+    run: dict
+    spec: TrainSpec
+    folds: list[int]
+    run_dir: Path
+
+    @property
+    def run_id(self) -> str:
+        return self.run["id"]
+
+    def checkpoint(self, fold: int) -> Path:
+        """The best checkpoint of a fold."""
+        return self.run_dir / f"fold{fold}" / "best.pt"
+
+
+def load_trained_run(store: Store, run_id: str, *, field: str = "run_id") -> TrainedRun:
+    """Look up a finished training run and check that every fold checkpoint is on disk.
+
+    Errors name the run id and say what to do; ``field`` is the spec field
+    that named the run.
+    """
+    run = store.get_run(run_id)
+    if run is None:
+        raise ConfigError(f"no run {run_id!r}; name a finished train run (see `fsat runs`)", field=field)
+    if run["kind"] not in TRAINED_KINDS:
+        raise ConfigError(f"run {run_id!r} is a {run['kind']} run; inference needs a train run with "
+                          "fold checkpoints", field=field)
+    if run["status"] != "done":
+        raise ConfigError(f"run {run_id!r} is {run['status']}, not finished; infer once it is done "
+                          "(see `fsat runs`)", field=field)
+    spec = _training_spec(run)
+    run_dir = Path(run["run_dir"])
+    folds = spec.train.fold_list()
+    trained = TrainedRun(run=run, spec=spec, folds=folds, run_dir=run_dir)
+    missing = [str(trained.checkpoint(k)) for k in folds if not trained.checkpoint(k).is_file()]
+    if missing:
+        raise CheckpointError(f"run {run_id!r}: fold checkpoint {missing[0]} is missing"
+                              f"{f' ({len(missing) - 1} more)' if len(missing) > 1 else ''}; "
+                              "the run directory was moved or cleaned — restore it or retrain the run")
+    return trained
+
+
+def _training_spec(run: dict) -> TrainSpec:
+    """The TrainSpec a run was trained with: its stored config, else ``config.json``'s ``spec``."""
+    candidates = [run.get("config") or {}]
+    config_json = Path(run["run_dir"]) / "config.json"
+    if config_json.is_file():
+        candidates.append(json.loads(config_json.read_text()).get("spec") or {})
+    last: Exception | None = None
+    for data in candidates:
+        try:
+            return from_dict(TrainSpec, data)
+        except ConfigError as err:
+            last = err
+    raise ConfigError(f"run {run['id']!r} has no training spec this version can read ({last})", field="run_id")
+
+
+def load_fold_tagger(trained: TrainedRun, fold: int, n_classes: int) -> Tagger:
+    """The fold's best model with its frontend and saved log-mel statistics, in eval mode on the CPU."""
+    path = trained.checkpoint(fold)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({type(err).__name__}: {err}); "
+                              "retrain the fold") from None
+    spec = trained.spec
+    frontend = make_frontend(spec)
+    mean, std = state.get("mel_mean"), state.get("mel_std")
+    if mean is None or std is None:
+        stats = np.load(trained.run_dir / "mel_stats.npz")
+        mean, std = stats["mean"], stats["std"]
+    frontend.set_stats(mean, std)
+    m = spec.model
+    # The architecture only: the checkpoint replaces every weight, so no PANNs file is needed here.
+    model = build_model(m.arch, n_classes=n_classes, n_mels=spec.features.n_mels, dropout=m.dropout,
+                        width=m.width)
+    try:
+        model.load_state_dict(state["model"])
+    except (KeyError, RuntimeError) as err:
+        raise CheckpointError(f"{path}: the checkpoint does not fit a {m.arch} model for {n_classes} "
+                              f"classes ({str(err).splitlines()[0]})") from None
+    return Tagger(frontend, model).eval()
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    """np.save through a temporary file, so a killed job never leaves a torn file to resume from."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        np.save(fh, array)
+    os.replace(tmp, path)
+
+
+def _device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("CUDA was asked for but no GPU is visible; use device = \"auto\" or \"cpu\"",
+                          field="infer.device")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def run(ctx: JobContext) -> str:
+    """Infer with every fold model of the source run; record scores and write the artifacts."""
+    spec: InferSpec = spec_from_json("infer", ctx.spec)
+    store, run_id, run_dir = ctx.store, ctx.run_id, Path(ctx.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    trained = load_trained_run(store, spec.run_id)
+    tspec = trained.spec
+    configure_threads()
+    device = _device(spec.infer.device)
+    ctx.progress(0.0, "loading dataset")
+    data = prepare_dataset(store, tspec.data.root, n_folds=tspec.train.n_folds, fold_seed=tspec.train.fold_seed)
+    source_dataset = trained.run.get("dataset_id")
+    if source_dataset is not None and source_dataset != data.dataset_id:
+        raise FsatError(f"run {spec.run_id!r} was trained on dataset {source_dataset} but its data root "
+                        f"{tspec.data.root} is now dataset {data.dataset_id}; the dataset changed since "
+                        "training, so its folds no longer apply — retrain on the current dataset")
+    classes, Y = data.classes, data.layout.curated.Y
+    store.create_run(run_id, kind="infer", job_id=ctx.job.id, dataset_id=data.dataset_id,
+                     parent_run_id=spec.run_id, name=spec.name or f"{trained.run['name']} tta",
+                     model=trained.run["model"], config=to_dict(spec), config_hash=spec_hash(spec),
+                     seed=trained.run["seed"], device=str(device), versions=environment_record(),
+                     git_commit=git_commit(), run_dir=str(run_dir))
+    write_json(run_dir / "config.json", {"kind": "infer", "run_id": run_id, "config_hash": spec_hash(spec),
+                                         "spec": to_dict(spec), "source_run_id": spec.run_id,
+                                         "source_spec": to_dict(tspec), "short_clips": SHORT_CLIPS})
+    inf = spec.infer
+    sr = tspec.audio.sample_rate
+    crop = int(round(tspec.audio.crop_seconds * sr))
+    long_samples = int(round(inf.long_seconds * sr))
+    ctx.log(f"infer {run_id} from {spec.run_id} on {device}: splits {', '.join(spec.splits)}; "
+            f"{inf.tta_crops} crops of {tspec.audio.crop_seconds:g} s ({inf.tta_crops_long} beyond "
+            f"{inf.long_seconds:g} s), short clips: {SHORT_CLIPS}")
+
+    do_oof, do_test = "oof" in spec.splits, "test" in spec.splits
+    cache_dir = cache_dir_for(tspec.data.root, tspec.data.cache_dir)
+    curated_cache = (build_cache(ctx, data.layout.curated, sample_rate=sr, cache_dir=cache_dir, start=0.0,
+                                 span=0.03) if do_oof else None)
+    test_cache = (build_cache(ctx, data.layout.test, sample_rate=sr, cache_dir=cache_dir, start=0.03,
+                              span=0.03) if do_test else None)
+    n_test = len(data.layout.test.fnames)
+
+    oof_path = run_dir / "oof.npy"
+    oof = (np.load(oof_path) if oof_path.exists()
+           else np.full((len(Y), len(classes)), np.nan, dtype=np.float64))
+    done_folds = {r["fold"] for r in store.fold_scores(run_id)}
+    val_sets = {k: np.flatnonzero(data.folds == k) for k in trained.folds}
+    work = sum((len(val_sets[k]) if do_oof else 0) + (n_test if do_test else 0) for k in trained.folds)
+    finished = 0
+    t_start = time.perf_counter()
+
+    def predict(tagger: Tagger, cache, indices: np.ndarray, what: str) -> np.ndarray:
+        base = finished
+
+        def progress(done: int, total: int, rate: float) -> None:
+            ctx.progress(0.06 + 0.92 * (base + done) / max(work, 1),
+                         f"{what}: {done}/{total} clips ({rate:.1f} clips/s)")
+
+        t0 = time.perf_counter()
+        logits = predict_tta_logits(tagger, cache, indices, crop=crop, k=inf.tta_crops, k_long=inf.tta_crops_long,
+                                    long_samples=long_samples, short_clips=SHORT_CLIPS,
+                                    batch_size=inf.batch_size, device=device, num_workers=inf.num_workers,
+                                    amp=tspec.optim.amp, cpu_bf16=tspec.optim.cpu_bf16, progress=progress)
+        seconds = time.perf_counter() - t0
+        ctx.log(f"{what}: {len(indices)} clips in {seconds:.1f}s ({len(indices) / max(seconds, 1e-9):.1f} clips/s)")
+        return logits
+
+    for k in trained.folds:
+        val_idx = val_sets[k]
+        oof_done = not do_oof or (k in done_folds and np.isfinite(oof[val_idx]).all())
+        test_path = run_dir / f"test_logits_fold{k}.npy"
+        test_done = not do_test or test_path.exists()
+        if oof_done and test_done:
+            ctx.log(f"fold {k}: already inferred, kept")
+            finished += (len(val_idx) if do_oof else 0) + (n_test if do_test else 0)
+            continue
+        tagger = load_fold_tagger(trained, k, len(classes))
+        if do_oof:
+            if not oof_done:
+                pred = sigmoid(predict(tagger, curated_cache, val_idx, f"fold {k} out-of-fold"))
+                oof[val_idx] = pred
+                _save(oof_path, oof)
+                score = lwlrap(Y[val_idx], pred)
+                store.record_fold(run_id, k, lwlrap=score, best_epoch=None, n_val=len(val_idx))
+                per_class, weights = per_class_lwlrap(Y[val_idx], pred)
+                store.record_class_scores(run_id, k, classes, per_class, weights, Y[val_idx].sum(axis=0))
+                ctx.log(f"fold {k}: lwlrap {score:.4f} with TTA")
+            finished += len(val_idx)
+        if do_test:
+            if not test_done:
+                logits = predict(tagger, test_cache, np.arange(n_test), f"fold {k} test")
+                _save(test_path, logits)
+            finished += n_test
+        del tagger
+
+    parts = []
+    cv = None
+    if do_oof:
+        covered = np.isfinite(oof).all(axis=1)
+        cv = lwlrap(Y[covered], oof[covered])
+        per_class, weights = per_class_lwlrap(Y[covered], oof[covered])
+        store.record_class_scores(run_id, OOF, classes, per_class, weights, Y[covered].sum(axis=0))
+        source_cv = trained.run.get("cv_lwlrap")
+        if source_cv is not None:
+            gain = cv - source_cv
+            parts.append(f"OOF lwlrap {cv:.4f} with TTA ({source_cv:.4f} without, {gain:+.4f})")
+        else:
+            parts.append(f"OOF lwlrap {cv:.4f} with TTA")
+        ctx.log(parts[-1] + f" over {int(covered.sum())} clips")
+        store.set_run_scores(run_id, cv_lwlrap=cv)
+
+    test_score = None
+    if do_test:
+        ctx.progress(0.98, "averaging folds")
+        fold_logits = np.stack([np.load(run_dir / f"test_logits_fold{k}.npy") for k in trained.folds])
+        test = sigmoid(fold_logits.astype(np.float64).mean(axis=0))
+        _save(run_dir / "test.npy", test)
+        layout = data.layout
+        if spec.write_submission:
+            path = write_submission(run_dir / "submission.csv", layout.test.fnames, test,
+                                    sample_submission=layout.sample_submission)
+            ctx.log(f"wrote {path}")
+            if layout.test_truth is not None:
+                test_score = score_submission(path, layout.test_truth.csv_path, classes)
+        elif layout.test_truth is not None:
+            row = {f: i for i, f in enumerate(layout.test.fnames)}
+            test_score = lwlrap(layout.test_truth.Y, test[[row[f] for f in layout.test_truth.fnames]])
+        if test_score is not None:
+            parts.append(f"test lwlrap {test_score:.4f}")
+            ctx.log(f"test lwlrap {test_score:.4f} ({len(trained.folds)} folds averaged)")
+        else:
+            parts.append(f"test predicted ({len(trained.folds)} folds averaged)")
+
+    store.finish_run(run_id, status="done", cv_lwlrap=cv, test_lwlrap=test_score)
+    ctx.log(f"infer done in {time.perf_counter() - t_start:.0f}s")
+    return "; ".join(parts)

@@ -1,0 +1,246 @@
+"""The ensemble job: blends of real infer runs through a worker and in-process, and its errors."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from engine.data.manifest import load_layout
+from engine.metrics import lwlrap
+from engine.store import OOF, Store
+from engine.submission import read_sample_submission, validate_submission
+from tests.conftest import run_cli, worker_cmd
+from tests.test_infer import InferredRuns, _env, inferred_runs
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Blends:
+    """A private copy of the inferred runs' database with queued ensemble jobs run by a worker."""
+
+    db: Path
+    runs: InferredRuns
+    good_job: int
+    unknown_job: int
+    no_oof_job: int
+    no_oof_run: str
+
+
+def _copy_db(src: Path, dst: Path) -> Path:
+    with sqlite3.connect(src) as a, sqlite3.connect(dst) as b:
+        a.backup(b)
+    return dst
+
+
+def _fake_run(store: Store, run_id: str, run_dir: Path, dataset_id: int, *, oof: np.ndarray | None = None,
+              test: np.ndarray | None = None, kind: str = "baseline") -> str:
+    """A finished run with the given score files (written here, as a baseline job would)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if oof is not None:
+        np.save(run_dir / "oof.npy", oof)
+    if test is not None:
+        np.save(run_dir / "test.npy", test)
+    store.create_run(run_id, kind=kind, dataset_id=dataset_id, run_dir=str(run_dir))
+    store.finish_run(run_id, status="done")
+    return run_id
+
+
+@pytest.fixture(scope="module")
+def blends(tiny_demo: Path, tmp_path_factory) -> Blends:
+    runs = inferred_runs(tiny_demo, tmp_path_factory)
+    root = tmp_path_factory.mktemp("blends")
+    db = _copy_db(runs.db, root / "experiments.db")
+    with Store(db) as store:
+        dataset_id = store.get_run(runs.infer_ids[0])["dataset_id"]
+        no_oof = _fake_run(store, "baseline-empty", root / "baseline-empty", dataset_id)
+    i1, i2 = runs.infer_ids
+    good = int(run_cli("ensemble", i1, i2, "--name", "two seeds", db=db).stdout)
+    unknown = int(run_cli("ensemble", i1, "infer-9999", db=db).stdout)
+    no_oof_job = int(run_cli("ensemble", i1, no_oof, db=db).stdout)
+    proc = subprocess.run(worker_cmd(db, "--drain"), cwd=root, capture_output=True, text=True, timeout=300,
+                          env=_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return Blends(db=db, runs=runs, good_job=good, unknown_job=unknown, no_oof_job=no_oof_job, no_oof_run=no_oof)
+
+
+@pytest.fixture(scope="module")
+def layout(tiny_demo: Path):
+    return load_layout(tiny_demo)
+
+
+def _test_rows(layout) -> list[int]:
+    row = {f: i for i, f in enumerate(layout.test.fnames)}
+    return [row[f] for f in layout.test_truth.fnames]
+
+
+def test_queued_ensemble_blends_two_infer_runs_and_scores_its_submission(blends: Blends, layout):
+    store = Store(blends.db)
+    job = store.get_job(blends.good_job)
+    assert job.status == "done", job.error
+    run = store.get_run(job.run_id)
+    assert run["kind"] == "ensemble" and run["status"] == "done" and run["name"] == "two seeds"
+    run_dir = Path(run["run_dir"])
+    truth = layout.curated.Y
+
+    # Weights proportional to the members' out-of-fold LWLRAP.
+    member_oof = {m: np.load(Path(store.get_run(m)["run_dir"]) / "oof.npy") for m in blends.runs.infer_ids}
+    cv = {m: lwlrap(truth, o) for m, o in member_oof.items()}
+    weights = {r["member_run_id"]: r["weight"] for r in store.run_members(run["id"])}
+    assert set(weights) == set(blends.runs.infer_ids)
+    for m in weights:
+        assert weights[m] == pytest.approx(cv[m] / sum(cv.values()), abs=1e-12)
+
+    # Recorded scores are those of the saved blend.
+    oof = np.load(run_dir / "oof.npy")
+    assert oof.shape == truth.shape and ((oof >= 0) & (oof <= 1)).all()
+    assert run["cv_lwlrap"] == pytest.approx(lwlrap(truth, oof), abs=1e-12)
+    assert len(store.class_scores(run["id"], OOF)) == 80
+    fold_of = store.get_folds(run["dataset_id"])
+    folds = np.array([fold_of[f] for f in layout.curated.fnames])
+    recorded = store.fold_scores(run["id"])
+    assert [r["fold"] for r in recorded] == [0, 1, 2, 3, 4]
+    for r in recorded:
+        assert r["lwlrap"] == pytest.approx(lwlrap(truth[folds == r["fold"]], oof[folds == r["fold"]]), abs=1e-12)
+    assert "before calibration" in (run_dir / "job.log").read_text()
+
+    # A valid submission, scored on the test truth, not below the weaker member.
+    test = np.load(run_dir / "test.npy")
+    sample_fnames, classes = read_sample_submission(layout.sample_submission)
+    df = pd.read_csv(run_dir / "submission.csv", dtype={"fname": str})
+    validate_submission(df, sample_fnames, classes)
+    np.testing.assert_array_equal(df[classes].to_numpy(), test)
+    assert run["test_lwlrap"] == pytest.approx(lwlrap(layout.test_truth.Y, test[_test_rows(layout)]), abs=1e-12)
+    member_tests = [store.get_run(m)["test_lwlrap"] for m in blends.runs.infer_ids]
+    assert run["test_lwlrap"] >= min(member_tests), (run["test_lwlrap"], member_tests)
+    assert "test lwlrap" in job.message
+
+
+def test_now_records_the_same_blend_as_the_queued_job(blends: Blends):
+    store = Store(blends.db)
+    queued = store.get_run(store.get_job(blends.good_job).run_id)
+    out = json.loads(run_cli("ensemble", *blends.runs.infer_ids, "--now", "--json", db=blends.db).stdout)
+    now = store.get_run(out["run_id"])
+    assert now["kind"] == "ensemble" and now["status"] == "done" and now["job_id"] is None
+    assert now["cv_lwlrap"] == pytest.approx(queued["cv_lwlrap"], abs=1e-12)
+    assert now["test_lwlrap"] == pytest.approx(queued["test_lwlrap"], abs=1e-12)
+    assert out["cv_lwlrap"] == now["cv_lwlrap"] and out["submission"].endswith("submission.csv")
+    assert store.run_members(now["id"]) == store.run_members(queued["id"])
+    np.testing.assert_array_equal(np.load(Path(now["run_dir"]) / "test.npy"),
+                                  np.load(Path(queued["run_dir"]) / "test.npy"))
+    assert Path(now["run_dir"]).parent == blends.db.parent / "runs"
+    assert len(store.class_scores(now["id"], OOF)) == 80 and len(store.fold_scores(now["id"])) == 5
+
+
+def test_mean_blend_without_calibration_is_the_weighted_average(blends: Blends):
+    store = Store(blends.db)
+    i1, i2 = blends.runs.infer_ids
+    out = json.loads(run_cli("ensemble", i1, i2, "--method", "mean", "--no-calibrate", "--weights", "1", "3",
+                             "--now", "--json", db=blends.db).stdout)
+    run_dir = Path(out["run_dir"])
+    dirs = [Path(store.get_run(m)["run_dir"]) for m in (i1, i2)]
+    for name in ("oof.npy", "test.npy"):
+        a, b = (np.load(d / name) for d in dirs)
+        np.testing.assert_allclose(np.load(run_dir / name), (a + 3 * b) / 4, rtol=1e-12)
+    assert {r["member_run_id"]: r["weight"] for r in store.run_members(out["run_id"])} == {i1: 0.25, i2: 0.75}
+    assert out["cv_lwlrap"] == pytest.approx(out["raw_cv_lwlrap"], abs=1e-12)
+
+
+def test_a_train_run_member_makes_an_oof_only_blend_without_submission(blends: Blends):
+    store = Store(blends.db)
+    train_id, infer_id = blends.runs.train_ids[0], blends.runs.infer_ids[1]
+    out = json.loads(run_cli("ensemble", train_id, infer_id, "--now", "--json", db=blends.db).stdout)
+    run = store.get_run(out["run_id"])
+    assert run["status"] == "done" and run["cv_lwlrap"] is not None and run["test_lwlrap"] is None
+    assert out["submission"] is None and "no submission" in out["message"] and train_id in out["message"]
+    assert not (Path(out["run_dir"]) / "test.npy").exists()
+    assert not (Path(out["run_dir"]) / "submission.csv").exists()
+
+
+def test_greedy_selection_records_pick_weights(blends: Blends):
+    store = Store(blends.db)
+    members = [*blends.runs.infer_ids, blends.runs.train_ids[1]]
+    proc = run_cli("ensemble", *members, "--greedy", "--greedy-steps", "4", "--now", "--json", db=blends.db)
+    out = json.loads(proc.stdout)
+    weights = {r["member_run_id"]: r["weight"] for r in store.run_members(out["run_id"])}
+    assert set(weights) == set(members) and sum(weights.values()) == pytest.approx(1.0)
+    # Each weight is the member's share of at most 4 picks.
+    assert any(all(abs(w * n - round(w * n)) < 1e-9 for w in weights.values()) for n in range(1, 5)), weights
+    assert "greedy selection" in proc.stderr
+
+
+def test_queued_jobs_with_bad_members_fail_naming_the_member(blends: Blends):
+    store = Store(blends.db)
+    job = store.get_job(blends.unknown_job)
+    assert job.status == "failed" and "infer-9999" in job.error and "members" in job.error
+    job = store.get_job(blends.no_oof_job)
+    assert job.status == "failed" and blends.no_oof_run in job.error and "oof.npy" in job.error
+    # Nothing was recorded for them: members are checked before the run is created.
+    assert store.get_run(f"ensemble-{blends.unknown_job:04d}") is None
+
+
+def test_now_errors_name_the_member_and_leave_no_run(blends: Blends, tmp_path: Path, layout):
+    store = Store(blends.db)
+    dataset_id = store.get_run(blends.runs.infer_ids[0])["dataset_id"]
+    n_curated, n_test = len(layout.curated.fnames), len(layout.test.fnames)
+    rng = np.random.default_rng(0)
+    short_oof = _fake_run(store, "baseline-short", tmp_path / "short", dataset_id,
+                          oof=rng.random((n_curated - 1, 80)), test=rng.random((n_test, 80)))
+    bad_test = _fake_run(store, "baseline-badtest", tmp_path / "badtest", dataset_id,
+                         oof=rng.random((n_curated, 80)), test=rng.random((n_test, 79)))
+    holes = rng.random((n_curated, 80))
+    holes[7] = np.nan
+    partial = _fake_run(store, "baseline-partial", tmp_path / "partial", dataset_id, oof=holes)
+    before = len(store.list_runs())
+    member = blends.runs.infer_ids[0]
+    cases = [
+        (["infer-9999"], ["infer-9999", "no run"]),
+        ([blends.no_oof_run], [blends.no_oof_run, "oof.npy", "does not exist"]),
+        ([short_oof], [short_oof, f"({n_curated - 1}, 80)", f"{n_curated} curated clips"]),
+        ([bad_test], [bad_test, "test.npy", f"({n_test}, 79)"]),
+        ([partial], [partial, "row 7"]),
+        ([member], [member, "twice"]),
+    ]
+    for extra, words in cases:
+        out = run_cli("ensemble", member, *extra, "--now", db=blends.db, check=False)
+        assert out.returncode == 2, (extra, out.stdout, out.stderr)
+        text = " ".join(out.stderr.split())
+        for word in words:
+            assert word in text, (word, text)
+    assert len(store.list_runs()) == before
+    out = run_cli("ensemble", member, "--weights", "1", "2", "--now", db=blends.db, check=False)
+    assert out.returncode == 2 and "weights" in out.stderr
+
+
+def test_submission_command_writes_a_valid_file_from_a_runs_test_scores(blends: Blends, tmp_path: Path, layout):
+    store = Store(blends.db)
+    run = store.get_run(store.get_job(blends.good_job).run_id)
+    out = json.loads(run_cli("submission", run["id"], "--out", str(tmp_path / "sub.csv"), "--json",
+                             db=blends.db).stdout)
+    df = pd.read_csv(tmp_path / "sub.csv", dtype={"fname": str})
+    sample_fnames, classes = read_sample_submission(layout.sample_submission)
+    validate_submission(df, sample_fnames, classes)
+    np.testing.assert_array_equal(df[classes].to_numpy(), np.load(Path(run["run_dir"]) / "test.npy"))
+    assert out["test_lwlrap"] == pytest.approx(run["test_lwlrap"], abs=1e-12) and out["rows"] == len(sample_fnames)
+    train_id = blends.runs.train_ids[0]
+    bad = run_cli("submission", train_id, "--out", str(tmp_path / "x.csv"), db=blends.db, check=False)
+    assert bad.returncode == 2 and train_id in bad.stderr and "infer it first" in bad.stderr
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_queue_ensemble_takes_members_as_arguments(blends: Blends):
+    i1, i2 = blends.runs.infer_ids
+    job_id = int(run_cli("queue", "ensemble", i1, i2, "--set", 'method="mean"', db=blends.db).stdout)
+    store = Store(blends.db)
+    job = store.get_job(job_id)
+    assert job.kind == "ensemble" and job.spec["members"] == [i1, i2] and job.spec["method"] == "mean"
+    store.request_cancel(job_id)
+    out = run_cli("queue", "ensemble", i1, "--data", str(blends.runs.dataset), db=blends.db, check=False)
+    assert out.returncode == 2 and "--data" in out.stderr

@@ -1,0 +1,404 @@
+"""TTA crops and inference: placement rules, batched TTA against a per-crop loop, and the infer job end to end."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import torch
+
+from engine.data.cache import WaveformCache
+from engine.data.manifest import ClipTable, FolderSource, load_layout
+from engine.features.frontend import LogMelFrontend
+from engine.infer import (SHORT_CLIP_MODES, predict_tta, predict_tta_logits, take_crop, tta_crop_starts,
+                          tta_placements)
+from engine.metrics import lwlrap, per_class_lwlrap
+from engine.models.registry import build_model
+from engine.store import OOF, Store
+from engine.submission import read_sample_submission, validate_submission
+from engine.train.loop import Tagger
+from tests.conftest import run_cli, worker_cmd
+
+# --------------------------------------------------------------------------- placements
+
+
+def test_long_clip_crops_are_evenly_spaced_and_centred():
+    length, crop = 1000, 200
+    span = length - crop
+    for k in (1, 2, 3, 5, 10):
+        starts = tta_crop_starts(length, crop, k)
+        assert len(starts) == k
+        assert all(0 <= s <= span for s in starts)
+        # Midpoints of k equal parts: equal gaps of span/k, and symmetric about the centre.
+        assert np.allclose(np.diff(starts), span / k, atol=1)
+        assert starts[0] + starts[-1] == pytest.approx(span, abs=1)
+        assert abs(np.mean(starts) - span / 2) <= 1
+    # One crop is the centre crop that training validated on.
+    assert tta_crop_starts(1000, 200, 1) == [400]
+    assert tta_crop_starts(1001, 200, 1) == [(1001 - 200) // 2]
+    assert tta_crop_starts(200, 200, 5) == [0]
+
+
+def test_long_clip_only_slightly_longer_than_the_crop_has_no_repeated_windows():
+    starts = tta_crop_starts(202, 200, 5)
+    assert starts == sorted(set(starts)) and len(starts) <= 3
+    assert all(0 <= s <= 2 for s in starts)
+
+
+def _crops(wave: np.ndarray, crop: int, placements: list[tuple[int, bool]]) -> list[np.ndarray]:
+    return [take_crop(wave, s, crop, loop=loop) for s, loop in placements]
+
+
+def test_short_clip_gets_varied_pad_and_loop_placements():
+    rng = np.random.default_rng(0)
+    wave = rng.standard_normal(10).astype(np.float32)
+    crop, k = 30, 5
+    pads = tta_crop_starts(10, crop, k)
+    # Zero-pad positions from left-aligned (the validation placement) to right-aligned, evenly spaced.
+    assert pads == [0, -5, -10, -15, -20]
+    for start in pads:
+        expected = np.pad(wave, (-start, crop - 10 + start))
+        np.testing.assert_array_equal(take_crop(wave, start, crop), expected)
+    loops = tta_crop_starts(10, crop, k, loop=True)
+    assert loops == [0, 2, 4, 6, 8]
+    for phase in loops:
+        np.testing.assert_array_equal(take_crop(wave, phase, crop, loop=True), np.tile(wave, 5)[phase:phase + crop])
+    assert tta_crop_starts(10, crop, 1) == [0]
+
+    for mode in SHORT_CLIP_MODES:
+        placements = tta_placements(10, crop, k, mode)
+        crops = _crops(wave, crop, placements)
+        assert len(crops) == k
+        # k different crops, not k copies of one.
+        assert len({c.tobytes() for c in crops}) == k, mode
+    mixed = tta_placements(10, crop, k, "mixed")
+    assert [loop for _, loop in mixed] == [False, False, False, True, True]
+    assert [s for s, _ in mixed] == [0, -10, -20, 0, 5]
+
+
+def test_placement_arguments_are_checked():
+    with pytest.raises(ValueError):
+        tta_crop_starts(0, 10, 3)
+    with pytest.raises(ValueError):
+        tta_crop_starts(10, 10, 0)
+    with pytest.raises(ValueError):
+        tta_placements(10, 20, 3, "sideways")
+
+
+# --------------------------------------------------------------------------- batched TTA vs a loop
+
+SR = 8000
+
+
+def _tiny_tagger(n_classes: int = 5) -> Tagger:
+    torch.manual_seed(0)
+    frontend = LogMelFrontend(sample_rate=SR, n_fft=256, hop_length=64, win_length=256, n_mels=16, fmin=50.0,
+                              fmax=4000.0)
+    frontend.set_stats(np.linspace(-60, -40, 16), np.linspace(8, 12, 16))
+    model = build_model("small", n_classes=n_classes, n_mels=16, width=4, dropout=0.0)
+    # Non-trivial batch-norm statistics, so eval mode is really exercised.
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return Tagger(frontend, model).eval()
+
+
+def _write_clips(folder: Path) -> list[str]:
+    rng = np.random.default_rng(3)
+    folder.mkdir(parents=True)
+    silent_start = np.concatenate([np.zeros(6000), 0.3 * rng.standard_normal(2000)])
+    waves = {
+        "long.wav": 0.3 * rng.standard_normal(8000),            # longer than the crop
+        "short.wav": 0.3 * rng.standard_normal(500),            # shorter: pad and loop placements
+        "exact.wav": 0.3 * rng.standard_normal(2000),           # exactly one crop
+        "very_long.wav": 0.3 * rng.standard_normal(30000),      # beyond long_samples: k_long crops
+        "silent_start.wav": silent_start,                       # some crops are pure silence
+        "silence.wav": np.zeros(1200),                          # every crop is silence
+    }
+    for name, w in waves.items():
+        sf.write(folder / name, w.astype(np.float32), SR, subtype="PCM_16")
+    return list(waves)
+
+
+def _reference_logits(tagger: Tagger, cache: WaveformCache, crop: int, k: int, k_long: int,
+                      long_samples: int, short_clips: str) -> np.ndarray:
+    """One crop at a time: cut it by hand, run the model, average the logits of the audible crops."""
+    out = []
+    for i in range(len(cache)):
+        wave = cache.get(i)
+        n = len(wave)
+        rows, audible = [], []
+        for start, loop in tta_placements(n, crop, k_long if n > long_samples else k, short_clips):
+            if n >= crop:
+                x = wave[start:start + crop]
+            elif loop:
+                x = np.tile(wave, crop // n + 2)[start:start + crop]
+            else:
+                x = np.zeros(crop, np.float32)
+                x[-start:-start + n] = wave
+            with torch.no_grad():
+                rows.append(tagger(torch.from_numpy(np.ascontiguousarray(x))[None]).double().numpy()[0])
+            audible.append(bool(np.any(x)))
+        rows, audible = np.array(rows), np.array(audible)
+        out.append(rows[audible].mean(axis=0) if audible.any() else rows.mean(axis=0))
+    return np.array(out)
+
+
+@pytest.fixture(scope="module")
+def clip_cache(tmp_path_factory) -> WaveformCache:
+    root = tmp_path_factory.mktemp("tta_clips")
+    fnames = _write_clips(root / "clips")
+    table = ClipTable(split="clips", fnames=fnames, Y=None, source=FolderSource(root / "clips"), csv_path=None)
+    return WaveformCache.build(table, sample_rate=SR, cache_dir=root / "cache")
+
+
+@pytest.mark.parametrize("short_clips", SHORT_CLIP_MODES)
+def test_batched_tta_equals_a_per_crop_loop(clip_cache: WaveformCache, short_clips: str):
+    tagger = _tiny_tagger()
+    crop, k, k_long, long_samples = 2000, 5, 9, 20000
+    expected = _reference_logits(tagger, clip_cache, crop, k, k_long, long_samples, short_clips)
+    indices = np.arange(len(clip_cache))
+    seen = []
+    logits = predict_tta_logits(tagger, clip_cache, indices, crop=crop, k=k, k_long=k_long,
+                                long_samples=long_samples, short_clips=short_clips, batch_size=7,
+                                progress=lambda done, total, rate: seen.append((done, total)))
+    np.testing.assert_allclose(logits, expected, atol=2e-5)
+    probs = predict_tta(tagger, clip_cache, indices, crop=crop, k=k, k_long=k_long, long_samples=long_samples,
+                        short_clips=short_clips, batch_size=64)
+    np.testing.assert_allclose(probs, 1.0 / (1.0 + np.exp(-expected)), atol=1e-5)
+    assert seen[-1] == (len(indices), len(indices)) and [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_tta_with_loader_workers_and_a_subset_of_clips(clip_cache: WaveformCache):
+    tagger = _tiny_tagger()
+    subset = np.array([4, 1, 3])
+    whole = predict_tta_logits(tagger, clip_cache, np.arange(len(clip_cache)), crop=2000, k=3, batch_size=4)
+    part = predict_tta_logits(tagger, clip_cache, subset, crop=2000, k=3, batch_size=4, num_workers=1)
+    np.testing.assert_allclose(part, whole[subset], atol=1e-6)
+
+
+def test_a_silent_crop_does_not_dilute_the_audible_ones(clip_cache: WaveformCache):
+    tagger = _tiny_tagger()
+    i = clip_cache.fnames.index("silent_start.wav")
+    wave = clip_cache.get(i)
+    starts = tta_crop_starts(len(wave), 2000, 4)
+    audible = [s for s in starts if wave[s:s + 2000].any()]
+    assert 0 < len(audible) < len(starts)
+    with torch.no_grad():
+        only_audible = tagger(torch.from_numpy(np.stack([wave[s:s + 2000] for s in audible]))).double().mean(0)
+    got = predict_tta_logits(tagger, clip_cache, [i], crop=2000, k=4)
+    np.testing.assert_allclose(got[0], only_audible.numpy(), atol=2e-5)
+
+
+# --------------------------------------------------------------------------- the infer job end to end
+
+#: Small, quick training runs: 1 s crops, a few epochs, no warmup.
+TRAIN_SETTINGS = ["--preset", "demo", "--set", "train.epochs=4", "--set", "train.patience=4",
+                  "--set", "audio.crop_seconds=1", "--set", "optim.warmup_epochs=0"]
+
+
+@dataclass
+class InferredRuns:
+    """Two trained runs (different seeds), each inferred with TTA on oof + test, and one 1-crop inference."""
+
+    db: Path
+    dataset: Path
+    train_ids: list[str]
+    infer_ids: list[str]
+    single_crop_id: str
+    seconds: float
+
+
+_BUILT: dict[str, InferredRuns] = {}
+
+
+def inferred_runs(tiny_demo: Path, tmp_path_factory) -> InferredRuns:
+    """Train and infer once per test session (the ensemble tests blend the same runs)."""
+    import time
+
+    key = str(tiny_demo)
+    if key in _BUILT:
+        return _BUILT[key]
+    t0 = time.perf_counter()
+    root = tmp_path_factory.mktemp("inferred")
+    db = root / "experiments.db"
+    train_ids = []
+    for seed in (1, 2):
+        job = int(run_cli("queue", "train", "--data", str(tiny_demo), *TRAIN_SETTINGS, "--set",
+                          f"train.seed={seed}", "--name", f"seed{seed}", db=db).stdout)
+        train_ids.append(f"train-{job:04d}")
+    # Jobs run in queue order, so each inference starts after its training finished.
+    infer_ids = []
+    for run_id in train_ids:
+        job = int(run_cli("queue", "infer", run_id, "--set", "infer.batch_size=64", db=db).stdout)
+        infer_ids.append(f"infer-{job:04d}")
+    job = int(run_cli("queue", "infer", train_ids[0], "--set", "infer.tta_crops=1", "--set", 'splits=["oof"]',
+                      "--name", "one crop", db=db).stdout)
+    single = f"infer-{job:04d}"
+    proc = subprocess.run(worker_cmd(db, "--drain"), cwd=root, capture_output=True, text=True, timeout=900,
+                          env=_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    built = InferredRuns(db=db, dataset=tiny_demo, train_ids=train_ids, infer_ids=infer_ids,
+                         single_crop_id=single, seconds=time.perf_counter() - t0)
+    with Store(db) as store:
+        for job in store.list_jobs():
+            assert job["status"] == "done", (job["id"], job["kind"], job["error"])
+    _BUILT[key] = built
+    return built
+
+
+def _env() -> dict:
+    import os
+
+    from tests.conftest import PROJECT
+
+    return dict(os.environ, PYTHONPATH=str(PROJECT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_demo: Path, tmp_path_factory) -> InferredRuns:
+    return inferred_runs(tiny_demo, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def layout(tiny_demo: Path):
+    return load_layout(tiny_demo)
+
+
+
+@pytest.mark.slow
+def test_infer_runs_record_fold_class_and_oof_scores(runs: InferredRuns, layout):
+    store = Store(runs.db)
+    truth = layout.curated.Y
+    dataset_id = store.get_run(runs.train_ids[0])["dataset_id"]
+    fold_of = store.get_folds(dataset_id)
+    folds = np.array([fold_of[f] for f in layout.curated.fnames])
+    for source, run_id in zip(runs.train_ids, runs.infer_ids):
+        run = store.get_run(run_id)
+        assert run["kind"] == "infer" and run["status"] == "done" and run["parent_run_id"] == source
+        assert run["dataset_id"] == dataset_id and run["config"]["infer"]["tta_crops"] == 5
+        run_dir = Path(run["run_dir"])
+        oof = np.load(run_dir / "oof.npy")
+        assert oof.shape == truth.shape and np.isfinite(oof).all() and ((oof > 0) & (oof < 1)).all()
+        assert run["cv_lwlrap"] == pytest.approx(lwlrap(truth, oof), abs=1e-12)
+
+        fold_rows = store.fold_scores(run_id)
+        assert [r["fold"] for r in fold_rows] == [0, 1, 2, 3, 4]
+        assert all(r["best_epoch"] is None for r in fold_rows)
+        for r in fold_rows:
+            rows = folds == r["fold"]
+            assert r["n_val"] == rows.sum()
+            assert r["lwlrap"] == pytest.approx(lwlrap(truth[rows], oof[rows]), abs=1e-12)
+
+        con = sqlite3.connect(runs.db)
+        counts = dict(con.execute("SELECT fold, COUNT(*) FROM class_scores WHERE run_id=? GROUP BY fold",
+                                  (run_id,)))
+        assert counts == {OOF: 80, 0: 80, 1: 80, 2: 80, 3: 80, 4: 80}
+        per_class, weights = per_class_lwlrap(truth, oof)
+        recorded = store.class_scores(run_id, OOF)
+        assert [r["class_name"] for r in recorded] == layout.classes
+        got = np.array([np.nan if r["lrap"] is None else r["lrap"] for r in recorded])
+        np.testing.assert_allclose(got, per_class, atol=1e-12)
+        np.testing.assert_allclose([r["weight"] for r in recorded], weights, atol=1e-12)
+        log = (run_dir / "job.log").read_text()
+        assert "with TTA" in log and "clips/s" in log
+
+
+@pytest.mark.slow
+def test_infer_writes_fold_averaged_test_scores_and_a_valid_scored_submission(runs: InferredRuns, layout):
+    store = Store(runs.db)
+    sample_fnames, classes = read_sample_submission(layout.sample_submission)
+    for run_id in runs.infer_ids:
+        run = store.get_run(run_id)
+        run_dir = Path(run["run_dir"])
+        test = np.load(run_dir / "test.npy")
+        assert test.shape == (len(sample_fnames), 80)
+        # Fold averaging in logit space: the sigmoid of the mean of the five folds' TTA logits.
+        fold_logits = np.stack([np.load(run_dir / f"test_logits_fold{k}.npy") for k in range(5)])
+        np.testing.assert_allclose(test, 1 / (1 + np.exp(-fold_logits.astype(np.float64).mean(axis=0))),
+                                   rtol=1e-12)
+        df = pd.read_csv(run_dir / "submission.csv", dtype={"fname": str})
+        validate_submission(df, sample_fnames, classes, file=run_dir / "submission.csv")
+        np.testing.assert_array_equal(df[classes].to_numpy(), test)
+        truth = layout.test_truth
+        row = {f: i for i, f in enumerate(sample_fnames)}
+        assert run["test_lwlrap"] == pytest.approx(lwlrap(truth.Y, test[[row[f] for f in truth.fnames]]),
+                                                   abs=1e-12)
+        job = store.get_job(run["job_id"])
+        assert "with TTA" in job.message and "without" in job.message and "test lwlrap" in job.message
+
+
+@pytest.mark.slow
+def test_one_crop_inference_reproduces_the_trained_runs_scores(runs: InferredRuns):
+    """The 'without TTA' figures are the trained run's: one centre crop of the same checkpoints gives them back."""
+    store = Store(runs.db)
+    single = store.get_run(runs.single_crop_id)
+    source = store.get_run(runs.train_ids[0])
+    assert single["cv_lwlrap"] == pytest.approx(source["cv_lwlrap"], abs=1e-6)
+    for a, b in zip(store.fold_scores(runs.single_crop_id), store.fold_scores(runs.train_ids[0])):
+        assert a["fold"] == b["fold"] and a["lwlrap"] == pytest.approx(b["lwlrap"], abs=1e-6)
+    np.testing.assert_allclose(np.load(Path(single["run_dir"]) / "oof.npy"),
+                               np.load(Path(source["run_dir"]) / "oof.npy"), atol=1e-5)
+    # Only the out-of-fold split was asked for: no test scores, no submission.
+    assert not (Path(single["run_dir"]) / "test.npy").exists()
+    assert single["test_lwlrap"] is None
+
+
+@pytest.mark.slow
+def test_tta_command_shows_the_gain_overall_per_fold_and_per_class(runs: InferredRuns):
+    store = Store(runs.db)
+    run_id, source_id = runs.infer_ids[0], runs.train_ids[0]
+    report = json.loads(run_cli("tta", run_id, "--json", db=runs.db).stdout)
+    run, source = store.get_run(run_id), store.get_run(source_id)
+    assert report["source_run_id"] == source_id and report["tta_crops"] == 5
+    assert report["with_tta"] == run["cv_lwlrap"] and report["without_tta"] == source["cv_lwlrap"]
+    assert report["gain"] == pytest.approx(run["cv_lwlrap"] - source["cv_lwlrap"], abs=1e-12)
+    assert len(report["folds"]) == 5 and len(report["classes"]) == 80
+    base = {r["class_idx"]: r["lrap"] for r in store.class_scores(source_id, OOF)}
+    for r in report["classes"]:
+        if r["with_tta"] is not None:
+            assert r["gain"] == pytest.approx(r["with_tta"] - base[r["class_idx"]], abs=1e-12)
+    text = run_cli("tta", run_id, db=runs.db).stdout
+    assert f"{report['gain']:+.4f}" in text and "per class" in text
+    # The gain is reported for infer runs only.
+    out = run_cli("tta", source_id, db=runs.db, check=False)
+    assert out.returncode == 2 and source_id in out.stderr
+
+
+@pytest.mark.slow
+def test_infer_of_an_unknown_or_untrained_run_fails_naming_it(runs: InferredRuns, tmp_path: Path, spawn_worker):
+    import shutil
+
+    db = tmp_path / "experiments.db"
+    with sqlite3.connect(runs.db) as src, sqlite3.connect(db) as dst:
+        src.backup(dst)
+    unknown = int(run_cli("queue", "infer", "train-9999", db=db).stdout)
+    of_infer = int(run_cli("queue", "infer", runs.infer_ids[0], db=db).stdout)
+    # A trained run whose checkpoints were removed.
+    copy = tmp_path / "moved"
+    shutil.copytree(Path(Store(runs.db).get_run(runs.train_ids[1])["run_dir"]), copy)
+    (copy / "fold3" / "best.pt").unlink()
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE runs SET run_dir=? WHERE id=?", (str(copy), runs.train_ids[1]))
+    no_ckpt = int(run_cli("queue", "infer", runs.train_ids[1], db=db).stdout)
+    assert spawn_worker(db, "--drain").wait(timeout=300) == 0
+    store = Store(db)
+    for job_id, words in ((unknown, ["train-9999", "run_id"]), (of_infer, [runs.infer_ids[0], "infer run"]),
+                          (no_ckpt, [runs.train_ids[1], "fold3", "best.pt"])):
+        job = store.get_job(job_id)
+        assert job.status == "failed"
+        for word in words:
+            assert word in job.error, (word, job.error)
+    # Queueing checks the arguments it can check at once.
+    out = run_cli("queue", "infer", "a", "b", db=db, check=False)
+    assert out.returncode == 2 and "one trained run" in out.stderr
+    out = run_cli("queue", "infer", db=db, check=False)
+    assert out.returncode == 2 and "run_id" in out.stderr
