@@ -252,12 +252,32 @@ class Store:
         self.conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
         if not readonly:
             self.conn.execute("PRAGMA foreign_keys = ON")
-            # journal_mode needs a moment of exclusive access; busy_timeout covers races.
-            self.conn.execute("PRAGMA journal_mode = WAL")
+            self._enable_wal(timeout)
             self.conn.execute("PRAGMA synchronous = NORMAL")
             self._migrate()
 
     # -- plumbing -----------------------------------------------------------------
+
+    def _enable_wal(self, timeout: float) -> None:
+        """Switch the file to WAL, retrying while other processes hold it.
+
+        The switch needs a moment of exclusive access, and SQLite can answer
+        "database is locked" at once instead of waiting on ``busy_timeout``
+        when several processes open a fresh file together; so retry with a
+        short backoff until ``timeout``.
+        """
+        deadline = time.monotonic() + timeout
+        delay = 0.002
+        while True:
+            try:
+                self.conn.execute("PRAGMA journal_mode = WAL").fetchone()
+                return
+            except sqlite3.OperationalError as err:
+                message = str(err)
+                if ("locked" not in message and "busy" not in message) or time.monotonic() >= deadline:
+                    raise StoreError(f"{self.path}: cannot switch the database to WAL mode: {message}") from err
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
 
     def close(self) -> None:
         """Close the connection."""
