@@ -462,6 +462,29 @@ def test_folds_need_enough_clips():
     assert set(folds) == {0, 1}
 
 
+def test_folds_are_stored_once_per_dataset_and_other_splits_are_refused(tiny_demo, db_path):
+    from engine.errors import ConfigError
+    from engine.jobs.common import prepare_dataset
+    from engine.store import Store
+
+    store = Store(db_path)
+    first = prepare_dataset(store, tiny_demo)
+    expected = make_folds(first.layout.curated.Y, n_splits=5, seed=42)
+    np.testing.assert_array_equal(first.folds, expected)
+    again = prepare_dataset(Store(db_path), tiny_demo)
+    assert again.dataset_id == first.dataset_id
+    np.testing.assert_array_equal(again.folds, first.folds)
+    with pytest.raises(ConfigError, match="5-fold with seed 42, not 4-fold") as err:
+        prepare_dataset(store, tiny_demo, n_folds=4)
+    assert err.value.field == "train.n_folds"
+    with pytest.raises(ConfigError, match="not 5-fold with seed 7") as err:
+        prepare_dataset(store, tiny_demo, fold_seed=7)
+    assert err.value.field == "train.fold_seed"
+    with pytest.raises(ConfigError) as err:
+        prepare_dataset(store, tiny_demo, fold_seed=7, folds_field="n_folds")
+    assert err.value.field == "fold_seed"
+
+
 # --------------------------------------------------------------------------- cache
 
 class CountingDecode:

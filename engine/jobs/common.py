@@ -17,14 +17,14 @@ from engine.jobs.context import JobContext
 from engine.store import Store
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` takes CUDA when present, else the CPU."""
+def pick_device(name: str = "auto", field: str = "train.device") -> torch.device:
+    """``auto`` takes CUDA when present, else the CPU; ``field`` names the setting in errors."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         from engine.errors import ConfigError
         raise ConfigError("CUDA was asked for but no GPU is visible; use device = \"auto\" or \"cpu\"",
-                          field="train.device")
+                          field=field)
     return torch.device(name)
 
 
@@ -56,8 +56,13 @@ class PreparedData:
         return self.layout.classes
 
 
-def prepare_dataset(store: Store, root: str | Path, *, n_folds: int = 5, fold_seed: int = 42) -> PreparedData:
-    """Load the layout, register it, and compute the folds once (stored for every later run)."""
+def prepare_dataset(store: Store, root: str | Path, *, n_folds: int = 5, fold_seed: int = 42,
+                    folds_field: str = "train.n_folds") -> PreparedData:
+    """Load the layout, register it, and compute the folds once (stored for every later run).
+
+    ``folds_field`` names the spec's fold-count setting in the error raised
+    when it disagrees with the dataset's stored folds.
+    """
     layout = load_layout(root)
     name = Path(root).resolve().name
     dataset_id = store.register_dataset(
@@ -69,10 +74,12 @@ def prepare_dataset(store: Store, root: str | Path, *, n_folds: int = 5, fold_se
         store.save_folds(dataset_id, layout.curated.fnames, folds.tolist(), seed=fold_seed, n_folds=n_folds)
         stored = store.get_folds(dataset_id)
     ds = store.get_dataset(dataset_id)
-    if ds and ds["n_folds"] and ds["n_folds"] != n_folds:
+    if ds and ds["n_folds"] and (ds["n_folds"], ds["fold_seed"]) != (n_folds, fold_seed):
         from engine.errors import ConfigError
-        raise ConfigError(f"the dataset's stored folds are {ds['n_folds']}-fold (seed {ds['fold_seed']}); "
-                          f"every run on a dataset uses the same folds", field="train.n_folds")
+        seed_field = folds_field.rsplit(".", 1)[0] + ".fold_seed" if "." in folds_field else "fold_seed"
+        raise ConfigError(f"the dataset's stored folds are {ds['n_folds']}-fold with seed {ds['fold_seed']}, "
+                          f"not {n_folds}-fold with seed {fold_seed}; every run on a dataset uses the same folds",
+                          field=folds_field if ds["n_folds"] != n_folds else seed_field)
     missing = [f for f in layout.curated.fnames if f not in stored]
     if missing:
         from engine.errors import DataError
