@@ -14,16 +14,15 @@ as reference, so OOF and test ranks are on one scale by construction.
 
 Rank to probability. The averaged ranks are mapped back to probabilities per
 class (``RankCalibrator``): min-max to [0, 1] over the OOF rows, an affine
-squeeze into [eps, 1 - eps], then ``sigmoid(logit(r) / tau_c)`` with one
-temperature per class fitted by BCE on the OOF truth. Every step is strictly
-increasing, so ties are kept and no new ties appear; values beyond the OOF
-range continue on a bounded tail instead of being clipped. A temperature
-alone cannot move the median-ranked clip away from p = 0.5, so for rare
-classes the BCE fit flattens the map (large tau): the outputs are valid
-probabilities for the submission, not base-rate calibrated ones, and because
-the temperatures differ per class they change the order of classes within a
-clip, hence LWLRAP (``BlendResult.raw_oof_lwlrap`` keeps the uncalibrated
-score for comparison).
+squeeze into [eps, 1 - eps], then ``sigmoid((logit(r) - b_c) / tau_c)`` with a
+temperature and a bias per class fitted by BCE on the OOF truth (Platt scaling
+of the rank logit). Every step is strictly increasing, so ties are kept and no
+new ties appear; values beyond the OOF range continue on a bounded tail instead
+of being clipped. The fitted probabilities average to each class's base rate,
+so a rare class's top-ranked clips no longer tie with a common class's: the
+maps differ per class and change the order of classes within a clip, hence
+LWLRAP, usually for the better (``BlendResult.raw_oof_lwlrap`` keeps the
+uncalibrated score for comparison).
 """
 
 from __future__ import annotations
@@ -245,37 +244,50 @@ class RankCalibrator:
 
     Per class c: ``r = (x - min_c) / (max_c - min_c)`` over the OOF rows, an
     affine squeeze ``q = eps + (1 - 2 eps) r`` (a squeeze, not a clip, so no
-    ties appear), then ``p = sigmoid(w)`` with ``w = logit(q) / tau_c``.
-    ``tau_c`` minimises the mean BCE on the OOF truth over ``[tau_min,
-    tau_max]``; classes without positives keep ``tau = 1``, and if the search
-    cannot beat ``tau = 1`` it keeps 1, so ``bce_after_ <= bce_before_``
-    always holds.
+    ties appear), ``z = logit(q)``, then ``p = sigmoid((z - b_c) / tau_c)``:
+    a temperature ``tau_c`` and a bias ``b_c`` per class (Platt scaling on the
+    rank logit), fitted together by minimising the mean BCE on the OOF truth.
+    The bias lets a rare class's median clip sit near the class's base rate
+    instead of at 0.5; a temperature alone cannot move it and flattens the
+    map instead, which costs LWLRAP (docs/decisions.md). Classes without
+    positives keep the identity (``tau = 1``, ``b = 0``); if the fit cannot
+    beat the identity it keeps it, so ``bce_after_ <= bce_before_`` always
+    holds.
+
+    The fit works on ``w = a z + k`` (``a = 1 / tau``, ``k = -b / tau``),
+    where the BCE is convex: a safeguarded Newton iteration, all classes at
+    once. ``a`` is kept in ``[1 / tau_max, 1 / tau_min]`` and the in-range
+    logits in ``[-W_LOW_IN, W_HIGH_IN]`` so that the top OOF clips keep
+    distinct probabilities below 1.0 in float64.
 
     Beyond the OOF range (test rows) ``w`` continues from its edge value with
-    the same slope and bends towards ``+-W_MAX`` (a hyperbolic squash), so the
-    map stays strictly increasing and continuous instead of clipping. ``W_MAX
-    = 30`` keeps ``1 - p`` above 1e-13, well clear of float64's resolution
-    near 1, so distinct values keep distinct probabilities.
+    the same slope and bends towards ``W_HIGH`` or ``-W_LOW`` (a hyperbolic
+    squash), so the map stays strictly increasing and continuous instead of
+    clipping.
 
-    Attributes after ``fit``: ``min_``, ``max_``, ``taus_``, ``bce_before_``
-    (per class, tau = 1), ``bce_after_`` (per class, fitted tau).
+    Attributes after ``fit``: ``min_``, ``max_``, ``taus_``, ``biases_``,
+    ``bce_before_`` (per class, identity map), ``bce_after_`` (per class,
+    fitted map).
     """
 
-    W_MAX = 30.0
+    W_HIGH = 30.0      # 1 - sigmoid(30) ~ 9e-14, well clear of float64's resolution near 1
+    W_LOW = 60.0       # sigmoid(-60) ~ 9e-27, float64 keeps full relative precision there
+    W_HIGH_IN = 27.0   # in-range limits leave the tails room to bend
+    W_LOW_IN = 54.0
 
-    def __init__(self, eps: float = 1e-3, tau_min: float = 0.25, tau_max: float = 64.0,
-                 max_iter: int = 50) -> None:
-        """``eps`` sets the squeeze; taus are searched in ``[tau_min, tau_max]``.
+    def __init__(self, eps: float = 1e-3, tau_min: float = 0.2, tau_max: float = 64.0,
+                 max_iter: int = 100) -> None:
+        """``eps`` sets the squeeze; temperatures are kept in ``[tau_min, tau_max]``.
 
-        ``logit(1 - eps) / tau_min`` must stay below ``W_MAX`` so that the
-        top-ranked OOF clips keep distinct probabilities and the tails have
-        room; the defaults give 27.6.
+        The steepest map, ``tau_min``, must fit the whole squeezed logit range
+        ``2 logit(1 - eps) / tau_min`` inside ``W_LOW_IN + W_HIGH_IN``; the
+        defaults use 69 of 81.
         """
         if not 0.0 < eps < 0.5:
             raise ValueError(f"eps must lie in (0, 0.5), got {eps}")
         if not 0.0 < tau_min <= 1.0 <= tau_max:
             raise ValueError(f"need 0 < tau_min <= 1 <= tau_max, got {tau_min}, {tau_max}")
-        if np.log((1.0 - eps) / eps) / tau_min >= 0.95 * self.W_MAX:
+        if 2.0 * np.log((1.0 - eps) / eps) / tau_min >= self.W_HIGH_IN + self.W_LOW_IN:
             raise ValueError(f"eps={eps} with tau_min={tau_min} pushes probabilities to 1.0 in float64; "
                              "raise eps or tau_min")
         self.eps = eps
@@ -295,15 +307,22 @@ class RankCalibrator:
         return np.log(q) - np.log1p(-q)
 
     @staticmethod
-    def _bce(z: np.ndarray, y: np.ndarray, a: np.ndarray) -> np.ndarray:
-        """Mean BCE per class of sigmoid(a_c * z) against y."""
-        w = z * a
+    def _bce(z: np.ndarray, y: np.ndarray, a: np.ndarray, k: np.ndarray) -> np.ndarray:
+        """Mean BCE per class of sigmoid(a_c z + k_c) against y."""
+        w = z * a + k
         return np.mean(np.logaddexp(0.0, w) - y * w, axis=0)
+
+    def _project(self, a: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Clamp (a, k) so that a lies in its range and a*z + k in [-W_LOW_IN, W_HIGH_IN] for |z| <= L."""
+        edge = np.log((1.0 - self.eps) / self.eps)
+        a = np.clip(a, 1.0 / self.tau_max, 1.0 / self.tau_min)
+        k = np.clip(k, -self.W_LOW_IN + a * edge, self.W_HIGH_IN - a * edge)
+        return a, k
 
     # ----------------------------------------------------------------- fit
 
     def fit(self, oof_rank_avg: np.ndarray, truth: np.ndarray) -> "RankCalibrator":
-        """Store the per-class OOF min/max and fit one temperature per class by BCE."""
+        """Store the per-class OOF min/max and fit a temperature and a bias per class by BCE."""
         x = _as_score_matrix(oof_rank_avg, "oof_rank_avg")
         y = _as_truth(truth, x.shape)
         lo = x.min(axis=0)
@@ -314,56 +333,66 @@ class RankCalibrator:
         self.max_ = np.where(flat, hi + 0.5, hi)
         z = self._logit_q(self._unit(x))
 
-        # BCE of sigmoid(a z) is convex in a = 1 / tau, so its derivative is
-        # increasing: a bracketed, safeguarded Newton search finds the root for
-        # all classes at once. In-sample |a z| <= logit(1 - eps) / tau_min < W_MAX,
-        # so the plain sigmoid below cannot overflow.
         n_classes = x.shape[1]
-        a_min, a_max = 1.0 / self.tau_max, 1.0 / self.tau_min
-        a = np.ones(n_classes)
+        identity_a, identity_k = np.ones(n_classes), np.zeros(n_classes)
+        self.bce_before_ = self._bce(z, y, identity_a, identity_k)
         has_positive = y.sum(axis=0) > 0
-
-        def grad_hess(cols: np.ndarray, a_cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            zc = z[:, cols]
-            p = 1.0 / (1.0 + np.exp(-zc * a_cols))
-            return np.mean((p - y[:, cols]) * zc, axis=0), np.mean(p * (1.0 - p) * zc * zc, axis=0)
-
+        a, k = identity_a.copy(), identity_k.copy()
+        loss = self.bce_before_.copy()
         cols = np.flatnonzero(has_positive)
-        if cols.size:
-            g_lo, _ = grad_hess(cols, np.full(cols.size, a_min))
-            g_hi, _ = grad_hess(cols, np.full(cols.size, a_max))
-            # A derivative of one sign over the whole interval puts the minimum on a bound.
-            a[cols[g_lo >= 0]] = a_min
-            a[cols[g_hi <= 0]] = a_max
-            cols = cols[(g_lo < 0) & (g_hi > 0)]
-        bracket_lo = np.full(cols.size, a_min)
-        bracket_hi = np.full(cols.size, a_max)
         for _ in range(self.max_iter):
             if cols.size == 0:
                 break
-            a_cols = a[cols]
-            g, h = grad_hess(cols, a_cols)
-            bracket_lo = np.where(g < 0, a_cols, bracket_lo)
-            bracket_hi = np.where(g > 0, a_cols, bracket_hi)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                newton = a_cols - g / h
-            # Newton steps that leave the bracket fall back to bisection, in log
-            # space because the bracket spans a factor of tau_max / tau_min.
-            ok = (h > 0) & (newton > bracket_lo) & (newton < bracket_hi)
-            a_next = np.where(ok, newton, np.sqrt(bracket_lo * bracket_hi))
-            a[cols] = a_next
-            # Classes that have converged drop out of the remaining iterations.
-            going = np.abs(a_next - a_cols) > 1e-9 * a_cols
-            cols, bracket_lo, bracket_hi = cols[going], bracket_lo[going], bracket_hi[going]
+            zc, yc, ac, kc = z[:, cols], y[:, cols], a[cols], k[cols]
+            p = 1.0 / (1.0 + np.exp(-(zc * ac + kc)))
+            s = p * (1.0 - p)
+            r = p - yc
+            ga, gk = np.mean(r * zc, axis=0), np.mean(r, axis=0)
+            haa, hak, hkk = np.mean(s * zc * zc, axis=0), np.mean(s * zc, axis=0), np.mean(s, axis=0)
+            # Newton direction from the 2x2 Hessian, with a small ridge for
+            # classes the map already separates (the Hessian vanishes there).
+            ridge = 1e-9 + 1e-6 * (haa + hkk)
+            haa, hkk = haa + ridge, hkk + ridge
+            det = haa * hkk - hak * hak
+            da = -(hkk * ga - hak * gk) / det
+            dk = -(haa * gk - hak * ga) / det
+            # With the temperature held at a bound, the bias alone gets a Newton step.
+            pinned = ((ac <= 1.0 / self.tau_max) & (da < 0)) | ((ac >= 1.0 / self.tau_min) & (da > 0))
+            da = np.where(pinned, 0.0, da)
+            dk = np.where(pinned, -gk / hkk, dk)
+            # Backtracking: halve the step per class until the projected point lowers the loss.
+            step = np.ones(cols.size)
+            accepted = np.zeros(cols.size, dtype=bool)
+            new_a, new_k, new_loss = ac.copy(), kc.copy(), loss[cols].copy()
+            for _ in range(40):
+                trying = ~accepted
+                if not trying.any():
+                    break
+                ta, tk = self._project(ac + step * da, kc + step * dk)
+                tl = self._bce(zc, yc, ta, tk)
+                better = trying & (tl < new_loss)
+                new_a = np.where(better, ta, new_a)
+                new_k = np.where(better, tk, new_k)
+                new_loss = np.where(better, tl, new_loss)
+                accepted |= better
+                step = np.where(accepted, step, step * 0.5)
+            gain = loss[cols] - new_loss
+            a[cols], k[cols], loss[cols] = new_a, new_k, new_loss
+            # Classes whose loss no longer moves drop out of the remaining iterations.
+            going = accepted & (gain > 1e-13 * np.maximum(new_loss, 1e-300))
+            cols = cols[going]
 
-        self.bce_before_ = self._bce(z, y, np.ones(n_classes))
-        after = self._bce(z, y, a)
-        # tau = 1 lies in the search interval; keep it whenever the search did not beat it.
-        keep_one = ~has_positive | ~(after <= self.bce_before_)
-        a = np.where(keep_one, 1.0, a)
+        keep_identity = ~has_positive | ~(loss <= self.bce_before_)
+        a = np.where(keep_identity, 1.0, a)
+        k = np.where(keep_identity, 0.0, k)
         self.taus_ = 1.0 / a
-        self.bce_after_ = np.where(keep_one, self.bce_before_, after)
+        self.biases_ = -k / a
+        self.bce_after_ = np.where(keep_identity, self.bce_before_, loss)
         return self
+
+    def _slope_intercept(self) -> tuple[np.ndarray, np.ndarray]:
+        a = 1.0 / self.taus_
+        return a, -self.biases_ * a
 
     def transform(self, rank_avg: np.ndarray) -> np.ndarray:
         """Probabilities in [0, 1], strictly increasing in ``rank_avg`` per class."""
@@ -374,17 +403,19 @@ class RankCalibrator:
             raise ValueError(f"rank_avg has {x.shape[1]} classes but the calibrator was fitted "
                              f"on {self.taus_.size}")
         eps = self.eps
+        a, k = self._slope_intercept()
         r = self._unit(x)
-        w = self._logit_q(np.clip(r, 0.0, 1.0)) / self.taus_
+        w = self._logit_q(np.clip(r, 0.0, 1.0)) * a + k
         # Tails: w(edge + d) = w_edge + s d / (1 + s d / room), which leaves the
-        # edge with slope s (the in-range slope there) and never exceeds W_MAX.
-        w_edge = np.log((1.0 - eps) / eps) / self.taus_
-        slope = (1.0 - 2.0 * eps) / (eps * (1.0 - eps)) / self.taus_
-        room = self.W_MAX - w_edge
+        # edge with slope s (the in-range slope there) and never passes the limit.
+        edge = np.log((1.0 - eps) / eps)
+        slope = (1.0 - 2.0 * eps) / (eps * (1.0 - eps)) * a
+        w_top, w_bottom = a * edge + k, -a * edge + k
+        room_high, room_low = self.W_HIGH - w_top, self.W_LOW + w_bottom
         d_high = slope * np.maximum(r - 1.0, 0.0)
         d_low = slope * np.maximum(-r, 0.0)
-        w = np.where(r > 1.0, w_edge + d_high / (1.0 + d_high / room), w)
-        w = np.where(r < 0.0, -w_edge - d_low / (1.0 + d_low / room), w)
+        w = np.where(r > 1.0, w_top + d_high / (1.0 + d_high / room_high), w)
+        w = np.where(r < 0.0, w_bottom - d_low / (1.0 + d_low / room_low), w)
         return np.exp(_log_sigmoid(w))
 
     def fit_transform(self, oof_rank_avg: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -413,7 +444,7 @@ class BlendResult:
     ranks ('rank') or blended probabilities ('mean'). ``oof_lwlrap`` and
     ``per_class`` / ``class_weights`` score ``oof``; ``raw_oof_lwlrap`` scores
     the blend before calibration. The two differ: LWLRAP compares classes
-    within a clip, and per-class temperatures change that order even though
+    within a clip, and the per-class maps change that order even though
     each class's own order is kept.
     """
 

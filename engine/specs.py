@@ -344,7 +344,7 @@ class EnsembleSpec:
     #: Member weights; empty = proportional to each member's CV LWLRAP.
     weights: list[float] = field(default_factory=list)
     method: str = "rank"
-    #: Per-class min-max of averaged ranks, then a temperature per class fitted on out-of-fold BCE.
+    #: Per-class min-max of averaged ranks, then a temperature and a bias per class fitted on out-of-fold BCE.
     calibrate: bool = True
     #: Greedy forward selection (with replacement) of members by out-of-fold LWLRAP.
     greedy: bool = False

@@ -209,9 +209,17 @@ def test_calibrator_is_strictly_monotone_and_bounded_beyond_the_oof_range():
     truth, (strong, weak) = make_case(6)
     oof_avg = rank_average([strong, weak])
     lo, hi = oof_avg.min(0), oof_avg.max(0)
-    sharpest = RankCalibrator().fit(oof_avg, truth)
-    sharpest.taus_ = np.full(truth.shape[1], sharpest.tau_min)  # the steepest map the fit can choose
-    for calibrator in (RankCalibrator().fit(oof_avg, truth), sharpest):
+    fitted = RankCalibrator().fit(oof_avg, truth)
+    edge = np.log((1 - fitted.eps) / fitted.eps)
+    steepest = 1.0 / fitted.tau_min
+    extremes = []
+    # the steepest map the fit can choose, pushed as high and as low as it may go
+    for k in (fitted.W_HIGH_IN - steepest * edge, -fitted.W_LOW_IN + steepest * edge):
+        calibrator = RankCalibrator().fit(oof_avg, truth)
+        calibrator.taus_ = np.full(truth.shape[1], fitted.tau_min)
+        calibrator.biases_ = np.full(truth.shape[1], -k / steepest)
+        extremes.append(calibrator)
+    for calibrator in (fitted, *extremes):
         # test rows up to a full OOF range past either end, plus repeated rows
         beyond = lo + np.array([[-1.0], [-0.5], [-0.01], [-1e-6], [1 + 1e-6], [1.01], [1.5], [2.0]]) * (hi - lo)
         values = np.concatenate([oof_avg, beyond, oof_avg[:3]])
@@ -224,39 +232,66 @@ def test_calibrator_is_strictly_monotone_and_bounded_beyond_the_oof_range():
         assert np.all((extreme >= 0) & (extreme <= 1)) and np.all(extreme[0] < extreme[1])
 
 
-def direct_bce(oof_avg: np.ndarray, truth: np.ndarray, tau: float, eps: float = 1e-3) -> np.ndarray:
-    """BCE per class of sigmoid(logit(q) / tau), q the min-max rank squeezed into [eps, 1 - eps]."""
+def direct_bce(oof_avg: np.ndarray, truth: np.ndarray, tau: float, bias: float,
+               eps: float = 1e-3) -> np.ndarray:
+    """BCE per class of sigmoid((logit(q) - bias) / tau), q the min-max rank squeezed into [eps, 1 - eps]."""
     r = (oof_avg - oof_avg.min(0)) / (oof_avg.max(0) - oof_avg.min(0))
     q = eps + (1 - 2 * eps) * r
-    p = 1 / (1 + np.exp(-np.log(q / (1 - q)) / tau))
+    p = 1 / (1 + np.exp(-(np.log(q / (1 - q)) - bias) / tau))
     return -np.mean(truth * np.log(p) + (1 - truth) * np.log(1 - p), axis=0)
 
 
-def test_fitted_temperature_lowers_bce_and_finds_the_grid_minimum():
+def test_fitted_temperature_and_bias_lower_bce_and_reach_the_minimum():
     rng = np.random.default_rng(7)
     n = 400
-    oof_avg = rng.random((n, 3))
-    truth = np.zeros((n, 3), dtype=int)
-    truth[:, 0] = oof_avg[:, 0] > 0.6            # cleanly separated: wants a small tau (sharper)
-    truth[:, 1] = rng.random(n) < 0.5            # unrelated to the rank: wants a large tau (flatter)
-    truth[:, 2] = 0                              # no positives: keeps tau = 1
+    oof_avg = rng.random((n, 4))
+    truth = np.zeros((n, 4), dtype=int)
+    truth[:, 0] = (oof_avg[:, 0] + 0.3 * rng.normal(size=n)) > 0.8  # follows the rank, rare-ish
+    truth[:, 1] = rng.random(n) < 0.5            # unrelated to the rank: wants a flat map near 0.5
+    truth[:, 2] = rng.random(n) < 0.05           # rare and unrelated: wants a flat map near 0.05
+    truth[:, 3] = 0                              # no positives: keeps the identity
     calibrator = RankCalibrator().fit(oof_avg, truth)
 
-    np.testing.assert_allclose(calibrator.bce_before_, direct_bce(oof_avg, truth, 1.0), rtol=1e-12)
+    np.testing.assert_allclose(calibrator.bce_before_, direct_bce(oof_avg, truth, 1.0, 0.0), rtol=1e-12)
     assert np.all(calibrator.bce_after_ <= calibrator.bce_before_)
-    assert calibrator.bce_after_[0] < calibrator.bce_before_[0] - 0.01
-    assert calibrator.bce_after_[1] < calibrator.bce_before_[1] - 0.01
-    assert calibrator.taus_[0] < 1.0 < calibrator.taus_[1]
-    assert calibrator.taus_[2] == 1.0
+    for c in (0, 1, 2):
+        assert calibrator.bce_after_[c] < calibrator.bce_before_[c] - 0.01
+        np.testing.assert_allclose(
+            calibrator.bce_after_[c],
+            direct_bce(oof_avg, truth, calibrator.taus_[c], calibrator.biases_[c])[c], rtol=1e-10)
+    assert calibrator.taus_[0] < calibrator.taus_[1] and calibrator.taus_[0] < calibrator.taus_[2]
+    assert (calibrator.taus_[3], calibrator.biases_[3]) == (1.0, 0.0)
 
-    grid = np.exp(np.linspace(np.log(0.25), np.log(64.0), 2001))
-    grid_bce = np.array([direct_bce(oof_avg, truth, t) for t in grid])  # [taus, classes]
-    for c in (0, 1):
-        best = grid[np.argmin(grid_bce[:, c])]
-        assert calibrator.bce_after_[c] <= grid_bce[:, c].min() + 1e-12
-        assert calibrator.taus_[c] == pytest.approx(best, rel=0.01)
-        np.testing.assert_allclose(calibrator.bce_after_[c],
-                                   direct_bce(oof_avg, truth, calibrator.taus_[c])[c], rtol=1e-10)
+    # At an interior minimum the bias makes the mean probability equal the base rate.
+    probs = calibrator.transform(oof_avg)
+    np.testing.assert_allclose(probs[:, :3].mean(0), truth[:, :3].mean(0), atol=1e-6)
+    assert probs[:, 2].max() < 0.2                # the rare unrelated class never looks likely
+
+    # No (tau, bias) on a grid around the fit does better.
+    for c in (0, 1, 2):
+        tau, bias = calibrator.taus_[c], calibrator.biases_[c]
+        for t in tau * np.exp(np.linspace(-0.5, 0.5, 21)):
+            for b in bias + np.linspace(-1.0, 1.0, 21):
+                assert calibrator.bce_after_[c] <= direct_bce(oof_avg, truth, t, b)[c] + 1e-12
+
+
+def test_calibration_puts_rare_and_common_classes_on_one_probability_scale():
+    # Two classes ranked equally well, one common and one rare: per-class ranks
+    # put their top clips level, calibrated probabilities know the rare class's
+    # top clips are less often positive, which is what LWLRAP compares within a clip.
+    rng = np.random.default_rng(3)
+    n = 4000
+    truth = np.zeros((n, 2), dtype=int)
+    truth[:, 0] = rng.random(n) < 0.5
+    truth[:, 1] = rng.random(n) < 0.03
+    truth[truth.sum(1) == 0, 0] = 1
+    scores = truth * 1.5 + rng.normal(size=(n, 2))
+    member = Member("m", scores)
+    raw = blend([member], truth, calibrate=False)
+    calibrated = blend([member], truth, calibrate=True)
+    assert calibrated.oof_lwlrap > raw.oof_lwlrap + 0.01
+    assert calibrated.raw_oof_lwlrap == pytest.approx(raw.oof_lwlrap, abs=1e-12)
+    np.testing.assert_allclose(calibrated.oof.mean(0), truth.mean(0), atol=1e-6)
 
 
 def test_calibrator_checks_its_inputs():

@@ -189,7 +189,7 @@ def build_ensemble(store: Store, spec: EnsembleSpec, *, run_id: str, run_dir: Pa
     log(f"OOF lwlrap {result.oof_lwlrap:.4f}" + (f" calibrated ({result.raw_oof_lwlrap:.4f} before calibration)"
                                                  if spec.calibrate else ""))
     if spec.calibrate and result.oof_lwlrap < result.raw_oof_lwlrap:
-        # Per-class temperatures reorder classes within a clip; say so rather than hide it.
+        # Per-class maps reorder classes within a clip; say so rather than hide it.
         log(f"note: calibration lowers the OOF lwlrap by {result.raw_oof_lwlrap - result.oof_lwlrap:.4f}; "
             "without it (--no-calibrate, calibrate = false) the blend keeps the uncalibrated order, "
             "and its scores are still valid submission values in [0, 1]")
