@@ -29,11 +29,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from engine.embeddings import EmbeddingResult, embed_table, load_embedder
 from engine.errors import ConfigError
-from engine.jobs.common import cache_dir_for, configure_threads, prepare_dataset
+from engine.jobs.common import cache_dir_for, configure_threads, pick_device, prepare_dataset
 from engine.jobs.context import JobContext, environment_record, git_commit, write_json
 from engine.metrics import lwlrap, per_class_lwlrap
 from engine.specs import BaselineSpec, FeaturesSection, spec_from_json, spec_hash, to_dict
@@ -105,15 +104,6 @@ def fit_one_vs_rest(train_x: np.ndarray, train_y: np.ndarray, eval_x: Sequence[n
     return probs, model
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("CUDA was asked for but no GPU is visible; use device = \"auto\" or \"cpu\"",
-                          field="device")
-    return torch.device(name)
-
-
 def _embed(ctx: JobContext, table, embedder, spec: BaselineSpec, cache_dir, *, start: float,
            span: float) -> EmbeddingResult:
     def progress(done: int, total: int, rate: float) -> None:
@@ -133,9 +123,10 @@ def run(ctx: JobContext) -> str:
     spec: BaselineSpec = spec_from_json("baseline", ctx.spec)
     store, run_id, run_dir = ctx.store, ctx.run_id, ctx.run_dir
     configure_threads()
-    device = _device(spec.device)
+    device = pick_device(spec.device, field="device")
     ctx.progress(0.0, "loading dataset")
-    data = prepare_dataset(store, spec.data.root, n_folds=spec.n_folds, fold_seed=spec.fold_seed)
+    data = prepare_dataset(store, spec.data.root, n_folds=spec.n_folds, fold_seed=spec.fold_seed,
+                           folds_field="n_folds")
     layout, classes = data.layout, data.classes
     Y = layout.curated.Y
     embedder = load_embedder(spec.checkpoint, spec.encoder_run_id, store=store, device=device)

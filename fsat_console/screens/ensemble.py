@@ -37,9 +37,10 @@ from textual.widgets import DataTable, Digits, Footer, Header, Static
 from textual.worker import get_current_worker
 
 from engine import specs
-from engine.errors import ConfigError, DataError, FsatError, QueueFull
+from engine.errors import ConfigError, DataError, FsatError
 from fsat_console.formatting import fmt_score, shorten
 from fsat_console.live import Overview
+from fsat_console.screens.queue import try_enqueue
 from fsat_console.widgets.live_table import Cell, ColumnSpec, LiveTable, num_cell
 from fsat_console.widgets.status import WorkerStatus
 
@@ -428,7 +429,7 @@ class EnsembleScreen(Screen):
                 tooltip=f"Lower the selected member's weight by {WEIGHT_STEP:g} (not below 0)"),
         Binding("m", "toggle_method", "Rank/mean", tooltip="Average per-class ranks or plain scores"),
         Binding("k", "toggle_calibrate", "Calibrate",
-                tooltip="Map the blend to probabilities with a per-class temperature (on/off)"),
+                tooltip="Map the blend to probabilities with a per-class temperature and bias (on/off)"),
         Binding("g", "greedy", "Greedy",
                 tooltip=f"Greedy forward selection over all runs listed (up to {GREEDY_STEPS} picks)"),
         Binding("ctrl+s,enter", "save", "Save",
@@ -867,10 +868,9 @@ class EnsembleScreen(Screen):
     @work(thread=True, exclusive=True, exit_on_error=False, group="ensemble-save")
     def _enqueue(self, spec: dict, name: str) -> None:
         """Insert the job (a short write transaction) off the UI thread."""
-        try:
-            job_id = self.app.store.enqueue("ensemble", spec, name=name)  # type: ignore[attr-defined]
-        except (QueueFull, sqlite3.Error, FsatError) as err:
-            self.post_message(EnsembleQueued(None, error=f"Could not queue the ensemble: {err}"))
+        job_id, problem = try_enqueue(self.app.store, "ensemble", spec, name=name)  # type: ignore[attr-defined]
+        if job_id is None:
+            self.post_message(EnsembleQueued(None, error=f"Ensemble not queued. {problem}"))
             return
         self.post_message(EnsembleQueued(job_id))
 

@@ -11,7 +11,6 @@ closes. The insert runs in a thread worker.
 from __future__ import annotations
 
 import json
-import sqlite3
 
 from rich.text import Text
 from textual import work
@@ -22,9 +21,9 @@ from textual.screen import ModalScreen
 from textual.widgets import Checkbox, Input, Label, Static
 
 from engine import specs
-from engine.errors import ConfigError, FsatError, QueueFull
+from engine.errors import ConfigError
 from fsat_console.formatting import fmt_score
-from fsat_console.screens.queue import check_data_root, preset_about, split_overrides
+from fsat_console.screens.queue import check_data_root, preset_about, split_overrides, try_enqueue
 
 #: The presets these dialogs start from.
 TTA_PRESET = "tta"
@@ -161,13 +160,9 @@ class SpecDialog(ModalScreen[int | None]):
     @work(thread=True, exclusive=True, exit_on_error=False, group="queue")
     def _enqueue(self, kind: str, spec: dict, name: str) -> None:
         """Insert the job (a short write transaction) off the UI thread."""
-        try:
-            job_id = self.app.store.enqueue(kind, spec, name=name)  # type: ignore[attr-defined]
-        except QueueFull as err:
-            self.app.call_from_thread(self._enqueue_failed, f"Queue full: {err}")
-            return
-        except (sqlite3.Error, FsatError) as err:
-            self.app.call_from_thread(self._enqueue_failed, f"Could not queue: {err}")
+        job_id, problem = try_enqueue(self.app.store, kind, spec, name=name)  # type: ignore[attr-defined]
+        if job_id is None:
+            self.app.call_from_thread(self._enqueue_failed, problem)
             return
         self.queued_job = job_id
         self.app.call_from_thread(self.dismiss, job_id)

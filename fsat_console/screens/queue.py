@@ -315,13 +315,9 @@ class QueueScreen(ModalScreen[int | None]):
     @work(thread=True, exclusive=True, exit_on_error=False, group="queue")
     def _enqueue(self, kind: str, spec: dict, name: str, priority: int) -> None:
         """Insert the job (a short write transaction) off the UI thread."""
-        try:
-            job_id = self.app.store.enqueue(kind, spec, name=name, priority=priority)  # type: ignore[attr-defined]
-        except QueueFull as err:
-            self.app.call_from_thread(self._enqueue_failed, f"Queue full: {err}")
-            return
-        except (sqlite3.Error, FsatError) as err:
-            self.app.call_from_thread(self._enqueue_failed, f"Could not queue: {err}")
+        job_id, problem = try_enqueue(self.app.store, kind, spec, name=name, priority=priority)  # type: ignore[attr-defined]
+        if job_id is None:
+            self.app.call_from_thread(self._enqueue_failed, problem)
             return
         self.queued_job = job_id
         self.app.call_from_thread(self.dismiss, job_id)
@@ -329,6 +325,16 @@ class QueueScreen(ModalScreen[int | None]):
     def _enqueue_failed(self, text: str) -> None:
         self._submitting = False
         self._set_error("queue", text)
+
+
+def try_enqueue(store, kind: str, spec: dict, *, name: str, priority: int = 0) -> tuple[int | None, str]:
+    """Queue a job: ``(job_id, "")``, or ``(None, message)`` when the queue is full or the write fails."""
+    try:
+        return store.enqueue(kind, spec, name=name, priority=priority), ""
+    except QueueFull as err:
+        return None, f"Queue full: {err}"
+    except (sqlite3.Error, FsatError) as err:
+        return None, f"Could not queue: {err}"
 
 
 def _toml_string(text: str) -> str:
