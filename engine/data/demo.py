@@ -31,7 +31,7 @@ import soundfile as sf
 
 from engine.data.labels import FSD2019_CLASSES
 from engine.data.manifest import CURATED_CSV, NOISY_CSV, SAMPLE_SUBMISSION, TEST_TRUTH_CSV
-from engine.errors import DataError
+from engine.errors import ConfigError, DataError
 
 DEMO_SR = 44100
 FAMILIES = ("harmonic", "noise_band", "pulse_train", "sweep", "clicks", "modulated")
@@ -330,11 +330,11 @@ def plan_demo_dataset(*, seed: int = 0, clips_per_class: int = DEFAULT_CLIPS_PER
     for field, value in (("clips_per_class", clips_per_class), ("noisy_per_class", noisy_per_class),
                          ("test_per_class", test_per_class)):
         if value < 1:
-            raise ValueError(f"{field} must be at least 1, got {value}")
+            raise ConfigError(f"must be at least 1, got {value}", field=field)
     if not 0.0 <= noisy_error_rate <= 1.0:
-        raise ValueError(f"noisy_error_rate must be in [0, 1], got {noisy_error_rate}")
+        raise ConfigError(f"must be in [0, 1], got {noisy_error_rate}", field="noisy_error_rate")
     if max_seconds < _MIN_SECONDS:
-        raise ValueError(f"max_seconds must be at least {_MIN_SECONDS}, got {max_seconds}")
+        raise ConfigError(f"must be at least {_MIN_SECONDS}, got {max_seconds}", field="max_seconds")
 
     n_classes = len(FSD2019_CLASSES)
     rng = np.random.default_rng((seed, 0))
