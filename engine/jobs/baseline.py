@@ -15,10 +15,12 @@ Records: per-fold LWLRAP (``best_epoch`` NULL: there are no epochs), per-class
 LRAP per fold and out-of-fold (fold -1), the run's CV (out-of-fold) LWLRAP
 and, when the dataset has ``test_ground_truth.csv``, its test LWLRAP.
 Artifacts under ``runs/<run_id>/``: ``config.json``, ``embeddings.json``
-(clips computed / reused and clips/s per split), ``oof.npy`` (float32, curated
-CSV order), ``test.npy`` (float32, ``sample_submission.csv`` order),
+(clips computed / reused and clips/s per split), ``oof.npy`` (float64, curated
+CSV order), ``test.npy`` (float64, ``sample_submission.csv`` order),
 ``logreg.npz`` (each fold's scaler and classifier weights) and
-``submission.csv``.
+``submission.csv``. Probabilities are kept in float64, as the infer job keeps
+them: in float32 confident scores near 1 merge into ties, which changes
+LWLRAP and a rank blend's order.
 """
 
 from __future__ import annotations
@@ -159,7 +161,7 @@ def run(ctx: JobContext) -> str:
     X, X_test = curated.embeddings, test.embeddings
 
     n, n_classes = Y.shape
-    oof = np.full((n, n_classes), np.nan, dtype=np.float32)
+    oof = np.full((n, n_classes), np.nan, dtype=np.float64)
     test_sum = np.zeros((len(X_test), n_classes), dtype=np.float64)
     models: list[FoldModel] = []
     for fold in range(spec.n_folds):
@@ -171,7 +173,7 @@ def run(ctx: JobContext) -> str:
         models.append(model)
         oof[val_idx] = val_pred
         test_sum += test_pred
-        # Scored on the float32 values that are saved, so the records match oof.npy exactly.
+        # Scored on the values that are saved, so the records match oof.npy exactly.
         score = lwlrap(Y[val_idx], oof[val_idx])
         store.record_fold(run_id, fold, lwlrap=score, best_epoch=None, n_val=len(val_idx))
         per_class, weights = per_class_lwlrap(Y[val_idx], oof[val_idx])
@@ -182,7 +184,7 @@ def run(ctx: JobContext) -> str:
                 + (f"; {model.not_converged} fits stopped at {MAX_ITER} iterations" if model.not_converged else ""))
 
     np.save(run_dir / "oof.npy", oof)
-    test_pred = (test_sum / spec.n_folds).astype(np.float32)
+    test_pred = test_sum / spec.n_folds
     np.save(run_dir / "test.npy", test_pred)
     np.savez(run_dir / "logreg.npz", **{name: np.stack([getattr(m, name) for m in models])
                                         for name in ("mean", "scale", "coef", "intercept", "constant")})
