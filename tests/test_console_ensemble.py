@@ -3,7 +3,8 @@
 Everything is real: a SQLite file in ``tmp_path``, a dataset folder with a
 ``train_curated.csv`` written by the test, runs whose ``oof.npy`` files the
 test writes with numpy. The blend scores the console shows are compared with
-``engine.ensemble.blend`` called here on the same arrays; per-class TTA gains
+``engine.ensemble.blend`` called here on the same arrays (and, for a saved
+blend, with the ensemble job's own ``build_ensemble``); per-class TTA gains
 with differences computed here from the scores the test wrote.
 """
 
@@ -20,8 +21,10 @@ import pytest
 from textual.widgets import Checkbox, Digits, Input, Static
 
 from engine.data.labels import FSD2019_CLASSES
-from engine.ensemble import Member, blend, greedy_forward_selection
+from engine.ensemble import Member, blend, greedy_forward_selection, weights_from_cv
+from engine.jobs.ensemble import build_ensemble
 from engine.metrics import lwlrap
+from engine.specs import spec_from_json
 from engine.store import OOF, Store
 from fsat_console.app import FsatConsole
 from fsat_console.screens.ensemble import BlendBench, EnsembleScreen, find_candidates
@@ -41,8 +44,18 @@ CLASSES = list(FSD2019_CLASSES)
 
 
 def write_dataset(root: Path, truth: np.ndarray) -> None:
-    """train_curated.csv (labels quoted, comma-separated) and sample_submission.csv."""
+    """train_curated.csv (labels quoted, comma-separated), sample_submission.csv and the clip files.
+
+    The clip files are empty: the ensemble job checks that every listed clip
+    exists but reads no audio.
+    """
     root.mkdir(parents=True)
+    (root / "train_curated").mkdir()
+    (root / "test").mkdir()
+    for i in range(len(truth)):
+        (root / "train_curated" / f"clip{i:03d}.wav").touch()
+    for i in range(3):
+        (root / "test" / f"test{i}.wav").touch()
     with open(root / "train_curated.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["fname", "labels"])
@@ -156,16 +169,37 @@ def shown_score(screen: EnsembleScreen) -> str:
     return screen.query_one("#blend-score", Digits).value
 
 
-def expected_blend(world: dict, weights: dict[str, float], **kwargs) -> float:
-    members = sorted(weights)
-    return blend([Member(m, world["oofs"][m]) for m in members], world["truth"],
-                 weights=[weights[m] for m in members], **kwargs).oof_lwlrap
+def oof_lwlrap(world: dict, run_id: str) -> float:
+    """A run's own out-of-fold LWLRAP, from the array the test wrote."""
+    return lwlrap(world["truth"], world["oofs"][run_id])
+
+
+def expected_blend(world: dict, members: list[str], weights: dict[str, float] | None = None, **kwargs) -> float:
+    """``engine.ensemble.blend`` on the test's arrays, members in spec (sorted) order.
+
+    ``weights=None`` is the default of ``fsat ensemble`` and the ensemble job:
+    each member carries its OOF LWLRAP as ``cv_lwlrap`` and the blend weights
+    them in proportion.
+    """
+    names = sorted(members)
+    return blend([Member(m, world["oofs"][m], cv_lwlrap=oof_lwlrap(world, m)) for m in names], world["truth"],
+                 weights=None if weights is None else [weights[m] for m in names], **kwargs).oof_lwlrap
+
+
+def shown_cv_weights(world: dict, members: list[str]) -> dict[str, float]:
+    """CV weights as the table shows them: proportional to the OOF LWLRAP, averaging 1, two decimals."""
+    scores = {m: oof_lwlrap(world, m) for m in members}
+    return {m: round(len(members) * v / sum(scores.values()), 2) for m, v in scores.items()}
 
 
 # -- the ensemble screen -------------------------------------------------------------------------
 
 
-async def test_blend_score_follows_members_weights_method_and_calibration(world: dict) -> None:
+async def test_members_start_with_cv_weights_like_the_ensemble_job(world: dict) -> None:
+    pair = ["train-0001", "train-0002"]
+    cv_score = expected_blend(world, pair)
+    # These arrays tell CV weights from equal ones (the old default of the screen).
+    assert abs(cv_score - expected_blend(world, pair, {"train-0001": 1.0, "train-0002": 1.0})) > 1e-6
     app = FsatConsole(world["db"], poll_interval=0.1)
     async with app.run_test(size=SIZE) as pilot:
         screen = await open_ensemble(pilot, app)
@@ -177,37 +211,79 @@ async def test_blend_score_follows_members_weights_method_and_calibration(world:
         await select_row(pilot, table, "train-0001")
         await pilot.press("space")
         await settled(pilot, screen)
-        one = expected_blend(world, {"train-0001": 1.0})
+        one = expected_blend(world, ["train-0001"])
         assert screen.outcome.oof_lwlrap == pytest.approx(one, abs=1e-12)
         assert shown_score(screen) == f"{one:.4f}"
-        assert screen.outcome.member_lwlrap["train-0001"] == pytest.approx(lwlrap(world["truth"],
-                                                                                  world["oofs"]["train-0001"]))
+        assert screen.outcome.member_lwlrap["train-0001"] == pytest.approx(oof_lwlrap(world, "train-0001"))
+        assert table.get_cell("train-0001", "weight").plain == "1.00"
 
         await select_row(pilot, table, "train-0002")
         await pilot.press("space")
         await settled(pilot, screen)
-        both = expected_blend(world, {"train-0001": 1.0, "train-0002": 1.0})
-        assert screen.outcome.oof_lwlrap == pytest.approx(both, abs=1e-12)
-        assert shown_score(screen) == f"{both:.4f}"
-        assert table.get_cell("train-0002", "share").plain == "50.0%"
+        assert screen.state.cv_weighted and screen.state.members() == pair
+        assert screen.outcome.oof_lwlrap == pytest.approx(cv_score, abs=1e-12)
+        assert shown_score(screen) == f"{cv_score:.4f}"
+        shares = weights_from_cv([oof_lwlrap(world, m) for m in pair])
+        assert screen.outcome.weights == pytest.approx(shares.tolist(), abs=1e-12)
+        shown = shown_cv_weights(world, pair)
+        for m, share in zip(pair, shares):
+            assert table.get_cell(m, "weight").plain == f"{shown[m]:.2f}"
+            assert table.get_cell(m, "share").plain == f"{share * 100:.1f}%"
+        assert "CV weights (∝ each member's OOF LWLRAP" in screen_text(app)
 
-        await pilot.press("plus")  # weight of train-0002: 1 -> 1.5
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: world["store"].list_jobs(), what="ensemble job")
+        await app.workers.wait_for_complete()
+    (job,) = world["store"].list_jobs()
+    spec = world["store"].get_job(job["id"]).spec
+    assert job["kind"] == "ensemble"
+    assert spec["members"] == pair
+    assert spec["weights"] == []  # the job's default: CV weights
+    assert (spec["method"], spec["calibrate"], spec["greedy"]) == ("rank", True, False)
+
+    # The job blends what the console showed.
+    done = build_ensemble(world["store"], spec_from_json("ensemble", spec), run_id="ensemble-0009",
+                          run_dir=world["tmp"] / "runs" / "ensemble-0009", log=lambda line: None)
+    assert done.cv_lwlrap == pytest.approx(screen.outcome.oof_lwlrap, abs=1e-12)
+    assert [done.weights[m] for m in pair] == pytest.approx(screen.outcome.weights, abs=1e-12)
+
+
+async def test_plus_turns_the_cv_weights_shown_into_explicit_weights(world: dict) -> None:
+    pair = ["train-0001", "train-0002"]
+    app = FsatConsole(world["db"], poll_interval=0.1)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_ensemble(pilot, app)
+        table = screen.table
+        for m in pair:
+            await select_row(pilot, table, m)
+            await pilot.press("space")
         await settled(pilot, screen)
-        heavier = expected_blend(world, {"train-0001": 1.0, "train-0002": 1.5})
-        assert abs(heavier - both) > 1e-6  # the weight matters for these arrays
+        cv_score = screen.outcome.oof_lwlrap
+        assert cv_score == pytest.approx(expected_blend(world, pair), abs=1e-12)
+
+        await pilot.press("plus")  # on train-0002: the weights shown become explicit, its own one step up
+        await settled(pilot, screen)
+        shown = shown_cv_weights(world, pair)
+        explicit = {"train-0001": shown["train-0001"], "train-0002": shown["train-0002"] + 0.5}
+        assert not screen.state.cv_weighted
+        assert screen.state.weights == pytest.approx(explicit, abs=1e-9)
+        heavier = expected_blend(world, pair, explicit)
+        assert abs(heavier - cv_score) > 1e-6  # the weight matters for these arrays
         assert screen.outcome.oof_lwlrap == pytest.approx(heavier, abs=1e-12)
         assert shown_score(screen) == f"{heavier:.4f}"
-        assert table.get_cell("train-0002", "weight").plain == "1.50"
-        assert screen.outcome.weights == pytest.approx([1 / 2.5, 1.5 / 2.5])
+        for m in pair:
+            assert table.get_cell(m, "weight").plain == f"{explicit[m]:.2f}"
+        total = sum(explicit.values())
+        assert screen.outcome.weights == pytest.approx([explicit[m] / total for m in pair], abs=1e-12)
 
         await pilot.press("m")  # plain mean of the scores
         await settled(pilot, screen)
-        mean = expected_blend(world, {"train-0001": 1.0, "train-0002": 1.5}, method="mean")
+        mean = expected_blend(world, pair, explicit, method="mean")
         assert screen.outcome.oof_lwlrap == pytest.approx(mean, abs=1e-12)
 
         await pilot.press("k")  # no calibration: the score is the raw one
         await settled(pilot, screen)
-        raw = expected_blend(world, {"train-0001": 1.0, "train-0002": 1.5}, method="mean", calibrate=False)
+        raw = expected_blend(world, pair, explicit, method="mean", calibrate=False)
         assert screen.outcome.oof_lwlrap == pytest.approx(raw, abs=1e-12)
         assert screen.outcome.raw_oof_lwlrap == pytest.approx(raw, abs=1e-12)
         assert "score mean · not calibrated" in screen_text(app)
@@ -216,10 +292,17 @@ async def test_blend_score_follows_members_weights_method_and_calibration(world:
         await wait_until(pilot, lambda: world["store"].list_jobs(), what="ensemble job")
         (job,) = world["store"].list_jobs()
         spec = world["store"].get_job(job["id"]).spec
-        assert job["kind"] == "ensemble"
-        assert spec["members"] == ["train-0001", "train-0002"]
-        assert spec["weights"] == [1.0, 1.5]
+        assert spec["members"] == pair
+        assert spec["weights"] == [screen.state.weights[m] for m in pair]  # exactly the weights shown
+        assert [f"{w:.2f}" for w in spec["weights"]] == [table.get_cell(m, "weight").plain for m in pair]
         assert (spec["method"], spec["calibrate"], spec["greedy"]) == ("mean", False, False)
+
+        # c goes back to CV weights: the score of the job's default again.
+        await pilot.press("c")
+        await settled(pilot, screen)
+        assert screen.state.cv_weighted
+        assert screen.outcome.oof_lwlrap == pytest.approx(
+            expected_blend(world, pair, method="mean", calibrate=False), abs=1e-12)
 
 
 async def test_unusable_members_are_left_out_with_a_reason(world: dict) -> None:
@@ -235,14 +318,14 @@ async def test_unusable_members_are_left_out_with_a_reason(world: dict) -> None:
         await select_row(pilot, table, "train-0003")  # 39 rows for a 40-clip dataset
         await pilot.press("space")
         await settled(pilot, screen)
-        assert "train-0003" not in screen.state.weights
+        assert "train-0003" not in screen.state.members()
         assert table.get_cell("train-0003", "note").plain == f"shape {N_CLIPS - 1}×80, expected {N_CLIPS}×80"
         assert screen.outcome.oof_lwlrap == pytest.approx(before, abs=1e-12)
 
         await select_row(pilot, table, "train-0004")  # NaN where folds were never trained
         await pilot.press("space")
         await settled(pilot, screen)
-        assert "train-0004" not in screen.state.weights
+        assert "train-0004" not in screen.state.members()
         assert table.get_cell("train-0004", "note").plain == f"10 of {N_CLIPS} clips unscored"
         assert screen.outcome.oof_lwlrap == pytest.approx(before, abs=1e-12)
         assert app.is_running
@@ -251,7 +334,7 @@ async def test_unusable_members_are_left_out_with_a_reason(world: dict) -> None:
         await select_row(pilot, table, "train-0001")
         await pilot.press("minus", "minus")
         await settled(pilot, screen)
-        assert screen.state.weights == {"train-0001": 0.0}
+        assert screen.state.members() == ["train-0001"] and screen.state.weights == {"train-0001": 0.0}
         assert screen.outcome.oof_lwlrap is None and "weight is zero" in screen.outcome.error
         await pilot.press("ctrl+s")
         await pilot.pause(0.2)
@@ -265,7 +348,7 @@ async def test_unusable_members_are_left_out_with_a_reason(world: dict) -> None:
         # d shows the other dataset's runs; the blend starts empty there.
         await pilot.press("d")
         await wait_until(pilot, lambda: [k.value for k in table.rows] == ["train-0000"], what="other dataset")
-        assert screen.state.weights == {}
+        assert screen.state.members() == [] and screen.state.cv_weighted
 
 
 async def test_greedy_selection_matches_the_engine(world: dict) -> None:
@@ -279,7 +362,7 @@ async def test_greedy_selection_matches_the_engine(world: dict) -> None:
                                                max_steps=20, method="rank")
         counts = {names[k]: float(picks.count(k)) for k in set(picks)}
         assert screen.state.weights == counts
-        assert screen.outcome.oof_lwlrap == pytest.approx(expected_blend(world, counts), abs=1e-12)
+        assert screen.outcome.oof_lwlrap == pytest.approx(expected_blend(world, list(counts), counts), abs=1e-12)
         # The unusable runs were skipped with their reason.
         assert "unscored" in screen.table.get_cell("train-0004", "note").plain
 
@@ -288,11 +371,12 @@ def test_bench_refuses_a_member_of_another_dataset(world: dict) -> None:
     found, datasets = find_candidates(world["store"], world["store"].list_runs(), world["db"])
     by_id = {c.run_id: c for c in found}
     assert set(by_id) == {"train-0000", "train-0001", "train-0002", "train-0003", "train-0004"}
-    outcome = BlendBench().evaluate(datasets[world["ds"]], [(by_id["train-0001"], 1.0), (by_id["train-0000"], 1.0)],
+    outcome = BlendBench().evaluate(datasets[world["ds"]], [by_id["train-0001"], by_id["train-0000"]], [1.0, 1.0],
                                     method="rank", calibrate=True, key=("k",))
     assert "another dataset" in outcome.problems["train-0000"]
     assert outcome.members == ["train-0001"]
-    assert outcome.oof_lwlrap == pytest.approx(expected_blend(world, {"train-0001": 1.0}), abs=1e-12)
+    assert outcome.oof_lwlrap == pytest.approx(expected_blend(world, ["train-0001"], {"train-0001": 1.0}),
+                                               abs=1e-12)
 
 
 # -- run screen: i queues inference, b a baseline ---------------------------------------------------
@@ -467,8 +551,7 @@ from fsat_console.screens.ensemble import BlendBench, find_candidates
 store = Store({str(world["db"])!r}, readonly=True)
 found, datasets = find_candidates(store, store.list_runs(), {str(world["db"])!r})
 good = [c for c in found if c.run_id == "train-0001"]
-outcome = BlendBench().evaluate(datasets[good[0].dataset_id], [(good[0], 1.0)], method="rank",
-                                calibrate=True, key=())
+outcome = BlendBench().evaluate(datasets[good[0].dataset_id], good, method="rank", calibrate=True, key=())
 assert outcome.oof_lwlrap is not None, outcome
 print(sorted(m for m in ("torch", "librosa", "sklearn", "scipy") if m in sys.modules))
 """

@@ -2,13 +2,22 @@
 
 Every finished run of one dataset whose run folder holds an ``oof.npy``
 (out-of-fold scores in curated order) is a candidate. Space puts the selected
-run in the blend or takes it out, ``+``/``-`` change its weight, ``m`` switches
-rank and mean averaging, ``k`` calibration, ``g`` runs greedy forward
-selection over all candidates. After every change a thread worker blends the
-members' OOF scores with ``engine.ensemble.blend`` against the curated truth
-(``train_curated.csv`` of the dataset) and the score replaces the old one;
-``ctrl+s`` (or enter) queues an ``ensemble`` job with exactly what is shown,
-whose worker writes the submission and records the ensemble as a run.
+run in the blend or takes it out, ``+``/``-`` change its weight, ``c`` goes
+back to CV weights, ``m`` switches rank and mean averaging, ``k``
+calibration, ``g`` runs greedy forward selection over all candidates. After
+every change a thread worker blends the members' OOF scores with
+``engine.ensemble.blend`` against the curated truth (``train_curated.csv`` of
+the dataset) and the score replaces the old one; ``ctrl+s`` (or enter) queues
+an ``ensemble`` job with exactly what is shown, whose worker writes the
+submission and records the ensemble as a run.
+
+Weights start as CV weights, the default of ``fsat ensemble`` and of the
+ensemble job: proportional to each member's out-of-fold LWLRAP (computed from
+its ``oof.npy``, as the job does). The live score blends with those weights
+and the saved spec leaves ``weights`` empty, so the job computes the same
+ones. The first ``+``/``-`` turns the CV weights into explicit numbers (those
+shown, scaled to average 1) and changes one of them; from then on the spec
+carries exactly the weights shown.
 
 Arrays are read once per run (and again only when the file changes), so a
 change costs one blend (a few tenths of a second for five members of 5000
@@ -134,29 +143,82 @@ def find_candidates(store: Any, runs: Sequence[dict], db_path: Path,
 
 @dataclass
 class BlendState:
-    """What the user has chosen: the dataset, members with their weights, method, calibration.
+    """What the user has chosen: the dataset, the members, their weights, method, calibration.
 
-    Kept on the app, so leaving the ensemble screen and coming back keeps the blend.
+    ``weights`` is None while the members have CV weights (proportional to each
+    member's out-of-fold LWLRAP, what ``fsat ensemble`` and the ensemble job use
+    when the spec gives no weights); otherwise it holds one explicit weight per
+    member. Kept on the app, so leaving the ensemble screen and coming back
+    keeps the blend.
     """
 
     dataset_id: int | None = None
-    #: Member run id -> weight (any non-negative number; the blend scales them to sum 1).
-    weights: dict[str, float] = field(default_factory=dict)
+    #: Member run ids.
+    member_ids: set[str] = field(default_factory=set)
+    #: Member run id -> explicit weight (any non-negative number; the blend scales them to sum 1),
+    #: or None for CV weights.
+    weights: dict[str, float] | None = None
     method: str = "rank"
     calibrate: bool = True
 
+    @property
+    def cv_weighted(self) -> bool:
+        """True while the weights are the CV default (the saved spec then gives none)."""
+        return self.weights is None
+
     def key(self) -> tuple:
         """Everything a blend's score depends on."""
-        return (self.dataset_id, tuple(sorted(self.weights.items())), self.method, self.calibrate)
+        weights = None if self.weights is None else tuple(sorted(self.weights.items()))
+        return (self.dataset_id, tuple(self.members()), weights, self.method, self.calibrate)
 
     def members(self) -> list[str]:
         """Member run ids in a fixed order (the order of the saved spec)."""
-        return sorted(self.weights)
+        return sorted(self.member_ids)
 
-    def shares(self) -> dict[str, float]:
-        """Each member's weight as a fraction of the total (empty when all weights are zero)."""
-        total = sum(self.weights.values())
-        return {k: w / total for k, w in self.weights.items()} if total > 0 else {}
+    def explicit_weights(self) -> list[float] | None:
+        """The explicit weights in ``members()`` order, or None for CV weights."""
+        return None if self.weights is None else [float(self.weights[m]) for m in self.members()]
+
+    def add(self, run_id: str) -> None:
+        """Put a run in the blend: with CV weights it gets its CV weight, else an explicit weight of 1."""
+        self.member_ids.add(run_id)
+        if self.weights is not None:
+            self.weights.setdefault(run_id, 1.0)
+
+    def remove(self, run_id: str) -> None:
+        """Take a run out of the blend; an empty blend starts again with CV weights."""
+        self.member_ids.discard(run_id)
+        if self.weights is not None:
+            self.weights.pop(run_id, None)
+        if not self.member_ids:
+            self.weights = None
+
+    def clear(self) -> None:
+        """No members, CV weights."""
+        self.member_ids.clear()
+        self.weights = None
+
+    def set_weights(self, weights: dict[str, float]) -> None:
+        """Explicit weights; their keys become the members."""
+        self.member_ids = set(weights)
+        self.weights = {k: float(w) for k, w in weights.items()}
+
+
+def cv_weights(members: Sequence[str], oof_lwlrap: dict[str, float]) -> dict[str, float] | None:
+    """CV weights as the console shows them: proportional to each member's OOF LWLRAP, averaging 1.
+
+    The blend scales weights to sum 1, so these give the same blend as
+    ``engine.ensemble.weights_from_cv``; the average of 1 keeps them on the
+    scale that ``+``/``-`` step. None while a member's OOF LWLRAP is not known
+    yet, or when they are all zero.
+    """
+    if not members or any(m not in oof_lwlrap for m in members):
+        return None
+    scores = [float(oof_lwlrap[m]) for m in members]
+    total = sum(scores)
+    if not total > 0:
+        return None
+    return {m: len(members) * score / total for m, score in zip(members, scores)}
 
 
 @dataclass
@@ -266,10 +328,19 @@ class BlendBench:
                                 f"{missing} of {len(complete)} clips unscored")
         return array, score
 
-    def evaluate(self, dataset: dict | None, members: Sequence[tuple[Candidate, float]], *, method: str,
-                 calibrate: bool, key: tuple) -> BlendOutcome:
-        """Blend ``members`` (candidate, weight) and score the blend; problems are reported, not raised."""
+    def evaluate(self, dataset: dict | None, members: Sequence[Candidate], weights: Sequence[float] | None = None,
+                 *, method: str, calibrate: bool, key: tuple) -> BlendOutcome:
+        """Blend ``members`` and score the blend; problems are reported, not raised.
+
+        ``weights`` (one per member) are explicit weights; None gives CV
+        weights, as the ensemble job does for a spec without weights: each
+        member's ``cv_lwlrap`` is its OOF LWLRAP computed from its ``oof.npy``
+        and ``engine.ensemble.blend`` weights the members in proportion.
+        """
         from engine.ensemble import Member, blend
+
+        if weights is not None and len(weights) != len(members):
+            raise ValueError(f"got {len(weights)} weights for {len(members)} members")
 
         t0 = time.perf_counter()
         outcome = BlendOutcome(key=key)
@@ -284,8 +355,8 @@ class BlendBench:
             outcome.error = str(err)
             return outcome
         outcome.n_clips = int(truth.shape[0])
-        usable: list[tuple[Candidate, float, Any]] = []
-        for candidate, weight in members:
+        usable: list[tuple[Candidate, float | None, Any, float]] = []
+        for k, candidate in enumerate(members):
             try:
                 array, score = self.member_oof(candidate, dataset, truth)
             except MemberProblem as problem:
@@ -293,20 +364,21 @@ class BlendBench:
                 outcome.short_problems[candidate.run_id] = problem.short
                 continue
             outcome.member_lwlrap[candidate.run_id] = score
-            usable.append((candidate, weight, array))
+            usable.append((candidate, None if weights is None else float(weights[k]), array, score))
         if not usable:
             return outcome
-        weights = [w for _, w, _ in usable]
-        if not sum(weights) > 0:
-            outcome.error = "every member's weight is zero; press + on one of them"
+        explicit = None if weights is None else [w for _, w, _, _ in usable]
+        if explicit is not None and not sum(explicit) > 0:
+            outcome.error = "every member's weight is zero; press + on one of them (or c for CV weights)"
             return outcome
         try:
-            result = blend([Member(c.run_id, a, None, c.cv_lwlrap) for c, _, a in usable], truth,
-                           weights=weights, method=method, calibrate=calibrate)
+            # The same members the ensemble job builds: cv_lwlrap is the OOF LWLRAP of oof.npy.
+            result = blend([Member(c.run_id, a, None, score) for c, _, a, score in usable], truth,
+                           weights=explicit, method=method, calibrate=calibrate)
         except ValueError as err:
             outcome.error = f"cannot blend: {err}"
             return outcome
-        outcome.members = [c.run_id for c, _, _ in usable]
+        outcome.members = [c.run_id for c, _, _, _ in usable]
         outcome.weights = [float(w) for w in result.weights]
         outcome.oof_lwlrap = float(result.oof_lwlrap)
         outcome.raw_oof_lwlrap = float(result.raw_oof_lwlrap)
@@ -341,9 +413,14 @@ class BlendBench:
 
 
 def ensemble_spec(state: BlendState, name: str = "") -> Any:
-    """The validated ``EnsembleSpec`` of what is shown (ConfigError names the bad field)."""
+    """The validated ``EnsembleSpec`` of what is shown (ConfigError names the bad field).
+
+    With CV weights the spec's ``weights`` is empty, so the job weights the
+    members by their OOF LWLRAP as the console did; otherwise it holds the
+    explicit weights, in member order.
+    """
     members = state.members()
-    overrides = [f"members={_toml(members)}", f"weights={_toml([float(state.weights[m]) for m in members])}",
+    overrides = [f"members={_toml(members)}", f"weights={_toml(state.explicit_weights() or [])}",
                  f"method={_toml(state.method)}", f"calibrate={'true' if state.calibrate else 'false'}",
                  "greedy=false"]
     if name:
@@ -424,9 +501,11 @@ class EnsembleScreen(Screen):
         Binding("escape", "back", "Back", tooltip="Back to the previous screen (the blend is kept)"),
         Binding("space", "toggle_member", "In/out", tooltip="Put the selected run in the blend or take it out"),
         Binding("plus,equals_sign", "weight(1)", "Weight+", key_display="+",
-                tooltip=f"Raise the selected member's weight by {WEIGHT_STEP:g}"),
+                tooltip=f"Raise the selected member's weight by {WEIGHT_STEP:g} (CV weights become explicit ones)"),
         Binding("minus", "weight(-1)", "Weight−", key_display="-",
                 tooltip=f"Lower the selected member's weight by {WEIGHT_STEP:g} (not below 0)"),
+        Binding("c", "cv_weights", "CV weights",
+                tooltip="Weights proportional to each member's OOF LWLRAP again (the default of fsat ensemble)"),
         Binding("m", "toggle_method", "Rank/mean", tooltip="Average per-class ranks or plain scores"),
         Binding("k", "toggle_calibrate", "Calibrate",
                 tooltip="Map the blend to probabilities with a per-class temperature and bias (on/off)"),
@@ -452,6 +531,8 @@ class EnsembleScreen(Screen):
         self._runs_key: str | None = None
         self._row_cache: dict[str, dict] = {}
         self._pending_key: tuple | None = None
+        #: Each run's own OOF LWLRAP, from the blends so far (what CV weights are proportional to).
+        self.member_scores: dict[str, float] = {}
 
     # -- set-up ------------------------------------------------------------------------
 
@@ -527,8 +608,9 @@ class EnsembleScreen(Screen):
             state.dataset_id = with_runs[0] if with_runs else None
         if message.problem is None:
             # A member that is no longer a finished run with oof.npy on this dataset leaves the blend.
-            state.weights = {k: w for k, w in state.weights.items()
-                             if k in self.candidates and self.candidates[k].dataset_id == state.dataset_id}
+            for run_id in state.members():
+                if run_id not in self.candidates or self.candidates[run_id].dataset_id != state.dataset_id:
+                    state.remove(run_id)
         self.refresh_bindings()
         self._refresh_table()
         self._request_blend()
@@ -552,14 +634,28 @@ class EnsembleScreen(Screen):
 
     # -- table and panel -----------------------------------------------------------------
 
+    def shown_weights(self) -> dict[str, float]:
+        """Each member's weight as the table shows it: explicit, or CV weights averaging 1.
+
+        CV weights are missing while a member's OOF LWLRAP is still being computed.
+        """
+        state = self.state
+        if state.weights is not None:
+            return dict(state.weights)
+        return cv_weights(state.members(), self.member_scores) or {}
+
     def _rows(self) -> list[tuple[str, list[Cell]]]:
         state = self.state
-        shares = state.shares()
-        member_lwlrap = self.outcome.member_lwlrap if self.outcome else {}
+        weights = self.shown_weights()
+        total = sum(weights.values())
+        shares = {k: w / total for k, w in weights.items()} if total > 0 else {}
+        weight_style = "bold cyan" if state.cv_weighted else "bold"
+        member_lwlrap = self.member_scores
         rows = []
         for c in self.shown_candidates():
-            selected = c.run_id in state.weights
-            weight = state.weights.get(c.run_id)
+            selected = c.run_id in state.member_ids
+            weight = weights.get(c.run_id)
+            weight_text = "—" if not selected else ("cv" if weight is None else f"{weight:.2f}")
             note = self.notes.get(c.run_id, "")
             if not note and selected and not c.has_test:
                 note = "no test.npy"
@@ -572,8 +668,7 @@ class EnsembleScreen(Screen):
                 Cell(c.model or "—", sort_key=c.model),
                 num_cell(fmt_score(c.cv_lwlrap), c.cv_lwlrap),
                 num_cell(fmt_score(member_lwlrap.get(c.run_id)), member_lwlrap.get(c.run_id)),
-                num_cell("—" if weight is None else f"{weight:.2f}", weight,
-                         "bold" if weight else "dim"),
+                num_cell(weight_text, weight, weight_style if weight else "dim"),
                 num_cell("—" if c.run_id not in shares else f"{shares[c.run_id] * 100:.1f}%", shares.get(c.run_id)),
                 Cell("✔" if c.has_test else "—", sort_key=int(c.has_test), style="" if c.has_test else "dim"),
                 Cell(shorten(note, 36), style="red" if c.run_id in self.notes else "yellow"),
@@ -608,7 +703,7 @@ class EnsembleScreen(Screen):
         text.append("Blend OOF LWLRAP", style="bold")
         text.append(f"  {METHOD_LABELS[state.method]} · {'calibrated' if state.calibrate else 'not calibrated'}",
                     style="cyan")
-        n = len(state.weights)
+        n = len(state.member_ids)
         if self.dataset:
             clips = f" ({outcome.n_clips} curated clips)" if outcome and outcome.n_clips else ""
             text.append(f" · {n} member{'s' if n != 1 else ''} on {self.dataset['name']}{clips}")
@@ -641,7 +736,8 @@ class EnsembleScreen(Screen):
                 gain = outcome.oof_lwlrap - best[1]
                 text.append(" · gain ", style="dim")
                 text.append(_signed(gain), style="bold green" if gain > 0 else "bold red")
-            text.append("\nweights ", style="dim")
+            text.append("\nCV weights (∝ each member's OOF LWLRAP; +/- sets them) " if state.cv_weighted
+                        else "\nexplicit weights (c: back to CV weights) ", style="dim")
             text.append("  ".join(f"{m} {w * 100:.0f}%" for m, w in zip(outcome.members, outcome.weights)))
             missing_test = [m for m in outcome.members if m in self.candidates and not self.candidates[m].has_test]
             if missing_test:
@@ -657,7 +753,9 @@ class EnsembleScreen(Screen):
         if (self.outcome is not None and self.outcome.key == key) or self._pending_key == key:
             self._render_panel()
             return
-        members = [(self.candidates[m], w) for m, w in sorted(self.state.weights.items()) if m in self.candidates]
+        state = self.state
+        members = [self.candidates[m] for m in state.members() if m in self.candidates]
+        weights = None if state.weights is None else [state.weights[c.run_id] for c in members]
         if not members:
             self.outcome = BlendOutcome(key=key)
             self._pending_key = None
@@ -666,10 +764,10 @@ class EnsembleScreen(Screen):
             return
         self._pending_key = key
         self._render_panel()
-        self._blend(self.dataset, members, self.state.method, self.state.calibrate, key)
+        self._blend(self.dataset, members, weights, state.method, state.calibrate, key)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="ensemble-blend")
-    def _blend(self, dataset: dict | None, members: list[tuple[Candidate, float]], method: str,
+    def _blend(self, dataset: dict | None, members: list[Candidate], weights: list[float] | None, method: str,
                calibrate: bool, key: tuple) -> None:
         """Blend in a thread; a request overtaken by a newer one is dropped unstarted."""
         worker = get_current_worker()
@@ -678,7 +776,7 @@ class EnsembleScreen(Screen):
             if worker.is_cancelled:
                 return
             try:
-                outcome = bench.evaluate(dataset, members, method=method, calibrate=calibrate, key=key)
+                outcome = bench.evaluate(dataset, members, weights, method=method, calibrate=calibrate, key=key)
             except Exception as err:  # whatever happens becomes a message in the panel
                 outcome = BlendOutcome(key=key, error=f"cannot blend: {type(err).__name__}: {err}")
         self.post_message(BlendComputed(outcome))
@@ -688,13 +786,15 @@ class EnsembleScreen(Screen):
         outcome = message.outcome
         if self._pending_key == outcome.key:
             self._pending_key = None
+        self.member_scores.update(outcome.member_lwlrap)
         if outcome.key != self.state.key():
             return  # the blend changed since this was asked for
         self.outcome = outcome
         if outcome.problems:
             for run_id in outcome.problems:
                 self.notes[run_id] = outcome.short_problems.get(run_id, "left out")
-                self.state.weights.pop(run_id, None)
+                self.member_scores.pop(run_id, None)
+                self.state.remove(run_id)
             self.notify("\n".join(f"{k}: {v}" for k, v in outcome.problems.items()),
                         title="Left out of the blend", severity="warning", timeout=10, markup=False)
             self._refresh_table()
@@ -732,35 +832,63 @@ class EnsembleScreen(Screen):
         return key
 
     def action_toggle_member(self) -> None:
-        """Put the selected run in the blend (weight 1) or take it out."""
+        """Put the selected run in the blend or take it out.
+
+        A new member gets its CV weight while the blend has CV weights, else an explicit weight of 1.
+        """
         if self._busy():
             return
         key = self._selected()
         if key is None:
             return
-        if key in self.state.weights:
-            del self.state.weights[key]
+        if key in self.state.member_ids:
+            self.state.remove(key)
         else:
             self.notes.pop(key, None)
-            self.state.weights[key] = 1.0
+            self.state.add(key)
         self._changed()
 
     def action_weight(self, direction: int) -> None:
-        """Change the selected member's weight by one step (``+`` on a run not in the blend adds it)."""
+        """Change the selected member's weight by one step (``+`` on a run not in the blend adds it).
+
+        The first change turns CV weights into explicit ones: the weights shown
+        (rounded as shown), with the selected member's changed by one step.
+        """
         if self._busy():
             return
         key = self._selected()
         if key is None:
             return
-        weights = self.state.weights
-        if key not in weights:
+        state = self.state
+        if key not in state.member_ids:
             if direction < 0:
                 self.notify(f"{key} is not in the blend.", severity="warning", markup=False)
                 return
             self.notes.pop(key, None)
-            weights[key] = 1.0
-        else:
-            weights[key] = max(0.0, weights[key] + direction * WEIGHT_STEP)
+            state.add(key)
+            self._changed()
+            return
+        weights = state.weights
+        if weights is None:
+            shown = cv_weights(state.members(), self.member_scores)
+            if shown is None:
+                self.notify("The members' OOF LWLRAP is still being computed; press again in a moment.",
+                            severity="warning")
+                return
+            weights = {m: round(w, 2) for m, w in shown.items()}
+        # Rounding keeps float noise of repeated steps out of the saved weights.
+        weights[key] = max(0.0, round(weights[key] + direction * WEIGHT_STEP, 10))
+        state.set_weights(weights)
+        self._changed()
+
+    def action_cv_weights(self) -> None:
+        """Go back to CV weights (proportional to each member's OOF LWLRAP; the saved spec gives none)."""
+        if self._busy():
+            return
+        if self.state.cv_weighted:
+            self.notify("The weights already follow each member's OOF LWLRAP.", timeout=3)
+            return
+        self.state.weights = None
         self._changed()
 
     def action_toggle_method(self) -> None:
@@ -784,7 +912,7 @@ class EnsembleScreen(Screen):
             return
         index = ids.index(self.state.dataset_id) if self.state.dataset_id in ids else -1
         self.state.dataset_id = ids[(index + 1) % len(ids)]
-        self.state.weights.clear()
+        self.state.clear()
         self.notes.clear()
         self.notify(f"Dataset {self.dataset['name'] if self.dataset else self.state.dataset_id}", timeout=2,
                     markup=False)
@@ -841,7 +969,7 @@ class EnsembleScreen(Screen):
                         markup=False)
             self._changed()
             return
-        self.state.weights = dict(message.selection)
+        self.state.set_weights(message.selection)
         picks = int(sum(message.selection.values()))
         self.notify(f"{picks} picks → {len(message.selection)} members; uncalibrated OOF LWLRAP of the picks "
                     f"{message.history[-1]:.4f}", title="Greedy selection", markup=False)
@@ -854,10 +982,10 @@ class EnsembleScreen(Screen):
         if self._busy():
             return
         state = self.state
-        if not state.weights:
+        if not state.member_ids:
             self.notify("The blend has no members: press space on a run first.", severity="warning")
             return
-        name = f"{state.method} blend of {len(state.weights)}"
+        name = f"{state.method} blend of {len(state.member_ids)}"
         try:
             spec = ensemble_spec(state, name)
         except ConfigError as err:
