@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from textual.notifications import Notify
 from textual.widgets import Checkbox, Digits, Input, Static
 
 from engine.data.labels import FSD2019_CLASSES
@@ -379,6 +380,43 @@ def test_bench_refuses_a_member_of_another_dataset(world: dict) -> None:
                                                abs=1e-12)
 
 
+# -- a full queue: the save and the dialogs say so and queue nothing ----------------------------------
+
+
+@pytest.fixture
+def full_queue(world: dict) -> int:
+    """As many waiting jobs as the store accepts (its default limit); returns that number."""
+    from engine.store import DEFAULT_MAX_QUEUED
+
+    for _ in range(DEFAULT_MAX_QUEUED):
+        world["store"].enqueue("train", {}, name="filler")
+    return DEFAULT_MAX_QUEUED
+
+
+async def test_saving_a_blend_into_a_full_queue_says_so(world: dict, full_queue: int) -> None:
+    notices: list[str] = []
+
+    def hook(message) -> None:
+        if isinstance(message, Notify):
+            notices.append(str(message.notification.message))
+
+    app = FsatConsole(world["db"], poll_interval=0.1)
+    async with app.run_test(size=SIZE, message_hook=hook) as pilot:
+        screen = await open_ensemble(pilot, app)
+        await select_row(pilot, screen.table, "train-0001")
+        await pilot.press("space")
+        await settled(pilot, screen)
+        await pilot.press("ctrl+s")
+        await wait_until(pilot, lambda: any("not queued" in n for n in notices), what="the refusal")
+        (notice,) = [n for n in notices if "not queued" in n]
+        assert notice.startswith("Ensemble not queued. Queue full: the queue already holds "
+                                 f"{full_queue} queued jobs")
+        assert not any(n.startswith("queued job") for n in notices)
+        assert app.screen is screen and screen.state.members() == ["train-0001"]  # the blend is kept
+    jobs = world["store"].list_jobs(limit=2 * full_queue)
+    assert len(jobs) == full_queue and {j["kind"] for j in jobs} == {"train"}
+
+
 # -- run screen: i queues inference, b a baseline ---------------------------------------------------
 
 
@@ -451,6 +489,23 @@ async def test_b_queues_a_baseline_on_the_runs_dataset(world: dict) -> None:
         assert job["kind"] == "baseline"
         assert spec["data"]["root"] == str(world["data"].resolve())
         assert spec["C"] == 0.5 and spec["encoder_run_id"] == "train-0002"
+
+
+async def test_infer_dialog_reports_a_full_queue_under_its_fields(world: dict, full_queue: int) -> None:
+    app = FsatConsole(world["db"], poll_interval=0.1)
+    async with app.run_test(size=SIZE) as pilot:
+        await open_run(pilot, app, "train-0001")
+        await pilot.press("i")
+        await wait_until(pilot, lambda: isinstance(app.screen, InferScreen), what="infer dialog")
+        dialog = app.screen
+        error = dialog.query_one("#queue-error", Static)
+        assert not error.display
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: error.display, what="the queue error")
+        assert str(error.content).startswith("Queue full: the queue already holds")
+        assert app.screen is dialog  # open, with everything as typed
+    jobs = world["store"].list_jobs(limit=2 * full_queue)
+    assert len(jobs) == full_queue and {j["kind"] for j in jobs} == {"train"}
 
 
 # -- TTA gain on the run screen ----------------------------------------------------------------------
