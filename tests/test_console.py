@@ -3,12 +3,14 @@
 The test itself plays the other processes: it writes jobs, runs and scores
 through ``engine.store.Store`` on its own connection while the console is
 open, and checks that the console shows them without a key press. One test
-lets the console start a real ``python -m engine.worker`` process.
+lets the console start a real ``python -m engine.worker`` process; another
+runs a real worker whose job reports progress while the console watches.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -296,6 +298,42 @@ async def test_tables_keep_cursor_row_and_sort_when_data_changes(env: dict) -> N
         await pilot.press("S")  # reverse: lowest CV LWLRAP first
         assert runs.keys_in_order() == ["train-0000", "train-0002", "train-0001", "train-0003"]
         assert runs.selected_key() == "train-0000"
+
+
+async def test_job_progress_from_a_worker_process_appears_without_key_press(env: dict, spawn_worker) -> None:
+    seconds = 120.0  # far longer than the test waits: the job is still running when the test ends
+    app = FsatConsole(env["db"], data_root=env["data"], poll_interval=0.1)
+    async with app.run_test(size=SIZE) as pilot:
+        jobs = table(app, "jobs")
+        await wait_until(pilot, lambda: app.overview is not None, what="first poll")
+        # A real worker runs a real probe job, which reports its progress every 0.1 s.
+        job_id = env["store"].enqueue("probe", {"seconds": seconds}, name="progress")
+        key = str(job_id)
+        spawn_worker(env["db"])
+        message = re.compile(r"probe (\d+\.\d)/120\.0s")
+        seen: list[tuple[float, float]] = []  # (elapsed in the message, percent in the progress column)
+
+        def progress_shown() -> bool:
+            if key not in jobs.rows or not cell_text(jobs, key, "status").endswith("running"):
+                return False
+            found = message.fullmatch(cell_text(jobs, key, "message"))
+            percent = re.search(r"(\d+)%$", cell_text(jobs, key, "progress"))
+            if found is None or percent is None:
+                return False
+            elapsed, shown = float(found.group(1)), float(percent.group(1))
+            if not seen or seen[-1] != (elapsed, shown):
+                seen.append((elapsed, shown))
+            return shown >= 2  # a bar that has moved
+
+        await wait_until(pilot, progress_shown, timeout=120.0, what="the probe's progress in the jobs table")
+        # Fraction and message come from one write: the bar shows the message's share of the time.
+        for elapsed, shown in seen:
+            assert abs(shown - 100 * elapsed / seconds) <= 1.0, (elapsed, shown)
+        # The row changed on its own, more than once, while the test only waited.
+        assert len(seen) >= 2 and seen[-1][0] > seen[0][0]
+        assert cell_text(jobs, key, "name") == "progress"
+        row = env["store"].get_job(job_id)
+        assert row.status == "running" and row.progress * 100 >= seen[-1][1] - 0.5
 
 
 # -- (d) cancel a queued job ------------------------------------------------------------------
