@@ -207,7 +207,9 @@ class TrainSection:
                                   field=f"{path}.batch_size")
         else:
             _positive(self.batch_size, f"{path}.batch_size")
-        _nonneg(self.patience, f"{path}.patience")
+        if self.patience < 1:
+            raise ConfigError(f"must be at least 1 (epochs without a better validation score before a fold "
+                              f"stops), got {self.patience}", field=f"{path}.patience")
         if self.n_folds < 2:
             raise ConfigError(f"need at least 2 folds, got {self.n_folds}", field=f"{path}.n_folds")
         for i, k in enumerate(self.folds):

@@ -24,7 +24,7 @@ from engine.models.registry import build_model
 from engine.store import OOF, Store
 from engine.submission import read_sample_submission, validate_submission
 from engine.train.loop import Tagger
-from tests.conftest import run_cli, worker_cmd
+from tests.conftest import copy_dataset, run_cli, worker_cmd
 
 # --------------------------------------------------------------------------- placements
 
@@ -402,3 +402,123 @@ def test_infer_of_an_unknown_or_untrained_run_fails_naming_it(runs: InferredRuns
     assert out.returncode == 2 and "one trained run" in out.stderr
     out = run_cli("queue", "infer", db=db, check=False)
     assert out.returncode == 2 and "run_id" in out.stderr
+
+
+# --------------------------------------------------------------------------- infer errors that lose nothing
+
+
+def _private_db(runs: InferredRuns, tmp_path: Path) -> Path:
+    """A copy of the inferred runs' database that a test may add jobs to (its new runs go to tmp_path/runs)."""
+    db = tmp_path / "experiments.db"
+    with sqlite3.connect(runs.db) as src, sqlite3.connect(db) as dst:
+        src.backup(dst)
+    return db
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    """sha1 of every file under ``folder`` by relative path: what a failed job must leave as it was."""
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _runs_folder(runs: InferredRuns) -> Path:
+    """The folder holding the shared fixture's run directories."""
+    return Path(Store(runs.db).get_run(runs.train_ids[0])["run_dir"]).parent
+
+
+@pytest.mark.slow
+def test_infer_fails_when_the_data_root_now_leads_to_another_dataset(runs: InferredRuns, tmp_path: Path,
+                                                                     spawn_worker):
+    db = _private_db(runs, tmp_path)
+    source = runs.train_ids[0]
+    before = _digests(_runs_folder(runs))
+    # The run was trained through a link to its data; the link now points at another folder of clips,
+    # which registers as a new dataset whose folds the checkpoints were not trained on.
+    other = copy_dataset(runs.dataset, tmp_path / "other_demo")
+    link = tmp_path / "data"
+    link.symlink_to(other, target_is_directory=True)
+    config = Store(db).get_run(source)["config"]
+    config["data"]["root"] = str(link)
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE runs SET config=? WHERE id=?", (json.dumps(config, sort_keys=True), source))
+    job_id = int(run_cli("queue", "infer", source, db=db).stdout)
+    assert spawn_worker(db, "--drain").wait(timeout=300) == 0
+
+    store = Store(db)
+    job = store.get_job(job_id)
+    assert job.status == "failed"
+    text = " ".join(job.error.split())
+    trained_on = store.get_dataset(store.get_run(source)["dataset_id"])["root"]
+    for word in (source, str(link), str(other.resolve()), trained_on, "dataset changed since training",
+                 "retrain"):
+        assert word in text, (word, text)
+    assert "Traceback" not in job.error
+    # Nothing was made for the job, and no run's files changed.
+    assert store.get_run(f"infer-{job_id:04d}") is None
+    assert store.get_run(source)["status"] == "done"
+    assert _digests(_runs_folder(runs)) == before
+
+
+@pytest.mark.slow
+def test_infer_with_an_unreadable_checkpoint_fails_naming_it_and_keeps_the_finished_folds(
+        runs: InferredRuns, tmp_path: Path, spawn_worker):
+    import shutil
+
+    db = _private_db(runs, tmp_path)
+    source = runs.train_ids[1]
+    before = _digests(_runs_folder(runs))
+    # A copy of the trained run whose fold-1 checkpoint was cut short (a full disk, an interrupted copy).
+    copy = tmp_path / "damaged"
+    shutil.copytree(Path(Store(runs.db).get_run(source)["run_dir"]), copy)
+    ckpt = copy / "fold1" / "best.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:4096])
+    damaged = _digests(copy)
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE runs SET run_dir=? WHERE id=?", (str(copy), source))
+    job_id = int(run_cli("queue", "infer", source, db=db).stdout)
+    assert spawn_worker(db, "--drain").wait(timeout=300) == 0
+
+    store = Store(db)
+    job = store.get_job(job_id)
+    assert job.status == "failed"
+    text = " ".join(job.error.split())
+    for word in (str(ckpt), "cannot read the checkpoint", "retrain the fold"):
+        assert word in text, (word, text)
+    assert "Traceback" not in job.error
+    run = store.get_run(job.run_id)
+    assert run["kind"] == "infer" and run["status"] == "failed" and run["parent_run_id"] == source
+    # Fold 0, inferred before the damaged checkpoint was reached, is kept for a rerun.
+    run_dir = Path(run["run_dir"])
+    assert [r["fold"] for r in store.fold_scores(job.run_id)] == [0]
+    assert (run_dir / "test_logits_fold0.npy").is_file() and not (run_dir / "test_logits_fold1.npy").exists()
+    oof = np.load(run_dir / "oof.npy")
+    fold_of = store.get_folds(run["dataset_id"])
+    fold = np.array([fold_of[f] for f in load_layout(runs.dataset).curated.fnames])
+    assert np.isfinite(oof[fold == 0]).all() and np.isnan(oof[fold != 0]).all()
+    assert "cannot read the checkpoint" in (run_dir / "job.log").read_text()
+    # The source files were only read.
+    assert _digests(copy) == damaged
+    assert _digests(_runs_folder(runs)) == before
+
+
+@pytest.mark.slow
+def test_infer_on_cuda_without_a_gpu_fails_naming_the_setting(runs: InferredRuns, tmp_path: Path, spawn_worker):
+    db = _private_db(runs, tmp_path)
+    source = runs.train_ids[0]
+    before = _digests(_runs_folder(runs))
+    job_id = int(run_cli("queue", "infer", source, "--set", 'infer.device="cuda"', db=db).stdout)
+    assert Store(db).get_job(job_id).spec["infer"]["device"] == "cuda"
+    # No GPU is visible to the worker, whatever this machine has.
+    assert spawn_worker(db, "--drain", env={"CUDA_VISIBLE_DEVICES": ""}).wait(timeout=300) == 0
+
+    store = Store(db)
+    job = store.get_job(job_id)
+    assert job.status == "failed"
+    for word in ("infer.device", "no GPU is visible", '"cpu"'):
+        assert word in job.error, (word, job.error)
+    assert "Traceback" not in job.error
+    assert store.get_run(f"infer-{job_id:04d}") is None
+    assert not (tmp_path / "runs" / f"infer-{job_id:04d}" / "oof.npy").exists()
+    assert _digests(_runs_folder(runs)) == before

@@ -169,9 +169,14 @@ def run(ctx: JobContext) -> str:
     data = prepare_dataset(store, tspec.data.root, n_folds=tspec.train.n_folds, fold_seed=tspec.train.fold_seed)
     source_dataset = trained.run.get("dataset_id")
     if source_dataset is not None and source_dataset != data.dataset_id:
-        raise FsatError(f"run {spec.run_id!r} was trained on dataset {source_dataset} but its data root "
-                        f"{tspec.data.root} is now dataset {data.dataset_id}; the dataset changed since "
-                        "training, so its folds no longer apply — retrain on the current dataset")
+        # Datasets are keyed by resolved path: a data root that is a link now pointing elsewhere is
+        # another dataset, so both folders are named.
+        trained_on = store.get_dataset(source_dataset)
+        was = f" ({trained_on['root']})" if trained_on else ""
+        raise FsatError(f"run {spec.run_id!r} was trained on dataset {source_dataset}{was} but its data root "
+                        f"{tspec.data.root} is now dataset {data.dataset_id} ({Path(tspec.data.root).resolve()}); "
+                        "the dataset changed since training, so its folds no longer apply — retrain on the "
+                        "current dataset")
     classes, Y = data.classes, data.layout.curated.Y
     store.create_run(run_id, kind="infer", job_id=ctx.job.id, dataset_id=data.dataset_id,
                      parent_run_id=spec.run_id, name=spec.name or f"{trained.run['name']} tta",
