@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import sqlite3
 import subprocess
 from dataclasses import dataclass
@@ -16,7 +18,7 @@ from engine.data.manifest import load_layout
 from engine.metrics import lwlrap
 from engine.store import OOF, Store
 from engine.submission import read_sample_submission, validate_submission
-from tests.conftest import run_cli, worker_cmd
+from tests.conftest import copy_dataset, run_cli, worker_cmd
 from tests.test_infer import InferredRuns, _env, inferred_runs
 
 pytestmark = pytest.mark.slow
@@ -111,7 +113,10 @@ def test_queued_ensemble_blends_two_infer_runs_and_scores_its_submission(blends:
         assert r["lwlrap"] == pytest.approx(lwlrap(truth[folds == r["fold"]], oof[folds == r["fold"]]), abs=1e-12)
     assert "before calibration" in (run_dir / "job.log").read_text()
 
-    # A valid submission, scored on the test truth, not below the weaker member.
+    # Out of fold, the blend scores above the weaker member.
+    assert run["cv_lwlrap"] > min(cv.values()), (run["cv_lwlrap"], cv)
+
+    # A valid submission, scored on the test truth, above the weaker member.
     test = np.load(run_dir / "test.npy")
     sample_fnames, classes = read_sample_submission(layout.sample_submission)
     df = pd.read_csv(run_dir / "submission.csv", dtype={"fname": str})
@@ -119,7 +124,7 @@ def test_queued_ensemble_blends_two_infer_runs_and_scores_its_submission(blends:
     np.testing.assert_array_equal(df[classes].to_numpy(), test)
     assert run["test_lwlrap"] == pytest.approx(lwlrap(layout.test_truth.Y, test[_test_rows(layout)]), abs=1e-12)
     member_tests = [store.get_run(m)["test_lwlrap"] for m in blends.runs.infer_ids]
-    assert run["test_lwlrap"] >= min(member_tests), (run["test_lwlrap"], member_tests)
+    assert run["test_lwlrap"] > min(member_tests), (run["test_lwlrap"], member_tests)
     assert "test lwlrap" in job.message
 
 
@@ -244,3 +249,76 @@ def test_queue_ensemble_takes_members_as_arguments(blends: Blends):
     store.request_cancel(job_id)
     out = run_cli("queue", "ensemble", i1, "--data", str(blends.runs.dataset), db=blends.db, check=False)
     assert out.returncode == 2 and "--data" in out.stderr
+
+
+def _digests(*folders: Path) -> dict[str, str]:
+    """sha1 of every file under the folders: what a failed blend must leave as it was."""
+    return {str(p): hashlib.sha1(p.read_bytes()).hexdigest()
+            for folder in folders for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_blends_of_unusable_members_fail_naming_member_and_file_and_change_nothing(
+        blends: Blends, tmp_path: Path, layout, spawn_worker):
+    db = _copy_db(blends.runs.db, tmp_path / "experiments.db")
+    store = Store(db)
+    i1, i2 = blends.runs.infer_ids
+    dataset_id = store.get_run(i1)["dataset_id"]
+    source_dirs = [Path(store.get_run(m)["run_dir"]) for m in (i1, i2)]
+
+    def copied_member(run_id: str, *, dataset: int = dataset_id, status: str = "done") -> Path:
+        """A run holding a copy of the second infer run's scores (the originals stay intact)."""
+        run_dir = tmp_path / run_id
+        shutil.copytree(source_dirs[1], run_dir)
+        store.create_run(run_id, kind="infer", dataset_id=dataset, run_dir=str(run_dir))
+        if status != "running":
+            store.finish_run(run_id, status=status)
+        return run_dir
+
+    # The same scores, but recorded against another folder of the same clips: another dataset.
+    other_root = copy_dataset(blends.runs.dataset, tmp_path / "other_demo")
+    other_id = store.register_dataset(other_root, name="other_demo", classes=layout.classes,
+                                      n_curated=len(layout.curated.fnames), n_test=len(layout.test.fnames))
+    assert other_id != dataset_id
+    copied_member("infer-other", dataset=other_id)
+    # Test scores with a hole in them.
+    nan_dir = copied_member("infer-nan")
+    test = np.load(nan_dir / "test.npy")
+    test[3, 5] = np.nan
+    np.save(nan_dir / "test.npy", test)
+    # A member still being inferred.
+    copied_member("infer-running", status="running")
+
+    dataset_root = store.get_dataset(dataset_id)["root"]
+    cases = {
+        "other dataset": ([i1, "infer-other"], [],
+                          ["infer-other", i1, str(other_root.resolve()), dataset_root, "one dataset"]),
+        "nan": ([i1, "infer-nan"], [], ["infer-nan", str(nan_dir / "test.npy"), "NaN", "infer it again"]),
+        "unfinished": ([i1, "infer-running"], [], ["infer-running", "running", "not finished"]),
+        "greedy and weights": ([i1, i2], ["--greedy", "--weights", "1", "2"], ["greedy", "weights", "not both"]),
+    }
+    before = _digests(*source_dirs, tmp_path / "infer-other", nan_dir, tmp_path / "infer-running")
+    runs_before = {r["run_id"] for r in store.list_runs()}
+
+    jobs = {name: int(run_cli("ensemble", *members, *extra, db=db).stdout)
+            for name, (members, extra, _) in cases.items()}
+    assert spawn_worker(db, "--drain").wait(timeout=300) == 0
+    for name, (members, extra, words) in cases.items():
+        job = store.get_job(jobs[name])
+        assert job.status == "failed", (name, job.status, job.message)
+        text = " ".join(job.error.split())
+        for word in words:
+            assert word in text, (name, word, text)
+        assert "Traceback" not in job.error, (name, job.error)
+        # Made in process, the same blend fails the same way and says so without a traceback.
+        out = run_cli("ensemble", *members, *extra, "--now", db=db, check=False)
+        assert out.returncode == 2, (name, out.stdout, out.stderr)
+        text = " ".join(out.stderr.split())
+        for word in words:
+            assert word in text, (name, word, text)
+        assert "Traceback" not in out.stderr, (name, out.stderr)
+
+    # Members are checked before anything is recorded: no run was made, no member's files changed.
+    assert {r["run_id"] for r in store.list_runs()} == runs_before
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("oof.npy"))
+    assert _digests(*source_dirs, tmp_path / "infer-other", nan_dir, tmp_path / "infer-running") == before
+    assert store.get_run("infer-running")["status"] == "running"

@@ -92,11 +92,17 @@ def load_members(store: Store, member_ids: list[str]) -> LoadedMembers:
 
     dataset_ids = {r["dataset_id"] for r in runs if r["dataset_id"] is not None}
     if len(dataset_ids) > 1:
-        first = runs[0]
-        for r in runs[1:]:
-            if r["dataset_id"] != first["dataset_id"]:
-                raise FsatError(f"member {r['id']!r} is from dataset {r['dataset_id']} but member "
-                                f"{first['id']!r} is from dataset {first['dataset_id']}; blend runs of one dataset")
+        first = next(r for r in runs if r["dataset_id"] is not None)
+
+        def where(dataset_id: int) -> str:
+            # Dataset ids alone do not tell a user which folder a run used.
+            row = store.get_dataset(dataset_id)
+            return f"dataset {dataset_id} ({row['root']})" if row else f"dataset {dataset_id}"
+
+        for r in runs:
+            if r["dataset_id"] is not None and r["dataset_id"] != first["dataset_id"]:
+                raise FsatError(f"member {r['id']!r} is from {where(r['dataset_id'])} but member "
+                                f"{first['id']!r} is from {where(first['dataset_id'])}; blend runs of one dataset")
     if not dataset_ids:
         raise FsatError(f"member {runs[0]['id']!r} is linked to no dataset; its scores cannot be checked "
                         "against labels")
