@@ -524,3 +524,77 @@ def test_resnet38_strict_roundtrip_and_shapes(resnet38_ckpt):
     assert got["clipwise_output"].shape == (1, 527) and got["embedding"].shape == (1, 2048)
     assert torch.equal(got["clipwise_output"], expected["clipwise_output"])
     assert features.shape == (1, 2048, 51 // 32)
+
+
+# --------------------------------------------------------------------------- short clips, ResNet38 and 256 mels
+
+def test_tagger_repeats_clips_shorter_than_one_second(tagger64, cnn14_ckpt):
+    tagger, _ = tagger64
+    # One second of centred frames at PANNs' 32 kHz and hop 320: 1 + 32000 // 320.
+    assert tagger.min_frames == 101
+    assert PannsTagger("cnn14", sample_rate=16000, hop_length=320).min_frames == 1 + 16000 // 320
+    tagger.eval()
+    short = cnn14_ckpt[1].logmel(_waves(2, 0.3, seed=31))
+    assert short.shape[2] == 31
+    with torch.no_grad():
+        got = tagger(short)
+        looped_to_one_second = tagger(repeat_pad_frames(short, 101))
+        looped_to_32_frames = tagger(repeat_pad_frames(short, 32))
+        frames = tagger.frame_embeddings(short)
+    torch.testing.assert_close(got, looped_to_one_second)
+    assert not torch.allclose(got, looped_to_32_frames, atol=1e-4)
+    assert frames.shape == (2, 2048, 101 // 32)
+    # A clip of a second or more goes in as it is.
+    long = cnn14_ckpt[1].logmel(_waves(1, 1.5, seed=37))
+    with torch.no_grad():
+        assert tagger.frame_embeddings(long).shape[2] == long.shape[2] // 32
+
+
+def test_resnet38_tagger_gives_80_logits_and_trains_end_to_end(resnet38_ckpt):
+    path, original = resnet38_ckpt
+    torch.manual_seed(4)
+    tagger = PannsTagger("resnet38", n_classes=80, n_mels=64)
+    result = tagger.load_pretrained(path, init_head_from_audioset=True)
+    assert result["loaded"] == len(original.state_dict()) and result["skipped"] == []
+    assert torch.equal(tagger.encoder.resnet.layer4[2].conv2.weight, original.resnet.layer4[2].conv2.weight)
+    assert tagger.min_frames == 101
+
+    # One training step (the costly part on a CPU): 80 finite logits per clip, gradients everywhere.
+    logmel = original.logmel(_waves(2, 1.0, seed=41))
+    logits = tagger.train()(logmel)
+    assert logits.shape == (2, 80) and torch.isfinite(logits).all()
+    assert not torch.allclose(logits[0], logits[1])
+    targets = torch.zeros(2, 80)
+    targets[0, 7] = targets[1, 61] = 1.0
+    F.binary_cross_entropy_with_logits(logits, targets).backward()
+    params = dict(tagger.named_parameters())
+    for name in ("head.cla.weight", "head.att.weight", "encoder.fc1.weight", "encoder.bn0.weight",
+                 "encoder.conv_block1.conv1.weight", "encoder.resnet.layer1.0.conv1.weight",
+                 "encoder.resnet.layer4.2.conv2.weight", "encoder.conv_block_after1.conv2.weight"):
+        assert params[name].grad is not None and params[name].grad.abs().sum() > 0, name
+    assert tagger.encoder.fc_audioset.weight.grad is None
+
+
+def test_256_mel_tagger_rebuilds_its_first_layer_and_trains(cnn14_ckpt):
+    path, original = cnn14_ckpt
+    torch.manual_seed(5)
+    tagger = PannsTagger("cnn14", n_mels=256)
+    result = tagger.load_pretrained(path, init_head_from_audioset=False)
+    assert set(result["skipped"]) == {"bn0.weight", "bn0.bias", "bn0.running_mean", "bn0.running_var",
+                                      "bn0.num_batches_tracked", "logmel_extractor.melW"}
+    assert any("bn0 was rebuilt for 256 mel bins" in note for note in result["notes"])
+    # bn0, the layer that sees the mel axis, is sized for 256 bins; the convolutions load unchanged.
+    assert tagger.encoder.bn0.weight.shape == tagger.encoder.bn0.running_mean.shape == (256,)
+    assert tagger.encoder.logmel_extractor.melW.shape == (513, 256)
+    assert torch.equal(tagger.encoder.conv_block1.conv1.weight, original.conv_block1.conv1.weight)
+
+    logmel = torch.randn(2, 1, 101, 256)
+    tagger.train()
+    logits = tagger(logmel)
+    assert logits.shape == (2, 80)
+    F.binary_cross_entropy_with_logits(logits, torch.zeros(2, 80)).backward()
+    assert tagger.encoder.bn0.weight.grad.shape == (256,) and tagger.encoder.bn0.weight.grad.abs().sum() > 0
+    # The running statistics of the rebuilt bn0 adapt to the 256-bin input.
+    assert not torch.equal(tagger.encoder.bn0.running_mean, torch.zeros(256))
+    with pytest.raises(ValueError, match="expects log-mel"):
+        tagger(torch.randn(1, 1, 101, 64))

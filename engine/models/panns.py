@@ -18,7 +18,10 @@ For fine-tuning on our own log-mel the same model is split:
 
 Both architectures halve the time axis five times with floor division, so an
 input needs at least 32 frames (0.31 s at hop 320 / 32 kHz) to keep one
-frame; ``PannsTagger`` repeats shorter inputs along time up to that length.
+frame. That is the structural minimum, not a useful one: a clip of a few
+frames gives the pretrained conv stack almost no context. ``PannsTagger``
+therefore repeats inputs shorter than about one second (``MIN_SECONDS``; 101
+frames at hop 320 / 32 kHz) along time up to that length.
 
 ``PannsTagger`` is the fine-tuning model (encoder + ``AttentionHead``), and
 ``ZeroShotTagger`` scores the 80 classes with the untouched AudioSet
@@ -45,13 +48,15 @@ from engine.models.checkpoint import (
 from engine.models.heads import AUDIOSET_INDEX_80, AttentionHead, init_from_audioset
 
 __all__ = [
-    "PANNS_MELS", "Cnn14", "ResNet38", "PannsTagger", "ZeroShotTagger", "build_panns",
+    "MIN_SECONDS", "PANNS_MELS", "Cnn14", "ResNet38", "PannsTagger", "ZeroShotTagger", "build_panns",
     "repeat_pad_frames",
 ]
 
 #: Mel bins the published checkpoints were trained with.
 PANNS_MELS = 64
 EMBEDDING_DIM = 2048
+#: Shortest input the fine-tuning tagger passes to the encoder; shorter clips are repeated up to it.
+MIN_SECONDS = 1.0
 
 
 def _conv(in_channels: int, out_channels: int, kernel_size: int) -> nn.Conv2d:
@@ -354,7 +359,8 @@ class PannsTagger(nn.Module):
 
     ``forward(logmel [B, 1, frames, n_mels]) -> logits [B, n_classes]``:
 
-    1. clips shorter than ``encoder.min_frames`` (32) are repeated along time;
+    1. clips shorter than ``min_frames`` (about one second, ``MIN_SECONDS``: 101
+       frames at hop 320 / 32 kHz) are repeated along time;
     2. ``encoder.forward_features`` gives frame features ``[B, 2048, frames // 32]``;
     3. PANNs' ``fc1`` + ReLU is applied frame by frame (dropout 0.5 before it,
        as PANNs does before ``fc1``), so the head reads the 2048-d embedding
@@ -366,10 +372,15 @@ class PannsTagger(nn.Module):
     is mel-agnostic (convolutions, then a mean over the frequency axis) and
     loads unchanged. The encoder's ``fc_audioset`` is kept so checkpoints load
     strictly and the head can be initialised from it; it gets no gradient.
+
+    ``sample_rate`` and ``hop_length`` describe the log-mel the tagger is fed
+    (default: the encoder's 32 kHz and 320); they set how many frames make
+    ``MIN_SECONDS``.
     """
 
     def __init__(self, arch: str = "cnn14", n_classes: int = 80, n_mels: int = 64, dropout: float = 0.5,
-                 head: str = "attention") -> None:
+                 head: str = "attention", *, sample_rate: int | None = None,
+                 hop_length: int | None = None) -> None:
         super().__init__()
         if head != "attention":
             raise ConfigError(f"unknown head {head!r} (known: attention)", field="model.head")
@@ -386,11 +397,21 @@ class PannsTagger(nn.Module):
             warnings.filterwarnings("ignore", message="Empty filters detected", category=UserWarning)
             self.encoder = build_panns(self.arch, mel_bins=n_mels)
         self.head = AttentionHead(EMBEDDING_DIM, n_classes, dropout)
+        self.sample_rate = int(self.encoder.sample_rate if sample_rate is None else sample_rate)
+        self.hop_length = int(self.encoder.hop_size if hop_length is None else hop_length)
+        if self.sample_rate <= 0 or self.hop_length <= 0:
+            raise ValueError(f"sample rate and hop length must be positive, got {self.sample_rate} and "
+                             f"{self.hop_length}")
 
     @property
     def min_frames(self) -> int:
-        """Shortest input (frames) passed to the encoder; shorter clips are repeated up to it."""
-        return self.encoder.min_frames
+        """Shortest input (frames) passed to the encoder; shorter clips are repeated up to it.
+
+        The frames of ``MIN_SECONDS`` of audio (centred frames: ``1 + samples // hop``),
+        and never fewer than the encoder's structural minimum of 32.
+        """
+        samples = int(round(MIN_SECONDS * self.sample_rate))
+        return max(self.encoder.min_frames, 1 + samples // self.hop_length)
 
     def frame_embeddings(self, logmel: Tensor) -> Tensor:
         """Per-frame 2048-d embeddings ``[B, 2048, frames']`` (``relu(fc1(.))`` of the features)."""
