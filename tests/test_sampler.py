@@ -118,3 +118,103 @@ def test_bad_inputs():
     with pytest.raises(ConfigError) as err:
         BalancedClassSampler(_long_tail(), max_oversample=0.5)
     assert err.value.field == "sampler.max_oversample"
+
+
+# --------------------------------------------------------------------------- multi-scale batches
+
+BASE, SHORT, LONG = 320_000, 160_000, 384_000  # 10 s, 5 s and 12 s at 32 kHz
+
+
+def _multiscale(n: int = 20_000, batch: int = 10, seed: int = 0, prob: float = 0.2, sampler=None,
+                drop_last: bool = False):
+    from engine.data.dataset import MultiScaleBatchSampler
+
+    return MultiScaleBatchSampler(range(n) if sampler is None else sampler, batch, base_crop=BASE,
+                                  extra_crops=[SHORT, LONG], prob=prob, seed=seed, drop_last=drop_last)
+
+
+def test_multiscale_batches_keep_one_crop_length_drawn_with_the_configured_probabilities():
+    batches = list(_multiscale())
+    assert len(batches) == 2000
+    lengths = []
+    for batch in batches:
+        crops = {crop for _, crop in batch}
+        assert len(crops) == 1, crops
+        lengths.append(crops.pop())
+    lengths = np.array(lengths)
+    assert set(lengths) == {BASE, SHORT, LONG}
+    # Each extra length with probability 0.2, the base with 0.6; a binomial share over
+    # 2000 batches has a standard deviation under 0.011, so 0.04 is a wide margin.
+    assert np.mean(lengths == SHORT) == pytest.approx(0.2, abs=0.04)
+    assert np.mean(lengths == LONG) == pytest.approx(0.2, abs=0.04)
+    assert np.mean(lengths == BASE) == pytest.approx(0.6, abs=0.04)
+    # Probability 0 switches the extra lengths off.
+    assert {crop for b in _multiscale(2000, prob=0.0) for _, crop in b} == {BASE}
+
+
+def test_multiscale_batches_pass_every_index_through_once_in_order():
+    batches = list(_multiscale(n=103, batch=10))
+    assert [len(b) for b in batches] == [10] * 10 + [3]
+    assert [i for b in batches for i, _ in b] == list(range(103))
+    assert len(_multiscale(n=103, batch=10)) == 11
+    dropped = list(_multiscale(n=103, batch=10, drop_last=True))
+    assert [i for b in dropped for i, _ in b] == list(range(100))
+    assert len(_multiscale(n=103, batch=10, drop_last=True)) == 10
+
+
+def test_multiscale_batches_are_reproducible_per_seed_and_epoch():
+    def crops(sampler) -> list[int]:
+        return [b[0][1] for b in sampler]
+
+    a, b = _multiscale(n=2000, seed=5), _multiscale(n=2000, seed=5)
+    assert list(a) == list(b)
+    epoch0 = crops(a)
+    assert crops(_multiscale(n=2000, seed=6)) != epoch0
+    a.set_epoch(1)
+    assert crops(a) != epoch0
+    b.set_epoch(1)
+    assert crops(a) == crops(b)
+    a.set_epoch(0)
+    assert crops(a) == epoch0
+
+
+def test_multiscale_batches_follow_the_wrapped_sampler_and_its_epoch():
+    Y = _long_tail(60)
+    inner = BalancedClassSampler(Y, num_samples=60, seed=2)
+    outer = _multiscale(sampler=inner, batch=8)
+    outer.set_epoch(3)
+    assert inner.epoch == 3
+    expected = BalancedClassSampler(Y, num_samples=60, seed=2)
+    expected.set_epoch(3)
+    assert [i for b in outer for i, _ in b] == expected.indices().tolist()
+
+
+def test_multiscale_batches_through_a_dataloader_give_equal_length_crops():
+    import torch
+    from torch.utils.data import DataLoader
+
+    from engine.data.dataset import CropDataset, MultiScaleBatchSampler
+
+    class ArrayCache:
+        """Clips held in memory, read like a WaveformCache."""
+
+        def __init__(self, clips: list[np.ndarray]) -> None:
+            self.clips = clips
+
+        def __len__(self) -> int:
+            return len(self.clips)
+
+        def get(self, i: int) -> np.ndarray:
+            return self.clips[i].copy()
+
+    rng = np.random.default_rng(0)
+    clips = [rng.standard_normal(int(n)).astype(np.float32) for n in rng.integers(50, 400, size=40)]
+    Y = np.eye(4, dtype=np.float32)[np.arange(40) % 4]
+    ds = CropDataset(ArrayCache(clips), np.arange(40), Y, crop_samples=200, train=True, seed=1)
+    sampler = MultiScaleBatchSampler(torch.utils.data.SequentialSampler(ds), 8, base_crop=200,
+                                     extra_crops=[100, 240], prob=0.3, seed=1)
+    seen = []
+    for wave, y, w in DataLoader(ds, batch_sampler=sampler):
+        assert wave.shape[1] in (100, 200, 240) and wave.shape[0] == 8 == len(y) == len(w)
+        seen.append(wave.shape[1])
+    assert len(seen) == 5 and len(set(seen)) > 1
