@@ -63,12 +63,18 @@ class JobContext:
 
 
 def environment_record() -> dict:
-    """Package versions and the project's git commit, recorded with every run."""
+    """Python's version and those of the installed packages that shape results, recorded with every run.
+
+    Versions come from the installed distributions' metadata, so nothing here
+    imports torch or the audio libraries; a package that is not installed is
+    left out.
+    """
     from importlib import metadata
 
     versions = {"python": sys.version.split()[0]}
     for pkg in ("torch", "torchaudio", "numpy", "librosa", "soundfile", "scikit-learn",
-                "iterative-stratification", "fsat-console"):
+                "iterative-stratification", "audiomentations", "torchlibrosa", "panns-inference",
+                "fsat-console"):
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
