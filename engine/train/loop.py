@@ -168,7 +168,7 @@ def train_fold(tagger: Tagger, *, train_loader: DataLoader, val_loader: DataLoad
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
-            running += float(loss) * len(wave)
+            running += float(loss.detach()) * len(wave)
             seen += len(wave)
             if on_step is not None:
                 on_step(epoch * steps_per_epoch + step + 1, total)
@@ -211,9 +211,38 @@ def find_batch_size(tagger: Tagger, n_classes: int, crop_samples: int, device: t
 
     On a CPU the search stops at 64 (``limit``): beyond that the kernel's
     out-of-memory killer, not an exception, would answer.
+
+    The trial steps run in training mode, which would move BatchNorm running
+    statistics and draw from the torch random generators (dropout,
+    SpecAugment). The search leaves no trace: the state dict (BatchNorm
+    buffers included), the gradients, the train/eval mode of every module and
+    the CPU and CUDA random states are as they were before. Only the device
+    changes: the tagger ends up on ``device``.
     """
     limit = limit or (1024 if device.type == "cuda" else 64)
+    # Saved on the CPU so that, on a GPU, the copy does not shrink the memory being measured.
+    saved_state = {k: v.detach().to("cpu", copy=True) for k, v in tagger.state_dict().items()}
+    saved_grads = {name: p.grad.detach().to("cpu", copy=True)
+                   for name, p in tagger.named_parameters() if p.grad is not None}
+    saved_modes = {module: module.training for module in tagger.modules()}
+    cuda_devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=cuda_devices):
+            return _largest_batch(tagger, n_classes, crop_samples, device, start=start, limit=limit)
+    finally:
+        tagger.load_state_dict(saved_state)
+        for name, p in tagger.named_parameters():
+            p.grad = saved_grads[name].to(p.device) if name in saved_grads else None
+        for module, mode in saved_modes.items():
+            module.training = mode
+
+
+def _largest_batch(tagger: Tagger, n_classes: int, crop_samples: int, device: torch.device, *,
+                   start: int, limit: int) -> int:
+    """The doubling search of :func:`find_batch_size`; changes the tagger's state as it goes."""
     tagger.to(device).train()
+    tagger.zero_grad(set_to_none=True)
     best, size = 0, start
     while size <= limit:
         try:
