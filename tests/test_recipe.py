@@ -145,3 +145,183 @@ def test_zero_shot_run_needs_no_training(tiny_demo: Path, tmp_path: Path, panns_
     torch.testing.assert_close(fold0["head.cla.weight"].squeeze(),
                                pretrained["fc_audioset.weight"][AUDIOSET_INDEX_80])
     torch.testing.assert_close(fold0["encoder.conv_block1.conv1.weight"], pretrained["conv_block1.conv1.weight"])
+
+
+def test_auto_batch_size_search_leaves_model_and_rng_as_they_were():
+    from engine.features.augment import SpecAugment
+    from engine.features.frontend import LogMelFrontend
+    from engine.models.small import SmallTagger
+    from engine.train.loop import Tagger, _largest_batch, find_batch_size
+
+    torch.manual_seed(3)
+    tagger = Tagger(LogMelFrontend(), SmallTagger(width=4, dropout=0.5), SpecAugment(p=1.0)).eval()
+    # A gradient already present must survive too.
+    tagger(torch.randn(2, 8000)).sum().backward()
+    state = {k: v.clone() for k, v in tagger.state_dict().items()}
+    grads = {n: p.grad.clone() for n, p in tagger.named_parameters() if p.grad is not None}
+    rng = torch.get_rng_state()
+    assert grads and any("running_mean" in k for k in state)
+
+    assert find_batch_size(tagger, 80, 8000, torch.device("cpu"), start=2, limit=8) == 8
+
+    after = tagger.state_dict()
+    assert after.keys() == state.keys()
+    for key, value in state.items():
+        assert torch.equal(after[key], value), key
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert {n: p.grad for n, p in tagger.named_parameters() if p.grad is not None}.keys() == grads.keys()
+    for name, p in tagger.named_parameters():
+        assert torch.equal(p.grad, grads[name]), name
+    assert not any(m.training for m in tagger.modules())
+
+    # The same trial steps without the save and restore move BatchNorm statistics and the generator:
+    # the checks above would catch a search that leaves traces.
+    _largest_batch(tagger, 80, 8000, torch.device("cpu"), start=2, limit=8)
+    moved = tagger.state_dict()
+    assert any(not torch.equal(moved[k], v) for k, v in state.items() if "running_" in k)
+    assert not torch.equal(torch.get_rng_state(), rng)
+
+
+def test_resolve_batch_size_keeps_a_number_reuses_a_recorded_choice_and_searches_otherwise():
+    from engine.jobs.train import make_frontend, resolve_batch_size
+
+    cpu = torch.device("cpu")
+    fixed = resolve_spec("train", preset="demo", data_root="/d", overrides=["train.batch_size=12"])
+    assert resolve_batch_size(fixed, make_frontend(fixed), 80, cpu) == 12
+
+    auto = resolve_spec("train", preset="demo", data_root="/d",
+                        overrides=["train.batch_size=\"auto\"", "audio.crop_seconds=0.5", "model.width=4"])
+    said: list[str] = []
+    assert resolve_batch_size(auto, make_frontend(auto), 80, cpu, recorded={"train": {"batch_size": 24}},
+                              log=said.append) == 24
+    assert "chosen when this run started" in said[-1]
+    rng = torch.get_rng_state()
+    assert resolve_batch_size(auto, make_frontend(auto), 80, cpu, recorded={"train": {"batch_size": "auto"}},
+                              log=said.append) == 64  # the CPU ceiling: this tiny model fits every size tried
+    assert "auto -> 64" in said[-1]
+    assert torch.equal(torch.get_rng_state(), rng), "building and trying the probe model must not shift the seed"
+
+
+def test_noisy_clips_join_training_only_and_carry_their_loss_weight(tiny_demo: Path, tmp_path: Path):
+    from engine.data.cache import WaveformCache
+    from engine.data.dataset import ConcatCache
+    from engine.data.manifest import load_layout
+    from engine.features.frontend import LogMelFrontend
+    from engine.jobs.train import TrainingClips, make_loaders
+    from engine.models.small import SmallTagger
+    from engine.train.loop import Tagger, train_fold
+    from engine.train.losses import BCEWithLogits
+
+    layout = load_layout(tiny_demo)
+    curated = WaveformCache.build(layout.curated, sample_rate=32000, cache_dir=tmp_path / "cache")
+    noisy = WaveformCache.build(layout.noisy, sample_rate=32000, cache_dir=tmp_path / "cache")
+    n_cur, n_noisy = len(curated), len(noisy)
+    clips = TrainingClips.build(curated, layout.curated.Y, noisy, layout.noisy.Y, noisy_weight=0.25)
+    assert (clips.n_curated, clips.n_noisy) == (n_cur, n_noisy) == (480, 80)
+    assert isinstance(clips.cache, ConcatCache)
+    np.testing.assert_array_equal(clips.cache.get(n_cur + 3), noisy.get(3))
+    np.testing.assert_array_equal(clips.cache.get(5), curated.get(5))
+    with pytest.raises(IndexError):
+        clips.cache.get(n_cur + n_noisy)
+    # Without a noisy weight the noisy set stays out.
+    assert TrainingClips.build(curated, layout.curated.Y, noisy, layout.noisy.Y, noisy_weight=0.0).n_noisy == 0
+
+    folds = np.arange(n_cur) % 5
+    train_idx, val_idx = np.flatnonzero(folds != 0), np.flatnonzero(folds == 0)
+    spec = resolve_spec("train", preset="demo", data_root=str(tiny_demo),
+                        overrides=["loss.noisy_weight=0.25", "audio.crop_seconds=0.25", "train.batch_size=16"])
+    crop = 8000
+    train_loader, val_loader = make_loaders(spec, clips, train_idx, val_idx, crop, 16, None,
+                                            torch.device("cpu"), fold=0)
+    labels, weights = [], []
+    for wave, y, w in train_loader:
+        assert wave.shape == (16, crop)
+        labels.append(y.numpy())
+        weights.append(w.numpy())
+    labels, weights = np.concatenate(labels), np.concatenate(weights)
+    # 384 curated training clips + 80 noisy clips = 29 full batches: every clip once.
+    assert len(weights) == len(train_idx) + n_noisy == 464
+    assert set(np.unique(weights)) == {0.25, 1.0}
+
+    def rows(a: np.ndarray) -> list[tuple]:
+        return sorted(map(tuple, a.astype(int)))
+
+    assert rows(labels[weights == 0.25]) == rows(layout.noisy.Y)
+    assert rows(labels[weights == 1.0]) == rows(layout.curated.Y[train_idx])
+    val = [(y.numpy(), w.numpy()) for _, y, w in val_loader]
+    np.testing.assert_array_equal(np.concatenate([y for y, _ in val]), layout.curated.Y[val_idx])
+    assert all((w == 1.0).all() for _, w in val)
+
+    class RecordingBCE(BCEWithLogits):
+        """The real loss, noting the sample weights each training step hands it."""
+
+        seen: list[np.ndarray] = []
+
+        def forward(self, logits, targets, sample_weights=None):
+            if sample_weights is not None:
+                self.seen.append(sample_weights.detach().cpu().numpy())
+            return super().forward(logits, targets, sample_weights)
+
+    frontend = LogMelFrontend()
+    frontend.set_stats(np.full(64, -40.0, dtype=np.float32), np.full(64, 15.0, dtype=np.float32))
+    torch.manual_seed(0)
+    train_fold(Tagger(frontend, SmallTagger(width=4)), train_loader=train_loader, val_loader=val_loader,
+               val_truth=layout.curated.Y[val_idx], loss_fn=RecordingBCE(), device=torch.device("cpu"),
+               fold_dir=tmp_path / "fold0", epochs=1, patience=1, head_lr=1e-3, encoder_lr=1e-3, weight_decay=0.0,
+               betas=(0.9, 0.999), warmup_epochs=0.0, warmup_steps=0, min_lr_ratio=0.0, grad_clip=5.0, amp=False,
+               cpu_bf16=False, mixup_p=0.0, mixup_alpha=0.4, seed=0)
+    seen = np.concatenate(RecordingBCE.seen)
+    assert len(RecordingBCE.seen) == 29
+    assert (seen == 0.25).sum() == n_noisy and (seen == 1.0).sum() == len(train_idx)
+
+
+def test_environment_record_names_the_audio_packages_without_importing_torch():
+    import json
+    import subprocess
+    import sys
+    from importlib import metadata
+
+    code = ("import json, sys; from engine.jobs.context import environment_record; "
+            "print(json.dumps({'versions': environment_record(), 'torch': 'torch' in sys.modules}))")
+    out = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                    cwd=Path(__file__).resolve().parents[1]).stdout)
+    assert out["torch"] is False
+    for pkg in ("torch", "audiomentations", "torchlibrosa", "panns-inference"):
+        try:
+            installed = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            assert pkg not in out["versions"]
+        else:
+            assert out["versions"][pkg] == installed
+
+
+def test_auto_batch_size_and_noisy_clips_are_recorded_with_the_run(tiny_demo: Path, tmp_path: Path, spawn_worker):
+    import json
+
+    db = tmp_path / "experiments.db"
+    job_id = int(run_cli("queue", "train", "--data", str(tiny_demo), "--preset", "demo",
+                         *_sets(["train.batch_size=\"auto\"", "loss.noisy_weight=0.5", "train.folds=[0]",
+                                 "train.epochs=1", "audio.crop_seconds=1.0"]), db=db).stdout)
+    assert spawn_worker(db, "--drain").wait(timeout=600) == 0
+    store = Store(db)
+    job = store.get_job(job_id)
+    assert job.status == "done", job.error
+    assert job.spec["train"]["batch_size"] == "auto"
+    run = store.get_run(job.run_id)
+    assert run["config"]["train"]["batch_size"] == 64 and run["config"]["loss"]["noisy_weight"] == 0.5
+    run_dir = Path(run["run_dir"])
+    recorded = json.loads((run_dir / "config.json").read_text())
+    assert recorded["spec"]["train"]["batch_size"] == 64
+    assert recorded["requested"] == {"train.batch_size": "auto"}
+    assert recorded["config_hash"] == run["config_hash"]
+    log = (run_dir / "job.log").read_text()
+    assert "batch_size auto -> 64" in log
+    assert "training on the 80 noisy clips too (loss weight 0.5)" in log
+    assert {"torchlibrosa", "audiomentations"} <= set(run["versions"])
+    # Validation stays curated-only: fold 0 is scored on its curated clips, and only their
+    # out-of-fold rows are filled.
+    in_fold0 = sum(k == 0 for k in store.get_folds(run["dataset_id"]).values())
+    (fold,) = store.fold_scores(job.run_id)
+    assert fold["n_val"] == in_fold0 and 80 < in_fold0 < 120
+    oof = np.load(run_dir / "oof.npy")
+    assert oof.shape == (480, 80) and (~np.isnan(oof).any(axis=1)).sum() == in_fold0

@@ -75,6 +75,8 @@ def test_overrides_parse_as_toml_values():
     ("train.nosuch=1", "train.nosuch", "unknown setting"),
     ("train.patience=0", "train.patience", "at least 1"),
     ("train.patience=-2", "train.patience", "at least 1"),
+    ("loss.noisy_weight=-0.5", "loss.noisy_weight", ">= 0"),
+    ("loss.noisy_weight=inf", "loss.noisy_weight", "finite"),
 ])
 def test_bad_fields_are_named(override: str, field: str, words: str):
     with pytest.raises(ConfigError) as info:
@@ -130,8 +132,10 @@ def test_defaults_follow_the_recipe():
     assert (spec.optim.head_lr, spec.optim.encoder_lr, spec.optim.weight_decay) == (2e-4, 1e-4, 1e-4)
     assert (spec.train.n_folds, spec.train.fold_seed, spec.train.patience) == (5, 42, 3)
     assert spec.optim.grad_clip == 5.0
+    assert spec.loss.noisy_weight == 0.0, "the noisy set is left out unless a preset asks for it"
 
 
-def test_patience_of_one_is_accepted():
-    spec = resolve_spec("train", preset="demo", data_root="/d", overrides=["train.patience=1"])
-    assert spec.train.patience == 1
+def test_patience_of_one_and_a_noisy_weight_are_accepted():
+    spec = resolve_spec("train", preset="demo", data_root="/d",
+                        overrides=["train.patience=1", "loss.noisy_weight=0.5"])
+    assert spec.train.patience == 1 and spec.loss.noisy_weight == 0.5

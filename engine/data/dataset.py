@@ -15,6 +15,37 @@ from torch.utils.data import Dataset
 from engine.data.audio import fit_length
 
 
+class ConcatCache:
+    """Several waveform caches read as one: the clips of the second follow those of the first.
+
+    Used to train on curated and noisy clips together: clip ``len(curated) + j``
+    is noisy clip ``j``. Pickles without the memory maps, like its parts.
+    """
+
+    def __init__(self, caches: Sequence) -> None:
+        self.caches = list(caches)
+        self.starts = np.cumsum([0] + [len(c) for c in self.caches])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def _locate(self, i: int) -> tuple[object, int]:
+        if not 0 <= i < len(self):
+            raise IndexError(f"clip index {i} out of range for {len(self)} clips")
+        part = int(np.searchsorted(self.starts, i, side="right")) - 1
+        return self.caches[part], i - int(self.starts[part])
+
+    def get(self, i: int) -> np.ndarray:
+        """Return clip ``i`` as a new float32 array in [-1, 1]."""
+        cache, j = self._locate(int(i))
+        return cache.get(j)
+
+    def length(self, i: int) -> int:
+        """Return the length of clip ``i`` in samples."""
+        cache, j = self._locate(int(i))
+        return cache.length(j)
+
+
 class CropDataset(Dataset):
     """Clips of a WaveformCache cut or padded to a crop length, with their labels.
 
@@ -22,7 +53,11 @@ class CropDataset(Dataset):
     with probability ``loop_pad_prob`` else zero-pad, then ``wave_augment``.
     Evaluation mode: the centre crop, zero-padded. Every clip in a batch must
     have one length, so multi-scale crops are drawn per batch by
-    :class:`MultiScaleCollate`, not per clip.
+    :class:`MultiScaleBatchSampler`, not per clip.
+
+    ``indices`` are the cache's clip numbers this dataset serves; ``Y`` and
+    ``sample_weights`` (the per-clip loss weight, 1 when None) are indexed by
+    clip number too. Items are ``(wave, labels, weight)``.
     """
 
     def __init__(self, cache, indices: Sequence[int], Y: np.ndarray | None, *, crop_samples: int,

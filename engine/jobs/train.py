@@ -6,21 +6,28 @@ then the out-of-fold LWLRAP over all curated clips and its per-class LRAP.
 Artifacts under ``runs/<run_id>/``: ``config.json``, ``mel_stats.npz``,
 ``fold<k>/best.pt`` (the checkpoint used later), ``fold<k>/last.pt`` (resume),
 ``oof.npy`` (curated CSV order; NaN rows for folds not trained).
+The recorded config is the resolved one: ``train.batch_size = "auto"`` is
+replaced by the size the search chose (``config.json`` also keeps what was
+asked for).
 A requeued job resumes: finished folds are kept, an interrupted fold
-continues from its last epoch.
+continues from its last epoch with the batch size chosen at the start.
+With ``loss.noisy_weight > 0`` the noisy set joins every fold's training set
+(never validation) with that per-clip loss weight.
 """
 
 from __future__ import annotations
 
+import copy
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
-from engine.data.dataset import CropDataset, MultiScaleBatchSampler
+from engine.data.dataset import ConcatCache, CropDataset, MultiScaleBatchSampler
 from engine.data.sampler import BalancedClassSampler
-from engine.errors import CheckpointError
+from engine.errors import CheckpointError, ConfigError
 from engine.features.augment import SpecAugment, WaveAugment
 from engine.features.frontend import LogMelFrontend, compute_mel_stats
 from engine.jobs.common import build_cache, cache_dir_for, configure_threads, pick_device, prepare_dataset, seed_everything
@@ -45,8 +52,7 @@ def make_frontend(spec: TrainSpec) -> LogMelFrontend:
 def make_model(spec: TrainSpec, n_classes: int, log=print):
     """Build the model and load pretrained weights as the spec says."""
     m = spec.model
-    model = build_model(m.arch, n_classes=n_classes, n_mels=spec.features.n_mels, dropout=m.dropout,
-                        width=m.width)
+    model = _build(spec, n_classes)
     if m.arch == "small" or m.pretrained == "none":
         return model
     from engine.models.checkpoint import resolve_checkpoint
@@ -68,6 +74,86 @@ def make_model(spec: TrainSpec, n_classes: int, log=print):
     return model
 
 
+def _build(spec: TrainSpec, n_classes: int):
+    """The spec's architecture, freshly initialised."""
+    m = spec.model
+    return build_model(m.arch, n_classes=n_classes, n_mels=spec.features.n_mels, dropout=m.dropout,
+                       width=m.width, sample_rate=spec.audio.sample_rate, hop_length=spec.features.hop_length)
+
+
+def _spec_augment(spec: TrainSpec) -> SpecAugment | None:
+    a = spec.augment
+    return SpecAugment(freq_masks=a.freq_masks, freq_width=a.freq_width, time_masks=a.time_masks,
+                       time_frac=a.time_frac, p=a.specaug_p) if a.specaug_p > 0 else None
+
+
+def resolve_batch_size(spec: TrainSpec, frontend: LogMelFrontend, n_classes: int, device: torch.device, *,
+                       recorded: dict | None = None, log=print) -> int:
+    """The batch size to train with.
+
+    A number in the spec is used as is. For ``"auto"``: the size recorded in
+    ``recorded`` (the config of this run when it started, so a resumed run
+    keeps its steps per epoch), else the largest batch of the longest crop
+    (multi-scale crops included) whose forward + backward fits on ``device``,
+    tried on a freshly built model of the spec's architecture.
+    """
+    if spec.train.batch_size != "auto":
+        return int(spec.train.batch_size)
+    before = ((recorded or {}).get("train") or {}).get("batch_size")
+    if isinstance(before, int) and not isinstance(before, bool) and before > 0:
+        log(f"batch_size auto -> {before} (chosen when this run started)")
+        return before
+    longest = max([spec.audio.crop_seconds, *spec.audio.multiscale_crops])
+    crop = int(round(longest * spec.audio.sample_rate))
+    # Building the probe model draws initial weights; the folds' draws must not depend on it.
+    with torch.random.fork_rng(devices=[]):
+        tagger = Tagger(frontend, _build(spec, n_classes), _spec_augment(spec))
+    size = find_batch_size(tagger, n_classes, crop, device)
+    del tagger
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    log(f"batch_size auto -> {size} (the largest batch of {longest:g} s crops that fits on {device})")
+    return size
+
+
+@dataclass
+class TrainingClips:
+    """The clips a fold may train on: the curated cache, then (optionally) the noisy one.
+
+    Clip numbers ``0 .. n_curated - 1`` are the curated clips in CSV order (the
+    ones folds split); the noisy clips follow. ``weights`` is the per-clip loss
+    weight (curated 1, noisy ``loss.noisy_weight``), None without noisy clips.
+    """
+
+    cache: object
+    Y: np.ndarray
+    n_curated: int
+    weights: np.ndarray | None = None
+
+    @classmethod
+    def build(cls, curated_cache, curated_Y: np.ndarray, noisy_cache=None, noisy_Y: np.ndarray | None = None,
+              noisy_weight: float = 0.0) -> TrainingClips:
+        """Curated clips alone, or curated followed by noisy clips weighted ``noisy_weight``."""
+        n = len(curated_Y)
+        if noisy_cache is None or noisy_weight <= 0:
+            return cls(cache=curated_cache, Y=np.asarray(curated_Y, dtype=np.float32), n_curated=n)
+        noisy_Y = np.asarray(noisy_Y, dtype=np.float32)
+        weights = np.concatenate([np.ones(n, dtype=np.float32),
+                                  np.full(len(noisy_Y), noisy_weight, dtype=np.float32)])
+        return cls(cache=ConcatCache([curated_cache, noisy_cache]),
+                   Y=np.concatenate([np.asarray(curated_Y, dtype=np.float32), noisy_Y]), n_curated=n,
+                   weights=weights)
+
+    @property
+    def n_noisy(self) -> int:
+        return len(self.Y) - self.n_curated
+
+    def train_indices(self, curated_train_idx: np.ndarray) -> np.ndarray:
+        """A fold's training clips: its curated training clips, then every noisy clip."""
+        return np.concatenate([np.asarray(curated_train_idx, dtype=np.int64),
+                               np.arange(self.n_curated, len(self.Y), dtype=np.int64)])
+
+
 def run(ctx: JobContext) -> str:
     """Train every requested fold, record scores, write artifacts; returns a summary message."""
     spec: TrainSpec = spec_from_json("train", ctx.spec)
@@ -78,26 +164,50 @@ def run(ctx: JobContext) -> str:
     ctx.progress(0.0, "loading dataset")
     data = prepare_dataset(store, spec.data.root, n_folds=spec.train.n_folds, fold_seed=spec.train.fold_seed)
     classes, Y = data.classes, data.layout.curated.Y
-    config = to_dict(spec)
+    noisy_weight = spec.loss.noisy_weight
+    if noisy_weight > 0 and data.layout.noisy is None:
+        raise ConfigError(f"trains on the noisy set, but {spec.data.root} has no train_noisy.csv with its audio "
+                          "(train_noisy/ or train_noisy.zip); add them or set loss.noisy_weight = 0",
+                          field="loss.noisy_weight")
+    frontend = make_frontend(spec)
+    previous = store.get_run(run_id)
+    if spec.train.batch_size == "auto":
+        ctx.progress(0.0, "batch_size = auto: trying batch sizes")
+    batch_size = resolve_batch_size(spec, frontend, len(classes), device,
+                                    recorded=previous["config"] if previous else None, log=ctx.log)
+    # What is recorded is what runs: "auto" becomes the chosen size.
+    resolved = copy.deepcopy(spec)
+    resolved.train.batch_size = batch_size
+    config = to_dict(resolved)
     new = store.create_run(run_id, kind="train", job_id=ctx.job.id, dataset_id=data.dataset_id,
                            name=spec.name or run_id, model=_model_label(spec), config=config,
-                           config_hash=spec_hash(spec), seed=spec.train.seed, device=str(device),
+                           config_hash=spec_hash(resolved), seed=spec.train.seed, device=str(device),
                            versions=environment_record(), git_commit=git_commit(), run_dir=str(run_dir))
-    write_json(run_dir / "config.json", {"kind": "train", "run_id": run_id, "config_hash": spec_hash(spec),
-                                         "spec": config})
+    record = {"kind": "train", "run_id": run_id, "config_hash": spec_hash(resolved), "spec": config}
+    if spec.train.batch_size == "auto":
+        record["requested"] = {"train.batch_size": "auto"}
+    write_json(run_dir / "config.json", record)
     ctx.log(f"{'new run' if new else 'resuming run'} {run_id} on {device}; {len(Y)} curated clips, "
             f"{len(classes)} classes")
 
-    cache = build_cache(ctx, data.layout.curated, sample_rate=spec.audio.sample_rate,
-                        cache_dir=cache_dir_for(spec.data.root, spec.data.cache_dir))
-    frontend = make_frontend(spec)
+    cache_dir = cache_dir_for(spec.data.root, spec.data.cache_dir)
+    cache = build_cache(ctx, data.layout.curated, sample_rate=spec.audio.sample_rate, cache_dir=cache_dir)
+    noisy_cache = None
+    if noisy_weight > 0:
+        noisy_cache = build_cache(ctx, data.layout.noisy, sample_rate=spec.audio.sample_rate, cache_dir=cache_dir,
+                                  start=0.05, span=0.02)
+    clips = TrainingClips.build(cache, Y, noisy_cache, data.layout.noisy.Y if noisy_cache is not None else None,
+                                noisy_weight)
+    if clips.n_noisy:
+        ctx.log(f"training on the {clips.n_noisy} noisy clips too (loss weight {noisy_weight:g}), "
+                "never validating on them")
     stats_path = run_dir / "mel_stats.npz"
     if stats_path.exists():
         stats = np.load(stats_path)
         mean, std = stats["mean"], stats["std"]
     else:
         # Statistics over all curated clips: label-free, so no leakage across folds.
-        ctx.progress(0.05, "computing log-mel statistics")
+        ctx.progress(0.07, "computing log-mel statistics")
         mean, std = compute_mel_stats(frontend, (cache.get(i) for i in range(len(cache))), device=str(device))
         np.savez(stats_path, mean=mean, std=std)
     frontend.set_stats(mean, std)
@@ -121,7 +231,6 @@ def run(ctx: JobContext) -> str:
     oof_path = run_dir / "oof.npy"
     oof = np.load(oof_path) if oof_path.exists() else np.full((n, len(classes)), np.nan, dtype=np.float32)
     done_folds = {r["fold"] for r in store.fold_scores(run_id)}
-    batch_size = spec.train.batch_size
     t_run = time.perf_counter()
 
     for i, fold in enumerate(folds_to_run):
@@ -133,14 +242,9 @@ def run(ctx: JobContext) -> str:
             continue
         seed_everything(spec.train.seed + fold)
         model = make_model(spec, len(classes), log=ctx.log)
-        spec_aug = SpecAugment(freq_masks=a.freq_masks, freq_width=a.freq_width, time_masks=a.time_masks,
-                               time_frac=a.time_frac, p=a.specaug_p) if a.specaug_p > 0 else None
-        tagger = Tagger(frontend, model, spec_aug)
-        if batch_size == "auto":
-            batch_size = find_batch_size(tagger, len(classes), crop, device)
-            ctx.log(f"batch_size auto -> {batch_size}")
-        train_loader, val_loader = _loaders(spec, cache, Y, train_idx, val_idx, crop, int(batch_size),
-                                            wave_aug, device, fold)
+        tagger = Tagger(frontend, model, _spec_augment(spec))
+        train_loader, val_loader = make_loaders(spec, clips, train_idx, val_idx, crop, batch_size, wave_aug,
+                                                device, fold)
 
         def on_step(step: int, total: int, _i: int = i, _fold: int = fold) -> None:
             frac = 0.08 + 0.9 * (_i + step / total) / len(folds_to_run)
@@ -203,16 +307,24 @@ def _model_label(spec: TrainSpec) -> str:
     return label
 
 
-def _loaders(spec: TrainSpec, cache, Y: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, crop: int,
-             batch_size: int, wave_aug, device: torch.device, fold: int) -> tuple[DataLoader, DataLoader]:
+def make_loaders(spec: TrainSpec, clips: TrainingClips, train_idx: np.ndarray, val_idx: np.ndarray, crop: int,
+                 batch_size: int, wave_aug, device: torch.device, fold: int) -> tuple[DataLoader, DataLoader]:
+    """A fold's training and validation loaders.
+
+    ``train_idx`` and ``val_idx`` are curated clip numbers; the training
+    loader adds every noisy clip of ``clips`` (with its loss weight), the
+    validation loader never does. Batches are ``(wave, labels, weights)``.
+    """
     t = spec.train
     seed = t.seed + fold
-    train_ds = CropDataset(cache, train_idx, Y, crop_samples=crop, train=True,
-                           loop_pad_prob=spec.audio.loop_pad_prob, seed=seed, wave_augment=wave_aug)
-    val_ds = CropDataset(cache, val_idx, Y, crop_samples=crop, train=False)
-    n_draws = t.steps_per_epoch * batch_size if t.steps_per_epoch else len(train_idx)
+    train_clips = clips.train_indices(train_idx)
+    train_ds = CropDataset(clips.cache, train_clips, clips.Y, crop_samples=crop, train=True,
+                           loop_pad_prob=spec.audio.loop_pad_prob, seed=seed, wave_augment=wave_aug,
+                           sample_weights=clips.weights)
+    val_ds = CropDataset(clips.cache, val_idx, clips.Y, crop_samples=crop, train=False)
+    n_draws = t.steps_per_epoch * batch_size if t.steps_per_epoch else len(train_clips)
     if t.balanced_sampler:
-        sampler = BalancedClassSampler(Y[train_idx], num_samples=n_draws, max_oversample=t.max_oversample,
+        sampler = BalancedClassSampler(clips.Y[train_clips], num_samples=n_draws, max_oversample=t.max_oversample,
                                        seed=seed)
     else:
         generator = torch.Generator().manual_seed(seed)
@@ -221,7 +333,7 @@ def _loaders(spec: TrainSpec, cache, Y: np.ndarray, train_idx: np.ndarray, val_i
     extra = [int(round(s * spec.audio.sample_rate)) for s in spec.audio.multiscale_crops]
     batch_sampler = MultiScaleBatchSampler(sampler, batch_size, base_crop=crop, extra_crops=extra,
                                            prob=spec.audio.multiscale_prob, seed=seed,
-                                           drop_last=len(train_idx) > batch_size)
+                                           drop_last=len(train_clips) > batch_size)
     loader_kw = dict(num_workers=t.num_workers, pin_memory=t.pin_memory and device.type == "cuda")
     if t.num_workers > 0:
         loader_kw.update(prefetch_factor=t.prefetch_factor, persistent_workers=False)
