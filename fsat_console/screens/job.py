@@ -1,20 +1,29 @@
-"""Details of one job: settings, timings, and for a failure its error and traceback."""
+"""Details of one job: settings, timings, its log as it grows, and for a failure its error and traceback."""
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import sqlite3
+from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 from rich.text import Text
+from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
+from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
 from fsat_console.formatting import status_text
+from fsat_console.live import Overview
+from fsat_console.widgets.log_tail import TAIL_LINES, LogTail
+
+#: The file the worker sends a job's output to, in the run directory (engine.worker).
+JOB_LOG = "job.log"
 
 
 def _when(ts: float | None) -> str:
@@ -49,8 +58,22 @@ def spec_lines(spec: dict[str, Any]) -> str:
     return "\n".join(plain + sections)
 
 
+class LogLocated(Message, bubble=False):
+    """Where a run's job log is (``path``), or why there is none (``problem``)."""
+
+    def __init__(self, run_id: str, path: Path | None, problem: str = "") -> None:
+        super().__init__()
+        self.run_id = run_id
+        self.path = path
+        self.problem = problem
+
+
 class JobScreen(ModalScreen[str | None]):
-    """Dismisses with the job's run id when the user asks to open it (``o``)."""
+    """Dismisses with the job's run id when the user asks to open it (``o``).
+
+    The job row follows the console's polls; once the job has a run, its
+    ``job.log`` in the run directory is followed as the worker appends to it.
+    """
 
     BINDINGS = [
         Binding("escape,q", "close", "Close"),
@@ -60,26 +83,89 @@ class JobScreen(ModalScreen[str | None]):
     def __init__(self, job: dict) -> None:
         super().__init__()
         self.job = job
+        #: The run whose log is shown (or being looked up); None until the job has a run.
+        self.log_run_id: str | None = None
 
     def compose(self) -> ComposeResult:
-        """Summary, then the traceback (if any) and the resolved spec, scrollable."""
+        """Summary, the traceback (if any) and the resolved spec, scrollable; below them the job log."""
         with Vertical(classes="dialog wide-dialog tall-dialog"):
             yield Static(f"Job {self.job['id']}", classes="dialog-title")
-            with VerticalScroll(classes="dialog-scroll"):
-                yield Static(job_summary(self.job))
+            with VerticalScroll(id="job-details", classes="dialog-scroll"):
+                yield Static(job_summary(self.job), id="job-summary")
                 if self.job.get("traceback"):
                     yield Static("traceback (last lines of the job log)", classes="field-label")
                     yield Static(self.job["traceback"], markup=False, classes="traceback")
                 yield Static("spec", classes="field-label")
                 yield Static(spec_lines(self.job.get("spec") or {}), markup=False, classes="spec")
-            keys = "[b]esc[/b] close"
-            if self.job.get("run_id"):
-                keys = "[b]o[/b] open run   " + keys
-            yield Static(keys, classes="dialog-keys")
+            yield LogTail(id="job-log")
+            yield Static(self._keys(), id="job-keys", classes="dialog-keys")
+
+    def _keys(self) -> str:
+        keys = "[b]tab[/b] details / log   [b]esc[/b] close"
+        if self.job.get("run_id"):
+            keys = "[b]o[/b] open run   " + keys
+        return keys
+
+    @property
+    def job_log(self) -> LogTail:
+        """The job log widget."""
+        return self.query_one("#job-log", LogTail)
 
     def on_mount(self) -> None:
-        """Arrow keys scroll the details."""
-        self.query_one(VerticalScroll).focus()
+        """Arrow keys scroll the details; the log starts following once the job's run is known."""
+        self.query_one("#job-details", VerticalScroll).focus()
+        self.job_log.border_title = f"job log (last {TAIL_LINES} lines, live)"
+        self._locate_log()
+
+    def show_overview(self, overview: Overview | None) -> None:
+        """A poll's job row: refresh the summary, and find the log once the job has a run."""
+        if overview is None or not self.is_mounted:
+            return
+        row = overview.job(self.job["id"])
+        if row is None:
+            return
+        had_run = bool(self.job.get("run_id"))
+        self.job.update(row)
+        self.query_one("#job-summary", Static).update(job_summary(self.job))
+        if had_run != bool(self.job.get("run_id")):
+            self.query_one("#job-keys", Static).update(self._keys())
+        log = self.job_log
+        if self.job.get("run_id") != self.log_run_id:
+            self._locate_log()
+        elif log.path is not None and log.observer is None:
+            log.follow(log.path)  # its directory may exist by now
+
+    def _locate_log(self) -> None:
+        run_id = self.job.get("run_id")
+        self.log_run_id = str(run_id) if run_id else None
+        if self.log_run_id is None:
+            self.job_log.show_placeholder("no log yet: the job has not started a run")
+            return
+        self._find_log(self.log_run_id)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="job-log")
+    def _find_log(self, run_id: str) -> None:
+        """Look up the run directory off the UI thread."""
+        try:
+            run = self.app.store.get_run(run_id)  # type: ignore[attr-defined]
+        except sqlite3.Error as err:
+            self.post_message(LogLocated(run_id, None, f"could not look up run {run_id}: {err}"))
+            return
+        if run is None:
+            self.post_message(LogLocated(run_id, None, f"no log yet: run {run_id} is not in the database"))
+        elif not run.get("run_dir"):
+            self.post_message(LogLocated(run_id, None, f"run {run_id} has no run directory, so no job log"))
+        else:
+            self.post_message(LogLocated(run_id, Path(run["run_dir"]) / JOB_LOG))
+
+    def on_log_located(self, message: LogLocated) -> None:
+        """Follow the log (unless the job moved on to another run meanwhile)."""
+        if message.run_id != self.log_run_id:
+            return
+        if message.path is None:
+            self.job_log.show_placeholder(message.problem)
+        else:
+            self.job_log.follow(message.path, missing="no log yet")
 
     def action_close(self) -> None:
         """Close."""
