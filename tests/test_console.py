@@ -14,18 +14,21 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 from textual.command import CommandList, CommandPalette
 from textual.widgets import Input, OptionList, Static
+from watchdog.utils import BaseThread
 
 from engine.data.labels import FSD2019_CLASSES
 from engine.store import OOF, Store
 from fsat_console.app import FsatConsole
 from fsat_console.screens.confirm import ConfirmScreen
 from fsat_console.screens.help import HelpScreen
+from fsat_console.screens.job import JobScreen
 from fsat_console.screens.main import MainScreen
 from fsat_console.screens.queue import QueueScreen, preset_about, split_overrides, train_presets
 from fsat_console.widgets.live_table import LiveTable
@@ -365,6 +368,129 @@ async def test_cancel_queued_job_from_jobs_table(env: dict) -> None:
         assert store.get_job(first).status == "queued"
         await wait_until(pilot, lambda: cell_text(jobs, str(second), "status").endswith("cancelled"),
                          what="cancelled status in the table")
+
+
+# -- the job details follow the job's log as the worker writes it ------------------------------
+
+
+async def open_job_details(pilot, app, job_id: int) -> JobScreen:
+    """Select the job in the jobs table and press enter; returns the job details screen."""
+    jobs = table(app, "jobs")
+    await wait_until(pilot, lambda: str(job_id) in jobs.rows, what="job row")
+    await pilot.press("tab")
+    assert app.focused is jobs
+    jobs.move_cursor(row=jobs.get_row_index(str(job_id)))
+    await pilot.press("enter")
+    await wait_until(pilot, lambda: isinstance(app.screen, JobScreen), what="job details")
+    return app.screen
+
+
+def watchdog_threads() -> list[threading.Thread]:
+    """Live watchdog threads (observers, emitters, inotify readers)."""
+    return [t for t in threading.enumerate() if isinstance(t, BaseThread) and t.is_alive()]
+
+
+def append(path: Path, text: str) -> None:
+    """Append as another process would: its own file handle, flushed."""
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+
+
+async def test_job_log_shows_lines_appended_by_another_writer(env: dict) -> None:
+    store = env["store"]
+    job_id = store.enqueue("train", {"train": {"epochs": 1}}, name="logged")
+    run_dir = env["tmp"] / "runs" / "train-0001"
+    run_dir.mkdir(parents=True)
+    log_path = run_dir / "job.log"
+    log_path.write_text("".join(f"setup {i}\n" for i in range(250)))
+    store.create_run("train-0001", kind="train", job_id=job_id, name="logged", run_dir=str(run_dir))
+    app = FsatConsole(env["db"], data_root=env["data"], poll_interval=0.1)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_job_details(pilot, app, job_id)
+        log = screen.job_log
+        # The last 200 lines of what is already there.
+        expected = [f"setup {i}" for i in range(50, 250)]
+        await wait_until(pilot, lambda: list(log.lines) == expected, what="the tail of the existing log")
+        assert log.following
+        assert str(log_path) in screen_text(app)
+
+        # The job writes on; the test only waits. A line written in two parts shows once complete.
+        append(log_path, "fold 0 epoch 1 val lwlrap 0.41\nfold 0 epoch 2 val ")
+        await wait_until(pilot, lambda: log.lines[-1] == "fold 0 epoch 1 val lwlrap 0.41",
+                         what="the first appended line")
+        append(log_path, "lwlrap 0.55\n")
+        await wait_until(pilot, lambda: log.lines[-1] == "fold 0 epoch 2 val lwlrap 0.55",
+                         what="the completed line")
+        assert list(log.lines[-3:]) == ["setup 249", "fold 0 epoch 1 val lwlrap 0.41",
+                                        "fold 0 epoch 2 val lwlrap 0.55"]
+        assert len(log.lines) == 200
+        # The view follows the end: the newest line is on screen.
+        await wait_until(pilot, lambda: "fold 0 epoch 2 val lwlrap 0.55" in screen_text(app),
+                         what="the newest line on screen")
+
+        # A file that shrinks (truncated, then written again) is shown from its start.
+        log_path.write_text("attempt 2\n")
+        await wait_until(pilot, lambda: list(log.lines) == ["attempt 2"], what="the truncated log")
+        append(log_path, "resumed from fold 1\n")
+        await wait_until(pilot, lambda: list(log.lines) == ["attempt 2", "resumed from fold 1"],
+                         what="lines after truncation")
+
+
+async def test_job_log_is_followed_once_the_run_and_the_file_exist(env: dict) -> None:
+    store = env["store"]
+    job_id = store.enqueue("train", {"train": {"epochs": 1}}, name="waiting")
+    app = FsatConsole(env["db"], data_root=env["data"], poll_interval=0.1)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_job_details(pilot, app, job_id)
+        log = screen.job_log
+        # Queued: no run, nothing to follow.
+        await wait_until(pilot, lambda: log.lines and log.lines[0].startswith("no log yet"), what="no log yet")
+        assert log.observer is None
+        assert "no log yet" in screen_text(app)
+
+        # The job starts: its run (and run directory) appear, the log file not yet.
+        run_dir = env["tmp"] / "runs" / "train-0001"
+        run_dir.mkdir(parents=True)
+        store.create_run("train-0001", kind="train", job_id=job_id, name="waiting", run_dir=str(run_dir))
+        await wait_until(pilot, lambda: log.following, what="the run directory watched")
+        assert list(log.lines) == ["no log yet"]
+        assert screen.job["run_id"] == "train-0001"
+
+        # The worker creates the log and writes to it.
+        append(run_dir / "job.log", "=== job 1 attempt 1 ===\nloading curated clips\n")
+        await wait_until(pilot, lambda: list(log.lines) == ["=== job 1 attempt 1 ===", "loading curated clips"],
+                         what="the new file's lines")
+        append(run_dir / "job.log", "fold 0 epoch 1\n")
+        await wait_until(pilot, lambda: log.lines[-1] == "fold 0 epoch 1", what="an appended line")
+
+
+async def test_job_log_observer_stops_when_the_details_close(env: dict) -> None:
+    store = env["store"]
+    job_id = store.enqueue("train", {}, name="closing")
+    run_dir = env["tmp"] / "runs" / "train-0001"
+    run_dir.mkdir(parents=True)
+    (run_dir / "job.log").write_text("started\n")
+    store.create_run("train-0001", kind="train", job_id=job_id, name="closing", run_dir=str(run_dir))
+    before = watchdog_threads()
+    app = FsatConsole(env["db"], data_root=env["data"], poll_interval=0.1)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_job_details(pilot, app, job_id)
+        log = screen.job_log
+        await wait_until(pilot, lambda: list(log.lines) == ["started"], what="the log")
+        observer = log.observer
+        assert observer is not None and observer.is_alive()
+        assert len(watchdog_threads()) > len(before)
+
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: isinstance(app.screen, MainScreen), what="main screen")
+        await wait_until(pilot, lambda: not observer.is_alive() and watchdog_threads() == before,
+                         what="the observer's threads to end")
+        assert log.observer is None
+        # Writing to the file after closing reaches nobody and breaks nothing.
+        append(run_dir / "job.log", "after close\n")
+        await pilot.pause(0.2)
+        assert watchdog_threads() == before
 
 
 # -- --demo: write the demo dataset with a progress bar, then offer the demo preset -------------
