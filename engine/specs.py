@@ -372,6 +372,8 @@ class EnsembleSpec:
                 raise ConfigError("at least one weight must be positive", field="weights")
         _choice(self.method, ENSEMBLE_METHODS, "method")
         _positive(self.greedy_steps, "greedy_steps")
+        if self.greedy and self.weights:
+            raise ConfigError("give either weights or greedy selection, not both", field="greedy")
 
 
 @dataclass

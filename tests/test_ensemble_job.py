@@ -294,7 +294,6 @@ def test_blends_of_unusable_members_fail_naming_member_and_file_and_change_nothi
                           ["infer-other", i1, str(other_root.resolve()), dataset_root, "one dataset"]),
         "nan": ([i1, "infer-nan"], [], ["infer-nan", str(nan_dir / "test.npy"), "NaN", "infer it again"]),
         "unfinished": ([i1, "infer-running"], [], ["infer-running", "running", "not finished"]),
-        "greedy and weights": ([i1, i2], ["--greedy", "--weights", "1", "2"], ["greedy", "weights", "not both"]),
     }
     before = _digests(*source_dirs, tmp_path / "infer-other", nan_dir, tmp_path / "infer-running")
     runs_before = {r["run_id"] for r in store.list_runs()}
@@ -316,6 +315,15 @@ def test_blends_of_unusable_members_fail_naming_member_and_file_and_change_nothi
         for word in words:
             assert word in text, (name, word, text)
         assert "Traceback" not in out.stderr, (name, out.stderr)
+
+    # Greedy selection with explicit weights is refused before anything is queued or blended.
+    jobs_before = len(store.list_jobs(limit=1000))
+    for extra in ([], ["--now"]):
+        out = run_cli("ensemble", i1, i2, "--greedy", "--weights", "1", "2", *extra, db=db, check=False)
+        assert out.returncode == 2, (extra, out.stdout, out.stderr)
+        text = " ".join(out.stderr.split())
+        assert "greedy" in text and "weights" in text and "not both" in text and "Traceback" not in text
+    assert len(store.list_jobs(limit=1000)) == jobs_before
 
     # Members are checked before anything is recorded: no run was made, no member's files changed.
     assert {r["run_id"] for r in store.list_runs()} == runs_before
