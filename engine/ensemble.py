@@ -39,6 +39,7 @@ __all__ = [
     "Member",
     "RankCalibrator",
     "blend",
+    "cross_fitted_calibration",
     "greedy_forward_selection",
     "rank_against",
     "rank_average",
@@ -513,8 +514,31 @@ def _check_method(method: str) -> None:
         raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
 
 
+def cross_fitted_calibration(oof: np.ndarray, truth: np.ndarray, folds: np.ndarray) -> np.ndarray:
+    """OOF probabilities where each fold's rows are mapped by a calibrator fitted on the other folds.
+
+    A calibrator fitted on all OOF rows and scored on them is judged on the
+    labels it was fitted to; this keeps each row's map blind to its own label,
+    as the members' OOF scores are, so the blend's OOF LWLRAP stays a held-out
+    estimate. ``folds`` is the fold index per row (every fold needs rows outside it).
+    """
+    x = _as_score_matrix(oof, "oof")
+    y = _as_truth(truth, x.shape)
+    f = np.asarray(folds)
+    if f.shape != (x.shape[0],):
+        raise ValueError(f"folds must give one fold per OOF row ({x.shape[0]}), got shape {f.shape}")
+    fold_ids = np.unique(f)
+    if fold_ids.size < 2:
+        raise ValueError("cross-fitted calibration needs at least two folds")
+    out = np.empty_like(x)
+    for k in fold_ids:
+        held = f == k
+        out[held] = RankCalibrator().fit(x[~held], y[~held]).transform(x[held])
+    return out
+
+
 def blend(members: Sequence[Member], truth: np.ndarray, *, weights: Sequence[float] | None = None,
-          method: str = "rank", calibrate: bool = True) -> BlendResult:
+          method: str = "rank", calibrate: bool = True, folds: np.ndarray | None = None) -> BlendResult:
     """Blend members' OOF (and test) scores and score the OOF blend by LWLRAP.
 
     ``method='rank'``: per-class weighted average of ranks, each member's test
@@ -523,7 +547,10 @@ def blend(members: Sequence[Member], truth: np.ndarray, *, weights: Sequence[flo
     proportions when every member has ``cv_lwlrap``, else equal. With
     ``calibrate`` a ``RankCalibrator`` fitted on the OOF blend maps both OOF
     and test to probabilities. ``test`` is None unless every member has test
-    scores.
+    scores. With ``folds`` (the fold of each OOF row) the OOF rows are
+    calibrated cross-fitted (``cross_fitted_calibration``), so the reported
+    OOF LWLRAP is not judged on the labels the map was fitted to; the test
+    rows always use the calibrator fitted on every OOF row.
     """
     _check_method(method)
     y, has_test = _check_members(members, truth)
@@ -541,9 +568,9 @@ def blend(members: Sequence[Member], truth: np.ndarray, *, weights: Sequence[flo
     calibrator = None
     if calibrate:
         calibrator = RankCalibrator().fit(oof, y)
-        oof = calibrator.transform(oof)
         if test is not None:
             test = calibrator.transform(test)
+        oof = calibrator.transform(oof) if folds is None else cross_fitted_calibration(oof, y, folds)
     per_class, class_weights = per_class_lwlrap(y, oof)
     return BlendResult(
         oof=oof,

@@ -102,6 +102,9 @@ def world(tmp_path: Path) -> dict:
     store = Store(db)
     ds = store.register_dataset(data, name="tiny", classes=CLASSES, n_curated=N_CLIPS)
     ds_other = store.register_dataset(other, name="other", classes=CLASSES, n_curated=30)
+    # Stored folds: the calibrated blend score is cross-fitted over them, as the ensemble job does.
+    folds = np.arange(N_CLIPS) % 5
+    store.save_folds(ds, [f"clip{i:03d}.wav" for i in range(N_CLIPS)], folds.tolist(), seed=42, n_folds=5)
 
     good = truth * 1.5 + rng.normal(size=truth.shape)
     weak = truth * 0.6 + rng.normal(size=truth.shape)
@@ -117,7 +120,8 @@ def world(tmp_path: Path) -> dict:
     half[:10] = np.nan  # folds that were never trained
     add_run(store, tmp_path, "train-0004", half, dataset_id=ds, cv=0.20, name="half scored")
     add_run(store, tmp_path, "train-0005", good, dataset_id=ds, status="running", name="still training")
-    yield {"db": db, "store": store, "truth": truth, "oofs": oofs, "data": data, "ds": ds, "tmp": tmp_path}
+    yield {"db": db, "store": store, "truth": truth, "oofs": oofs, "data": data, "ds": ds, "tmp": tmp_path,
+           "folds": folds}
     store.close()
 
 
@@ -183,6 +187,7 @@ def expected_blend(world: dict, members: list[str], weights: dict[str, float] | 
     them in proportion.
     """
     names = sorted(members)
+    kwargs.setdefault("folds", world["folds"])
     return blend([Member(m, world["oofs"][m], cv_lwlrap=oof_lwlrap(world, m)) for m in names], world["truth"],
                  weights=None if weights is None else [weights[m] for m in names], **kwargs).oof_lwlrap
 
@@ -372,12 +377,20 @@ def test_bench_refuses_a_member_of_another_dataset(world: dict) -> None:
     found, datasets = find_candidates(world["store"], world["store"].list_runs(), world["db"])
     by_id = {c.run_id: c for c in found}
     assert set(by_id) == {"train-0000", "train-0001", "train-0002", "train-0003", "train-0004"}
-    outcome = BlendBench().evaluate(datasets[world["ds"]], [by_id["train-0001"], by_id["train-0000"]], [1.0, 1.0],
-                                    method="rank", calibrate=True, key=("k",))
+    stored_folds = world["store"].get_folds(world["ds"])
+    bench = BlendBench()
+    outcome = bench.evaluate(datasets[world["ds"]], [by_id["train-0001"], by_id["train-0000"]], [1.0, 1.0],
+                             method="rank", calibrate=True, key=("k",), folds=stored_folds)
     assert "another dataset" in outcome.problems["train-0000"]
     assert outcome.members == ["train-0001"]
     assert outcome.oof_lwlrap == pytest.approx(expected_blend(world, ["train-0001"], {"train-0001": 1.0}),
                                                abs=1e-12)
+    # Without stored folds the calibrated score is the in-sample one.
+    in_sample = bench.evaluate(datasets[world["ds"]], [by_id["train-0001"]], [1.0], method="rank", calibrate=True,
+                               key=("k",))
+    assert in_sample.oof_lwlrap == pytest.approx(
+        expected_blend(world, ["train-0001"], {"train-0001": 1.0}, folds=None), abs=1e-12)
+    assert in_sample.oof_lwlrap != pytest.approx(outcome.oof_lwlrap, abs=1e-6)
 
 
 # -- a full queue: the save and the dialogs say so and queue nothing ----------------------------------

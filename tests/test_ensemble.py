@@ -15,6 +15,7 @@ from engine.ensemble import (
     Member,
     RankCalibrator,
     blend,
+    cross_fitted_calibration,
     greedy_forward_selection,
     rank_against,
     rank_average,
@@ -292,6 +293,37 @@ def test_calibration_puts_rare_and_common_classes_on_one_probability_scale():
     assert calibrated.oof_lwlrap > raw.oof_lwlrap + 0.01
     assert calibrated.raw_oof_lwlrap == pytest.approx(raw.oof_lwlrap, abs=1e-12)
     np.testing.assert_allclose(calibrated.oof.mean(0), truth.mean(0), atol=1e-6)
+
+
+def test_cross_fitted_calibration_maps_each_fold_with_the_other_folds_fit():
+    truth, (strong, weak) = make_case(12, n=200)
+    oof_avg = rank_average([strong, weak])
+    folds = np.arange(len(truth)) % 4
+    crossed = cross_fitted_calibration(oof_avg, truth, folds)
+    for k in range(4):
+        held = folds == k
+        direct = RankCalibrator().fit(oof_avg[~held], truth[~held]).transform(oof_avg[held])
+        np.testing.assert_array_equal(crossed[held], direct)
+    assert np.all((crossed > 0) & (crossed < 1))
+    # In-sample differs: each row's own label took part in that fit.
+    assert not np.allclose(crossed, RankCalibrator().fit_transform(oof_avg, truth))
+
+    members = [Member("strong", strong, strong[:30], 0.9), Member("weak", weak, weak[:30], 0.7)]
+    result = blend(members, truth, folds=folds)
+    in_sample = blend(members, truth)
+    raw = blend(members, truth, calibrate=False).oof
+    np.testing.assert_array_equal(result.oof, cross_fitted_calibration(raw, truth, folds))
+    # Test rows use the calibrator fitted on every OOF row either way.
+    np.testing.assert_array_equal(result.test, in_sample.test)
+    assert result.raw_oof_lwlrap == in_sample.raw_oof_lwlrap
+    assert result.oof_lwlrap == pytest.approx(lwlrap(truth, result.oof), abs=1e-12)
+    # Without calibration the folds change nothing.
+    np.testing.assert_array_equal(blend(members, truth, folds=folds, calibrate=False).oof, raw)
+
+    with pytest.raises(ValueError, match="one fold per OOF row"):
+        cross_fitted_calibration(oof_avg, truth, folds[:-1])
+    with pytest.raises(ValueError, match="at least two folds"):
+        cross_fitted_calibration(oof_avg, truth, np.zeros(len(truth), dtype=int))
 
 
 def test_calibrator_checks_its_inputs():

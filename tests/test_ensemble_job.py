@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from engine.data.manifest import load_layout
+from engine.ensemble import Member, blend, cross_fitted_calibration
 from engine.metrics import lwlrap
 from engine.store import OOF, Store
 from engine.submission import read_sample_submission, validate_submission
@@ -113,8 +114,13 @@ def test_queued_ensemble_blends_two_infer_runs_and_scores_its_submission(blends:
         assert r["lwlrap"] == pytest.approx(lwlrap(truth[folds == r["fold"]], oof[folds == r["fold"]]), abs=1e-12)
     assert "before calibration" in (run_dir / "job.log").read_text()
 
-    # Out of fold, the blend scores above the weaker member.
-    assert run["cv_lwlrap"] > min(cv.values()), (run["cv_lwlrap"], cv)
+    # The recorded OOF blend is calibrated cross-fitted over the stored folds
+    # (each fold mapped by a calibrator fitted on the others), not in-sample.
+    members = [Member(m, member_oof[m], cv_lwlrap=cv[m]) for m in blends.runs.infer_ids]
+    raw = blend(members, truth, calibrate=False)
+    np.testing.assert_allclose(oof, cross_fitted_calibration(raw.oof, truth, folds), rtol=0, atol=1e-12)
+    assert json.loads((run_dir / "config.json").read_text())["raw_oof_lwlrap"] == pytest.approx(
+        raw.oof_lwlrap, abs=1e-12)
 
     # A valid submission, scored on the test truth, above the weaker member.
     test = np.load(run_dir / "test.npy")

@@ -185,14 +185,23 @@ def build_ensemble(store: Store, spec: EnsembleSpec, *, run_id: str, run_dir: Pa
                                                                   method=spec.method)
         weights = greedy_weights.tolist()
         log("greedy selection: " + " -> ".join(f"{members[i].name} ({s:.4f})" for i, s in zip(picks, history)))
+    stored_folds = store.get_folds(loaded.dataset["id"])
+    fold_of = np.array([stored_folds.get(f, -1) for f in loaded.layout.curated.fnames])
+    # Calibration of the OOF rows is cross-fitted over the dataset's folds, so the
+    # recorded OOF score is a held-out one; without stored folds it is in-sample.
+    calibration_folds = fold_of if stored_folds and (fold_of >= 0).all() else None
+    if spec.calibrate and calibration_folds is None:
+        log("note: the dataset has no stored folds for every curated clip; the calibrated OOF score is in-sample")
     try:
-        result = blend(members, truth, weights=weights, method=spec.method, calibrate=spec.calibrate)
+        result = blend(members, truth, weights=weights, method=spec.method, calibrate=spec.calibrate,
+                       folds=calibration_folds)
     except ValueError as err:
         raise FsatError(f"cannot blend {', '.join(spec.members)}: {err}") from None
     classes = loaded.layout.classes
     weight_of = {m.name: float(w) for m, w in zip(members, result.weights)}
     log(f"{spec.method} blend, weights " + ", ".join(f"{k} {v:.3f}" for k, v in weight_of.items()))
-    log(f"OOF lwlrap {result.oof_lwlrap:.4f}" + (f" calibrated ({result.raw_oof_lwlrap:.4f} before calibration)"
+    log(f"OOF lwlrap {result.oof_lwlrap:.4f}" + (f" calibrated, cross-fitted over the folds "
+                                                 f"({result.raw_oof_lwlrap:.4f} before calibration)"
                                                  if spec.calibrate else ""))
     if spec.calibrate and result.oof_lwlrap < result.raw_oof_lwlrap:
         # Per-class maps reorder classes within a clip; say so rather than hide it.
@@ -213,9 +222,7 @@ def build_ensemble(store: Store, spec: EnsembleSpec, *, run_id: str, run_dir: Pa
                                              "spec": to_dict(spec), "weights": weight_of,
                                              "raw_oof_lwlrap": result.raw_oof_lwlrap})
         np.save(run_dir / "oof.npy", result.oof)
-        folds = store.get_folds(dataset_id)
-        if folds:
-            fold_of = np.array([folds.get(f, -1) for f in loaded.layout.curated.fnames])
+        if stored_folds:
             for k in sorted(set(fold_of.tolist()) - {-1}):
                 rows = fold_of == k
                 store.record_fold(run_id, int(k), lwlrap=lwlrap(truth[rows], result.oof[rows]), best_epoch=None,

@@ -283,10 +283,21 @@ class BlendBench:
                             "the curated labels", file=path) from None
         cached = self._truth.get(int(dataset["id"]))
         if cached is not None and cached[0] == stamp:
-            return cached[1]
-        _, truth = parse_label_csv(path, list(dataset["classes"]))
-        self._truth[int(dataset["id"])] = (stamp, truth)
+            return cached[1][1]
+        fnames, truth = parse_label_csv(path, list(dataset["classes"]))
+        self._truth[int(dataset["id"])] = (stamp, (list(fnames), truth))
         return truth
+
+    def fold_rows(self, dataset: dict, folds: dict[str, int] | None) -> "np.ndarray | None":
+        """The stored fold of each curated clip in CSV order, or None unless every clip has one."""
+        import numpy as np
+
+        if not folds:
+            return None
+        self.truth(dataset)
+        fnames = self._truth[int(dataset["id"])][1][0]
+        fold_of = np.array([folds.get(f, -1) for f in fnames])
+        return fold_of if (fold_of >= 0).all() else None
 
     def member_oof(self, candidate: Candidate, dataset: dict, truth: "np.ndarray") -> tuple["np.ndarray", float]:
         """A member's OOF scores checked against the truth, and its own OOF LWLRAP; MemberProblem if unusable."""
@@ -329,8 +340,11 @@ class BlendBench:
         return array, score
 
     def evaluate(self, dataset: dict | None, members: Sequence[Candidate], weights: Sequence[float] | None = None,
-                 *, method: str, calibrate: bool, key: tuple) -> BlendOutcome:
+                 *, method: str, calibrate: bool, key: tuple, folds: dict[str, int] | None = None) -> BlendOutcome:
         """Blend ``members`` and score the blend; problems are reported, not raised.
+
+        ``folds`` (curated fname -> fold, the dataset's stored folds) makes the
+        calibrated OOF score cross-fitted, as the ensemble job records it.
 
         ``weights`` (one per member) are explicit weights; None gives CV
         weights, as the ensemble job does for a spec without weights: each
@@ -374,7 +388,8 @@ class BlendBench:
         try:
             # The same members the ensemble job builds: cv_lwlrap is the OOF LWLRAP of oof.npy.
             result = blend([Member(c.run_id, a, None, score) for c, _, a, score in usable], truth,
-                           weights=explicit, method=method, calibrate=calibrate)
+                           weights=explicit, method=method, calibrate=calibrate,
+                           folds=self.fold_rows(dataset, folds) if calibrate else None)
         except ValueError as err:
             outcome.error = f"cannot blend: {err}"
             return outcome
@@ -776,7 +791,9 @@ class EnsembleScreen(Screen):
             if worker.is_cancelled:
                 return
             try:
-                outcome = bench.evaluate(dataset, members, weights, method=method, calibrate=calibrate, key=key)
+                folds = self.app.store.get_folds(dataset["id"]) if dataset and calibrate else None  # type: ignore[attr-defined]
+                outcome = bench.evaluate(dataset, members, weights, method=method, calibrate=calibrate, key=key,
+                                         folds=folds)
             except Exception as err:  # whatever happens becomes a message in the panel
                 outcome = BlendOutcome(key=key, error=f"cannot blend: {type(err).__name__}: {err}")
         self.post_message(BlendComputed(outcome))
