@@ -247,19 +247,27 @@ class RankCalibrator:
     affine squeeze ``q = eps + (1 - 2 eps) r`` (a squeeze, not a clip, so no
     ties appear), ``z = logit(q)``, then ``p = sigmoid((z - b_c) / tau_c)``:
     a temperature ``tau_c`` and a bias ``b_c`` per class (Platt scaling on the
-    rank logit), fitted together by minimising the mean BCE on the OOF truth.
-    The bias lets a rare class's median clip sit near the class's base rate
-    instead of at 0.5; a temperature alone cannot move it and flattens the
-    map instead, which costs LWLRAP (docs/decisions.md). Classes without
-    positives keep the identity (``tau = 1``, ``b = 0``); if the fit cannot
-    beat the identity it keeps it, so ``bce_after_ <= bce_before_`` always
-    holds.
+    rank logit), fitted by BCE on the OOF truth. The bias lets a rare class's
+    median clip sit near the class's base rate instead of at 0.5; a
+    temperature alone cannot move it and flattens the map instead, which
+    costs LWLRAP (docs/decisions.md).
+
+    With few positives per class two free parameters overfit, and because
+    the maps differ per class the noise reorders classes within a clip. So
+    the fit is shrunk: first one shared map (tau_0, b_0) is fitted on every
+    class's rows together, then each class minimises its mean BCE plus
+    ``lam / 2 * ((a - a_0)^2 + (k - k_0)^2)`` with ``lam = prior_rows /
+    n_rows`` (a penalty worth about ``prior_rows`` rows of data). A
+    class with many positives gets its own map, a class with few stays near
+    the shared one; classes without positives take the shared map. Should a
+    fitted map's BCE not beat the identity (``tau = 1``, ``b = 0``), the
+    identity is kept, so ``bce_after_ <= bce_before_`` always holds.
 
     The fit works on ``w = a z + k`` (``a = 1 / tau``, ``k = -b / tau``),
-    where the BCE is convex: a safeguarded Newton iteration, all classes at
-    once. ``a`` is kept in ``[1 / tau_max, 1 / tau_min]`` and the in-range
-    logits in ``[-W_LOW_IN, W_HIGH_IN]`` so that the top OOF clips keep
-    distinct probabilities below 1.0 in float64.
+    where the objective is convex: a safeguarded Newton iteration, all
+    classes at once. ``a`` is kept in ``[1 / tau_max, 1 / tau_min]`` and the
+    in-range logits in ``[-W_LOW_IN, W_HIGH_IN]`` so that the top OOF clips
+    keep distinct probabilities below 1.0 in float64.
 
     Beyond the OOF range (test rows) ``w`` continues from its edge value with
     the same slope and bends towards ``W_HIGH`` or ``-W_LOW`` (a hyperbolic
@@ -267,8 +275,8 @@ class RankCalibrator:
     clipping.
 
     Attributes after ``fit``: ``min_``, ``max_``, ``taus_``, ``biases_``,
-    ``bce_before_`` (per class, identity map), ``bce_after_`` (per class,
-    fitted map).
+    ``shared_tau_``, ``shared_bias_``, ``bce_before_`` (per class, identity
+    map), ``bce_after_`` (per class, fitted map).
     """
 
     W_HIGH = 30.0      # 1 - sigmoid(30) ~ 9e-14, well clear of float64's resolution near 1
@@ -277,8 +285,9 @@ class RankCalibrator:
     W_LOW_IN = 54.0
 
     def __init__(self, eps: float = 1e-3, tau_min: float = 0.2, tau_max: float = 64.0,
-                 max_iter: int = 100) -> None:
-        """``eps`` sets the squeeze; temperatures are kept in ``[tau_min, tau_max]``.
+                 max_iter: int = 100, prior_rows: float = 10.0) -> None:
+        """``eps`` sets the squeeze; temperatures are kept in ``[tau_min, tau_max]``;
+        ``prior_rows`` is the shrinkage towards the shared map, in rows' worth (0: none).
 
         The steepest map, ``tau_min``, must fit the whole squeezed logit range
         ``2 logit(1 - eps) / tau_min`` inside ``W_LOW_IN + W_HIGH_IN``; the
@@ -295,6 +304,9 @@ class RankCalibrator:
         self.tau_min = tau_min
         self.tau_max = tau_max
         self.max_iter = max_iter
+        if not prior_rows >= 0:
+            raise ValueError(f"prior_rows must be >= 0, got {prior_rows}")
+        self.prior_rows = float(prior_rows)
 
     # ----------------------------------------------------------------- maps
 
@@ -322,25 +334,20 @@ class RankCalibrator:
 
     # ----------------------------------------------------------------- fit
 
-    def fit(self, oof_rank_avg: np.ndarray, truth: np.ndarray) -> "RankCalibrator":
-        """Store the per-class OOF min/max and fit a temperature and a bias per class by BCE."""
-        x = _as_score_matrix(oof_rank_avg, "oof_rank_avg")
-        y = _as_truth(truth, x.shape)
-        lo = x.min(axis=0)
-        hi = x.max(axis=0)
-        flat = hi <= lo
-        # A constant column has no range to normalise; centre it at r = 0.5.
-        self.min_ = np.where(flat, lo - 0.5, lo)
-        self.max_ = np.where(flat, hi + 0.5, hi)
-        z = self._logit_q(self._unit(x))
+    def _newton(self, z: np.ndarray, y: np.ndarray, a: np.ndarray, k: np.ndarray,
+                a0: float, k0: float, lam: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Minimise, per column, mean BCE of sigmoid(a z + k) + lam/2 ((a - a0)^2 + (k - k0)^2).
 
-        n_classes = x.shape[1]
-        identity_a, identity_k = np.ones(n_classes), np.zeros(n_classes)
-        self.bce_before_ = self._bce(z, y, identity_a, identity_k)
-        has_positive = y.sum(axis=0) > 0
-        a, k = identity_a.copy(), identity_k.copy()
-        loss = self.bce_before_.copy()
-        cols = np.flatnonzero(has_positive)
+        A safeguarded Newton iteration over all columns at once: the 2x2
+        Newton step, halved until the projected point lowers the objective.
+        Returns ``(a, k, objective)``.
+        """
+        def objective(zc, yc, ac, kc):
+            return self._bce(zc, yc, ac, kc) + 0.5 * lam * ((ac - a0) ** 2 + (kc - k0) ** 2)
+
+        a, k = self._project(a.astype(np.float64), k.astype(np.float64))
+        loss = objective(z, y, a, k)
+        cols = np.arange(z.shape[1])
         for _ in range(self.max_iter):
             if cols.size == 0:
                 break
@@ -348,10 +355,12 @@ class RankCalibrator:
             p = 1.0 / (1.0 + np.exp(-(zc * ac + kc)))
             s = p * (1.0 - p)
             r = p - yc
-            ga, gk = np.mean(r * zc, axis=0), np.mean(r, axis=0)
-            haa, hak, hkk = np.mean(s * zc * zc, axis=0), np.mean(s * zc, axis=0), np.mean(s, axis=0)
-            # Newton direction from the 2x2 Hessian, with a small ridge for
-            # classes the map already separates (the Hessian vanishes there).
+            ga = np.mean(r * zc, axis=0) + lam * (ac - a0)
+            gk = np.mean(r, axis=0) + lam * (kc - k0)
+            haa = np.mean(s * zc * zc, axis=0) + lam
+            hak = np.mean(s * zc, axis=0)
+            hkk = np.mean(s, axis=0) + lam
+            # A small ridge for columns the map already separates (the Hessian vanishes there).
             ridge = 1e-9 + 1e-6 * (haa + hkk)
             haa, hkk = haa + ridge, hkk + ridge
             det = haa * hkk - hak * hak
@@ -361,7 +370,6 @@ class RankCalibrator:
             pinned = ((ac <= 1.0 / self.tau_max) & (da < 0)) | ((ac >= 1.0 / self.tau_min) & (da > 0))
             da = np.where(pinned, 0.0, da)
             dk = np.where(pinned, -gk / hkk, dk)
-            # Backtracking: halve the step per class until the projected point lowers the loss.
             step = np.ones(cols.size)
             accepted = np.zeros(cols.size, dtype=bool)
             new_a, new_k, new_loss = ac.copy(), kc.copy(), loss[cols].copy()
@@ -370,7 +378,7 @@ class RankCalibrator:
                 if not trying.any():
                     break
                 ta, tk = self._project(ac + step * da, kc + step * dk)
-                tl = self._bce(zc, yc, ta, tk)
+                tl = objective(zc, yc, ta, tk)
                 better = trying & (tl < new_loss)
                 new_a = np.where(better, ta, new_a)
                 new_k = np.where(better, tk, new_k)
@@ -379,16 +387,43 @@ class RankCalibrator:
                 step = np.where(accepted, step, step * 0.5)
             gain = loss[cols] - new_loss
             a[cols], k[cols], loss[cols] = new_a, new_k, new_loss
-            # Classes whose loss no longer moves drop out of the remaining iterations.
-            going = accepted & (gain > 1e-13 * np.maximum(new_loss, 1e-300))
-            cols = cols[going]
+            # Columns whose objective no longer moves drop out of the remaining iterations.
+            cols = cols[accepted & (gain > 1e-13 * np.maximum(np.abs(new_loss), 1e-300))]
+        return a, k, loss
 
-        keep_identity = ~has_positive | ~(loss <= self.bce_before_)
+    def fit(self, oof_rank_avg: np.ndarray, truth: np.ndarray) -> "RankCalibrator":
+        """Store the per-class OOF min/max, fit the shared map, then each class's map shrunk towards it."""
+        x = _as_score_matrix(oof_rank_avg, "oof_rank_avg")
+        y = _as_truth(truth, x.shape)
+        lo = x.min(axis=0)
+        hi = x.max(axis=0)
+        flat = hi <= lo
+        # A constant column has no range to normalise; centre it at r = 0.5.
+        self.min_ = np.where(flat, lo - 0.5, lo)
+        self.max_ = np.where(flat, hi + 0.5, hi)
+        z = self._logit_q(self._unit(x))
+        n_rows, n_classes = x.shape
+
+        # The shared map: one temperature and bias fitted on every class's rows together.
+        a0, k0, _ = self._newton(z.reshape(-1, 1), y.reshape(-1, 1), np.ones(1), np.zeros(1), 0.0, 0.0, 0.0)
+        self.shared_tau_, self.shared_bias_ = float(1.0 / a0[0]), float(-k0[0] / a0[0])
+        a = np.full(n_classes, a0[0])
+        k = np.full(n_classes, k0[0])
+        has_positive = y.sum(axis=0) > 0
+        cols = np.flatnonzero(has_positive)
+        if cols.size:
+            lam = self.prior_rows / n_rows
+            a[cols], k[cols], _ = self._newton(z[:, cols], y[:, cols], a[cols], k[cols], a0[0], k0[0], lam)
+
+        identity_a, identity_k = np.ones(n_classes), np.zeros(n_classes)
+        self.bce_before_ = self._bce(z, y, identity_a, identity_k)
+        after = self._bce(z, y, a, k)
+        keep_identity = ~(after <= self.bce_before_)
         a = np.where(keep_identity, 1.0, a)
         k = np.where(keep_identity, 0.0, k)
         self.taus_ = 1.0 / a
         self.biases_ = -k / a
-        self.bce_after_ = np.where(keep_identity, self.bce_before_, loss)
+        self.bce_after_ = np.where(keep_identity, self.bce_before_, after)
         return self
 
     def _slope_intercept(self) -> tuple[np.ndarray, np.ndarray]:

@@ -250,8 +250,8 @@ def test_fitted_temperature_and_bias_lower_bce_and_reach_the_minimum():
     truth[:, 0] = (oof_avg[:, 0] + 0.3 * rng.normal(size=n)) > 0.8  # follows the rank, rare-ish
     truth[:, 1] = rng.random(n) < 0.5            # unrelated to the rank: wants a flat map near 0.5
     truth[:, 2] = rng.random(n) < 0.05           # rare and unrelated: wants a flat map near 0.05
-    truth[:, 3] = 0                              # no positives: keeps the identity
-    calibrator = RankCalibrator().fit(oof_avg, truth)
+    truth[:, 3] = 0                              # no positives: takes the shared map
+    calibrator = RankCalibrator(prior_rows=0).fit(oof_avg, truth)  # no shrinkage: each class's own optimum
 
     np.testing.assert_allclose(calibrator.bce_before_, direct_bce(oof_avg, truth, 1.0, 0.0), rtol=1e-12)
     assert np.all(calibrator.bce_after_ <= calibrator.bce_before_)
@@ -261,7 +261,7 @@ def test_fitted_temperature_and_bias_lower_bce_and_reach_the_minimum():
             calibrator.bce_after_[c],
             direct_bce(oof_avg, truth, calibrator.taus_[c], calibrator.biases_[c])[c], rtol=1e-10)
     assert calibrator.taus_[0] < calibrator.taus_[1] and calibrator.taus_[0] < calibrator.taus_[2]
-    assert (calibrator.taus_[3], calibrator.biases_[3]) == (1.0, 0.0)
+    assert (calibrator.taus_[3], calibrator.biases_[3]) == (calibrator.shared_tau_, calibrator.shared_bias_)
 
     # At an interior minimum the bias makes the mean probability equal the base rate.
     probs = calibrator.transform(oof_avg)
@@ -274,6 +274,43 @@ def test_fitted_temperature_and_bias_lower_bce_and_reach_the_minimum():
         for t in tau * np.exp(np.linspace(-0.5, 0.5, 21)):
             for b in bias + np.linspace(-1.0, 1.0, 21):
                 assert calibrator.bce_after_[c] <= direct_bce(oof_avg, truth, t, b)[c] + 1e-12
+
+
+def test_class_maps_are_shrunk_towards_the_shared_map():
+    rng = np.random.default_rng(11)
+    n = 300
+    oof_avg = rng.random((n, 5))
+    truth = (oof_avg + 0.4 * rng.normal(size=(n, 5)) > np.array([0.9, 0.95, 0.8, 1.0, 1.1])).astype(int)
+    eps = 1e-3
+    r = (oof_avg - oof_avg.min(0)) / (oof_avg.max(0) - oof_avg.min(0))
+    q = eps + (1 - 2 * eps) * r
+    z = np.log(q / (1 - q))
+
+    free = RankCalibrator(prior_rows=0).fit(oof_avg, truth)
+    shrunk = RankCalibrator(prior_rows=30).fit(oof_avg, truth)
+    pooled = RankCalibrator(prior_rows=1e12).fit(oof_avg, truth)
+    assert shrunk.shared_tau_ == free.shared_tau_ and shrunk.shared_bias_ == free.shared_bias_
+    a0, k0 = 1 / shrunk.shared_tau_, -shrunk.shared_bias_ / shrunk.shared_tau_
+
+    # The shared map minimises the BCE of all classes' rows pooled.
+    pooled_bce = lambda t, b: float(np.mean(direct_bce(oof_avg, truth, t, b)))  # noqa: E731
+    best = pooled_bce(shrunk.shared_tau_, shrunk.shared_bias_)
+    for t in shrunk.shared_tau_ * np.exp(np.linspace(-0.3, 0.3, 13)):
+        for b in shrunk.shared_bias_ + np.linspace(-0.5, 0.5, 13):
+            assert best <= pooled_bce(t, b) + 1e-12
+    # An overwhelming prior gives every class the shared map.
+    np.testing.assert_allclose(pooled.taus_, shrunk.shared_tau_, rtol=1e-6)
+    np.testing.assert_allclose(pooled.biases_, shrunk.shared_bias_, rtol=1e-6, atol=1e-6)
+
+    # Each shrunk class map is the penalised optimum: the BCE gradient balances the pull.
+    lam = 30 / n
+    a, k = 1 / shrunk.taus_, -shrunk.biases_ / shrunk.taus_
+    p = 1 / (1 + np.exp(-(z * a + k)))
+    np.testing.assert_allclose(np.mean(p - truth, axis=0), -lam * (k - k0), atol=1e-7)
+    np.testing.assert_allclose(np.mean((p - truth) * z, axis=0), -lam * (a - a0), atol=1e-7)
+    # ... and lies between the class's own map and the shared one.
+    k_free = -free.biases_ / free.taus_
+    assert np.all(np.abs(k - k0) < np.abs(k_free - k0))
 
 
 def test_calibration_puts_rare_and_common_classes_on_one_probability_scale():
@@ -292,7 +329,10 @@ def test_calibration_puts_rare_and_common_classes_on_one_probability_scale():
     calibrated = blend([member], truth, calibrate=True)
     assert calibrated.oof_lwlrap > raw.oof_lwlrap + 0.01
     assert calibrated.raw_oof_lwlrap == pytest.approx(raw.oof_lwlrap, abs=1e-12)
-    np.testing.assert_allclose(calibrated.oof.mean(0), truth.mean(0), atol=1e-6)
+    # Near the base rates (exactly at them without the shrinkage towards the shared map),
+    # where the ranks sit around 0.5 for both classes.
+    np.testing.assert_allclose(calibrated.oof.mean(0), truth.mean(0), atol=0.02)
+    assert np.all(np.abs(raw.oof.mean(0) - 0.5) < 0.05)
 
 
 def test_cross_fitted_calibration_maps_each_fold_with_the_other_folds_fit():
