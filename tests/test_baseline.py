@@ -161,7 +161,7 @@ def test_baseline_job_records_folds_classes_oof_test_and_reuses_cached_embedding
     assert test_pred.shape == (len(layout.test.fnames), 80) and test_pred.dtype == np.float64
     rows = [layout.test.fnames.index(f) for f in layout.test_truth.fnames]
     assert run["test_lwlrap"] == pytest.approx(lwlrap(layout.test_truth.Y, test_pred[rows]), abs=1e-12)
-    submission = pd.read_csv(run_dir / "submission.csv", float_precision="round_trip")
+    submission = pd.read_csv(run_dir / "submission.csv")
     validate_submission(submission, layout.test.fnames, classes)
     # Written with round-trip precision, so the file holds the saved scores exactly.
     np.testing.assert_array_equal(submission[classes].to_numpy(), test_pred)
