@@ -441,13 +441,18 @@ async def open_run(pilot, app, run_id: str) -> RunScreen:
     return app.screen
 
 
+async def open_infer_dialog(pilot, app, run_id: str) -> InferScreen:
+    """From the run screen of ``run_id``, press i and wait for the inference dialog."""
+    await open_run(pilot, app, run_id)
+    await pilot.press("i")
+    await wait_until(pilot, lambda: isinstance(app.screen, InferScreen), what="infer dialog")
+    return app.screen
+
+
 async def test_i_queues_inference_with_the_chosen_tta_settings(world: dict) -> None:
     app = FsatConsole(world["db"], poll_interval=0.1)
     async with app.run_test(size=SIZE) as pilot:
-        await open_run(pilot, app, "train-0001")
-        await pilot.press("i")
-        await wait_until(pilot, lambda: isinstance(app.screen, InferScreen), what="infer dialog")
-        dialog = app.screen
+        dialog = await open_infer_dialog(pilot, app, "train-0001")
         assert not dialog.query_one("#preset-error", Static).display
         # Prefilled from the tta preset.
         assert [dialog.query_one(f"#{f}", Input).value for f in ("tta-crops", "tta-crops-long", "long-seconds")] \
@@ -507,10 +512,7 @@ async def test_b_queues_a_baseline_on_the_runs_dataset(world: dict) -> None:
 async def test_infer_dialog_reports_a_full_queue_under_its_fields(world: dict, full_queue: int) -> None:
     app = FsatConsole(world["db"], poll_interval=0.1)
     async with app.run_test(size=SIZE) as pilot:
-        await open_run(pilot, app, "train-0001")
-        await pilot.press("i")
-        await wait_until(pilot, lambda: isinstance(app.screen, InferScreen), what="infer dialog")
-        dialog = app.screen
+        dialog = await open_infer_dialog(pilot, app, "train-0001")
         error = dialog.query_one("#queue-error", Static)
         assert not error.display
         await pilot.press("enter")

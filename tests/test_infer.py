@@ -21,7 +21,7 @@ from engine.infer import (SHORT_CLIP_MODES, predict_tta, predict_tta_logits, tak
                           tta_placements)
 from engine.metrics import lwlrap, per_class_lwlrap
 from engine.models.registry import build_model
-from engine.store import OOF, Store
+from engine.store import OOF, Job, Store
 from engine.submission import read_sample_submission, validate_submission
 from engine.train.loop import Tagger
 from tests.conftest import copy_dataset, run_cli, worker_cmd
@@ -428,6 +428,19 @@ def _runs_folder(runs: InferredRuns) -> Path:
     return Path(Store(runs.db).get_run(runs.train_ids[0])["run_dir"]).parent
 
 
+def _run_to_failure(db: Path, job_id: int, spawn_worker, env: dict | None = None) -> tuple[Store, Job, str]:
+    """Drain the queue with a real worker; the job must have failed without a traceback.
+
+    Returns the store, the job and its error with whitespace runs made single spaces.
+    """
+    assert spawn_worker(db, "--drain", env=env).wait(timeout=300) == 0
+    store = Store(db)
+    job = store.get_job(job_id)
+    assert job.status == "failed", (job.status, job.message)
+    assert "Traceback" not in job.error
+    return store, job, " ".join(job.error.split())
+
+
 @pytest.mark.slow
 def test_infer_fails_when_the_data_root_now_leads_to_another_dataset(runs: InferredRuns, tmp_path: Path,
                                                                      spawn_worker):
@@ -444,17 +457,11 @@ def test_infer_fails_when_the_data_root_now_leads_to_another_dataset(runs: Infer
     with sqlite3.connect(db) as con:
         con.execute("UPDATE runs SET config=? WHERE id=?", (json.dumps(config, sort_keys=True), source))
     job_id = int(run_cli("queue", "infer", source, db=db).stdout)
-    assert spawn_worker(db, "--drain").wait(timeout=300) == 0
-
-    store = Store(db)
-    job = store.get_job(job_id)
-    assert job.status == "failed"
-    text = " ".join(job.error.split())
+    store, job, text = _run_to_failure(db, job_id, spawn_worker)
     trained_on = store.get_dataset(store.get_run(source)["dataset_id"])["root"]
     for word in (source, str(link), str(other.resolve()), trained_on, "dataset changed since training",
                  "retrain"):
         assert word in text, (word, text)
-    assert "Traceback" not in job.error
     # Nothing was made for the job, and no run's files changed.
     assert store.get_run(f"infer-{job_id:04d}") is None
     assert store.get_run(source)["status"] == "done"
@@ -478,15 +485,9 @@ def test_infer_with_an_unreadable_checkpoint_fails_naming_it_and_keeps_the_finis
     with sqlite3.connect(db) as con:
         con.execute("UPDATE runs SET run_dir=? WHERE id=?", (str(copy), source))
     job_id = int(run_cli("queue", "infer", source, db=db).stdout)
-    assert spawn_worker(db, "--drain").wait(timeout=300) == 0
-
-    store = Store(db)
-    job = store.get_job(job_id)
-    assert job.status == "failed"
-    text = " ".join(job.error.split())
+    store, job, text = _run_to_failure(db, job_id, spawn_worker)
     for word in (str(ckpt), "cannot read the checkpoint", "retrain the fold"):
         assert word in text, (word, text)
-    assert "Traceback" not in job.error
     run = store.get_run(job.run_id)
     assert run["kind"] == "infer" and run["status"] == "failed" and run["parent_run_id"] == source
     # Fold 0, inferred before the damaged checkpoint was reached, is kept for a rerun.
@@ -511,14 +512,9 @@ def test_infer_on_cuda_without_a_gpu_fails_naming_the_setting(runs: InferredRuns
     job_id = int(run_cli("queue", "infer", source, "--set", 'infer.device="cuda"', db=db).stdout)
     assert Store(db).get_job(job_id).spec["infer"]["device"] == "cuda"
     # No GPU is visible to the worker, whatever this machine has.
-    assert spawn_worker(db, "--drain", env={"CUDA_VISIBLE_DEVICES": ""}).wait(timeout=300) == 0
-
-    store = Store(db)
-    job = store.get_job(job_id)
-    assert job.status == "failed"
+    store, job, _ = _run_to_failure(db, job_id, spawn_worker, env={"CUDA_VISIBLE_DEVICES": ""})
     for word in ("infer.device", "no GPU is visible", '"cpu"'):
         assert word in job.error, (word, job.error)
-    assert "Traceback" not in job.error
     assert store.get_run(f"infer-{job_id:04d}") is None
     assert not (tmp_path / "runs" / f"infer-{job_id:04d}" / "oof.npy").exists()
     assert _digests(_runs_folder(runs)) == before
