@@ -168,8 +168,6 @@ def build_ensemble(store: Store, spec: EnsembleSpec, *, run_id: str, run_dir: Pa
             progress(fraction, message)
 
     run_dir = Path(run_dir)
-    if spec.greedy and spec.weights:
-        raise ConfigError("give either weights or greedy selection, not both", field="greedy")
     step(0.05, "loading members")
     loaded = load_members(store, list(spec.members))
     members, truth = loaded.members, loaded.truth
