@@ -546,6 +546,8 @@ class EnsembleScreen(Screen):
         self._runs_key: str | None = None
         self._row_cache: dict[str, dict] = {}
         self._pending_key: tuple | None = None
+        #: Stored folds per dataset id (a dataset's folds never change once stored).
+        self._folds: dict[int, dict[str, int]] = {}
         #: Each run's own OOF LWLRAP, from the blends so far (what CV weights are proportional to).
         self.member_scores: dict[str, float] = {}
 
@@ -791,12 +793,21 @@ class EnsembleScreen(Screen):
             if worker.is_cancelled:
                 return
             try:
-                folds = self.app.store.get_folds(dataset["id"]) if dataset and calibrate else None  # type: ignore[attr-defined]
+                folds = self._stored_folds(dataset["id"]) if dataset and calibrate else None
                 outcome = bench.evaluate(dataset, members, weights, method=method, calibrate=calibrate, key=key,
                                          folds=folds)
             except Exception as err:  # whatever happens becomes a message in the panel
                 outcome = BlendOutcome(key=key, error=f"cannot blend: {type(err).__name__}: {err}")
         self.post_message(BlendComputed(outcome))
+
+    def _stored_folds(self, dataset_id: int) -> dict[str, int]:
+        """The dataset's stored folds, read once (none yet: read again next time)."""
+        if dataset_id not in self._folds:
+            folds = self.app.store.get_folds(dataset_id)  # type: ignore[attr-defined]
+            if not folds:
+                return folds
+            self._folds[dataset_id] = folds
+        return self._folds[dataset_id]
 
     def on_blend_computed(self, message: BlendComputed) -> None:
         """Show a blend's score; members that could not take part are taken out, with the reason."""
