@@ -22,11 +22,10 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from engine.errors import FsatError, QueueFull
 
-SCHEMA_VERSION = 1
 
 #: Job kinds the worker knows how to run (``probe`` is a diagnostic that checks a worker setup).
 JOB_KINDS = ("train", "curriculum", "infer", "baseline", "ensemble", "probe")
@@ -37,7 +36,8 @@ OOF = -1
 DEFAULT_MAX_QUEUED = 1000
 DEFAULT_LEASE_SECONDS = 30.0
 
-_SCHEMA = """
+#: Version 1: the first schema (tables, indexes and views as first released).
+_SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -169,6 +169,27 @@ FROM epochs e JOIN fold_scores f
 """
 
 
+
+def _migrate_v1(c: sqlite3.Connection) -> None:
+    """The first schema."""
+    for stmt in _split_sql(_SCHEMA_V1):
+        c.execute(stmt)
+
+
+#: Ordered schema migrations: ``(version, what it changes, function)``. A
+#: database at version N gets every step above N, in order, inside one
+#: ``BEGIN IMMEDIATE`` transaction, so a half-upgraded file is never left and
+#: two processes opening an old file upgrade it once. Each step is written
+#: against the schema the step before it left, never against today's tables;
+#: add a step at the end, never edit a released one.
+MIGRATIONS: list[tuple[int, str, Callable[[sqlite3.Connection], None]]] = [
+    (1, "first schema", _migrate_v1),
+]
+
+#: The schema version this code writes: the last migration's.
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
 class StoreError(FsatError):
     """A store operation that cannot be done (unknown job, wrong state)."""
 
@@ -231,10 +252,13 @@ class Store:
     """A connection to ``experiments.db`` with the queue and score operations.
 
     One Store may be shared between threads (calls are serialised by a lock);
-    separate processes each open their own Store.
+    separate processes each open their own Store. ``schema_version`` stops
+    the upgrade at an older version: tests use it to write a database as an
+    older release did, then open it with today's code.
     """
 
-    def __init__(self, path: Path | str, *, readonly: bool = False, timeout: float = 30.0) -> None:
+    def __init__(self, path: Path | str, *, readonly: bool = False, timeout: float = 30.0,
+                 schema_version: int | None = None) -> None:
         self.path = Path(path)
         self.readonly = readonly
         self._lock = threading.RLock()
@@ -254,7 +278,7 @@ class Store:
             self.conn.execute("PRAGMA foreign_keys = ON")
             self._enable_wal(timeout)
             self.conn.execute("PRAGMA synchronous = NORMAL")
-            self._migrate()
+            self._migrate(target=schema_version)
 
     # -- plumbing -----------------------------------------------------------------
 
@@ -307,25 +331,26 @@ class Store:
         with self._lock:
             return _rows(self.conn.execute(sql, params))
 
-    def _migrate(self) -> None:
-        # Several processes may start on a fresh file at once: the IMMEDIATE lock
-        # makes exactly one of them create the schema, the rest see it done.
+    def _migrate(self, *, target: int | None = None) -> None:
+        """Bring the schema to ``target`` (default: this code's version) through :data:`MIGRATIONS`.
+
+        Several processes may start on a fresh or old file at once: the
+        IMMEDIATE lock makes exactly one of them run the steps, the rest see
+        them done. ``target`` below the current version exists for tests that
+        build a database as an older release wrote it.
+        """
+        target = SCHEMA_VERSION if target is None else target
         with self.write() as c:
-            has_meta = c.execute(
-                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
-            version = 0
-            if has_meta:
-                row = c.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-                version = int(row[0]) if row else 0
+            version = _read_schema_version(c)
             if version > SCHEMA_VERSION:
                 raise FsatError(
                     f"{self.path}: schema version {version} is newer than this fsat-console "
                     f"({SCHEMA_VERSION}); upgrade fsat-console")
-            if version < SCHEMA_VERSION:
-                for stmt in _split_sql(_SCHEMA):
-                    c.execute(stmt)
-                c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
-                          (str(SCHEMA_VERSION),))
+            for step, _what, apply in MIGRATIONS:
+                if version < step <= target:
+                    apply(c)
+                    c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
+                              (str(step),))
 
     def schema_version(self) -> int:
         """The schema version recorded in the database."""
@@ -703,6 +728,14 @@ class Store:
         """An ensemble's members and weights."""
         return self._query("SELECT member_run_id, weight FROM run_members WHERE run_id=? "
                            "ORDER BY weight DESC", (run_id,))
+
+
+def _read_schema_version(c: sqlite3.Connection) -> int:
+    """The version recorded in ``meta`` (0 for a file with no schema yet)."""
+    if not c.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone():
+        return 0
+    row = c.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+    return int(row[0]) if row else 0
 
 
 def _split_sql(script: str) -> list[str]:

@@ -1,0 +1,69 @@
+"""Schema migrations: ordered steps, tested on a database that the schema-1 release wrote."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from engine.errors import FsatError
+from engine.store import MIGRATIONS, SCHEMA_VERSION, Store
+
+V1_DUMP = Path(__file__).parent / "fixtures" / "experiments_v1.sql"
+
+
+@pytest.fixture
+def v1_db(tmp_path: Path) -> Path:
+    """``experiments.db`` at schema 1, restored from the dump the schema-1 release's store wrote."""
+    path = tmp_path / "experiments.db"
+    con = sqlite3.connect(path)
+    con.executescript(V1_DUMP.read_text())
+    con.close()
+    return path
+
+
+def test_migration_versions_are_strictly_increasing():
+    versions = [v for v, _what, _fn in MIGRATIONS]
+    assert versions == sorted(set(versions))
+    assert versions[0] == 1 and SCHEMA_VERSION == versions[-1]
+
+
+def test_a_schema_1_database_upgrades_and_keeps_its_rows(v1_db: Path):
+    con = sqlite3.connect(v1_db)
+    assert con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "1"
+    con.close()
+    store = Store(v1_db)
+    assert store.schema_version() == SCHEMA_VERSION
+    jobs = {j["name"]: j for j in store.list_jobs()}
+    assert jobs["demo"]["status"] == "done" and jobs["still queued"]["status"] == "queued"
+    run = store.get_run("train-0001")
+    assert run["cv_lwlrap"] == pytest.approx(0.7) and run["config"] == {"train": {"seed": 42}}
+    assert [e["val_lwlrap"] for e in store.epochs("train-0001")] == [pytest.approx(0.6), pytest.approx(0.7)]
+    assert [c["lrap"] for c in store.class_scores("train-0001")] == [pytest.approx(0.5), pytest.approx(1.0)]
+    assert store.get_folds(1) == {"c0.wav": 0, "c1.wav": 0, "c2.wav": 1, "c3.wav": 1}
+    # The upgraded file still works as a queue.
+    job = store.claim("w2")
+    assert job is not None and job.name == "still queued"
+    store.close()
+    # A second open finds nothing left to do.
+    assert Store(v1_db).schema_version() == SCHEMA_VERSION
+
+
+def test_stopping_at_an_older_version_writes_that_version(tmp_path: Path):
+    path = tmp_path / "experiments.db"
+    store = Store(path, schema_version=1)
+    assert store.schema_version() == 1
+    store.close()
+    assert Store(path).schema_version() == SCHEMA_VERSION
+
+
+def test_a_newer_schema_is_refused_with_the_file_named(tmp_path: Path):
+    path = tmp_path / "experiments.db"
+    Store(path).close()
+    con = sqlite3.connect(path)
+    con.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION + 1),))
+    con.commit()
+    con.close()
+    with pytest.raises(FsatError, match=rf"schema version {SCHEMA_VERSION + 1} is newer"):
+        Store(path)
