@@ -198,7 +198,7 @@ def test_test_rows_are_ranked_on_the_oof_scale():
     truth, (strong, weak) = make_case(5)
     members = [Member("strong", strong, strong[10:25], 0.9), Member("weak", weak, weak[10:25], 0.7)]
     for calibrate in (False, True):
-        result = blend(members, truth, calibrate=calibrate)
+        result = blend(members, truth, method="rank_minmax", calibrate=calibrate)
         # A test clip scored like an OOF clip gets that clip's blended value.
         np.testing.assert_allclose(result.test, result.oof[10:25], atol=1e-15)
 
@@ -325,8 +325,8 @@ def test_calibration_puts_rare_and_common_classes_on_one_probability_scale():
     truth[truth.sum(1) == 0, 0] = 1
     scores = truth * 1.5 + rng.normal(size=(n, 2))
     member = Member("m", scores)
-    raw = blend([member], truth, calibrate=False)
-    calibrated = blend([member], truth, calibrate=True)
+    raw = blend([member], truth, method="rank_minmax", calibrate=False)
+    calibrated = blend([member], truth, method="rank_minmax", calibrate=True)
     assert calibrated.oof_lwlrap > raw.oof_lwlrap + 0.01
     assert calibrated.raw_oof_lwlrap == pytest.approx(raw.oof_lwlrap, abs=1e-12)
     # Near the base rates (exactly at them without the shrinkage towards the shared map),
@@ -349,16 +349,16 @@ def test_cross_fitted_calibration_maps_each_fold_with_the_other_folds_fit():
     assert not np.allclose(crossed, RankCalibrator().fit_transform(oof_avg, truth))
 
     members = [Member("strong", strong, strong[:30], 0.9), Member("weak", weak, weak[:30], 0.7)]
-    result = blend(members, truth, folds=folds)
-    in_sample = blend(members, truth)
-    raw = blend(members, truth, calibrate=False).oof
+    result = blend(members, truth, method="rank_minmax", folds=folds)
+    in_sample = blend(members, truth, method="rank_minmax")
+    raw = blend(members, truth, method="rank", calibrate=False).oof
     np.testing.assert_array_equal(result.oof, cross_fitted_calibration(raw, truth, folds))
     # Test rows use the calibrator fitted on every OOF row either way.
     np.testing.assert_array_equal(result.test, in_sample.test)
     assert result.raw_oof_lwlrap == in_sample.raw_oof_lwlrap
     assert result.oof_lwlrap == pytest.approx(lwlrap(truth, result.oof), abs=1e-12)
     # Without calibration the folds change nothing.
-    np.testing.assert_array_equal(blend(members, truth, folds=folds, calibrate=False).oof, raw)
+    np.testing.assert_array_equal(blend(members, truth, method="rank", folds=folds, calibrate=False).oof, raw)
 
     with pytest.raises(ValueError, match="one fold per OOF row"):
         cross_fitted_calibration(oof_avg, truth, folds[:-1])
@@ -378,7 +378,7 @@ def test_calibrator_checks_its_inputs():
 # ------------------------------------------------------------------ blend / greedy selection
 
 
-@pytest.mark.parametrize("method", ["rank", "mean"])
+@pytest.mark.parametrize("method", ["rank", "rank_minmax", "mean", "logit_mean", "geo_mean"])
 @pytest.mark.parametrize("calibrate", [False, True])
 def test_blend_of_strong_and_weak_beats_the_weak_member(method, calibrate):
     truth, (strong, weak) = make_case(8)
@@ -388,7 +388,8 @@ def test_blend_of_strong_and_weak_beats_the_weak_member(method, calibrate):
     assert result.oof_lwlrap >= lwlrap(truth, weak)
     assert result.oof_lwlrap == pytest.approx(lwlrap(truth, result.oof), abs=1e-12)
     assert result.method == method and result.test is None
-    assert (result.calibrator is not None) == calibrate
+    # Only a rank blend has a map to probabilities; the other methods average probabilities.
+    assert (result.calibrator is not None) == (calibrate and method in ("rank", "rank_minmax"))
     assert np.all((result.oof >= 0) & (result.oof <= 1))
     np.testing.assert_allclose(np.nansum(result.per_class * result.class_weights), result.oof_lwlrap,
                                atol=1e-12)
@@ -397,10 +398,10 @@ def test_blend_of_strong_and_weak_beats_the_weak_member(method, calibrate):
 def test_blend_weights_default_to_cv_lwlrap_then_equal():
     truth, (strong, weak) = make_case(9)
     with_cv = [Member("a", strong, None, 0.9), Member("b", weak, None, 0.6)]
-    np.testing.assert_allclose(blend(with_cv, truth, calibrate=False).weights, [0.6, 0.4])
+    np.testing.assert_allclose(blend(with_cv, truth, method="rank", calibrate=False).weights, [0.6, 0.4])
     partial = [Member("a", strong, None, 0.9), Member("b", weak, None, None)]
-    np.testing.assert_allclose(blend(partial, truth, calibrate=False).weights, [0.5, 0.5])
-    explicit = blend(with_cv, truth, weights=[1, 3], calibrate=False)
+    np.testing.assert_allclose(blend(partial, truth, method="rank", calibrate=False).weights, [0.5, 0.5])
+    explicit = blend(with_cv, truth, weights=[1, 3], method="rank", calibrate=False)
     np.testing.assert_allclose(explicit.weights, [0.25, 0.75])
     ranked = 0.25 * rank_against(strong, strong) + 0.75 * rank_against(weak, weak)
     np.testing.assert_allclose(explicit.oof, ranked, atol=1e-15)
@@ -424,17 +425,19 @@ def test_greedy_selection_picks_the_strongest_first_and_never_gets_worse():
     truth, scores = make_case(11, strengths=(0.3, 1.6, 0.8, 1.2))
     members = [Member(f"m{k}", s) for k, s in enumerate(scores)]
     singles = [lwlrap(truth, rank_against(s, s)) for s in scores]
-    picks, weights, history = greedy_forward_selection(members, truth, max_steps=8)
+    picks, weights, history = greedy_forward_selection(members, truth, max_steps=8, method="rank",
+                                                       calibrate=False)
     assert picks[0] == int(np.argmax(singles)) == 1
     assert history[0] == pytest.approx(max(singles), abs=1e-12)
     assert len(history) == len(picks) >= 1
     assert all(b > a for a, b in zip(history, history[1:]))
     counts = np.bincount(picks, minlength=len(members))
     np.testing.assert_allclose(weights, counts / counts.sum())
-    assert blend(members, truth, weights=weights, calibrate=False).oof_lwlrap == pytest.approx(
+    assert blend(members, truth, weights=weights, method="rank", calibrate=False).oof_lwlrap == pytest.approx(
         history[-1], abs=1e-12)
 
-    picks, weights, history = greedy_forward_selection(members, truth, with_replacement=False)
+    picks, weights, history = greedy_forward_selection(members, truth, with_replacement=False, method="rank",
+                                                       calibrate=False)
     assert len(set(picks)) == len(picks) and picks[0] == 1
     assert all(b > a for a, b in zip(history, history[1:]))
 
