@@ -76,6 +76,8 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     kwargs = {"seed": args.seed}
     if args.clips_per_class is not None:
         kwargs["clips_per_class"] = args.clips_per_class
+    if args.clips_per_source != 1:
+        kwargs["clips_per_source"] = args.clips_per_source
     with Progress(console=err_console, transient=True) as progress:
         task = progress.add_task("writing demo clips", total=None)
         summary = write_demo_dataset(args.dir, progress=lambda d, t: progress.update(task, completed=d, total=t),
@@ -92,7 +94,8 @@ def cmd_register(args: argparse.Namespace) -> int:
     from engine.jobs.common import prepare_dataset
 
     with _open(args) as store:
-        data = prepare_dataset(store, args.dir, n_folds=args.n_folds, fold_seed=args.fold_seed)
+        data = prepare_dataset(store, args.dir, n_folds=args.n_folds, fold_seed=args.fold_seed,
+                               group_column=args.group_column)
         row = store.get_dataset(data.dataset_id)
     row.pop("classes", None)
     if args.json:
@@ -100,7 +103,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     else:
         console.print(f"dataset {row['id']} [bold]{row['name']}[/]: {row['n_curated']} curated, "
                       f"{row['n_noisy']} noisy, {row['n_test']} test clips; {row['n_folds']} folds "
-                      f"(seed {row['fold_seed']})")
+                      f"(seed {row['fold_seed']}, {row['fold_rule']})")
     return 0
 
 
@@ -409,11 +412,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", type=Path)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--clips-per-class", type=int, default=None, help="curated clips per class (small for tests)")
+    p.add_argument("--clips-per-source", type=int, default=1,
+                   help="cut curated clips of a class in runs of N from one recording and write its id in a "
+                        "freesound_id column (shared-source groups for data.group_column)")
 
     p = add("register", cmd_register, "register a dataset root and compute its folds")
     p.add_argument("dir", type=Path)
     p.add_argument("--n-folds", type=int, default=5)
     p.add_argument("--fold-seed", type=int, default=42)
+    p.add_argument("--group-column", default="",
+                   help="train_curated.csv column naming each clip's source recording: folds keep each in one fold")
 
     p = add("queue", cmd_queue, "queue a job from a preset or config file with overrides; prints the job id")
     p.add_argument("kind", choices=["train", "infer", "ensemble", "baseline", "probe"])
