@@ -33,6 +33,9 @@ class DataSection:
     root: str = ""
     #: Folder for decoded-waveform caches; empty = ``<root>/.fsat-cache``.
     cache_dir: str = ""
+    #: Column of ``train_curated.csv`` naming each clip's source recording (e.g. ``freesound_id``):
+    #: folds then keep every recording in one fold. Empty = folds by label stratification alone.
+    group_column: str = ""
 
     def validate(self, path: str) -> None:
         if not self.root:
@@ -339,7 +342,8 @@ class InferSpec:
             _choice(split, INFER_SPLITS, f"splits[{i}]")
 
 
-ENSEMBLE_METHODS = ("rank", "mean")
+#: Kept equal to ``engine.ensemble.METHODS`` (this module stays stdlib-only; tests check the two agree).
+ENSEMBLE_METHODS = ("auto", "best", "rank", "rank_minmax", "mean", "logit_mean", "geo_mean")
 
 
 @dataclass
@@ -351,8 +355,11 @@ class EnsembleSpec:
     members: list[str] = field(default_factory=list)
     #: Member weights; empty = proportional to each member's CV LWLRAP.
     weights: list[float] = field(default_factory=list)
-    method: str = "rank"
-    #: Per-class min-max of averaged ranks, then a temperature and a bias per class fitted on out-of-fold BCE.
+    #: auto = every method and the best single member, scored by cross-fitted OOF LWLRAP; the highest wins.
+    #: rank = per-class rank average mapped onto the probability blend's OOF distribution (quantile mapping);
+    #: rank_minmax = the plan's min-max and per-class temperature; mean, logit_mean, geo_mean; best.
+    method: str = "auto"
+    #: Rank methods: map averaged ranks back to probabilities (false: the blend is the averaged ranks).
     calibrate: bool = True
     #: Greedy forward selection (with replacement) of members by out-of-fold LWLRAP.
     greedy: bool = False
@@ -374,14 +381,26 @@ class EnsembleSpec:
         _positive(self.greedy_steps, "greedy_steps")
         if self.greedy and self.weights:
             raise ConfigError("give either weights or greedy selection, not both", field="greedy")
+        if self.greedy and self.method == "best":
+            raise ConfigError("greedy selection blends members; choose a blend method or auto", field="method")
+
+
+BASELINE_VARIANTS = ("embedding", "mel_stats")
 
 
 @dataclass
 class BaselineSpec:
-    """CNN14 embeddings of a centre crop, then a one-vs-rest logistic regression per fold."""
+    """Per-clip features, then a one-vs-rest logistic regression per fold.
+
+    ``variant = "embedding"``: CNN14 embeddings of a centre crop (needs the
+    PANNs checkpoint or a trained run's encoder). ``"mel_stats"``: mean, std
+    and max of each log-mel bin over the whole clip (``features`` section;
+    no pretrained weights, seconds on a CPU).
+    """
 
     KIND: typing.ClassVar[str] = "baseline"
     name: str = ""
+    variant: str = "embedding"
     data: DataSection = field(default_factory=DataSection)
     audio: AudioSection = field(default_factory=AudioSection)
     features: FeaturesSection = field(default_factory=FeaturesSection)
@@ -399,6 +418,7 @@ class BaselineSpec:
 
     def validate(self, path: str) -> None:
         _positive(self.C, "C")
+        _choice(self.variant, BASELINE_VARIANTS, "variant")
         if self.n_folds < 2:
             raise ConfigError(f"need at least 2 folds, got {self.n_folds}", field="n_folds")
         _positive(self.batch_size, "batch_size")

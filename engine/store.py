@@ -182,8 +182,28 @@ def _migrate_v1(c: sqlite3.Connection) -> None:
 #: two processes opening an old file upgrade it once. Each step is written
 #: against the schema the step before it left, never against today's tables;
 #: add a step at the end, never edit a released one.
+def _migrate_v4(c: sqlite3.Connection) -> None:
+    """The rule that made a dataset's folds; an ensemble's scored methods and a run's warning."""
+    c.execute("ALTER TABLE datasets ADD COLUMN fold_rule TEXT")
+    # Before this step every stored fold came from iterative stratification without groups.
+    c.execute("UPDATE datasets SET fold_rule = 'multilabel-stratified' WHERE n_folds IS NOT NULL")
+    c.execute("ALTER TABLE runs ADD COLUMN warning TEXT")
+    c.execute("""CREATE TABLE IF NOT EXISTS ensemble_candidates (
+    run_id          TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    method          TEXT NOT NULL,
+    oof_lwlrap      REAL,                    -- cross-fitted when the dataset has folds; NULL: could not apply
+    raw_oof_lwlrap  REAL,                    -- rank methods: before the rank-to-probability map
+    test_lwlrap     REAL,
+    chosen          INTEGER NOT NULL DEFAULT 0,
+    note            TEXT NOT NULL DEFAULT '',
+    position        INTEGER NOT NULL,
+    PRIMARY KEY (run_id, method)
+)""")
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite3.Connection], None]]] = [
     (1, "first schema", _migrate_v1),
+    (4, "datasets.fold_rule, runs.warning, ensemble_candidates", _migrate_v4),
 ]
 
 #: The schema version this code writes: the last migration's.
@@ -392,23 +412,24 @@ class Store:
 
     def list_datasets(self) -> list[dict]:
         """All registered datasets."""
-        return self._query("SELECT id, name, root, n_curated, n_noisy, n_test, n_folds, fold_seed "
+        return self._query("SELECT id, name, root, n_curated, n_noisy, n_test, n_folds, fold_seed, fold_rule "
                            "FROM datasets ORDER BY id")
 
     def save_folds(self, dataset_id: int, fnames: Sequence[str], folds: Sequence[int], *,
-                   seed: int, n_folds: int) -> bool:
-        """Store the dataset's folds unless it already has some; True when written.
+                   seed: int, n_folds: int, rule: str = "multilabel-stratified") -> bool:
+        """Store the dataset's folds and the rule that made them unless it has some; True when written.
 
         The first writer wins so that every run on a dataset uses the same folds,
-        even when two jobs compute them at the same time.
+        even when two jobs compute them at the same time. ``rule`` is
+        ``engine.data.folds.fold_rule``'s text.
         """
         with self.write() as c:
             if c.execute("SELECT 1 FROM folds WHERE dataset_id = ? LIMIT 1", (dataset_id,)).fetchone():
                 return False
             c.executemany("INSERT INTO folds(dataset_id, fname, fold) VALUES (?,?,?)",
                           [(dataset_id, f, int(k)) for f, k in zip(fnames, folds)])
-            c.execute("UPDATE datasets SET fold_seed=?, n_folds=? WHERE id=?",
-                      (seed, n_folds, dataset_id))
+            c.execute("UPDATE datasets SET fold_seed=?, n_folds=?, fold_rule=? WHERE id=?",
+                      (seed, n_folds, rule, dataset_id))
             return True
 
     def get_folds(self, dataset_id: int) -> dict[str, int]:
@@ -696,6 +717,27 @@ class Store:
             c.execute("DELETE FROM run_members WHERE run_id=?", (run_id,))
             c.executemany("INSERT INTO run_members(run_id, member_run_id, weight) VALUES (?,?,?)",
                           [(run_id, m, float(w)) for m, w in members])
+
+    def set_run_warning(self, run_id: str, warning: str | None) -> None:
+        """Record (or clear, with None) the warning a run's result carries, e.g. a blend below its best member."""
+        with self.write() as c:
+            c.execute("UPDATE runs SET warning=? WHERE id=?", (warning, run_id))
+
+    def record_ensemble_candidates(self, run_id: str, candidates: Sequence[dict]) -> None:
+        """Record every method an ensemble scored: dicts with ``method``, ``oof_lwlrap``,
+        ``raw_oof_lwlrap``, ``test_lwlrap``, ``chosen`` and ``note`` (scores may be None)."""
+        rows = [(run_id, d["method"], _f(d.get("oof_lwlrap")), _f(d.get("raw_oof_lwlrap")),
+                 _f(d.get("test_lwlrap")), int(bool(d.get("chosen"))), d.get("note") or "", i)
+                for i, d in enumerate(candidates)]
+        with self.write() as c:
+            c.execute("DELETE FROM ensemble_candidates WHERE run_id=?", (run_id,))
+            c.executemany("INSERT INTO ensemble_candidates(run_id, method, oof_lwlrap, raw_oof_lwlrap, "
+                          "test_lwlrap, chosen, note, position) VALUES (?,?,?,?,?,?,?,?)", rows)
+
+    def ensemble_candidates(self, run_id: str) -> list[dict]:
+        """The methods an ensemble run scored, in the order it scored them."""
+        return self._query("SELECT method, oof_lwlrap, raw_oof_lwlrap, test_lwlrap, chosen, note "
+                           "FROM ensemble_candidates WHERE run_id=? ORDER BY position", (run_id,))
 
     def list_runs(self, *, limit: int = 200) -> list[dict]:
         """Runs with their headline scores, newest first."""

@@ -42,6 +42,21 @@ def test_a_schema_1_database_upgrades_and_keeps_its_rows(v1_db: Path):
     assert [e["val_lwlrap"] for e in store.epochs("train-0001")] == [pytest.approx(0.6), pytest.approx(0.7)]
     assert [c["lrap"] for c in store.class_scores("train-0001")] == [pytest.approx(0.5), pytest.approx(1.0)]
     assert store.get_folds(1) == {"c0.wav": 0, "c1.wav": 0, "c2.wav": 1, "c3.wav": 1}
+    # Step 4: folds stored before it were made by iterative stratification without groups.
+    assert store.get_dataset(1)["fold_rule"] == "multilabel-stratified"
+    assert [d["fold_rule"] for d in store.list_datasets()] == ["multilabel-stratified"]
+    # Old runs carry no warning; an ensemble's scored methods can be recorded for them.
+    assert store.get_run("train-0001")["warning"] is None
+    store.set_run_warning("train-0001", "below its best member")
+    assert store.get_run("train-0001")["warning"] == "below its best member"
+    store.record_ensemble_candidates("train-0001", [
+        {"method": "best", "oof_lwlrap": 0.7, "chosen": True},
+        {"method": "geo_mean", "oof_lwlrap": None, "note": "needs probabilities"}])
+    assert store.ensemble_candidates("train-0001") == [
+        {"method": "best", "oof_lwlrap": pytest.approx(0.7), "raw_oof_lwlrap": None, "test_lwlrap": None,
+         "chosen": 1, "note": ""},
+        {"method": "geo_mean", "oof_lwlrap": None, "raw_oof_lwlrap": None, "test_lwlrap": None, "chosen": 0,
+         "note": "needs probabilities"}]
     # The upgraded file still works as a queue.
     job = store.claim("w2")
     assert job is not None and job.name == "still queued"

@@ -162,7 +162,8 @@ def run(ctx: JobContext) -> str:
     device = pick_device(spec.train.device)
     seed_everything(spec.train.seed)
     ctx.progress(0.0, "loading dataset")
-    data = prepare_dataset(store, spec.data.root, n_folds=spec.train.n_folds, fold_seed=spec.train.fold_seed)
+    data = prepare_dataset(store, spec.data.root, n_folds=spec.train.n_folds, fold_seed=spec.train.fold_seed,
+                           group_column=spec.data.group_column)
     classes, Y = data.classes, data.layout.curated.Y
     noisy_weight = spec.loss.noisy_weight
     if noisy_weight > 0 and data.layout.noisy is None:
