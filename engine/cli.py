@@ -151,7 +151,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
         if args.name:
             spec.name = args.name
         spec_dict = to_dict(spec)
-        name = spec.name or (args.preset or _default_name(args.kind, spec_dict))
+        name = spec.name or _default_name(args.kind, spec_dict, preset=args.preset)
     with _open(args) as store:
         job_id = store.enqueue(args.kind, spec_dict, name=name, priority=args.priority)
     if args.json:
@@ -161,12 +161,13 @@ def cmd_queue(args: argparse.Namespace) -> int:
     return 0
 
 
-def _default_name(kind: str, spec: dict) -> str:
+def _default_name(kind: str, spec: dict, preset: str | None = None) -> str:
+    """A job's name in `fsat jobs` when none is given: an infer job names the run it infers."""
     if kind == "infer":
-        return f"tta {spec.get('run_id', '')}".strip()
+        return f"{preset or 'tta'} {spec.get('run_id', '')}".strip()
     if kind == "ensemble":
-        return f"{spec.get('method', 'rank')} blend of {len(spec.get('members', []))}"
-    return kind
+        return f"{spec.get('method', 'auto')} blend of {len(spec.get('members', []))}"
+    return preset or kind
 
 
 def cmd_ensemble(args: argparse.Namespace) -> int:

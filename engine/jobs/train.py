@@ -154,6 +154,18 @@ class TrainingClips:
                                np.arange(self.n_curated, len(self.Y), dtype=np.int64)])
 
 
+def fold_summary(fold: int, result: FoldResult, *, epochs: int, patience: int) -> str:
+    """The log line of a finished fold: its best score and epoch, and where and why training stopped."""
+    line = f"fold {fold}: best lwlrap {result.best_lwlrap:.4f}"
+    if result.best_epoch is None:
+        return line + " (not trained)"
+    line += f" at epoch {result.best_epoch}"
+    if result.stopped_early:
+        return line + (f"; stopped early after epoch {result.epochs_run - 1} of {epochs} "
+                       f"(no better lwlrap for {patience} epochs)")
+    return line + f"; ran all {epochs} epochs"
+
+
 def run(ctx: JobContext) -> str:
     """Train every requested fold, record scores, write artifacts; returns a summary message."""
     spec: TrainSpec = spec_from_json("train", ctx.spec)
@@ -274,7 +286,7 @@ def run(ctx: JobContext) -> str:
                           n_val=len(val_idx))
         per_class, weights = per_class_lwlrap(Y[val_idx], result.val_pred)
         store.record_class_scores(run_id, fold, classes, per_class, weights, Y[val_idx].sum(axis=0))
-        ctx.log(f"fold {fold}: best lwlrap {result.best_lwlrap:.4f} at epoch {result.best_epoch}")
+        ctx.log(fold_summary(fold, result, epochs=spec.train.epochs, patience=spec.train.patience))
 
     covered = ~np.isnan(oof).any(axis=1)
     cv = lwlrap(Y[covered], oof[covered])

@@ -49,7 +49,8 @@ class FoldResult:
     best_lwlrap: float
     best_epoch: int | None
     val_pred: np.ndarray
-    epochs_run: int
+    epochs_run: int             # epochs trained in all (resumed ones included)
+    stopped_early: bool = False   # early stopping ended the fold before its last epoch
 
 
 class Tagger(nn.Module):
@@ -140,10 +141,11 @@ def train_fold(tagger: Tagger, *, train_loader: DataLoader, val_loader: DataLoad
         torch.set_rng_state(state["torch_rng"])
         start_epoch = state["epoch"] + 1
 
-    epoch = start_epoch - 1
+    last_epoch = start_epoch - 1
     for epoch in range(start_epoch, epochs):
         if stopper.should_stop:
             break
+        last_epoch = epoch
         for obj in (train_loader.dataset, train_loader.sampler, getattr(train_loader, "batch_sampler", None)):
             if hasattr(obj, "set_epoch"):
                 obj.set_epoch(epoch)
@@ -194,7 +196,7 @@ def train_fold(tagger: Tagger, *, train_loader: DataLoader, val_loader: DataLoad
             on_epoch(result)
     best = np.load(fold_dir / "val_pred.npy")
     return FoldResult(best_lwlrap=float(stopper.best), best_epoch=int(stopper.best_epoch),
-                      val_pred=best, epochs_run=epoch + 1)
+                      val_pred=best, epochs_run=last_epoch + 1, stopped_early=last_epoch + 1 < epochs)
 
 
 def is_oom(err: BaseException) -> bool:
