@@ -8,10 +8,11 @@ Three steps, each re-runnable:
 
 ``prepare`` writes the default demo dataset (seed 0) into ``W/demo_data`` and
 trains the members through the real CLI and worker into ``W/experiments.db``:
-four ``demo`` preset CNN runs (seeds 42, 2025, 7 and a width-24 model with
-seed 11; ``train.epochs`` and ``train.patience`` from the flags), each
-inferred with ``infer.tta_crops`` crops, and the ``baseline_melstats``
-baseline. ``methods`` loads their ``oof.npy`` / ``test.npy`` and scores every
+three ``demo`` preset CNN runs (seeds 42, 2025 and 7; ``train.epochs``,
+``train.patience`` and ``audio.crop_seconds`` from the flags, shorter than
+the preset so the members train in minutes on a shared CPU), each inferred
+with ``infer.tta_crops`` crops, and two ``baseline_melstats`` baselines (64
+and 128 mel bins). ``methods`` loads their ``oof.npy`` / ``test.npy`` and scores every
 method of ``engine.ensemble.blend`` on blends of 1, 2 and 5 members
 (cross-fitted over the dataset's stored folds; test LWLRAP against
 ``test_ground_truth.csv``). ``groups`` writes a demo set whose curated clips
@@ -35,11 +36,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-MEMBERS = [  # (label, --set overrides)
+CNN_MEMBERS = [  # (label, --set overrides of the demo preset)
     ("cnn seed 42", ["train.seed=42"]),
     ("cnn seed 2025", ["train.seed=2025"]),
     ("cnn seed 7", ["train.seed=7"]),
-    ("cnn width 24", ["train.seed=11", "model.width=24"]),
+]
+BASELINE_MEMBERS = [  # (label, --set overrides of the baseline_melstats preset)
+    ("mel stats", []),
+    ("mel stats 128", ["features.n_mels=128"]),
 ]
 
 
@@ -67,18 +71,21 @@ def prepare(args: argparse.Namespace) -> None:
     if not (data / "sample_submission.csv").exists():
         fsat(db, "demo-data", str(data), "--seed", "0")
     plan = {}
-    for label, sets in MEMBERS:
-        sets = sets + [f"train.epochs={args.epochs}", f"train.patience={args.patience}"]
+    for label, sets in CNN_MEMBERS:
+        sets = sets + [f"train.epochs={args.epochs}", f"train.patience={args.patience}",
+                       f"audio.crop_seconds={args.crop_seconds}"]
         job = int(fsat(db, "queue", "train", "--data", str(data), "--preset", "demo", "--name", label,
                        *[a for s in sets for a in ("--set", s)]))
         infer = int(fsat(db, "queue", "infer", f"train-{job:04d}", "--preset", "tta",
                          "--set", f"infer.tta_crops={args.tta_crops}", "--name", f"{label} infer"))
         plan[label] = {"train_job": job, "infer_job": infer}
-    job = int(fsat(db, "queue", "baseline", "--data", str(data), "--preset", "baseline_melstats",
-                   "--name", "mel stats"))
-    plan["mel stats"] = {"baseline_job": job}
+    for label, sets in BASELINE_MEMBERS:
+        job = int(fsat(db, "queue", "baseline", "--data", str(data), "--preset", "baseline_melstats",
+                       "--name", label, *[a for s in sets for a in ("--set", s)]))
+        plan[label] = {"baseline_job": job}
     (work / "members.json").write_text(json.dumps({"plan": plan, "epochs": args.epochs, "patience": args.patience,
-                                                   "tta_crops": args.tta_crops}, indent=2))
+                                                   "crop_seconds": args.crop_seconds, "tta_crops": args.tta_crops},
+                                                  indent=2))
     drain(db)
     print(json.dumps(plan, indent=2))
 
@@ -129,7 +136,7 @@ def methods(args: argparse.Namespace) -> None:
     blends = {
         "1 member (best cnn)": [best_cnn],
         "2 members (cnn seeds 42, 2025)": ["cnn seed 42", "cnn seed 2025"],
-        "5 members (4 cnn + mel stats)": list(members),
+        "5 members (3 cnn + 2 mel stats)": list(members),
         "mel stats alone": ["mel stats"],
         "mel stats + best cnn": [best_cnn, "mel stats"],
     }
@@ -211,7 +218,7 @@ def groups(args: argparse.Namespace) -> None:
                 val = folds == k
                 (pred,), _ = fit_one_vs_rest(X[~val], truth[~val], [X[val]], C=args.C)
                 oof[val] = pred
-            rep = stratification_report(truth, folds)
+            rep = stratification_report(truth, folds, group_of)
             row = {"oof_lwlrap": lwlrap(truth, oof), "split_clips": clips_split_from_their_group(group_of, folds),
                    **rep}
             result[name][rule] = row
@@ -225,7 +232,8 @@ def main() -> None:
     sub = parser.add_subparsers(dest="step", required=True)
     p = sub.add_parser("prepare", help="write the demo data and train the member runs")
     p.add_argument("--workdir", required=True)
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--crop-seconds", type=float, default=1.5)
     p.add_argument("--patience", type=int, default=3)
     p.add_argument("--tta-crops", type=int, default=1)
     p.set_defaults(func=prepare)

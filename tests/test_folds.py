@@ -34,9 +34,10 @@ def grouped_labels(seed: int, n_groups: int = 150, n_classes: int = 20) -> tuple
     return np.array(rows), np.array(groups)
 
 
-def loop_report(Y: np.ndarray, folds: np.ndarray) -> dict:
+def loop_report(Y: np.ndarray, folds: np.ndarray, groups=None) -> dict:
     """stratification_report's measures written out cell by cell."""
     n, c = Y.shape
+    groups = np.arange(n) if groups is None else np.asarray(groups)
     ks = sorted(set(folds.tolist()))
     ld_terms, dev_terms, empty = [], [], 0
     for j in range(c):
@@ -47,7 +48,8 @@ def loop_report(Y: np.ndarray, folds: np.ndarray) -> dict:
             if n - total > 0 and size - p > 0:
                 ld_terms.append(abs(p / (size - p) - total / (n - total)))
             dev_terms.append(abs(p - total * size / n))
-            empty += int(p == 0 and total >= len(ks))
+            holders = len(set(groups[Y[:, j] > 0].tolist()))
+            empty += int(p == 0 and holders >= len(ks))
     return {"label_distribution": float(np.mean(ld_terms)), "mean_abs_deviation": float(np.mean(dev_terms)),
             "empty_cells": empty, "fold_sizes": [int((folds == k).sum()) for k in ks]}
 
@@ -65,6 +67,7 @@ def test_group_folds_keep_every_group_in_one_fold_and_stay_stratified():
     grouped, free = stratification_report(Y, folds), stratification_report(Y, blind)
     assert grouped == pytest.approx(loop_report(Y, folds))
     assert free == pytest.approx(loop_report(Y, blind))
+    assert stratification_report(Y, folds, groups) == pytest.approx(loop_report(Y, folds, groups))
     # Whole groups cost some evenness but stay near the group-blind split and far from random groups.
     rng = np.random.default_rng(1)
     keys = sorted(set(groups.tolist()))

@@ -168,7 +168,7 @@ def clips_split_from_their_group(groups: Sequence, folds: np.ndarray) -> int:
     return int(spread[inverse].sum())
 
 
-def stratification_report(Y: np.ndarray, folds: np.ndarray) -> dict:
+def stratification_report(Y: np.ndarray, folds: np.ndarray, groups: Sequence | None = None) -> dict:
     """How evenly ``folds`` hold each class and the clips.
 
     - ``label_distribution``: Sechidis et al.'s LD, the mean over classes and
@@ -177,7 +177,8 @@ def stratification_report(Y: np.ndarray, folds: np.ndarray) -> dict:
     - ``mean_abs_deviation``: mean over classes and folds of the positives a
       fold holds minus the positives its share of clips would hold, in clips;
     - ``empty_cells``: (class, fold) pairs with no positive although the class
-      has at least as many positives as there are folds;
+      has positives in at least as many groups (clips, without ``groups``)
+      as there are folds, so every fold could have held one;
     - ``fold_sizes``: clips per fold.
     """
     labels = (np.asarray(Y) > 0.5).astype(np.float64)
@@ -193,9 +194,16 @@ def stratification_report(Y: np.ndarray, folds: np.ndarray) -> dict:
     finite = np.isfinite(overall)[None, :] & np.isfinite(ratio)
     ld = float(np.abs(ratio - overall[None, :])[finite].mean()) if finite.any() else 0.0
     expected = total[None, :] * sizes[:, None] / n
+    if groups is None:
+        spread = total
+    else:
+        _, inverse = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+        holders = np.zeros((inverse.max() + 1, labels.shape[1]))
+        np.add.at(holders, inverse, labels)
+        spread = (holders > 0).sum(axis=0)
     return {
         "label_distribution": ld,
         "mean_abs_deviation": float(np.abs(per_fold - expected).mean()),
-        "empty_cells": int(((per_fold == 0) & (total[None, :] >= len(fold_ids))).sum()),
+        "empty_cells": int(((per_fold == 0) & (spread[None, :] >= len(fold_ids))).sum()),
         "fold_sizes": sizes.astype(int).tolist(),
     }
