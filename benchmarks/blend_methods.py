@@ -224,6 +224,19 @@ def groups(args: argparse.Namespace) -> None:
             result[name][rule] = row
             print(f"  {rule:24s} {row['oof_lwlrap']:.4f} {row['split_clips']:6d} {rep['label_distribution']:.4f} "
                   f"{rep['mean_abs_deviation']:6.3f} {rep['empty_cells']:5d}  {rep['fold_sizes']}")
+        if per_source == 1:
+            # The preset's C: the regularisation of the logistic regression on these features.
+            sweep = {}
+            for C in args.sweep:
+                oof = np.zeros(truth.shape)
+                folds = rules["stratified, group-blind"]
+                for k in range(args.folds):
+                    val = folds == k
+                    (pred,), _ = fit_one_vs_rest(X[~val], truth[~val], [X[val]], C=C)
+                    oof[val] = pred
+                sweep[C] = lwlrap(truth, oof)
+            print("  C sweep (stratified folds): " + ", ".join(f"C={c:g} {v:.4f}" for c, v in sweep.items()))
+            result[name]["C sweep"] = sweep
     (work / "groups.json").write_text(json.dumps(result, indent=2))
 
 
@@ -246,7 +259,8 @@ def main() -> None:
     p.add_argument("--clips-per-source", type=int, default=2)
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--C", type=float, default=0.1)
+    p.add_argument("--C", type=float, default=0.3)
+    p.add_argument("--sweep", type=float, nargs="*", default=[0.01, 0.03, 0.1, 0.3, 1.0, 2.0])
     p.set_defaults(func=groups)
     args = parser.parse_args()
     args.func(args)

@@ -32,6 +32,7 @@ from rich.table import Table
 
 from engine.errors import FsatError
 from engine.store import OOF, Store, default_db_path
+from engine.specs import ENSEMBLE_METHODS
 
 console = Console()
 err_console = Console(stderr=True)
@@ -183,6 +184,8 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     if args.name:
         data["name"] = args.name
     spec = from_dict(EnsembleSpec, data)
+    if args.dry_run:
+        return _ensemble_dry_run(args, spec)
     if not args.now:
         with _open(args) as store:
             job_id = store.enqueue("ensemble", to_dict(spec), name=spec.name or _default_name("ensemble", data),
@@ -210,6 +213,42 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
                           "message": outcome.message}, indent=2))
     else:
         console.print(f"[bold]{outcome.run_id}[/]: {outcome.message}", highlight=False)
+    if outcome.warning and args.json:
+        err_console.print(f"[bold yellow]warning:[/] {outcome.warning}", highlight=False)
+    return 0
+
+
+def _ensemble_dry_run(args: argparse.Namespace, spec) -> int:
+    """Blend and score every method without recording anything: the methods × scores table."""
+    from engine.jobs.ensemble import evaluate_ensemble
+
+    quiet = lambda text: None  # noqa: E731  (the table below says it all)
+    with _open(args) as store:
+        ev = evaluate_ensemble(store, spec, log=quiet)
+    result = ev.result
+    rows = [{**c, "chosen": bool(c["chosen"])} for c in ev.candidates]
+    if args.json:
+        print(json.dumps({"method": result.method, "requested": result.requested, "weights": ev.weights,
+                          "cross_fitted": ev.cross_fitted, "best_member": result.best_member,
+                          "best_member_oof_lwlrap": result.best_member_lwlrap,
+                          "member_test_lwlrap": ev.member_test_lwlrap, "candidates": rows,
+                          "oof_lwlrap": result.oof_lwlrap, "test_lwlrap": ev.test_lwlrap,
+                          "warning": result.warning, "saved": False}, indent=2))
+        return 0
+    members = ", ".join(f"{k} {v:.3f}" for k, v in ev.weights.items())
+    fitted = "cross-fitted over the dataset's folds" if ev.cross_fitted else "in-sample (no stored folds)"
+    table_rows = [{"method": r["method"] + (" *" if r["chosen"] else ""), "oof_lwlrap": r["oof_lwlrap"],
+                   "raw_oof_lwlrap": r["raw_oof_lwlrap"] if r["method"] in ("rank", "rank_minmax") else None,
+                   "test_lwlrap": r["test_lwlrap"], "note": r["note"]} for r in rows]
+    _emit(args, table_rows, f"dry run, nothing saved: weights {members}; OOF {fitted}",
+          ["method", "oof_lwlrap", "raw_oof_lwlrap", "test_lwlrap", "note"])
+    best_test = ev.member_test_lwlrap.get(result.best_member)
+    console.print(f"best member {result.best_member}: OOF lwlrap {result.best_member_lwlrap:.4f}"
+                  + (f", test {best_test:.4f}" if best_test is not None else "")
+                  + f"; * = {'chosen by auto' if result.requested == 'auto' else 'the method asked for'}",
+                  highlight=False)
+    if result.warning:
+        console.print(f"[bold yellow]warning:[/] {result.warning}", highlight=False)
     return 0
 
 
@@ -353,9 +392,10 @@ def cmd_show(args: argparse.Namespace) -> int:
         classes = store.class_scores(args.run_id, fold)
         epochs = store.epochs(args.run_id)
         members = store.run_members(args.run_id)
+        candidates = store.ensemble_candidates(args.run_id)
     if args.json:
         print(json.dumps({"run": run, "folds": folds, "classes": classes, "epochs": epochs,
-                          "members": members}, indent=2, default=str))
+                          "members": members, "candidates": candidates}, indent=2, default=str))
         return 0
     console.print(f"[bold]{run['id']}[/] {run['kind']} {run['model']} [{run['status']}]  "
                   f"CV lwlrap [bold]{_fmt(run['cv_lwlrap'])}[/]  test {_fmt(run['test_lwlrap'])}  "
@@ -365,6 +405,12 @@ def cmd_show(args: argparse.Namespace) -> int:
     console.print(_table("folds", folds, ["fold", "lwlrap", "best_epoch", "n_val", "epochs"]))
     if members:
         console.print(_table("members", members, ["member_run_id", "weight"]))
+    if candidates:
+        console.print(_table("methods scored (* = used)", [{**c, "method": c["method"] + (" *" if c["chosen"] else "")}
+                                                           for c in candidates],
+                             ["method", "oof_lwlrap", "raw_oof_lwlrap", "test_lwlrap", "note"]))
+    if run.get("warning"):
+        console.print(f"[bold yellow]warning:[/] {run['warning']}", highlight=False)
     scope = "out-of-fold" if fold == OOF else f"fold {fold}"
     ranked = sorted(classes, key=lambda r: (r["lrap"] is None, -(r["lrap"] or 0)))
     console.print(_table(f"classes ({scope}, by LRAP)", ranked, ["class_idx", "class_name", "lrap", "weight",
@@ -440,14 +486,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("members", nargs="+", metavar="RUN_ID", help="runs with oof.npy (infer, baseline, ensemble)")
     p.add_argument("--weights", nargs="+", type=float, metavar="W",
                    help="one weight per member (default: proportional to CV lwlrap)")
-    p.add_argument("--method", choices=["rank", "mean"], default="rank")
+    p.add_argument("--method", choices=list(ENSEMBLE_METHODS), default="auto",
+                   help="auto (default): every method and the best member, scored by cross-fitted OOF lwlrap")
     p.add_argument("--no-calibrate", action="store_true", help="keep blended ranks, no rank-to-probability map")
     p.add_argument("--greedy", action="store_true", help="greedy forward selection of members by OOF lwlrap")
     p.add_argument("--greedy-steps", type=int, default=None)
     p.add_argument("--no-submission", action="store_true", help="do not write submission.csv")
     p.add_argument("--name", help="run name")
     p.add_argument("--priority", type=int, default=0, help="higher runs first (queued job)")
-    p.add_argument("--now", action="store_true", help="blend in this process instead of queueing a job")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--now", action="store_true", help="blend in this process and save the run instead of "
+                      "queueing a job")
+    mode.add_argument("--dry-run", action="store_true", help="print every method's OOF and test lwlrap and save "
+                      "nothing (no run, no files)")
 
     p = add("submission", cmd_submission, "write a validated submission CSV from a run's test scores",
             listing=True)
