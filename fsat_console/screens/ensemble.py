@@ -60,8 +60,11 @@ if TYPE_CHECKING:
 WEIGHT_STEP = 0.5
 #: Picks of greedy forward selection (the ensemble spec's default ``greedy_steps``).
 GREEDY_STEPS = 20
-METHODS = ("rank", "mean")
-METHOD_LABELS = {"rank": "per-class rank average", "mean": "score mean"}
+#: The ``m`` key's cycle: the ensemble spec's methods (``engine.ensemble.METHODS``).
+METHODS = specs.ENSEMBLE_METHODS
+METHOD_LABELS = {"auto": "auto (best by cross-fitted OOF)", "best": "best member alone",
+                 "rank": "rank average → quantile map", "rank_minmax": "rank average → min-max + temperature",
+                 "mean": "mean of probabilities", "logit_mean": "mean of logits", "geo_mean": "geometric mean"}
 
 MEMBER_COLUMNS = (
     ColumnSpec("in", "in", descending_first=True),
@@ -158,7 +161,7 @@ class BlendState:
     #: Member run id -> explicit weight (any non-negative number; the blend scales them to sum 1),
     #: or None for CV weights.
     weights: dict[str, float] | None = None
-    method: str = "rank"
+    method: str = "auto"
     calibrate: bool = True
 
     @property
@@ -231,6 +234,11 @@ class BlendOutcome:
     weights: list[float] = field(default_factory=list)
     oof_lwlrap: float | None = None
     raw_oof_lwlrap: float | None = None
+    #: The method used (``auto`` resolved), every method scored (method -> OOF LWLRAP or None) and
+    #: the warning of a blend below its best member.
+    method: str = ""
+    candidates: dict[str, float | None] = field(default_factory=dict)
+    warning: str | None = None
     #: Each loaded member's own OOF LWLRAP.
     member_lwlrap: dict[str, float] = field(default_factory=dict)
     #: Members left out, with the reason (unreadable file, other dataset, wrong shape, missing folds).
@@ -389,7 +397,7 @@ class BlendBench:
             # The same members the ensemble job builds: cv_lwlrap is the OOF LWLRAP of oof.npy.
             result = blend([Member(c.run_id, a, None, score) for c, _, a, score in usable], truth,
                            weights=explicit, method=method, calibrate=calibrate,
-                           folds=self.fold_rows(dataset, folds) if calibrate else None)
+                           folds=self.fold_rows(dataset, folds))
         except ValueError as err:
             outcome.error = f"cannot blend: {err}"
             return outcome
@@ -397,16 +405,21 @@ class BlendBench:
         outcome.weights = [float(w) for w in result.weights]
         outcome.oof_lwlrap = float(result.oof_lwlrap)
         outcome.raw_oof_lwlrap = float(result.raw_oof_lwlrap)
+        outcome.method = result.method
+        outcome.candidates = {c.method: c.oof_lwlrap for c in result.candidates}
+        outcome.warning = result.warning
         outcome.seconds = time.perf_counter() - t0
         return outcome
 
-    def greedy(self, dataset: dict, candidates: Sequence[Candidate], *, method: str,
+    def greedy(self, dataset: dict, candidates: Sequence[Candidate], *, method: str, calibrate: bool = True,
+               folds: dict[str, int] | None = None,
                max_steps: int = GREEDY_STEPS) -> tuple[dict[str, float], list[float], dict[str, str]]:
         """Greedy forward selection (with replacement) over every usable candidate.
 
         Returns member -> pick count (the weights), the OOF LWLRAP after each
-        pick (uncalibrated blend of the picks), and the candidates left out
-        with why (in a few words).
+        pick (the blend's own score, cross-fitted over ``folds``, as the
+        ensemble job scores it; ``best`` selects as ``auto``), and the
+        candidates left out with why (in a few words).
         """
         from engine.ensemble import Member, greedy_forward_selection
 
@@ -422,7 +435,8 @@ class BlendBench:
             return {}, [], problems
         picks, _, history = greedy_forward_selection(
             [Member(c.run_id, a, None, c.cv_lwlrap) for c, a in usable], truth, max_steps=max_steps,
-            method=method)
+            method="auto" if method == "best" else method, calibrate=calibrate,
+            folds=self.fold_rows(dataset, folds))
         counts = Counter(usable[k][0].run_id for k in picks)
         return {run_id: float(n) for run_id, n in counts.items()}, history, problems
 
@@ -521,7 +535,8 @@ class EnsembleScreen(Screen):
                 tooltip=f"Lower the selected member's weight by {WEIGHT_STEP:g} (not below 0)"),
         Binding("c", "cv_weights", "CV weights",
                 tooltip="Weights proportional to each member's OOF LWLRAP again (the default of fsat ensemble)"),
-        Binding("m", "toggle_method", "Rank/mean", tooltip="Average per-class ranks or plain scores"),
+        Binding("m", "toggle_method", "Method", tooltip="Next blend method: auto, best, rank, rank_minmax, "
+                "mean, logit_mean, geo_mean"),
         Binding("k", "toggle_calibrate", "Calibrate",
                 tooltip="Map the blend to probabilities with a per-class temperature and bias (on/off)"),
         Binding("g", "greedy", "Greedy",
@@ -718,8 +733,10 @@ class EnsembleScreen(Screen):
         digits.set_class(pending, "-stale")
         text = Text()
         text.append("Blend OOF LWLRAP", style="bold")
-        text.append(f"  {METHOD_LABELS[state.method]} · {'calibrated' if state.calibrate else 'not calibrated'}",
-                    style="cyan")
+        text.append(f"  {METHOD_LABELS[state.method]}", style="cyan")
+        if state.method == "auto" and outcome is not None and outcome.method:
+            text.append(f" → {outcome.method}", style="bold cyan")
+        text.append(f" · {'mapped to probabilities' if state.calibrate else 'ranks not mapped'}", style="cyan")
         n = len(state.member_ids)
         if self.dataset:
             clips = f" ({outcome.n_clips} curated clips)" if outcome and outcome.n_clips else ""
@@ -742,8 +759,8 @@ class EnsembleScreen(Screen):
             text.append(f"\n{outcome.error}", style="bold red")
         elif outcome is not None and outcome.oof_lwlrap is not None:
             text.append("\n")
-            if state.calibrate:
-                text.append("raw (before calibration) ", style="dim")
+            if state.calibrate and outcome.method in ("rank", "rank_minmax"):
+                text.append("raw (before the map) ", style="dim")
                 text.append(fmt_score(outcome.raw_oof_lwlrap), style="bold")
                 text.append(" · ", style="dim")
             best = max(outcome.member_lwlrap.items(), key=lambda kv: kv[1], default=None)
@@ -753,6 +770,11 @@ class EnsembleScreen(Screen):
                 gain = outcome.oof_lwlrap - best[1]
                 text.append(" · gain ", style="dim")
                 text.append(_signed(gain), style="bold green" if gain > 0 else "bold red")
+            if len(outcome.candidates) > 1:
+                text.append("\n")
+                text.append("  ".join(f"{m} {fmt_score(v)}" for m, v in outcome.candidates.items()), style="dim")
+            if outcome.warning:
+                text.append(f"\nwarning: {outcome.warning}", style="bold yellow")
             text.append("\nCV weights (∝ each member's OOF LWLRAP; +/- sets them) " if state.cv_weighted
                         else "\nexplicit weights (c: back to CV weights) ", style="dim")
             text.append("  ".join(f"{m} {w * 100:.0f}%" for m, w in zip(outcome.members, outcome.weights)))
@@ -920,7 +942,7 @@ class EnsembleScreen(Screen):
         self._changed()
 
     def action_toggle_method(self) -> None:
-        """Switch between rank and mean averaging."""
+        """The next blend method (auto, best, rank, rank_minmax, mean, logit_mean, geo_mean)."""
         if self._busy():
             return
         self.state.method = METHODS[(METHODS.index(self.state.method) + 1) % len(METHODS)]
@@ -981,7 +1003,9 @@ class EnsembleScreen(Screen):
         bench = self.bench
         with bench.lock:
             try:
-                selection, history, problems = bench.greedy(dataset, candidates, method=method)
+                selection, history, problems = bench.greedy(dataset, candidates, method=method,
+                                                            calibrate=self.state.calibrate,
+                                                            folds=self._stored_folds(dataset["id"]))
             except Exception as err:  # shown in the panel, never a traceback
                 self.post_message(GreedyDone({}, [], {}, error=f"greedy selection failed: {err}"))
                 return
@@ -999,7 +1023,7 @@ class EnsembleScreen(Screen):
             return
         self.state.set_weights(message.selection)
         picks = int(sum(message.selection.values()))
-        self.notify(f"{picks} picks → {len(message.selection)} members; uncalibrated OOF LWLRAP of the picks "
+        self.notify(f"{picks} picks → {len(message.selection)} members; OOF LWLRAP of the picks' blend "
                     f"{message.history[-1]:.4f}", title="Greedy selection", markup=False)
         self._changed()
 
