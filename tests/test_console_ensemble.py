@@ -662,3 +662,23 @@ print(sorted(m for m in ("torch", "librosa", "sklearn", "scipy") if m in sys.mod
     out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_the_run_header_shows_a_saved_blends_warning(world: dict) -> None:
+    from rich.console import Console
+
+    from fsat_console.live import RunDetail
+    from fsat_console.screens.run import run_header
+
+    spec = spec_from_json("ensemble", {"members": ["train-0001", "train-0002"], "weights": [1.0, 9.0],
+                                       "method": "mean"})
+    done = build_ensemble(world["store"], spec, run_id="ensemble-0042", run_dir=world["tmp"] / "runs" / "e42",
+                          log=lambda line: None)
+    assert done.warning and done.cv_lwlrap < oof_lwlrap(world, "train-0001")
+    for run_id, warned in (("ensemble-0042", True), ("train-0001", False)):
+        detail = RunDetail(run_id=run_id, class_fold=-1, run=world["store"].get_run(run_id), job=None, epochs=[],
+                           folds=[], classes=[])
+        console = Console(width=200, record=True)
+        console.print(run_header(detail, run_id))
+        text = " ".join(console.export_text().split())
+        assert ("warning: the mean blend's cross-fitted OOF lwlrap" in text) == warned, text

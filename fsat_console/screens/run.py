@@ -206,6 +206,9 @@ def run_header(detail: RunDetail | None, run_id: str) -> Table:
         pair("device", run.get("device") or "—"),
         progress,
     )
+    if run.get("warning"):
+        # E.g. an ensemble whose cross-fitted OOF score is below its best member's.
+        grid.add_row(Text.assemble(("warning: ", "bold yellow"), (str(run["warning"]), "yellow")))
     return grid
 
 
