@@ -854,7 +854,9 @@ def blend(members: Sequence[Member], truth: np.ndarray, *, weights: Sequence[flo
     chosen = max((c for c in scored if c.oof_lwlrap is not None), key=lambda c: c.oof_lwlrap).method
     outcome = outcomes[chosen]
     per_class, class_weights = per_class_lwlrap(y, outcome.oof)
-    oof_lwlrap = float(np.nansum(per_class * class_weights))
+    # The score the choice was made on (equal to the per-class sum up to rounding), so that auto's
+    # recorded score is exactly its winning candidate's and never a rounding below the best member's.
+    oof_lwlrap = next(c.oof_lwlrap for c in scored if c.method == chosen)
     best_name, best_score = members[best_index].name, prep.member_lwlrap(best_index)
     warning = None
     if chosen != BEST and oof_lwlrap < best_score:

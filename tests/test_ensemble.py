@@ -578,3 +578,12 @@ def test_greedy_scores_with_the_cross_fitted_blend():
         best_blend = max(c.oof_lwlrap for c in again.candidates if c.method != ensemble.BEST)
         expected = again.oof_lwlrap if method == "rank" else best_blend
         assert expected == pytest.approx(history[-1], abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_auto_is_never_below_the_best_member_not_even_by_rounding(seed):
+    truth, scores = make_case(30 + seed, n=90, c=12, strengths=(1.2, 0.3, 0.6)[: 1 + seed % 3])
+    members = [Member(f"m{k}", s, cv_lwlrap=lwlrap(truth, s)) for k, s in enumerate(scores)]
+    result = blend(members, truth, folds=np.arange(len(truth)) % 3)
+    assert result.oof_lwlrap >= max(lwlrap(truth, s) for s in scores)
+    assert result.warning is None
