@@ -178,7 +178,8 @@ def test_a_blend_below_its_best_member_carries_a_warning_and_auto_falls_back(ble
                      oof=rng.random((len(layout.curated.fnames), 80)), test=rng.random((len(layout.test.fnames), 80)))
     best = store.get_run(i1)["cv_lwlrap"]
     proc = run_cli("ensemble", i1, junk, "--method", "mean", "--weights", "1", "9", "--now", db=blends.db)
-    run_id = proc.stdout.split(":")[0].strip()
+    # The last line is "<run id>: <message>", after the blend's log.
+    run_id = [line for line in proc.stdout.splitlines() if line.startswith("ensemble-now-")][-1].split(":")[0]
     run = store.get_run(run_id)
     assert run["cv_lwlrap"] < best
     assert run["warning"].startswith(f"the mean blend's cross-fitted OOF lwlrap {run['cv_lwlrap']:.4f} is below "
