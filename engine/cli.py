@@ -1,12 +1,12 @@
 """``fsat``: the headless command line for everything the console does.
 
-    fsat demo-data DIR [--seed N] [--clips-per-class N]
-    fsat [--db PATH] register DIR
+    fsat demo-data DIR [--seed N] [--clips-per-class N] [--clips-per-source N]
+    fsat [--db PATH] register DIR [--group-column COLUMN]
     fsat [--db PATH] queue train|baseline --data DIR [--preset NAME | --config FILE] [--set key=value ...]
     fsat [--db PATH] queue infer RUN_ID [--set infer.tta_crops=5 ...]
     fsat [--db PATH] queue ensemble RUN_ID RUN_ID ... [--set method="mean" ...]
-    fsat [--db PATH] ensemble RUN_ID RUN_ID ... [--weights W ...] [--method rank|mean] [--no-calibrate]
-                                               [--greedy] [--name NAME] [--now]
+    fsat [--db PATH] ensemble RUN_ID RUN_ID ... [--weights W ...] [--method auto|best|rank|...] [--no-calibrate]
+                                               [--greedy] [--name NAME] [--now | --dry-run]
     fsat [--db PATH] submission RUN_ID --out PATH
     fsat [--db PATH] tta RUN_ID [--json]
     fsat [--db PATH] jobs | runs | workers | presets | datasets   [--json]
@@ -482,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--priority", type=int, default=0, help="higher runs first")
 
     p = add("ensemble", cmd_ensemble, "blend runs' out-of-fold and test scores: queue the job (prints its id) "
-            "or, with --now, blend here", listing=True)
+            "or, with --now, blend here and save the run; --dry-run prints every method's scores and saves nothing", listing=True)
     p.add_argument("members", nargs="+", metavar="RUN_ID", help="runs with oof.npy (infer, baseline, ensemble)")
     p.add_argument("--weights", nargs="+", type=float, metavar="W",
                    help="one weight per member (default: proportional to CV lwlrap)")
