@@ -151,6 +151,8 @@ def cmd_queue(args: argparse.Namespace) -> int:
                             data_root=args.data if args.kind in _DATA_KINDS else None)
         if args.name:
             spec.name = args.name
+        if args.kind in _DATA_KINDS:
+            _check_fold_rule(args, spec.data)
         spec_dict = to_dict(spec)
         name = spec.name or _default_name(args.kind, spec_dict, preset=args.preset)
     with _open(args) as store:
@@ -160,6 +162,20 @@ def cmd_queue(args: argparse.Namespace) -> int:
     else:
         print(job_id)
     return 0
+
+
+def _check_fold_rule(args: argparse.Namespace, data) -> None:
+    """Refuse at queue time a group column that disagrees with the dataset's stored folds."""
+    from engine.data.folds import fold_rule
+    from engine.errors import ConfigError
+
+    root = str(Path(data.root).resolve())
+    with _open(args) as store:
+        row = next((d for d in store.list_datasets() if d["root"] == root), None)
+    if row and row.get("fold_rule") and row["fold_rule"] != fold_rule(data.group_column):
+        raise ConfigError(f"the dataset's stored folds were made by {row['fold_rule']!r}, not "
+                          f"{fold_rule(data.group_column)!r}; every run on a dataset uses the same folds (register "
+                          "the folder as a new dataset to change them)", field="data.group_column")
 
 
 def _default_name(kind: str, spec: dict, preset: str | None = None) -> str:

@@ -112,3 +112,22 @@ def test_read_groups_errors_name_file_row_and_column(tmp_path: Path):
     path.write_text("fname,labels,freesound_id\na.wav,Bark,11\nb.wav,Purr,\n")
     with pytest.raises(DataError, match=r"train_curated.csv: row 3: empty 'freesound_id'"):
         read_groups(path, "freesound_id", ["a.wav", "b.wav"])
+
+
+def test_queueing_a_run_with_another_fold_rule_is_refused_before_it_is_queued(tmp_path: Path):
+    from engine.data.demo import write_demo_dataset
+    from engine.store import Store
+    from tests.conftest import run_cli
+
+    root = tmp_path / "demo"
+    write_demo_dataset(root, seed=4, clips_per_class=2, noisy_per_class=1, test_per_class=1, max_seconds=0.6,
+                       clips_per_source=2)
+    db = tmp_path / "experiments.db"
+    shown = run_cli("register", str(root), "--group-column", "freesound_id", "--json", db=db).stdout
+    assert '"fold_rule": "group-multilabel-stratified:freesound_id"' in shown
+    out = run_cli("queue", "baseline", "--data", str(root), "--preset", "baseline_melstats", db=db, check=False)
+    assert out.returncode == 2 and "data.group_column" in out.stderr and "multilabel-stratified" in out.stderr
+    assert Store(db).list_jobs() == []
+    ok = run_cli("queue", "baseline", "--data", str(root), "--preset", "baseline_melstats",
+                 "--set", 'data.group_column="freesound_id"', db=db)
+    assert int(ok.stdout) >= 1

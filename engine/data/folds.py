@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
 from engine.errors import DataError
 
@@ -57,6 +56,9 @@ def make_folds(Y: np.ndarray, n_splits: int = 5, seed: int = 42) -> np.ndarray:
     validation fold k is the rows whose value is k. Deterministic for the same
     inputs. Fewer rows than folds is a DataError.
     """
+    # Imported here: iterstrat pulls in sklearn, and the CLI checks fold rules at queue time without it.
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
     labels = _check(Y, n_splits)
     splitter = MultilabelStratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     folds = np.full(len(labels), -1, dtype=np.int64)
