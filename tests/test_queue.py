@@ -48,8 +48,8 @@ def test_claim_order_priority_and_states(db_path: Path):
     assert first.id == high and first.status == "running" and first.attempts == 1
     assert store.claim("w").id == low
     assert store.claim("w") is None
-    store.finish_job(high)
-    store.fail_job(low, "ValueError: bad", "Traceback ...\nValueError: bad")
+    assert store.finish_job(high, worker_id="w", attempt=1)
+    assert store.fail_job(low, "ValueError: bad", "Traceback ...\nValueError: bad", worker_id="w", attempt=1)
     jobs = {j["id"]: j for j in store.list_jobs()}
     assert jobs[high]["status"] == "done" and jobs[high]["progress"] == 1.0
     failed = store.get_job(low)
@@ -76,11 +76,12 @@ def test_unknown_kind_and_job(db_path: Path):
 def test_stale_job_requeued_then_failed_after_max_attempts(db_path: Path):
     store = Store(db_path)
     job_id = store.enqueue("probe", {}, max_attempts=2)
-    store.claim("dead-worker")
-    assert store.requeue_stale(lease_seconds=-1) == [job_id]
+    # A negative lease is stale the moment it is claimed.
+    store.claim("dead-worker", lease_seconds=-1)
+    assert store.requeue_stale() == [job_id]
     assert store.get_job(job_id).status == "queued"
-    store.claim("dead-worker")
-    assert store.requeue_stale(lease_seconds=-1) == []
+    store.claim("dead-worker", lease_seconds=-1)
+    assert store.requeue_stale() == []
     job = store.get_job(job_id)
     assert job.status == "failed" and "tried 2 time(s)" in job.error
 
