@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -29,9 +30,10 @@ from typing import Any, Sequence
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from engine.errors import FsatError
-from engine.store import OOF, Store, default_db_path
+from engine.store import FINISHED_STATES, JOB_STATES, OOF, Store, default_db_path
 
 console = Console()
 err_console = Console(stderr=True)
@@ -61,8 +63,14 @@ def _emit(args: argparse.Namespace, rows: Any, title: str, columns: Sequence[str
         console.print(_table(title, rows, columns))
 
 
-def _open(args: argparse.Namespace) -> Store:
-    return Store(args.db or default_db_path())
+def _open(args: argparse.Namespace, *, create: bool = True) -> Store:
+    """Open the database for writing (creating it unless ``create`` is False)."""
+    return Store(args.db or default_db_path(), create=create)
+
+
+def _read(args: argparse.Namespace) -> Store:
+    """Open the database for reading: never waits on a writer, never creates or upgrades the file."""
+    return Store(args.db or default_db_path(), readonly=True)
 
 
 # -- commands --------------------------------------------------------------------------
@@ -132,9 +140,16 @@ def cmd_queue(args: argparse.Namespace) -> int:
     from engine.specs import resolve_spec, to_dict
 
     if args.kind == "probe":
-        from engine.specs import apply_overrides
+        from engine.errors import ConfigError
+        from engine.jobs.probe import check_spec
+        from engine.specs import apply_overrides, override_for
 
         spec_dict = apply_overrides({}, args.set or [])
+        try:
+            check_spec(spec_dict)
+        except ConfigError as err:
+            blamed = override_for(err.field, args.set or [])
+            raise ConfigError(err.reason, field=err.field, file=f"--set {blamed}" if blamed else None) from None
         name = args.name or "probe"
     else:
         if args.data:
@@ -150,12 +165,25 @@ def cmd_queue(args: argparse.Namespace) -> int:
         spec_dict = to_dict(spec)
         name = spec.name or (args.preset or _default_name(args.kind, spec_dict))
     with _open(args) as store:
+        _check_runs_exist(store, args.kind, spec_dict)
         job_id = store.enqueue(args.kind, spec_dict, name=name, priority=args.priority)
     if args.json:
         print(json.dumps({"job_id": job_id, "kind": args.kind, "name": name}))
     else:
         print(job_id)
     return 0
+
+
+def _check_runs_exist(store: Store, kind: str, spec: dict) -> None:
+    """Refuse at queue time an infer of a run, or an ensemble of members, that are not in the database."""
+    if kind == "infer":
+        if store.get_run(spec["run_id"]) is None:
+            raise FsatError(f"run_id: no run {spec['run_id']!r} to infer with (see `fsat runs`)")
+    elif kind == "ensemble":
+        missing = [m for m in spec.get("members", []) if store.get_run(m) is None]
+        if missing:
+            raise FsatError(f"members: no run {', '.join(repr(m) for m in missing)} in the database "
+                            "(see `fsat runs`)")
 
 
 def _default_name(kind: str, spec: dict) -> str:
@@ -181,6 +209,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     spec = from_dict(EnsembleSpec, data)
     if not args.now:
         with _open(args) as store:
+            _check_runs_exist(store, "ensemble", data)
             job_id = store.enqueue("ensemble", to_dict(spec), name=spec.name or _default_name("ensemble", data),
                                    priority=args.priority)
         if args.json:
@@ -216,7 +245,7 @@ def cmd_submission(args: argparse.Namespace) -> int:
     from engine.data.manifest import load_layout
     from engine.submission import score_submission, write_submission
 
-    with _open(args) as store:
+    with _read(args) as store:
         run = store.get_run(args.run_id)
         if run is None:
             raise FsatError(f"no run {args.run_id!r} (see `fsat runs`)")
@@ -279,7 +308,7 @@ def tta_gain_report(store: Store, run_id: str) -> dict:
 
 
 def cmd_tta(args: argparse.Namespace) -> int:
-    with _open(args) as store:
+    with _read(args) as store:
         report = tta_gain_report(store, args.run_id)
     if args.json:
         print(json.dumps(report, indent=2))
@@ -301,7 +330,7 @@ def _signed(value: float | None) -> str:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    with _open(args) as store:
+    with _read(args) as store:
         rows = store.list_jobs(status=args.status, limit=args.limit)
     for r in rows:
         r["progress"] = round(r["progress"], 4)
@@ -310,7 +339,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    with _open(args) as store:
+    with _read(args) as store:
         rows = store.list_runs(limit=args.limit)
     _emit(args, rows, "runs", ["run_id", "kind", "name", "model", "status", "folds_done", "cv_lwlrap",
                                "mean_fold_lwlrap", "test_lwlrap", "created"])
@@ -318,14 +347,14 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_workers(args: argparse.Namespace) -> int:
-    with _open(args) as store:
+    with _read(args) as store:
         rows = store.live_workers(max_age=args.max_age)
     _emit(args, rows, "live workers", ["id", "pid", "host", "status", "job_id"])
     return 0
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
-    with _open(args) as store:
+    with _read(args) as store:
         rows = store.list_datasets()
     _emit(args, rows, "datasets", ["id", "name", "root", "n_curated", "n_noisy", "n_test", "n_folds"])
     return 0
@@ -340,7 +369,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    with _open(args) as store:
+    with _read(args) as store:
         run = store.get_run(args.run_id)
         if run is None:
             raise FsatError(f"no run {args.run_id!r} (see `fsat runs`)")
@@ -369,7 +398,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    with _open(args) as store:
+    with _open(args, create=False) as store:
         status = store.request_cancel(args.job_id)
     if status == "running":
         print(f"job {args.job_id}: cancel requested; its worker stops it within seconds")
@@ -380,11 +409,11 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_wait(args: argparse.Namespace) -> int:
     """Wait until a job ends; exit 0 when done, 1 otherwise."""
-    with _open(args) as store:
+    with _read(args) as store:
         deadline = time.monotonic() + args.timeout if args.timeout else None
         while True:
             job = store.get_job(args.job_id)
-            if job.status in ("done", "failed", "cancelled"):
+            if job.status in FINISHED_STATES:
                 print(f"job {job.id}: {job.status} {job.error or job.message}")
                 return 0 if job.status == "done" else 1
             if deadline and time.monotonic() > deadline:
@@ -450,7 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_id")
 
     p = add("jobs", cmd_jobs, "list jobs", listing=True)
-    p.add_argument("--status", choices=["queued", "running", "done", "failed", "cancelled"])
+    p.add_argument("--status", choices=JOB_STATES)
     p.add_argument("--limit", type=int, default=100)
 
     p = add("runs", cmd_runs, "list runs with their scores", listing=True)
@@ -480,7 +509,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except FsatError as err:
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        err_console.print(Text.assemble(("error:", "bold red"), f" {err}"), highlight=False, soft_wrap=True)
+        return 2
+    except sqlite3.Error as err:
+        # An SQLite error the store did not foresee: still one line, naming the database.
+        err_console.print(f"error: {args.db or default_db_path()}: {err}", highlight=False, soft_wrap=True,
+                          markup=False)
         return 2
 
 

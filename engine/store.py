@@ -4,11 +4,14 @@ This is the only module that writes SQL. Every process (the console, each
 worker, each job child) opens its own connection: WAL mode so readers never
 block the writer, ``busy_timeout`` so a briefly held lock waits instead of
 failing, and every write is one short ``BEGIN IMMEDIATE`` transaction so two
-writers never deadlock upgrading a read lock.
+writers never deadlock upgrading a read lock. Readers open the file
+read-only (:class:`Store` with ``readonly=True``) and never write, not even
+the schema, so they never wait on a writer.
 
-Job states: ``queued -> running -> done | failed | cancelled``. A running job
-whose heartbeat went stale (its worker died) goes back to ``queued`` until it
-has used ``max_attempts``, then it is failed with a message saying so.
+Job states are :data:`JOB_STATES`. A running job whose heartbeat is older
+than the lease stored with its claim (its worker died) goes back to
+``queued`` until it has used ``max_attempts``, then it is failed with a
+message saying so. Parameters are always named (``:job_id``).
 """
 
 from __future__ import annotations
@@ -30,7 +33,13 @@ from engine.errors import FsatError, QueueFull
 
 #: Job kinds the worker knows how to run (``probe`` is a diagnostic that checks a worker setup).
 JOB_KINDS = ("train", "curriculum", "infer", "baseline", "ensemble", "probe")
+#: Every state a job can be in, in the order a job moves through them:
+#: ``queued -> running -> done | failed | cancelled`` (a running job whose
+#: worker died goes back to ``queued``). The jobs table's CHECK constraint
+#: holds exactly these (tests/test_queue.py checks the two agree).
 JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
+#: The states a job never leaves.
+FINISHED_STATES = ("done", "failed", "cancelled")
 #: ``class_scores.fold`` value for the out-of-fold scores of a run.
 OOF = -1
 
@@ -340,6 +349,10 @@ class Store:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise StoreError(f"{self.path}: cannot create its folder: {err.strerror}") from None
+        if self.path.exists() and not (os.access(self.path, os.W_OK) and os.access(self.path.parent, os.W_OK)):
+            what = "file" if not os.access(self.path, os.W_OK) else f"folder {self.path.parent}"
+            raise StoreError(f"{self.path}: the database is read-only (its {what} cannot be written); "
+                             "listings work, but nothing can be queued, cancelled or run on it")
         try:
             conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=self.timeout,
                                    check_same_thread=False)

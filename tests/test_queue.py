@@ -158,3 +158,13 @@ def test_sigterm_stops_worker_cleanly_and_requeues_job(db_path: Path, spawn_work
 def test_worker_cli_help_runs():
     out = subprocess.run([sys.executable, "-m", "engine.worker", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--drain" in out.stdout
+
+
+def test_the_jobs_check_constraint_holds_exactly_the_job_states(db_path: Path):
+    from engine.store import JOB_STATES
+
+    Store(db_path).close()
+    sql = sqlite3.connect(db_path).execute("SELECT sql FROM sqlite_master WHERE name='jobs'").fetchone()[0]
+    check = sql[sql.index("CHECK"):]
+    listed = check[check.index("(", check.index("IN")) + 1:check.index(")")]
+    assert tuple(s.strip().strip("'") for s in listed.split(",")) == JOB_STATES
