@@ -175,15 +175,26 @@ def cmd_queue(args: argparse.Namespace) -> int:
 
 
 def _check_runs_exist(store: Store, kind: str, spec: dict) -> None:
-    """Refuse at queue time an infer of a run, or an ensemble of members, that are not in the database."""
+    """Refuse at queue time an infer of a run, or an ensemble of members, that will never exist.
+
+    A run counts when it is in the database or a queued or running job will
+    write it (jobs run in queue order, so a job may name the run of a job
+    queued before it).
+    """
+    if kind not in ("infer", "ensemble"):
+        return
+    from engine.worker import default_run_id
+
+    wanted = [spec["run_id"]] if kind == "infer" else list(spec.get("members", []))
+    pending = {r["run_id"] or default_run_id(r["kind"], r["id"])
+               for status in ("queued", "running") for r in store.list_jobs(status=status, limit=10**9)}
+    missing = [r for r in wanted if r not in pending and store.get_run(r) is None]
+    if not missing:
+        return
+    names = ", ".join(repr(m) for m in missing)
     if kind == "infer":
-        if store.get_run(spec["run_id"]) is None:
-            raise FsatError(f"run_id: no run {spec['run_id']!r} to infer with (see `fsat runs`)")
-    elif kind == "ensemble":
-        missing = [m for m in spec.get("members", []) if store.get_run(m) is None]
-        if missing:
-            raise FsatError(f"members: no run {', '.join(repr(m) for m in missing)} in the database "
-                            "(see `fsat runs`)")
+        raise FsatError(f"run_id: no run {names} to infer with, and no queued job makes it (see `fsat runs`)")
+    raise FsatError(f"members: no run {names} in the database, and no queued job makes it (see `fsat runs`)")
 
 
 def _default_name(kind: str, spec: dict) -> str:

@@ -540,21 +540,21 @@ class Store:
         """Insert or update the dataset at ``root`` (resolved path) and return its id."""
         root = str(Path(root).resolve())
         with self.write() as c:
-            row = c.execute("SELECT id FROM datasets WHERE root = ?", (root,)).fetchone()
+            values = {"root": root, "name": name, "classes": json.dumps(list(classes)), "n_curated": n_curated,
+                      "n_noisy": n_noisy, "n_test": n_test, "now": _now()}
+            row = c.execute("SELECT id FROM datasets WHERE root = :root", values).fetchone()
             if row:
-                c.execute("UPDATE datasets SET name=?, classes=?, n_curated=?, n_noisy=?, n_test=? "
-                          "WHERE id=?", (name, json.dumps(list(classes)), n_curated, n_noisy,
-                                         n_test, row[0]))
+                c.execute("UPDATE datasets SET name=:name, classes=:classes, n_curated=:n_curated, "
+                          "n_noisy=:n_noisy, n_test=:n_test WHERE id=:id", dict(values, id=row[0]))
                 return int(row[0])
             cur = c.execute(
                 "INSERT INTO datasets(root, name, classes, n_curated, n_noisy, n_test, created_at) "
-                "VALUES (?,?,?,?,?,?,?)",
-                (root, name, json.dumps(list(classes)), n_curated, n_noisy, n_test, _now()))
+                "VALUES (:root, :name, :classes, :n_curated, :n_noisy, :n_test, :now)", values)
             return int(cur.lastrowid)
 
     def get_dataset(self, dataset_id: int) -> dict | None:
         """The dataset row (classes decoded) or None."""
-        rows = self._query("SELECT * FROM datasets WHERE id = ?", (dataset_id,))
+        rows = self._query("SELECT * FROM datasets WHERE id = :id", {"id": dataset_id})
         if not rows:
             return None
         d = rows[0]
@@ -574,12 +574,12 @@ class Store:
         even when two jobs compute them at the same time.
         """
         with self.write() as c:
-            if c.execute("SELECT 1 FROM folds WHERE dataset_id = ? LIMIT 1", (dataset_id,)).fetchone():
+            if c.execute("SELECT 1 FROM folds WHERE dataset_id = :id LIMIT 1", {"id": dataset_id}).fetchone():
                 return False
-            c.executemany("INSERT INTO folds(dataset_id, fname, fold) VALUES (?,?,?)",
-                          [(dataset_id, f, int(k)) for f, k in zip(fnames, folds)])
-            c.execute("UPDATE datasets SET fold_seed=?, n_folds=? WHERE id=?",
-                      (seed, n_folds, dataset_id))
+            c.executemany("INSERT INTO folds(dataset_id, fname, fold) VALUES (:id, :fname, :fold)",
+                          [{"id": dataset_id, "fname": f, "fold": int(k)} for f, k in zip(fnames, folds)])
+            c.execute("UPDATE datasets SET fold_seed=:seed, n_folds=:n_folds WHERE id=:id",
+                      {"seed": seed, "n_folds": n_folds, "id": dataset_id})
             return True
 
     def get_folds(self, dataset_id: int) -> dict[str, int]:
@@ -831,38 +831,42 @@ class Store:
         Returns True when the run is new.
         """
         with self.write() as c:
-            row = c.execute("SELECT id FROM runs WHERE id=?", (run_id,)).fetchone()
+            values = {"id": run_id, "job_id": job_id, "dataset_id": dataset_id, "parent_run_id": parent_run_id,
+                      "kind": kind, "name": name, "model": model,
+                      "config": json.dumps(config or {}, sort_keys=True), "config_hash": config_hash,
+                      "seed": seed, "device": device, "versions": json.dumps(versions or {}, sort_keys=True),
+                      "git_commit": git_commit, "run_dir": run_dir, "now": _now()}
+            row = c.execute("SELECT id FROM runs WHERE id=:id", values).fetchone()
             if row:
-                c.execute("UPDATE runs SET status='running', device=?, finished_at=NULL WHERE id=?",
-                          (device, run_id))
+                c.execute("UPDATE runs SET status='running', device=:device, finished_at=NULL WHERE id=:id",
+                          values)
                 new = False
             else:
                 c.execute(
                     "INSERT INTO runs(id, job_id, dataset_id, parent_run_id, kind, name, model, config, "
                     "config_hash, seed, device, versions, git_commit, run_dir, created_at) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (run_id, job_id, dataset_id, parent_run_id, kind, name, model,
-                     json.dumps(config or {}, sort_keys=True), config_hash, seed, device,
-                     json.dumps(versions or {}, sort_keys=True), git_commit, run_dir, _now()))
+                    "VALUES (:id, :job_id, :dataset_id, :parent_run_id, :kind, :name, :model, :config, "
+                    ":config_hash, :seed, :device, :versions, :git_commit, :run_dir, :now)", values)
                 new = True
             if job_id is not None:
-                c.execute("UPDATE jobs SET run_id=? WHERE id=?", (run_id, job_id))
+                c.execute("UPDATE jobs SET run_id=:id WHERE id=:job_id", values)
             return new
 
     def finish_run(self, run_id: str, *, status: str = "done", cv_lwlrap: float | None = None,
                    test_lwlrap: float | None = None) -> None:
         """Close a run with its out-of-fold (CV) and, when scored, test LWLRAP."""
         with self.write() as c:
-            c.execute("UPDATE runs SET status=?, cv_lwlrap=COALESCE(?, cv_lwlrap), "
-                      "test_lwlrap=COALESCE(?, test_lwlrap), finished_at=? WHERE id=?",
-                      (status, cv_lwlrap, test_lwlrap, _now(), run_id))
+            c.execute("UPDATE runs SET status=:status, cv_lwlrap=COALESCE(:cv, cv_lwlrap), "
+                      "test_lwlrap=COALESCE(:test, test_lwlrap), finished_at=:now WHERE id=:id",
+                      {"status": status, "cv": cv_lwlrap, "test": test_lwlrap, "now": _now(), "id": run_id})
 
     def set_run_scores(self, run_id: str, *, cv_lwlrap: float | None = None,
                        test_lwlrap: float | None = None) -> None:
         """Update a run's headline scores without changing its status."""
         with self.write() as c:
-            c.execute("UPDATE runs SET cv_lwlrap=COALESCE(?, cv_lwlrap), "
-                      "test_lwlrap=COALESCE(?, test_lwlrap) WHERE id=?", (cv_lwlrap, test_lwlrap, run_id))
+            c.execute("UPDATE runs SET cv_lwlrap=COALESCE(:cv, cv_lwlrap), "
+                      "test_lwlrap=COALESCE(:test, test_lwlrap) WHERE id=:id",
+                      {"cv": cv_lwlrap, "test": test_lwlrap, "id": run_id})
 
     def record_epoch(self, run_id: str, fold: int, epoch: int, *, train_loss: float | None,
                      val_loss: float | None, val_lwlrap: float | None, lr: float | None,
@@ -870,16 +874,20 @@ class Store:
         """Record one epoch of one fold (replaces the row when an epoch is re-run after a resume)."""
         with self.write() as c:
             c.execute("INSERT OR REPLACE INTO epochs(run_id, fold, epoch, train_loss, val_loss, val_lwlrap, "
-                      "lr, seconds, clips_per_sec) VALUES (?,?,?,?,?,?,?,?,?)",
-                      (run_id, fold, epoch, _f(train_loss), _f(val_loss), _f(val_lwlrap), _f(lr),
-                       _f(seconds), _f(clips_per_sec)))
+                      "lr, seconds, clips_per_sec) VALUES (:run_id, :fold, :epoch, :train_loss, :val_loss, "
+                      ":val_lwlrap, :lr, :seconds, :clips_per_sec)",
+                      {"run_id": run_id, "fold": fold, "epoch": epoch, "train_loss": _f(train_loss),
+                       "val_loss": _f(val_loss), "val_lwlrap": _f(val_lwlrap), "lr": _f(lr),
+                       "seconds": _f(seconds), "clips_per_sec": _f(clips_per_sec)})
 
     def record_fold(self, run_id: str, fold: int, *, lwlrap: float, best_epoch: int | None,
                     n_val: int) -> None:
         """Record a finished fold's best validation LWLRAP."""
         with self.write() as c:
             c.execute("INSERT OR REPLACE INTO fold_scores(run_id, fold, lwlrap, best_epoch, n_val) "
-                      "VALUES (?,?,?,?,?)", (run_id, fold, float(lwlrap), best_epoch, int(n_val)))
+                      "VALUES (:run_id, :fold, :lwlrap, :best_epoch, :n_val)",
+                      {"run_id": run_id, "fold": fold, "lwlrap": float(lwlrap), "best_epoch": best_epoch,
+                       "n_val": int(n_val)})
 
     def record_class_scores(self, run_id: str, fold: int, class_names: Sequence[str],
                             lrap: Sequence[float], weights: Sequence[float],
@@ -888,26 +896,29 @@ class Store:
         rows = []
         for i, name in enumerate(class_names):
             value = _f(lrap[i])
-            rows.append((run_id, fold, i, name, value, float(weights[i]), int(n_pos[i])))
+            rows.append({"run_id": run_id, "fold": fold, "class_idx": i, "class_name": name, "lrap": value,
+                         "weight": float(weights[i]), "n_pos": int(n_pos[i])})
         with self.write() as c:
-            c.execute("DELETE FROM class_scores WHERE run_id=? AND fold=?", (run_id, fold))
+            c.execute("DELETE FROM class_scores WHERE run_id=:run_id AND fold=:fold",
+                      {"run_id": run_id, "fold": fold})
             c.executemany("INSERT INTO class_scores(run_id, fold, class_idx, class_name, lrap, weight, n_pos) "
-                          "VALUES (?,?,?,?,?,?,?)", rows)
+                          "VALUES (:run_id, :fold, :class_idx, :class_name, :lrap, :weight, :n_pos)", rows)
 
     def set_run_members(self, run_id: str, members: Sequence[tuple[str, float]]) -> None:
         """Record an ensemble's member runs and weights."""
         with self.write() as c:
-            c.execute("DELETE FROM run_members WHERE run_id=?", (run_id,))
-            c.executemany("INSERT INTO run_members(run_id, member_run_id, weight) VALUES (?,?,?)",
-                          [(run_id, m, float(w)) for m, w in members])
+            c.execute("DELETE FROM run_members WHERE run_id=:run_id", {"run_id": run_id})
+            c.executemany("INSERT INTO run_members(run_id, member_run_id, weight) VALUES (:run_id, :member, :weight)",
+                          [{"run_id": run_id, "member": m, "weight": float(w)} for m, w in members])
 
     def list_runs(self, *, limit: int = 200) -> list[dict]:
         """Runs with their headline scores, newest first."""
-        return self._query("SELECT * FROM run_summary ORDER BY created DESC, run_id DESC LIMIT ?", (limit,))
+        return self._query("SELECT * FROM run_summary ORDER BY created DESC, run_id DESC LIMIT :limit",
+                           {"limit": limit})
 
     def get_run(self, run_id: str) -> dict | None:
         """A run row with config and versions decoded, or None."""
-        rows = self._query("SELECT * FROM runs WHERE id=?", (run_id,))
+        rows = self._query("SELECT * FROM runs WHERE id=:id", {"id": run_id})
         if not rows:
             return None
         d = rows[0]
@@ -917,21 +928,21 @@ class Store:
 
     def epochs(self, run_id: str) -> list[dict]:
         """Every recorded epoch of a run, by fold then epoch."""
-        return self._query("SELECT * FROM epochs WHERE run_id=? ORDER BY fold, epoch", (run_id,))
+        return self._query("SELECT * FROM epochs WHERE run_id=:run_id ORDER BY fold, epoch", {"run_id": run_id})
 
     def fold_scores(self, run_id: str) -> list[dict]:
         """Per-fold best LWLRAP of a run."""
-        return self._query("SELECT * FROM fold_scores WHERE run_id=? ORDER BY fold", (run_id,))
+        return self._query("SELECT * FROM fold_scores WHERE run_id=:run_id ORDER BY fold", {"run_id": run_id})
 
     def class_scores(self, run_id: str, fold: int = OOF) -> list[dict]:
         """Per-class LRAP of a run for one fold, or out-of-fold (default)."""
-        return self._query("SELECT * FROM class_scores WHERE run_id=? AND fold=? ORDER BY class_idx",
-                           (run_id, fold))
+        return self._query("SELECT * FROM class_scores WHERE run_id=:run_id AND fold=:fold ORDER BY class_idx",
+                           {"run_id": run_id, "fold": fold})
 
     def run_members(self, run_id: str) -> list[dict]:
         """An ensemble's members and weights."""
-        return self._query("SELECT member_run_id, weight FROM run_members WHERE run_id=? "
-                           "ORDER BY weight DESC", (run_id,))
+        return self._query("SELECT member_run_id, weight FROM run_members WHERE run_id=:run_id "
+                           "ORDER BY weight DESC", {"run_id": run_id})
 
 
 #: The condition every update of a running job by its worker or job process carries.

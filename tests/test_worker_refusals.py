@@ -38,8 +38,10 @@ def test_queue_refuses_unknown_probe_settings_and_missing_runs(db_path: Path):
     err = _refused(db_path, "queue", "ensemble", "infer-0001", "infer-0002")
     assert "'infer-0001', 'infer-0002'" in err and "members" in err
     assert _queued(db_path) == 0
-    # A known setting is still queued.
-    assert int(run_cli("queue", "probe", "--set", "seconds=0.1", db=db_path).stdout) >= 1
+    # A known setting is still queued; and a run that a queued job will write may be named already.
+    probe = int(run_cli("queue", "probe", "--set", "seconds=0.1", db=db_path).stdout)
+    run_cli("queue", "ensemble", f"probe-{probe:04d}", db=db_path)
+    assert _queued(db_path) == 2
 
 
 def test_set_errors_name_the_override_not_the_preset_file(db_path: Path, tiny_demo: Path):
