@@ -141,3 +141,48 @@ def test_a_read_only_database_lists_but_refuses_writes(db_path: Path, what: str)
         _one_line_error(run_read_only(target, cmd), str(db_path), "read-only")
     with Store(db_path, readonly=True) as store:
         assert [(j["name"], j["status"]) for j in store.list_jobs()] == [("kept", "queued")]
+
+
+_CONSOLE_ON_READ_ONLY = """
+import asyncio, sys
+from pathlib import Path
+from textual.widgets import OptionList, Static
+from fsat_console.app import FsatConsole
+from fsat_console.screens.queue import QueueScreen
+from tests.test_console import wait_until
+
+async def main(db, data):
+    app = FsatConsole(Path(db), data_root=Path(data), poll_interval=0.1)
+    async with app.run_test(size=(140, 45)) as pilot:
+        await wait_until(pilot, lambda: app.overview is not None
+                         and [j["name"] for j in app.overview.jobs] == ["kept"], timeout=30, what="the jobs")
+        await pilot.press("n")
+        await wait_until(pilot, lambda: isinstance(app.screen, QueueScreen)
+                         and app.focused is app.screen.query_one("#preset", OptionList), what="the dialog")
+        await pilot.press("home", "enter")
+        error = lambda: str(app.screen.query_one("#queue-error", Static).render())
+        await wait_until(pilot, lambda: "read-only" in error(), timeout=30, what="the refusal")
+        print("REFUSED", error())
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+def test_the_console_on_a_read_only_database_lists_and_refuses_to_queue(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch):
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "tiny.toml").write_text(TINY_PRESET)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train_curated.csv").write_text("fname,labels\n")
+    db = tmp_path / "experiments.db"
+    with Store(db) as store:
+        store.enqueue("probe", {}, name="kept")
+    monkeypatch.setenv("FSAT_CONFIGS", str(configs))
+    # The real app through run_test, in a process for which the file is read-only.
+    out = run_read_only(db, [sys.executable, "-c", _CONSOLE_ON_READ_ONLY, str(db), str(data)])
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "REFUSED Could not queue" in out.stdout and str(db) in out.stdout
+    with Store(db, readonly=True) as store:
+        assert [j["name"] for j in store.list_jobs()] == ["kept"]
