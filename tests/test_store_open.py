@@ -43,6 +43,21 @@ def _one_line_error(out, *needles: str) -> None:
         assert needle in lines[0], lines[0]
 
 
+def _console_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, job_name: str) -> tuple[Path, Path]:
+    """A database holding one queued job, a train preset first in the search path, a dataset root."""
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "tiny.toml").write_text(TINY_PRESET)
+    monkeypatch.setenv("FSAT_CONFIGS", str(configs))
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train_curated.csv").write_text("fname,labels\n")
+    db = tmp_path / "experiments.db"
+    with Store(db) as store:
+        store.enqueue("probe", {}, name=job_name)
+    return db, data
+
+
 # -- reads never wait on writers ---------------------------------------------------------------
 
 
@@ -59,16 +74,7 @@ def test_listings_answer_while_another_process_holds_the_write_lock(db_path: Pat
 
 async def test_console_starts_and_queues_without_freezing_while_the_lock_is_held(
         tmp_path: Path, hold_write_lock, monkeypatch: pytest.MonkeyPatch):
-    configs = tmp_path / "configs"
-    configs.mkdir()
-    (configs / "tiny.toml").write_text(TINY_PRESET)
-    monkeypatch.setenv("FSAT_CONFIGS", str(configs))
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "train_curated.csv").write_text("fname,labels\n")
-    db = tmp_path / "experiments.db"
-    with Store(db) as store:
-        store.enqueue("probe", {}, name="waiting")
+    db, data = _console_world(tmp_path, monkeypatch, "waiting")
     holder = hold_write_lock(db, seconds=20)
     app = FsatConsole(db, data_root=data, poll_interval=0.1)
     async with app.run_test(size=(140, 45)) as pilot:
@@ -170,16 +176,7 @@ asyncio.run(main(sys.argv[1], sys.argv[2]))
 
 def test_the_console_on_a_read_only_database_lists_and_refuses_to_queue(tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch):
-    configs = tmp_path / "configs"
-    configs.mkdir()
-    (configs / "tiny.toml").write_text(TINY_PRESET)
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "train_curated.csv").write_text("fname,labels\n")
-    db = tmp_path / "experiments.db"
-    with Store(db) as store:
-        store.enqueue("probe", {}, name="kept")
-    monkeypatch.setenv("FSAT_CONFIGS", str(configs))
+    db, data = _console_world(tmp_path, monkeypatch, "kept")
     # The real app through run_test, in a process for which the file is read-only.
     out = run_read_only(db, [sys.executable, "-c", _CONSOLE_ON_READ_ONLY, str(db), str(data)])
     assert out.returncode == 0, out.stdout + out.stderr
