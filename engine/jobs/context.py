@@ -47,8 +47,6 @@ class JobContext:
     _last_write: float = float("-inf")
     _last_line: float = float("-inf")
     _pending: tuple[float, str] | None = None
-    #: Database writes made by ``progress`` and ``flush`` (read by the benchmark).
-    progress_writes: int = 0
 
     def __post_init__(self) -> None:
         if self.attempt is None:
@@ -78,7 +76,6 @@ class JobContext:
         fraction, message = self._pending
         self._pending = None
         self._last_write = time.monotonic()
-        self.progress_writes += 1
         self.store.set_progress(self.job.id, fraction, message, worker_id=self.worker_id,
                                 attempt=int(self.attempt))
 
