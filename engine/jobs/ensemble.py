@@ -30,7 +30,7 @@ from engine.ensemble import Member, blend, greedy_forward_selection
 from engine.errors import ConfigError, FsatError
 from engine.jobs.context import JobContext, environment_record, git_commit
 from engine.metrics import lwlrap
-from engine.runs.atomic import load_npy
+from engine.runs.members import MemberProblem, check_oof, check_test, read_scores
 from engine.runs.folder import RunFolder
 from engine.runs.kinds import has_fold_checkpoints
 from engine.runs.scores import record_fold_scores, score_test
@@ -119,26 +119,17 @@ def load_members(store: Store, member_ids: list[str]) -> LoadedMembers:
     for run in runs:
         run_dir = Path(run["run_dir"])
         oof_path = run_dir / "oof.npy"
-        oof = load_npy(oof_path, remedy=f"run {run['id']} again to rewrite it, or leave it out of the blend")
-        if oof.shape != truth.shape:
-            raise FsatError(f"member {run['id']!r}: {oof_path} has shape {oof.shape} but the dataset has "
-                            f"{truth.shape[0]} curated clips and {truth.shape[1]} classes; its scores are "
-                            "from another dataset or class list")
-        bad_rows = ~np.isfinite(oof).all(axis=1)
-        if bad_rows.any():
-            raise FsatError(f"member {run['id']!r}: {oof_path} has no out-of-fold scores for "
-                            f"{int(bad_rows.sum())} curated clips (first: row {int(np.flatnonzero(bad_rows)[0])}); "
-                            "only runs that covered every fold can be blended")
-        test = None
-        test_path = run_dir / "test.npy"
-        if test_path.is_file():
-            test = load_npy(test_path, remedy=f"run {run['id']} again to rewrite it, or leave it out of the blend")
-            if test.shape != (n_test, truth.shape[1]):
-                raise FsatError(f"member {run['id']!r}: {test_path} has shape {test.shape}; the dataset has "
-                                f"{n_test} test clips and {truth.shape[1]} classes")
-            if not np.isfinite(test).all():
-                raise FsatError(f"member {run['id']!r}: {test_path} holds NaN or inf scores; infer it again")
-        else:
+        try:
+            oof = read_scores(oof_path)
+            check_oof(oof_path, oof, truth)
+            test = None
+            test_path = run_dir / "test.npy"
+            if test_path.is_file():
+                test = read_scores(test_path)
+                check_test(test_path, test, n_test, truth.shape[1])
+        except MemberProblem as problem:
+            raise FsatError(f"member {run['id']!r}: {problem}") from None
+        if test is None:
             why = "a train run: infer it for test scores" if has_fold_checkpoints(run["kind"]) else "no test.npy"
             missing_test.append(f"{run['id']} ({why})")
         members.append(Member(name=run["id"], oof=oof, test=test, cv_lwlrap=lwlrap(truth, oof)))

@@ -51,6 +51,7 @@ from engine.metrics import lwlrap
 from engine.models.registry import frontend_from_spec, model_from_spec, spec_augment_from_spec, tagger_from_spec
 from engine.models.tagger import Tagger
 from engine.runs.atomic import DamagedFile, save_npy
+from engine.runs import kinds
 from engine.runs.folder import RunFolder
 from engine.runs.recorder import EpochRecord, FoldRecorder, StoreRecorder
 from engine.runs.scores import record_fold_scores, record_oof_scores
@@ -489,8 +490,8 @@ def score_untrained(tagger: Tagger, val_loader: DataLoader, val_truth: np.ndarra
 
 
 def model_label(spec: TrainSpec) -> str:
-    """The run's ``model`` column: architecture and mel count, e.g. ``cnn14-64mel``."""
-    return f"{spec.model.arch}-{spec.features.n_mels}mel"
+    """The run's ``model`` column (``engine.runs.kinds.model_label``), e.g. ``cnn14-64mel``."""
+    return kinds.model_label(spec.model.arch, spec.features.n_mels)
 
 
 def make_loaders(spec: TrainSpec, clips: TrainingClips, train_idx: np.ndarray, val_idx: np.ndarray, crop: int,

@@ -30,3 +30,8 @@ def run_arch(run: dict | None) -> str | None:
 def can_embed_baseline(run: dict | None) -> bool:
     """Whether a run's fold-0 encoder can embed the baseline: a run with fold checkpoints of a cnn14."""
     return bool(run) and has_fold_checkpoints(run.get("kind")) and run_arch(run) == "cnn14"
+
+
+def model_label(arch: str, n_mels: int) -> str:
+    """The ``model`` column a trained run records: architecture and mel count, e.g. ``cnn14-64mel``."""
+    return f"{arch}-{int(n_mels)}mel"
