@@ -181,7 +181,11 @@ def run_encoder_embedder(store, run_id: str, *, device: torch.device | str = "cp
         saved = torch.load(best, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user problem
         raise CheckpointError(f"{best}: not a readable checkpoint ({exc}); retrain fold 0 of run {run_id}") from exc
-    spec = from_dict(TrainSpec, run.get("config") or {})
+    try:
+        spec = from_dict(TrainSpec, run.get("config") or {})
+    except ConfigError as err:
+        raise ConfigError(f"run {run_id} has no training spec this version can read ({err})",
+                          field="encoder_run_id") from None
     sample_rate, n_mels = spec.audio.sample_rate, spec.features.n_mels
     # The frontend the encoder was trained on, built the one way training builds it: a zero-shot
     # run (features.standardise = false) is fed unstandardised log-mel, as it was when scored.
