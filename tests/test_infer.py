@@ -548,4 +548,6 @@ def test_one_crop_inference_of_a_hop_160_cnn14_reproduces_its_short_clip_scores(
     rows = np.isfinite(a).all(axis=1)
     assert rows.any() and (np.isfinite(b).all(axis=1) == rows).all()
     np.testing.assert_allclose(b[rows], a[rows], atol=1e-5)
-    assert inferred["cv_lwlrap"] == pytest.approx(trained["cv_lwlrap"], abs=1e-6)
+    # The trained run keeps float32 scores, the infer run float64: near-ties of an untrained model's
+    # scores may rank differently, so the two LWLRAPs agree to rounding, not bit for bit.
+    assert inferred["cv_lwlrap"] == pytest.approx(trained["cv_lwlrap"], abs=1e-4)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -104,7 +105,7 @@ def load_npy(path: Path | str, *, remedy: str = _REMEDY) -> np.ndarray:
         return np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise
-    except (OSError, ValueError, EOFError) as err:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise DamagedFile(path, f"{type(err).__name__}: {err}", remedy) from None
 
 
@@ -117,7 +118,7 @@ def load_npz(path: Path | str, *keys: str, remedy: str = _REMEDY) -> dict[str, n
             return {k: np.asarray(data[k]) for k in names}
     except FileNotFoundError:
         raise
-    except (OSError, ValueError, EOFError, KeyError) as err:
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
         raise DamagedFile(path, f"{type(err).__name__}: {err}", remedy) from None
 
 
