@@ -376,9 +376,9 @@ def _finished_fold_rows(folder: RunFolder, fold: int, log) -> np.ndarray | None:
     if not (folder.best(fold).exists() and path.exists()):
         return None
     try:
-        return folder.load_array(path)
+        return folder.load_array(path, remedy=f"training fold {fold} again")
     except DamagedFile as err:
-        log(f"{err.path}: damaged ({str(err).split('(', 1)[-1].split(')')[0][:120]}); training fold {fold} again")
+        log(str(err))
         return None
 
 
