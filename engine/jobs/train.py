@@ -180,7 +180,8 @@ class FoldTask:
     number); ``folds`` the dataset's stored fold of every curated clip (CSV
     order). ``initial_checkpoint`` starts the fold from those weights (a
     ``best.pt``) instead of the spec's pretrained ones; ``extra`` adds
-    training clips; ``tag`` marks every epoch record (a curriculum stage).
+    training clips (in place of the noisy set ``loss.noisy_weight`` would add);
+    ``tag`` marks every epoch record (a curriculum stage).
     ``mel_stats`` is ``(mean, std)``; None reads the run folder's ``mel_stats.npz``.
     """
 
