@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
