@@ -116,7 +116,7 @@ class ModelSection:
         _positive(self.width, f"{path}.width")
 
 
-LOSS_NAMES = ("bce", "gce", "sce", "focal")
+LOSS_NAMES = ("bce", "gce", "sce", "focal", "lsoft")
 
 
 @dataclass
@@ -132,6 +132,8 @@ class LossSection:
     sce_alpha: float = 1.0
     sce_beta: float = 0.5
     focal_gamma: float = 1.5
+    #: Lsoft's weight of the given label against the model's own prediction (the competition winner's 0.7).
+    lsoft_beta: float = 0.7
     #: Per-clip loss weight of the noisy set (curated clips weigh 1). Above 0, every train_noisy
     #: clip joins each fold's training set (never its validation set); 0 leaves the noisy set out.
     noisy_weight: float = 0.0
@@ -143,6 +145,7 @@ class LossSection:
         if not 0 < self.gce_q <= 1:
             raise ConfigError(f"must be in (0, 1], got {self.gce_q}", field=f"{path}.gce_q")
         _nonneg(self.focal_gamma, f"{path}.focal_gamma")
+        _prob(self.lsoft_beta, f"{path}.lsoft_beta")
         if not 0 <= self.noisy_weight < float("inf"):
             raise ConfigError(f"must be a finite number >= 0 (0 leaves the noisy set out), got {self.noisy_weight}",
                               field=f"{path}.noisy_weight")

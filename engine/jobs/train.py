@@ -218,7 +218,7 @@ def run(ctx: JobContext) -> str:
                          class_weights=(torch.as_tensor(class_weights_from_counts(counts), dtype=torch.float32,
                                                         device=device) if spec.loss.class_weights else None),
                          gce_q=spec.loss.gce_q, sce_alpha=spec.loss.sce_alpha, sce_beta=spec.loss.sce_beta,
-                         focal_gamma=spec.loss.focal_gamma)
+                         focal_gamma=spec.loss.focal_gamma, lsoft_beta=spec.loss.lsoft_beta)
     a = spec.augment
     wave_aug = WaveAugment(sample_rate=spec.audio.sample_rate, gain_db=a.gain_db, gain_p=a.gain_p,
                            noise_snr_db=tuple(a.noise_snr_db), noise_p=a.noise_p,
