@@ -216,3 +216,74 @@ def noisy_label_rows(fnames: list[str], classes: list[str], filt: NoisyFilter, w
                     "weight": round(float(weights[i]), 6)})
         rows.append(row)
     return rows
+
+
+# --- queue-time checks of a curriculum spec (stdlib + the store's read calls) -----------------------
+
+#: The run kinds a curriculum takes as its teacher.
+TEACHER_KINDS = ("train",)
+
+
+@dataclass
+class TeacherCheck:
+    """What the checks found: the teacher's run row, its dataset row, the student folds and checkpoints."""
+
+    run: dict
+    dataset: dict
+    folds: list[int]
+    fold_scores: dict[int, float]
+
+    def checkpoint(self, fold: int):
+        """The teacher fold's ``best.pt``."""
+        from pathlib import Path
+
+        return Path(self.run["run_dir"]) / f"fold{fold}" / "best.pt"
+
+
+def check_teacher(store, spec) -> TeacherCheck:
+    """Everything about a curriculum's teacher that can be known before it runs; ConfigError names the field.
+
+    Refuses a missing, unfinished or non-train teacher, a teacher whose dataset
+    has no noisy set or is not ``data_root``, student folds the teacher did not
+    train, and a missing teacher fold checkpoint. ``store`` is an
+    ``engine.store.Store`` (read calls only).
+    """
+    from pathlib import Path
+
+    from engine.errors import ConfigError
+
+    run_id = spec.teacher_run_id
+    run = store.get_run(run_id)
+    if run is None:
+        raise ConfigError(f"no run {run_id!r}; name a finished train run (see `fsat runs`)", field="teacher_run_id")
+    if run["kind"] not in TEACHER_KINDS:
+        raise ConfigError(f"run {run_id!r} is a {run['kind']} run; a curriculum's teacher is a finished train run "
+                          "with fold checkpoints", field="teacher_run_id")
+    if run["status"] != "done":
+        raise ConfigError(f"run {run_id!r} is {run['status']}, not finished; queue the curriculum once it is done",
+                          field="teacher_run_id")
+    dataset = store.get_dataset(run["dataset_id"]) if run.get("dataset_id") is not None else None
+    if dataset is None:
+        raise ConfigError(f"run {run_id!r} is linked to no dataset", field="teacher_run_id")
+    root = Path(dataset["root"])
+    if spec.data_root and Path(spec.data_root).resolve() != root.resolve():
+        raise ConfigError(f"the teacher {run_id!r} trained on {root}, not on {spec.data_root}; name the teacher's "
+                          "dataset or leave data_root empty", field="data_root")
+    has_audio = (root / "train_noisy").is_dir() or (root / "train_noisy.zip").is_file()
+    if not dataset.get("n_noisy") or not (root / "train_noisy.csv").is_file() or not has_audio:
+        raise ConfigError(f"the teacher's dataset {root} has no noisy set (train_noisy.csv with train_noisy/ or "
+                          "train_noisy.zip); a curriculum filters the noisy clips", field="teacher_run_id")
+    scores = {int(r["fold"]): float(r["lwlrap"]) for r in store.fold_scores(run_id)}
+    folds = list(spec.folds) if spec.folds else sorted(scores)
+    for i, k in enumerate(spec.folds):
+        if k not in scores:
+            raise ConfigError(f"the teacher {run_id!r} has no fold {k} (it trained folds "
+                              f"{', '.join(map(str, sorted(scores))) or 'none'})", field=f"folds[{i}]")
+    if not folds:
+        raise ConfigError(f"the teacher {run_id!r} recorded no finished fold", field="teacher_run_id")
+    check = TeacherCheck(run=run, dataset=dataset, folds=folds, fold_scores=scores)
+    for k in folds:
+        if not check.checkpoint(k).is_file():
+            raise ConfigError(f"the teacher's fold checkpoint {check.checkpoint(k)} is missing; restore the run "
+                              "folder or retrain the teacher", field="teacher_run_id")
+    return check

@@ -87,6 +87,18 @@ def _spec_augment(spec: TrainSpec) -> SpecAugment | None:
                        time_frac=a.time_frac, p=a.specaug_p) if a.specaug_p > 0 else None
 
 
+def make_wave_augment(spec: TrainSpec) -> WaveAugment | None:
+    """The spec's waveform augmentation, or None when every probability is 0."""
+    a = spec.augment
+    if not a.any_wave():
+        return None
+    return WaveAugment(sample_rate=spec.audio.sample_rate, gain_db=a.gain_db, gain_p=a.gain_p,
+                       noise_snr_db=tuple(a.noise_snr_db), noise_p=a.noise_p,
+                       noise_colors=tuple(a.noise_colors), shift_s=a.shift_s, shift_p=a.shift_p,
+                       pitch_semitones=a.pitch_semitones, pitch_p=a.pitch_p, stretch=tuple(a.stretch),
+                       stretch_p=a.stretch_p)
+
+
 def resolve_batch_size(spec: TrainSpec, frontend: LogMelFrontend, n_classes: int, device: torch.device, *,
                        recorded: dict | None = None, log=print) -> int:
     """The batch size to train with.
@@ -220,11 +232,7 @@ def run(ctx: JobContext) -> str:
                          gce_q=spec.loss.gce_q, sce_alpha=spec.loss.sce_alpha, sce_beta=spec.loss.sce_beta,
                          focal_gamma=spec.loss.focal_gamma, lsoft_beta=spec.loss.lsoft_beta)
     a = spec.augment
-    wave_aug = WaveAugment(sample_rate=spec.audio.sample_rate, gain_db=a.gain_db, gain_p=a.gain_p,
-                           noise_snr_db=tuple(a.noise_snr_db), noise_p=a.noise_p,
-                           noise_colors=tuple(a.noise_colors), shift_s=a.shift_s, shift_p=a.shift_p,
-                           pitch_semitones=a.pitch_semitones, pitch_p=a.pitch_p, stretch=tuple(a.stretch),
-                           stretch_p=a.stretch_p) if a.any_wave() else None
+    wave_aug = make_wave_augment(spec)
 
     folds_to_run = spec.train.fold_list()
     n = len(Y)

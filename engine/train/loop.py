@@ -44,11 +44,16 @@ class EpochResult:
 
 @dataclass
 class FoldResult:
-    """The outcome of a fold: best score and epoch, and validation predictions of the best model."""
+    """The outcome of a fold: best score and epoch, and validation predictions of the best model.
+
+    ``val_pred`` is None only when an ``early_stopping`` carried in from an
+    earlier curriculum stage saw no better epoch in this call (no ``best.pt``
+    was written).
+    """
 
     best_lwlrap: float
     best_epoch: int | None
-    val_pred: np.ndarray
+    val_pred: np.ndarray | None
     epochs_run: int
 
 
@@ -112,8 +117,14 @@ def train_fold(tagger: Tagger, *, train_loader: DataLoader, val_loader: DataLoad
                warmup_epochs: float, warmup_steps: int, min_lr_ratio: float, grad_clip: float,
                amp: bool, cpu_bf16: bool, mixup_p: float, mixup_alpha: float, seed: int,
                on_epoch: Callable[[EpochResult], None] | None = None,
-               on_step: Callable[[int, int], None] | None = None) -> FoldResult:
-    """Train one fold to early stopping, resuming from ``fold_dir/last.pt`` when present."""
+               on_step: Callable[[int, int], None] | None = None,
+               early_stopping: EarlyStopping | None = None) -> FoldResult:
+    """Train one fold to early stopping, resuming from ``fold_dir/last.pt`` when present.
+
+    ``early_stopping`` continues a stopper from an earlier call (a curriculum
+    stage carries the fold's best score and patience into the next stage);
+    by default a fresh one with ``patience`` is used.
+    """
     fold_dir.mkdir(parents=True, exist_ok=True)
     tagger.to(device)
     optimizer = build_optimizer(tagger.model, head_lr=head_lr, encoder_lr=encoder_lr,
@@ -124,7 +135,7 @@ def train_fold(tagger: Tagger, *, train_loader: DataLoader, val_loader: DataLoad
     scheduler = warmup_cosine(optimizer, warmup_steps=min(warm, total - 1), total_steps=total,
                               min_lr_ratio=min_lr_ratio)
     scaler = make_grad_scaler(device, amp)
-    stopper = EarlyStopping(patience=patience, mode="max")
+    stopper = early_stopping if early_stopping is not None else EarlyStopping(patience=patience, mode="max")
     generator = torch.Generator().manual_seed(seed)
     start_epoch = 0
 
@@ -192,7 +203,8 @@ def train_fold(tagger: Tagger, *, train_loader: DataLoader, val_loader: DataLoad
                              is_best=is_best)
         if on_epoch is not None:
             on_epoch(result)
-    best = np.load(fold_dir / "val_pred.npy")
+    best_pred = fold_dir / "val_pred.npy"
+    best = np.load(best_pred) if best_pred.exists() else None
     return FoldResult(best_lwlrap=float(stopper.best), best_epoch=int(stopper.best_epoch),
                       val_pred=best, epochs_run=epoch + 1)
 
