@@ -287,3 +287,31 @@ def check_teacher(store, spec) -> TeacherCheck:
             raise ConfigError(f"the teacher's fold checkpoint {check.checkpoint(k)} is missing; restore the run "
                               "folder or retrain the teacher", field="teacher_run_id")
     return check
+
+
+def audit_report(store, run_id: str) -> dict:
+    """What a curriculum run did, for the CLI (``fsat audit``) and the console, from the store alone.
+
+    ``gain``: student vs teacher LWLRAP per fold and overall (fold -1);
+    ``classes``: out-of-fold LRAP per class, student vs teacher, with the gain;
+    ``audit``: the per-class noisy-label audit pooled over folds, sorted by the
+    share of weak labels dropped (precision and recall None without the truth);
+    ``swaps``: every stage re-run with a fallback loss; ``truth_known``.
+    """
+    from engine.errors import FsatError
+
+    run = store.get_run(run_id)
+    if run is None:
+        raise FsatError(f"no run {run_id!r} (see `fsat runs`)")
+    if run["kind"] != "curriculum":
+        raise FsatError(f"run {run_id!r} is a {run['kind']} run; the audit is for curriculum runs")
+    audit = store.noisy_audit(run_id)
+    audit.sort(key=lambda r: (-(r["share_dropped"] if r["share_dropped"] is not None else -1.0), r["class_idx"]))
+    return {
+        "run_id": run_id, "teacher_run_id": run["parent_run_id"], "status": run["status"],
+        "gain": store.curriculum_gain(run_id),
+        "classes": store.class_gain(run_id),
+        "audit": audit,
+        "swaps": store.swaps(run_id),
+        "truth_known": any(r["recall"] is not None for r in audit),
+    }
