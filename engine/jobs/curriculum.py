@@ -246,8 +246,8 @@ def run(ctx: JobContext) -> str:
                    f"{int(filt.kept.sum())}/{int(weak.sum())} weak labels kept, {int(filt.added.sum())} added")
         if truth is not None:
             pr = overall_precision_recall(filt, truth)
-            summary += (f"; label precision {pr['weak_precision']:.3f} -> {pr['precision']:.3f}, "
-                        f"recall {pr['weak_recall']:.3f} -> {pr['recall']:.3f}")
+            summary += (f"; label precision {_fmt(pr['weak_precision'])} -> {_fmt(pr['precision'])}, "
+                        f"recall {_fmt(pr['weak_recall'])} -> {_fmt(pr['recall'])}")
         ctx.log(summary)
         if not filt.clip_kept.any():
             _write_noisy_labels(run_dir / "noisy_labels.csv", csv_rows)
