@@ -16,10 +16,14 @@ Defaults and why:
 - ``threshold_mode = "global"``: one threshold for every class. Teacher
   probabilities on the noisy clips are not calibrated the way they are on
   curated ones (other recording sources), so a class the teacher is shy on
-  in the noisy domain may keep nothing. ``"per_class"`` scales both
-  thresholds by the highest probability the teacher gives that class on any
+  in the noisy domain may keep nothing. ``"per_class"`` scales the keep
+  threshold by the highest probability the teacher gives that class on any
   noisy clip (label-free, so it leaks nothing across folds): a class whose
-  best noisy clip scores 0.6 keeps labels at 0.48 and above.
+  best noisy clip scores 0.6 keeps weak labels at 0.48 and above with
+  ``keep_threshold = 0.8``. The pseudo threshold stays absolute: scaled, it
+  would add every class to its top-scoring clip (measured on the demo: 95
+  pseudo-labels per fold, most of them wrong), and adding a label the weak
+  label lacks should need real confidence.
 - ``max_per_class = 0`` (no cap): a cap keeps the N most confident clips of
   each class, which bounds what a badly calibrated, over-confident class can
   bring in; it is off by default because the thresholds already bound it
@@ -107,7 +111,7 @@ def filter_labels(weak: np.ndarray, probs: np.ndarray, *, keep_threshold: float 
     else:
         scale = np.ones(c)
     keep_thr = keep_threshold * scale
-    pseudo_thr = pseudo_threshold * scale
+    pseudo_thr = np.full(c, float(pseudo_threshold))
     kept = weak & (probs >= keep_thr[None, :])
     added = ~weak & (probs >= pseudo_thr[None, :])
     labels = kept | added

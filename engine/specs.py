@@ -442,8 +442,8 @@ class FilterSection:
     pseudo_threshold: float = 0.95
     #: At most this many clips per class, the most confident first (0 = no cap).
     max_per_class: int = 0
-    #: global: the thresholds as given; per_class: scaled by the teacher's highest probability
-    #: for the class on any noisy clip (noisy-domain probabilities are not calibrated).
+    #: global: the thresholds as given; per_class: the keep threshold is scaled by the teacher's highest
+    #: probability for the class on any noisy clip (noisy-domain probabilities are not calibrated).
     threshold_mode: str = "global"
 
     def validate(self, path: str) -> None:

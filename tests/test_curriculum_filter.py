@@ -72,6 +72,9 @@ def test_per_class_mode_scales_by_the_class_maximum():
     assert p.keep_thresholds.tolist() == pytest.approx([0.76, 0.40])
     assert p.labels[:, 1].tolist() == [False, False, True, False]
     assert p.labels[:, 0].tolist() == [True, False, False, False]
+    # The pseudo threshold stays absolute: class 1's top clip is not added to clips that lack it.
+    assert p.pseudo_thresholds.tolist() == pytest.approx([0.95, 0.95])
+    assert not p.added.any()
 
 
 def test_weights_are_max_kept_probability_clipped(noisy):
