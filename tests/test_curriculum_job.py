@@ -305,7 +305,7 @@ def test_bad_teachers_and_settings_are_refused_at_queue_time(teacher, tiny_demo:
     # Spec fields.
     err = _refused(db, teacher_id, "--preset", "demo_curriculum", "--set", "filter.keep_threshold=1.2")
     assert "filter.keep_threshold" in err and "[0, 1]" in err
-    err = _refused(db, teacher_id, "--preset", "demo_curriculum", "--set", "filter.pseudo_threshold=0.5")
+    err = _refused(db, teacher_id, "--preset", "demo_curriculum", "--set", "filter.pseudo_threshold=0.2")
     assert "filter.pseudo_threshold" in err and "keep_threshold" in err
     assert "stages: the stage list is empty" in _refused(db, teacher_id, "--preset", "demo_curriculum",
                                                         "--set", "stages=[]")
