@@ -294,8 +294,10 @@ def test_bad_teachers_and_settings_are_refused_at_queue_time(teacher, tiny_demo:
     # An unfinished train run, and a run that is not a train run.
     store.create_run("train-0777", kind="train", dataset_id=store.get_run(teacher_id)["dataset_id"])
     assert "is running, not finished" in _refused(db, "train-0777", "--preset", "demo_curriculum")
-    student = next(r for r in store.list_runs() if r["kind"] == "curriculum")["run_id"]
-    assert "is a curriculum run" in _refused(db, student, "--preset", "demo_curriculum")
+    store.create_run("infer-0999", kind="infer", parent_run_id=teacher_id,
+                     dataset_id=store.get_run(teacher_id)["dataset_id"])
+    store.finish_run("infer-0999", cv_lwlrap=0.5)
+    assert "is a infer run" in _refused(db, "infer-0999", "--preset", "demo_curriculum")
     # The dataset named is not the teacher's.
     other = tmp_path / "elsewhere"
     other.mkdir()
