@@ -346,6 +346,7 @@ def test_every_clip_filtered_out_fails_with_per_class_counts_and_keeps_the_audit
     db, teacher_id = teacher
     job_id = int(run_cli("queue", "curriculum", teacher_id, "--preset", "demo_curriculum", "--set",
                          "filter.keep_threshold=1.0", "--set", "filter.pseudo_threshold=1.0", "--set", "folds=[0]",
+                         "--set", 'filter.threshold_mode="global"',
                          db=db).stdout)
     _drain(db)
     store = Store(db)
