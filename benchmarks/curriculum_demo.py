@@ -9,7 +9,11 @@ folds and seed:
 3. ``student``: ``fsat queue curriculum TEACHER --preset demo_curriculum``;
 4. ``continue-curated``: the same curriculum with every stage's noisy weight 0,
    i.e. the teacher trained for the same extra epochs on curated clips only
-   (separates "more epochs" from "the filtered noisy clips").
+   (separates "more epochs" from "the filtered noisy clips");
+5. ``noisy-weak/student`` and ``noisy-weak/continue-curated``: the same two
+   with the ``noisy-weak`` run as the teacher.
+
+Rerun on the same ``--work`` folder, finished jobs are reused by name.
 
 Prints the out-of-fold and per-fold LWLRAP of each run, the filter's label
 precision and recall against the demo's ``train_noisy_truth.csv``, and the
@@ -46,6 +50,29 @@ def toml_inline(items: list[dict]) -> str:
     return "[" + ", ".join("{" + ", ".join(f"{k} = {json.dumps(v)}" for k, v in d.items()) + "}" for d in items) + "]"
 
 
+def resolve_stages(overrides: list[str]) -> list[dict]:
+    """The stages of ``demo_curriculum`` with the benchmark's overrides."""
+    from engine.specs import resolve_spec, to_dict
+
+    spec = resolve_spec("curriculum", preset="demo_curriculum", overrides=["teacher_run_id=x", *overrides])
+    return [to_dict(s) for s in spec.stages]
+
+
+def filter_summary(store, run_id: str) -> dict:
+    """The filter's label precision and recall against the truth, pooled over the run's folds."""
+    row = store.conn.execute(
+        "SELECT SUM(n_final_right), SUM(n_final), SUM(n_true), SUM(n_labelled), SUM(n_wrong), SUM(wrong_dropped), "
+        "SUM(right_lost), SUM(n_added), SUM(added_right), COUNT(DISTINCT fold) FROM noisy_audit WHERE run_id=?",
+        (run_id,)).fetchone()
+    right, final, true, labelled, wrong, wrong_dropped, right_lost, added, added_right, folds = row
+    return {"weak_precision": (labelled - wrong) / labelled, "weak_recall": (labelled - wrong) / true,
+            "precision": right / final if final else None, "recall": right / true,
+            "wrong_dropped_share": wrong_dropped / wrong if wrong else None,
+            "right_lost_share": right_lost / (labelled - wrong),
+            "labels_per_fold": {"weak": labelled / folds, "final": final / folds, "added": added / folds,
+                                "added_right": added_right / folds}}
+
+
 def drain(db: Path) -> None:
     """Run a worker until the queue is empty."""
     env = dict(os.environ, PYTHONPATH=str(PROJECT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -74,23 +101,36 @@ def main() -> None:
     db = work / "experiments.db"
     os.environ["FSAT_RUNS"] = str(work / "runs")
     train_sets = ["--set", f"train.epochs={args.teacher_epochs}"] + [x for s in args.set for x in ("--set", s)]
-    jobs = {"teacher": int(cli(db, "queue", "train", "--data", str(root), "--preset", "demo", "--name", "teacher",
-                               *train_sets)),
-            "noisy-weak": int(cli(db, "queue", "train", "--data", str(root), "--preset", "demo", "--name",
-                                  "noisy-weak", *train_sets, "--set", "loss.noisy_weight=1.0"))}
-    drain(db)
-    store = Store(db)
-    teacher = store.get_job(jobs["teacher"])
-    if teacher.status != "done":
-        raise SystemExit(f"teacher job failed: {teacher.error}")
     cur_sets = [x for s in args.curriculum_set for x in ("--set", s)]
-    jobs["student"] = int(cli(db, "queue", "curriculum", teacher.run_id, "--preset", "demo_curriculum",
-                              "--name", "student", *cur_sets))
-    spec = json.loads(json.dumps(store.get_job(jobs["student"]).spec))
-    zero = [{**s, "noisy_weight": 0.0} for s in spec["stages"]]
-    jobs["continue-curated"] = int(cli(db, "queue", "curriculum", teacher.run_id, "--preset", "demo_curriculum",
-                                       "--name", "continue-curated", *cur_sets,
-                                       "--set", "stages=" + toml_inline(zero)))
+    store = Store(db)
+
+    def queue(name: str, *argv: str) -> int:
+        """Queue a job named ``name``, or reuse a finished one of that name (rerunning on the same --work)."""
+        for job in store.list_jobs():
+            if job["name"] == name and job["status"] in ("done", "queued", "running"):
+                return int(job["id"])
+        return int(cli(db, "queue", *argv, "--name", name))
+
+    def finished_run(job_id: int) -> str:
+        job = store.get_job(job_id)
+        if job.status != "done":
+            raise SystemExit(f"job {job_id} ({job.name}) did not finish: {job.status} {job.error or ''}")
+        return str(job.run_id)
+
+    jobs = {"teacher": queue("teacher", "train", "--data", str(root), "--preset", "demo", *train_sets),
+            "noisy-weak": queue("noisy-weak", "train", "--data", str(root), "--preset", "demo", *train_sets,
+                                "--set", "loss.noisy_weight=1.0")}
+    drain(db)
+    stages = resolve_stages(args.curriculum_set)
+    zero = toml_inline([{**s, "noisy_weight": 0.0} for s in stages])
+    # Each teacher gets a student and a control: the same stages with no noisy clip (noisy weight 0),
+    # i.e. the teacher trained for the same extra epochs on curated clips only.
+    for teacher_name, prefix in (("teacher", ""), ("noisy-weak", "noisy-weak/")):
+        teacher_run = finished_run(jobs[teacher_name])
+        jobs[f"{prefix}student"] = queue(f"{prefix}student", "curriculum", teacher_run, "--preset",
+                                         "demo_curriculum", *cur_sets)
+        jobs[f"{prefix}continue-curated"] = queue(f"{prefix}continue-curated", "curriculum", teacher_run, "--preset",
+                                                  "demo_curriculum", *cur_sets, "--set", f"stages={zero}")
     drain(db)
 
     results = {}
@@ -102,21 +142,14 @@ def main() -> None:
         results[name] = {"run_id": job.run_id, "cv_lwlrap": run["cv_lwlrap"],
                          "folds": {f["fold"]: f["lwlrap"] for f in store.fold_scores(job.run_id)},
                          "seconds": round(job.finished_at - job.started_at, 1)}
-    audit = store.noisy_audit(results["student"]["run_id"])
-    sums = {k: sum((r[k] or 0) * r["folds"] for r in audit) for k in ("n_labelled", "n_wrong", "n_kept", "n_added")}
-    con = store.conn
-    pooled = con.execute("SELECT SUM(n_final_right), SUM(n_final), SUM(n_true), SUM(n_labelled), SUM(n_wrong), "
-                         "SUM(wrong_dropped), SUM(right_lost) FROM noisy_audit WHERE run_id=?",
-                         (results["student"]["run_id"],)).fetchone()
-    right, final, true, labelled, wrong, wrong_dropped, right_lost = pooled
-    filt = {"weak_precision": (labelled - wrong) / labelled, "precision": right / final if final else None,
-            "weak_recall": (labelled - wrong) / true, "recall": right / true,
-            "wrong_dropped_share": wrong_dropped / wrong if wrong else None,
-            "right_lost_share": right_lost / (labelled - wrong), "pooled_over_folds": True, **sums}
-    swaps = store.swaps(results["student"]["run_id"])
+    filters, swaps = {}, {}
+    for name in ("student", "noisy-weak/student"):
+        run_id = results[name]["run_id"]
+        filters[name] = filter_summary(store, run_id)
+        swaps[name] = store.swaps(run_id)
     report = {"settings": {"demo_seed": args.seed, "teacher_epochs": args.teacher_epochs, "train_set": args.set,
                            "curriculum_set": args.curriculum_set, "threads": os.environ.get("OMP_NUM_THREADS", "all")},
-              "runs": results, "filter": filt, "swaps": swaps}
+              "runs": results, "filter": filters, "swaps": swaps}
     print(json.dumps(report, indent=2, default=str))
     print()
     print("| run | OOF lwlrap | " + " | ".join(f"fold {k}" for k in sorted(results["teacher"]["folds"])) + " | seconds |")
