@@ -37,7 +37,6 @@ import io
 import json
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -53,12 +52,13 @@ from engine.infer import predict_tta_logits, sigmoid
 from engine.jobs.common import build_cache, cache_dir_for, configure_threads, pick_device, prepare_dataset, seed_everything
 from engine.jobs.context import JobContext, environment_record, git_commit, write_json
 from engine.jobs.infer import load_trained_run, load_fold_tagger
-from engine.jobs.train import TrainingClips, _model_label, _spec_augment, make_loaders, make_wave_augment
+from engine.jobs.train import TrainingClips, _wave_augment, make_loaders, model_label
+from engine.models.registry import spec_augment_from_spec
 from engine.metrics import lwlrap, per_class_lwlrap
 from engine.specs import CurriculumSpec, StageSection, TrainSpec, spec_from_json, spec_hash, to_dict
 from engine.store import OOF
 from engine.train.losses import build_loss, class_weights_from_counts
-from engine.train.loop import Tagger, save_atomic, train_fold
+from engine.train.loop import train_fold
 from engine.train.schedule import EarlyStopping
 
 FOLD_MEAN_WARNING = ("teacher.predictions = \"fold_mean\": every student fold is filtered by the mean of all "
@@ -112,27 +112,19 @@ def load_noisy_truth(root: Path, fnames: list[str], classes: list[str]) -> np.nd
 
 # --- the student's training clips ------------------------------------------------------------------
 
-@dataclass
-class FilteredClips(TrainingClips):
-    """Curated clips, then the noisy clips the filter kept (dropped ones never enter training)."""
-
-    noisy_kept: np.ndarray | None = None
-
-    def train_indices(self, curated_train_idx: np.ndarray) -> np.ndarray:
-        """A fold's curated training clips, then the kept noisy clips with a positive weight."""
-        noisy = np.flatnonzero(self.noisy_kept) + self.n_curated if self.noisy_kept is not None else []
-        return np.concatenate([np.asarray(curated_train_idx, dtype=np.int64), np.asarray(noisy, dtype=np.int64)])
-
-
 def student_clips(curated_cache, curated_Y: np.ndarray, noisy_cache, filt: NoisyFilter, weights: np.ndarray,
-                  noisy_weight: float) -> FilteredClips:
-    """Training clips of a stage: curated (weight 1) and the filtered noisy clips (clip weight x stage weight)."""
+                  noisy_weight: float) -> TrainingClips:
+    """Training clips of a stage: curated (weight 1), then the kept noisy clips (clip weight x stage weight).
+
+    Dropped clips (and every noisy clip at noisy weight 0) never enter training.
+    """
     n = len(curated_Y)
     noisy_w = weights.astype(np.float32) * float(noisy_weight)
-    return FilteredClips(cache=ConcatCache([curated_cache, noisy_cache]),
+    kept = np.flatnonzero(filt.clip_kept & (noisy_w > 0))
+    return TrainingClips(cache=ConcatCache([curated_cache, noisy_cache]),
                          Y=np.concatenate([np.asarray(curated_Y, np.float32), filt.labels.astype(np.float32)]),
                          n_curated=n, weights=np.concatenate([np.ones(n, np.float32), noisy_w]),
-                         noisy_kept=filt.clip_kept & (noisy_w > 0))
+                         extra_rows=n + kept)
 
 
 def set_trainable_blocks(model: torch.nn.Module, n_blocks: int) -> str:
@@ -195,7 +187,7 @@ def run(ctx: JobContext) -> str:
     student.name = spec.name or f"{tspec.name or spec.teacher_run_id} curriculum"
     config = to_dict(student)
     store.create_run(run_id, kind="curriculum", job_id=ctx.job.id, dataset_id=data.dataset_id, name=student.name,
-                     model=trained.run["model"] or _model_label(tspec), config=config,
+                     model=trained.run["model"] or model_label(tspec), config=config,
                      config_hash=spec_hash(spec), seed=tspec.train.seed, device=str(device),
                      versions=environment_record(), git_commit=git_commit(), run_dir=str(run_dir),
                      parent_run_id=spec.teacher_run_id)
@@ -262,7 +254,7 @@ def run(ctx: JobContext) -> str:
     counts = Y.sum(axis=0)
     class_w = (torch.as_tensor(class_weights_from_counts(counts), dtype=torch.float32, device=device)
                if tspec.loss.class_weights else None)
-    wave_aug = make_wave_augment(tspec)
+    wave_aug = _wave_augment(tspec)
     batch_size = int(student.train.batch_size)
     n = len(Y)
     oof_path = run_dir / "oof.npy"
@@ -302,7 +294,7 @@ def run(ctx: JobContext) -> str:
                 break
             seed_everything(tspec.train.seed + 1000 * (fold + 1) + 10 * s_idx + attempt)
             tagger = load_fold_tagger(trained, fold, len(classes))
-            tagger.spec_augment = _spec_augment(tspec)
+            tagger.spec_augment = spec_augment_from_spec(tspec)
             start = torch.load(state["start"], map_location="cpu", weights_only=True)
             tagger.model.load_state_dict(start["model"])
             frozen = set_trainable_blocks(tagger.model, stage.trainable_blocks)
@@ -313,7 +305,7 @@ def run(ctx: JobContext) -> str:
                                  gce_q=tspec.loss.gce_q, sce_alpha=tspec.loss.sce_alpha, sce_beta=tspec.loss.sce_beta,
                                  focal_gamma=tspec.loss.focal_gamma, lsoft_beta=tspec.loss.lsoft_beta)
             if not (stage_dir / "last.pt").exists():
-                ctx.log(f"fold {fold} stage {label}: {stage.epochs} epochs, {int(clips.noisy_kept.sum())} noisy clips "
+                ctx.log(f"fold {fold} stage {label}: {stage.epochs} epochs, {clips.n_noisy} noisy clips "
                         f"at weight {stage.noisy_weight:g} x clip weight, loss {loss_name}; {frozen}")
             offset = state["epoch_offset"]
             stage_scores: list[float] = []
