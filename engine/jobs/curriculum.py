@@ -84,6 +84,7 @@ def teacher_noisy_logits(ctx: JobContext, trained, fold: int, noisy_cache, fname
         except (OSError, ValueError, KeyError) as err:
             ctx.log(f"{path} is unreadable ({err}); predicting again")
     tagger = load_fold_tagger(trained, fold, n_classes)
+    ctx.log(f"teacher fold {fold} predicting {len(fnames)} noisy clips ({tta_crops} crop(s) each)")
     ctx.progress(0.05, f"teacher fold {fold} predicting {len(fnames)} noisy clips")
     logits = predict_tta_logits(tagger, noisy_cache, np.arange(len(fnames)), crop=crop, k=tta_crops,
                                 batch_size=batch_size, device=device, amp=trained.spec.optim.amp)
