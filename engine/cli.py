@@ -5,12 +5,14 @@
     fsat [--db PATH] queue train|baseline|probe --data DIR [--preset NAME | --config FILE] [--set key=value ...]
                                                [--name NAME] [--priority N]
     fsat [--db PATH] queue infer RUN_ID [--preset tta] [--set infer.tta_crops=5 ...] [--name NAME] [--priority N]
+    fsat [--db PATH] queue curriculum TEACHER_RUN --preset curriculum [--set filter.keep_threshold=0.7 ...]
     fsat [--db PATH] queue ensemble RUN_ID RUN_ID ... [--set method="mean" ...] [--name NAME] [--priority N]
     fsat [--db PATH] ensemble RUN_ID RUN_ID ... [--weights W ...] [--method auto|best|rank|...] [--no-calibrate]
                                                [--greedy] [--greedy-steps N] [--no-submission]
                                                [--name NAME] [--priority N] [--now | --dry-run]
     fsat [--db PATH] submission RUN_ID --out PATH [--json]
     fsat [--db PATH] tta RUN_ID [--json]
+    fsat [--db PATH] audit RUN_ID [--json]
     fsat [--db PATH] jobs [--status queued|running|done|failed|cancelled] [--limit N] [--json]
     fsat [--db PATH] runs [--limit N] [--json]
     fsat [--db PATH] show RUN_ID [--fold K] [--json]
@@ -145,10 +147,17 @@ def _queue_overrides(args: argparse.Namespace) -> list[str]:
     elif args.kind == "ensemble":
         if targets:
             overrides.append(f"members={json.dumps(targets)}")
+    elif args.kind == "curriculum":
+        if len(targets) > 1:
+            raise FsatError(f"queue curriculum takes one teacher run id, got {len(targets)}: {' '.join(targets)}")
+        if targets:
+            overrides.append(f"teacher_run_id={json.dumps(targets[0])}")
+        if args.data:
+            overrides.append(f"data_root={json.dumps(str(Path(args.data).resolve()))}")
     elif targets:
         raise FsatError(f"queue {args.kind} takes no run ids (got {' '.join(targets)}); "
                         "run ids are for infer and ensemble jobs")
-    if args.data and args.kind not in _DATA_KINDS:
+    if args.data and args.kind not in _DATA_KINDS + ("curriculum",):
         raise FsatError(f"--data does not apply to {args.kind} jobs: they use the dataset of the runs they name")
     return overrides
 
@@ -185,6 +194,11 @@ def cmd_queue(args: argparse.Namespace) -> int:
         name = spec.name or _default_name(args.kind, spec_dict, preset=args.preset)
     with _open(args) as store:
         _check_runs_exist(store, args.kind, spec_dict)
+        if args.kind == "curriculum":
+            from engine.curriculum import check_teacher
+
+            # Everything about the teacher that can be known now is refused now, not when the job runs.
+            check_teacher(store, spec)
         job_id = store.enqueue(args.kind, spec_dict, name=name, priority=args.priority)
     if args.json:
         print(json.dumps({"job_id": job_id, "kind": args.kind, "name": name}))
@@ -236,6 +250,8 @@ def _default_name(kind: str, spec: dict, preset: str | None = None) -> str:
         return f"{preset or 'tta'} {spec.get('run_id', '')}".strip()
     if kind == "ensemble":
         return f"{spec.get('method', 'auto')} blend of {len(spec.get('members', []))}"
+    if kind == "curriculum":
+        return f"curriculum of {spec.get('teacher_run_id', '')}".strip()
     return preset or kind
 
 
@@ -376,6 +392,33 @@ def _signed(value: float | None) -> str:
     return "-" if value is None else f"{value:+.4f}"
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    """A curriculum run's gain over its teacher, per-class noisy-label audit and loss swaps."""
+    from engine.curriculum import audit_report
+
+    with _open(args) as store:
+        report = audit_report(store, args.run_id)
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+        return 0
+    console.print(f"[bold]{report['run_id']}[/] curriculum of teacher {report['teacher_run_id']} "
+                  f"[{report['status']}]", highlight=False)
+    gain = [{"fold": "oof" if g["fold"] == OOF else g["fold"], **{k: g[k] for k in
+             ("student_lwlrap", "teacher_lwlrap", "gain")}} for g in report["gain"]]
+    console.print(_table("student vs teacher lwlrap", gain, ["fold", "student_lwlrap", "teacher_lwlrap", "gain"]))
+    columns = ["class_name", "n_labelled", "n_kept", "n_dropped", "share_dropped", "n_added", "mean_weight"]
+    if report["truth_known"]:
+        columns += ["wrong_dropped", "right_lost", "weak_precision", "precision", "recall"]
+    console.print(_table("noisy-label audit per class (mean per fold), by share dropped", report["audit"], columns))
+    classes = sorted(report["classes"], key=lambda r: -(r["gain"] if r["gain"] is not None else -9))
+    console.print(_table("out-of-fold LRAP per class, by gain", classes,
+                         ["class_name", "student_lrap", "teacher_lrap", "gain", "weight"]))
+    if report["swaps"]:
+        console.print(_table("loss swaps", report["swaps"], ["fold", "stage", "attempt", "loss_from", "loss_to",
+                                                              "stage_lwlrap", "teacher_lwlrap", "tolerance"]))
+    return 0
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
     with _read(args) as store:
         rows = store.list_jobs(status=args.status, limit=args.limit)
@@ -504,10 +547,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train_curated.csv column naming each clip's source recording: folds keep each in one fold")
 
     p = add("queue", cmd_queue, "queue a job from a preset or config file with overrides; prints the job id")
-    p.add_argument("kind", choices=["train", "infer", "ensemble", "baseline", "probe"])
+    p.add_argument("kind", choices=["train", "infer", "ensemble", "baseline", "curriculum", "probe"])
     p.add_argument("targets", nargs="*", metavar="RUN_ID",
-                   help="infer: the trained run; ensemble: the member runs")
-    p.add_argument("--data", help="dataset root (Kaggle layout; train and baseline jobs)")
+                   help="infer: the trained run; ensemble: the member runs; curriculum: the teacher run")
+    p.add_argument("--data", help="dataset root (Kaggle layout; train and baseline jobs; for a curriculum, "
+                   "the teacher's dataset, checked)")
     p.add_argument("--preset", help="preset name under configs/ (see `fsat presets`)")
     p.add_argument("--config", type=Path, help="a TOML config file")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. train.epochs=3")
@@ -539,6 +583,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="where to write the CSV")
 
     p = add("tta", cmd_tta, "the TTA gain of an infer run over its trained run: overall, per fold, per class",
+            listing=True)
+    p.add_argument("run_id")
+
+    p = add("audit", cmd_audit, "a curriculum run: gain over its teacher, per-class noisy-label audit, loss swaps",
             listing=True)
     p.add_argument("run_id")
 

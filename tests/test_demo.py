@@ -20,7 +20,7 @@ from engine.errors import DataError
 
 TINY = dict(seed=3, clips_per_class=1, noisy_per_class=2, test_per_class=1, max_seconds=1.0)
 LAYOUT = ["README.txt", "sample_submission.csv", "test", "test_ground_truth.csv", "train_curated",
-          "train_curated.csv", "train_noisy", "train_noisy.csv"]
+          "train_curated.csv", "train_noisy", "train_noisy.csv", "train_noisy_truth.csv"]
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +70,14 @@ def test_demo_writes_the_kaggle_layout_and_loads(tiny):
     assert summary["bytes"] == on_disk
     assert summary["progress_calls"][-1] == (320, 320)
     assert "80 clips" in (root / "README.txt").read_text()
+    # The noisy clips' true labels: same clips in the same order, and the listed ones wrong at the planned rate.
+    from engine.data.labels import parse_label_csv
+
+    truth_fnames, truth = parse_label_csv(root / "train_noisy_truth.csv", layout.classes)
+    assert truth_fnames == layout.noisy.fnames
+    wrong = sum(not (a == b).all() for a, b in zip(truth > 0.5, layout.noisy.Y > 0.5))
+    assert wrong / len(truth_fnames) == pytest.approx(summary["noisy_error_rate"])
+    assert 0 < wrong < len(truth_fnames)
 
 
 def test_demo_loads_identically_from_zips(tiny, tmp_path):

@@ -21,6 +21,9 @@ def test_every_shipped_preset_resolves():
         if kind == "infer":
             spec = resolve_spec(kind, preset=name, overrides=["run_id=train-0001"])
             assert spec.infer.tta_crops == 5
+        elif kind == "curriculum":
+            spec = resolve_spec(kind, preset=name, overrides=["teacher_run_id=train-0001"])
+            assert spec.teacher_run_id == "train-0001" and spec.stages
         else:
             spec = resolve_spec(kind, preset=name, data_root="/data/fsd")
             assert spec.data.root == str(Path("/data/fsd").resolve())

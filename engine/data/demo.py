@@ -457,6 +457,9 @@ def source_id(clip: DemoClip) -> str:
 
 # --------------------------------------------------------------------------- writing
 
+#: The noisy clips' true labels (fname,labels), written beside train_noisy.csv.
+NOISY_TRUTH_CSV = "train_noisy_truth.csv"
+
 def _label_text(labels: Sequence[int]) -> str:
     return ",".join(FSD2019_CLASSES[c] for c in labels)
 
@@ -485,6 +488,7 @@ def _readme(summary: dict) -> str:
         f"  test/ + sample_submission.csv        {summary['test_clips']} clips "
         "(the sample submission holds zeros)",
         "  test_ground_truth.csv                true labels of the test clips (fname,labels)",
+        "  train_noisy_truth.csv                true labels of the noisy clips (fname,labels)",
         "",
         f"Audio: mono 16-bit PCM WAV at 44.1 kHz, {_MIN_SECONDS:g} to "
         f"{summary['max_seconds']:g} s per clip (mostly short), "
@@ -505,7 +509,7 @@ def _readme(summary: dict) -> str:
 
 def _layout_entries(root: Path) -> list[Path]:
     names = ("train_curated", "train_noisy", "test", CURATED_CSV, NOISY_CSV, SAMPLE_SUBMISSION,
-             TEST_TRUTH_CSV, "README.txt", "train_curated.zip", "train_noisy.zip", "test.zip")
+             TEST_TRUTH_CSV, NOISY_TRUTH_CSV, "README.txt", "train_curated.zip", "train_noisy.zip", "test.zip")
     return [root / name for name in names if (root / name).exists()]
 
 
@@ -520,7 +524,8 @@ def write_demo_dataset(root: Path | str, *, seed: int = 0,
 
     Writes ``train_curated.csv``, ``train_curated/``, ``train_noisy.csv``,
     ``train_noisy/``, ``test/``, ``sample_submission.csv`` (zeros),
-    ``test_ground_truth.csv`` and ``README.txt``. ``noisy_per_class`` defaults
+    ``test_ground_truth.csv``, ``train_noisy_truth.csv`` (the noisy clips' true labels) and
+    ``README.txt``. ``noisy_per_class`` defaults
     to ``clips_per_class`` and ``test_per_class`` to a quarter of it (at least
     1). The defaults write 720 clips (about 130 MB). ``max_seconds`` caps clip
     length (tests use short clips). ``clips_per_source`` above 1 cuts the
@@ -575,6 +580,8 @@ def write_demo_dataset(root: Path | str, *, seed: int = 0,
     _write_label_csv(root / CURATED_CSV, curated, listed=True, sources=clips_per_source > 1)
     _write_label_csv(root / NOISY_CSV, noisy, listed=True)
     _write_label_csv(root / TEST_TRUTH_CSV, test, listed=False)
+    # The noisy set's true labels: what lets a curriculum's audit score its label filter.
+    _write_label_csv(root / NOISY_TRUTH_CSV, noisy, listed=False)
     zeros = ",".join(["0"] * len(FSD2019_CLASSES))
     # Written last among the CSVs: without it a half-written folder does not load.
     (root / SAMPLE_SUBMISSION).write_text(
@@ -601,7 +608,7 @@ def write_demo_dataset(root: Path | str, *, seed: int = 0,
     readme = _readme(summary)
     (root / "README.txt").write_text(readme, encoding="utf-8")
     csv_bytes = sum((root / name).stat().st_size for name in
-                    (CURATED_CSV, NOISY_CSV, TEST_TRUTH_CSV, SAMPLE_SUBMISSION, "README.txt"))
+                    (CURATED_CSV, NOISY_CSV, NOISY_TRUTH_CSV, TEST_TRUTH_CSV, SAMPLE_SUBMISSION, "README.txt"))
     summary["bytes"] = audio_bytes + csv_bytes
     summary["seconds"] = time.perf_counter() - started
     return summary

@@ -243,7 +243,7 @@ def _loss(spec: TrainSpec, counts: np.ndarray, device: torch.device) -> torch.nn
                if spec.loss.class_weights else None)
     return build_loss(spec.loss.name, label_smoothing=spec.loss.label_smoothing, class_weights=weights,
                       gce_q=spec.loss.gce_q, sce_alpha=spec.loss.sce_alpha, sce_beta=spec.loss.sce_beta,
-                      focal_gamma=spec.loss.focal_gamma)
+                      focal_gamma=spec.loss.focal_gamma, lsoft_beta=spec.loss.lsoft_beta)
 
 
 class _RecorderProgress:

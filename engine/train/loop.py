@@ -47,11 +47,16 @@ class EpochResult:
 
 @dataclass
 class FoldResult:
-    """The outcome of a fold: best score and epoch, and validation predictions of the best model."""
+    """The outcome of a fold: best score and epoch, and validation predictions of the best model.
+
+    ``val_pred`` is None only when an ``early_stopping`` carried in from an
+    earlier curriculum stage saw no better epoch in this call (no ``best.pt``
+    was written).
+    """
 
     best_lwlrap: float
     best_epoch: int | None
-    val_pred: np.ndarray
+    val_pred: np.ndarray | None
     epochs_run: int             # epochs trained in all (resumed ones included)
     stopped_early: bool = False   # early stopping ended the fold before its last epoch
 
@@ -163,7 +168,8 @@ def train_fold(tagger: Tagger, *, train_loader: DataLoader, val_loader: DataLoad
                amp: bool, cpu_bf16: bool, mixup_p: float, mixup_alpha: float, seed: int,
                on_epoch: Callable[[EpochResult], None] | None = None,
                on_step: Callable[[int, int], None] | None = None,
-               log: Callable[[str], None] = print) -> FoldResult:
+               log: Callable[[str], None] = print,
+               early_stopping: EarlyStopping | None = None) -> FoldResult:
     """Train one fold to early stopping, resuming from ``fold_dir/last.pt`` when present.
 
     Resuming restores every state that decides what comes next (model,
@@ -172,6 +178,12 @@ def train_fold(tagger: Tagger, *, train_loader: DataLoader, val_loader: DataLoad
     exactly as an uninterrupted one on the same device. A damaged ``last.pt``
     falls back on ``last.prev.pt`` (one epoch older), then on a restart; the
     log names the file.
+
+    ``early_stopping`` continues a stopper from an earlier call (a curriculum
+    stage carries the fold's best score and patience into the next stage);
+    by default a fresh one with ``patience`` is used. With a carried stopper a
+    call may see no better epoch: then no ``best.pt`` is written and the
+    result's ``val_pred`` is None.
     """
     fold_dir.mkdir(parents=True, exist_ok=True)
     tagger.to(device)
@@ -183,7 +195,7 @@ def train_fold(tagger: Tagger, *, train_loader: DataLoader, val_loader: DataLoad
     scheduler = warmup_cosine(optimizer, warmup_steps=min(warm, total - 1), total_steps=total,
                               min_lr_ratio=min_lr_ratio)
     scaler = make_grad_scaler(device, amp)
-    stopper = EarlyStopping(patience=patience, mode="max")
+    stopper = early_stopping if early_stopping is not None else EarlyStopping(patience=patience, mode="max")
     generator = torch.Generator().manual_seed(seed)
     start_epoch = 0
 
@@ -257,7 +269,9 @@ def train_fold(tagger: Tagger, *, train_loader: DataLoader, val_loader: DataLoad
         if last_path.exists():
             os.replace(last_path, fold_dir / PREVIOUS_LAST)
         save_atomic(state, last_path)
-    best = load_npy(fold_dir / "val_pred.npy", remedy=f"delete {fold_dir} and queue the job again to retrain the fold")
+    best_pred = fold_dir / "val_pred.npy"
+    best = (load_npy(best_pred, remedy=f"delete {fold_dir} and queue the job again to retrain the fold")
+            if best_pred.exists() else None)
     return FoldResult(best_lwlrap=float(stopper.best), best_epoch=int(stopper.best_epoch),
                       val_pred=best, epochs_run=last_epoch + 1, stopped_early=last_epoch + 1 < epochs)
 
