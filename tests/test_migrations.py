@@ -67,3 +67,22 @@ def test_a_newer_schema_is_refused_with_the_file_named(tmp_path: Path):
     con.close()
     with pytest.raises(FsatError, match=rf"schema version {SCHEMA_VERSION + 1} is newer"):
         Store(path)
+
+
+def test_step_6_gives_old_runs_no_tags_an_empty_note_and_not_archived(v1_db: Path):
+    store = Store(v1_db)
+    (row,) = store.run_rows(["train-0001"])
+    assert (row["tags"], row["note"], row["archived"]) == (None, "", 0)
+    # The old run is listed (not archived), and its new fields can be written and filtered on.
+    assert "train-0001" in [r["run_id"] for r in store.page_runs(limit=None)]
+    store.set_run_tags("train-0001", ["best"])
+    store.set_run_note("train-0001", "first release")
+    from engine.filters import compile_filter
+    c = compile_filter("tag:best note:release")
+    assert [r["run_id"] for r in store.page_runs(where=c.sql, params=c.params)] == ["train-0001"]
+    # run_summary keeps its old columns and gains the new ones.
+    summary = store._query("SELECT * FROM run_summary WHERE run_id = 'train-0001'")[0]
+    assert summary["cv_lwlrap"] == pytest.approx(0.7) and summary["tags"] == "best"
+    indexes = {r["name"] for r in store._query("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert {"runs_cv", "runs_model", "runs_status", "run_tags_tag", "runs_parent"} <= indexes
+    store.close()
