@@ -200,6 +200,7 @@ CREATE INDEX IF NOT EXISTS runs_job ON runs(job_id);
 CREATE INDEX IF NOT EXISTS jobs_status_id ON jobs(status COLLATE NOCASE, id);
 CREATE INDEX IF NOT EXISTS jobs_kind ON jobs(kind COLLATE NOCASE);
 CREATE INDEX IF NOT EXISTS jobs_run ON jobs(run_id);
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished_at);
 DROP VIEW IF EXISTS run_summary;
 CREATE VIEW run_summary AS
 SELECT r.id AS run_id, r.kind, r.name, r.model, r.status, r.cv_lwlrap, r.test_lwlrap,
@@ -859,6 +860,22 @@ class Store:
         rows = self._query("SELECT archived, COUNT(*) AS n FROM runs GROUP BY archived")
         counts = {int(r["archived"]): int(r["n"]) for r in rows}
         return {"runs": counts.get(0, 0), "archived": counts.get(1, 0)}
+
+    def run_stamp(self) -> tuple:
+        """Changes whenever a run is added, finishes, is rescored, tagged or archived (cheap change cue)."""
+        row = self._query("SELECT COUNT(*) AS n, MAX(created_at) AS c, MAX(finished_at) AS f, "
+                          "TOTAL(cv_lwlrap) AS cv, TOTAL(archived) AS a, "
+                          "(SELECT COUNT(*) FROM run_tags) AS t FROM runs")[0]
+        return tuple(row.values())
+
+    def jobs_ended_since(self, since: float) -> list[dict]:
+        """Jobs that became done or failed after ``since`` (Unix seconds), oldest first."""
+        return self._query(f"{_JOB_SELECT} WHERE j.finished_at > :since AND j.status IN ('done', 'failed') "
+                           "ORDER BY j.finished_at", {"since": since})
+
+    def last_ended_at(self) -> float | None:
+        """When the most recent job ended."""
+        return self._query("SELECT MAX(finished_at) AS t FROM jobs")[0]["t"]
 
     # -- tags, notes, archive, requeue --------------------------------------------------------------
 

@@ -117,6 +117,8 @@ def find_candidates(store: Any, runs: Sequence[dict], db_path: Path,
             continue
         run_id = str(r["run_id"])
         row = cache.get(run_id)
+        if row is None and "run_dir" in r:  # rows of Store.ensemble_candidates carry it already
+            row = cache[run_id] = {"run_dir": r.get("run_dir") or "", "dataset_id": r.get("dataset_id")}
         if row is None:
             full = store.get_run(run_id)
             if full is None:
@@ -596,16 +598,19 @@ class EnsembleScreen(Screen):
         self.app.refresh_status(self)  # type: ignore[attr-defined]
         if overview is None:
             return
-        key = repr([(r.get("run_id"), r.get("status"), r.get("cv_lwlrap"), r.get("name")) for r in overview.runs])
+        # Every finished run is a candidate, not only the main table's page: list them again whenever
+        # any run was added, finished or rescored.
+        key = repr(overview.run_stamp)
         if key == self._runs_key and not force:
             return
         self._runs_key = key
-        self._load_candidates(list(overview.runs))
+        self._load_candidates()
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="ensemble-candidates")
-    def _load_candidates(self, runs: list[dict]) -> None:
-        """Look up run folders and datasets off the UI thread."""
+    def _load_candidates(self) -> None:
+        """List every finished run with a run folder, look up folders and datasets, off the UI thread."""
         try:
+            runs = self.app.store.ensemble_candidates()  # type: ignore[attr-defined]
             found, datasets = find_candidates(self.app.store, runs, self.app.db_path,  # type: ignore[attr-defined]
                                               self._row_cache)
         except (sqlite3.Error, FsatError, OSError) as err:
