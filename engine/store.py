@@ -794,7 +794,9 @@ class Store:
         if expr is None:
             raise StoreError(f"cannot sort runs by {order!r}; one of {', '.join(RUN_ORDER)}")
         direction = "DESC" if descending else "ASC"
-        sql = (f"{_RUN_SELECT} WHERE {sql} ORDER BY ({expr}) IS NULL, {expr} {direction}, r.id {direction}"
+        # Columns that are never NULL need no "missing last" term, so an index can serve the order.
+        nulls = "" if order in _RUN_NOT_NULL else f"({expr}) IS NULL, "
+        sql = (f"{_RUN_SELECT} WHERE {sql} ORDER BY {nulls}{expr} {direction}, r.id {direction}"
                " LIMIT :_limit OFFSET :_offset")
         bound.update(_limit=-1 if limit is None else int(limit), _offset=max(0, int(offset)))
         return self._query(sql, bound)
@@ -842,7 +844,8 @@ class Store:
         direction = "DESC" if descending else "ASC"
         bound = dict(params or {})
         bound.update(_limit=-1 if limit is None else int(limit), _offset=max(0, int(offset)))
-        return self._query(f"{_JOB_SELECT} WHERE ({where or '1'}) ORDER BY ({expr}) IS NULL, {expr} {direction}, "
+        nulls = "" if order in _JOB_NOT_NULL else f"({expr}) IS NULL, "
+        return self._query(f"{_JOB_SELECT} WHERE ({where or '1'}) ORDER BY {nulls}{expr} {direction}, "
                            f"j.id {direction} LIMIT :_limit OFFSET :_offset", bound)
 
     def count_jobs_where(self, *, where: str = "1", params: dict | None = None) -> int:
@@ -947,6 +950,8 @@ RUN_ORDER = {
     "created": "r.created_at", "finished": "r.finished_at", "duration": "r.finished_at - r.created_at",
     "tags": "tags", "note": "r.note", "seed": "r.seed",
 }
+_RUN_NOT_NULL = {"run_id", "created", "kind", "name", "model", "status", "folds", "note"}
+_JOB_NOT_NULL = {"id", "kind", "name", "priority", "status", "progress", "attempts", "created", "message"}
 #: Sort keys of :meth:`Store.page_jobs`.
 JOB_ORDER = {
     "id": "j.id", "kind": "j.kind", "name": "j.name COLLATE NOCASE", "priority": "j.priority",

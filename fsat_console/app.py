@@ -455,7 +455,10 @@ class FsatConsole(App):
 
         if isinstance(self.screen, RunScreen):
             self.pop_screen()
-        self.push_screen(RunScreen(run_id))
+        screen = RunScreen(run_id)
+        # Load the run while the screen is being built (it shows the answer once mounted).
+        self.follow_run(screen)
+        self.push_screen(screen)
 
     def open_job(self, job_id: int) -> None:
         """Show a job's details (error, traceback, spec); ``o`` there opens its run."""

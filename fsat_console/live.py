@@ -170,6 +170,8 @@ class RunDetail:
     folds: list[dict]
     classes: list[dict]
     tta: TtaComparison | None = None
+    #: An ensemble's members: member_run_id, weight, and the member's run_summary columns.
+    members: list[dict] = field(default_factory=list)
 
     @property
     def planned_epochs(self) -> int | None:
@@ -353,13 +355,23 @@ class Poller:
         folds = store.fold_scores(run_id)
         classes = store.class_scores(run_id, class_fold)
         tta = self._load_tta(store, run, class_fold, classes)
+        members = self._load_members(store, run_id)
         key = (run_id, class_fold, repr(run), repr(_strip([job] if job else [], "heartbeat_at")),
-               repr(epochs), repr(folds), repr(classes), repr(tta))
+               repr(epochs), repr(folds), repr(classes), repr(tta), repr(members))
         if key == self._detail_key and not force:
             return None
         self._detail_key = key
         return RunDetail(run_id=run_id, class_fold=class_fold, run=run, job=job, epochs=epochs,
-                         folds=folds, classes=classes, tta=tta)
+                         folds=folds, classes=classes, tta=tta, members=members)
+
+    @staticmethod
+    def _load_members(store: Store, run_id: str) -> list[dict]:
+        """An ensemble's members with their weights and scores (empty for other runs)."""
+        members = store.run_members(run_id)
+        if not members:
+            return []
+        rows = {r["run_id"]: r for r in store.run_rows([m["member_run_id"] for m in members])}
+        return [dict(rows.get(m["member_run_id"], {}), **m) for m in members]
 
     def infer_runs_of(self, store: Store, run_id: str) -> list[dict]:
         """Inference runs made from ``run_id`` (run summary rows, newest first): one indexed query."""

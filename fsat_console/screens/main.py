@@ -267,7 +267,14 @@ class MainScreen(Screen):
                                                  and not overview.run_view.filter and not overview.job_view.filter
                                                  and not overview.run_view.archived)
         self._select_queued(overview)
-        self.refresh_bindings()
+        self._refresh_footer()
+
+    def _refresh_footer(self) -> None:
+        """Recompose the footer only when the set of keys that act changed (a recompose is not cheap)."""
+        state = tuple(bool(self.check_action(b.action.split("(")[0], ())) for b in self.BINDINGS if b.show)
+        if state != getattr(self, "_footer_state", None):
+            self._footer_state = state
+            self.refresh_bindings()
 
     def _select_queued(self, overview: Overview) -> None:
         """Put the jobs cursor on a job just queued (showing the newest jobs if it is not on the page)."""
@@ -343,11 +350,11 @@ class MainScreen(Screen):
 
     def on_descendant_focus(self) -> None:
         """The footer follows the table that has focus."""
-        self.refresh_bindings()
+        self._refresh_footer()
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         """... and the row under the cursor."""
-        self.refresh_bindings()
+        self._refresh_footer()
 
     # -- actions ----------------------------------------------------------------------
 

@@ -80,7 +80,7 @@ def fold_rows(detail: RunDetail) -> list[tuple[str, list[Cell]]]:
         elif epochs and running:
             state = Text("▶ training", style="bold yellow")
         elif epochs:
-            state = Text("⏸ stopped", style="dark_orange")
+            state = Text(f"⏸ stopped {len(epochs)}/{planned}" if planned else "⏸ stopped", style="dark_orange")
         elif pending:
             state = Text("◌ waiting", style="dim")
         else:
@@ -95,6 +95,33 @@ def fold_rows(detail: RunDetail) -> list[tuple[str, list[Cell]]]:
             num_cell(str(score["n_val"]) if score else "—", score["n_val"] if score else None),
             num_cell(done, len(epochs)),
             Cell(state.plain, style=str(state.style), sort_key=state.plain),
+        ]))
+    return rows
+
+
+MEMBER_COLUMNS = (
+    ColumnSpec("member", "member"),
+    ColumnSpec("what", "kind · model"),
+    ColumnSpec("weight", "weight", descending_first=True),
+    ColumnSpec("cv", "CV LWLRAP", descending_first=True),
+    ColumnSpec("gain", "blend − member", descending_first=True),
+)
+
+
+def member_rows(detail: RunDetail) -> list[tuple[str, list[Cell]]]:
+    """An ensemble's members: weight, each member's CV LWLRAP and how far the blend is above it."""
+    blend = (detail.run or {}).get("cv_lwlrap")
+    rows = []
+    for m in detail.members:
+        cv = m.get("cv_lwlrap")
+        gain = None if cv is None or blend is None else float(blend) - float(cv)
+        rows.append((str(m["member_run_id"]), [
+            Cell(str(m["member_run_id"]), sort_key=str(m["member_run_id"])),
+            Cell(f"{m.get('kind') or '?'} · {m.get('model') or '—'}" if m.get("kind") else "not in the database",
+                 style="" if m.get("kind") else "dim"),
+            num_cell(f"{float(m['weight']):.3f}", float(m["weight"]), "bold"),
+            num_cell(fmt_score(cv), cv),
+            gain_cell(gain),
         ]))
     return rows
 
@@ -220,6 +247,8 @@ class RunScreen(Screen):
         Binding("s", "cycle_sort", "Sort", tooltip="Sort the focused table by its next column"),
         Binding("S", "reverse_sort", "Reverse", show=False, tooltip="Reverse the sort of the focused table"),
         Binding("c", "cancel_job", "Cancel job", tooltip="Cancel this run's job (asks first)"),
+        Binding("R", "resume", "Resume", tooltip="Queue this cancelled or failed run's job again: finished folds are "
+                                                  "kept, the stopped fold continues from its last checkpoint"),
         Binding("i", "infer", "Infer+TTA",
                 tooltip="Queue inference of this run with test-time augmentation (crops, splits)"),
         Binding("b", "baseline", "Baseline", tooltip="Queue the embeddings + logistic-regression baseline "
@@ -243,6 +272,7 @@ class RunScreen(Screen):
         with Horizontal(id="run-body"):
             with Vertical(id="run-left"):
                 yield LiveTable(FOLD_COLUMNS, sort_column="fold", id="folds")
+                yield LiveTable(MEMBER_COLUMNS, sort_column="weight", reverse=True, id="members")
                 yield EpochChart(id="chart")
             yield LiveTable(CLASS_COLUMNS, sort_column="lrap", reverse=True, id="classes")
         yield Footer()
@@ -255,6 +285,9 @@ class RunScreen(Screen):
         tta.border_title = "Test-time augmentation"
         tta.display = False
         self.query_one("#folds", LiveTable).border_title = "Folds"
+        members = self.query_one("#members", LiveTable)
+        members.border_title = "Ensemble members"
+        members.display = False
         self.query_one("#classes", LiveTable).focus()
         self.query_one(EpochChart).show({}, METRICS[self.metric_index][1])
         self._class_title()
@@ -297,7 +330,16 @@ class RunScreen(Screen):
         folds.sync(fold_rows(detail))
         done = len(detail.folds)
         folds.border_subtitle = f"{done}/{len(detail.planned_folds)} folds done"
+        members = self.query_one("#members", LiveTable)
+        members.display = bool(detail.members)
+        if detail.members:
+            members.sync(member_rows(detail))
+            members.border_subtitle = (f"{len(detail.members)} members · blend CV LWLRAP "
+                                       f"{fmt_score((detail.run or {}).get('cv_lwlrap'))}")
+        # An ensemble (or any run without epochs but with members) has no learning curve to show.
+        self.query_one(EpochChart).display = bool(detail.epochs) or not detail.members
         self._plot()
+        self.refresh_bindings()
         self._show_tta(detail.tta)
         gains = detail.tta.class_gains() if detail.tta is not None else None
         self.query_one("#classes", LiveTable).sync(class_rows(detail.classes, gains))
@@ -321,7 +363,11 @@ class RunScreen(Screen):
     def _plot(self) -> None:
         metric, label, _ = METRICS[self.metric_index]
         epochs = self.detail.epochs if self.detail else []
-        self.query_one(EpochChart).show(fold_series(epochs, metric), label)
+        best = {int(f["fold"]): int(f["best_epoch"]) for f in (self.detail.folds if self.detail else [])
+                if f.get("best_epoch") is not None} if metric == "val_lwlrap" else {}
+        self.query_one(EpochChart).show(fold_series(epochs, metric), label,
+                                        planned_epochs=self.detail.planned_epochs if self.detail else None,
+                                        best_epochs=best)
 
     # -- actions --------------------------------------------------------------------
 
@@ -407,6 +453,33 @@ class RunScreen(Screen):
     def _queued(self, job_id: int | None) -> None:
         if job_id is not None:
             self.app.announce_queued(job_id)  # type: ignore[attr-defined]
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Show only the keys that act on this run (no cancel on a finished run, no inference on a blend)."""
+        detail = self.detail
+        run = (detail.run or {}) if detail else {}
+        job = (detail.job or {}) if detail else {}
+        if action == "cancel_job":
+            return job.get("status") in ("queued", "running") and not job.get("cancel_requested")
+        if action == "resume":
+            return job.get("status") in ("failed", "cancelled")
+        if action == "infer":
+            if run.get("kind") == "infer":
+                return bool(detail and detail.tta)
+            return run.get("kind") in TRAINED_KINDS and run.get("status") == "done"
+        if action == "baseline":
+            return run.get("dataset_id") is not None
+        if action == "cycle_metric":
+            return bool(detail and detail.epochs)
+        if action == "cycle_fold":
+            return bool(detail and (detail.folds or detail.classes))
+        return True
+
+    def action_resume(self) -> None:
+        """Queue this run's job again (asks first)."""
+        job_id = (self.detail.run or {}).get("job_id") if self.detail else None
+        if job_id is not None:
+            self.app.confirm_requeue(int(job_id), run_id=self.run_id)  # type: ignore[attr-defined]
 
     def action_cancel_job(self) -> None:
         """Cancel the job that produces this run."""

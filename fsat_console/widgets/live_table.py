@@ -181,11 +181,24 @@ class LiveTable(DataTable):
                 current = self.get_row(key)
                 for spec, old, new in zip(self.specs, current, cells):
                     if not (isinstance(old, Cell) and old.same_as(new)):
-                        self.update_cell(key, spec.key, new, update_width=True)
+                        # DataTable re-measures a whole column whenever an updated cell got
+                        # narrower (rows x changed cells per poll). Columns only grow here: a
+                        # fixed-width column never changes, an automatic one widens when needed.
+                        self.update_cell(key, spec.key, new, update_width=False)
+                        if spec.width is None:
+                            self._grow_column(spec.key, new)
             else:
                 self.add_row(*cells, key=key)
         self._apply_sort()
         self._restore_cursor(keep)
+
+    def _grow_column(self, column: str, cell: Cell) -> None:
+        width = max((len(line) for line in cell.plain.splitlines()), default=0)
+        col = self.columns.get(ColumnKey(column))
+        if col is not None and width > col.content_width:
+            col.content_width = width
+            self._require_update_dimensions = True
+            self.refresh()
 
     def keys_in_order(self) -> list[str]:
         """Row keys top to bottom (what the user sees)."""
