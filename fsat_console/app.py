@@ -86,14 +86,18 @@ class FsatConsole(App):
 
     CSS_PATH = "console.tcss"
     TITLE = "fsat-console"
+    #: Screens get ``-narrow`` below 120 columns and ``-short`` below 36 rows (console.tcss lays them out
+    #: for 80x24 then).
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (36, "-tall")]
     #: The palette also searches every run and job in the database (in SQL, as the user types).
     COMMANDS = App.COMMANDS | {RunCommands, JobCommands}
 
     BINDINGS = [
         Binding("q", "quit", "Quit", tooltip="Quit the console (a busy worker keeps its job going; an idle one this "
                 "console started stops unless --keep-worker)"),
-        Binding("n", "new_job", "New job", tooltip="Queue a training job from a preset"),
-        Binding("r", "refresh", "Refresh", tooltip="Reload everything from the database now"),
+        Binding("n", "new_job", "New job", show=False, tooltip="Queue a training job from a preset"),
+        Binding("r", "refresh", "Refresh", show=False, tooltip="Reload everything from the database now"),
         Binding("w", "start_worker", "Start worker", tooltip="Start a worker when none is alive"),
         Binding("question_mark", "help", "Help", key_display="?", tooltip="This help"),
     ]

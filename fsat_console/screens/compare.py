@@ -152,7 +152,7 @@ class CompareScreen(Screen):
             with Vertical(id="compare-side"):
                 yield LiveTable([ColumnSpec("setting", "setting")], sort_column="setting", id="compare-diff")
                 yield EpochChart(id="compare-chart")
-        yield Footer()
+        yield Footer(compact=True)
 
     @property
     def classes_table(self) -> LiveTable:

@@ -515,11 +515,11 @@ class EnsembleScreen(Screen):
     """Blend runs' out-of-fold scores from the keyboard and queue the result as an ensemble job."""
 
     BINDINGS = [
-        Binding("escape", "back", "Back", tooltip="Back to the previous screen (the blend is kept)"),
+        Binding("escape", "back", "Back", show=False, tooltip="Back to the previous screen (the blend is kept)"),
         Binding("space", "toggle_member", "In/out", tooltip="Put the selected run in the blend or take it out"),
-        Binding("plus,equals_sign", "weight(1)", "Weight+", key_display="+",
+        Binding("plus,equals_sign", "weight(1)", "Weight", key_display="+/-",
                 tooltip=f"Raise the selected member's weight by {WEIGHT_STEP:g} (CV weights become explicit ones)"),
-        Binding("minus", "weight(-1)", "Weight−", key_display="-",
+        Binding("minus", "weight(-1)", "Weight−", key_display="-", show=False,
                 tooltip=f"Lower the selected member's weight by {WEIGHT_STEP:g} (not below 0)"),
         Binding("c", "cv_weights", "CV weights",
                 tooltip="Weights proportional to each member's OOF LWLRAP again (the default of fsat ensemble)"),
@@ -528,10 +528,10 @@ class EnsembleScreen(Screen):
                 tooltip="Map the blend to probabilities with a per-class temperature and bias (on/off)"),
         Binding("g", "greedy", "Greedy",
                 tooltip=f"Greedy forward selection over all runs listed (up to {GREEDY_STEPS} picks)"),
-        Binding("ctrl+s,enter", "save", "Save",
+        Binding("ctrl+s,enter", "save", "Save job",
                 tooltip="Queue an ensemble job with these members, weights, method and calibration"),
         Binding("d", "next_dataset", "Dataset", tooltip="Show the runs of the next dataset (clears the blend)"),
-        Binding("s", "cycle_sort", "Sort", tooltip="Sort the runs by their next column"),
+        Binding("s", "cycle_sort", "Sort", show=False, tooltip="Sort the runs by their next column"),
         Binding("S", "reverse_sort", "Reverse", show=False, tooltip="Reverse the sort of the runs"),
     ]
 
@@ -578,7 +578,7 @@ class EnsembleScreen(Screen):
             yield Digits("", id="blend-score")
             yield Static("", id="blend-about")
         yield MemberTable(MEMBER_COLUMNS, sort_column="cv", reverse=True, id="members")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         """Title, focus the runs, list the candidates from what the app already loaded."""

@@ -176,6 +176,7 @@ class MainScreen(Screen):
     """Runs above, jobs below; both refresh live and keep their cursor and sort."""
 
     BINDINGS = [
+        Binding("n", "app.new_job", "New job", tooltip="Queue a training job from a preset"),
         Binding("enter", "open", "Open",
                 tooltip="Open the selected run; on a job: its details, error and traceback (o there opens its run)"),
         Binding("slash", "filter", "Filter", key_display="/",
@@ -186,13 +187,13 @@ class MainScreen(Screen):
         Binding("space", "mark", "Mark", tooltip="Mark or unmark the selected run for comparison"),
         Binding("x", "compare", "Compare", tooltip="Compare the marked runs (two or more)"),
         Binding("p", "pin", "Pin base", tooltip="Pin the selected run as the baseline of the Δ column and compare"),
-        Binding("t", "tags", "Tags", tooltip="Edit the selected run's tags (words separated by spaces)"),
-        Binding("N", "note", "Note", tooltip="Edit the selected run's note"),
+        Binding("t", "tags", "Tags", show=False, tooltip="Edit the selected run's tags (words separated by spaces)"),
+        Binding("N", "note", "Note", show=False, tooltip="Edit the selected run's note"),
         Binding("a", "archive", "Archive", tooltip="Archive the selected run (hidden, kept), or unarchive it"),
-        Binding("A", "show_archived", "Archived", tooltip="Show the archived runs instead of the others"),
+        Binding("A", "show_archived", "Archived", show=False, tooltip="Show the archived runs instead of the others"),
         Binding("e", "ensemble", "Ensemble", tooltip="Blend runs' out-of-fold scores and save the blend as a job"),
-        Binding("E", "export", "Export", tooltip="Write the table in view (every matching row) as .csv or .md"),
-        Binding("s", "cycle_sort", "Sort", tooltip="Sort the focused table by its next column"),
+        Binding("E", "export", "Export", show=False, tooltip="Write the table in view (every matching row) as .csv or .md"),
+        Binding("s", "cycle_sort", "Sort", show=False, tooltip="Sort the focused table by its next column"),
         Binding("S", "reverse_sort", "Reverse", show=False, tooltip="Reverse the sort of the focused table"),
         *[Binding(str(n), f"sort_column({n})", f"Sort by column {n}", show=False,
                   tooltip="Sort by the n-th sortable column (again: reverse); a header click does the same")
@@ -201,7 +202,7 @@ class MainScreen(Screen):
                 tooltip="The next page of the focused table"),
         Binding("left_square_bracket", "page(-1)", "Previous page", key_display="[", show=False,
                 tooltip="The previous page of the focused table"),
-        Binding("tab", "switch_table", "Runs/Jobs", tooltip="Move between the runs and the jobs table"),
+        Binding("tab", "switch_table", "Runs/Jobs", show=False, tooltip="Move between the runs and the jobs table"),
         Binding("escape", "close_bar", "Close bar", show=False, tooltip="Close the filter / tags / note bar"),
     ]
 
@@ -216,7 +217,7 @@ class MainScreen(Screen):
         yield CommandBar()
         yield Static("Nothing here yet. Press [b]n[/b] to queue a training job "
                      "(or start the console with [b]--demo[/b] for a ready-made dataset).", id="empty-hint")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         """Title the tables and show whatever the app already loaded."""

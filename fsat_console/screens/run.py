@@ -37,22 +37,22 @@ from fsat_console.widgets.status import WorkerStatus
 FOLD_COLUMNS = (
     ColumnSpec("fold", "fold"),
     ColumnSpec("lwlrap", "LWLRAP", descending_first=True),
+    ColumnSpec("state", "state", width=16),
+    ColumnSpec("epochs", "epochs", descending_first=True),
     ColumnSpec("best_epoch", "best ep"),
     ColumnSpec("n_val", "n_val", descending_first=True),
-    ColumnSpec("epochs", "epochs", descending_first=True),
-    ColumnSpec("state", "state"),
 )
 
 CLASS_COLUMNS = (
-    ColumnSpec("class", "class"),
     ColumnSpec("lrap", "LRAP", descending_first=True),
+    ColumnSpec("class", "class"),
     ColumnSpec("bar", "", sortable=False),
     ColumnSpec("weight", "weight", descending_first=True),
     ColumnSpec("n_pos", "n_pos", descending_first=True),
 )
 
 #: The class table while a TTA comparison is shown: the gain takes the place of the bar, beside LRAP.
-GAIN_CLASS_COLUMNS = (CLASS_COLUMNS[0], CLASS_COLUMNS[1], ColumnSpec("gain", "TTA gain", descending_first=True),
+GAIN_CLASS_COLUMNS = (CLASS_COLUMNS[0], ColumnSpec("gain", "TTA gain", descending_first=True), CLASS_COLUMNS[1],
                       *CLASS_COLUMNS[3:])
 
 #: Run kinds that have fold checkpoints to infer with.
@@ -90,21 +90,21 @@ def fold_rows(detail: RunDetail) -> list[tuple[str, list[Cell]]]:
             num_cell(str(k), k),
             num_cell(fmt_score(score["lwlrap"]) if score else "—", score["lwlrap"] if score else None,
                      "bold" if score else ""),
+            Cell(state.plain, style=str(state.style), sort_key=state.plain),
+            num_cell(done, len(epochs)),
             num_cell(str(score["best_epoch"]) if score and score.get("best_epoch") is not None else "—",
                      score.get("best_epoch") if score else None),
             num_cell(str(score["n_val"]) if score else "—", score["n_val"] if score else None),
-            num_cell(done, len(epochs)),
-            Cell(state.plain, style=str(state.style), sort_key=state.plain),
         ]))
     return rows
 
 
 MEMBER_COLUMNS = (
     ColumnSpec("member", "member"),
-    ColumnSpec("what", "kind · model"),
     ColumnSpec("weight", "weight", descending_first=True),
-    ColumnSpec("cv", "CV LWLRAP", descending_first=True),
-    ColumnSpec("gain", "blend − member", descending_first=True),
+    ColumnSpec("cv", "CV", descending_first=True),
+    ColumnSpec("gain", "blend−CV", descending_first=True),
+    ColumnSpec("what", "model"),
 )
 
 
@@ -117,11 +117,11 @@ def member_rows(detail: RunDetail) -> list[tuple[str, list[Cell]]]:
         gain = None if cv is None or blend is None else float(blend) - float(cv)
         rows.append((str(m["member_run_id"]), [
             Cell(str(m["member_run_id"]), sort_key=str(m["member_run_id"])),
-            Cell(f"{m.get('kind') or '?'} · {m.get('model') or '—'}" if m.get("kind") else "not in the database",
-                 style="" if m.get("kind") else "dim"),
             num_cell(f"{float(m['weight']):.3f}", float(m["weight"]), "bold"),
             num_cell(fmt_score(cv), cv),
             gain_cell(gain),
+            Cell(f"{m.get('kind')} {m.get('model') or ''}".strip() if m.get("kind") else "not in the database",
+                 style="" if m.get("kind") else "dim"),
         ]))
     return rows
 
@@ -145,14 +145,14 @@ def class_rows(classes: list[dict], gains: dict[int, float | None] | None = None
         lrap = c.get("lrap")
         style = "" if lrap is None else "red" if lrap < 0.5 else "yellow" if lrap < 0.8 else "green"
         cells = [
-            Cell(c["class_name"], sort_key=c["class_name"].lower()),
             num_cell(fmt_score(lrap), lrap),
+            Cell(c["class_name"], sort_key=c["class_name"].lower()),
             Cell(bar(lrap, 10), style=style),
             num_cell(f"{c['weight'] * 100:.2f}%", c["weight"]),
             num_cell(str(c["n_pos"]), c["n_pos"]),
         ]
-        if gains is not None:
-            cells[2] = gain_cell(gains.get(int(c["class_idx"])))
+        if gains is not None:  # the gain takes the bar's place, next to LRAP
+            cells[1:3] = [gain_cell(gains.get(int(c["class_idx"]))), cells[1]]
         rows.append((str(c["class_idx"]), cells))
     return rows
 
@@ -189,62 +189,55 @@ def fold_label(fold: int) -> str:
     return "out-of-fold" if fold == OOF else f"fold {fold}"
 
 
-def run_header(detail: RunDetail | None, run_id: str) -> Table:
-    """The header grid: identity and settings on the first line, scores and progress on the second."""
-    grid = Table.grid(padding=(0, 3))
-    for _ in range(5):
-        grid.add_column()
+def run_header(detail: RunDetail | None, run_id: str) -> Text:
+    """Two lines, most telling first so a narrow terminal cuts only the tail: who the run is, then its scores.
+
+    ``train-0002 cnn14 mixup · ✔ done · cnn14 · seed 7 · config 0123abcd`` and
+    ``CV LWLRAP 0.8300 · mean fold 0.8309 ± 0.0052 · test — · cpu · job 2 ✔ done``.
+    """
     run = detail.run if detail else None
     if run is None:
-        grid.add_row(Text(f"run {run_id}", style="bold"),
-                     Text("loading…" if detail is None else "not in the database (yet)", style="dim"))
-        return grid
+        return Text.assemble((f"run {run_id}", "bold"), "  ",
+                             ("loading…" if detail is None else "not in the database (yet)", "dim"))
+    sep = (" · ", "dim")
 
     def pair(label: str, value: str, style: str = "bold") -> Text:
         return Text.assemble((f"{label} ", "dim"), (value, style))
 
-    folds = [f["lwlrap"] for f in detail.folds]
-    mean = sum(folds) / len(folds) if folds else None
-    grid.add_row(
-        Text.assemble(("run ", "dim"), (str(run["id"]), "bold"),
-                      ("  " + (run.get("name") or ""), "italic")),
-        pair("model", run.get("model") or "—"),
-        Text.assemble(("status ", "dim"), status_text(run.get("status"))),
-        pair("config", run.get("config_hash") or "—"),
-        pair("seed", "—" if run.get("seed") is None else str(run["seed"])),
-    )
+    from engine.compare import mean_std, pm_text
+
+    mean, std = mean_std([f["lwlrap"] for f in detail.folds])
+    first = Text.assemble((str(run["id"]), "bold"), ("  " + (run.get("name") or ""), "italic"), sep,
+                          status_text(run.get("status")), sep, (run.get("model") or "—", "bold"), sep,
+                          pair("seed", "—" if run.get("seed") is None else str(run["seed"])), sep,
+                          pair("config", run.get("config_hash") or "—"))
+    second = Text.assemble(
+        pair("CV LWLRAP", fmt_score(run.get("cv_lwlrap")), "bold green" if run.get("cv_lwlrap") else "bold"), sep,
+        pair("mean fold", pm_text(mean, std)), sep, pair("test", fmt_score(run.get("test_lwlrap"))), sep,
+        (run.get("device") or "—", "dim"))
     job = detail.job
-    progress = Text()
     if job is not None:
-        progress.append("job ", style="dim")
-        progress.append(f"{job['id']} ", style="bold")
+        second.append_text(Text.assemble(sep, ("job ", "dim"), (f"{job['id']} ", "bold")))
         if job["status"] == "running":
-            progress.append(bar(job.get("progress"), 10), style="yellow")
-            progress.append(f" {float(job.get('progress') or 0) * 100:3.0f}% ")
+            second.append(bar(job.get("progress"), 10), style="yellow")
+            second.append(f" {float(job.get('progress') or 0) * 100:3.0f}% ")
         else:
-            progress.append_text(status_text(job["status"]))
-            progress.append(" ")
+            second.append_text(status_text(job["status"]))
+            second.append(" ")
         if (job.get("message") or "") != job["status"]:
-            progress.append(job.get("message") or "", style="dim")
-    grid.add_row(
-        pair("CV LWLRAP", fmt_score(run.get("cv_lwlrap")), "bold green" if run.get("cv_lwlrap") else "bold"),
-        pair("mean fold", fmt_score(mean)),
-        pair("test", fmt_score(run.get("test_lwlrap"))),
-        pair("device", run.get("device") or "—"),
-        progress,
-    )
-    return grid
+            second.append(job.get("message") or "", style="dim")
+    return Text("\n").join([first, second])
 
 
 class RunScreen(Screen):
     """Drill into one run; updates live while it trains."""
 
     BINDINGS = [
-        Binding("escape", "back", "Back", tooltip="Back to runs and jobs"),
+        Binding("escape", "back", "Back", show=False, tooltip="Back to runs and jobs"),
         Binding("f", "cycle_fold", "Class fold", tooltip="Per-class table: out-of-fold, then fold 0, 1, …"),
         Binding("m", "cycle_metric", "Chart metric",
                 tooltip="Chart: val LWLRAP, val loss, train loss, learning rate"),
-        Binding("s", "cycle_sort", "Sort", tooltip="Sort the focused table by its next column"),
+        Binding("s", "cycle_sort", "Sort", show=False, tooltip="Sort the focused table by its next column"),
         Binding("S", "reverse_sort", "Reverse", show=False, tooltip="Reverse the sort of the focused table"),
         Binding("c", "cancel_job", "Cancel job", tooltip="Cancel this run's job (asks first)"),
         Binding("R", "resume", "Resume", tooltip="Queue this cancelled or failed run's job again: finished folds are "
@@ -253,7 +246,7 @@ class RunScreen(Screen):
                 tooltip="Queue inference of this run with test-time augmentation (crops, splits)"),
         Binding("b", "baseline", "Baseline", tooltip="Queue the embeddings + logistic-regression baseline "
                                                     "on this run's dataset"),
-        Binding("tab", "switch_table", "Folds/Classes", tooltip="Move between the fold and the class table"),
+        Binding("tab", "switch_table", "Folds/Classes", show=False, tooltip="Move between the fold and the class table"),
     ]
 
     def __init__(self, run_id: str) -> None:
@@ -275,7 +268,7 @@ class RunScreen(Screen):
                 yield LiveTable(MEMBER_COLUMNS, sort_column="weight", reverse=True, id="members")
                 yield EpochChart(id="chart")
             yield LiveTable(CLASS_COLUMNS, sort_column="lrap", reverse=True, id="classes")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         """Titles and an empty chart until the first poll lands."""
@@ -336,8 +329,10 @@ class RunScreen(Screen):
             members.sync(member_rows(detail))
             members.border_subtitle = (f"{len(detail.members)} members · blend CV LWLRAP "
                                        f"{fmt_score((detail.run or {}).get('cv_lwlrap'))}")
-        # An ensemble (or any run without epochs but with members) has no learning curve to show.
-        self.query_one(EpochChart).display = bool(detail.epochs) or not detail.members
+        # An ensemble (a run with members and no epochs) has no learning curve and no folds of its own.
+        blend_only = bool(detail.members) and not detail.epochs and not detail.folds
+        self.query_one(EpochChart).display = not blend_only
+        folds.display = not blend_only
         self._plot()
         self.refresh_bindings()
         self._show_tta(detail.tta)

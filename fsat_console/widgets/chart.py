@@ -104,8 +104,8 @@ class EpochChart(PlotextPlot):
         plt = self.plt
         plt.clear_data()
         plt.clear_figure()
-        plt.title(title or f"{metric_label} per epoch")
-        plt.xlabel("epoch")
+        # Title and axis name go in the border: every row inside is for the curves.
+        self.border_title = title or f"{metric_label} per epoch"
         drawn = [line for line in lines if line.points]
         longest = max((e for line in drawn for e, _ in line.points), default=0)
         self.x_max = max(x_max or 0, longest) or None
@@ -128,9 +128,9 @@ class EpochChart(PlotextPlot):
             first = min(e for line in drawn for e, _ in line.points)
             plt.xlim(min(first, 1), self.x_max)
             plt.xticks(_epoch_ticks(self.x_max or longest))
-            legend = "  ".join(f"{line.marker} {line.label}" for line in drawn)
+            legend = " ".join(f"{line.marker}{line.label}" for line in drawn)
             if self.best:
-                legend += f"  {BEST_MARKER} best"
+                legend += f" {BEST_MARKER}best"
             self.border_subtitle = legend
         self.refresh()
 
