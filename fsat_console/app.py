@@ -125,6 +125,9 @@ class FsatConsole(App):
         self.select_job: int | None = None
         #: What quitting did to the worker this console started (printed after the console closes).
         self.exit_note: str = ""
+        #: Keys from the terminal waiting to be handed on, one at a time.
+        self._key_queue: list = []
+        self._key_pump_busy = False
         self.data_root = Path(data_root).expanduser().resolve() if data_root else None
         self.start_worker_on_mount = start_worker
         self.poll_interval = poll_interval
@@ -388,6 +391,71 @@ class FsatConsole(App):
         """Open the queue dialog."""
         self.open_queue()
 
+    # -- one key at a time ---------------------------------------------------------------------
+
+    async def on_event(self, event) -> None:  # type: ignore[override]
+        """Queue keys from the terminal and hand them on one at a time (see :meth:`_pump_keys`)."""
+        from textual import events
+
+        if isinstance(event, events.Key) and not event.is_forwarded and not getattr(event, "_fsat_next", False):
+            self._key_queue.append(event)
+            event.stop()
+            event.prevent_default()
+            if not self._key_pump_busy:
+                self._key_pump_busy = True
+                self.run_worker(self._pump_keys(), group="keys", exit_on_error=False)
+            return
+        await super().on_event(event)
+
+    async def _pump_keys(self) -> None:
+        """Hand on each key only once the one before has been handled, and any screen it opened is ready.
+
+        Keys typed quickly (``n``, tab, tab, ``train.epochs=2``…) used to be
+        forwarded all at once to the widget focused when they arrived: the
+        tabs and characters meant for the queue dialog went to the runs table
+        below it (``a`` archives there, ``t`` edits tags), or were lost when the
+        dialog then focused its preset list. Now a key goes on only after the
+        previous one has passed through every node it bubbles to and, when it
+        opened a screen, after that screen is mounted and has set its focus.
+        """
+        import asyncio
+
+        from textual import events
+
+        async def drained(node) -> None:
+            done = asyncio.get_running_loop().create_future()
+            node.call_later(lambda: done.done() or done.set_result(None))
+            try:
+                await asyncio.wait_for(done, timeout=1.0)
+            except asyncio.TimeoutError:
+                pass
+
+        try:
+            while self._key_queue:
+                held = self._key_queue.pop(0)
+                before = self.screen if self.screen_stack else None
+                key = events.Key(held.key, held.character)
+                key._fsat_next = True  # type: ignore[attr-defined]
+                self.post_message(key)
+                await drained(self)  # forwarded to the focused widget
+                target = self.focused or (self.screen if self.screen_stack else None)
+                for node in (list(target.ancestors_with_self) if target is not None else []):
+                    await drained(node)  # handled there, and wherever it bubbled
+                if self.screen_stack and self.screen is not before:
+                    screen = self.screen
+                    for _ in range(200):  # a new screen: wait until it is mounted and focused
+                        if screen.is_mounted:
+                            break
+                        await asyncio.sleep(0.01)
+                    done = asyncio.get_running_loop().create_future()
+                    screen.call_after_refresh(lambda: done.done() or done.set_result(None))
+                    try:
+                        await asyncio.wait_for(done, timeout=1.0)
+                    except asyncio.TimeoutError:
+                        pass
+        finally:
+            self._key_pump_busy = False
+
     def action_help(self) -> None:
         """Show every key and where the data lives."""
         from engine.filters import field_help
@@ -432,10 +500,13 @@ class FsatConsole(App):
             return Path(datasets[-1]["root"])
         return DEFAULT_DEMO_ROOT.resolve()
 
-    def open_queue(self, *, preset: str | None = None, data_root: Path | None = None) -> None:
-        """Open the queue dialog, prefilled; a queued job is announced and shown at once."""
+    def open_queue(self, *, preset: str | None = None, data_root: Path | None = None):
+        """Open the queue dialog, prefilled; a queued job is announced and shown at once.
+
+        Returns the mount awaitable of the dialog.
+        """
         root = data_root or self.default_data_root()
-        self.push_screen(QueueScreen(preset=preset, data_root=str(root)), self._queued)
+        return self.push_screen(QueueScreen(preset=preset, data_root=str(root)), self._queued)
 
     def _queued(self, job_id: int | None) -> None:
         if job_id is None:

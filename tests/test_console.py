@@ -455,10 +455,10 @@ async def test_job_log_is_followed_once_the_run_and_the_file_exist(env: dict) ->
     async with app.run_test(size=SIZE) as pilot:
         screen = await open_job_details(pilot, app, job_id)
         log = screen.job_log
-        # Queued: no run, nothing to follow.
+        # Queued: no run, nothing to follow, and no empty log box (the summary says why).
         await wait_until(pilot, lambda: log.lines and log.lines[0].startswith("no log yet"), what="no log yet")
-        assert log.observer is None
-        assert "no log yet" in screen_text(app)
+        assert log.observer is None and not log.display
+        assert "not started" in screen_text(app)
 
         # The job starts: its run (and run directory) appear, the log file not yet.
         run_dir = env["tmp"] / "runs" / "train-0001"
