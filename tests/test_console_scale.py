@@ -421,3 +421,45 @@ async def test_requeue_a_cancelled_job_resumes_its_run(env: dict) -> None:
     again = store.get_job(job)
     assert (again.status, again.attempts) == ("queued", 0)
     assert store.get_run("train-0001")["status"] == "interrupted"
+
+
+async def test_baseline_dialog_warns_when_no_panns_checkpoint_is_configured(env: dict, monkeypatch) -> None:
+    from engine.data.labels import FSD2019_CLASSES
+    from fsat_console.screens.infer import BaselineScreen
+
+    monkeypatch.delenv("FSAT_PANNS_DIR", raising=False)
+    store = env["store"]
+    ds = store.register_dataset(env["data"], name="data", classes=FSD2019_CLASSES, n_curated=1)
+    store.create_run("train-0001", kind="train", dataset_id=ds, model="small")
+    store.finish_run("train-0001", cv_lwlrap=0.5)
+    app = FsatConsole(env["db"], data_root=env["data"], poll_interval=0.1)
+    async with app.run_test(size=SIZE) as pilot:
+        app.open_run("train-0001")
+        await wait_until(pilot, lambda: getattr(app.screen, "detail", None) is not None, what="run screen")
+        await pilot.press("b")
+        await wait_until(pilot, lambda: isinstance(app.screen, BaselineScreen), what="baseline dialog")
+        dialog = app.screen
+        warning = dialog.query_one("#encoder-error", Static)
+        assert warning.display and "no PANNs checkpoint is configured" in str(warning.render())
+        assert "FSAT_PANNS_DIR is not set" in str(warning.render())
+        await pilot.press("enter")
+        await pilot.pause(0.3)
+        assert app.screen is dialog and store.list_jobs() == []  # warned, not queued
+        assert "Enter again queues anyway" in str(warning.render())
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: not isinstance(app.screen, BaselineScreen), what="queued anyway")
+    assert [j["kind"] for j in store.list_jobs()] == ["baseline"]
+
+
+async def test_a_checkpoint_in_fsat_panns_dir_means_no_warning(env: dict, monkeypatch) -> None:
+    from fsat_console.screens.infer import panns_checkpoint_problem
+
+    folder = env["tmp"] / "panns"
+    folder.mkdir()
+    monkeypatch.setenv("FSAT_PANNS_DIR", str(folder))
+    assert "holds no Cnn14_mAP=0.431.pth" in panns_checkpoint_problem("", "")
+    (folder / "Cnn14_mAP=0.431.pth").write_bytes(b"x")
+    assert panns_checkpoint_problem("", "") is None
+    assert panns_checkpoint_problem(str(env["tmp"] / "nope.pth"), "").endswith("does not exist")
+    monkeypatch.delenv("FSAT_PANNS_DIR")
+    assert panns_checkpoint_problem("", "train-0003") is None
