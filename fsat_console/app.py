@@ -94,11 +94,11 @@ class FsatConsole(App):
     COMMANDS = App.COMMANDS | {RunCommands, JobCommands}
 
     BINDINGS = [
-        Binding("q", "quit", "Quit", tooltip="Quit the console (a busy worker keeps its job going; an idle one this "
+        Binding("q", "quit", "Quit", show=False, tooltip="Quit the console (a busy worker keeps its job going; an idle one this "
                 "console started stops unless --keep-worker)"),
         Binding("n", "new_job", "New job", show=False, tooltip="Queue a training job from a preset"),
         Binding("r", "refresh", "Refresh", show=False, tooltip="Reload everything from the database now"),
-        Binding("w", "start_worker", "Start worker", tooltip="Start a worker when none is alive"),
+        Binding("w", "start_worker", "Start worker", show=False, tooltip="Start a worker when none is alive"),
         Binding("question_mark", "help", "Help", key_display="?", tooltip="This help"),
     ]
 

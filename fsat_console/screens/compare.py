@@ -52,14 +52,13 @@ def signed_cell(value: float | None) -> Cell:
 
 def class_columns(comp: Comparison) -> list[ColumnSpec]:
     """class, then per run its LRAP and (not for the baseline) its delta, then the class weight."""
-    cols = [ColumnSpec("class", "class")]
-    for i, run_id in enumerate(comp.run_ids):
-        short = run_id if len(run_id) <= 12 else "…" + run_id[-11:]
-        cols.append(ColumnSpec(f"lrap:{run_id}", f"{FOLD_MARKERS[i % len(FOLD_MARKERS)]} {short}",
-                               descending_first=True))
-        if run_id != comp.baseline:
-            cols.append(ColumnSpec(f"delta:{run_id}", f"Δ{FOLD_MARKERS[i % len(FOLD_MARKERS)]}",
-                                   descending_first=True))
+    # Runs are named by their marker (the runs table above is the legend), so 80 columns hold 3 runs.
+    # The deltas against the baseline come first: they are what the table is for.
+    cols = [ColumnSpec("class", "class", width=22)]
+    markers = {run_id: FOLD_MARKERS[i % len(FOLD_MARKERS)] for i, run_id in enumerate(comp.run_ids)}
+    cols += [ColumnSpec(f"delta:{r}", f"{markers[r]} Δ", descending_first=True)
+             for r in comp.run_ids if r != comp.baseline]
+    cols += [ColumnSpec(f"lrap:{r}", f"{markers[r]} LRAP", descending_first=True) for r in comp.run_ids]
     cols.append(ColumnSpec("weight", "weight", descending_first=True))
     return cols
 
@@ -68,11 +67,9 @@ def class_table_rows(comp: Comparison) -> list[tuple[str, list[Cell]]]:
     """The 80 classes with per-run LRAP and deltas (cells in ``class_columns`` order)."""
     rows = []
     for r in comp.class_rows():
-        cells = [Cell(r["class_name"], sort_key=r["class_name"].lower())]
-        for run_id in comp.run_ids:
-            cells.append(num_cell(fmt_score(r[f"lrap:{run_id}"]), r[f"lrap:{run_id}"]))
-            if run_id != comp.baseline:
-                cells.append(signed_cell(r[f"delta:{run_id}"]))
+        cells = [Cell(shorten(r["class_name"], 22), sort_key=r["class_name"].lower())]
+        cells += [signed_cell(r[f"delta:{run_id}"]) for run_id in comp.run_ids if run_id != comp.baseline]
+        cells += [num_cell(fmt_score(r[f"lrap:{run_id}"]), r[f"lrap:{run_id}"]) for run_id in comp.run_ids]
         weight = r.get("weight")
         cells.append(num_cell("—" if weight is None else f"{weight * 100:.2f}%", weight))
         rows.append((str(r["class_idx"]), cells))
@@ -105,7 +102,7 @@ def diff_rows(comp: Comparison) -> list[tuple[str, list[Cell]]]:
         cells = [Cell(key, sort_key=key)]
         for v in values:
             text = "—" if v is None else v if isinstance(v, str) else json.dumps(v)
-            cells.append(Cell(shorten(text, 18), sort_key=text))
+            cells.append(Cell(shorten(text, 12), sort_key=text))
         rows.append((key, cells))
     return rows
 

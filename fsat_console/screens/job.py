@@ -37,6 +37,8 @@ def job_summary(job: dict, at: float | None = None) -> Table:
     grid.add_column()
     grid.add_row("job", Text(f"{job['id']}  {job['kind']}  {job.get('name') or ''}", style="bold"))
     grid.add_row("status", status_text(job["status"]))
+    if job.get("error"):  # first: it is what a failed job's details are opened for
+        grid.add_row("error", Text(job["error"], style="bold red", overflow="fold"))
     progress = f"{float(job.get('progress') or 0) * 100:.0f}%"
     # A failed job's message is the first line of its error, which is shown in full below.
     if job.get("message") and job["status"] != "failed":
@@ -54,8 +56,6 @@ def job_summary(job: dict, at: float | None = None) -> Table:
     grid.add_row("created", _when(job.get("created_at")))
     grid.add_row("started", _when(job.get("started_at")))
     grid.add_row("finished", _when(job.get("finished_at")))
-    if job.get("error"):
-        grid.add_row("error", Text(job["error"], style="bold red", overflow="fold"))
     return grid
 
 
@@ -173,8 +173,9 @@ class JobScreen(ModalScreen[str | None]):
     def _locate_log(self) -> None:
         run_id = self.job.get("run_id")
         self.log_run_id = str(run_id) if run_id else None
-        # No run, no log: no empty box (the summary says why).
+        # No run, no log: no empty box (the summary says why), and the details take its room.
         self.job_log.display = self.log_run_id is not None
+        self.query_one("#job-details").set_class(self.log_run_id is None, "-full")
         if self.log_run_id is None:
             self.job_log.show_placeholder("no log yet: the job has not started a run")
             return

@@ -176,7 +176,7 @@ class MainScreen(Screen):
     """Runs above, jobs below; both refresh live and keep their cursor and sort."""
 
     BINDINGS = [
-        Binding("n", "app.new_job", "New job", tooltip="Queue a training job from a preset"),
+        Binding("n", "app.new_job", "New", tooltip="Queue a training job from a preset"),
         Binding("enter", "open", "Open",
                 tooltip="Open the selected run; on a job: its details, error and traceback (o there opens its run)"),
         Binding("slash", "filter", "Filter", key_display="/",
@@ -186,10 +186,10 @@ class MainScreen(Screen):
                                                  "resume it (training continues from its checkpoints)"),
         Binding("space", "mark", "Mark", tooltip="Mark or unmark the selected run for comparison"),
         Binding("x", "compare", "Compare", tooltip="Compare the marked runs (two or more)"),
-        Binding("p", "pin", "Pin base", tooltip="Pin the selected run as the baseline of the Δ column and compare"),
+        Binding("p", "pin", "Pin", tooltip="Pin the selected run as the baseline of the Δ column and compare"),
         Binding("t", "tags", "Tags", show=False, tooltip="Edit the selected run's tags (words separated by spaces)"),
         Binding("N", "note", "Note", show=False, tooltip="Edit the selected run's note"),
-        Binding("a", "archive", "Archive", tooltip="Archive the selected run (hidden, kept), or unarchive it"),
+        Binding("a", "archive", "Archive", show=False, tooltip="Archive the selected run (hidden, kept), or unarchive it"),
         Binding("A", "show_archived", "Archived", show=False, tooltip="Show the archived runs instead of the others"),
         Binding("e", "ensemble", "Ensemble", tooltip="Blend runs' out-of-fold scores and save the blend as a job"),
         Binding("E", "export", "Export", show=False, tooltip="Write the table in view (every matching row) as .csv or .md"),
@@ -204,6 +204,9 @@ class MainScreen(Screen):
                 tooltip="The previous page of the focused table"),
         Binding("tab", "switch_table", "Runs/Jobs", show=False, tooltip="Move between the runs and the jobs table"),
         Binding("escape", "close_bar", "Close bar", show=False, tooltip="Close the filter / tags / note bar"),
+        Binding("w", "app.start_worker", "Worker", tooltip="Start a worker when none is alive"),
+        Binding("q", "app.quit", "Quit", tooltip="Quit the console (a busy worker keeps its job going; an idle "
+                                             "one this console started stops unless --keep-worker)"),
     ]
 
     def compose(self) -> ComposeResult:
