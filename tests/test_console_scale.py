@@ -463,3 +463,21 @@ async def test_a_checkpoint_in_fsat_panns_dir_means_no_warning(env: dict, monkey
     assert panns_checkpoint_problem(str(env["tmp"] / "nope.pth"), "").endswith("does not exist")
     monkeypatch.delenv("FSAT_PANNS_DIR")
     assert panns_checkpoint_problem("", "train-0003") is None
+
+
+async def test_a_training_fold_shows_its_time_and_eta(env: dict) -> None:
+    store = env["store"]
+    job = store.enqueue("train", {"train": {"epochs": 10}}, name="t")
+    store.claim("w")
+    store.create_run("train-0001", kind="train", job_id=job, config={"train": {"epochs": 10, "n_folds": 2}})
+    for e in range(1, 5):
+        store.record_epoch("train-0001", 0, e, train_loss=1, val_loss=1, val_lwlrap=0.5, lr=1e-3, seconds=30.0)
+    app = FsatConsole(env["db"], data_root=env["data"], poll_interval=0.1)
+    async with app.run_test(size=SIZE) as pilot:
+        app.open_run("train-0001")
+        await wait_until(pilot, lambda: getattr(app.screen, "detail", None) is not None, what="run screen")
+        folds = app.screen.query_one("#folds", LiveTable)
+        await wait_until(pilot, lambda: "0" in folds.rows, what="fold rows")
+        assert folds.get_cell("0", "time").plain == "2m00s"   # 4 epochs of 30 s
+        assert folds.get_cell("0", "eta").plain == "3m00s"    # 6 more at the same pace
+        assert folds.get_cell("1", "eta").plain == ""

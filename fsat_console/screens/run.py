@@ -27,7 +27,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
 from engine.store import OOF, StoreError
-from fsat_console.formatting import bar, fmt_score, status_text
+from fsat_console.formatting import bar, fmt_duration, fmt_score, status_text
 from fsat_console.live import Overview, RunDetail, TtaComparison
 from fsat_console.screens.infer import BaselineScreen, InferScreen
 from fsat_console.widgets.chart import METRICS, EpochChart, fold_series
@@ -38,6 +38,8 @@ FOLD_COLUMNS = (
     ColumnSpec("fold", "fold"),
     ColumnSpec("lwlrap", "LWLRAP", descending_first=True),
     ColumnSpec("state", "state", width=16),
+    ColumnSpec("time", "time", descending_first=True, width=7),
+    ColumnSpec("eta", "ETA", sortable=False, width=7),
     ColumnSpec("epochs", "epochs", descending_first=True),
     ColumnSpec("best_epoch", "best ep"),
     ColumnSpec("n_val", "n_val", descending_first=True),
@@ -86,11 +88,19 @@ def fold_rows(detail: RunDetail) -> list[tuple[str, list[Cell]]]:
         else:
             state = Text("— not run", style="dim")
         done = f"{len(epochs)}/{planned}" if planned else str(len(epochs))
+        # Time spent in the fold's recorded epochs; while it trains, the ETA at its mean epoch time.
+        seconds = [float(e["seconds"]) for e in epochs if e.get("seconds") is not None]
+        spent = sum(seconds)
+        eta = None
+        if score is None and running and epochs and seconds and planned and planned > len(epochs):
+            eta = spent / len(seconds) * (planned - len(epochs))
         rows.append((str(k), [
             num_cell(str(k), k),
             num_cell(fmt_score(score["lwlrap"]) if score else "—", score["lwlrap"] if score else None,
                      "bold" if score else ""),
             Cell(state.plain, style=str(state.style), sort_key=state.plain),
+            num_cell(fmt_duration(spent) if epochs else "—", spent if epochs else None),
+            num_cell(fmt_duration(eta) if eta is not None else "", eta, "dim"),
             num_cell(done, len(epochs)),
             num_cell(str(score["best_epoch"]) if score and score.get("best_epoch") is not None else "—",
                      score.get("best_epoch") if score else None),
