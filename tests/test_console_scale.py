@@ -262,8 +262,7 @@ async def test_c_acts_only_on_the_jobs_table_and_names_what_it_cancels(env: dict
         assert "Cancel job" not in screen_text(app)  # not offered in the footer either
         await pilot.press("tab")
         jobs.move_cursor(row=jobs.get_row_index(str(running)))
-        await pilot.pause()
-        assert "Cancel job" in screen_text(app)
+        await wait_until(pilot, lambda: "Cancel job" in screen_text(app), what="c in the footer on a running job")
         await pilot.press("c")
         await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="confirmation")
         text = screen_text(app)
@@ -412,7 +411,8 @@ async def test_requeue_a_cancelled_job_resumes_its_run(env: dict) -> None:
         folds = app.screen.query_one("#folds", LiveTable)
         await wait_until(pilot, lambda: "0" in folds.rows and folds.get_cell("0", "state").plain
                          == "⏸ stopped 17/20", what="stopped fold")
-        assert "Resume" in screen_text(app) and "Cancel job" not in screen_text(app)
+        await wait_until(pilot, lambda: "R Resume" in screen_text(app), what="R in the footer")
+        assert "Cancel job" not in screen_text(app)
         await pilot.press("R")
         await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="confirmation")
         assert "Run train-0001 resumes" in screen_text(app)

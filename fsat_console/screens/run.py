@@ -265,6 +265,8 @@ class RunScreen(Screen):
         self.class_fold = OOF
         self.metric_index = 0
         self.detail: RunDetail | None = None
+        self._early_detail: RunDetail | None = None
+        self._ready = False
 
     def compose(self) -> ComposeResult:
         """Header, run summary, folds + chart on the left, classes on the right."""
@@ -294,6 +296,10 @@ class RunScreen(Screen):
         self.query_one("#classes", LiveTable).focus()
         self.query_one(EpochChart).show({}, METRICS[self.metric_index][1])
         self._class_title()
+        self._ready = True
+        early, self._early_detail = self._early_detail, None
+        if early is not None:
+            self.show_detail(early)
 
     @property
     def watch_key(self) -> tuple[str, int]:
@@ -327,6 +333,10 @@ class RunScreen(Screen):
         """Refresh the header, fold table, chart and class table from a poll."""
         if detail.run_id != self.run_id or detail.class_fold != self.class_fold:
             return  # an answer to an earlier request (before f was pressed)
+        if not self._ready:
+            # The run is loaded while the screen is built: keep the answer for on_mount.
+            self._early_detail = detail
+            return
         self.detail = detail
         self.query_one("#run-header", Static).update(run_header(detail, self.run_id))
         folds = self.query_one("#folds", LiveTable)
