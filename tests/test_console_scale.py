@@ -247,8 +247,8 @@ async def test_fast_typing_in_the_queue_dialog_lands_in_the_right_fields(env: di
 async def test_c_acts_only_on_the_jobs_table_and_names_what_it_cancels(env: dict) -> None:
     store = env["store"]
     running = store.enqueue("probe", {"seconds": 60}, name="long one")
-    store.claim("w")
-    store.set_progress(running, 0.42, "fold 2 epoch 7")
+    claimed = store.claim("w")
+    store.set_progress(running, 0.42, "fold 2 epoch 7", worker_id="w", attempt=claimed.attempts)
     store.create_run("probe-0001", kind="probe", job_id=running, name="long one")
     queued = store.enqueue("probe", {}, name="other")
     app = FsatConsole(env["db"], data_root=env["data"], poll_interval=0.1)
@@ -297,10 +297,10 @@ async def test_a_failed_or_finished_job_raises_a_notification(env: dict) -> None
     app = FsatConsole(env["db"], data_root=env["data"], poll_interval=0.1)
     async with app.run_test(size=SIZE) as pilot:
         await wait_until(pilot, lambda: app.overview is not None, what="first poll")
-        store.claim("w")
-        store.fail_job(failing, "CUDA out of memory at fold 3")
-        store.claim("w")
-        store.finish_job(ok, message="CV LWLRAP 0.8100")
+        first = store.claim("w")
+        store.fail_job(failing, "CUDA out of memory at fold 3", worker_id="w", attempt=first.attempts)
+        second = store.claim("w")
+        store.finish_job(ok, message="CV LWLRAP 0.8100", worker_id="w", attempt=second.attempts)
 
         def notified() -> list[str]:
             return [n.message for n in app._notifications]
@@ -317,8 +317,9 @@ async def test_failed_job_details_show_the_error_once_and_no_empty_log(env: dict
     error = ("no PANNs checkpoint configured: set embed.checkpoint to a Cnn14 .pth file (see README, "
              "'PANNs checkpoints'); the baseline needs the pretrained encoder and nothing was computed")
     job = store.enqueue("baseline", {}, name="baseline")
-    store.claim("w")
-    store.fail_job(job, error, "Traceback (most recent call last):\nConfigError: no PANNs checkpoint")
+    claimed = store.claim("w")
+    store.fail_job(job, error, "Traceback (most recent call last):\nConfigError: no PANNs checkpoint",
+                   worker_id="w", attempt=claimed.attempts)
     app = FsatConsole(env["db"], data_root=env["data"], poll_interval=0.1)
     async with app.run_test(size=(100, 40)) as pilot:
         await wait_until(pilot, lambda: app.overview is not None, what="first poll")
@@ -381,14 +382,15 @@ async def test_a_new_database_says_where_it_is(tmp_path: Path) -> None:
 async def test_live_columns_keep_their_width_while_messages_grow(env: dict) -> None:
     store = env["store"]
     job = store.enqueue("probe", {}, name="p")
-    store.claim("w")
-    store.set_progress(job, 0.1, "x")
+    claimed = store.claim("w")
+    store.set_progress(job, 0.1, "x", worker_id="w", attempt=claimed.attempts)
     app = FsatConsole(env["db"], data_root=env["data"], poll_interval=0.1)
     async with app.run_test(size=SIZE) as pilot:
         jobs = table(app, "jobs")
         await wait_until(pilot, lambda: jobs.row_count == 1, what="the job")
         widths = [c.get_render_width(jobs) for c in jobs.columns.values()]
-        store.set_progress(job, 0.55, "fold 3 epoch 12 val lwlrap 0.8123 (best 0.8200) " * 3)
+        store.set_progress(job, 0.55, "fold 3 epoch 12 val lwlrap 0.8123 (best 0.8200) " * 3, worker_id="w",
+                           attempt=claimed.attempts)
         await wait_until(pilot, lambda: "55%" in jobs.get_cell(str(job), "progress").plain, what="update")
         assert [c.get_render_width(jobs) for c in jobs.columns.values()] == widths
 
@@ -396,12 +398,12 @@ async def test_live_columns_keep_their_width_while_messages_grow(env: dict) -> N
 async def test_requeue_a_cancelled_job_resumes_its_run(env: dict) -> None:
     store = env["store"]
     job = store.enqueue("train", {"train": {"epochs": 20}}, name="long")
-    store.claim("w")
+    claimed = store.claim("w")
     store.create_run("train-0001", kind="train", job_id=job, name="long", config={"train": {"epochs": 20}})
     for e in range(1, 18):
         store.record_epoch("train-0001", 0, e, train_loss=1, val_loss=1, val_lwlrap=0.5, lr=1e-3, seconds=1)
     store.request_cancel(job)
-    store.mark_cancelled(job)
+    store.mark_cancelled(job, worker_id="w", attempt=claimed.attempts)
     app = FsatConsole(env["db"], data_root=env["data"], poll_interval=0.1)
     async with app.run_test(size=SIZE) as pilot:
         runs = table(app, "runs")
