@@ -13,8 +13,12 @@
     fsat [--db PATH] submission RUN_ID --out PATH [--json]
     fsat [--db PATH] tta RUN_ID [--json]
     fsat [--db PATH] audit RUN_ID [--json]
-    fsat [--db PATH] jobs [--status queued|running|done|failed|cancelled] [--limit N] [--json]
-    fsat [--db PATH] runs [--limit N] [--json]
+    fsat [--db PATH] runs [FILTER ...] [--limit N | --all] [--sort COL] [--asc] [--archived hide|only|all]
+                          [--json | --csv | --markdown]
+    fsat [--db PATH] jobs [FILTER ...] [--status S] [--limit N | --all] [--sort COL] [--json | --csv]
+    fsat [--db PATH] compare RUN_ID RUN_ID ... [--baseline RUN_ID] [--markdown | --csv | --json]
+    fsat [--db PATH] tag RUN_ID TAG ... [--remove TAG ...] | note RUN_ID TEXT | archive RUN_ID ... [--undo]
+    fsat [--db PATH] requeue JOB_ID
     fsat [--db PATH] show RUN_ID [--fold K] [--json]
     fsat [--db PATH] workers [--max-age SECONDS] [--json]
     fsat [--db PATH] datasets | presets   [--json]
@@ -25,6 +29,11 @@
 ``runs/`` beside it (``$FSAT_RUNS`` overrides). Scores, run folders and the
 TTA report are read through the run layer (``engine.runs``), the same code
 the console uses.
+
+A listing in a terminal shows 100 rows and says on stderr when more match;
+``--limit N`` / ``--all`` change that, and ``--json`` / ``--csv`` give every
+matching row unless limited. Piped, a listing is plain aligned text with every
+value in full.
 
 Errors a user can cause print one clear line (naming the file, row or
 field) and exit with status 2.
@@ -63,20 +72,78 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-def _table(title: str, rows: Sequence[dict], columns: Sequence[str]) -> Table:
+#: Columns whose values are free text: the only ones a narrow terminal may shorten.
+_FREE_TEXT = ("name", "message", "note", "root", "path", "error", "class_name")
+
+
+def _table(title: str, rows: Sequence[dict], columns: Sequence[str], width: int | None = None) -> Table:
+    """A rich table whose ids, kinds, states and numbers never shrink or wrap; free text takes the rest."""
+    width = width or console.width
     table = Table(title=title, header_style="bold cyan")
+    fixed = {c: max([len(c)] + [len(_fmt(r.get(c))) for r in rows]) for c in columns if c not in _FREE_TEXT}
+    free = [c for c in columns if c in _FREE_TEXT]
+    # Each column costs its width plus 3 cells of border and padding; what is left goes to free text.
+    left = width - 1 - sum(w + 3 for w in fixed.values()) - 3 * len(free)
     for c in columns:
-        table.add_column(c, justify="right" if rows and isinstance(rows[0].get(c), (int, float)) else "left")
+        numeric = bool(rows) and isinstance(rows[0].get(c), (int, float))
+        if c in free:
+            longest = max([len(c)] + [len(_fmt(r.get(c))) for r in rows])
+            table.add_column(c, overflow="ellipsis", no_wrap=True,
+                             max_width=max(8, min(longest, left // max(1, len(free)))))
+        else:
+            table.add_column(c, justify="right" if numeric else "left", no_wrap=True, min_width=fixed[c])
     for r in rows:
         table.add_row(*[_fmt(r.get(c)) for c in columns])
     return table
 
 
+def _plain_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
+    """Aligned plain text with every value in full (for pipes and files: nothing cut, nothing wrapped)."""
+    cells = [[_fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip()]
+    for row in cells:
+        lines.append("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    return "\n".join(lines)
+
+
 def _emit(args: argparse.Namespace, rows: Any, title: str, columns: Sequence[str]) -> None:
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
+    elif getattr(args, "csv", False):
+        from engine.compare import table_csv
+
+        sys.stdout.write(table_csv(rows, columns))
+    elif getattr(args, "markdown", False):
+        from engine.compare import table_markdown
+
+        sys.stdout.write(table_markdown(rows, columns))
+    elif not sys.stdout.isatty():
+        print(_plain_table(rows, columns))
     else:
         console.print(_table(title, rows, columns))
+
+
+def _listing_limit(args: argparse.Namespace) -> int | None:
+    """Rows asked for: ``--all`` every row; ``--limit N``; else 100 in a terminal table, all for JSON/CSV."""
+    if getattr(args, "all", False):
+        return None
+    if args.limit is not None:
+        if args.limit < 1:
+            raise FsatError(f"--limit must be 1 or more, got {args.limit}")
+        return args.limit
+    machine = args.json or getattr(args, "csv", False) or getattr(args, "markdown", False)
+    return None if machine else DEFAULT_LISTING
+
+
+#: Rows a terminal listing shows unless told otherwise.
+DEFAULT_LISTING = 100
+
+
+def _say_cut(shown: int, total: int, what: str) -> None:
+    """Tell (on stderr, so JSON and CSV stay clean) that a listing holds fewer rows than match."""
+    if shown < total:
+        err_console.print(f"showing {shown} of {total} {what}; --limit N or --all for more", highlight=False)
 
 
 def _open(args: argparse.Namespace, *, create: bool = True) -> Store:
@@ -420,19 +487,115 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
+    from engine.filters import compile_filter
+
+    query = " ".join(args.filter or [])
+    if args.status:
+        query = f"({query}) status:{args.status}" if query.strip() else f"status:{args.status}"
+    flt = compile_filter(query, "jobs")
+    limit = _listing_limit(args)
     with _read(args) as store:
-        rows = store.list_jobs(status=args.status, limit=args.limit)
+        rows = store.page_jobs(where=flt.sql, params=flt.params, order=args.sort, descending=not args.asc,
+                               limit=limit)
+        total = store.count_jobs_where(where=flt.sql, params=flt.params) if limit is not None else len(rows)
     for r in rows:
         r["progress"] = round(r["progress"], 4)
     _emit(args, rows, "jobs", ["id", "kind", "name", "status", "progress", "message", "attempts", "run_id"])
+    _say_cut(len(rows), total, "jobs")
     return 0
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    from engine.filters import compile_filter
+
+    flt = compile_filter(" ".join(args.filter or []), "runs")
+    archived = None if args.archived == "all" else args.archived == "only"
+    limit = _listing_limit(args)
     with _read(args) as store:
-        rows = store.list_runs(limit=args.limit)
+        rows = store.page_runs(where=flt.sql, params=flt.params, order=args.sort, descending=not args.asc,
+                               limit=limit, archived=archived)
+        total = store.count_runs(where=flt.sql, params=flt.params, archived=archived) \
+            if limit is not None else len(rows)
     _emit(args, rows, "runs", ["run_id", "kind", "name", "model", "status", "folds_done", "cv_lwlrap",
-                               "mean_fold_lwlrap", "test_lwlrap", "created"])
+                               "mean_fold_lwlrap", "test_lwlrap", "tags", "created"])
+    _say_cut(len(rows), total, "runs")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Two or more runs side by side: config differences, fold mean ± std, per-class LRAP and deltas."""
+    from engine.compare import class_headers, compare_runs, comparison_markdown, pm_text, table_csv
+
+    with _open(args) as store:
+        comp = compare_runs(store, args.runs, args.baseline)
+    if args.markdown:
+        sys.stdout.write(comparison_markdown(comp))
+        return 0
+    if args.csv:
+        sys.stdout.write(table_csv(comp.class_rows(), comp.class_columns(), class_headers(comp)))
+        return 0
+    if args.json:
+        print(json.dumps({"baseline": comp.baseline, "runs": comp.summary_rows(),
+                          "config_diff": [{"key": k, "values": dict(zip(comp.run_ids, v))}
+                                          for k, v in comp.config_diff()],
+                          "classes": comp.class_rows()}, indent=2, default=str))
+        return 0
+    summary = comp.summary_rows()
+    for r in summary:
+        r["fold mean ± std"] = pm_text(r["fold_mean"], r["fold_std"])
+        r["Δ OOF"] = _signed(r["delta_cv"]) if not r["baseline"] else "baseline"
+    _emit(args, summary, "runs", ["run_id", "kind", "model", "cv_lwlrap", "fold mean ± std", "folds",
+                                  "test_lwlrap", "Δ OOF"])
+    diff = [{"setting": k, **{r: json.dumps(v) if not isinstance(v, str) else v for r, v in zip(comp.run_ids, vals)}}
+            for k, vals in comp.config_diff()]
+    if diff:
+        _emit(args, diff, "config differences", ["setting", *comp.run_ids])
+    else:
+        print("the configs are the same")
+    classes = comp.class_rows()
+    first_delta = next((c for c in comp.class_columns() if c.startswith("delta:")), None)
+    if first_delta:  # biggest gain over the baseline first, missing deltas last
+        classes.sort(key=lambda r: (r[first_delta] is None, -(r[first_delta] or 0.0)))
+    for r in classes:
+        for key in list(r):
+            if key.startswith("delta:"):
+                r[key] = _signed(r[key])
+    _emit(args, classes, f"classes (out-of-fold LRAP; deltas vs {comp.baseline})", comp.class_columns())
+    return 0
+
+
+def cmd_tag(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        current = store.run_tags(args.run_id) if store.get_run(args.run_id) else None
+        if current is None:
+            raise FsatError(f"no run {args.run_id!r} (see `fsat runs`)")
+        wanted = [t for t in current if t.lower() not in {r.lower() for r in args.remove or []}]
+        tags = store.set_run_tags(args.run_id, wanted + list(args.tags))
+    print(f"{args.run_id}: " + (" ".join(tags) or "no tags"))
+    return 0
+
+
+def cmd_note(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        store.set_run_note(args.run_id, " ".join(args.text))
+    print(f"{args.run_id}: note saved")
+    return 0
+
+
+def cmd_archive(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        missing = [r for r in args.run_ids if store.get_run(r) is None]
+        if missing:
+            raise FsatError(f"no run {missing[0]!r} (see `fsat runs --archived all`)")
+        n = store.set_runs_archived(args.run_ids, archived=not args.undo)
+    print(f"{'unarchived' if args.undo else 'archived'} {n} run(s)")
+    return 0
+
+
+def cmd_requeue(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        job = store.requeue_job(args.job_id)
+    print(f"job {job.id}: queued again (its run {job.run_id or '-'} resumes from its checkpoints)")
     return 0
 
 
@@ -590,12 +753,50 @@ def build_parser() -> argparse.ArgumentParser:
             listing=True)
     p.add_argument("run_id")
 
+    def listing_flags(p: argparse.ArgumentParser, sort: str, sorts: Sequence[str]) -> None:
+        p.add_argument("filter", nargs="*", metavar="FILTER",
+                       help="filter, e.g. model:cnn14 cv>0.8 status:done tag:best (OR, NOT, parentheses)")
+        p.add_argument("--limit", type=int, default=None,
+                       help=f"at most N rows (default {DEFAULT_LISTING} in a terminal, all for --json/--csv)")
+        p.add_argument("--all", action="store_true", help="every matching row")
+        p.add_argument("--sort", choices=list(sorts), default=sort, help=f"sort column (default {sort})")
+        p.add_argument("--asc", action="store_true", help="ascending (default: descending)")
+        p.add_argument("--csv", action="store_true", help="print CSV with full values")
+        p.add_argument("--markdown", action="store_true", help="print a Markdown table")
+
+    from engine.store import JOB_ORDER, RUN_ORDER
+
     p = add("jobs", cmd_jobs, "list jobs", listing=True)
     p.add_argument("--status", choices=JOB_STATES)
-    p.add_argument("--limit", type=int, default=100)
+    listing_flags(p, "id", JOB_ORDER)
 
     p = add("runs", cmd_runs, "list runs with their scores", listing=True)
-    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--archived", choices=["hide", "only", "all"], default="hide",
+                   help="archived runs: hidden (default), only them, or all")
+    listing_flags(p, "created", RUN_ORDER)
+
+    p = add("compare", cmd_compare, "compare runs: config differences, fold mean ± std, per-class LRAP and "
+            "deltas against a baseline", listing=True)
+    p.add_argument("runs", nargs="+", metavar="RUN_ID")
+    p.add_argument("--baseline", help="the run deltas are taken against (default: the first)")
+    p.add_argument("--csv", action="store_true", help="the per-class table as CSV")
+    p.add_argument("--markdown", action="store_true", help="everything as Markdown")
+
+    p = add("tag", cmd_tag, "add (or --remove) tags of a run")
+    p.add_argument("run_id")
+    p.add_argument("tags", nargs="*")
+    p.add_argument("--remove", nargs="+", metavar="TAG")
+
+    p = add("note", cmd_note, "set a run's note")
+    p.add_argument("run_id")
+    p.add_argument("text", nargs="*")
+
+    p = add("archive", cmd_archive, "archive runs (hidden from listings by default, kept in the database)")
+    p.add_argument("run_ids", nargs="+", metavar="RUN_ID")
+    p.add_argument("--undo", action="store_true", help="unarchive")
+
+    p = add("requeue", cmd_requeue, "queue a failed or cancelled job again (a training run resumes)")
+    p.add_argument("job_id", type=int)
 
     p = add("show", cmd_show, "show a run: folds, per-class LRAP (out-of-fold or one fold)", listing=True)
     p.add_argument("run_id")

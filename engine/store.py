@@ -286,6 +286,51 @@ def _migrate_v5(c: sqlite3.Connection) -> None:
         FROM noisy_audit GROUP BY run_id, class_idx""")
 
 
+#: Version 6: tags (their own table, one row per run and tag), a note and an
+#: archived flag on runs; indexes behind the console's paging, sorting and
+#: filters (``engine.filters``); ``run_summary`` gains the new columns and the
+#: raw timestamps.
+_SCHEMA_V6 = """
+ALTER TABLE runs ADD COLUMN note TEXT NOT NULL DEFAULT '';
+ALTER TABLE runs ADD COLUMN archived INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE IF NOT EXISTS run_tags (
+    run_id  TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    tag     TEXT NOT NULL COLLATE NOCASE,
+    PRIMARY KEY (run_id, tag)
+);
+CREATE INDEX IF NOT EXISTS run_tags_tag ON run_tags(tag, run_id);
+CREATE INDEX IF NOT EXISTS runs_created ON runs(archived, created_at);
+CREATE INDEX IF NOT EXISTS runs_cv ON runs(cv_lwlrap);
+CREATE INDEX IF NOT EXISTS runs_test ON runs(test_lwlrap);
+CREATE INDEX IF NOT EXISTS runs_model ON runs(model COLLATE NOCASE);
+CREATE INDEX IF NOT EXISTS runs_kind ON runs(kind COLLATE NOCASE);
+CREATE INDEX IF NOT EXISTS runs_status ON runs(status COLLATE NOCASE);
+CREATE INDEX IF NOT EXISTS runs_parent ON runs(parent_run_id);
+CREATE INDEX IF NOT EXISTS runs_job ON runs(job_id);
+CREATE INDEX IF NOT EXISTS jobs_status_id ON jobs(status COLLATE NOCASE, id);
+CREATE INDEX IF NOT EXISTS jobs_kind ON jobs(kind COLLATE NOCASE);
+CREATE INDEX IF NOT EXISTS jobs_run ON jobs(run_id);
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished_at);
+DROP VIEW IF EXISTS run_summary;
+CREATE VIEW run_summary AS
+SELECT r.id AS run_id, r.kind, r.name, r.model, r.status, r.cv_lwlrap, r.test_lwlrap,
+       (SELECT COUNT(*) FROM fold_scores f WHERE f.run_id = r.id) AS folds_done,
+       (SELECT AVG(f.lwlrap) FROM fold_scores f WHERE f.run_id = r.id) AS mean_fold_lwlrap,
+       r.seed, r.device, r.job_id, d.name AS dataset,
+       datetime(r.created_at, 'unixepoch') AS created,
+       (SELECT group_concat(t.tag, ' ') FROM (SELECT tag FROM run_tags WHERE run_id = r.id ORDER BY tag) t)
+           AS tags,
+       r.note, r.archived, r.parent_run_id, r.dataset_id, r.run_dir, r.created_at, r.finished_at, r.warning
+FROM runs r LEFT JOIN datasets d ON d.id = r.dataset_id;
+"""
+
+
+def _migrate_v6(c: sqlite3.Connection) -> None:
+    """Tags, notes, archived; paging and filter indexes; run_summary with them."""
+    for stmt in _split_sql(_SCHEMA_V6):
+        c.execute(stmt)
+
+
 #: Ordered schema migrations: ``(version, what it changes, function)``. A
 #: database at version N gets every step above N, in order, inside one
 #: ``BEGIN IMMEDIATE`` transaction, so a half-upgraded file is never left and
@@ -317,6 +362,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[sqlite3.Connection], None]]] = [
     (3, "run_summary: parent_run_id, dataset_id, run_dir; runs indexed by parent", _migrate_v3),
     (4, "datasets.fold_rule, runs.warning, ensemble_candidates", _migrate_v4),
     (5, "curriculum: epoch stages, noisy-label audit, loss swaps, gain views", _migrate_v5),
+    (6, "tags, notes and the archived flag on runs; indexes for paging and filters", _migrate_v6),
 ]
 
 #: The schema version this code writes: the last migration's.
@@ -1134,6 +1180,207 @@ class Store:
         """An ensemble's members and weights."""
         return self._query("SELECT member_run_id, weight FROM run_members WHERE run_id=:run_id "
                            "ORDER BY weight DESC", {"run_id": run_id})
+
+
+
+
+    # -- paged, filtered and sorted listings (the console and ``fsat runs`` / ``fsat jobs``) ------------
+
+    def page_runs(self, *, where: str = "1", params: dict | None = None, order: str = "created",
+                  descending: bool = True, limit: int | None = 200, offset: int = 0,
+                  archived: bool | None = False) -> list[dict]:
+        """One page of runs (``run_summary`` columns) matching a filter, sorted in SQL.
+
+        ``where``/``params`` come from :func:`engine.filters.compile_filter`
+        (named parameters only). ``order`` is a key of :data:`RUN_ORDER`;
+        missing values sort last in both directions and the run id breaks
+        ties, so pages never overlap. ``archived`` False hides archived runs,
+        True shows only them, None shows both. ``limit`` None returns every row.
+        """
+        sql, bound = self._run_where(where, params, archived)
+        expr = RUN_ORDER.get(order)
+        if expr is None:
+            raise StoreError(f"cannot sort runs by {order!r}; one of {', '.join(RUN_ORDER)}")
+        direction = "DESC" if descending else "ASC"
+        # Columns that are never NULL need no "missing last" term, so an index can serve the order.
+        nulls = "" if order in _RUN_NOT_NULL else f"({expr}) IS NULL, "
+        sql = (f"{_RUN_SELECT} WHERE {sql} ORDER BY {nulls}{expr} {direction}, r.id {direction}"
+               " LIMIT :_limit OFFSET :_offset")
+        bound.update(_limit=-1 if limit is None else int(limit), _offset=max(0, int(offset)))
+        return self._query(sql, bound)
+
+    def count_runs(self, *, where: str = "1", params: dict | None = None, archived: bool | None = False) -> int:
+        """How many runs match a filter (see :meth:`page_runs`)."""
+        sql, bound = self._run_where(where, params, archived)
+        return int(self._query(f"SELECT COUNT(*) AS n FROM runs r WHERE {sql}", bound)[0]["n"])
+
+    @staticmethod
+    def _run_where(where: str, params: dict | None, archived: bool | None) -> tuple[str, dict]:
+        bound = dict(params or {})
+        sql = f"({where or '1'})"
+        if archived is not None:
+            sql += " AND r.archived = :_archived"
+            bound["_archived"] = 1 if archived else 0
+        return sql, bound
+
+    def run_rows(self, run_ids: Sequence[str]) -> list[dict]:
+        """``run_summary`` rows of the given runs (in the order asked; unknown ids are left out)."""
+        if not run_ids:
+            return []
+        bound = {f"_r{i}": str(r) for i, r in enumerate(run_ids)}
+        rows = self._query(f"{_RUN_SELECT} WHERE r.id IN ({', '.join(':' + k for k in bound)})", bound)
+        by_id = {r["run_id"]: r for r in rows}
+        return [by_id[str(r)] for r in run_ids if str(r) in by_id]
+
+    def infer_runs_of(self, run_id: str) -> list[dict]:
+        """Inference runs made from ``run_id`` (``run_summary`` rows, newest first); one indexed lookup."""
+        return self._query(f"{_RUN_SELECT} WHERE r.parent_run_id = :parent AND r.kind = 'infer' "
+                           "ORDER BY r.created_at DESC, r.id DESC", {"parent": run_id})
+
+    def ensemble_candidates(self) -> list[dict]:
+        """Every finished run with a run folder (``run_summary`` columns plus ``run_dir``), newest first."""
+        return self._query(f"SELECT s.*, r.run_dir FROM ({_RUN_SELECT} WHERE r.status = 'done' "
+                           "AND r.run_dir != '') s JOIN runs r ON r.id = s.run_id "
+                           "ORDER BY s.created_at DESC, s.run_id DESC")
+
+    def page_jobs(self, *, where: str = "1", params: dict | None = None, order: str = "id",
+                  descending: bool = True, limit: int | None = 200, offset: int = 0) -> list[dict]:
+        """One page of jobs (the :meth:`list_jobs` columns) matching a filter, sorted in SQL."""
+        expr = JOB_ORDER.get(order)
+        if expr is None:
+            raise StoreError(f"cannot sort jobs by {order!r}; one of {', '.join(JOB_ORDER)}")
+        direction = "DESC" if descending else "ASC"
+        bound = dict(params or {})
+        bound.update(_limit=-1 if limit is None else int(limit), _offset=max(0, int(offset)))
+        nulls = "" if order in _JOB_NOT_NULL else f"({expr}) IS NULL, "
+        return self._query(f"{_JOB_SELECT} WHERE ({where or '1'}) ORDER BY {nulls}{expr} {direction}, "
+                           f"j.id {direction} LIMIT :_limit OFFSET :_offset", bound)
+
+    def count_jobs_where(self, *, where: str = "1", params: dict | None = None) -> int:
+        """How many jobs match a filter."""
+        return int(self._query(f"SELECT COUNT(*) AS n FROM jobs j WHERE ({where or '1'})",
+                               dict(params or {}))[0]["n"])
+
+    def job_status_counts(self) -> dict[str, int]:
+        """Jobs per status over the whole table (the status line's true totals)."""
+        rows = self._query("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status")
+        return {r["status"]: int(r["n"]) for r in rows}
+
+    def run_totals(self) -> dict[str, int]:
+        """``{"runs": shown-by-default, "archived": archived}`` over the whole table."""
+        rows = self._query("SELECT archived, COUNT(*) AS n FROM runs GROUP BY archived")
+        counts = {int(r["archived"]): int(r["n"]) for r in rows}
+        return {"runs": counts.get(0, 0), "archived": counts.get(1, 0)}
+
+    def run_stamp(self) -> tuple:
+        """Changes whenever a run is added, finishes, is rescored, tagged or archived (cheap change cue)."""
+        row = self._query("SELECT COUNT(*) AS n, MAX(created_at) AS c, MAX(finished_at) AS f, "
+                          "TOTAL(cv_lwlrap) AS cv, TOTAL(archived) AS a, "
+                          "(SELECT COUNT(*) FROM run_tags) AS t FROM runs")[0]
+        return tuple(row.values())
+
+    def jobs_ended_since(self, since: float) -> list[dict]:
+        """Jobs that became done or failed after ``since`` (Unix seconds), oldest first."""
+        return self._query(f"{_JOB_SELECT} WHERE j.finished_at > :since AND j.status IN ('done', 'failed') "
+                           "ORDER BY j.finished_at", {"since": since})
+
+    def last_ended_at(self) -> float | None:
+        """When the most recent job ended."""
+        return self._query("SELECT MAX(finished_at) AS t FROM jobs")[0]["t"]
+
+    # -- tags, notes, archive, requeue --------------------------------------------------------------
+
+    def set_run_tags(self, run_id: str, tags: Sequence[str]) -> list[str]:
+        """Replace a run's tags (words without spaces; case is kept, matching ignores it); returns them."""
+        clean: list[str] = []
+        for tag in tags:
+            tag = str(tag).strip()
+            if not tag:
+                continue
+            if any(ch.isspace() for ch in tag) or any(ch in tag for ch in "():\"'"):
+                raise StoreError(f"tag {tag!r}: a tag is one word without spaces, quotes, colons or parentheses")
+            if tag.lower() not in {t.lower() for t in clean}:
+                clean.append(tag)
+        with self.write() as c:
+            if c.execute("SELECT 1 FROM runs WHERE id = :id", {"id": run_id}).fetchone() is None:
+                raise StoreError(f"no run {run_id!r}")
+            c.execute("DELETE FROM run_tags WHERE run_id = :id", {"id": run_id})
+            c.executemany("INSERT INTO run_tags(run_id, tag) VALUES (:id, :tag)",
+                          [{"id": run_id, "tag": t} for t in clean])
+        return sorted(clean, key=str.lower)
+
+    def run_tags(self, run_id: str) -> list[str]:
+        """A run's tags, sorted."""
+        return [r["tag"] for r in self._query("SELECT tag FROM run_tags WHERE run_id = :id ORDER BY tag",
+                                              {"id": run_id})]
+
+    def set_run_note(self, run_id: str, note: str) -> None:
+        """Replace a run's note (free text)."""
+        with self.write() as c:
+            if c.execute("UPDATE runs SET note = :note WHERE id = :id",
+                         {"note": str(note or "").strip(), "id": run_id}).rowcount != 1:
+                raise StoreError(f"no run {run_id!r}")
+
+    def set_runs_archived(self, run_ids: Sequence[str], archived: bool = True) -> int:
+        """Archive (hide by default, keep every row) or unarchive runs; returns how many changed."""
+        with self.write() as c:
+            return sum(c.execute("UPDATE runs SET archived = :a WHERE id = :id AND archived != :a",
+                                 {"a": 1 if archived else 0, "id": str(r)}).rowcount for r in run_ids)
+
+    def requeue_job(self, job_id: int) -> Job:
+        """Put a failed or cancelled job back in the queue with fresh attempts.
+
+        The job keeps its id, so its run id (``<kind>-<id>``) and run folder
+        stay the same: a training job resumes from its finished folds and the
+        last checkpoint of the fold it stopped in. Its run shows
+        ``interrupted`` until the worker picks it up.
+        """
+        with self.write() as c:
+            row = c.execute("SELECT status FROM jobs WHERE id = :id", {"id": job_id}).fetchone()
+            if row is None:
+                raise StoreError(f"no job with id {job_id}")
+            if row[0] not in ("failed", "cancelled"):
+                raise StoreError(f"job {job_id} is {row[0]}; only failed or cancelled jobs can be requeued")
+            c.execute("UPDATE jobs SET status='queued', attempts=0, cancel_requested=0, error=NULL, "
+                      "traceback=NULL, worker_id=NULL, finished_at=NULL, "
+                      "message=:msg WHERE id=:id", {"msg": f"requeued after {row[0]}", "id": job_id})
+            c.execute("UPDATE runs SET status='interrupted', finished_at=NULL WHERE job_id=:id "
+                      "AND status IN ('failed', 'cancelled')", {"id": job_id})
+        return self.get_job(job_id)
+
+
+#: Sort keys of :meth:`Store.page_runs` -> SQL expression (over ``_RUN_SELECT``'s columns).
+RUN_ORDER = {
+    "run_id": "r.id", "name": "r.name COLLATE NOCASE", "model": "r.model COLLATE NOCASE",
+    "kind": "r.kind", "status": "CASE r.status WHEN 'running' THEN 0 WHEN 'interrupted' THEN 1 "
+    "WHEN 'failed' THEN 2 WHEN 'cancelled' THEN 3 WHEN 'done' THEN 4 ELSE 5 END",
+    "folds": "folds_done", "cv": "r.cv_lwlrap", "mean_fold": "mean_fold_lwlrap", "test": "r.test_lwlrap",
+    "created": "r.created_at", "finished": "r.finished_at", "duration": "r.finished_at - r.created_at",
+    "tags": "tags", "note": "r.note", "seed": "r.seed",
+}
+_RUN_NOT_NULL = {"run_id", "created", "kind", "name", "model", "status", "folds", "note"}
+_JOB_NOT_NULL = {"id", "kind", "name", "priority", "status", "progress", "attempts", "created", "message"}
+#: Sort keys of :meth:`Store.page_jobs`.
+JOB_ORDER = {
+    "id": "j.id", "kind": "j.kind", "name": "j.name COLLATE NOCASE", "priority": "j.priority",
+    "status": "CASE j.status WHEN 'running' THEN 0 WHEN 'queued' THEN 1 WHEN 'failed' THEN 2 "
+    "WHEN 'cancelled' THEN 3 ELSE 4 END",
+    "progress": "j.progress", "attempts": "j.attempts", "created": "j.created_at", "started": "j.started_at",
+    "finished": "j.finished_at", "duration": "COALESCE(j.finished_at, j.heartbeat_at) - j.started_at",
+    "message": "j.message",
+}
+_RUN_SELECT = (
+    "SELECT r.id AS run_id, r.kind, r.name, r.model, r.status, r.cv_lwlrap, r.test_lwlrap, "
+    "(SELECT COUNT(*) FROM fold_scores f WHERE f.run_id = r.id) AS folds_done, "
+    "(SELECT AVG(f.lwlrap) FROM fold_scores f WHERE f.run_id = r.id) AS mean_fold_lwlrap, "
+    "r.seed, r.device, r.job_id, d.name AS dataset, datetime(r.created_at, 'unixepoch') AS created, "
+    "(SELECT group_concat(t.tag, ' ') FROM (SELECT tag FROM run_tags WHERE run_id = r.id ORDER BY tag) t) AS tags, "
+    "r.note, r.archived, r.parent_run_id, r.dataset_id, r.created_at, r.finished_at "
+    "FROM runs r LEFT JOIN datasets d ON d.id = r.dataset_id")
+_JOB_SELECT = (
+    "SELECT j.id, j.kind, j.name, j.status, j.priority, j.run_id, j.progress, j.message, j.error, j.attempts, "
+    "j.max_attempts, j.worker_id, j.created_at, j.started_at, j.finished_at, j.heartbeat_at, "
+    "j.cancel_requested FROM jobs j")
 
 
 #: The condition every update of a running job by its worker or job process carries.

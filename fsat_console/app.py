@@ -29,8 +29,9 @@ from textual.worker import Worker, WorkerState
 
 from engine.errors import FsatError
 from engine.store import Store, StoreError, default_db_path, runs_root
-from fsat_console.live import (WORKER_MAX_AGE, LiveError, LiveUpdate, Overview, Poller,
-                               describe_error)
+from fsat_console.commands import JobCommands, RunCommands
+from fsat_console.live import (DEFAULT_JOB_VIEW, DEFAULT_RUN_VIEW, WORKER_MAX_AGE, LiveError, LiveUpdate,
+                               Overview, Poller, TableView, describe_error)
 from fsat_console.screens.confirm import ConfirmScreen
 from fsat_console.screens.demo import DemoScreen, demo_state
 from fsat_console.screens.ensemble import BlendBench, BlendState, EnsembleScreen
@@ -41,6 +42,18 @@ from fsat_console.screens.job import JobScreen
 from fsat_console.screens.main import MainScreen
 from fsat_console.screens.queue import QueueScreen
 from fsat_console.widgets.status import WorkerStatus
+
+def cancel_question(job: dict) -> str:
+    """The cancel confirmation: which job, what it is doing, how far it got, what cancelling does."""
+    progress = float(job.get("progress") or 0)
+    state = job["status"] + (f" at {progress * 100:.0f}%" if job["status"] == "running" else "")
+    message = f" — {job['message']}" if job.get("message") and job["status"] == "running" else ""
+    what = ("stop it; finished folds are kept and R resumes it later" if job["status"] == "running"
+            else "remove it from the queue")
+    run = f", run {job['run_id']}" if job.get("run_id") else ""
+    return (f"Cancel job {job['id']}: {job['kind']} {job.get('name')!r}{run}?\n"
+            f"It is {state}{message}.\nThis will {what}.")
+
 
 #: Where ``--demo`` writes the demo dataset unless ``--data`` says otherwise.
 DEFAULT_DEMO_ROOT = Path("demo_data")
@@ -73,21 +86,48 @@ class FsatConsole(App):
 
     CSS_PATH = "console.tcss"
     TITLE = "fsat-console"
+    #: Screens get ``-narrow`` below 120 columns and ``-short`` below 36 rows (console.tcss lays them out
+    #: for 80x24 then).
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (36, "-tall")]
+    #: The palette also searches every run and job in the database (in SQL, as the user types).
+    COMMANDS = App.COMMANDS | {RunCommands, JobCommands}
 
     BINDINGS = [
-        Binding("q", "quit", "Quit", tooltip="Quit the console (a running worker and its job keep going)"),
-        Binding("n", "new_job", "New job", tooltip="Queue a training job from a preset"),
-        Binding("r", "refresh", "Refresh", tooltip="Reload everything from the database now"),
-        Binding("w", "start_worker", "Start worker", tooltip="Start a worker when none is alive"),
+        Binding("q", "quit", "Quit", show=False, tooltip="Quit the console (a busy worker keeps its job going; an idle one this "
+                "console started stops unless --keep-worker)"),
+        Binding("n", "new_job", "New job", show=False, tooltip="Queue a training job from a preset"),
+        Binding("r", "refresh", "Refresh", show=False, tooltip="Reload everything from the database now"),
+        Binding("w", "start_worker", "Start worker", show=False, tooltip="Start a worker when none is alive"),
         Binding("question_mark", "help", "Help", key_display="?", tooltip="This help"),
     ]
 
     def __init__(self, db_path: Path | str, data_root: Path | str | None = None, start_worker: bool = False,
                  poll_interval: float = 0.5, *, demo: bool = False, worker_log: Path | str | None = None,
-                 demo_options: dict | None = None) -> None:
-        """``demo_options`` go to ``write_demo_dataset`` (e.g. smaller clip counts)."""
+                 demo_options: dict | None = None, keep_worker: bool = False) -> None:
+        """``demo_options`` go to ``write_demo_dataset`` (e.g. smaller clip counts).
+
+        ``keep_worker`` keeps an idle worker that this console started running after quit
+        (by default quitting stops it; a busy one always keeps running its job).
+        """
         super().__init__()
         self.db_path = Path(db_path).expanduser().resolve()
+        #: True when this console created the database file (it says where, once it is up).
+        self.created_db = not self.db_path.exists()
+        self.keep_worker = keep_worker
+        self.run_view: TableView = DEFAULT_RUN_VIEW
+        self.job_view: TableView = DEFAULT_JOB_VIEW
+        #: The run deltas are taken against (``p`` pins it), and the runs marked for comparison.
+        self.pinned_run: str | None = None
+        self.pinned_cv: float | None = None
+        self.marked_runs: list[str] = []
+        #: A job just queued: the jobs table moves its cursor there once it shows it.
+        self.select_job: int | None = None
+        #: What quitting did to the worker this console started (printed after the console closes).
+        self.exit_note: str = ""
+        #: Keys from the terminal waiting to be handed on, one at a time.
+        self._key_queue: list = []
+        self._key_pump_busy = False
         self.data_root = Path(data_root).expanduser().resolve() if data_root else None
         self.start_worker_on_mount = start_worker
         self.poll_interval = poll_interval
@@ -119,14 +159,46 @@ class FsatConsole(App):
     def on_mount(self) -> None:
         """Start polling; start a worker if asked and none is alive; prepare the demo if asked."""
         self.sub_title = str(self.db_path)
+        if self.created_db:
+            self.notify(f"No database was here, so a new one was created: {self.db_path}\n"
+                        "Quit and start with --db PATH (or set FSAT_DB) to use another.",
+                        title="New database", timeout=12, markup=False)
         self._start_poll()
         if self.start_worker_on_mount:
             self.ensure_worker()
         if self.demo:
             self.prepare_demo()
 
+    async def action_quit(self) -> None:
+        """Quit; an idle worker this console started is stopped first (unless ``keep_worker``)."""
+        self.stop_own_idle_worker()
+        self.exit()
+
+    def stop_own_idle_worker(self) -> None:
+        """SIGTERM the worker this console started when it has nothing to do; say what was done."""
+        process = self.worker_process
+        if process is None or process.poll() is not None:
+            return
+        if self.keep_worker:
+            self.exit_note = f"the worker (pid {process.pid}) keeps running; its log is {self.worker_log}"
+            return
+        try:
+            busy = self.store.count_jobs("running", "queued")
+        except sqlite3.Error:
+            busy = 1  # cannot tell: leave it alone
+        if busy:
+            self.exit_note = (f"the worker (pid {process.pid}) keeps running {busy} queued or running job(s); "
+                              f"its log is {self.worker_log}")
+            return
+        process.terminate()  # the worker stops cleanly on SIGTERM
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        self.exit_note = f"stopped the idle worker (pid {process.pid}) this console started"
+
     def on_unmount(self) -> None:
-        """Close the connections; a worker the console started keeps running."""
+        """Close the connections; a busy worker the console started keeps running."""
         if self._poll_timer is not None:
             self._poll_timer.stop()
         self.poller.close()
@@ -139,13 +211,13 @@ class FsatConsole(App):
             return
         self._poll_in_flight = True
         force, self._force = self._force, False
-        self._poll(self._watched, force)
+        self._poll(self._watched, force, (self.run_view, self.job_view))
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="live")
-    def _poll(self, watch: tuple[str, int] | None, force: bool) -> None:
+    def _poll(self, watch: tuple[str, int] | None, force: bool, views: tuple[TableView, TableView]) -> None:
         """Poll the database on the poller's own connection and post what changed."""
         try:
-            overview, detail = self.poller.poll(watch, force=force)
+            overview, detail = self.poller.poll(watch, force=force, views=views)
         except Exception as err:  # every failure becomes a message, never a traceback
             self.post_message(LiveError(describe_error(err, self.db_path)))
             return
@@ -179,12 +251,38 @@ class FsatConsole(App):
             self._check_spawned_worker()
             if had_worker != bool(self.overview.workers):
                 self.refresh_bindings()
+            self._announce_ended(message.overview.ended)
         screen = self.screen
         if message.overview is not None and hasattr(screen, "show_overview"):
             screen.show_overview(self.overview)
         if message.detail is not None and hasattr(screen, "show_detail"):
             screen.show_detail(message.detail)
         self._poll_done()
+
+    def _announce_ended(self, ended: list[dict]) -> None:
+        """A notification for every job that finished or failed since the last poll."""
+        for job in ended:
+            what = f"Job {job['id']} {job['kind']} {job.get('name') or ''!r}"
+            if job["status"] == "failed":
+                self.notify(f"{what} failed: {(job.get('error') or job.get('message') or '').strip()[:300]}",
+                            title="Job failed", severity="error", timeout=15, markup=False)
+            else:
+                run = f" → run {job['run_id']}" if job.get("run_id") else ""
+                self.notify(f"{what} finished{run}: {job.get('message') or 'done'}", title="Job done",
+                            timeout=8, markup=False)
+
+    def set_views(self, *, runs: TableView | None = None, jobs: TableView | None = None) -> None:
+        """Change what the tables ask of the database (filter, sort, page) and poll at once."""
+        if runs is not None:
+            self.run_view = runs
+        if jobs is not None:
+            self.job_view = jobs
+        self.request_refresh()
+
+    def pin_run(self, run_id: str | None, cv: float | None = None) -> None:
+        """Pin a baseline run (deltas in the runs table and the compare screen), or unpin with None."""
+        self.pinned_run = run_id
+        self.pinned_cv = cv
 
     def on_live_error(self, message: LiveError) -> None:
         """Tell the user once per distinct problem, keep polling."""
@@ -295,15 +393,86 @@ class FsatConsole(App):
         """Open the queue dialog."""
         self.open_queue()
 
+    # -- one key at a time ---------------------------------------------------------------------
+
+    async def on_event(self, event) -> None:  # type: ignore[override]
+        """Queue keys from the terminal and hand them on one at a time (see :meth:`_pump_keys`)."""
+        from textual import events
+
+        if isinstance(event, events.Key) and not event.is_forwarded and not getattr(event, "_fsat_next", False):
+            self._key_queue.append(event)
+            event.stop()
+            event.prevent_default()
+            if not self._key_pump_busy:
+                self._key_pump_busy = True
+                self.run_worker(self._pump_keys(), group="keys", exit_on_error=False)
+            return
+        await super().on_event(event)
+
+    async def _pump_keys(self) -> None:
+        """Hand on each key only once the one before has been handled, and any screen it opened is ready.
+
+        Keys typed quickly (``n``, tab, tab, ``train.epochs=2``…) used to be
+        forwarded all at once to the widget focused when they arrived: the
+        tabs and characters meant for the queue dialog went to the runs table
+        below it (``a`` archives there, ``t`` edits tags), or were lost when the
+        dialog then focused its preset list. Now a key goes on only after the
+        previous one has passed through every node it bubbles to and, when it
+        opened a screen, after that screen is mounted and has set its focus.
+        """
+        import asyncio
+
+        from textual import events
+
+        async def drained(node) -> None:
+            done = asyncio.get_running_loop().create_future()
+            node.call_later(lambda: done.done() or done.set_result(None))
+            try:
+                await asyncio.wait_for(done, timeout=1.0)
+            except asyncio.TimeoutError:
+                pass
+
+        try:
+            while self._key_queue:
+                held = self._key_queue.pop(0)
+                before = self.screen if self.screen_stack else None
+                key = events.Key(held.key, held.character)
+                key._fsat_next = True  # type: ignore[attr-defined]
+                self.post_message(key)
+                await drained(self)  # forwarded to the focused widget
+                target = self.focused or (self.screen if self.screen_stack else None)
+                for node in (list(target.ancestors_with_self) if target is not None else []):
+                    await drained(node)  # handled there, and wherever it bubbled
+                if self.screen_stack and self.screen is not before:
+                    screen = self.screen
+                    for _ in range(200):  # a new screen: wait until it is mounted and focused
+                        if screen.is_mounted:
+                            break
+                        await asyncio.sleep(0.01)
+                    done = asyncio.get_running_loop().create_future()
+                    screen.call_after_refresh(lambda: done.done() or done.set_result(None))
+                    try:
+                        await asyncio.wait_for(done, timeout=1.0)
+                    except asyncio.TimeoutError:
+                        pass
+        finally:
+            self._key_pump_busy = False
+
     def action_help(self) -> None:
         """Show every key and where the data lives."""
+        from engine.filters import field_help
+        from fsat_console.screens.compare import CompareScreen
         from fsat_console.screens.run import RunScreen
 
         sections = [
             ("Everywhere", binding_rows(self, self.BINDINGS) + [("^p", "Command palette: every screen and run")]),
             ("Runs and jobs", binding_rows(self, MainScreen.BINDINGS)
              + [("↑ ↓ pgup pgdn", "Move in the focused table")]),
+            ("Filter (/)", [(name, about) for name, about in field_help("runs")]
+             + [("", "field:value  field>0.8  field!=x  word*  OR  NOT  -term  ( … ); a bare word matches the "
+                     "id or name; time fields take 2026-11-30 or an age: created<2h")]),
             ("Run", binding_rows(self, RunScreen.BINDINGS)),
+            ("Compare", binding_rows(self, CompareScreen.BINDINGS)),
             ("Ensemble", binding_rows(self, EnsembleScreen.BINDINGS)
              + [("↑ ↓", "Move between runs"), ("", "The score is the blend's out-of-fold LWLRAP against "
                                                    "the curated labels, recomputed after every change")]),
@@ -333,10 +502,13 @@ class FsatConsole(App):
             return Path(datasets[-1]["root"])
         return DEFAULT_DEMO_ROOT.resolve()
 
-    def open_queue(self, *, preset: str | None = None, data_root: Path | None = None) -> None:
-        """Open the queue dialog, prefilled; a queued job is announced and shown at once."""
+    def open_queue(self, *, preset: str | None = None, data_root: Path | None = None):
+        """Open the queue dialog, prefilled; a queued job is announced and shown at once.
+
+        Returns the mount awaitable of the dialog.
+        """
         root = data_root or self.default_data_root()
-        self.push_screen(QueueScreen(preset=preset, data_root=str(root)), self._queued)
+        return self.push_screen(QueueScreen(preset=preset, data_root=str(root)), self._queued)
 
     def _queued(self, job_id: int | None) -> None:
         if job_id is None:
@@ -344,8 +516,9 @@ class FsatConsole(App):
         self.announce_queued(job_id)
 
     def announce_queued(self, job_id: int) -> None:
-        """Say that a job was queued and show it at once."""
+        """Say that a job was queued and show it at once, with the jobs cursor on it."""
         self.notify(f"queued job {job_id}", title="Queue")
+        self.select_job = job_id
         self.request_refresh()
 
     def open_ensemble(self) -> None:
@@ -359,7 +532,10 @@ class FsatConsole(App):
 
         if isinstance(self.screen, RunScreen):
             self.pop_screen()
-        self.push_screen(RunScreen(run_id))
+        screen = RunScreen(run_id)
+        # Load the run while the screen is being built (it shows the answer once mounted).
+        self.follow_run(screen)
+        self.push_screen(screen)
 
     def open_job(self, job_id: int) -> None:
         """Show a job's details (error, traceback, spec); ``o`` there opens its run."""
@@ -379,30 +555,67 @@ class FsatConsole(App):
         """Explain a problem in a modal."""
         self.push_screen(ErrorScreen(title, message))
 
-    def confirm_cancel(self, job_id: int) -> None:
-        """Ask, then cancel: a queued job at once, a running one via its worker."""
+    def _job_row(self, job_id: int) -> dict | None:
         job = self.overview.job(job_id) if self.overview else None
         if job is None:
             try:
                 job = dict(vars(self.store.get_job(job_id)))
             except (StoreError, sqlite3.Error) as err:
                 self.notify(str(err), severity="error", markup=False)
-                return
+                return None
+        return job
+
+    def confirm_cancel(self, job_id: int) -> None:
+        """Ask, naming the job, its state and progress; then cancel (queued: at once; running: via its worker)."""
+        job = self._job_row(job_id)
+        if job is None:
+            return
         if job["status"] not in ("queued", "running"):
             self.notify(f"Job {job_id} is {job['status']}; there is nothing to cancel.", severity="warning")
             return
         if job.get("cancel_requested"):
             self.notify(f"Job {job_id} is already being cancelled.", severity="warning")
             return
-        what = "stop it and keep its finished folds" if job["status"] == "running" else "remove it from the queue"
-        question = (f"Cancel job {job_id} ({job['kind']} {job.get('name')!r}, {job['status']})?\n"
-                    f"This will {what}.")
+        self.push_screen(ConfirmScreen(cancel_question(job), yes="Cancel job", no="Keep it"),
+                         lambda yes: self.cancel_job(job_id) if yes else None)
 
-        def answered(yes: bool | None) -> None:
-            if yes:
-                self.cancel_job(job_id)
+    def confirm_requeue(self, job_id: int, *, run_id: str | None = None) -> None:
+        """Ask, then queue a failed or cancelled job again (its training run resumes from its checkpoints)."""
+        job = self._job_row(job_id)
+        if job is None:
+            return
+        if job["status"] not in ("failed", "cancelled"):
+            self.notify(f"Job {job_id} is {job['status']}; only a failed or cancelled job can be queued again.",
+                        severity="warning", markup=False)
+            return
+        run = job.get("run_id") or run_id
+        what = (f"Run {run} resumes: finished folds are kept and the stopped fold continues from its last "
+                "checkpoint." if run else "It starts from the beginning (it made no run yet).")
+        question = (f"Queue job {job_id} again?\n{job['kind']} {job.get('name')!r}, {job['status']} at "
+                    f"{float(job.get('progress') or 0) * 100:.0f}% ({job.get('message') or ''}).\n{what}")
+        self.push_screen(ConfirmScreen(question, yes="Queue again", no="Leave it", danger=False),
+                         lambda yes: self.requeue_job(job_id) if yes else None)
 
-        self.push_screen(ConfirmScreen(question, yes="Cancel job", no="Keep it"), answered)
+    @work(thread=True, exclusive=False, exit_on_error=False, group="requeue")
+    def requeue_job(self, job_id: int) -> None:
+        """Requeue off the UI thread and put the jobs cursor on it."""
+        try:
+            job = self.store.requeue_job(job_id)
+        except (StoreError, sqlite3.Error) as err:
+            self.call_from_thread(self.notify, f"Could not queue job {job_id} again: {err}", severity="error",
+                                  markup=False)
+            return
+        self.call_from_thread(self.notify, f"Job {job_id} is queued again"
+                              + (f"; run {job.run_id} resumes." if job.run_id else "."), title="Queue")
+        self.select_job = job_id
+        self.call_from_thread(self.request_refresh)
+
+    def open_compare(self, run_ids: list[str]) -> None:
+        """Compare runs; the pinned run is the baseline when it is among them."""
+        from fsat_console.screens.compare import CompareScreen
+
+        baseline = self.pinned_run if self.pinned_run in run_ids else run_ids[0]
+        self.push_screen(CompareScreen(run_ids, baseline))
 
     @work(thread=True, exclusive=False, exit_on_error=False, group="cancel")
     def cancel_job(self, job_id: int) -> None:
@@ -451,7 +664,7 @@ class FsatConsole(App):
     # -- command palette --------------------------------------------------------------------
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
-        """Palette entries for every screen and every run, plus Textual's own."""
+        """Palette entries for every screen, plus Textual's own (runs and jobs: ``fsat_console.commands``)."""
         yield SystemCommand("Runs and jobs", "The main screen: all runs and the job queue", self.go_home)
         yield SystemCommand("Queue a training job", "Pick a preset, a data root and overrides",
                             self.action_new_job)
@@ -461,18 +674,6 @@ class FsatConsole(App):
         yield SystemCommand("Refresh", "Reload everything from the database now", self.action_refresh)
         yield SystemCommand("Start a worker", "Start python -m engine.worker if none is alive",
                             self.action_start_worker)
-        for run in (self.overview.runs if self.overview else []):
-            run_id = str(run["run_id"])
-            cv = run.get("cv_lwlrap")
-            score = f" · CV LWLRAP {cv:.4f}" if cv is not None else ""
-            yield SystemCommand(f"Run {run_id} {run.get('name') or ''}".strip(),
-                                f"{run.get('model') or ''} · {run['status']}{score}",
-                                lambda run_id=run_id: self.open_run(run_id))
-        for job in (self.overview.jobs[:50] if self.overview else []):
-            job_id = int(job["id"])
-            yield SystemCommand(f"Job {job_id} {job.get('name') or ''}".strip(),
-                                f"{job['kind']} · {job['status']} · details, error and traceback",
-                                lambda job_id=job_id: self.open_job(job_id))
         yield from super().get_system_commands(screen)
 
     def go_home(self) -> None:
@@ -494,12 +695,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="create the demo dataset (default ./demo_data) if missing, then offer the demo preset")
     ap.add_argument("--no-worker", action="store_true",
                     help="do not start a worker process when none is alive")
+    ap.add_argument("--keep-worker", action="store_true",
+                    help="leave an idle worker that this console started running after quitting")
     ap.add_argument("--poll", type=float, default=0.5, help="seconds between database polls (default 0.5)")
     args = ap.parse_args(argv)
     db_path = args.db or default_db_path()
     try:
         app = FsatConsole(db_path, data_root=args.data, start_worker=not args.no_worker,
-                          poll_interval=max(0.1, args.poll), demo=args.demo)
+                          poll_interval=max(0.1, args.poll), demo=args.demo, keep_worker=args.keep_worker)
     except FsatError as err:
         # The store's message names the file: one line, no traceback.
         print(f"fsat-console: error: {err}", file=sys.stderr)
@@ -508,6 +711,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fsat-console: error: {db_path}: {err}", file=sys.stderr)
         return 2
     app.run()
+    if app.exit_note:
+        print(f"fsat-console: {app.exit_note}", file=sys.stderr)
+    if app.created_db:
+        print(f"fsat-console: the database is {app.db_path}", file=sys.stderr)
     return app.return_code or 0
 
 

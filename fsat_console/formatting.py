@@ -78,3 +78,50 @@ def shorten(text: str | None, width: int) -> str:
     """The first line of ``text``, cut to ``width`` characters with an ellipsis."""
     line = (text or "").strip().splitlines()[0] if (text or "").strip() else ""
     return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def now() -> float:
+    """The console's clock (one place, so elapsed times and ETAs can be tested at a fixed moment)."""
+    import time
+
+    return time.time()
+
+
+def fmt_duration(seconds: float | None) -> str:
+    """``42s``, ``3m05s``, ``1h02m``, ``2d03h``; an em dash when unknown."""
+    if seconds is None or seconds < 0:
+        return "—"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def job_times(job: dict, at: float | None = None) -> tuple[float | None, float | None]:
+    """(elapsed or duration, ETA) of a job in seconds.
+
+    A running job's elapsed time runs to ``at`` (now) and its ETA assumes the
+    rest goes at the pace so far (none before 2 % progress, when the pace says
+    little); an ended job has its duration and no ETA.
+    """
+    started = job.get("started_at")
+    if started is None:
+        return None, None
+    if job.get("status") == "running":
+        elapsed = max(0.0, (at if at is not None else now()) - float(started))
+        progress = float(job.get("progress") or 0.0)
+        eta = elapsed * (1 - progress) / progress if progress >= 0.02 else None
+        return elapsed, eta
+    finished = job.get("finished_at")
+    return (None if finished is None else max(0.0, float(finished) - float(started))), None
+
+
+def local_stamp(ts: float | None) -> str:
+    """Unix seconds as local ``MM-DD HH:MM`` (an em dash when unknown)."""
+    if ts is None:
+        return "—"
+    return _dt.datetime.fromtimestamp(float(ts)).strftime("%m-%d %H:%M")

@@ -31,6 +31,7 @@ from pathlib import Path
 from textual.message import Message
 
 from engine.errors import FsatError
+from engine.filters import compile_filter
 from engine.runs.reports import TtaComparison, infer_runs_of, tta_comparison
 from engine.store import Store, StoreError
 
@@ -38,25 +39,75 @@ from engine.store import Store, StoreError
 WORKER_MAX_AGE = 10.0
 
 
+#: Rows of a table page: the console shows one page of each table, paged and sorted in SQL.
+PAGE_SIZE = 200
+
+
+@dataclass(frozen=True)
+class TableView:
+    """What a table asks of the database: a filter, a sort, a page (and for runs: archived or not).
+
+    ``order`` is a key of ``engine.store.RUN_ORDER`` / ``JOB_ORDER``; the
+    filter is the text of the filter language (compiled in the poll).
+    ``archived`` False hides archived runs, True shows only them.
+    """
+
+    filter: str = ""
+    order: str = "created"
+    descending: bool = True
+    offset: int = 0
+    limit: int = PAGE_SIZE
+    archived: bool = False
+
+
+DEFAULT_RUN_VIEW = TableView(order="created", descending=True)
+DEFAULT_JOB_VIEW = TableView(order="id", descending=True)
+
+
 @dataclass
 class Overview:
-    """Everything the main screen and the status line show."""
+    """Everything the main screen and the status line show.
+
+    ``runs`` and ``jobs`` are the pages the tables show; the totals are true
+    counts over the whole database: ``run_matches`` / ``job_matches`` rows
+    match the tables' filters, ``run_totals`` counts every run (and the
+    archived ones), ``job_counts`` every job per status. ``running`` holds
+    every running job (whatever page is shown), ``ended`` the jobs that
+    finished or failed since the previous overview.
+    """
 
     jobs: list[dict]
     runs: list[dict]
     workers: list[dict]
     loaded_at: float = field(default_factory=time.time)
+    run_matches: int | None = None
+    job_matches: int | None = None
+    run_totals: dict[str, int] = field(default_factory=dict)
+    job_counts: dict[str, int] = field(default_factory=dict)
+    running: list[dict] = field(default_factory=list)
+    ended: list[dict] = field(default_factory=list)
+    run_view: TableView = DEFAULT_RUN_VIEW
+    job_view: TableView = DEFAULT_JOB_VIEW
+    #: Changes whenever any run is added, finishes or is rescored (the ensemble screen's cue).
+    run_stamp: tuple = ()
 
     def job(self, job_id: int | None) -> dict | None:
-        """The job row with this id, if it is among the listed jobs."""
-        return next((j for j in self.jobs if j["id"] == job_id), None)
+        """The job row with this id, if it is running or on the shown page."""
+        return next((j for j in self.running + self.jobs if j["id"] == job_id), None)
 
     def counts(self) -> dict[str, int]:
-        """Number of jobs per status."""
+        """Number of jobs per status, over every job in the database."""
+        if self.job_counts:
+            return dict(self.job_counts)
         out: dict[str, int] = {}
         for job in self.jobs:
             out[job["status"]] = out.get(job["status"], 0) + 1
         return out
+
+    @property
+    def total_runs(self) -> int:
+        """Every run that is not archived."""
+        return self.run_totals.get("runs", len(self.runs))
 
 
 @dataclass
@@ -71,6 +122,8 @@ class RunDetail:
     folds: list[dict]
     classes: list[dict]
     tta: TtaComparison | None = None
+    #: An ensemble's members: member_run_id, weight, and the member's run_summary columns.
+    members: list[dict] = field(default_factory=list)
 
     @property
     def planned_epochs(self) -> int | None:
@@ -148,6 +201,7 @@ class Poller:
         self._overview_key: tuple | None = None
         self._detail_key: tuple | None = None
         self._loaded_at = 0.0
+        self._ended_since: float | None = None
 
     def _open(self) -> Store:
         if self._store is None:
@@ -163,12 +217,13 @@ class Poller:
             finally:
                 self._store = None
 
-    def poll(self, watch: tuple[str, int] | None = None, *,
-             force: bool = False) -> tuple[Overview | None, RunDetail | None]:
+    def poll(self, watch: tuple[str, int] | None = None, *, force: bool = False,
+             views: tuple[TableView, TableView] | None = None) -> tuple[Overview | None, RunDetail | None]:
         """One poll: returns (overview, detail), each None when nothing the UI shows changed.
 
         ``watch`` is ``(run_id, class_fold)`` while the run screen is shown.
-        ``force`` returns fresh objects even when nothing changed. Raises
+        ``force`` returns fresh objects even when nothing changed. ``views``
+        is (runs view, jobs view): which page of each table to load. Raises
         sqlite3 errors or FsatError; the connection is then dropped and
         reopened next time.
         """
@@ -183,7 +238,7 @@ class Poller:
             stale = time.time() - self._loaded_at >= self.stale_after
             overview = detail = None
             if changed or stale or force:
-                overview = self._load_overview(store, force)
+                overview = self._load_overview(store, force, *(views or ()))
                 self._loaded_at = time.time()
             if watch is not None and (changed or force or self._detail_key is None
                                       or self._detail_key[:2] != tuple(watch)):
@@ -196,16 +251,48 @@ class Poller:
             self.close()
             raise
 
-    def _load_overview(self, store: Store, force: bool) -> Overview | None:
-        jobs = store.list_jobs()
-        runs = store.list_runs()
+    def _load_overview(self, store: Store, force: bool, run_view: TableView = DEFAULT_RUN_VIEW,
+                       job_view: TableView = DEFAULT_JOB_VIEW) -> Overview | None:
+        run_filter = compile_filter(run_view.filter, "runs")
+        job_filter = compile_filter(job_view.filter, "jobs")
+        runs = store.page_runs(where=run_filter.sql, params=run_filter.params, order=run_view.order,
+                               descending=run_view.descending, limit=run_view.limit, offset=run_view.offset,
+                               archived=run_view.archived)
+        jobs = store.page_jobs(where=job_filter.sql, params=job_filter.params, order=job_view.order,
+                               descending=job_view.descending, limit=job_view.limit, offset=job_view.offset)
+        running = store.page_jobs(where="j.status = 'running'", limit=None)
         workers = store.live_workers(self.worker_max_age)
+        run_totals = store.run_totals()
+        job_counts = store.job_status_counts()
+        # A full page may hide more rows; count the matches only then (a count is a scan).
+        run_matches = len(runs) + run_view.offset if len(runs) < run_view.limit else store.count_runs(
+            where=run_filter.sql, params=run_filter.params, archived=run_view.archived)
+        job_matches = len(jobs) + job_view.offset if len(jobs) < job_view.limit else store.count_jobs_where(
+            where=job_filter.sql, params=job_filter.params)
+        stamp = store.run_stamp()
+        ended = self._ended_jobs(store)
         # Heartbeats alone must not repaint: compare without them.
-        key = (repr(_strip(jobs)), repr(runs), repr(_strip(workers, "heartbeat_at")))
-        if key == self._overview_key and not force:
+        key = (repr(_strip(jobs, "heartbeat_at")), repr(runs), repr(_strip(workers, "heartbeat_at")),
+               repr(_strip(running, "heartbeat_at")), run_matches, job_matches, repr(run_totals),
+               repr(job_counts), run_view, job_view, stamp)
+        if key == self._overview_key and not force and not ended:
             return None
         self._overview_key = key
-        return Overview(jobs=jobs, runs=runs, workers=workers)
+        return Overview(jobs=jobs, runs=runs, workers=workers, run_matches=run_matches, job_matches=job_matches,
+                        run_totals=run_totals, job_counts=job_counts, running=running, ended=ended,
+                        run_view=run_view, job_view=job_view, run_stamp=stamp)
+
+    def _ended_jobs(self, store: Store) -> list[dict]:
+        """Jobs that finished or failed since the last look (none on the first look: old news)."""
+        since = self._ended_since
+        if since is None:
+            latest = store.last_ended_at()
+            self._ended_since = latest if latest is not None else 0.0
+            return []
+        rows = store.jobs_ended_since(since)
+        if rows:
+            self._ended_since = max(since, max(float(r["finished_at"]) for r in rows))
+        return rows
 
     def _load_detail(self, store: Store, watch: tuple[str, int], force: bool) -> RunDetail | None:
         run_id, class_fold = watch
@@ -220,13 +307,23 @@ class Poller:
         folds = store.fold_scores(run_id)
         classes = store.class_scores(run_id, class_fold)
         tta = self._load_tta(store, run, class_fold, classes)
+        members = self._load_members(store, run_id)
         key = (run_id, class_fold, repr(run), repr(_strip([job] if job else [], "heartbeat_at")),
-               repr(epochs), repr(folds), repr(classes), repr(tta))
+               repr(epochs), repr(folds), repr(classes), repr(tta), repr(members))
         if key == self._detail_key and not force:
             return None
         self._detail_key = key
         return RunDetail(run_id=run_id, class_fold=class_fold, run=run, job=job, epochs=epochs,
-                         folds=folds, classes=classes, tta=tta)
+                         folds=folds, classes=classes, tta=tta, members=members)
+
+    @staticmethod
+    def _load_members(store: Store, run_id: str) -> list[dict]:
+        """An ensemble's members with their weights and scores (empty for other runs)."""
+        members = store.run_members(run_id)
+        if not members:
+            return []
+        rows = {r["run_id"]: r for r in store.run_rows([m["member_run_id"] for m in members])}
+        return [dict(rows.get(m["member_run_id"], {}), **m) for m in members]
 
     def infer_runs_of(self, store: Store, run_id: str) -> list[dict]:
         """Inference runs made from ``run_id`` (run summary rows, newest first): one indexed query."""
@@ -243,5 +340,5 @@ def _job_dict(job: object) -> dict:
     return dict(vars(job))
 
 
-__all__ = ["LiveError", "LiveUpdate", "Overview", "Poller", "RunDetail", "TtaComparison", "describe_error",
-           "WORKER_MAX_AGE"]
+__all__ = ["LiveError", "LiveUpdate", "Overview", "PAGE_SIZE", "Poller", "RunDetail", "TableView", "TtaComparison",
+           "describe_error", "WORKER_MAX_AGE"]

@@ -87,6 +87,95 @@ def run_cli(*args: str, db: Path | None = None, check: bool = True) -> subproces
     return out
 
 
+#: The moment fixed console data is written at (2026-11-30 12:00:00 UTC), so screens show no wall clock.
+FIXED_NOW = 1_796_040_000.0
+
+
+def fixed_console_db(db: Path, monkeypatch) -> dict:
+    """A database a person would have after a few days: trained, inferred, blended, failed and queued work.
+
+    Everything is written through the store's own calls, at fixed times
+    (``engine.store._now`` is pinned; the console's clock too), with the 80
+    real class names, so snapshot tests of the screens are deterministic.
+    Returns the ids worth opening.
+    """
+    import engine.store as store_module
+    import fsat_console.formatting as formatting
+    from engine.data.labels import FSD2019_CLASSES
+    from engine.store import OOF, Store
+
+    clock = [FIXED_NOW - 3 * 86400]
+
+    def now() -> float:
+        clock[0] += 37.0
+        return clock[0]
+
+    monkeypatch.setattr(store_module, "_now", now)
+    monkeypatch.setattr(formatting, "now", lambda: FIXED_NOW)
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    store = Store(db)
+    ds = store.register_dataset(db.parent / "demo_data", name="demo", classes=FSD2019_CLASSES, n_curated=480)
+
+    def train(name: str, model: str, seed: int, base: float, epochs: int = 8, folds: int = 5,
+              stop_after: int | None = None) -> tuple[int, str]:
+        job = store.enqueue("train", {"train": {"epochs": epochs, "n_folds": folds}, "model": {"arch": model}},
+                            name=name)
+        claimed = store.claim("w-fixed")
+        run_id = f"train-{claimed.id:04d}"
+        store.create_run(run_id, kind="train", job_id=job, dataset_id=ds, name=name, model=model, seed=seed,
+                         device="cpu", config_hash=f"{seed:012x}",
+                         config={"train": {"epochs": epochs, "n_folds": folds, "seed": seed},
+                                 "model": {"arch": model}, "loss": {"name": "bce"}})
+        for k in range(folds):
+            last = epochs if stop_after is None or k < folds - 1 else stop_after
+            best = 0.0
+            for e in range(1, last + 1):
+                val = base - 0.25 / e + 0.01 * ((k * 7 + e * 3) % 5)
+                best = max(best, val)
+                store.record_epoch(run_id, k, e, train_loss=1.2 / e, val_loss=1.0 / e + 0.05 * k, val_lwlrap=val,
+                                   lr=1e-3 / e, seconds=12.0 + k)
+            if stop_after is None or k < folds - 1:
+                store.record_fold(run_id, k, lwlrap=best, best_epoch=last - 1, n_val=96)
+        if stop_after is not None:
+            store.request_cancel(job)
+            store.mark_cancelled(job, worker_id="w-fixed", attempt=claimed.attempts)
+            return job, run_id
+        lrap = [min(1.0, base - 0.3 + ((i * 37 + seed) % 80) / 160) for i in range(80)]
+        weights = [(i % 5 + 1) / 240 for i in range(80)]
+        store.record_class_scores(run_id, OOF, FSD2019_CLASSES, lrap, weights, [i % 5 + 1 for i in range(80)])
+        store.finish_run(run_id, cv_lwlrap=base)
+        store.finish_job(job, worker_id="w-fixed", attempt=claimed.attempts, message=f"CV LWLRAP {base:.4f}")
+        return job, run_id
+
+    _, a = train("cnn14 baseline", "cnn14", 42, 0.81)
+    _, b = train("cnn14 mixup", "cnn14", 7, 0.83)
+    _, c = train("resnet38", "resnet38", 3, 0.79)
+    stopped_job, stopped = train("cnn14 long", "cnn14", 11, 0.80, epochs=20, stop_after=17)
+    store.set_run_tags(b, ["best", "mixup"])
+    store.set_run_note(a, "the reference")
+    job = store.enqueue("ensemble", {"members": [a, b, c]}, name="rank blend of 3")
+    blend_claim = store.claim("w-fixed")
+    ens = f"ensemble-{job:04d}"
+    store.create_run(ens, kind="ensemble", job_id=job, dataset_id=ds, name="rank blend of 3", model="blend",
+                     config={"members": [a, b, c], "method": "rank"})
+    store.set_run_members(ens, [(b, 0.36), (a, 0.34), (c, 0.30)])
+    store.record_class_scores(ens, OOF, FSD2019_CLASSES, [0.8] * 80, [1 / 80] * 80, [3] * 80)
+    store.finish_run(ens, cv_lwlrap=0.845)
+    store.finish_job(job, worker_id="w-fixed", attempt=blend_claim.attempts, message="blend CV LWLRAP 0.8450")
+    failed = store.enqueue("baseline", {"data": {"root": "demo_data"}}, name="baseline")
+    failed_claim = store.claim("w-fixed")
+    store.fail_job(failed, "no PANNs checkpoint configured: set embed.checkpoint to a Cnn14 .pth file "
+                           "(see README, 'PANNs checkpoints'); nothing was computed",
+                   "Traceback (most recent call last):\n  File \"engine/jobs/baseline.py\", line 40, in run\n"
+                   "engine.errors.ConfigError: no PANNs checkpoint configured",
+                   worker_id="w-fixed", attempt=failed_claim.attempts)
+    queued = store.enqueue("train", {"train": {"epochs": 8}}, name="cnn14 seed 9")
+    store.close()
+    return {"runs": [a, b, c], "stopped": stopped, "stopped_job": stopped_job, "ensemble": ens,
+            "failed_job": failed, "queued_job": queued}
+
+
 _HOLDER = """
 import sqlite3, sys, time, pathlib
 db, flag, release, seconds = sys.argv[1], pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3]), float(sys.argv[4])

@@ -26,7 +26,7 @@ from engine.data.labels import FSD2019_CLASSES
 from engine.store import OOF, Store
 from fsat_console.app import FsatConsole
 from fsat_console.screens.confirm import ConfirmScreen
-from fsat_console.screens.help import HelpScreen
+from fsat_console.screens.help import HelpScreen, help_table
 from fsat_console.screens.job import JobScreen
 from fsat_console.screens.main import MainScreen
 from fsat_console.screens.queue import QueueScreen, preset_about, split_overrides, train_presets
@@ -78,6 +78,17 @@ async def open_queue_dialog(pilot, app, *, press: bool = True, timeout: float = 
                      and app.focused is app.screen.query_one("#preset", OptionList),
                      timeout=timeout, what="queue dialog")
     return app.screen
+
+
+def help_text(screen) -> str:
+    """Every line of the help screen's key list, rendered wide enough to hold it."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    console = Console(width=200, file=StringIO(), color_system=None)
+    console.print(help_table(screen.sections))
+    return console.file.getvalue()
 
 
 def cell_text(t: LiveTable, row_key: str, column: str) -> str:
@@ -267,10 +278,10 @@ async def test_tables_keep_cursor_row_and_sort_when_data_changes(env: dict) -> N
     async with app.run_test(size=SIZE) as pilot:
         runs = table(app, "runs")
         await wait_until(pilot, lambda: runs.row_count == 3, what="three runs")
-        # s cycles the sort column: run id, name, model, status, folds, CV LWLRAP (high first).
-        for _ in range(6):
-            await pilot.press("s")
+        # A digit sorts by that sortable column: 4 = CV LWLRAP (high first).
+        await pilot.press("4")
         assert runs.sort_column == "cv" and runs.sort_reverse
+        await wait_until(pilot, lambda: app.overview.run_view.order == "cv", what="the sort done in SQL")
         assert runs.keys_in_order() == ["train-0001", "train-0002", "train-0000"]
         assert runs.selected_key() == "train-0001"  # a new sort shows its top row
 
@@ -429,10 +440,10 @@ async def test_job_log_is_followed_once_the_run_and_the_file_exist(env: dict) ->
     async with app.run_test(size=SIZE) as pilot:
         screen = await open_job_details(pilot, app, job_id)
         log = screen.job_log
-        # Queued: no run, nothing to follow.
+        # Queued: no run, nothing to follow, and no empty log box (the summary says why).
         await wait_until(pilot, lambda: log.lines and log.lines[0].startswith("no log yet"), what="no log yet")
-        assert log.observer is None
-        assert "no log yet" in screen_text(app)
+        assert log.observer is None and not log.display
+        assert "not started" in screen_text(app)
 
         # The job starts: its run (and run directory) appear, the log file not yet.
         run_dir = env["tmp"] / "runs" / "train-0001"
@@ -512,21 +523,26 @@ async def test_help_screen_lists_keys_and_database(env: dict) -> None:
         await wait_until(pilot, lambda: isinstance(app.screen, HelpScreen), what="help")
         text = screen_text(app)
         assert str(env["db"].resolve()) in text
-        for words in ("Cancel the selected job", "Queue a training job", "Per-class table", "Quit"):
-            assert words in text, words
+        keys = help_text(app.screen)  # the whole scrollable list, not only what fits
+        for words in ("Cancel the selected job", "Queue a training job", "Per-class table", "Quit",
+                      "Filter the focused table", "Compare the marked runs", "out-of-fold (CV) LWLRAP"):
+            assert words in keys, words
         await pilot.press("escape")
         await wait_until(pilot, lambda: isinstance(app.screen, MainScreen), what="main screen")
 
 
-async def test_command_palette_reaches_every_screen_and_run(env: dict) -> None:
+async def test_command_palette_reaches_every_screen_and_every_run(env: dict) -> None:
     job_id = env["store"].enqueue("train", {}, name="palette")
     env["store"].create_run("train-0042", kind="train", job_id=job_id, name="palette", model="small")
+    # 1,004 newer runs: the one to find is far beyond any page the tables show.
+    for i in range(1, 1005):
+        env["store"].create_run(f"infer-{i + 1000:04d}", kind="infer", name=f"tta {i}", model="small")
     app = FsatConsole(env["db"], data_root=env["data"], poll_interval=0.1)
     async with app.run_test(size=SIZE) as pilot:
         await wait_until(pilot, lambda: app.overview is not None and app.overview.runs, what="first poll")
+        assert "train-0042" not in table(app, "runs").rows  # not on the first page
         titles = [c.title for c in app.get_system_commands(app.screen)]
-        for title in ("Runs and jobs", "Queue a training job", "Help", "Run train-0042 palette",
-                      f"Job {job_id} palette"):
+        for title in ("Runs and jobs", "Queue a training job", "Help"):
             assert title in titles, title
         await pilot.press("ctrl+p")
         await wait_until(pilot, lambda: isinstance(app.screen, CommandPalette), what="palette")
@@ -535,11 +551,20 @@ async def test_command_palette_reaches_every_screen_and_run(env: dict) -> None:
 
         def run_on_top() -> bool:
             option = results.highlighted_option
-            return option is not None and "Run train-0042" in str(option.prompt)
+            return option is not None and "Run train-0042 palette" in str(option.prompt)
 
         await wait_until(pilot, run_on_top, what="the run as the top match")
         await pilot.press("enter")
         await wait_until(pilot, lambda: getattr(app.screen, "run_id", None) == "train-0042", what="run screen")
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: isinstance(app.screen, MainScreen), what="main screen")
+        # Jobs too, by id.
+        await pilot.press("ctrl+p")
+        await wait_until(pilot, lambda: isinstance(app.screen, CommandPalette), what="palette")
+        await pilot.press(*f"job {job_id} palette")
+        results = app.screen.query_one(CommandList)
+        await wait_until(pilot, lambda: results.highlighted_option is not None
+                         and f"Job {job_id} palette" in str(results.highlighted_option.prompt), what="the job")
 
 
 async def test_deleted_database_is_reported_not_raised(env: dict) -> None:

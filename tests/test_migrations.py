@@ -129,3 +129,22 @@ def test_step_5_gives_old_epochs_no_stage_and_adds_the_curriculum_records(v1_db:
     audit = store.noisy_audit("cur-1")
     assert audit[0]["share_dropped"] == pytest.approx(0.25) and audit[0]["precision"] is None
     assert store.swaps("cur-1")[0]["loss_to"] == "lsoft"
+
+
+def test_step_6_gives_old_runs_no_tags_an_empty_note_and_not_archived(v1_db: Path):
+    store = Store(v1_db)
+    (row,) = store.run_rows(["train-0001"])
+    assert (row["tags"], row["note"], row["archived"]) == (None, "", 0)
+    # The old run is listed (not archived), and its new fields can be written and filtered on.
+    assert "train-0001" in [r["run_id"] for r in store.page_runs(limit=None)]
+    store.set_run_tags("train-0001", ["best"])
+    store.set_run_note("train-0001", "first release")
+    from engine.filters import compile_filter
+    c = compile_filter("tag:best note:release")
+    assert [r["run_id"] for r in store.page_runs(where=c.sql, params=c.params)] == ["train-0001"]
+    # run_summary keeps its old columns and gains the new ones.
+    summary = store._query("SELECT * FROM run_summary WHERE run_id = 'train-0001'")[0]
+    assert summary["cv_lwlrap"] == pytest.approx(0.7) and summary["tags"] == "best"
+    indexes = {r["name"] for r in store._query("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert {"runs_cv", "runs_model", "runs_status", "run_tags_tag", "runs_parent"} <= indexes
+    store.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -17,8 +18,9 @@ class ConfirmScreen(ModalScreen[bool]):
         Binding("n,escape", "answer(False)", "No"),
     ]
 
-    def __init__(self, question: str, *, yes: str = "Yes", no: str = "No") -> None:
+    def __init__(self, question: str, *, yes: str = "Yes", no: str = "No", danger: bool = True) -> None:
         super().__init__()
+        self.danger = danger
         self.question = question
         self.yes_label = yes
         self.no_label = no
@@ -26,9 +28,9 @@ class ConfirmScreen(ModalScreen[bool]):
     def compose(self) -> ComposeResult:
         """The question and two buttons."""
         with Vertical(classes="dialog small-dialog"):
-            yield Static(self.question, classes="dialog-body")
+            yield Static(Text(self.question), classes="dialog-body")  # plain: names may hold brackets
             with Horizontal(classes="dialog-buttons"):
-                yield Button(f"{self.yes_label} [y]", variant="error", id="yes")
+                yield Button(f"{self.yes_label} [y]", variant="error" if self.danger else "primary", id="yes")
                 yield Button(f"{self.no_label} [n]", id="no")
 
     def on_mount(self) -> None:

@@ -139,13 +139,13 @@ class EnsembleScreen(Screen):
     """Blend runs' out-of-fold scores from the keyboard and queue the result as an ensemble job."""
 
     BINDINGS = [
-        Binding("escape", "back", "Back", tooltip="Back to the previous screen (the blend is kept)"),
+        Binding("escape", "back", "Back", show=False, tooltip="Back to the previous screen (the blend is kept)"),
         Binding("space", "toggle_member", "In/out", tooltip="Put the selected run in the blend or take it out"),
-        Binding("plus,equals_sign", "weight(1)", "Weight+", key_display="+",
+        Binding("plus,equals_sign", "weight(1)", "Weight", key_display="+/-",
                 tooltip=f"Raise the selected member's weight by {WEIGHT_STEP:g} (CV weights become explicit ones)"),
-        Binding("minus", "weight(-1)", "Weight−", key_display="-",
+        Binding("minus", "weight(-1)", "Weight−", key_display="-", show=False,
                 tooltip=f"Lower the selected member's weight by {WEIGHT_STEP:g} (not below 0)"),
-        Binding("c", "cv_weights", "CV weights",
+        Binding("c", "cv_weights", "CV weights", show=False,
                 tooltip="Weights proportional to each member's OOF LWLRAP again (the default of fsat ensemble)"),
         Binding("m", "toggle_method", "Method", tooltip="Next blend method: auto, best, rank, rank_minmax, "
                 "mean, logit_mean, geo_mean"),
@@ -156,7 +156,7 @@ class EnsembleScreen(Screen):
         Binding("ctrl+s,enter", "save", "Save",
                 tooltip="Queue an ensemble job with these members, weights, method and calibration"),
         Binding("d", "next_dataset", "Dataset", tooltip="Show the runs of the next dataset (clears the blend)"),
-        Binding("s", "cycle_sort", "Sort", tooltip="Sort the runs by their next column"),
+        Binding("s", "cycle_sort", "Sort", show=False, tooltip="Sort the runs by their next column"),
         Binding("S", "reverse_sort", "Reverse", show=False, tooltip="Reverse the sort of the runs"),
     ]
 
@@ -203,7 +203,7 @@ class EnsembleScreen(Screen):
             yield Digits("", id="blend-score")
             yield Static("", id="blend-about")
         yield MemberTable(MEMBER_COLUMNS, sort_column="cv", reverse=True, id="members")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         """Title, focus the runs, list the candidates from what the app already loaded."""
@@ -223,16 +223,19 @@ class EnsembleScreen(Screen):
         self.app.refresh_status(self)  # type: ignore[attr-defined]
         if overview is None:
             return
-        key = repr([(r.get("run_id"), r.get("status"), r.get("cv_lwlrap"), r.get("name")) for r in overview.runs])
+        # Every finished run is a candidate, not only the main table's page: list them again whenever
+        # any run was added, finished or rescored.
+        key = repr(overview.run_stamp)
         if key == self._runs_key and not force:
             return
         self._runs_key = key
-        self._load_candidates(list(overview.runs))
+        self._load_candidates()
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="ensemble-candidates")
-    def _load_candidates(self, runs: list[dict]) -> None:
-        """Look up run folders and datasets off the UI thread."""
+    def _load_candidates(self) -> None:
+        """List every finished run with a run folder, look up folders and datasets, off the UI thread."""
         try:
+            runs = self.app.store.ensemble_candidates()  # type: ignore[attr-defined]
             found, datasets = find_candidates(self.app.store, runs, self.app.db_path,  # type: ignore[attr-defined]
                                               self._row_cache)
         except (sqlite3.Error, FsatError, OSError) as err:

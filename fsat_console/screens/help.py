@@ -22,13 +22,18 @@ HelpSection = tuple[str, Sequence[tuple[str, str]]]
 
 def binding_rows(app: object, bindings: Sequence[Binding | tuple]) -> list[tuple[str, str]]:
     """(keys as shown in the footer, long description) for each binding."""
-    rows = []
+    rows: list[tuple[str, str]] = []
     for b in bindings:
         binding = b if isinstance(b, Binding) else Binding(*b)
         keys = " / ".join(
-            app.get_key_display(Binding(k.strip(), binding.action))  # type: ignore[attr-defined]
+            binding.key_display or app.get_key_display(Binding(k.strip(), binding.action))  # type: ignore[attr-defined]
             for k in binding.key.split(","))
-        rows.append((keys, binding.tooltip or binding.description))
+        text = binding.tooltip or binding.description
+        if rows and rows[-1][1] == text:  # keys 1…9 that do the same thing share one line
+            first = rows[-1][0].split("…")[0]
+            rows[-1] = (f"{first}…{keys}", text)
+            continue
+        rows.append((keys, text))
     return rows
 
 

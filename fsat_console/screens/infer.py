@@ -11,6 +11,8 @@ closes. The insert runs in a thread worker.
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 from rich.text import Text
 from textual import work
@@ -282,6 +284,34 @@ class InferScreen(SpecDialog):
         return spec.name or f"{self.run_id} tta{spec.infer.tta_crops}"  # type: ignore[attr-defined]
 
 
+#: Where the engine looks for the PANNs CNN14 checkpoint (``engine.models.checkpoint``: PANNS_DIR_ENV and
+#: PUBLISHED_CHECKPOINTS["cnn14"]; that module imports torch, so the console names them here).
+PANNS_DIR_ENV = "FSAT_PANNS_DIR"
+CNN14_CHECKPOINT = "Cnn14_mAP=0.431.pth"
+
+
+def panns_checkpoint_problem(checkpoint: str, encoder_run_id: str) -> str | None:
+    """Why a baseline would fail for want of an encoder, or None when it has one (checkpoint or run).
+
+    Mirrors the engine's lookup: an explicit ``checkpoint`` path (a folder
+    holds the published file), else ``$FSAT_PANNS_DIR/Cnn14_mAP=0.431.pth``,
+    else a trained cnn14 run's encoder.
+    """
+    if encoder_run_id.strip():
+        return None
+    if checkpoint.strip():
+        path = Path(checkpoint).expanduser()
+        path = path / CNN14_CHECKPOINT if path.is_dir() else path
+        return None if path.is_file() else f"checkpoint {path} does not exist"
+    folder = os.environ.get(PANNS_DIR_ENV)
+    if folder and (Path(folder).expanduser() / CNN14_CHECKPOINT).is_file():
+        return None
+    where = f"${PANNS_DIR_ENV} ({folder}) holds no {CNN14_CHECKPOINT}" if folder else f"${PANNS_DIR_ENV} is not set"
+    return (f"no PANNs checkpoint is configured: {where}, and no encoder run is given, so this job can only "
+            f"fail. Set {PANNS_DIR_ENV} to the folder with {CNN14_CHECKPOINT} before starting the worker, add "
+            "checkpoint=/path/to/it under overrides, or name a trained cnn14 run above. Enter again queues anyway.")
+
+
 class BaselineScreen(SpecDialog):
     """Queue the embeddings + logistic-regression baseline on a dataset, over the ``baseline`` preset."""
 
@@ -295,6 +325,8 @@ class BaselineScreen(SpecDialog):
         self.dataset_name = dataset_name
         self.initial_encoder = encoder_run_id
         self.root_problem = root_problem
+        #: The missing-checkpoint warning was shown once; enter again queues anyway.
+        self.checkpoint_warned = False
         self.preset = BASELINE_PRESET if BASELINE_PRESET in specs.list_presets() else None
         self.defaults = specs.BaselineSpec()
         self.preset_problem = ""
@@ -336,20 +368,32 @@ class BaselineScreen(SpecDialog):
             yield Static("", id="queue-error", classes="field-error")
             yield Static("[b]enter[/b] queue   [b]tab[/b] next field   [b]esc[/b] close", classes="dialog-keys")
 
-    def on_mount(self) -> None:
-        """Show a preset or data-root problem, focus the data root."""
-        self.query_one("#preset-error", Static).display = bool(self.preset_problem)
-        if self.root_problem:
-            self.set_error("data-root", self.root_problem)
-        self.query_one("#data-root", Input).focus()
-
     def check_fields(self) -> bool:
-        """The data root must be a dataset folder."""
+        """The data root must be a dataset folder; without any encoder, warn once before queueing."""
         problem = check_data_root(self._value("data-root"))
         if problem:
             self.set_error("data-root", problem)
             return False
+        checkpoint = next((t.split("=", 1)[1].strip().strip("\"'") for t in split_overrides(self._value("overrides"))
+                           if t.split("=", 1)[0].strip() == "checkpoint" and "=" in t),
+                          str(getattr(self.defaults, "checkpoint", "") or ""))
+        missing = panns_checkpoint_problem(checkpoint, self._value("encoder"))
+        if missing and not self.checkpoint_warned:
+            self.checkpoint_warned = True
+            self.set_error("encoder", missing)
+            self.query_one("#encoder", Input).focus()
+            return False
         return True
+
+    def on_mount(self) -> None:
+        """Show a preset or data-root problem, warn at once when there is no encoder, focus the data root."""
+        self.query_one("#preset-error", Static).display = bool(self.preset_problem)
+        if self.root_problem:
+            self.set_error("data-root", self.root_problem)
+        missing = panns_checkpoint_problem(str(getattr(self.defaults, "checkpoint", "") or ""), self.initial_encoder)
+        if missing:
+            self.set_error("encoder", missing.replace(" Enter again queues anyway.", ""))
+        self.query_one("#data-root", Input).focus()
 
     def resolve(self) -> object:
         """The baseline spec: the preset, the data root, C, the encoder run, overrides."""

@@ -18,7 +18,7 @@ from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-from fsat_console.formatting import status_text
+from fsat_console.formatting import fmt_duration, job_times, status_text
 from fsat_console.live import Overview
 from fsat_console.widgets.log_tail import TAIL_LINES, LogTail
 
@@ -30,23 +30,32 @@ def _when(ts: float | None) -> str:
     return "—" if ts is None else _dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def job_summary(job: dict) -> Table:
-    """Key facts of a job as a two-column grid."""
+def job_summary(job: dict, at: float | None = None) -> Table:
+    """Key facts of a job as a two-column grid; a failure's error once, in full."""
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="dim", justify="right")
     grid.add_column()
     grid.add_row("job", Text(f"{job['id']}  {job['kind']}  {job.get('name') or ''}", style="bold"))
     grid.add_row("status", status_text(job["status"]))
-    grid.add_row("progress", f"{float(job.get('progress') or 0) * 100:.0f}%  {job.get('message') or ''}")
-    grid.add_row("run", job.get("run_id") or "— (not started)")
+    if job.get("error"):  # first: it is what a failed job's details are opened for
+        grid.add_row("error", Text(job["error"], style="bold red", overflow="fold"))
+    progress = f"{float(job.get('progress') or 0) * 100:.0f}%"
+    # A failed job's message is the first line of its error, which is shown in full below.
+    if job.get("message") and job["status"] != "failed":
+        progress += f"  {job['message']}"
+    grid.add_row("progress", Text(progress))
+    elapsed, eta = job_times(job)
+    if elapsed is not None:
+        label = "elapsed" if job["status"] == "running" else "took"
+        grid.add_row(label, fmt_duration(elapsed) + (f"   ETA {fmt_duration(eta)}" if eta is not None else ""))
+    grid.add_row("run", job.get("run_id") or ("— (not started)" if job["status"] in ("queued", "running")
+                                             else "— (it made no run, so there is no log)"))
     grid.add_row("priority", str(job.get("priority", 0)))
     grid.add_row("attempts", f"{job.get('attempts', 0)} of {job.get('max_attempts', 0)}")
     grid.add_row("worker", job.get("worker_id") or "—")
     grid.add_row("created", _when(job.get("created_at")))
     grid.add_row("started", _when(job.get("started_at")))
     grid.add_row("finished", _when(job.get("finished_at")))
-    if job.get("error"):
-        grid.add_row("error", Text(job["error"], style="bold red"))
     return grid
 
 
@@ -78,6 +87,8 @@ class JobScreen(ModalScreen[str | None]):
     BINDINGS = [
         Binding("escape,q", "close", "Close"),
         Binding("o", "open_run", "Open run"),
+        Binding("c", "cancel", "Cancel job", tooltip="Cancel this job (asks first, naming it, its state and progress)"),
+        Binding("R", "requeue", "Retry", tooltip="Queue this failed or cancelled job again (its run resumes)"),
     ]
 
     def __init__(self, job: dict) -> None:
@@ -101,10 +112,36 @@ class JobScreen(ModalScreen[str | None]):
             yield Static(self._keys(), id="job-keys", classes="dialog-keys")
 
     def _keys(self) -> str:
-        keys = "[b]tab[/b] details / log   [b]esc[/b] close"
+        """Only the keys that act on this job in its current state."""
+        keys = []
         if self.job.get("run_id"):
-            keys = "[b]o[/b] open run   " + keys
-        return keys
+            keys.append("[b]o[/b] open run")
+        if self.job["status"] in ("queued", "running") and not self.job.get("cancel_requested"):
+            keys.append("[b]c[/b] cancel")
+        if self.job["status"] in ("failed", "cancelled"):
+            keys.append("[b]R[/b] retry")
+        if self.job.get("run_id"):
+            keys.append("[b]tab[/b] details / log")
+        keys.append("[b]esc[/b] close")
+        return "   ".join(keys)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """c and R act only in the states they apply to."""
+        if action == "cancel":
+            return self.job["status"] in ("queued", "running") and not self.job.get("cancel_requested")
+        if action == "requeue":
+            return self.job["status"] in ("failed", "cancelled")
+        if action == "open_run":
+            return bool(self.job.get("run_id"))
+        return True
+
+    def action_cancel(self) -> None:
+        """Cancel this job (the app asks first)."""
+        self.app.confirm_cancel(int(self.job["id"]))  # type: ignore[attr-defined]
+
+    def action_requeue(self) -> None:
+        """Queue this job again (the app asks first)."""
+        self.app.confirm_requeue(int(self.job["id"]))  # type: ignore[attr-defined]
 
     @property
     def job_log(self) -> LogTail:
@@ -124,11 +161,9 @@ class JobScreen(ModalScreen[str | None]):
         row = overview.job(self.job["id"])
         if row is None:
             return
-        had_run = bool(self.job.get("run_id"))
         self.job.update(row)
         self.query_one("#job-summary", Static).update(job_summary(self.job))
-        if had_run != bool(self.job.get("run_id")):
-            self.query_one("#job-keys", Static).update(self._keys())
+        self.query_one("#job-keys", Static).update(self._keys())
         log = self.job_log
         if self.job.get("run_id") != self.log_run_id:
             self._locate_log()
@@ -138,6 +173,9 @@ class JobScreen(ModalScreen[str | None]):
     def _locate_log(self) -> None:
         run_id = self.job.get("run_id")
         self.log_run_id = str(run_id) if run_id else None
+        # No run, no log: no empty box (the summary says why), and the details take its room.
+        self.job_log.display = self.log_run_id is not None
+        self.query_one("#job-details").set_class(self.log_run_id is None, "-full")
         if self.log_run_id is None:
             self.job_log.show_placeholder("no log yet: the job has not started a run")
             return

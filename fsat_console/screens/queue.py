@@ -204,7 +204,9 @@ class QueueScreen(ModalScreen[int | None]):
         return option.id if option is not None else None
 
     def _value(self, field: str) -> str:
-        return self.query_one(f"#{field}", Input).value
+        # A field in a nested row may be mounted a moment after the dialog itself.
+        found = self.query(f"#{field}")
+        return found.first(Input).value if found else ""
 
     def _set_error(self, field: str, text: str) -> None:
         error = self.query_one(f"#{field}-error", Static)

@@ -28,7 +28,7 @@ from textual.widgets import Footer, Header, Static
 
 from engine.runs.kinds import FOLD_CHECKPOINT_KINDS, can_embed_baseline
 from engine.store import OOF, StoreError
-from fsat_console.formatting import bar, fmt_score, status_text
+from fsat_console.formatting import bar, fmt_duration, fmt_score, status_text
 from fsat_console.live import Overview, RunDetail, TtaComparison
 from fsat_console.screens.infer import BaselineScreen, InferScreen
 from fsat_console.widgets.chart import METRICS, EpochChart, fold_series
@@ -38,22 +38,24 @@ from fsat_console.widgets.status import WorkerStatus
 FOLD_COLUMNS = (
     ColumnSpec("fold", "fold"),
     ColumnSpec("lwlrap", "LWLRAP", descending_first=True),
+    ColumnSpec("state", "state", width=16),
+    ColumnSpec("time", "time", descending_first=True, width=7),
+    ColumnSpec("eta", "ETA", sortable=False, width=7),
+    ColumnSpec("epochs", "epochs", descending_first=True),
     ColumnSpec("best_epoch", "best ep"),
     ColumnSpec("n_val", "n_val", descending_first=True),
-    ColumnSpec("epochs", "epochs", descending_first=True),
-    ColumnSpec("state", "state"),
 )
 
 CLASS_COLUMNS = (
-    ColumnSpec("class", "class"),
     ColumnSpec("lrap", "LRAP", descending_first=True),
+    ColumnSpec("class", "class"),
     ColumnSpec("bar", "", sortable=False),
     ColumnSpec("weight", "weight", descending_first=True),
     ColumnSpec("n_pos", "n_pos", descending_first=True),
 )
 
 #: The class table while a TTA comparison is shown: the gain takes the place of the bar, beside LRAP.
-GAIN_CLASS_COLUMNS = (CLASS_COLUMNS[0], CLASS_COLUMNS[1], ColumnSpec("gain", "TTA gain", descending_first=True),
+GAIN_CLASS_COLUMNS = (CLASS_COLUMNS[0], ColumnSpec("gain", "TTA gain", descending_first=True), CLASS_COLUMNS[1],
                       *CLASS_COLUMNS[3:])
 
 #: Run kinds that have fold checkpoints to infer with (the run layer's one definition).
@@ -81,21 +83,56 @@ def fold_rows(detail: RunDetail) -> list[tuple[str, list[Cell]]]:
         elif epochs and running:
             state = Text("▶ training", style="bold yellow")
         elif epochs:
-            state = Text("⏸ stopped", style="dark_orange")
+            state = Text(f"⏸ stopped {len(epochs)}/{planned}" if planned else "⏸ stopped", style="dark_orange")
         elif pending:
             state = Text("◌ waiting", style="dim")
         else:
             state = Text("— not run", style="dim")
         done = f"{len(epochs)}/{planned}" if planned else str(len(epochs))
+        # Time spent in the fold's recorded epochs; while it trains, the ETA at its mean epoch time.
+        seconds = [float(e["seconds"]) for e in epochs if e.get("seconds") is not None]
+        spent = sum(seconds)
+        eta = None
+        if score is None and running and epochs and seconds and planned and planned > len(epochs):
+            eta = spent / len(seconds) * (planned - len(epochs))
         rows.append((str(k), [
             num_cell(str(k), k),
             num_cell(fmt_score(score["lwlrap"]) if score else "—", score["lwlrap"] if score else None,
                      "bold" if score else ""),
+            Cell(state.plain, style=str(state.style), sort_key=state.plain),
+            num_cell(fmt_duration(spent) if epochs else "—", spent if epochs else None),
+            num_cell(fmt_duration(eta) if eta is not None else "", eta, "dim"),
+            num_cell(done, len(epochs)),
             num_cell(str(score["best_epoch"]) if score and score.get("best_epoch") is not None else "—",
                      score.get("best_epoch") if score else None),
             num_cell(str(score["n_val"]) if score else "—", score["n_val"] if score else None),
-            num_cell(done, len(epochs)),
-            Cell(state.plain, style=str(state.style), sort_key=state.plain),
+        ]))
+    return rows
+
+
+MEMBER_COLUMNS = (
+    ColumnSpec("member", "member"),
+    ColumnSpec("weight", "weight", descending_first=True),
+    ColumnSpec("cv", "CV", descending_first=True),
+    ColumnSpec("gain", "blend−CV", descending_first=True),
+    ColumnSpec("what", "model"),
+)
+
+
+def member_rows(detail: RunDetail) -> list[tuple[str, list[Cell]]]:
+    """An ensemble's members: weight, each member's CV LWLRAP and how far the blend is above it."""
+    blend = (detail.run or {}).get("cv_lwlrap")
+    rows = []
+    for m in detail.members:
+        cv = m.get("cv_lwlrap")
+        gain = None if cv is None or blend is None else float(blend) - float(cv)
+        rows.append((str(m["member_run_id"]), [
+            Cell(str(m["member_run_id"]), sort_key=str(m["member_run_id"])),
+            num_cell(f"{float(m['weight']):.3f}", float(m["weight"]), "bold"),
+            num_cell(fmt_score(cv), cv),
+            gain_cell(gain),
+            Cell(f"{m.get('kind')} {m.get('model') or ''}".strip() if m.get("kind") else "not in the database",
+                 style="" if m.get("kind") else "dim"),
         ]))
     return rows
 
@@ -119,14 +156,14 @@ def class_rows(classes: list[dict], gains: dict[int, float | None] | None = None
         lrap = c.get("lrap")
         style = "" if lrap is None else "red" if lrap < 0.5 else "yellow" if lrap < 0.8 else "green"
         cells = [
-            Cell(c["class_name"], sort_key=c["class_name"].lower()),
             num_cell(fmt_score(lrap), lrap),
+            Cell(c["class_name"], sort_key=c["class_name"].lower()),
             Cell(bar(lrap, 10), style=style),
             num_cell(f"{c['weight'] * 100:.2f}%", c["weight"]),
             num_cell(str(c["n_pos"]), c["n_pos"]),
         ]
-        if gains is not None:
-            cells[2] = gain_cell(gains.get(int(c["class_idx"])))
+        if gains is not None:  # the gain takes the bar's place, next to LRAP
+            cells[1:3] = [gain_cell(gains.get(int(c["class_idx"]))), cells[1]]
         rows.append((str(c["class_idx"]), cells))
     return rows
 
@@ -163,72 +200,68 @@ def fold_label(fold: int) -> str:
     return "out-of-fold" if fold == OOF else f"fold {fold}"
 
 
-def run_header(detail: RunDetail | None, run_id: str) -> Table:
-    """The header grid: identity and settings on the first line, scores and progress on the second."""
-    grid = Table.grid(padding=(0, 3))
-    for _ in range(5):
-        grid.add_column()
+def run_header(detail: RunDetail | None, run_id: str) -> Text:
+    """Two lines, most telling first so a narrow terminal cuts only the tail: who the run is, then its scores.
+
+    ``train-0002 cnn14 mixup · ✔ done · cnn14 · seed 7 · config 0123abcd`` and
+    ``CV LWLRAP 0.8300 · mean fold 0.8309 ± 0.0052 · test — · cpu · job 2 ✔ done``.
+    """
     run = detail.run if detail else None
     if run is None:
-        grid.add_row(Text(f"run {run_id}", style="bold"),
-                     Text("loading…" if detail is None else "not in the database (yet)", style="dim"))
-        return grid
+        return Text.assemble((f"run {run_id}", "bold"), "  ",
+                             ("loading…" if detail is None else "not in the database (yet)", "dim"))
+    sep = (" · ", "dim")
 
     def pair(label: str, value: str, style: str = "bold") -> Text:
         return Text.assemble((f"{label} ", "dim"), (value, style))
 
-    folds = [f["lwlrap"] for f in detail.folds]
-    mean = sum(folds) / len(folds) if folds else None
-    grid.add_row(
-        Text.assemble(("run ", "dim"), (str(run["id"]), "bold"),
-                      ("  " + (run.get("name") or ""), "italic")),
-        pair("model", run.get("model") or "—"),
-        Text.assemble(("status ", "dim"), status_text(run.get("status"))),
-        pair("config", run.get("config_hash") or "—"),
-        pair("seed", "—" if run.get("seed") is None else str(run["seed"])),
-    )
+    from engine.compare import mean_std, pm_text
+
+    mean, std = mean_std([f["lwlrap"] for f in detail.folds])
+    first = Text.assemble((str(run["id"]), "bold"), ("  " + (run.get("name") or ""), "italic"), sep,
+                          status_text(run.get("status")), sep, (run.get("model") or "—", "bold"), sep,
+                          pair("seed", "—" if run.get("seed") is None else str(run["seed"])), sep,
+                          pair("config", run.get("config_hash") or "—"))
+    second = Text.assemble(
+        pair("CV LWLRAP", fmt_score(run.get("cv_lwlrap")), "bold green" if run.get("cv_lwlrap") else "bold"), sep,
+        pair("mean fold", pm_text(mean, std)), sep, pair("test", fmt_score(run.get("test_lwlrap"))), sep,
+        (run.get("device") or "—", "dim"))
     job = detail.job
-    progress = Text()
     if job is not None:
-        progress.append("job ", style="dim")
-        progress.append(f"{job['id']} ", style="bold")
+        second.append_text(Text.assemble(sep, ("job ", "dim"), (f"{job['id']} ", "bold")))
         if job["status"] == "running":
-            progress.append(bar(job.get("progress"), 10), style="yellow")
-            progress.append(f" {float(job.get('progress') or 0) * 100:3.0f}% ")
+            second.append(bar(job.get("progress"), 10), style="yellow")
+            second.append(f" {float(job.get('progress') or 0) * 100:3.0f}% ")
         else:
-            progress.append_text(status_text(job["status"]))
-            progress.append(" ")
+            second.append_text(status_text(job["status"]))
+            second.append(" ")
         if (job.get("message") or "") != job["status"]:
-            progress.append(job.get("message") or "", style="dim")
-    grid.add_row(
-        pair("CV LWLRAP", fmt_score(run.get("cv_lwlrap")), "bold green" if run.get("cv_lwlrap") else "bold"),
-        pair("mean fold", fmt_score(mean)),
-        pair("test", fmt_score(run.get("test_lwlrap"))),
-        pair("device", run.get("device") or "—"),
-        progress,
-    )
+            second.append(job.get("message") or "", style="dim")
+    lines = [first, second]
     if run.get("warning"):
         # E.g. an ensemble whose cross-fitted OOF score is below its best member's.
-        grid.add_row(Text.assemble(("warning: ", "bold yellow"), (str(run["warning"]), "yellow")))
-    return grid
+        lines.append(Text.assemble(("warning: ", "bold yellow"), (str(run["warning"]), "yellow")))
+    return Text("\n").join(lines)
 
 
 class RunScreen(Screen):
     """Drill into one run; updates live while it trains."""
 
     BINDINGS = [
-        Binding("escape", "back", "Back", tooltip="Back to runs and jobs"),
+        Binding("escape", "back", "Back", show=False, tooltip="Back to runs and jobs"),
         Binding("f", "cycle_fold", "Class fold", tooltip="Per-class table: out-of-fold, then fold 0, 1, …"),
         Binding("m", "cycle_metric", "Chart metric",
                 tooltip="Chart: val LWLRAP, val loss, train loss, learning rate"),
-        Binding("s", "cycle_sort", "Sort", tooltip="Sort the focused table by its next column"),
+        Binding("s", "cycle_sort", "Sort", show=False, tooltip="Sort the focused table by its next column"),
         Binding("S", "reverse_sort", "Reverse", show=False, tooltip="Reverse the sort of the focused table"),
         Binding("c", "cancel_job", "Cancel job", tooltip="Cancel this run's job (asks first)"),
+        Binding("R", "resume", "Resume", tooltip="Queue this cancelled or failed run's job again: finished folds are "
+                                                  "kept, the stopped fold continues from its last checkpoint"),
         Binding("i", "infer", "Infer+TTA",
                 tooltip="Queue inference of this run with test-time augmentation (crops, splits)"),
         Binding("b", "baseline", "Baseline", tooltip="Queue the embeddings + logistic-regression baseline "
                                                     "on this run's dataset"),
-        Binding("tab", "switch_table", "Folds/Classes", tooltip="Move between the fold and the class table"),
+        Binding("tab", "switch_table", "Folds/Classes", show=False, tooltip="Move between the fold and the class table"),
         Binding("u", "curriculum", "Curriculum", tooltip="Train run: queue a noisy-label curriculum with it as "
                 "teacher; curriculum run: its stages, gain over the teacher and noisy-label audit"),
     ]
@@ -239,6 +272,8 @@ class RunScreen(Screen):
         self.class_fold = OOF
         self.metric_index = 0
         self.detail: RunDetail | None = None
+        self._early_detail: RunDetail | None = None
+        self._ready = False
 
     def compose(self) -> ComposeResult:
         """Header, run summary, folds + chart on the left, classes on the right."""
@@ -249,9 +284,10 @@ class RunScreen(Screen):
         with Horizontal(id="run-body"):
             with Vertical(id="run-left"):
                 yield LiveTable(FOLD_COLUMNS, sort_column="fold", id="folds")
+                yield LiveTable(MEMBER_COLUMNS, sort_column="weight", reverse=True, id="members")
                 yield EpochChart(id="chart")
             yield LiveTable(CLASS_COLUMNS, sort_column="lrap", reverse=True, id="classes")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         """Titles and an empty chart until the first poll lands."""
@@ -261,9 +297,16 @@ class RunScreen(Screen):
         tta.border_title = "Test-time augmentation"
         tta.display = False
         self.query_one("#folds", LiveTable).border_title = "Folds"
+        members = self.query_one("#members", LiveTable)
+        members.border_title = "Ensemble members"
+        members.display = False
         self.query_one("#classes", LiveTable).focus()
         self.query_one(EpochChart).show({}, METRICS[self.metric_index][1])
         self._class_title()
+        self._ready = True
+        early, self._early_detail = self._early_detail, None
+        if early is not None:
+            self.show_detail(early)
 
     @property
     def watch_key(self) -> tuple[str, int]:
@@ -297,13 +340,28 @@ class RunScreen(Screen):
         """Refresh the header, fold table, chart and class table from a poll."""
         if detail.run_id != self.run_id or detail.class_fold != self.class_fold:
             return  # an answer to an earlier request (before f was pressed)
+        if not self._ready:
+            # The run is loaded while the screen is built: keep the answer for on_mount.
+            self._early_detail = detail
+            return
         self.detail = detail
         self.query_one("#run-header", Static).update(run_header(detail, self.run_id))
         folds = self.query_one("#folds", LiveTable)
         folds.sync(fold_rows(detail))
         done = len(detail.folds)
         folds.border_subtitle = f"{done}/{len(detail.planned_folds)} folds done"
+        members = self.query_one("#members", LiveTable)
+        members.display = bool(detail.members)
+        if detail.members:
+            members.sync(member_rows(detail))
+            members.border_subtitle = (f"{len(detail.members)} members · blend CV LWLRAP "
+                                       f"{fmt_score((detail.run or {}).get('cv_lwlrap'))}")
+        # An ensemble (a run with members and no epochs) has no learning curve and no folds of its own.
+        blend_only = bool(detail.members) and not detail.epochs and not detail.folds
+        self.query_one(EpochChart).display = not blend_only
+        folds.display = not blend_only
         self._plot()
+        self.refresh_bindings()
         self._show_tta(detail.tta)
         gains = detail.tta.class_gains() if detail.tta is not None else None
         self.query_one("#classes", LiveTable).sync(class_rows(detail.classes, gains))
@@ -327,7 +385,11 @@ class RunScreen(Screen):
     def _plot(self) -> None:
         metric, label, _ = METRICS[self.metric_index]
         epochs = self.detail.epochs if self.detail else []
-        self.query_one(EpochChart).show(fold_series(epochs, metric), label)
+        best = {int(f["fold"]): int(f["best_epoch"]) for f in (self.detail.folds if self.detail else [])
+                if f.get("best_epoch") is not None} if metric == "val_lwlrap" else {}
+        self.query_one(EpochChart).show(fold_series(epochs, metric), label,
+                                        planned_epochs=self.detail.planned_epochs if self.detail else None,
+                                        best_epochs=best)
 
     # -- actions --------------------------------------------------------------------
 
@@ -428,6 +490,35 @@ class RunScreen(Screen):
     def _queued(self, job_id: int | None) -> None:
         if job_id is not None:
             self.app.announce_queued(job_id)  # type: ignore[attr-defined]
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Show only the keys that act on this run (no cancel on a finished run, no inference on a blend)."""
+        detail = self.detail
+        run = (detail.run or {}) if detail else {}
+        job = (detail.job or {}) if detail else {}
+        if action == "cancel_job":
+            return job.get("status") in ("queued", "running") and not job.get("cancel_requested")
+        if action == "resume":
+            return job.get("status") in ("failed", "cancelled")
+        if action == "infer":
+            if run.get("kind") == "infer":
+                return bool(detail and detail.tta)
+            return run.get("kind") in TRAINED_KINDS and run.get("status") == "done"
+        if action == "baseline":
+            return run.get("dataset_id") is not None
+        if action == "curriculum":
+            return run.get("kind") == "curriculum" or (run.get("kind") == "train" and run.get("status") == "done")
+        if action == "cycle_metric":
+            return bool(detail and detail.epochs)
+        if action == "cycle_fold":
+            return bool(detail and (detail.folds or detail.classes))
+        return True
+
+    def action_resume(self) -> None:
+        """Queue this run's job again (asks first)."""
+        job_id = (self.detail.run or {}).get("job_id") if self.detail else None
+        if job_id is not None:
+            self.app.confirm_requeue(int(job_id), run_id=self.run_id)  # type: ignore[attr-defined]
 
     def action_cancel_job(self) -> None:
         """Cancel the job that produces this run."""

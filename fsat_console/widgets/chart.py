@@ -1,6 +1,16 @@
-"""Per-epoch curves of a run, one line per fold (plotext via textual-plotext)."""
+"""Per-epoch curves (plotext via textual-plotext): one line per fold, their mean, and each fold's best epoch.
+
+Folds are told apart by a marker character as well as a colour (colour-blind
+readers, monochrome terminals); the legend is the chart's border subtitle, so
+it never covers data. The x-axis spans the planned epochs, so a run that has
+done 3 of 20 shows how far it has to go. ``★`` marks each finished fold's best
+epoch (the checkpoint that is kept). The compare screen uses the same widget
+for one mean curve per run.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from textual_plotext import PlotextPlot
 
@@ -14,6 +24,19 @@ METRICS: tuple[tuple[str, str, bool], ...] = (
 
 #: Fixed colour per fold so a fold keeps its colour while other folds appear.
 FOLD_COLORS = ("cyan", "orange", "green", "magenta", "blue", "red", "yellow", "white")
+#: Fixed marker per fold (or per run on the compare screen): shapes, not only colours.
+FOLD_MARKERS = ("●", "▲", "■", "◆", "✚", "✖", "○", "△")
+BEST_MARKER = "★"
+
+
+@dataclass
+class Line:
+    """One curve: a label for the legend, its points, marker and colour."""
+
+    label: str
+    points: list[tuple[int, float]]
+    marker: str
+    color: str
 
 
 def fold_series(epochs: list[dict], metric: str) -> dict[int, list[tuple[int, float]]]:
@@ -29,38 +52,86 @@ def fold_series(epochs: list[dict], metric: str) -> dict[int, list[tuple[int, fl
     return series
 
 
+def mean_series(series: dict[int, list[tuple[int, float]]]) -> list[tuple[int, float]]:
+    """The mean over folds at each epoch that at least two folds reached."""
+    by_epoch: dict[int, list[float]] = {}
+    for points in series.values():
+        for epoch, value in points:
+            by_epoch.setdefault(epoch, []).append(value)
+    return [(e, sum(v) / len(v)) for e, v in sorted(by_epoch.items()) if len(v) >= 2]
+
+
+def best_points(series: dict[int, list[tuple[int, float]]], best_epochs: dict[int, int]) -> list[tuple[int, float]]:
+    """(epoch, value) of each fold's best epoch, where the series has it."""
+    out = []
+    for fold, epoch in sorted(best_epochs.items()):
+        value = dict(series.get(fold, [])).get(epoch)
+        if value is not None:
+            out.append((epoch, value))
+    return out
+
+
 class EpochChart(PlotextPlot):
-    """A line per fold of one per-epoch metric; ``show`` replaces the data."""
+    """Lines of one per-epoch metric; ``show`` (folds) or ``plot_lines`` (any curves) replaces the data."""
 
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
         self.series: dict[int, list[tuple[int, float]]] = {}
+        self.lines: list[Line] = []
+        self.best: list[tuple[int, float]] = []
         self.metric_label = METRICS[0][1]
+        self.x_max: int | None = None
+        self.empty_text = "no epochs recorded yet"
 
-    def show(self, series: dict[int, list[tuple[int, float]]], metric_label: str) -> None:
-        """Plot ``series`` (fold -> [(epoch, value)]) and repaint."""
+    def show(self, series: dict[int, list[tuple[int, float]]], metric_label: str, *,
+             planned_epochs: int | None = None, best_epochs: dict[int, int] | None = None) -> None:
+        """Plot one line per fold, their mean and the best epochs; the x-axis spans ``planned_epochs``."""
         self.series = series
+        lines = [Line(f"f{fold}", pts, FOLD_MARKERS[fold % len(FOLD_MARKERS)], FOLD_COLORS[fold % len(FOLD_COLORS)])
+                 for fold, pts in sorted(series.items())]
+        mean = mean_series(series)
+        if mean:
+            lines.append(Line("mean", mean, "•", "white"))
+        self.plot_lines(lines, metric_label, x_max=planned_epochs,
+                        best=best_points(series, best_epochs or {}))
+
+    def plot_lines(self, lines: list[Line], metric_label: str, *, x_max: int | None = None,
+                   best: list[tuple[int, float]] | None = None, title: str | None = None) -> None:
+        """Plot any curves (the compare screen: one per run) with the legend in the border."""
+        self.lines = lines
+        self.best = list(best or [])
         self.metric_label = metric_label
         plt = self.plt
         plt.clear_data()
         plt.clear_figure()
-        plt.title(f"{metric_label} per epoch")
-        plt.xlabel("epoch")
-        if not series:
-            plt.text("no epochs recorded yet", x=0.5, y=0.5, alignment="center")
+        # Title and axis name go in the border: every row inside is for the curves.
+        self.border_title = title or f"{metric_label} per epoch"
+        drawn = [line for line in lines if line.points]
+        longest = max((e for line in drawn for e, _ in line.points), default=0)
+        self.x_max = max(x_max or 0, longest) or None
+        if not drawn:
+            plt.text(self.empty_text, x=0.5, y=0.5, alignment="center")
             plt.xlim(0, 1)
             plt.ylim(0, 1)
+            self.border_subtitle = ""
         else:
-            for fold in sorted(series):
-                xs = [e for e, _ in series[fold]]
-                ys = [v for _, v in series[fold]]
-                color = FOLD_COLORS[fold % len(FOLD_COLORS)]
+            for line in drawn:
+                xs = [e for e, _ in line.points]
+                ys = [v for _, v in line.points]
                 if len(xs) == 1:
-                    plt.scatter(xs, ys, label=f"fold {fold}", color=color, marker="●")
+                    plt.scatter(xs, ys, color=line.color, marker=line.marker)
                 else:
-                    plt.plot(xs, ys, label=f"fold {fold}", color=color, marker="braille")
-            longest = max(max(e for e, _ in pts) for pts in series.values())
-            plt.xticks(_epoch_ticks(longest))
+                    plt.plot(xs, ys, color=line.color, marker=line.marker)
+            if self.best:
+                plt.scatter([e for e, _ in self.best], [v for _, v in self.best], color="yellow",
+                            marker=BEST_MARKER)
+            first = min(e for line in drawn for e, _ in line.points)
+            plt.xlim(min(first, 1), self.x_max)
+            plt.xticks(_epoch_ticks(self.x_max or longest))
+            legend = " ".join(f"{line.marker}{line.label}" for line in drawn)
+            if self.best:
+                legend += f" {BEST_MARKER}best"
+            self.border_subtitle = legend
         self.refresh()
 
 

@@ -55,11 +55,16 @@ class LiveTable(DataTable):
     """A row-cursor DataTable with keyed in-place refresh and key-press sorting."""
 
     def __init__(self, columns: Sequence[ColumnSpec], *, sort_column: str, reverse: bool = False,
-                 id: str | None = None, classes: str | None = None) -> None:
+                 id: str | None = None, classes: str | None = None, rank_column: str | None = None) -> None:
+        """``rank_column`` (a column holding the row key) puts the table in server order: rows stay in
+        the order ``sync`` gets them (sorted in SQL), and a local sort only bridges the moment until
+        the database answers a new sort."""
         super().__init__(id=id, classes=classes, cursor_type="row", zebra_stripes=True)
         self.specs = list(columns)
         self.sort_column = sort_column
         self.sort_reverse = reverse
+        self.rank_column = rank_column
+        self._rank: dict[str, int] | None = None
 
     def on_mount(self) -> None:
         """Add the columns (labels keep a slot for the sort arrow so widths never jump)."""
@@ -93,6 +98,7 @@ class LiveTable(DataTable):
         """
         self.sort_column = column
         self.sort_reverse = reverse
+        self._rank = None  # until the rows sorted by the database arrive
         for spec in self.specs:
             if ColumnKey(spec.key) in self.columns:
                 self.columns[ColumnKey(spec.key)].label = self._label(spec)
@@ -112,8 +118,28 @@ class LiveTable(DataTable):
         """Flip the direction of the current sort."""
         self.set_sort(self.sort_column, not self.sort_reverse)
 
+    def sortable_keys(self) -> list[str]:
+        """Keys of the columns that sort, left to right (what the digit keys choose from)."""
+        return [s.key for s in self.specs if s.sortable]
+
+    def sort_by(self, column: str) -> None:
+        """Sort by ``column`` in its natural direction, or reverse it when it is already the sort."""
+        spec = next((s for s in self.specs if s.key == column), None)
+        if spec is None or not spec.sortable:
+            return
+        if column == self.sort_column:
+            self.reverse_sort()
+        else:
+            self.set_sort(column, spec.descending_first)
+
     def _apply_sort(self) -> None:
-        if not self.row_count or ColumnKey(self.sort_column) not in self.columns:
+        if not self.row_count:
+            return
+        if self._rank is not None and self.rank_column and ColumnKey(self.rank_column) in self.columns:
+            rank = self._rank
+            self.sort(self.rank_column, key=lambda cell: rank.get(getattr(cell, "plain", str(cell)), len(rank)))
+            return
+        if ColumnKey(self.sort_column) not in self.columns:
             return
         reverse = self.sort_reverse
 
@@ -146,6 +172,8 @@ class LiveTable(DataTable):
         self._ensure_columns()
         keep = self.selected_key()
         wanted = {key for key, _ in rows}
+        if self.rank_column:
+            self._rank = {key: i for i, (key, _) in enumerate(rows)}
         for key in [k.value for k in self.rows if k.value not in wanted]:
             self.remove_row(key)
         for key, cells in rows:
@@ -153,11 +181,24 @@ class LiveTable(DataTable):
                 current = self.get_row(key)
                 for spec, old, new in zip(self.specs, current, cells):
                     if not (isinstance(old, Cell) and old.same_as(new)):
-                        self.update_cell(key, spec.key, new, update_width=True)
+                        # DataTable re-measures a whole column whenever an updated cell got
+                        # narrower (rows x changed cells per poll). Columns only grow here: a
+                        # fixed-width column never changes, an automatic one widens when needed.
+                        self.update_cell(key, spec.key, new, update_width=False)
+                        if spec.width is None:
+                            self._grow_column(spec.key, new)
             else:
                 self.add_row(*cells, key=key)
         self._apply_sort()
         self._restore_cursor(keep)
+
+    def _grow_column(self, column: str, cell: Cell) -> None:
+        width = max((len(line) for line in cell.plain.splitlines()), default=0)
+        col = self.columns.get(ColumnKey(column))
+        if col is not None and width > col.content_width:
+            col.content_width = width
+            self._require_update_dimensions = True
+            self.refresh()
 
     def keys_in_order(self) -> list[str]:
         """Row keys top to bottom (what the user sees)."""

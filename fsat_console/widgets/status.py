@@ -53,7 +53,14 @@ def status_line(overview: Overview | None, *, spawned_pid: int | None = None,
     text.append(" · ", style="dim")
     text.append(f"{counts.get('running', 0)} running", style="yellow" if counts.get("running") else "dim")
     text.append(" · ", style="dim")
-    text.append(f"{len(overview.runs)} runs", style="dim")
+    text.append(f"{overview.total_runs:,} runs", style="dim")
+    archived = overview.run_totals.get("archived", 0)
+    if archived:
+        text.append(f" (+{archived:,} archived)", style="dim")
+    failed = counts.get("failed", 0)
+    if failed:
+        text.append(" · ", style="dim")
+        text.append(f"{failed} failed", style="red")
     for problem in (spawn_problem, live_problem):
         if problem:
             text.append("   │   ", style="dim")

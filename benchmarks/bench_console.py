@@ -1,0 +1,132 @@
+"""The console at scale: first paint and new-run latency with 10,000 runs in the database.
+
+Usage::
+
+    python benchmarks/bench_console.py [--runs N] [--repeats R] [--size WxH]
+
+Builds two databases through the engine's own store calls: a big one with N
+finished training runs (each with two fold scores, so ``folds`` and ``mean
+fold`` are real joins) and 200 jobs, and a reference with one run. Then, in
+one process and alternating the two databases in every repeat, it starts the
+real console (``FsatConsole`` under Textual's headless ``run_test``) and
+measures:
+
+- **first paint**: from creating the app to the runs table showing its first
+  page (the first poll applied to the screen);
+- **new run**: with the console open and polling every 0.5 s, another
+  connection creates a run; the time until its row is in the runs table.
+
+It also times the data layer alone: one overview load (``Poller.poll``) and
+one run-detail load on the big database. Reported: the median and the worst
+of R repeats and the ratio big / reference. The machine is shared, so read
+the ratios more than the absolute figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.store import OOF, Store  # noqa: E402
+from fsat_console.app import FsatConsole  # noqa: E402
+from fsat_console.live import Poller  # noqa: E402
+
+
+def build(db: Path, n_runs: int, n_jobs: int) -> None:
+    """``n_runs`` finished training runs and ``n_jobs`` jobs, written by the store as a job would."""
+    store = Store(db)
+    for i in range(1, n_jobs + 1):
+        store.enqueue("train", {"train": {"epochs": 20}}, name=f"job {i}")
+    names = ["Accordion", "Bark", "Bass_drum"]
+    for i in range(1, n_runs + 1):
+        run_id = f"train-{i:05d}"
+        store.create_run(run_id, kind="train", name=f"cnn14 seed {i}", model="cnn14",
+                         config={"train": {"epochs": 20, "seed": i}})
+        store.record_fold(run_id, 0, lwlrap=0.7 + (i % 97) / 1000, best_epoch=12, n_val=1000)
+        store.record_fold(run_id, 1, lwlrap=0.71 + (i % 89) / 1000, best_epoch=14, n_val=1000)
+        if i == 1:
+            store.record_class_scores(run_id, OOF, names, [0.5, 0.6, 0.7], [0.3, 0.3, 0.4], [3, 3, 4])
+        store.finish_run(run_id, cv_lwlrap=0.7 + (i % 101) / 1000)
+    store.close()
+
+
+async def first_paint_and_new_run(db: Path, size: tuple[int, int]) -> tuple[float, float]:
+    """Seconds to the first page of runs on screen, and from a new run's commit to its row."""
+    t0 = time.perf_counter()
+    app = FsatConsole(db, poll_interval=0.5)
+    async with app.run_test(size=size) as pilot:
+        table = app.screen.query_one("#runs")
+        while table.row_count == 0:
+            await pilot.pause(0.005)
+        paint = time.perf_counter() - t0
+        await pilot.pause(1.0)
+        writer = Store(db)
+        run_id = f"bench-{time.time_ns()}"
+        t1 = time.perf_counter()
+        writer.create_run(run_id, kind="train", name="new", model="cnn14")
+        while run_id not in table.rows:
+            await pilot.pause(0.005)
+        latency = time.perf_counter() - t1
+        writer.close()
+    return paint, latency
+
+
+def data_layer(db: Path, repeats: int) -> tuple[float, float]:
+    """Best seconds of one forced overview load and one run-detail load (no UI)."""
+    over, detail = [], []
+    for _ in range(repeats):
+        poller = Poller(db)
+        t = time.perf_counter()
+        poller.poll(None, force=True)
+        over.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        poller.poll(("train-00001", OOF), force=True)
+        detail.append(time.perf_counter() - t - 0.0)
+        poller.close()
+    return min(over), min(detail)
+
+
+def main() -> int:
+    """Run the benchmark and print a table."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=10_000)
+    ap.add_argument("--jobs", type=int, default=200)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--size", default="160x48")
+    args = ap.parse_args()
+    size = tuple(int(x) for x in args.size.split("x"))
+    tmp = Path(tempfile.mkdtemp(prefix="bench-console-"))
+    os.environ["FSAT_RUNS"] = str(tmp / "runs")
+    big, ref = tmp / "big" / "experiments.db", tmp / "ref" / "experiments.db"
+    t = time.perf_counter()
+    build(big, args.runs, args.jobs)
+    build(ref, 1, 1)
+    print(f"built {args.runs} runs in {time.perf_counter() - t:.1f}s; {platform.python_version()}, "
+          f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
+    results: dict[str, list[tuple[float, float]]] = {"big": [], "ref": []}
+    for r in range(args.repeats):
+        for name, db in (("big", big), ("ref", ref)) if r % 2 == 0 else (("ref", ref), ("big", big)):
+            results[name].append(asyncio.run(first_paint_and_new_run(db, size)))
+    print(f"\n{'':24}{'median':>10}{'worst':>10}{'ref median':>12}{'ratio':>8}")
+    for i, what in enumerate(("first paint (s)", "new run visible (s)")):
+        b = [x[i] for x in results["big"]]
+        f = [x[i] for x in results["ref"]]
+        print(f"{what:24}{statistics.median(b):10.3f}{max(b):10.3f}{statistics.median(f):12.3f}"
+              f"{statistics.median(b) / statistics.median(f):8.2f}")
+    over, detail = data_layer(big, args.repeats)
+    print(f"\ndata layer on {args.runs} runs: overview load {over * 1000:.1f} ms, run detail {detail * 1000:.1f} ms")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

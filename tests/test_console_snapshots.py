@@ -1,0 +1,115 @@
+"""Snapshots of the main, run, job and ensemble screens at 80x24 and 160x48 (pytest-textual-snapshot).
+
+The data is built through the store's own calls at fixed times
+(``tests.conftest.fixed_console_db``), the console's clock is pinned and the
+time zone is UTC, so nothing on screen depends on when the test runs. Update
+the snapshots after a deliberate change with ``pytest --snapshot-update``
+and look at them (``snapshot_report.html``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fsat_console.app import FsatConsole
+from tests.conftest import fixed_console_db
+
+SIZES = [(80, 24), (160, 48)]
+
+
+@pytest.fixture
+def fixed_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    db = tmp_path / "experiments.db"
+    ids = fixed_console_db(db, monkeypatch)
+    monkeypatch.setenv("FSAT_PANNS_DIR", "")
+
+    def make() -> FsatConsole:
+        return FsatConsole(db, poll_interval=0.1)
+
+    return make, ids
+
+
+async def settle(pilot) -> None:
+    """Until the first poll is on screen; the header shows the file name, not the test's folder."""
+    app = pilot.app
+    while app.overview is None:
+        await pilot.pause(0.05)
+    app.sub_title = "experiments.db"
+    await pilot.pause(0.3)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_main_screen(snap_compare, fixed_app, size) -> None:
+    make, _ = fixed_app
+    assert snap_compare(make(), terminal_size=size, run_before=settle)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_run_screen_of_a_stopped_run(snap_compare, fixed_app, size) -> None:
+    make, ids = fixed_app
+
+    async def open_run(pilot) -> None:
+        await settle(pilot)
+        pilot.app.open_run(ids["stopped"])
+        while getattr(pilot.app.screen, "detail", None) is None:
+            await pilot.pause(0.05)
+        await pilot.pause(0.3)
+
+    assert snap_compare(make(), terminal_size=size, run_before=open_run)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_run_screen_of_an_ensemble(snap_compare, fixed_app, size) -> None:
+    make, ids = fixed_app
+
+    async def open_run(pilot) -> None:
+        await settle(pilot)
+        pilot.app.open_run(ids["ensemble"])
+        while getattr(pilot.app.screen, "detail", None) is None:
+            await pilot.pause(0.05)
+        await pilot.pause(0.3)
+
+    assert snap_compare(make(), terminal_size=size, run_before=open_run)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_job_details_of_a_failed_job(snap_compare, fixed_app, size) -> None:
+    make, ids = fixed_app
+
+    async def open_job(pilot) -> None:
+        await settle(pilot)
+        pilot.app.open_job(ids["failed_job"])
+        await pilot.pause(0.5)
+
+    assert snap_compare(make(), terminal_size=size, run_before=open_job)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_ensemble_screen(snap_compare, fixed_app, size) -> None:
+    make, _ = fixed_app
+
+    async def open_ensemble(pilot) -> None:
+        await settle(pilot)
+        pilot.app.open_ensemble()
+        while not getattr(pilot.app.screen, "loaded", False):
+            await pilot.pause(0.05)
+        await pilot.pause(0.3)
+
+    assert snap_compare(make(), terminal_size=size, run_before=open_ensemble)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_compare_screen(snap_compare, fixed_app, size) -> None:
+    make, ids = fixed_app
+
+    async def open_compare(pilot) -> None:
+        await settle(pilot)
+        pilot.app.pin_run(ids["runs"][0], 0.81)
+        pilot.app.open_compare(ids["runs"])
+        while getattr(pilot.app.screen, "comp", None) is None:
+            await pilot.pause(0.05)
+        await pilot.pause(0.3)
+
+    assert snap_compare(make(), terminal_size=size, run_before=open_compare)
