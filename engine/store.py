@@ -1237,7 +1237,7 @@ class Store:
         return self._query(f"{_RUN_SELECT} WHERE r.parent_run_id = :parent AND r.kind = 'infer' "
                            "ORDER BY r.created_at DESC, r.id DESC", {"parent": run_id})
 
-    def ensemble_candidates(self) -> list[dict]:
+    def blendable_runs(self) -> list[dict]:
         """Every finished run with a run folder (``run_summary`` columns plus ``run_dir``), newest first."""
         return self._query(f"SELECT s.*, r.run_dir FROM ({_RUN_SELECT} WHERE r.status = 'done' "
                            "AND r.run_dir != '') s JOIN runs r ON r.id = s.run_id "

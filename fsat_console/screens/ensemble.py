@@ -235,7 +235,7 @@ class EnsembleScreen(Screen):
     def _load_candidates(self) -> None:
         """List every finished run with a run folder, look up folders and datasets, off the UI thread."""
         try:
-            runs = self.app.store.ensemble_candidates()  # type: ignore[attr-defined]
+            runs = self.app.store.blendable_runs()  # type: ignore[attr-defined]
             found, datasets = find_candidates(self.app.store, runs, self.app.db_path,  # type: ignore[attr-defined]
                                               self._row_cache)
         except (sqlite3.Error, FsatError, OSError) as err:
