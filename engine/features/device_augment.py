@@ -40,16 +40,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from engine.errors import ConfigError
+from engine.features.augment import NOISE_DECAY_DB_PER_OCTAVE, check_wave_settings
 
 __all__ = ["AugmentDraws", "BatchWaveAugment", "batch_generator"]
 
 # Separates this stream from any other use of the same (seed, fold, epoch, step).
 _STREAM_TAG = 0x57415645  # "WAVE"
 
-# Spectral slope of each noise colour in dB per octave (pink: power halves per octave),
-# the same values the per-item path gives audiomentations.
-NOISE_DECAY_DB_PER_OCTAVE = {"white": 0.0, "pink": -10.0 * math.log10(2.0)}
 
 # Phase vocoder frame: 32 ms at 32 kHz with 75 % overlap, what phase vocoders
 # commonly use for general sound; the hop scales with the sample rate.
@@ -105,12 +102,6 @@ def _lock_phases(phase: Tensor, input_phase: Tensor, magnitude: Tensor) -> Tenso
     return torch.gather(phase, 2, peak) + input_phase - torch.gather(input_phase, 2, peak)
 
 
-def _check_p(value: float, field: str) -> float:
-    if not 0.0 <= value <= 1.0:
-        raise ConfigError(f"probability must be in [0, 1], got {value}", field=field)
-    return float(value)
-
-
 class BatchWaveAugment:
     """Random waveform augmentation of a ``[B, T]`` batch on its own device; shape and dtype kept.
 
@@ -126,36 +117,10 @@ class BatchWaveAugment:
                  noise_colors: tuple[str, ...] = ("white", "pink"), shift_s: float = 0.5,
                  shift_p: float = 0.5, pitch_semitones: float = 2.0, pitch_p: float = 0.0,
                  stretch: tuple[float, float] = (0.9, 1.1), stretch_p: float = 0.0) -> None:
-        self.sample_rate = int(sample_rate)
-        self.gain_p = _check_p(gain_p, "augment.gain_p")
-        self.noise_p = _check_p(noise_p, "augment.noise_p")
-        self.shift_p = _check_p(shift_p, "augment.shift_p")
-        self.pitch_p = _check_p(pitch_p, "augment.pitch_p")
-        self.stretch_p = _check_p(stretch_p, "augment.stretch_p")
-        if gain_db < 0:
-            raise ConfigError(f"gain range must be >= 0 dB, got {gain_db}", field="augment.gain_db")
-        lo_snr, hi_snr = (float(v) for v in noise_snr_db)
-        if lo_snr > hi_snr:
-            raise ConfigError(f"noise SNR range {noise_snr_db} is reversed", field="augment.noise_snr_db")
-        unknown = [c for c in noise_colors if c not in NOISE_DECAY_DB_PER_OCTAVE]
-        if unknown or not noise_colors:
-            raise ConfigError(f"noise colours must be chosen from {sorted(NOISE_DECAY_DB_PER_OCTAVE)}, "
-                              f"got {list(noise_colors)}", field="augment.noise_colors")
-        if shift_s < 0:
-            raise ConfigError(f"shift must be >= 0 s, got {shift_s}", field="augment.shift_s")
-        if not 0 <= pitch_semitones <= 24:
-            raise ConfigError(f"pitch shift must be in [0, 24] semitones, got {pitch_semitones}",
-                              field="augment.pitch_semitones")
-        lo_rate, hi_rate = (float(v) for v in stretch)
-        if not 0.1 <= lo_rate <= hi_rate <= 10:
-            raise ConfigError(f"stretch range must satisfy 0.1 <= low <= high <= 10, got {stretch}",
-                              field="augment.stretch")
-        self.gain_db = float(gain_db)
-        self.noise_snr_db = (lo_snr, hi_snr)
-        self.noise_colors = tuple(noise_colors)
-        self.shift_s = float(shift_s)
-        self.pitch_semitones = float(pitch_semitones)
-        self.stretch = (lo_rate, hi_rate)
+        self.__dict__.update(check_wave_settings(
+            sample_rate=sample_rate, gain_db=gain_db, gain_p=gain_p, noise_snr_db=noise_snr_db, noise_p=noise_p,
+            noise_colors=noise_colors, shift_s=shift_s, shift_p=shift_p, pitch_semitones=pitch_semitones,
+            pitch_p=pitch_p, stretch=stretch, stretch_p=stretch_p))
         self.n_fft = 1 << max(6, round(math.log2(_PV_SECONDS * self.sample_rate)))
         self.hop = self.n_fft // 4
 
@@ -299,7 +264,7 @@ class BatchWaveAugment:
         gen = torch.Generator(device=device).manual_seed(seed)
         white = torch.randn(rows, length, generator=gen, device=device)
         decays = torch.tensor([NOISE_DECAY_DB_PER_OCTAVE[self.noise_colors[int(c)]] for c in colours],
-                              device=device)
+                              device=device, dtype=torch.float32)
         if bool((decays != 0).any()):
             spectrum = torch.fft.rfft(white)
             freqs = torch.fft.rfftfreq(length, d=1.0 / self.sample_rate, device=device)

@@ -18,6 +18,7 @@ With ``loss.noisy_weight > 0`` the noisy set joins every fold's training set
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -25,10 +26,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
-from engine.data.dataset import ConcatCache, CropDataset, MultiScaleBatchSampler
+from engine.data.cache import decode_workers, host_cores
+from engine.data.dataset import ConcatCache, CropDataset, LoaderSettings, MultiScaleBatchSampler, loader_settings
 from engine.data.sampler import BalancedClassSampler
 from engine.errors import CheckpointError, ConfigError
 from engine.features.augment import SpecAugment, WaveAugment
+from engine.features.device_augment import BatchWaveAugment
 from engine.features.frontend import LogMelFrontend, compute_mel_stats
 from engine.jobs.common import build_cache, cache_dir_for, configure_threads, pick_device, prepare_dataset, seed_everything
 from engine.jobs.context import JobContext, environment_record, git_commit, write_json
@@ -175,27 +178,39 @@ def run(ctx: JobContext) -> str:
         ctx.progress(0.0, "batch_size = auto: trying batch sizes")
     batch_size = resolve_batch_size(spec, frontend, len(classes), device,
                                     recorded=previous["config"] if previous else None, log=ctx.log)
-    # What is recorded is what runs: "auto" becomes the chosen size.
+    loader = resolve_loader(spec, device)
+    # What is recorded is what runs: "auto" becomes the chosen size and loader settings.
     resolved = copy.deepcopy(spec)
     resolved.train.batch_size = batch_size
+    requested = {f"train.{k}": "auto" for k in ("batch_size", *_AUTO_LOADER_FIELDS)
+                 if getattr(spec.train, k) == "auto"}
+    resolved.train.num_workers = loader.num_workers
+    resolved.train.pin_memory = loader.pin_memory
+    resolved.train.persistent_workers = loader.persistent_workers
+    if loader.prefetch_factor is not None:
+        resolved.train.prefetch_factor = loader.prefetch_factor
+    resolved.train.decode_workers = decode_workers(spec.train.decode_workers)
     config = to_dict(resolved)
     new = store.create_run(run_id, kind="train", job_id=ctx.job.id, dataset_id=data.dataset_id,
                            name=spec.name or run_id, model=_model_label(spec), config=config,
                            config_hash=spec_hash(resolved), seed=spec.train.seed, device=str(device),
                            versions=environment_record(), git_commit=git_commit(), run_dir=str(run_dir))
     record = {"kind": "train", "run_id": run_id, "config_hash": spec_hash(resolved), "spec": config}
-    if spec.train.batch_size == "auto":
-        record["requested"] = {"train.batch_size": "auto"}
+    if requested:
+        record["requested"] = requested
+    record["loader"] = {**dataclasses.asdict(loader), "host_cores": host_cores(), "device": device.type}
     write_json(run_dir / "config.json", record)
     ctx.log(f"{'new run' if new else 'resuming run'} {run_id} on {device}; {len(Y)} curated clips, "
             f"{len(classes)} classes")
 
     cache_dir = cache_dir_for(spec.data.root, spec.data.cache_dir)
-    cache = build_cache(ctx, data.layout.curated, sample_rate=spec.audio.sample_rate, cache_dir=cache_dir)
+    n_decode = resolved.train.decode_workers
+    cache = build_cache(ctx, data.layout.curated, sample_rate=spec.audio.sample_rate, cache_dir=cache_dir,
+                        workers=n_decode)
     noisy_cache = None
     if noisy_weight > 0:
         noisy_cache = build_cache(ctx, data.layout.noisy, sample_rate=spec.audio.sample_rate, cache_dir=cache_dir,
-                                  start=0.05, span=0.02)
+                                  start=0.05, span=0.02, workers=n_decode)
     clips = TrainingClips.build(cache, Y, noisy_cache, data.layout.noisy.Y if noisy_cache is not None else None,
                                 noisy_weight)
     if clips.n_noisy:
@@ -220,11 +235,7 @@ def run(ctx: JobContext) -> str:
                          gce_q=spec.loss.gce_q, sce_alpha=spec.loss.sce_alpha, sce_beta=spec.loss.sce_beta,
                          focal_gamma=spec.loss.focal_gamma)
     a = spec.augment
-    wave_aug = WaveAugment(sample_rate=spec.audio.sample_rate, gain_db=a.gain_db, gain_p=a.gain_p,
-                           noise_snr_db=tuple(a.noise_snr_db), noise_p=a.noise_p,
-                           noise_colors=tuple(a.noise_colors), shift_s=a.shift_s, shift_p=a.shift_p,
-                           pitch_semitones=a.pitch_semitones, pitch_p=a.pitch_p, stretch=tuple(a.stretch),
-                           stretch_p=a.stretch_p) if a.any_wave() else None
+    wave_aug, device_aug = wave_augmenters(spec)
 
     folds_to_run = spec.train.fold_list()
     n = len(Y)
@@ -244,7 +255,7 @@ def run(ctx: JobContext) -> str:
         model = make_model(spec, len(classes), log=ctx.log)
         tagger = Tagger(frontend, model, _spec_augment(spec))
         train_loader, val_loader = make_loaders(spec, clips, train_idx, val_idx, crop, batch_size, wave_aug,
-                                                device, fold)
+                                                device, fold, loader=loader)
 
         def on_step(step: int, total: int, _i: int = i, _fold: int = fold) -> None:
             frac = 0.08 + 0.9 * (_i + step / total) / len(folds_to_run)
@@ -266,7 +277,8 @@ def run(ctx: JobContext) -> str:
                                 weight_decay=o.weight_decay, betas=tuple(o.betas), warmup_epochs=o.warmup_epochs,
                                 warmup_steps=o.warmup_steps, min_lr_ratio=o.min_lr_ratio, grad_clip=o.grad_clip,
                                 amp=o.amp, cpu_bf16=o.cpu_bf16, mixup_p=a.mixup_p, mixup_alpha=a.mixup_alpha,
-                                seed=spec.train.seed + fold, on_epoch=on_epoch, on_step=on_step)
+                                seed=spec.train.seed + fold, on_epoch=on_epoch, on_step=on_step,
+                                wave_augment=device_aug, augment_key=(spec.train.seed, fold))
         oof[val_idx] = result.val_pred
         np.save(oof_path, oof)
         store.record_fold(run_id, fold, lwlrap=result.best_lwlrap, best_epoch=result.best_epoch,
@@ -307,13 +319,41 @@ def _model_label(spec: TrainSpec) -> str:
     return label
 
 
+_AUTO_LOADER_FIELDS = ("num_workers", "pin_memory", "persistent_workers", "prefetch_factor", "decode_workers")
+
+
+def resolve_loader(spec: TrainSpec, device: torch.device) -> LoaderSettings:
+    """The spec's loader settings for ``device`` and this host, every ``"auto"`` resolved."""
+    t, a = spec.train, spec.augment
+    return loader_settings(num_workers=t.num_workers, pin_memory=t.pin_memory,
+                           persistent_workers=t.persistent_workers, prefetch_factor=t.prefetch_factor,
+                           device_type=device.type, cpu_augment=a.backend == "cpu" and a.any_wave())
+
+
+def wave_augmenters(spec: TrainSpec) -> tuple[WaveAugment | None, BatchWaveAugment | None]:
+    """``(per-clip, batched)`` waveform augmentation of a spec: at most one is set (``augment.backend``)."""
+    a = spec.augment
+    if not a.any_wave():
+        return None, None
+    kw = dict(sample_rate=spec.audio.sample_rate, gain_db=a.gain_db, gain_p=a.gain_p,
+              noise_snr_db=tuple(a.noise_snr_db), noise_p=a.noise_p, noise_colors=tuple(a.noise_colors),
+              shift_s=a.shift_s, shift_p=a.shift_p, pitch_semitones=a.pitch_semitones, pitch_p=a.pitch_p,
+              stretch=tuple(a.stretch), stretch_p=a.stretch_p)
+    if a.backend == "cpu":
+        return WaveAugment(**kw), None
+    return None, BatchWaveAugment(**kw)
+
+
 def make_loaders(spec: TrainSpec, clips: TrainingClips, train_idx: np.ndarray, val_idx: np.ndarray, crop: int,
-                 batch_size: int, wave_aug, device: torch.device, fold: int) -> tuple[DataLoader, DataLoader]:
+                 batch_size: int, wave_aug, device: torch.device, fold: int, *,
+                 loader: LoaderSettings | None = None) -> tuple[DataLoader, DataLoader]:
     """A fold's training and validation loaders.
 
     ``train_idx`` and ``val_idx`` are curated clip numbers; the training
     loader adds every noisy clip of ``clips`` (with its loss weight), the
     validation loader never does. Batches are ``(wave, labels, weights)``.
+    ``wave_aug`` is the per-clip (CPU) augmentation, or None; ``loader``
+    the resolved loader settings (default: resolved from the spec).
     """
     t = spec.train
     seed = t.seed + fold
@@ -334,9 +374,7 @@ def make_loaders(spec: TrainSpec, clips: TrainingClips, train_idx: np.ndarray, v
     batch_sampler = MultiScaleBatchSampler(sampler, batch_size, base_crop=crop, extra_crops=extra,
                                            prob=spec.audio.multiscale_prob, seed=seed,
                                            drop_last=len(train_clips) > batch_size)
-    loader_kw = dict(num_workers=t.num_workers, pin_memory=t.pin_memory and device.type == "cuda")
-    if t.num_workers > 0:
-        loader_kw.update(prefetch_factor=t.prefetch_factor, persistent_workers=False)
+    loader_kw = (loader or resolve_loader(spec, device)).dataloader_kwargs()
     train_loader = DataLoader(train_ds, batch_sampler=batch_sampler, **loader_kw)
     val_loader = DataLoader(val_ds, batch_size=batch_size, shuffle=False, **loader_kw)
     return train_loader, val_loader
