@@ -312,7 +312,17 @@ def test_auto_batch_size_and_noisy_clips_are_recorded_with_the_run(tiny_demo: Pa
     run_dir = Path(run["run_dir"])
     recorded = json.loads((run_dir / "config.json").read_text())
     assert recorded["spec"]["train"]["batch_size"] == 64
-    assert recorded["requested"] == {"train.batch_size": "auto"}
+    assert recorded["requested"] == {f"train.{k}": "auto" for k in (
+        "batch_size", "num_workers", "pin_memory", "persistent_workers", "prefetch_factor", "decode_workers")}
+    # The loader settings chosen for this CPU host are what the run records and ran with.
+    from engine.data.cache import host_cores
+
+    train = run["config"]["train"]
+    assert (train["num_workers"], train["pin_memory"], train["persistent_workers"]) == (0, False, False)
+    assert train["prefetch_factor"] == "auto"  # no workers: nothing to prefetch
+    assert train["decode_workers"] == host_cores()
+    assert recorded["loader"] == {"num_workers": 0, "pin_memory": False, "persistent_workers": False,
+                                  "prefetch_factor": None, "host_cores": host_cores(), "device": "cpu"}
     assert recorded["config_hash"] == run["config_hash"]
     log = (run_dir / "job.log").read_text()
     assert "batch_size auto -> 64" in log
