@@ -246,7 +246,7 @@ class TrainSection:
         return list(self.folds) if self.folds else list(range(self.n_folds))
 
 
-AUGMENT_BACKENDS = ("device", "cpu")
+AUGMENT_BACKENDS = ("auto", "device", "cpu")
 
 
 @dataclass
@@ -272,8 +272,9 @@ class AugmentSection:
     mixup_p: float = 0.0
     mixup_alpha: float = 0.4
     #: Where the waveform augmentation runs: "device" (batched on the training device after the
-    #: loader) or "cpu" (per clip with audiomentations in the loader workers).
-    backend: str = "device"
+    #: loader), "cpu" (per clip with audiomentations in the loader), or "auto": device on CUDA,
+    #: cpu when training on a CPU, where the per-clip path measured faster (benchmarks/README.md).
+    backend: str = "auto"
 
     def validate(self, path: str) -> None:
         _choice(self.backend, AUGMENT_BACKENDS, f"{path}.backend")

@@ -56,7 +56,7 @@ def test_explicit_loader_settings_are_kept_where_they_apply():
 
 def test_loader_and_augment_settings_in_a_spec_are_checked_by_field():
     spec = resolve_spec("train", preset="cnn14", data_root="/data")
-    assert spec.train.num_workers == "auto" and spec.augment.backend == "device"
+    assert spec.train.num_workers == "auto" and spec.augment.backend == "auto"
     for override, field in (("train.num_workers=\"many\"", "train.num_workers"),
                             ("train.num_workers=-1", "train.num_workers"),
                             ("train.pin_memory=1", "train.pin_memory"),
@@ -174,3 +174,22 @@ def test_frontend_output_stays_finite_and_float32_under_autocast(dtype):
         assert torch.matmul(wave[:, :64].T, wave[:, :64]).dtype == dtype
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
     torch.testing.assert_close(out, reference)
+
+
+def test_auto_augment_backend_is_batched_on_cuda_and_per_clip_on_a_cpu():
+    from engine.features.augment import WaveAugment
+    from engine.features.device_augment import BatchWaveAugment
+    from engine.jobs.train import augment_backend, wave_augmenters
+
+    spec = resolve_spec("train", preset="cnn14", data_root="/data")
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert (augment_backend(spec, cpu), augment_backend(spec, cuda)) == ("cpu", "device")
+    per_clip, batched = wave_augmenters(spec, cpu)
+    assert isinstance(per_clip, WaveAugment) and batched is None
+    per_clip, batched = wave_augmenters(spec, cuda)
+    assert per_clip is None and isinstance(batched, BatchWaveAugment)
+    assert (batched.pitch_p, batched.stretch_p, batched.noise_snr_db) == (0.2, 0.2, (20.0, 30.0))
+    forced = resolve_spec("train", preset="cnn14", data_root="/data", overrides=["augment.backend=\"device\""])
+    assert wave_augmenters(forced, cpu)[1] is not None
+    plain = resolve_spec("train", preset="demo", data_root="/data")
+    assert wave_augmenters(plain, cuda) == (None, None)

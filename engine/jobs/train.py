@@ -190,6 +190,9 @@ def run(ctx: JobContext) -> str:
     if loader.prefetch_factor is not None:
         resolved.train.prefetch_factor = loader.prefetch_factor
     resolved.train.decode_workers = decode_workers(spec.train.decode_workers)
+    if spec.augment.backend == "auto":
+        requested["augment.backend"] = "auto"
+    resolved.augment.backend = augment_backend(spec, device)
     config = to_dict(resolved)
     new = store.create_run(run_id, kind="train", job_id=ctx.job.id, dataset_id=data.dataset_id,
                            name=spec.name or run_id, model=_model_label(spec), config=config,
@@ -235,7 +238,7 @@ def run(ctx: JobContext) -> str:
                          gce_q=spec.loss.gce_q, sce_alpha=spec.loss.sce_alpha, sce_beta=spec.loss.sce_beta,
                          focal_gamma=spec.loss.focal_gamma)
     a = spec.augment
-    wave_aug, device_aug = wave_augmenters(spec)
+    wave_aug, device_aug = wave_augmenters(spec, device)
 
     folds_to_run = spec.train.fold_list()
     n = len(Y)
@@ -322,16 +325,28 @@ def _model_label(spec: TrainSpec) -> str:
 _AUTO_LOADER_FIELDS = ("num_workers", "pin_memory", "persistent_workers", "prefetch_factor", "decode_workers")
 
 
+def augment_backend(spec: TrainSpec, device: torch.device) -> str:
+    """Where the waveform augmentation runs: ``augment.backend``, ``"auto"`` resolved for ``device``.
+
+    Auto is the batched device path on CUDA and the per-clip audiomentations
+    path on a CPU, where it measured faster (benchmarks/bench_augment.py).
+    """
+    backend = spec.augment.backend
+    if backend == "auto":
+        return "device" if device.type == "cuda" else "cpu"
+    return backend
+
+
 def resolve_loader(spec: TrainSpec, device: torch.device) -> LoaderSettings:
     """The spec's loader settings for ``device`` and this host, every ``"auto"`` resolved."""
     t, a = spec.train, spec.augment
     return loader_settings(num_workers=t.num_workers, pin_memory=t.pin_memory,
                            persistent_workers=t.persistent_workers, prefetch_factor=t.prefetch_factor,
-                           device_type=device.type, cpu_augment=a.backend == "cpu" and a.any_wave())
+                           device_type=device.type, cpu_augment=augment_backend(spec, device) == "cpu" and a.any_wave())
 
 
-def wave_augmenters(spec: TrainSpec) -> tuple[WaveAugment | None, BatchWaveAugment | None]:
-    """``(per-clip, batched)`` waveform augmentation of a spec: at most one is set (``augment.backend``)."""
+def wave_augmenters(spec: TrainSpec, device: torch.device) -> tuple[WaveAugment | None, BatchWaveAugment | None]:
+    """``(per-clip, batched)`` waveform augmentation of a spec on ``device``: at most one is set."""
     a = spec.augment
     if not a.any_wave():
         return None, None
@@ -339,7 +354,7 @@ def wave_augmenters(spec: TrainSpec) -> tuple[WaveAugment | None, BatchWaveAugme
               noise_snr_db=tuple(a.noise_snr_db), noise_p=a.noise_p, noise_colors=tuple(a.noise_colors),
               shift_s=a.shift_s, shift_p=a.shift_p, pitch_semitones=a.pitch_semitones, pitch_p=a.pitch_p,
               stretch=tuple(a.stretch), stretch_p=a.stretch_p)
-    if a.backend == "cpu":
+    if augment_backend(spec, device) == "cpu":
         return WaveAugment(**kw), None
     return None, BatchWaveAugment(**kw)
 
