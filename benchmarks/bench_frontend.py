@@ -2,7 +2,13 @@
 
 Usage::
 
-    python benchmarks/bench_frontend.py [--clips N] [--batch-size B] [--threads T]
+    python benchmarks/bench_frontend.py [--clips N] [--batch-size B] [--threads T] [--torch-defaults]
+
+By default it measures with the settings a training job runs with: the
+worker starts every job with ``OMP_WAIT_POLICY=PASSIVE`` and torch keeps its
+default of one intra-op thread per core. ``--torch-defaults`` leaves
+``OMP_WAIT_POLICY`` unset (what a script run outside the worker gets);
+an ``OMP_WAIT_POLICY`` already in the environment is kept either way.
 
 Writes N mono 16-bit WAVs at 44.1 kHz (2-12 s, like the FSDKaggle2019 curated
 clips) to a temporary directory, then times in one run:
@@ -28,10 +34,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import soundfile as sf
-import soxr
-import torch
+# Before torch loads OpenMP: the job's setting (engine/worker.py sets it for every job).
+if "--torch-defaults" not in sys.argv:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import soundfile as sf  # noqa: E402
+import soxr  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -122,6 +132,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="torch intra-op threads (default: torch's own choice)")
     parser.add_argument("--repeats", type=int, default=2, help="passes per timing; the best counts")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--torch-defaults", action="store_true",
+                        help="leave OMP_WAIT_POLICY unset instead of the jobs' PASSIVE")
     args = parser.parse_args(argv)
     if args.clips < 1 or args.batch_size < 1 or args.repeats < 1:
         parser.error("--clips, --batch-size and --repeats must be at least 1")

@@ -1,8 +1,10 @@
 """Training augmentations: waveform (audiomentations), SpecAugment and mixup.
 
-- :class:`WaveAugment` runs on one mono clip in the data-loader worker: random
-  gain, white/pink noise at a random SNR, time shift, and optionally pitch shift
-  and time stretch.
+- :class:`WaveAugment` runs on one mono clip in the data loader
+  (``augment.backend = "cpu"``, the default when training on a CPU): random
+  gain, white/pink noise at a random SNR, time shift, and optionally pitch
+  shift and time stretch. The same settings run batched on the training
+  device in :mod:`engine.features.device_augment` (the default on CUDA).
 - :class:`SpecAugment` masks frequency bands and time spans of a standardised
   log-mel batch ``[B, 1, frames, mels]`` on the training device.
 - :func:`mixup` mixes a batch with a permutation of itself (inputs, labels and
@@ -104,8 +106,9 @@ class WaveAugment:
     pitch shift 45-90 ms, time stretch 40-80 ms (the spread is machine load),
     pink noise ~25 ms, white noise ~5-8 ms, gain and shift under 1 ms; all five
     at p=1 ~0.2 s. The CPU defaults (gain 0.5, noise 0.3, shift 0.5) average a
-    few ms. CPU-oriented presets keep ``pitch_p`` and ``stretch_p`` at 0; the
-    recipe's full set is for GPU machines with many loader workers.
+    few ms. On a GPU machine the recipe's full set runs batched on the device
+    instead (:class:`engine.features.device_augment.BatchWaveAugment`), so it
+    does not need many loader workers.
 
     ``__call__(wave, rng)`` is a pure function of ``wave`` and the state of
     ``rng``: one 64-bit seed is drawn from ``rng`` and used to seed the global
