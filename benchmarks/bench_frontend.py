@@ -21,7 +21,9 @@ clips) to a temporary directory, then times in one run:
 and reports clips/s for both, their ratio and how far the two feature sets
 differ. It also times resampling 44.1 -> 32 kHz alone (soxr HQ versus
 ``torchaudio.functional.resample``) and the frontend alone on fixed 10 s
-crops, as training feeds it. Each timing is the best of ``--repeats`` passes.
+crops, as training feeds it. (a) and (b) alternate in every repeat and
+report medians and the median per-repeat ratio; the other timings are the
+best of ``--repeats`` passes.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -157,11 +160,21 @@ def main(argv: list[str] | None = None) -> None:
         reference_features(paths[:2])  # warm-up: librosa's first call builds caches
         our_features(paths[:2], frontend, args.batch_size)
 
-        t_ref, ref = best_of(args.repeats, lambda: reference_features(paths))
-        t_ours, ours = best_of(args.repeats, lambda: our_features(paths, frontend, args.batch_size))
-        print(f"(a) librosa per clip       : {args.clips / t_ref:8.1f} clips/s  ({t_ref:.2f} s)")
-        print(f"(b) soxr + LogMelFrontend  : {args.clips / t_ours:8.1f} clips/s  ({t_ours:.2f} s)")
-        print(f"    speed-up (b)/(a)       : {t_ref / t_ours:8.2f}x")
+        # The two sides alternate in every repeat, so a change in machine load hits both.
+        t_refs, t_ourss = [], []
+        for _ in range(args.repeats):
+            t, ref = best_of(1, lambda: reference_features(paths))
+            t_refs.append(t)
+            t, ours = best_of(1, lambda: our_features(paths, frontend, args.batch_size))
+            t_ourss.append(t)
+        t_ref, t_ours = statistics.median(t_refs), statistics.median(t_ourss)
+        ratios = [r / o for r, o in zip(t_refs, t_ourss)]
+        print(f"(a) librosa per clip       : {args.clips / t_ref:8.1f} clips/s  (median of {args.repeats}: "
+              f"{', '.join(f'{args.clips / t:.1f}' for t in t_refs)})")
+        print(f"(b) soxr + LogMelFrontend  : {args.clips / t_ours:8.1f} clips/s  (median of {args.repeats}: "
+              f"{', '.join(f'{args.clips / t:.1f}' for t in t_ourss)})")
+        print(f"    speed-up (b)/(a)       : {statistics.median(ratios):8.2f}x (median of per-repeat ratios, "
+              f"range {min(ratios):.2f}-{max(ratios):.2f})")
 
         # librosa.load fixes the resampled length to ceil(n * 32000 / 44100),
         # soxr rounds, so some clips differ by one final sample; the frames
