@@ -262,19 +262,23 @@ class BatchWaveAugment:
     def noise(self, rows: int, length: int, colours: Tensor, device: torch.device, seed: int) -> Tensor:
         """Unit-RMS noise ``[rows, length]`` of the given colour indices, from ``seed``, on ``device``."""
         gen = torch.Generator(device=device).manual_seed(seed)
-        white = torch.randn(rows, length, generator=gen, device=device)
         decays = torch.tensor([NOISE_DECAY_DB_PER_OCTAVE[self.noise_colors[int(c)]] for c in colours],
                               device=device, dtype=torch.float32)
-        if bool((decays != 0).any()):
-            spectrum = torch.fft.rfft(white)
+        if bool((decays == 0).all()):
+            noise = torch.randn(rows, length, generator=gen, device=device)
+        else:
+            # Drawn in the frequency domain (complex Gaussian bins are white noise) and
+            # shaped there: one inverse FFT instead of a forward and an inverse one.
+            n_bins = length // 2 + 1
+            spectrum = torch.randn(rows, n_bins, 2, generator=gen, device=device)
             freqs = torch.fft.rfftfreq(length, d=1.0 / self.sample_rate, device=device)
-            # Amplitude per octave changes by decay/2 dB-of-power: exponent decay / (20 log10 2).
+            # Power changes by `decay` dB per octave: amplitude exponent decay / (20 log10 2).
             exponent = decays / (20.0 * math.log10(2.0))
             shape = torch.where(freqs[None, :] > 0, freqs.clamp(min=1.0)[None, :] ** exponent[:, None],
                                 torch.zeros(1, device=device))
-            white = torch.fft.irfft(spectrum * shape, n=length)
-        rms = white.square().mean(dim=1, keepdim=True).sqrt().clamp(min=1e-12)
-        return white / rms
+            noise = torch.fft.irfft(torch.view_as_complex(spectrum) * shape, n=length)
+        rms = noise.square().mean(dim=1, keepdim=True).sqrt().clamp(min=1e-12)
+        return noise / rms
 
     def _noise(self, out: Tensor, d: AugmentDraws) -> None:
         rows = torch.nonzero(d.noise_on).flatten()
