@@ -155,9 +155,15 @@ def main(argv: list[str] | None = None) -> None:
         ta_side[1](wave_t[:2, None].cpu(), sample_rate=SR)
 
     times: dict[str, list[float]] = {"a": [], "b": [], "c": [], "b_nostretch": []}
+    # CPU seconds of this process per item: the cost on a free core, whatever the machine's load.
+    cpu: dict[str, list[float]] = {"a": [], "b": []}
     for rep in range(args.repeats):
+        start = time.process_time()
         times["a"].append(per_clip(item, waves, rep))
+        cpu["a"].append((time.process_time() - start) / len(waves))
+        start = time.process_time()
         times["b"].append(batched(batch, wave_t, rep, device))
+        cpu["b"].append((time.process_time() - start) / len(waves))
         if ta_side is not None:
             torch.manual_seed(rep)  # torch-audiomentations draws from torch's global generator
             x = wave_t[:, None]
@@ -173,6 +179,9 @@ def main(argv: list[str] | None = None) -> None:
           f"(repeats: {', '.join(f'{r:.1f}' for r in rate['a'])})")
     print(f"(b) batched on {device.type:4s}               : median {statistics.median(rate['b']):7.1f} items/s  "
           f"(repeats: {', '.join(f'{r:.1f}' for r in rate['b'])})")
+    print(f"    CPU time per item: (a) {statistics.median(cpu['a']) * 1e3:.1f} ms, "
+          f"(b) {statistics.median(cpu['b']) * 1e3:.1f} ms (all threads); wall time per item: "
+          f"(a) {statistics.median(times['a']) / n * 1e3:.1f} ms, (b) {statistics.median(times['b']) / n * 1e3:.1f} ms")
     ratios = [a / b for a, b in zip(times["a"], times["b"])]
     print(f"    (b)/(a), median of per-repeat ratios: {statistics.median(ratios):.2f}x "
           f"(range {min(ratios):.2f}-{max(ratios):.2f})")

@@ -219,11 +219,12 @@ def main(argv: list[str] | None = None) -> None:
         # The training loader alone: what one loading process can deliver.
         for backend in ("none", "cpu"):
             train, _ = our_loaders(backend, 0)
-            start, n = time.perf_counter(), 0
+            start, cpu, n = time.perf_counter(), time.process_time(), 0
             for wave, _, _ in train:
                 n += len(wave)
             print(f"loader alone, {'per-clip augmentation' if backend == 'cpu' else 'no CPU augmentation':22s}: "
-                  f"{n / (time.perf_counter() - start):8.1f} items/s per process")
+                  f"{n / (time.perf_counter() - start):8.1f} items/s per process, "
+                  f"{(time.process_time() - cpu) / n * 1e3:.2f} ms of CPU per item")
         ref_ds.epoch = 0
         start = time.perf_counter()
         for i in range(min(8, args.clips)):

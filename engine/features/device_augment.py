@@ -196,6 +196,9 @@ class BatchWaveAugment:
         """
         rows, length = wave.shape
         device = wave.device
+        # Output samples needed so that reading T samples at step `factor` stays inside
+        # (from the CPU draws: no device sync).
+        out_len = int(math.ceil(float(factor.max()) * length)) + 2
         rate_pv = (rate / factor).to(device=device, dtype=torch.float64)
         factor = factor.to(device=device, dtype=torch.float64)
         window = torch.hann_window(self.n_fft, device=device)
@@ -203,8 +206,6 @@ class BatchWaveAugment:
         spec = torch.stft(wave, self.n_fft, self.hop, window=window, center=True,
                           return_complex=True).transpose(1, 2)
         n_frames, n_freq = spec.shape[1], spec.shape[2]
-        # Output frames needed so that reading T samples at step `factor` stays inside.
-        out_len = int(math.ceil(float(factor.max()) * length)) + 2
         n_out = out_len // self.hop + 1
         steps = torch.arange(n_out, device=device, dtype=torch.float64)[None, :] * rate_pv[:, None]
         floor = steps.floor()
