@@ -1,17 +1,28 @@
 """``fsat``: the headless command line for everything the console does.
 
     fsat demo-data DIR [--seed N] [--clips-per-class N]
-    fsat [--db PATH] register DIR
-    fsat [--db PATH] queue train|baseline --data DIR [--preset NAME | --config FILE] [--set key=value ...]
-    fsat [--db PATH] queue infer RUN_ID [--set infer.tta_crops=5 ...]
-    fsat [--db PATH] queue ensemble RUN_ID RUN_ID ... [--set method="mean" ...]
+    fsat [--db PATH] register DIR [--n-folds 5] [--fold-seed 42]
+    fsat [--db PATH] queue train|baseline|probe --data DIR [--preset NAME | --config FILE] [--set key=value ...]
+                                               [--name NAME] [--priority N]
+    fsat [--db PATH] queue infer RUN_ID [--preset tta] [--set infer.tta_crops=5 ...] [--name NAME] [--priority N]
+    fsat [--db PATH] queue ensemble RUN_ID RUN_ID ... [--set method="mean" ...] [--name NAME] [--priority N]
     fsat [--db PATH] ensemble RUN_ID RUN_ID ... [--weights W ...] [--method rank|mean] [--no-calibrate]
-                                               [--greedy] [--name NAME] [--now]
-    fsat [--db PATH] submission RUN_ID --out PATH
+                                               [--greedy] [--greedy-steps N] [--no-submission]
+                                               [--name NAME] [--priority N] [--now]
+    fsat [--db PATH] submission RUN_ID --out PATH [--json]
     fsat [--db PATH] tta RUN_ID [--json]
-    fsat [--db PATH] jobs | runs | workers | presets | datasets   [--json]
+    fsat [--db PATH] jobs [--status queued|running|done|failed|cancelled] [--limit N] [--json]
+    fsat [--db PATH] runs [--limit N] [--json]
     fsat [--db PATH] show RUN_ID [--fold K] [--json]
+    fsat [--db PATH] workers [--max-age SECONDS] [--json]
+    fsat [--db PATH] datasets | presets   [--json]
     fsat [--db PATH] cancel JOB_ID
+    fsat [--db PATH] wait JOB_ID [--timeout SECONDS]
+
+``--db`` defaults to ``$FSAT_DB`` or ``./experiments.db``; run folders go to
+``runs/`` beside it (``$FSAT_RUNS`` overrides). Scores, run folders and the
+TTA report are read through the run layer (``engine.runs``), the same code
+the console uses.
 
 Errors a user can cause print one clear line (naming the file, row or
 field) and exit with status 2.
@@ -22,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -29,9 +41,12 @@ from typing import Any, Sequence
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from engine.errors import FsatError
-from engine.store import OOF, Store, default_db_path
+from engine.runs.kinds import has_fold_checkpoints
+from engine.runs.reports import tta_gain_report
+from engine.store import FINISHED_STATES, JOB_STATES, OOF, Store, default_db_path
 
 console = Console()
 err_console = Console(stderr=True)
@@ -61,8 +76,14 @@ def _emit(args: argparse.Namespace, rows: Any, title: str, columns: Sequence[str
         console.print(_table(title, rows, columns))
 
 
-def _open(args: argparse.Namespace) -> Store:
-    return Store(args.db or default_db_path())
+def _open(args: argparse.Namespace, *, create: bool = True) -> Store:
+    """Open the database for writing (creating it unless ``create`` is False)."""
+    return Store(args.db or default_db_path(), create=create)
+
+
+def _read(args: argparse.Namespace) -> Store:
+    """Open the database for reading: never waits on a writer, never creates or upgrades the file."""
+    return Store(args.db or default_db_path(), readonly=True)
 
 
 # -- commands --------------------------------------------------------------------------
@@ -132,9 +153,16 @@ def cmd_queue(args: argparse.Namespace) -> int:
     from engine.specs import resolve_spec, to_dict
 
     if args.kind == "probe":
-        from engine.specs import apply_overrides
+        from engine.errors import ConfigError
+        from engine.jobs.probe import check_spec
+        from engine.specs import apply_overrides, override_for
 
         spec_dict = apply_overrides({}, args.set or [])
+        try:
+            check_spec(spec_dict)
+        except ConfigError as err:
+            blamed = override_for(err.field, args.set or [])
+            raise ConfigError(err.reason, field=err.field, file=f"--set {blamed}" if blamed else None) from None
         name = args.name or "probe"
     else:
         if args.data:
@@ -150,12 +178,36 @@ def cmd_queue(args: argparse.Namespace) -> int:
         spec_dict = to_dict(spec)
         name = spec.name or (args.preset or _default_name(args.kind, spec_dict))
     with _open(args) as store:
+        _check_runs_exist(store, args.kind, spec_dict)
         job_id = store.enqueue(args.kind, spec_dict, name=name, priority=args.priority)
     if args.json:
         print(json.dumps({"job_id": job_id, "kind": args.kind, "name": name}))
     else:
         print(job_id)
     return 0
+
+
+def _check_runs_exist(store: Store, kind: str, spec: dict) -> None:
+    """Refuse at queue time an infer of a run, or an ensemble of members, that will never exist.
+
+    A run counts when it is in the database or a queued or running job will
+    write it (jobs run in queue order, so a job may name the run of a job
+    queued before it).
+    """
+    if kind not in ("infer", "ensemble"):
+        return
+    from engine.worker import default_run_id
+
+    wanted = [spec["run_id"]] if kind == "infer" else list(spec.get("members", []))
+    pending = {r["run_id"] or default_run_id(r["kind"], r["id"])
+               for status in ("queued", "running") for r in store.list_jobs(status=status, limit=10**9)}
+    missing = [r for r in wanted if r not in pending and store.get_run(r) is None]
+    if not missing:
+        return
+    names = ", ".join(repr(m) for m in missing)
+    if kind == "infer":
+        raise FsatError(f"run_id: no run {names} to infer with, and no queued job makes it (see `fsat runs`)")
+    raise FsatError(f"members: no run {names} in the database, and no queued job makes it (see `fsat runs`)")
 
 
 def _default_name(kind: str, spec: dict) -> str:
@@ -181,6 +233,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     spec = from_dict(EnsembleSpec, data)
     if not args.now:
         with _open(args) as store:
+            _check_runs_exist(store, "ensemble", data)
             job_id = store.enqueue("ensemble", to_dict(spec), name=spec.name or _default_name("ensemble", data),
                                    priority=args.priority)
         if args.json:
@@ -211,25 +264,25 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 
 def cmd_submission(args: argparse.Namespace) -> int:
     """Write (and so validate) a submission CSV from a run's test scores."""
-    import numpy as np
-
     from engine.data.manifest import load_layout
+    from engine.runs.atomic import load_npy
     from engine.submission import score_submission, write_submission
 
-    with _open(args) as store:
+    with _read(args) as store:
         run = store.get_run(args.run_id)
         if run is None:
             raise FsatError(f"no run {args.run_id!r} (see `fsat runs`)")
         dataset = store.get_dataset(run["dataset_id"]) if run["dataset_id"] is not None else None
     test_path = Path(run["run_dir"]) / "test.npy"
     if not test_path.is_file():
-        hint = (f"infer it first (`fsat queue infer {args.run_id}`)" if run["kind"] in ("train", "curriculum")
+        hint = (f"infer it first (`fsat queue infer {args.run_id}`)" if has_fold_checkpoints(run["kind"])
                 else "its blend or inference had no test scores")
         raise FsatError(f"run {args.run_id!r} ({run['kind']}) has no test scores: {test_path} does not exist; {hint}")
     if dataset is None:
         raise FsatError(f"run {args.run_id!r} is linked to no dataset, so there is no sample submission to follow")
     layout = load_layout(dataset["root"])
-    path = write_submission(args.out, layout.test.fnames, np.load(test_path),
+    test = load_npy(test_path, remedy=f"run {args.run_id} again to rewrite its test scores")
+    path = write_submission(args.out, layout.test.fnames, test,
                             sample_submission=layout.sample_submission)
     score = (score_submission(path, layout.test_truth.csv_path, layout.classes)
              if layout.test_truth is not None else None)
@@ -242,44 +295,8 @@ def cmd_submission(args: argparse.Namespace) -> int:
     return 0
 
 
-def tta_gain_report(store: Store, run_id: str) -> dict:
-    """The TTA gain of an infer run over its trained run: overall, per fold and per class.
-
-    The trained run recorded the same best checkpoints scored on one centre
-    crop, so ``gain = with_tta - without_tta`` compares TTA alone. Per class
-    the out-of-fold LRAP of both runs is joined on the class index.
-    """
-    run = store.get_run(run_id)
-    if run is None:
-        raise FsatError(f"no run {run_id!r} (see `fsat runs`)")
-    if run["kind"] != "infer" or not run["parent_run_id"]:
-        raise FsatError(f"run {run_id!r} is a {run['kind']} run; the TTA gain is shown for infer runs")
-    parent_id = run["parent_run_id"]
-    parent = store.get_run(parent_id)
-    if parent is None:
-        raise FsatError(f"run {run_id!r} was inferred from {parent_id!r}, which is no longer in the database")
-
-    def gain(a: float | None, b: float | None) -> float | None:
-        return None if a is None or b is None else a - b
-
-    spec = run["config"]
-    base_folds = {r["fold"]: r["lwlrap"] for r in store.fold_scores(parent_id)}
-    folds = [{"fold": r["fold"], "with_tta": r["lwlrap"], "without_tta": base_folds.get(r["fold"]),
-              "gain": gain(r["lwlrap"], base_folds.get(r["fold"]))} for r in store.fold_scores(run_id)]
-    base_classes = {r["class_idx"]: r for r in store.class_scores(parent_id, OOF)}
-    classes = []
-    for r in store.class_scores(run_id, OOF):
-        b = base_classes.get(r["class_idx"], {})
-        classes.append({"class_idx": r["class_idx"], "class_name": r["class_name"], "with_tta": r["lrap"],
-                        "without_tta": b.get("lrap"), "gain": gain(r["lrap"], b.get("lrap")),
-                        "weight": r["weight"], "n_pos": r["n_pos"]})
-    return {"run_id": run_id, "source_run_id": parent_id, "tta_crops": spec.get("infer", {}).get("tta_crops"),
-            "with_tta": run["cv_lwlrap"], "without_tta": parent["cv_lwlrap"],
-            "gain": gain(run["cv_lwlrap"], parent["cv_lwlrap"]), "folds": folds, "classes": classes}
-
-
 def cmd_tta(args: argparse.Namespace) -> int:
-    with _open(args) as store:
+    with _read(args) as store:
         report = tta_gain_report(store, args.run_id)
     if args.json:
         print(json.dumps(report, indent=2))
@@ -301,7 +318,7 @@ def _signed(value: float | None) -> str:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    with _open(args) as store:
+    with _read(args) as store:
         rows = store.list_jobs(status=args.status, limit=args.limit)
     for r in rows:
         r["progress"] = round(r["progress"], 4)
@@ -310,7 +327,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    with _open(args) as store:
+    with _read(args) as store:
         rows = store.list_runs(limit=args.limit)
     _emit(args, rows, "runs", ["run_id", "kind", "name", "model", "status", "folds_done", "cv_lwlrap",
                                "mean_fold_lwlrap", "test_lwlrap", "created"])
@@ -318,14 +335,14 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_workers(args: argparse.Namespace) -> int:
-    with _open(args) as store:
+    with _read(args) as store:
         rows = store.live_workers(max_age=args.max_age)
     _emit(args, rows, "live workers", ["id", "pid", "host", "status", "job_id"])
     return 0
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
-    with _open(args) as store:
+    with _read(args) as store:
         rows = store.list_datasets()
     _emit(args, rows, "datasets", ["id", "name", "root", "n_curated", "n_noisy", "n_test", "n_folds"])
     return 0
@@ -340,7 +357,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    with _open(args) as store:
+    with _read(args) as store:
         run = store.get_run(args.run_id)
         if run is None:
             raise FsatError(f"no run {args.run_id!r} (see `fsat runs`)")
@@ -369,7 +386,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    with _open(args) as store:
+    with _open(args, create=False) as store:
         status = store.request_cancel(args.job_id)
     if status == "running":
         print(f"job {args.job_id}: cancel requested; its worker stops it within seconds")
@@ -380,11 +397,11 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_wait(args: argparse.Namespace) -> int:
     """Wait until a job ends; exit 0 when done, 1 otherwise."""
-    with _open(args) as store:
+    with _read(args) as store:
         deadline = time.monotonic() + args.timeout if args.timeout else None
         while True:
             job = store.get_job(args.job_id)
-            if job.status in ("done", "failed", "cancelled"):
+            if job.status in FINISHED_STATES:
                 print(f"job {job.id}: {job.status} {job.error or job.message}")
                 return 0 if job.status == "done" else 1
             if deadline and time.monotonic() > deadline:
@@ -450,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_id")
 
     p = add("jobs", cmd_jobs, "list jobs", listing=True)
-    p.add_argument("--status", choices=["queued", "running", "done", "failed", "cancelled"])
+    p.add_argument("--status", choices=JOB_STATES)
     p.add_argument("--limit", type=int, default=100)
 
     p = add("runs", cmd_runs, "list runs with their scores", listing=True)
@@ -480,7 +497,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except FsatError as err:
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        err_console.print(Text.assemble(("error:", "bold red"), f" {err}"), highlight=False, soft_wrap=True)
+        return 2
+    except sqlite3.Error as err:
+        # An SQLite error the store did not foresee: still one line, naming the database.
+        err_console.print(f"error: {args.db or default_db_path()}: {err}", highlight=False, soft_wrap=True,
+                          markup=False)
         return 2
 
 

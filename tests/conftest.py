@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,217 @@ def run_cli(*args: str, db: Path | None = None, check: bool = True) -> subproces
     if check and out.returncode != 0:
         raise AssertionError(f"{cmd} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
     return out
+
+
+_HOLDER = """
+import sqlite3, sys, time, pathlib
+db, flag, release, seconds = sys.argv[1], pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3]), float(sys.argv[4])
+con = sqlite3.connect(db, isolation_level=None)
+con.execute("BEGIN IMMEDIATE")
+con.execute("UPDATE meta SET value = value WHERE key = 'schema_version'")
+flag.write_text("holding")
+end = time.monotonic() + seconds
+while time.monotonic() < end and not release.exists():
+    time.sleep(0.05)
+con.execute("ROLLBACK")
+"""
+
+
+class LockHolder:
+    """Another process holding the database's write lock (``BEGIN IMMEDIATE``) until released."""
+
+    def __init__(self, db: Path, seconds: float) -> None:
+        self.flag = db.with_name(db.name + ".holding")
+        self.release_file = db.with_name(db.name + ".release")
+        self.proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(db), str(self.flag),
+                                      str(self.release_file), str(seconds)])
+        wait_for(self.flag.exists, timeout=30, what="the other process to take the write lock")
+
+    @property
+    def holding(self) -> bool:
+        """True while the other process still holds the lock."""
+        return self.proc.poll() is None
+
+    def release(self) -> None:
+        """Let go of the lock and wait for the process to end."""
+        self.release_file.write_text("go")
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def hold_write_lock():
+    """``hold_write_lock(db, seconds)`` -> LockHolder; released at the end of the test."""
+    holders: list[LockHolder] = []
+
+    def hold(db: Path, seconds: float = 20.0) -> LockHolder:
+        holder = LockHolder(db, seconds)
+        holders.append(holder)
+        return holder
+
+    yield hold
+    for holder in holders:
+        if holder.holding:
+            holder.release()
+
+
+_READ_ONLY_MOUNT = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"'
+
+
+def run_read_only(target: Path, cmd: list[str]) -> subprocess.CompletedProcess:
+    """Run ``cmd`` with ``target`` (a folder or a file) read-only for it, as the kernel enforces it.
+
+    Root ignores file modes, so as root ``target`` is bind-mounted read-only
+    in a mount namespace of the command's own (nothing outside it changes);
+    otherwise its mode is made read-only for the duration of the command.
+    """
+    env = dict(os.environ, PYTHONPATH=str(PROJECT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if os.geteuid() == 0:
+        full = ["unshare", "--mount", "--propagation", "private", "sh", "-c", _READ_ONLY_MOUNT, "sh",
+                str(target), *cmd]
+        return subprocess.run(full, capture_output=True, text=True, env=env, timeout=120,
+                              stdin=subprocess.DEVNULL)
+    mode = target.stat().st_mode
+    target.chmod(0o555 if target.is_dir() else 0o444)
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, stdin=subprocess.DEVNULL)
+    finally:
+        target.chmod(mode)
+def record_run(store, runs_root: Path, run_id: str, *, kind: str = "train", dataset_id: int | None,
+               oof=None, test=None, truth=None, folds=None, overrides: tuple[str, ...] = (),
+               parent: str | None = None, status: str = "done", name: str = "", cv: float | None = None,
+               job_id: int | None = None) -> Path:
+    """A run recorded the way the jobs record one, without training: a fixture for console and CLI tests.
+
+    The config is the resolved spec of ``kind`` (``overrides`` as ``key=value``),
+    the ``model`` column the label the job writes (``cnn14-64mel`` for a train
+    run, the parent's for an infer run), arrays go through the run folder's
+    atomic writer and scores through ``engine.runs.scores``: per fold where
+    ``folds`` (fold per curated clip) has finite rows, and out-of-fold. ``cv``
+    replaces the computed CV LWLRAP (a run whose scores cannot be checked
+    against ``truth``).
+    """
+    import numpy as np
+
+    from engine.runs.folder import RunFolder
+    from engine.runs.kinds import FOLD_CHECKPOINT_KINDS, model_label
+    from engine.runs.scores import covered_rows, record_fold_scores, record_oof_scores
+    from engine.specs import resolve_spec, to_dict
+
+    folder = RunFolder(runs_root / run_id).create()
+    dataset = store.get_dataset(dataset_id) if dataset_id is not None else None
+    data_root = str(dataset["root"]) if dataset else str(runs_root)
+    if kind in FOLD_CHECKPOINT_KINDS:
+        spec = resolve_spec("train", overrides=list(overrides), data_root=data_root)
+        model = model_label(spec.model.arch, spec.features.n_mels)
+    elif kind == "infer":
+        spec = resolve_spec("infer", overrides=[f'run_id="{parent}"', *overrides])
+        model = (store.get_run(parent) or {}).get("model", "") if parent else ""
+    else:
+        spec = resolve_spec(kind, overrides=list(overrides), data_root=data_root)
+        model = kind
+    store.create_run(run_id, kind=kind, job_id=job_id, dataset_id=dataset_id, parent_run_id=parent,
+                     name=name or run_id, model=model, config=to_dict(spec), run_dir=str(folder.path))
+    if oof is not None:
+        folder.save_array(folder.oof, np.asarray(oof))
+    if test is not None:
+        folder.save_array(folder.test, np.asarray(test))
+    scored = None
+    if oof is not None and truth is not None and np.shape(oof) == np.shape(truth) and covered_rows(oof).any():
+        classes = list((dataset or {}).get("classes") or [str(i) for i in range(np.shape(truth)[1])])
+        if folds is not None:
+            folds = np.asarray(folds)
+            for k in sorted(set(folds.tolist())):
+                rows = (folds == k) & covered_rows(oof)
+                if rows.any() and rows.sum() == (folds == k).sum():
+                    record_fold_scores(store, run_id, int(k), truth[rows], np.asarray(oof)[rows], classes)
+        scored, _ = record_oof_scores(store, run_id, np.asarray(truth), np.asarray(oof), classes)
+    if status != "running":
+        store.finish_run(run_id, status=status, cv_lwlrap=cv if cv is not None else scored)
+    return folder.path
+
+
+# -- trained and inferred runs, built once per session (the infer and ensemble job tests share them) ----
+
+#: Small, quick training runs: 1 s crops, a few epochs, no warmup.
+TRAIN_SETTINGS = ["--preset", "demo", "--set", "train.epochs=4", "--set", "train.patience=4",
+                  "--set", "audio.crop_seconds=1", "--set", "optim.warmup_epochs=0"]
+
+
+@dataclass
+class InferredRuns:
+    """Two trained runs (different seeds), each inferred with TTA on oof + test, and one 1-crop inference."""
+
+    db: Path
+    dataset: Path
+    train_ids: list[str]
+    infer_ids: list[str]
+    single_crop_id: str
+    seconds: float
+
+
+_BUILT: dict[str, InferredRuns] = {}
+
+
+def inferred_runs(tiny_demo: Path, tmp_path_factory) -> InferredRuns:
+    """Train and infer once per test session (the ensemble tests blend the same runs)."""
+    key = str(tiny_demo)
+    if key in _BUILT:
+        return _BUILT[key]
+    from engine.store import Store
+
+    t0 = time.perf_counter()
+    root = tmp_path_factory.mktemp("inferred")
+    db = root / "experiments.db"
+    train_ids = []
+    for seed in (1, 2):
+        job = int(run_cli("queue", "train", "--data", str(tiny_demo), *TRAIN_SETTINGS, "--set",
+                          f"train.seed={seed}", "--name", f"seed{seed}", db=db).stdout)
+        train_ids.append(f"train-{job:04d}")
+    # Jobs run in queue order, so each inference starts after its training finished.
+    infer_ids = []
+    for run_id in train_ids:
+        job = int(run_cli("queue", "infer", run_id, "--set", "infer.batch_size=64", db=db).stdout)
+        infer_ids.append(f"infer-{job:04d}")
+    job = int(run_cli("queue", "infer", train_ids[0], "--set", "infer.tta_crops=1", "--set", 'splits=["oof"]',
+                      "--name", "one crop", db=db).stdout)
+    single = f"infer-{job:04d}"
+    proc = subprocess.run(worker_cmd(db, "--drain"), cwd=root, capture_output=True, text=True, timeout=900,
+                          env=env_with_project())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    built = InferredRuns(db=db, dataset=tiny_demo, train_ids=train_ids, infer_ids=infer_ids,
+                         single_crop_id=single, seconds=time.perf_counter() - t0)
+    with Store(db) as store:
+        for job in store.list_jobs():
+            assert job["status"] == "done", (job["id"], job["kind"], job["error"])
+    _BUILT[key] = built
+    return built
+
+
+def env_with_project() -> dict:
+    """The environment for a subprocess that imports this project (it comes first on PYTHONPATH)."""
+    return dict(os.environ, PYTHONPATH=str(PROJECT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+# -- the console under Pilot ------------------------------------------------------------------------
+
+
+async def wait_until(pilot, predicate, timeout: float = 10.0, what: str = "condition") -> None:
+    """Let the app run until ``predicate()`` holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        await pilot.pause(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+async def settle_workers(pilot, app) -> None:
+    """Before a negative check: let the key presses land, then wait for every worker the app started to finish."""
+    await pilot.pause()
+    await app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+def screen_text(app) -> str:
+    """The current screen rendered to plain text, line by line."""
+    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from engine.models.registry import build_model
 from engine.store import OOF, Job, Store
 from engine.submission import read_sample_submission, validate_submission
 from engine.train.loop import Tagger
+from tests.conftest import InferredRuns, env_with_project as _env, inferred_runs
 from tests.conftest import copy_dataset, run_cli, worker_cmd
 
 # --------------------------------------------------------------------------- placements
@@ -200,69 +200,6 @@ def test_a_silent_crop_does_not_dilute_the_audible_ones(clip_cache: WaveformCach
 
 # --------------------------------------------------------------------------- the infer job end to end
 
-#: Small, quick training runs: 1 s crops, a few epochs, no warmup.
-TRAIN_SETTINGS = ["--preset", "demo", "--set", "train.epochs=4", "--set", "train.patience=4",
-                  "--set", "audio.crop_seconds=1", "--set", "optim.warmup_epochs=0"]
-
-
-@dataclass
-class InferredRuns:
-    """Two trained runs (different seeds), each inferred with TTA on oof + test, and one 1-crop inference."""
-
-    db: Path
-    dataset: Path
-    train_ids: list[str]
-    infer_ids: list[str]
-    single_crop_id: str
-    seconds: float
-
-
-_BUILT: dict[str, InferredRuns] = {}
-
-
-def inferred_runs(tiny_demo: Path, tmp_path_factory) -> InferredRuns:
-    """Train and infer once per test session (the ensemble tests blend the same runs)."""
-    import time
-
-    key = str(tiny_demo)
-    if key in _BUILT:
-        return _BUILT[key]
-    t0 = time.perf_counter()
-    root = tmp_path_factory.mktemp("inferred")
-    db = root / "experiments.db"
-    train_ids = []
-    for seed in (1, 2):
-        job = int(run_cli("queue", "train", "--data", str(tiny_demo), *TRAIN_SETTINGS, "--set",
-                          f"train.seed={seed}", "--name", f"seed{seed}", db=db).stdout)
-        train_ids.append(f"train-{job:04d}")
-    # Jobs run in queue order, so each inference starts after its training finished.
-    infer_ids = []
-    for run_id in train_ids:
-        job = int(run_cli("queue", "infer", run_id, "--set", "infer.batch_size=64", db=db).stdout)
-        infer_ids.append(f"infer-{job:04d}")
-    job = int(run_cli("queue", "infer", train_ids[0], "--set", "infer.tta_crops=1", "--set", 'splits=["oof"]',
-                      "--name", "one crop", db=db).stdout)
-    single = f"infer-{job:04d}"
-    proc = subprocess.run(worker_cmd(db, "--drain"), cwd=root, capture_output=True, text=True, timeout=900,
-                          env=_env())
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    built = InferredRuns(db=db, dataset=tiny_demo, train_ids=train_ids, infer_ids=infer_ids,
-                         single_crop_id=single, seconds=time.perf_counter() - t0)
-    with Store(db) as store:
-        for job in store.list_jobs():
-            assert job["status"] == "done", (job["id"], job["kind"], job["error"])
-    _BUILT[key] = built
-    return built
-
-
-def _env() -> dict:
-    import os
-
-    from tests.conftest import PROJECT
-
-    return dict(os.environ, PYTHONPATH=str(PROJECT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-
-
 @pytest.fixture(scope="module")
 def runs(tiny_demo: Path, tmp_path_factory) -> InferredRuns:
     return inferred_runs(tiny_demo, tmp_path_factory)
@@ -380,7 +317,10 @@ def test_infer_of_an_unknown_or_untrained_run_fails_naming_it(runs: InferredRuns
     db = tmp_path / "experiments.db"
     with sqlite3.connect(runs.db) as src, sqlite3.connect(db) as dst:
         src.backup(dst)
-    unknown = int(run_cli("queue", "infer", "train-9999", db=db).stdout)
+    # A run that is not in the database is refused when queued.
+    out = run_cli("queue", "infer", "train-9999", db=db, check=False)
+    assert out.returncode == 2 and "train-9999" in out.stderr and "run_id" in out.stderr
+    assert Store(db).count_jobs("queued") == 0
     of_infer = int(run_cli("queue", "infer", runs.infer_ids[0], db=db).stdout)
     # A trained run whose checkpoints were removed.
     copy = tmp_path / "moved"
@@ -391,7 +331,7 @@ def test_infer_of_an_unknown_or_untrained_run_fails_naming_it(runs: InferredRuns
     no_ckpt = int(run_cli("queue", "infer", runs.train_ids[1], db=db).stdout)
     assert spawn_worker(db, "--drain").wait(timeout=300) == 0
     store = Store(db)
-    for job_id, words in ((unknown, ["train-9999", "run_id"]), (of_infer, [runs.infer_ids[0], "infer run"]),
+    for job_id, words in ((of_infer, [runs.infer_ids[0], "infer run"]),
                           (no_ckpt, [runs.train_ids[1], "fold3", "best.pt"])):
         job = store.get_job(job_id)
         assert job.status == "failed"
@@ -518,3 +458,36 @@ def test_infer_on_cuda_without_a_gpu_fails_naming_the_setting(runs: InferredRuns
     assert store.get_run(f"infer-{job_id:04d}") is None
     assert not (tmp_path / "runs" / f"infer-{job_id:04d}" / "oof.npy").exists()
     assert _digests(_runs_folder(runs)) == before
+
+
+@pytest.mark.slow
+def test_one_crop_inference_of_a_hop_160_cnn14_reproduces_its_short_clip_scores(tiny_demo: Path, tmp_path: Path):
+    """Short clips at hop 160: inference builds the fold model as training did, so it repeats them the same way.
+
+    A 0.5 s crop at hop 160 is 101 frames, below the 201 frames a CNN14 at
+    32 kHz / hop 160 needs (at the default hop 320 it would need 101): the model
+    repeats the log-mel only if it was built with the spec's hop.
+    """
+    db = tmp_path / "experiments.db"
+    train = int(run_cli("queue", "train", "--data", str(tiny_demo), "--preset", "demo",
+                        "--set", 'model.arch="cnn14"', "--set", 'model.pretrained="none"', "--set", "train.epochs=0",
+                        "--set", "features.hop_length=160", "--set", "audio.crop_seconds=0.5",
+                        "--set", "train.folds=[0]", db=db).stdout)
+    train_id = f"train-{train:04d}"
+    infer = int(run_cli("queue", "infer", train_id, "--set", "infer.tta_crops=1", "--set", 'splits=["oof"]',
+                        db=db).stdout)
+    proc = subprocess.run(worker_cmd(db, "--drain"), cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                          env=_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    store = Store(db)
+    for job in store.list_jobs():
+        assert job["status"] == "done", (job["id"], job["kind"], job["error"])
+    trained, inferred = store.get_run(train_id), store.get_run(f"infer-{infer:04d}")
+    a = np.load(Path(trained["run_dir"]) / "oof.npy")
+    b = np.load(Path(inferred["run_dir"]) / "oof.npy")
+    rows = np.isfinite(a).all(axis=1)
+    assert rows.any() and (np.isfinite(b).all(axis=1) == rows).all()
+    np.testing.assert_allclose(b[rows], a[rows], atol=1e-5)
+    # The trained run keeps float32 scores, the infer run float64: near-ties of an untrained model's
+    # scores may rank differently, so the two LWLRAPs agree to rounding, not bit for bit.
+    assert inferred["cv_lwlrap"] == pytest.approx(trained["cv_lwlrap"], abs=1e-4)

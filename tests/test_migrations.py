@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from engine.errors import FsatError
-from engine.store import MIGRATIONS, SCHEMA_VERSION, Store
+from engine.store import DEFAULT_LEASE_SECONDS, MIGRATIONS, SCHEMA_VERSION, Store
 
 V1_DUMP = Path(__file__).parent / "fixtures" / "experiments_v1.sql"
 
@@ -42,12 +42,32 @@ def test_a_schema_1_database_upgrades_and_keeps_its_rows(v1_db: Path):
     assert [e["val_lwlrap"] for e in store.epochs("train-0001")] == [pytest.approx(0.6), pytest.approx(0.7)]
     assert [c["lrap"] for c in store.class_scores("train-0001")] == [pytest.approx(0.5), pytest.approx(1.0)]
     assert store.get_folds(1) == {"c0.wav": 0, "c1.wav": 0, "c2.wav": 1, "c3.wav": 1}
-    # The upgraded file still works as a queue.
-    job = store.claim("w2")
-    assert job is not None and job.name == "still queued"
+    # Step 2: old jobs and workers get the lease every worker used before it was stored.
+    assert {store.get_job(j["id"]).lease_seconds for j in jobs.values()} == {DEFAULT_LEASE_SECONDS}
+    assert sqlite3.connect(v1_db).execute("SELECT id, lease_seconds FROM workers").fetchall() == \
+        [("w1", DEFAULT_LEASE_SECONDS)]
+    # The upgraded file still works as a queue, and a claim stores the claimer's lease.
+    job = store.claim("w2", lease_seconds=7.5)
+    assert job is not None and job.name == "still queued" and job.lease_seconds == 7.5
     store.close()
     # A second open finds nothing left to do.
     assert Store(v1_db).schema_version() == SCHEMA_VERSION
+
+
+def test_step_3_gives_old_runs_their_parent_dataset_and_folder_in_run_summary(v1_db: Path):
+    store = Store(v1_db)
+    (row,) = [r for r in store.list_runs() if r["run_id"] == "train-0001"]
+    assert row["parent_run_id"] is None and row["dataset_id"] == 1 and row["run_dir"] == "/runs/train-0001"
+    assert row["cv_lwlrap"] == pytest.approx(0.7) and row["dataset"] is not None
+    # A run made from the old one after the upgrade is found by the children query, not by a scan.
+    store.create_run("infer-0002", kind="infer", dataset_id=1, parent_run_id="train-0001", run_dir="/runs/infer-0002")
+    store.create_run("ensemble-0003", kind="ensemble", dataset_id=1, parent_run_id="train-0001")
+    assert [r["run_id"] for r in store.child_runs("train-0001", kind="infer")] == ["infer-0002"]
+    assert {r["run_id"] for r in store.child_runs("train-0001")} == {"infer-0002", "ensemble-0003"}
+    assert store.child_runs("infer-0002") == []
+    plan = " ".join(str(tuple(r)) for r in store.conn.execute(
+        "EXPLAIN QUERY PLAN SELECT id FROM runs WHERE parent_run_id=?", ("train-0001",)).fetchall())
+    assert "runs_parent" in plan
 
 
 def test_stopping_at_an_older_version_writes_that_version(tmp_path: Path):
