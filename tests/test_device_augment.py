@@ -216,11 +216,13 @@ class _Interrupted(Exception):
     pass
 
 
-def _stop_after_first_epoch(result) -> None:
-    raise _Interrupted  # as a kill would, after last.pt of epoch 0 is written
+def _stop_in_second_epoch(step: int, total: int) -> None:
+    # 4 steps per epoch: a kill after the first step of epoch 1, when last.pt holds epoch 0.
+    if step == 5:
+        raise _Interrupted
 
 
-def _train(fold_dir, epochs: int, augment: BatchWaveAugment | None, on_epoch=None) -> dict:
+def _train(fold_dir, epochs: int, augment: BatchWaveAugment | None, on_step=None) -> dict:
     from engine.features.frontend import LogMelFrontend
     from engine.models.small import SmallTagger
     from engine.train.loop import Tagger, train_fold
@@ -234,7 +236,7 @@ def _train(fold_dir, epochs: int, augment: BatchWaveAugment | None, on_epoch=Non
                device=torch.device("cpu"), fold_dir=fold_dir, epochs=epochs, patience=5, head_lr=1e-2,
                encoder_lr=1e-2, weight_decay=0.0, betas=(0.9, 0.999), warmup_epochs=0.0, warmup_steps=0,
                min_lr_ratio=0.0, grad_clip=5.0, amp=False, cpu_bf16=False, mixup_p=0.0, mixup_alpha=0.4, seed=0,
-               wave_augment=augment, augment_key=(7, 0), on_epoch=on_epoch)
+               wave_augment=augment, augment_key=(7, 0), on_step=on_step)
     return {k: v.clone() for k, v in tagger.model.state_dict().items()}
 
 
@@ -242,9 +244,9 @@ def test_a_resumed_fold_draws_the_augmentation_an_uninterrupted_one_would(tmp_pa
     aug = BatchWaveAugment(sample_rate=SR, gain_p=0.5, noise_p=0.5, shift_p=0.5, pitch_p=0.5, stretch_p=0.5)
     straight = _train(tmp_path / "straight", 2, aug)
     with pytest.raises(_Interrupted):
-        _train(tmp_path / "resumed", 2, aug, on_epoch=_stop_after_first_epoch)
-    assert (tmp_path / "resumed" / "last.pt").exists()
-    resumed = _train(tmp_path / "resumed", 2, aug)  # picks up at epoch 1
+        _train(tmp_path / "resumed", 2, aug, on_step=_stop_in_second_epoch)
+    assert torch.load(tmp_path / "resumed" / "last.pt", weights_only=False)["epoch"] == 0
+    resumed = _train(tmp_path / "resumed", 2, aug)  # runs epoch 1 again from its start
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     # The augmentation is really in the step: without it the weights differ.
     plain = _train(tmp_path / "plain", 2, None)
