@@ -8,8 +8,10 @@ Artifacts under ``runs/<run_id>/`` (see ``engine.runs.folder``): ``config.json``
 ``fold<k>/last.pt`` and ``last.prev.pt`` (resume), ``fold<k>/val_pred.npy``,
 ``oof.npy`` (curated CSV order; NaN rows for folds not trained).
 The recorded config is the resolved one: ``train.batch_size = "auto"`` is
-replaced by the size the search chose (``config.json`` also keeps what was
-asked for).
+replaced by the size the search chose, the loader settings and decode
+threads by what was chosen for this device and host, ``augment.backend`` by
+where the augmentation runs (``config.json`` also keeps what was asked for,
+and a ``loader`` record with the host's cores).
 A requeued job resumes: finished folds are kept (their out-of-fold rows come
 back from ``fold<k>/val_pred.npy``), an interrupted fold continues from its
 last epoch with the batch size chosen at the start and every random state
