@@ -1,16 +1,18 @@
 """``fsat``: the headless command line for everything the console does.
 
-    fsat demo-data DIR [--seed N] [--clips-per-class N]
-    fsat [--db PATH] register DIR [--n-folds 5] [--fold-seed 42]
+    fsat demo-data DIR [--seed N] [--clips-per-class N] [--clips-per-source N]
+    fsat [--db PATH] register DIR [--n-folds 5] [--fold-seed 42] [--group-column COLUMN]
     fsat [--db PATH] queue train|baseline|probe --data DIR [--preset NAME | --config FILE] [--set key=value ...]
                                                [--name NAME] [--priority N]
     fsat [--db PATH] queue infer RUN_ID [--preset tta] [--set infer.tta_crops=5 ...] [--name NAME] [--priority N]
+    fsat [--db PATH] queue curriculum TEACHER_RUN --preset curriculum [--set filter.keep_threshold=0.7 ...]
     fsat [--db PATH] queue ensemble RUN_ID RUN_ID ... [--set method="mean" ...] [--name NAME] [--priority N]
-    fsat [--db PATH] ensemble RUN_ID RUN_ID ... [--weights W ...] [--method rank|mean] [--no-calibrate]
+    fsat [--db PATH] ensemble RUN_ID RUN_ID ... [--weights W ...] [--method auto|best|rank|...] [--no-calibrate]
                                                [--greedy] [--greedy-steps N] [--no-submission]
-                                               [--name NAME] [--priority N] [--now]
+                                               [--name NAME] [--priority N] [--now | --dry-run]
     fsat [--db PATH] submission RUN_ID --out PATH [--json]
     fsat [--db PATH] tta RUN_ID [--json]
+    fsat [--db PATH] audit RUN_ID [--json]
     fsat [--db PATH] jobs [--status queued|running|done|failed|cancelled] [--limit N] [--json]
     fsat [--db PATH] runs [--limit N] [--json]
     fsat [--db PATH] show RUN_ID [--fold K] [--json]
@@ -46,6 +48,7 @@ from rich.text import Text
 from engine.errors import FsatError
 from engine.runs.kinds import has_fold_checkpoints
 from engine.runs.reports import tta_gain_report
+from engine.specs import ENSEMBLE_METHODS
 from engine.store import FINISHED_STATES, JOB_STATES, OOF, Store, default_db_path
 
 console = Console()
@@ -97,6 +100,8 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     kwargs = {"seed": args.seed}
     if args.clips_per_class is not None:
         kwargs["clips_per_class"] = args.clips_per_class
+    if args.clips_per_source != 1:
+        kwargs["clips_per_source"] = args.clips_per_source
     with Progress(console=err_console, transient=True) as progress:
         task = progress.add_task("writing demo clips", total=None)
         summary = write_demo_dataset(args.dir, progress=lambda d, t: progress.update(task, completed=d, total=t),
@@ -113,7 +118,8 @@ def cmd_register(args: argparse.Namespace) -> int:
     from engine.jobs.common import prepare_dataset
 
     with _open(args) as store:
-        data = prepare_dataset(store, args.dir, n_folds=args.n_folds, fold_seed=args.fold_seed)
+        data = prepare_dataset(store, args.dir, n_folds=args.n_folds, fold_seed=args.fold_seed,
+                               group_column=args.group_column)
         row = store.get_dataset(data.dataset_id)
     row.pop("classes", None)
     if args.json:
@@ -121,7 +127,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     else:
         console.print(f"dataset {row['id']} [bold]{row['name']}[/]: {row['n_curated']} curated, "
                       f"{row['n_noisy']} noisy, {row['n_test']} test clips; {row['n_folds']} folds "
-                      f"(seed {row['fold_seed']})")
+                      f"(seed {row['fold_seed']}, {row['fold_rule']})")
     return 0
 
 
@@ -141,10 +147,17 @@ def _queue_overrides(args: argparse.Namespace) -> list[str]:
     elif args.kind == "ensemble":
         if targets:
             overrides.append(f"members={json.dumps(targets)}")
+    elif args.kind == "curriculum":
+        if len(targets) > 1:
+            raise FsatError(f"queue curriculum takes one teacher run id, got {len(targets)}: {' '.join(targets)}")
+        if targets:
+            overrides.append(f"teacher_run_id={json.dumps(targets[0])}")
+        if args.data:
+            overrides.append(f"data_root={json.dumps(str(Path(args.data).resolve()))}")
     elif targets:
         raise FsatError(f"queue {args.kind} takes no run ids (got {' '.join(targets)}); "
                         "run ids are for infer and ensemble jobs")
-    if args.data and args.kind not in _DATA_KINDS:
+    if args.data and args.kind not in _DATA_KINDS + ("curriculum",):
         raise FsatError(f"--data does not apply to {args.kind} jobs: they use the dataset of the runs they name")
     return overrides
 
@@ -175,16 +188,37 @@ def cmd_queue(args: argparse.Namespace) -> int:
                             data_root=args.data if args.kind in _DATA_KINDS else None)
         if args.name:
             spec.name = args.name
+        if args.kind in _DATA_KINDS:
+            _check_fold_rule(args, spec.data)
         spec_dict = to_dict(spec)
-        name = spec.name or (args.preset or _default_name(args.kind, spec_dict))
+        name = spec.name or _default_name(args.kind, spec_dict, preset=args.preset)
     with _open(args) as store:
         _check_runs_exist(store, args.kind, spec_dict)
+        if args.kind == "curriculum":
+            from engine.curriculum import check_teacher
+
+            # Everything about the teacher that can be known now is refused now, not when the job runs.
+            check_teacher(store, spec)
         job_id = store.enqueue(args.kind, spec_dict, name=name, priority=args.priority)
     if args.json:
         print(json.dumps({"job_id": job_id, "kind": args.kind, "name": name}))
     else:
         print(job_id)
     return 0
+
+
+def _check_fold_rule(args: argparse.Namespace, data) -> None:
+    """Refuse at queue time a group column that disagrees with the dataset's stored folds."""
+    from engine.data.folds import fold_rule
+    from engine.errors import ConfigError
+
+    root = str(Path(data.root).resolve())
+    with _open(args) as store:
+        row = next((d for d in store.list_datasets() if d["root"] == root), None)
+    if row and row.get("fold_rule") and row["fold_rule"] != fold_rule(data.group_column):
+        raise ConfigError(f"the dataset's stored folds were made by {row['fold_rule']!r}, not "
+                          f"{fold_rule(data.group_column)!r}; every run on a dataset uses the same folds (register "
+                          "the folder as a new dataset to change them)", field="data.group_column")
 
 
 def _check_runs_exist(store: Store, kind: str, spec: dict) -> None:
@@ -210,12 +244,15 @@ def _check_runs_exist(store: Store, kind: str, spec: dict) -> None:
     raise FsatError(f"members: no run {names} in the database, and no queued job makes it (see `fsat runs`)")
 
 
-def _default_name(kind: str, spec: dict) -> str:
+def _default_name(kind: str, spec: dict, preset: str | None = None) -> str:
+    """A job's name in `fsat jobs` when none is given: an infer job names the run it infers."""
     if kind == "infer":
-        return f"tta {spec.get('run_id', '')}".strip()
+        return f"{preset or 'tta'} {spec.get('run_id', '')}".strip()
     if kind == "ensemble":
-        return f"{spec.get('method', 'rank')} blend of {len(spec.get('members', []))}"
-    return kind
+        return f"{spec.get('method', 'auto')} blend of {len(spec.get('members', []))}"
+    if kind == "curriculum":
+        return f"curriculum of {spec.get('teacher_run_id', '')}".strip()
+    return preset or kind
 
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
@@ -231,6 +268,8 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     if args.name:
         data["name"] = args.name
     spec = from_dict(EnsembleSpec, data)
+    if args.dry_run:
+        return _ensemble_dry_run(args, spec)
     if not args.now:
         with _open(args) as store:
             _check_runs_exist(store, "ensemble", data)
@@ -259,6 +298,42 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
                           "message": outcome.message}, indent=2))
     else:
         console.print(f"[bold]{outcome.run_id}[/]: {outcome.message}", highlight=False)
+    if outcome.warning and args.json:
+        err_console.print(f"[bold yellow]warning:[/] {outcome.warning}", highlight=False)
+    return 0
+
+
+def _ensemble_dry_run(args: argparse.Namespace, spec) -> int:
+    """Blend and score every method without recording anything: the methods × scores table."""
+    from engine.jobs.ensemble import evaluate_ensemble
+
+    quiet = lambda text: None  # noqa: E731  (the table below says it all)
+    with _open(args) as store:
+        ev = evaluate_ensemble(store, spec, log=quiet)
+    result = ev.result
+    rows = [{**c, "chosen": bool(c["chosen"])} for c in ev.candidates]
+    if args.json:
+        print(json.dumps({"method": result.method, "requested": result.requested, "weights": ev.weights,
+                          "cross_fitted": ev.cross_fitted, "best_member": result.best_member,
+                          "best_member_oof_lwlrap": result.best_member_lwlrap,
+                          "member_test_lwlrap": ev.member_test_lwlrap, "candidates": rows,
+                          "oof_lwlrap": result.oof_lwlrap, "test_lwlrap": ev.test_lwlrap,
+                          "warning": result.warning, "saved": False}, indent=2))
+        return 0
+    members = ", ".join(f"{k} {v:.3f}" for k, v in ev.weights.items())
+    fitted = "cross-fitted over the dataset's folds" if ev.cross_fitted else "in-sample (no stored folds)"
+    table_rows = [{"method": r["method"] + (" *" if r["chosen"] else ""), "oof_lwlrap": r["oof_lwlrap"],
+                   "raw_oof_lwlrap": r["raw_oof_lwlrap"] if r["method"] in ("rank", "rank_minmax") else None,
+                   "test_lwlrap": r["test_lwlrap"], "note": r["note"]} for r in rows]
+    _emit(args, table_rows, f"dry run, nothing saved: weights {members}; OOF {fitted}",
+          ["method", "oof_lwlrap", "raw_oof_lwlrap", "test_lwlrap", "note"])
+    best_test = ev.member_test_lwlrap.get(result.best_member)
+    console.print(f"best member {result.best_member}: OOF lwlrap {result.best_member_lwlrap:.4f}"
+                  + (f", test {best_test:.4f}" if best_test is not None else "")
+                  + f"; * = {'chosen by auto' if result.requested == 'auto' else 'the method asked for'}",
+                  highlight=False)
+    if result.warning:
+        console.print(f"[bold yellow]warning:[/] {result.warning}", highlight=False)
     return 0
 
 
@@ -317,6 +392,33 @@ def _signed(value: float | None) -> str:
     return "-" if value is None else f"{value:+.4f}"
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    """A curriculum run's gain over its teacher, per-class noisy-label audit and loss swaps."""
+    from engine.curriculum import audit_report
+
+    with _open(args) as store:
+        report = audit_report(store, args.run_id)
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+        return 0
+    console.print(f"[bold]{report['run_id']}[/] curriculum of teacher {report['teacher_run_id']} "
+                  f"[{report['status']}]", highlight=False)
+    gain = [{"fold": "oof" if g["fold"] == OOF else g["fold"], **{k: g[k] for k in
+             ("student_lwlrap", "teacher_lwlrap", "gain")}} for g in report["gain"]]
+    console.print(_table("student vs teacher lwlrap", gain, ["fold", "student_lwlrap", "teacher_lwlrap", "gain"]))
+    columns = ["class_name", "n_labelled", "n_kept", "n_dropped", "share_dropped", "n_added", "mean_weight"]
+    if report["truth_known"]:
+        columns += ["wrong_dropped", "right_lost", "weak_precision", "precision", "recall"]
+    console.print(_table("noisy-label audit per class (mean per fold), by share dropped", report["audit"], columns))
+    classes = sorted(report["classes"], key=lambda r: -(r["gain"] if r["gain"] is not None else -9))
+    console.print(_table("out-of-fold LRAP per class, by gain", classes,
+                         ["class_name", "student_lrap", "teacher_lrap", "gain", "weight"]))
+    if report["swaps"]:
+        console.print(_table("loss swaps", report["swaps"], ["fold", "stage", "attempt", "loss_from", "loss_to",
+                                                              "stage_lwlrap", "teacher_lwlrap", "tolerance"]))
+    return 0
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
     with _read(args) as store:
         rows = store.list_jobs(status=args.status, limit=args.limit)
@@ -366,9 +468,10 @@ def cmd_show(args: argparse.Namespace) -> int:
         classes = store.class_scores(args.run_id, fold)
         epochs = store.epochs(args.run_id)
         members = store.run_members(args.run_id)
+        candidates = store.ensemble_candidates(args.run_id)
     if args.json:
         print(json.dumps({"run": run, "folds": folds, "classes": classes, "epochs": epochs,
-                          "members": members}, indent=2, default=str))
+                          "members": members, "candidates": candidates}, indent=2, default=str))
         return 0
     console.print(f"[bold]{run['id']}[/] {run['kind']} {run['model']} [{run['status']}]  "
                   f"CV lwlrap [bold]{_fmt(run['cv_lwlrap'])}[/]  test {_fmt(run['test_lwlrap'])}  "
@@ -378,6 +481,12 @@ def cmd_show(args: argparse.Namespace) -> int:
     console.print(_table("folds", folds, ["fold", "lwlrap", "best_epoch", "n_val", "epochs"]))
     if members:
         console.print(_table("members", members, ["member_run_id", "weight"]))
+    if candidates:
+        console.print(_table("methods scored (* = used)", [{**c, "method": c["method"] + (" *" if c["chosen"] else "")}
+                                                           for c in candidates],
+                             ["method", "oof_lwlrap", "raw_oof_lwlrap", "test_lwlrap", "note"]))
+    if run.get("warning"):
+        console.print(f"[bold yellow]warning:[/] {run['warning']}", highlight=False)
     scope = "out-of-fold" if fold == OOF else f"fold {fold}"
     ranked = sorted(classes, key=lambda r: (r["lrap"] is None, -(r["lrap"] or 0)))
     console.print(_table(f"classes ({scope}, by LRAP)", ranked, ["class_idx", "class_name", "lrap", "weight",
@@ -426,17 +535,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", type=Path)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--clips-per-class", type=int, default=None, help="curated clips per class (small for tests)")
+    p.add_argument("--clips-per-source", type=int, default=1,
+                   help="cut curated clips of a class in runs of N from one recording and write its id in a "
+                        "freesound_id column (shared-source groups for data.group_column)")
 
     p = add("register", cmd_register, "register a dataset root and compute its folds")
     p.add_argument("dir", type=Path)
     p.add_argument("--n-folds", type=int, default=5)
     p.add_argument("--fold-seed", type=int, default=42)
+    p.add_argument("--group-column", default="",
+                   help="train_curated.csv column naming each clip's source recording: folds keep each in one fold")
 
     p = add("queue", cmd_queue, "queue a job from a preset or config file with overrides; prints the job id")
-    p.add_argument("kind", choices=["train", "infer", "ensemble", "baseline", "probe"])
+    p.add_argument("kind", choices=["train", "infer", "ensemble", "baseline", "curriculum", "probe"])
     p.add_argument("targets", nargs="*", metavar="RUN_ID",
-                   help="infer: the trained run; ensemble: the member runs")
-    p.add_argument("--data", help="dataset root (Kaggle layout; train and baseline jobs)")
+                   help="infer: the trained run; ensemble: the member runs; curriculum: the teacher run")
+    p.add_argument("--data", help="dataset root (Kaggle layout; train and baseline jobs; for a curriculum, "
+                   "the teacher's dataset, checked)")
     p.add_argument("--preset", help="preset name under configs/ (see `fsat presets`)")
     p.add_argument("--config", type=Path, help="a TOML config file")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. train.epochs=3")
@@ -444,18 +559,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--priority", type=int, default=0, help="higher runs first")
 
     p = add("ensemble", cmd_ensemble, "blend runs' out-of-fold and test scores: queue the job (prints its id) "
-            "or, with --now, blend here", listing=True)
+            "or, with --now, blend here and save the run; --dry-run prints every method's scores and saves nothing", listing=True)
     p.add_argument("members", nargs="+", metavar="RUN_ID", help="runs with oof.npy (infer, baseline, ensemble)")
     p.add_argument("--weights", nargs="+", type=float, metavar="W",
                    help="one weight per member (default: proportional to CV lwlrap)")
-    p.add_argument("--method", choices=["rank", "mean"], default="rank")
+    p.add_argument("--method", choices=list(ENSEMBLE_METHODS), default="auto",
+                   help="auto (default): every method and the best member, scored by cross-fitted OOF lwlrap")
     p.add_argument("--no-calibrate", action="store_true", help="keep blended ranks, no rank-to-probability map")
     p.add_argument("--greedy", action="store_true", help="greedy forward selection of members by OOF lwlrap")
     p.add_argument("--greedy-steps", type=int, default=None)
     p.add_argument("--no-submission", action="store_true", help="do not write submission.csv")
     p.add_argument("--name", help="run name")
     p.add_argument("--priority", type=int, default=0, help="higher runs first (queued job)")
-    p.add_argument("--now", action="store_true", help="blend in this process instead of queueing a job")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--now", action="store_true", help="blend in this process and save the run instead of "
+                      "queueing a job")
+    mode.add_argument("--dry-run", action="store_true", help="print every method's OOF and test lwlrap and save "
+                      "nothing (no run, no files)")
 
     p = add("submission", cmd_submission, "write a validated submission CSV from a run's test scores",
             listing=True)
@@ -463,6 +583,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="where to write the CSV")
 
     p = add("tta", cmd_tta, "the TTA gain of an infer run over its trained run: overall, per fold, per class",
+            listing=True)
+    p.add_argument("run_id")
+
+    p = add("audit", cmd_audit, "a curriculum run: gain over its teacher, per-class noisy-label audit, loss swaps",
             listing=True)
     p.add_argument("run_id")
 

@@ -34,6 +34,9 @@ class DataSection:
     root: str = ""
     #: Folder for decoded-waveform caches; empty = ``<root>/.fsat-cache``.
     cache_dir: str = ""
+    #: Column of ``train_curated.csv`` naming each clip's source recording (e.g. ``freesound_id``):
+    #: folds then keep every recording in one fold. Empty = folds by label stratification alone.
+    group_column: str = ""
 
     def validate(self, path: str) -> None:
         if not self.root:
@@ -117,7 +120,7 @@ class ModelSection:
         _positive(self.width, f"{path}.width")
 
 
-LOSS_NAMES = ("bce", "gce", "sce", "focal")
+LOSS_NAMES = ("bce", "gce", "sce", "focal", "lsoft")
 
 
 @dataclass
@@ -133,6 +136,8 @@ class LossSection:
     sce_alpha: float = 1.0
     sce_beta: float = 0.5
     focal_gamma: float = 1.5
+    #: Lsoft's weight of the given label against the model's own prediction (the competition winner's 0.7).
+    lsoft_beta: float = 0.7
     #: Per-clip loss weight of the noisy set (curated clips weigh 1). Above 0, every train_noisy
     #: clip joins each fold's training set (never its validation set); 0 leaves the noisy set out.
     noisy_weight: float = 0.0
@@ -144,6 +149,7 @@ class LossSection:
         if not 0 < self.gce_q <= 1:
             raise ConfigError(f"must be in (0, 1], got {self.gce_q}", field=f"{path}.gce_q")
         _nonneg(self.focal_gamma, f"{path}.focal_gamma")
+        _prob(self.lsoft_beta, f"{path}.lsoft_beta")
         if not 0 <= self.noisy_weight < float("inf"):
             raise ConfigError(f"must be a finite number >= 0 (0 leaves the noisy set out), got {self.noisy_weight}",
                               field=f"{path}.noisy_weight")
@@ -361,7 +367,8 @@ class InferSpec:
             _choice(split, INFER_SPLITS, f"splits[{i}]")
 
 
-ENSEMBLE_METHODS = ("rank", "mean")
+#: Kept equal to ``engine.ensemble.METHODS`` (this module stays stdlib-only; tests check the two agree).
+ENSEMBLE_METHODS = ("auto", "best", "rank", "rank_minmax", "mean", "logit_mean", "geo_mean")
 
 
 @dataclass
@@ -373,8 +380,11 @@ class EnsembleSpec:
     members: list[str] = field(default_factory=list)
     #: Member weights; empty = proportional to each member's CV LWLRAP.
     weights: list[float] = field(default_factory=list)
-    method: str = "rank"
-    #: Per-class min-max of averaged ranks, then a temperature and a bias per class fitted on out-of-fold BCE.
+    #: auto = every method and the best single member, scored by cross-fitted OOF LWLRAP; the highest wins.
+    #: rank = per-class rank average mapped onto the probability blend's OOF distribution (quantile mapping);
+    #: rank_minmax = the plan's min-max and per-class temperature; mean, logit_mean, geo_mean; best.
+    method: str = "auto"
+    #: Rank methods: map averaged ranks back to probabilities (false: the blend is the averaged ranks).
     calibrate: bool = True
     #: Greedy forward selection (with replacement) of members by out-of-fold LWLRAP.
     greedy: bool = False
@@ -396,14 +406,26 @@ class EnsembleSpec:
         _positive(self.greedy_steps, "greedy_steps")
         if self.greedy and self.weights:
             raise ConfigError("give either weights or greedy selection, not both", field="greedy")
+        if self.greedy and self.method == "best":
+            raise ConfigError("greedy selection blends members; choose a blend method or auto", field="method")
+
+
+BASELINE_VARIANTS = ("embedding", "mel_stats")
 
 
 @dataclass
 class BaselineSpec:
-    """CNN14 embeddings of a centre crop, then a one-vs-rest logistic regression per fold."""
+    """Per-clip features, then a one-vs-rest logistic regression per fold.
+
+    ``variant = "embedding"``: CNN14 embeddings of a centre crop (needs the
+    PANNs checkpoint or a trained run's encoder). ``"mel_stats"``: mean, std
+    and max of each log-mel bin over the whole clip (``features`` section;
+    no pretrained weights, seconds on a CPU).
+    """
 
     KIND: typing.ClassVar[str] = "baseline"
     name: str = ""
+    variant: str = "embedding"
     data: DataSection = field(default_factory=DataSection)
     audio: AudioSection = field(default_factory=AudioSection)
     features: FeaturesSection = field(default_factory=FeaturesSection)
@@ -421,14 +443,142 @@ class BaselineSpec:
 
     def validate(self, path: str) -> None:
         _positive(self.C, "C")
+        _choice(self.variant, BASELINE_VARIANTS, "variant")
         if self.n_folds < 2:
             raise ConfigError(f"need at least 2 folds, got {self.n_folds}", field="n_folds")
         _positive(self.batch_size, "batch_size")
         _choice(self.device, DEVICES, "device")
 
 
+TEACHER_PREDICTIONS = ("per_fold", "fold_mean")
+THRESHOLD_MODES = ("global", "per_class")
+#: The losses a curriculum stage may name: the training losses (empty = the teacher's loss).
+STAGE_LOSSES = LOSS_NAMES
+
+
+@dataclass
+class TeacherSection:
+    """How the teacher predicts the noisy set."""
+
+    #: per_fold: student fold k uses teacher fold k only (leak-free). fold_mean: the mean of every
+    #: teacher fold model (the plan's literal reading); its CV is optimistic, because four of the five
+    #: models trained on fold k's validation clips and reach the student through the pseudo-labels.
+    predictions: str = "per_fold"
+    #: Time crops per noisy clip (1 = the centre crop); logits are averaged over crops.
+    tta_crops: int = 1
+    batch_size: int = 32
+
+    def validate(self, path: str) -> None:
+        _choice(self.predictions, TEACHER_PREDICTIONS, f"{path}.predictions")
+        _positive(self.tta_crops, f"{path}.tta_crops")
+        _positive(self.batch_size, f"{path}.batch_size")
+
+
+@dataclass
+class FilterSection:
+    """Which weak noisy labels survive, which pseudo-labels are added (see engine.curriculum)."""
+
+    #: Keep a weak label when the teacher gives its class at least this.
+    keep_threshold: float = 0.8
+    #: Add a label the weak label lacks when the teacher gives it at least this.
+    pseudo_threshold: float = 0.95
+    #: At most this many clips per class, the most confident first (0 = no cap).
+    max_per_class: int = 0
+    #: global: the thresholds as given; per_class: the keep threshold is scaled by the teacher's highest
+    #: probability for the class on any noisy clip (noisy-domain probabilities are not calibrated).
+    threshold_mode: str = "global"
+
+    def validate(self, path: str) -> None:
+        _prob(self.keep_threshold, f"{path}.keep_threshold")
+        _prob(self.pseudo_threshold, f"{path}.pseudo_threshold")
+        if self.pseudo_threshold < self.keep_threshold:
+            raise ConfigError(f"must be at least keep_threshold ({self.keep_threshold}), got "
+                              f"{self.pseudo_threshold}: adding a label the weak label lacks needs more "
+                              "confidence than keeping one", field=f"{path}.pseudo_threshold")
+        _nonneg(self.max_per_class, f"{path}.max_per_class")
+        _choice(self.threshold_mode, THRESHOLD_MODES, f"{path}.threshold_mode")
+
+
+@dataclass
+class StageSection:
+    """One curriculum stage: epochs on curated + filtered noisy clips at a noisy weight."""
+
+    name: str = ""
+    epochs: int = 4
+    #: Multiplies every kept noisy clip's weight (curated clips weigh 1).
+    noisy_weight: float = 0.5
+    #: The stage's loss; empty = the teacher's.
+    loss: str = ""
+    #: Learning rates; 0 = the teacher's.
+    head_lr: float = 0.0
+    encoder_lr: float = 0.0
+    #: How many of the encoder's last blocks train (-1 = all; 0 = the head only).
+    trainable_blocks: int = -1
+
+    def validate(self, path: str) -> None:
+        _positive(self.epochs, f"{path}.epochs")
+        if not 0 <= self.noisy_weight < float("inf"):
+            raise ConfigError(f"must be a finite number >= 0, got {self.noisy_weight}", field=f"{path}.noisy_weight")
+        if self.loss:
+            _choice(self.loss, STAGE_LOSSES, f"{path}.loss")
+        _nonneg(self.head_lr, f"{path}.head_lr")
+        _nonneg(self.encoder_lr, f"{path}.encoder_lr")
+        if self.trainable_blocks < -1:
+            raise ConfigError(f"must be -1 (all) or a number of blocks >= 0, got {self.trainable_blocks}",
+                              field=f"{path}.trainable_blocks")
+
+
+def _plan_stages() -> list[StageSection]:
+    return [StageSection(name="A", epochs=4, noisy_weight=0.5), StageSection(name="B", epochs=8, noisy_weight=1.0)]
+
+
+@dataclass
+class CurriculumSpec:
+    """A student run from a finished train run: filtered noisy labels, staged fine-tuning per teacher fold."""
+
+    KIND: typing.ClassVar[str] = "curriculum"
+    name: str = ""
+    #: The finished train run whose fold checkpoints teach and start each student fold.
+    teacher_run_id: str = ""
+    #: Optional: the dataset root the teacher must have trained on (empty = the teacher's).
+    data_root: str = ""
+    teacher: TeacherSection = field(default_factory=TeacherSection)
+    filter: FilterSection = field(default_factory=FilterSection)
+    stages: list[StageSection] = field(default_factory=_plan_stages)
+    #: A stage whose best validation LWLRAP falls more than this below the teacher's fold score is
+    #: run again from its start with the next fallback loss.
+    swap_tolerance: float = 0.01
+    fallback_losses: list[str] = field(default_factory=lambda: ["lsoft", "gce"])
+    #: Epochs without a better validation LWLRAP before a fold stops, counted across stages.
+    patience: int = 3
+    #: Which of the teacher's folds to train (default: all of them).
+    folds: list[int] = field(default_factory=list)
+    #: 0 = the teacher's batch size.
+    batch_size: int = 0
+    device: str = "auto"
+
+    def validate(self, path: str) -> None:
+        if not self.teacher_run_id:
+            raise ConfigError("the teacher run is required (a finished train run, e.g. teacher_run_id=train-0003)",
+                              field="teacher_run_id")
+        if not self.stages:
+            raise ConfigError("the stage list is empty: give at least one stage (e.g. the plan's A and B)",
+                              field="stages")
+        for i, stage in enumerate(self.stages):
+            stage.validate(f"stages[{i}]")
+        _nonneg(self.swap_tolerance, "swap_tolerance")
+        for i, name in enumerate(self.fallback_losses):
+            _choice(name, LOSS_NAMES, f"fallback_losses[{i}]")
+        if self.patience < 1:
+            raise ConfigError(f"must be at least 1, got {self.patience}", field="patience")
+        for i, k in enumerate(self.folds):
+            _nonneg(k, f"folds[{i}]")
+        _nonneg(self.batch_size, "batch_size")
+        _choice(self.device, DEVICES, "device")
+
+
 SPEC_TYPES: dict[str, type] = {"train": TrainSpec, "infer": InferSpec, "ensemble": EnsembleSpec,
-                               "baseline": BaselineSpec}
+                               "baseline": BaselineSpec, "curriculum": CurriculumSpec}
 
 
 def register_spec(cls: type) -> type:

@@ -211,16 +211,112 @@ FROM runs r LEFT JOIN datasets d ON d.id = r.dataset_id""")
     c.execute("CREATE INDEX IF NOT EXISTS runs_parent ON runs(parent_run_id)")
 
 
+def _migrate_v5(c: sqlite3.Connection) -> None:
+    """The curriculum: epochs carry their stage; the noisy-label audit, loss swaps, gain views."""
+    # NULL for every epoch written before (train runs have no stages).
+    c.execute("ALTER TABLE epochs ADD COLUMN stage TEXT")
+    c.execute("""
+        CREATE TABLE IF NOT EXISTS noisy_audit (
+            run_id         TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            fold           INTEGER NOT NULL,   -- the student fold whose teacher predictions filtered
+            class_idx      INTEGER NOT NULL,
+            class_name     TEXT NOT NULL,
+            n_labelled     INTEGER NOT NULL,   -- noisy clips whose weak label carries the class
+            n_kept         INTEGER NOT NULL,
+            n_dropped      INTEGER NOT NULL,
+            n_added        INTEGER NOT NULL,   -- pseudo-labels the weak label lacked
+            n_final        INTEGER NOT NULL,   -- kept + added (what the student trains on)
+            mean_weight    REAL,               -- mean clip weight over the n_final clips
+            n_true         INTEGER,            -- below: NULL unless the noisy truth is known
+            n_wrong        INTEGER,            -- weak labels that are wrong
+            wrong_dropped  INTEGER,
+            right_lost     INTEGER,
+            added_right    INTEGER,
+            n_final_right  INTEGER,
+            PRIMARY KEY (run_id, fold, class_idx)
+        )""")
+    c.execute("""
+        CREATE TABLE IF NOT EXISTS curriculum_swaps (
+            run_id          TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            fold            INTEGER NOT NULL,
+            stage           TEXT NOT NULL,
+            attempt         INTEGER NOT NULL,  -- 1 = the first re-run of the stage
+            loss_from       TEXT NOT NULL,
+            loss_to         TEXT NOT NULL,
+            stage_lwlrap    REAL,              -- the stage's best validation LWLRAP with loss_from
+            teacher_lwlrap  REAL NOT NULL,     -- the teacher's score on the fold
+            tolerance       REAL NOT NULL,
+            created_at      REAL NOT NULL,
+            PRIMARY KEY (run_id, fold, stage, attempt)
+        )""")
+    c.execute("""
+        CREATE VIEW IF NOT EXISTS curriculum_gain AS
+        SELECT r.id AS run_id, r.parent_run_id AS teacher_run_id, s.fold,
+               s.lwlrap AS student_lwlrap, t.lwlrap AS teacher_lwlrap, s.lwlrap - t.lwlrap AS gain
+        FROM runs r
+        JOIN fold_scores s ON s.run_id = r.id
+        JOIN fold_scores t ON t.run_id = r.parent_run_id AND t.fold = s.fold
+        WHERE r.kind = 'curriculum'
+        UNION ALL
+        SELECT r.id, r.parent_run_id, -1, r.cv_lwlrap, p.cv_lwlrap, r.cv_lwlrap - p.cv_lwlrap
+        FROM runs r JOIN runs p ON p.id = r.parent_run_id
+        WHERE r.kind = 'curriculum' AND r.cv_lwlrap IS NOT NULL""")
+    c.execute("""
+        CREATE VIEW IF NOT EXISTS curriculum_class_gain AS
+        SELECT r.id AS run_id, r.parent_run_id AS teacher_run_id, s.class_idx, s.class_name, s.weight,
+               s.lrap AS student_lrap, t.lrap AS teacher_lrap, s.lrap - t.lrap AS gain
+        FROM runs r
+        JOIN class_scores s ON s.run_id = r.id AND s.fold = -1
+        JOIN class_scores t ON t.run_id = r.parent_run_id AND t.fold = -1 AND t.class_idx = s.class_idx
+        WHERE r.kind = 'curriculum'""")
+    # Per class over the run's folds: counts are means per fold (each fold filters every noisy
+    # clip with its own teacher), precision and recall pool the folds.
+    c.execute("""
+        CREATE VIEW IF NOT EXISTS curriculum_audit AS
+        SELECT run_id, class_idx, class_name, COUNT(*) AS folds,
+               AVG(n_labelled) AS n_labelled, AVG(n_kept) AS n_kept, AVG(n_dropped) AS n_dropped,
+               AVG(n_added) AS n_added, AVG(mean_weight) AS mean_weight,
+               CASE WHEN SUM(n_labelled) > 0 THEN 1.0 * SUM(n_dropped) / SUM(n_labelled) END AS share_dropped,
+               AVG(n_wrong) AS n_wrong, AVG(wrong_dropped) AS wrong_dropped, AVG(right_lost) AS right_lost,
+               AVG(added_right) AS added_right,
+               CASE WHEN SUM(n_final) > 0 THEN 1.0 * SUM(n_final_right) / SUM(n_final) END AS precision,
+               CASE WHEN SUM(n_true) > 0 THEN 1.0 * SUM(n_final_right) / SUM(n_true) END AS recall,
+               CASE WHEN SUM(n_labelled) > 0 AND SUM(n_wrong) IS NOT NULL
+                    THEN 1.0 * (SUM(n_labelled) - SUM(n_wrong)) / SUM(n_labelled) END AS weak_precision
+        FROM noisy_audit GROUP BY run_id, class_idx""")
+
+
 #: Ordered schema migrations: ``(version, what it changes, function)``. A
 #: database at version N gets every step above N, in order, inside one
 #: ``BEGIN IMMEDIATE`` transaction, so a half-upgraded file is never left and
 #: two processes opening an old file upgrade it once. Each step is written
 #: against the schema the step before it left, never against today's tables;
 #: add a step at the end, never edit a released one.
+def _migrate_v4(c: sqlite3.Connection) -> None:
+    """The rule that made a dataset's folds; an ensemble's scored methods and a run's warning."""
+    c.execute("ALTER TABLE datasets ADD COLUMN fold_rule TEXT")
+    # Before this step every stored fold came from iterative stratification without groups.
+    c.execute("UPDATE datasets SET fold_rule = 'multilabel-stratified' WHERE n_folds IS NOT NULL")
+    c.execute("ALTER TABLE runs ADD COLUMN warning TEXT")
+    c.execute("""CREATE TABLE IF NOT EXISTS ensemble_candidates (
+    run_id          TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    method          TEXT NOT NULL,
+    oof_lwlrap      REAL,                    -- cross-fitted when the dataset has folds; NULL: could not apply
+    raw_oof_lwlrap  REAL,                    -- rank methods: before the rank-to-probability map
+    test_lwlrap     REAL,
+    chosen          INTEGER NOT NULL DEFAULT 0,
+    note            TEXT NOT NULL DEFAULT '',
+    position        INTEGER NOT NULL,
+    PRIMARY KEY (run_id, method)
+)""")
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite3.Connection], None]]] = [
     (1, "first schema", _migrate_v1),
     (2, "per-job and per-worker lease (jobs.lease_seconds, workers.lease_seconds)", _migrate_v2),
     (3, "run_summary: parent_run_id, dataset_id, run_dir; runs indexed by parent", _migrate_v3),
+    (4, "datasets.fold_rule, runs.warning, ensemble_candidates", _migrate_v4),
+    (5, "curriculum: epoch stages, noisy-label audit, loss swaps, gain views", _migrate_v5),
 ]
 
 #: The schema version this code writes: the last migration's.
@@ -579,23 +675,24 @@ class Store:
 
     def list_datasets(self) -> list[dict]:
         """All registered datasets."""
-        return self._query("SELECT id, name, root, n_curated, n_noisy, n_test, n_folds, fold_seed "
+        return self._query("SELECT id, name, root, n_curated, n_noisy, n_test, n_folds, fold_seed, fold_rule "
                            "FROM datasets ORDER BY id")
 
     def save_folds(self, dataset_id: int, fnames: Sequence[str], folds: Sequence[int], *,
-                   seed: int, n_folds: int) -> bool:
-        """Store the dataset's folds unless it already has some; True when written.
+                   seed: int, n_folds: int, rule: str = "multilabel-stratified") -> bool:
+        """Store the dataset's folds and the rule that made them unless it has some; True when written.
 
         The first writer wins so that every run on a dataset uses the same folds,
-        even when two jobs compute them at the same time.
+        even when two jobs compute them at the same time. ``rule`` is
+        ``engine.data.folds.fold_rule``'s text.
         """
         with self.write() as c:
             if c.execute("SELECT 1 FROM folds WHERE dataset_id = :id LIMIT 1", {"id": dataset_id}).fetchone():
                 return False
             c.executemany("INSERT INTO folds(dataset_id, fname, fold) VALUES (:id, :fname, :fold)",
                           [{"id": dataset_id, "fname": f, "fold": int(k)} for f, k in zip(fnames, folds)])
-            c.execute("UPDATE datasets SET fold_seed=:seed, n_folds=:n_folds WHERE id=:id",
-                      {"seed": seed, "n_folds": n_folds, "id": dataset_id})
+            c.execute("UPDATE datasets SET fold_seed=:seed, n_folds=:n_folds, fold_rule=:rule WHERE id=:id",
+                      {"seed": seed, "n_folds": n_folds, "rule": rule, "id": dataset_id})
             return True
 
     def get_folds(self, dataset_id: int) -> dict[str, int]:
@@ -886,15 +983,19 @@ class Store:
 
     def record_epoch(self, run_id: str, fold: int, epoch: int, *, train_loss: float | None,
                      val_loss: float | None, val_lwlrap: float | None, lr: float | None,
-                     seconds: float | None, clips_per_sec: float | None = None) -> None:
-        """Record one epoch of one fold (replaces the row when an epoch is re-run after a resume)."""
+                     seconds: float | None, clips_per_sec: float | None = None,
+                     stage: str | None = None) -> None:
+        """Record one epoch of one fold (replaces the row when an epoch is re-run after a resume).
+
+        ``stage`` names the curriculum stage the epoch belongs to (None for train runs).
+        """
         with self.write() as c:
             c.execute("INSERT OR REPLACE INTO epochs(run_id, fold, epoch, train_loss, val_loss, val_lwlrap, "
-                      "lr, seconds, clips_per_sec) VALUES (:run_id, :fold, :epoch, :train_loss, :val_loss, "
-                      ":val_lwlrap, :lr, :seconds, :clips_per_sec)",
+                      "lr, seconds, clips_per_sec, stage) VALUES (:run_id, :fold, :epoch, :train_loss, :val_loss, "
+                      ":val_lwlrap, :lr, :seconds, :clips_per_sec, :stage)",
                       {"run_id": run_id, "fold": fold, "epoch": epoch, "train_loss": _f(train_loss),
                        "val_loss": _f(val_loss), "val_lwlrap": _f(val_lwlrap), "lr": _f(lr),
-                       "seconds": _f(seconds), "clips_per_sec": _f(clips_per_sec)})
+                       "seconds": _f(seconds), "clips_per_sec": _f(clips_per_sec), "stage": stage})
 
     def record_fold(self, run_id: str, fold: int, *, lwlrap: float, best_epoch: int | None,
                     n_val: int) -> None:
@@ -926,6 +1027,71 @@ class Store:
             c.execute("DELETE FROM run_members WHERE run_id=:run_id", {"run_id": run_id})
             c.executemany("INSERT INTO run_members(run_id, member_run_id, weight) VALUES (:run_id, :member, :weight)",
                           [{"run_id": run_id, "member": m, "weight": float(w)} for m, w in members])
+
+    def set_run_warning(self, run_id: str, warning: str | None) -> None:
+        """Record (or clear, with None) the warning a run's result carries, e.g. a blend below its best member."""
+        with self.write() as c:
+            c.execute("UPDATE runs SET warning=? WHERE id=?", (warning, run_id))
+
+    def record_ensemble_candidates(self, run_id: str, candidates: Sequence[dict]) -> None:
+        """Record every method an ensemble scored: dicts with ``method``, ``oof_lwlrap``,
+        ``raw_oof_lwlrap``, ``test_lwlrap``, ``chosen`` and ``note`` (scores may be None)."""
+        rows = [(run_id, d["method"], _f(d.get("oof_lwlrap")), _f(d.get("raw_oof_lwlrap")),
+                 _f(d.get("test_lwlrap")), int(bool(d.get("chosen"))), d.get("note") or "", i)
+                for i, d in enumerate(candidates)]
+        with self.write() as c:
+            c.execute("DELETE FROM ensemble_candidates WHERE run_id=?", (run_id,))
+            c.executemany("INSERT INTO ensemble_candidates(run_id, method, oof_lwlrap, raw_oof_lwlrap, "
+                          "test_lwlrap, chosen, note, position) VALUES (?,?,?,?,?,?,?,?)", rows)
+
+    def ensemble_candidates(self, run_id: str) -> list[dict]:
+        """The methods an ensemble run scored, in the order it scored them."""
+        return self._query("SELECT method, oof_lwlrap, raw_oof_lwlrap, test_lwlrap, chosen, note "
+                           "FROM ensemble_candidates WHERE run_id=? ORDER BY position", (run_id,))
+
+    # -- the curriculum ----------------------------------------------------------------
+
+    _AUDIT_COLUMNS = ("class_idx", "class_name", "n_labelled", "n_kept", "n_dropped", "n_added", "n_final",
+                      "mean_weight", "n_true", "n_wrong", "wrong_dropped", "right_lost", "added_right",
+                      "n_final_right")
+
+    def record_noisy_audit(self, run_id: str, fold: int, rows: Sequence[dict]) -> None:
+        """Record a fold's per-class noisy-label audit (replaces the fold's rows)."""
+        cols = self._AUDIT_COLUMNS
+        values = [(run_id, fold, *[r.get(k) for k in cols]) for r in rows]
+        with self.write() as c:
+            c.execute("DELETE FROM noisy_audit WHERE run_id=? AND fold=?", (run_id, fold))
+            c.executemany(f"INSERT INTO noisy_audit(run_id, fold, {', '.join(cols)}) "
+                          f"VALUES ({', '.join('?' * (len(cols) + 2))})", values)
+
+    def noisy_audit(self, run_id: str, fold: int | None = None) -> list[dict]:
+        """The audit per class: pooled over folds (the ``curriculum_audit`` view), or one fold's rows."""
+        if fold is None:
+            return self._query("SELECT * FROM curriculum_audit WHERE run_id=? ORDER BY class_idx", (run_id,))
+        return self._query("SELECT * FROM noisy_audit WHERE run_id=? AND fold=? ORDER BY class_idx",
+                           (run_id, fold))
+
+    def record_swap(self, run_id: str, fold: int, stage: str, attempt: int, *, loss_from: str, loss_to: str,
+                    stage_lwlrap: float | None, teacher_lwlrap: float, tolerance: float) -> None:
+        """Record that a stage fell too far below the teacher and is re-run with another loss."""
+        with self.write() as c:
+            c.execute("INSERT OR REPLACE INTO curriculum_swaps(run_id, fold, stage, attempt, loss_from, loss_to, "
+                      "stage_lwlrap, teacher_lwlrap, tolerance, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                      (run_id, fold, stage, attempt, loss_from, loss_to, _f(stage_lwlrap), float(teacher_lwlrap),
+                       float(tolerance), _now()))
+
+    def swaps(self, run_id: str) -> list[dict]:
+        """A curriculum run's loss swaps, by fold, stage and attempt."""
+        return self._query("SELECT * FROM curriculum_swaps WHERE run_id=? ORDER BY fold, stage, attempt",
+                           (run_id,))
+
+    def curriculum_gain(self, run_id: str) -> list[dict]:
+        """Student vs teacher LWLRAP per fold, and overall as fold -1 (the ``curriculum_gain`` view)."""
+        return self._query("SELECT * FROM curriculum_gain WHERE run_id=? ORDER BY fold", (run_id,))
+
+    def class_gain(self, run_id: str) -> list[dict]:
+        """Student vs teacher out-of-fold LRAP per class (the ``curriculum_class_gain`` view)."""
+        return self._query("SELECT * FROM curriculum_class_gain WHERE run_id=? ORDER BY class_idx", (run_id,))
 
     def list_runs(self, *, limit: int = 200) -> list[dict]:
         """Runs with their headline scores, newest first."""

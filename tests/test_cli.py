@@ -64,3 +64,15 @@ def test_cancel_of_an_unknown_job_names_it(db_path: Path):
     out = run_cli("cancel", "99", db=db_path, check=False)
     assert out.returncode == 2
     assert "no job with id 99" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_infer_jobs_are_listed_under_the_run_they_infer(db_path: Path):
+    with Store(db_path) as store:
+        for run_id in ("train-0007", "train-0009"):
+            store.create_run(run_id, kind="train")
+            store.finish_run(run_id, status="done")
+    run_cli("queue", "infer", "train-0007", "--preset", "tta", db=db_path)
+    run_cli("queue", "infer", "train-0009", db=db_path)
+    run_cli("queue", "infer", "train-0009", "--name", "mine", db=db_path)
+    names = [j["name"] for j in json.loads(run_cli("jobs", "--json", db=db_path).stdout)]
+    assert sorted(names) == ["mine", "tta train-0007", "tta train-0009"]

@@ -101,8 +101,9 @@ def world(tmp_path: Path) -> dict:
     folds = np.arange(N_CLIPS) % 5
     store.save_folds(ds, [f"clip{i:03d}.wav" for i in range(N_CLIPS)], folds.tolist(), seed=42, n_folds=5)
 
-    good = truth * 1.5 + rng.normal(size=truth.shape)
-    weak = truth * 0.6 + rng.normal(size=truth.shape)
+    # Probabilities, as every run's oof.npy holds.
+    good = 1.0 / (1.0 + np.exp(-(truth * 1.5 + rng.normal(size=truth.shape))))
+    weak = 1.0 / (1.0 + np.exp(-(truth * 0.6 + rng.normal(size=truth.shape))))
     oofs = {"train-0001": good, "train-0002": weak}
     # The oldest run is on the other dataset: the screen opens on the dataset of the newest runs.
     add_run(store, tmp_path, "train-0000", truth[:30] + rng.normal(size=(30, len(CLASSES))), dataset_id=ds_other,
@@ -225,7 +226,7 @@ async def test_members_start_with_cv_weights_like_the_ensemble_job(world: dict) 
     assert job["kind"] == "ensemble"
     assert spec["members"] == pair
     assert spec["weights"] == []  # the job's default: CV weights
-    assert (spec["method"], spec["calibrate"], spec["greedy"]) == ("rank", True, False)
+    assert (spec["method"], spec["calibrate"], spec["greedy"]) == ("auto", True, False)
 
     # The job blends what the console showed.
     done = build_ensemble(world["store"], spec_from_json("ensemble", spec), run_id="ensemble-0009",
@@ -262,8 +263,10 @@ async def test_plus_turns_the_cv_weights_shown_into_explicit_weights(world: dict
         total = sum(explicit.values())
         assert screen.outcome.weights == pytest.approx([explicit[m] / total for m in pair], abs=1e-12)
 
-        await pilot.press("m")  # plain mean of the scores
+        for _ in range(4):  # auto -> best -> rank -> rank_minmax -> mean: the plain mean of the probabilities
+            await pilot.press("m")
         await settled(pilot, screen)
+        assert screen.state.method == "mean"
         mean = expected_blend(world, pair, explicit, method="mean")
         assert screen.outcome.oof_lwlrap == pytest.approx(mean, abs=1e-12)
 
@@ -272,7 +275,7 @@ async def test_plus_turns_the_cv_weights_shown_into_explicit_weights(world: dict
         raw = expected_blend(world, pair, explicit, method="mean", calibrate=False)
         assert screen.outcome.oof_lwlrap == pytest.approx(raw, abs=1e-12)
         assert screen.outcome.raw_oof_lwlrap == pytest.approx(raw, abs=1e-12)
-        assert "score mean · not calibrated" in screen_text(app)
+        assert "mean of probabilities · ranks not mapped" in screen_text(app)
 
         await pilot.press("ctrl+s")
         await wait_until(pilot, lambda: world["store"].list_jobs(), what="ensemble job")
@@ -289,6 +292,36 @@ async def test_plus_turns_the_cv_weights_shown_into_explicit_weights(world: dict
         assert screen.state.cv_weighted
         assert screen.outcome.oof_lwlrap == pytest.approx(
             expected_blend(world, pair, method="mean", calibrate=False), abs=1e-12)
+
+
+async def test_auto_shows_its_choice_and_a_method_below_the_best_member_warns(world: dict) -> None:
+    pair = ["train-0001", "train-0002"]
+    app = FsatConsole(world["db"], poll_interval=0.1)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_ensemble(pilot, app)
+        for m in pair:
+            await select_row(pilot, screen.table, m)
+            await pilot.press("space")
+        await settled(pilot, screen)
+        expected = blend([Member(m, world["oofs"][m], cv_lwlrap=oof_lwlrap(world, m)) for m in pair],
+                         world["truth"], folds=world["folds"])
+        best = oof_lwlrap(world, "train-0001")
+        assert screen.state.method == "auto" and screen.outcome.method == expected.method
+        assert screen.outcome.oof_lwlrap == pytest.approx(expected.oof_lwlrap, abs=1e-12) and expected.oof_lwlrap >= best
+        text = " ".join(screen_text(app).split())
+        assert f"auto (best by cross-fitted OOF) → {expected.method}" in text and "warning" not in text
+        for c in expected.candidates:
+            assert f"{c.method} {c.oof_lwlrap:.4f}" in text
+        # The weak member three steps heavier, in a plain mean: below the best member, and said so.
+        for _ in range(6):
+            await pilot.press("plus")
+        for _ in range(4):
+            await pilot.press("m")
+        await settled(pilot, screen)
+        assert screen.state.method == "mean"
+        assert screen.outcome.oof_lwlrap < best
+        text = " ".join(screen_text(app).split())
+        assert f"warning: the mean blend's cross-fitted OOF lwlrap {screen.outcome.oof_lwlrap:.4f} is below" in text
 
 
 async def test_unusable_members_are_left_out_with_a_reason(world: dict) -> None:
@@ -344,8 +377,9 @@ async def test_greedy_selection_matches_the_engine(world: dict) -> None:
         await pilot.press("g")
         await settled(pilot, screen)
         names = ["train-0001", "train-0002"]  # the usable candidates, in the order the screen passes them
+        # The screen's default method (auto), scored cross-fitted over the stored folds as the job does.
         picks, _, _ = greedy_forward_selection([Member(m, world["oofs"][m]) for m in names], world["truth"],
-                                               max_steps=20, method="rank")
+                                               max_steps=20, method="auto", folds=world["folds"])
         counts = {names[k]: float(picks.count(k)) for k in set(picks)}
         assert screen.state.weights == counts
         assert screen.outcome.oof_lwlrap == pytest.approx(expected_blend(world, list(counts), counts), abs=1e-12)
@@ -360,16 +394,16 @@ def test_bench_refuses_a_member_of_another_dataset(world: dict) -> None:
     stored_folds = world["store"].get_folds(world["ds"])
     bench = BlendBench()
     outcome = bench.evaluate(datasets[world["ds"]], [by_id["train-0001"], by_id["train-0000"]], [1.0, 1.0],
-                             method="rank", calibrate=True, key=("k",), folds=stored_folds)
+                             method="rank_minmax", calibrate=True, key=("k",), folds=stored_folds)
     assert "another dataset" in outcome.problems["train-0000"]
     assert outcome.members == ["train-0001"]
-    assert outcome.oof_lwlrap == pytest.approx(expected_blend(world, ["train-0001"], {"train-0001": 1.0}),
-                                               abs=1e-12)
+    assert outcome.oof_lwlrap == pytest.approx(expected_blend(world, ["train-0001"], {"train-0001": 1.0},
+                                                              method="rank_minmax"), abs=1e-12)
     # Without stored folds the calibrated score is the in-sample one.
-    in_sample = bench.evaluate(datasets[world["ds"]], [by_id["train-0001"]], [1.0], method="rank", calibrate=True,
-                               key=("k",))
+    in_sample = bench.evaluate(datasets[world["ds"]], [by_id["train-0001"]], [1.0], method="rank_minmax",
+                               calibrate=True, key=("k",))
     assert in_sample.oof_lwlrap == pytest.approx(
-        expected_blend(world, ["train-0001"], {"train-0001": 1.0}, folds=None), abs=1e-12)
+        expected_blend(world, ["train-0001"], {"train-0001": 1.0}, method="rank_minmax", folds=None), abs=1e-12)
     assert in_sample.oof_lwlrap != pytest.approx(outcome.oof_lwlrap, abs=1e-6)
 
 
@@ -579,7 +613,7 @@ async def test_help_and_palette_reach_the_ensemble_screen(world: dict) -> None:
                            for title, rows in app.screen.sections]
         ensemble = dict(titles_and_rows)["Ensemble"]
         for words in ("space Put the selected run in the blend", "g Greedy forward selection",
-                      "^s / ⏎ Queue an ensemble job", "m Average per-class ranks"):
+                      "^s / ⏎ Queue an ensemble job", "m Next blend method"):
             assert words in ensemble, words
         run = dict(titles_and_rows)["Run"]
         assert "i Queue inference of this run" in run and "b Queue the embeddings" in run
@@ -608,3 +642,23 @@ print(sorted(m for m in ("torch", "librosa", "sklearn", "scipy") if m in sys.mod
     out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_the_run_header_shows_a_saved_blends_warning(world: dict) -> None:
+    from rich.console import Console
+
+    from fsat_console.live import RunDetail
+    from fsat_console.screens.run import run_header
+
+    spec = spec_from_json("ensemble", {"members": ["train-0001", "train-0002"], "weights": [1.0, 9.0],
+                                       "method": "mean"})
+    done = build_ensemble(world["store"], spec, run_id="ensemble-0042", run_dir=world["tmp"] / "runs" / "e42",
+                          log=lambda line: None)
+    assert done.warning and done.cv_lwlrap < oof_lwlrap(world, "train-0001")
+    for run_id, warned in (("ensemble-0042", True), ("train-0001", False)):
+        detail = RunDetail(run_id=run_id, class_fold=-1, run=world["store"].get_run(run_id), job=None, epochs=[],
+                           folds=[], classes=[])
+        console = Console(width=200, record=True)
+        console.print(run_header(detail, run_id))
+        text = " ".join(console.export_text().split())
+        assert ("warning: the mean blend's cross-fitted OOF lwlrap" in text) == warned, text

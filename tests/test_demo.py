@@ -20,7 +20,7 @@ from engine.errors import DataError
 
 TINY = dict(seed=3, clips_per_class=1, noisy_per_class=2, test_per_class=1, max_seconds=1.0)
 LAYOUT = ["README.txt", "sample_submission.csv", "test", "test_ground_truth.csv", "train_curated",
-          "train_curated.csv", "train_noisy", "train_noisy.csv"]
+          "train_curated.csv", "train_noisy", "train_noisy.csv", "train_noisy_truth.csv"]
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +70,14 @@ def test_demo_writes_the_kaggle_layout_and_loads(tiny):
     assert summary["bytes"] == on_disk
     assert summary["progress_calls"][-1] == (320, 320)
     assert "80 clips" in (root / "README.txt").read_text()
+    # The noisy clips' true labels: same clips in the same order, and the listed ones wrong at the planned rate.
+    from engine.data.labels import parse_label_csv
+
+    truth_fnames, truth = parse_label_csv(root / "train_noisy_truth.csv", layout.classes)
+    assert truth_fnames == layout.noisy.fnames
+    wrong = sum(not (a == b).all() for a, b in zip(truth > 0.5, layout.noisy.Y > 0.5))
+    assert wrong / len(truth_fnames) == pytest.approx(summary["noisy_error_rate"])
+    assert 0 < wrong < len(truth_fnames)
 
 
 def test_demo_loads_identically_from_zips(tiny, tmp_path):
@@ -185,3 +193,48 @@ def test_demo_sounds_carry_their_class(tiny):
     same = sims[test_family[:, None] == train_family[None, :]].mean()
     other = sims[test_family[:, None] != train_family[None, :]].mean()
     assert same > other
+
+
+def test_shared_source_clips_are_cuts_of_one_recording_and_leave_the_default_plan_alone(tmp_path):
+    from engine.data.demo import SOURCE_COLUMN, DemoClip, render_clip
+    from engine.data.folds import read_groups
+
+    plain = plan_demo_dataset(seed=5, clips_per_class=4, max_seconds=2.0)
+    shared = plan_demo_dataset(seed=5, clips_per_class=4, max_seconds=2.0, clips_per_source=3)
+    # Every clip keeps its name and length; noisy and test clips are planned exactly as before.
+    assert [(c.split, c.fname, c.seconds) for c in plain] == [(c.split, c.fname, c.seconds) for c in shared]
+    assert [c for c in plain if c.split != "train_curated"] == [c for c in shared if c.split != "train_curated"]
+    assert all(c.source == -1 for c in plain)
+    curated = [c for c in shared if c.split == "train_curated"]
+    by_source: dict[int, list] = {}
+    for c in curated:
+        by_source.setdefault(c.source, []).append(c)
+    # 4 clips per class in runs of 3: one recording of 3 and one of 1 per class.
+    assert sorted(len(v) for v in by_source.values()) == [1] * 80 + [3] * 80
+    for clips in by_source.values():
+        assert len({c.labels for c in clips}) == 1 and clips[0].labels == clips[0].listed
+        clips.sort(key=lambda c: c.source_offset)
+        offsets = np.cumsum([0.0] + [c.seconds for c in clips[:-1]])
+        np.testing.assert_allclose([c.source_offset for c in clips], offsets, atol=2e-3)
+    # The cuts are consecutive pieces of one rendered recording.
+    clips = sorted(next(v for v in by_source.values() if len(v) == 3), key=lambda c: c.source_offset)
+    whole = DemoClip(split=clips[0].split, fname="whole.wav", index=0, labels=clips[0].labels,
+                     listed=clips[0].labels, seconds=clips[0].source_seconds, source=clips[0].source,
+                     source_offset=0.0, source_seconds=clips[0].source_seconds)
+    recording = render_clip(whole, 5)
+    for c in clips:
+        start = int(round(c.source_offset * DEMO_SR))
+        np.testing.assert_array_equal(render_clip(c, 5), recording[start:start + len(render_clip(c, 5))])
+
+    root = tmp_path / "shared"
+    summary = write_demo_dataset(root, seed=5, clips_per_class=2, noisy_per_class=1, test_per_class=1,
+                                 max_seconds=1.0, clips_per_source=2)
+    assert summary["curated_sources"] == 80
+    layout = load_layout(root)
+    groups = read_groups(layout.curated.csv_path, SOURCE_COLUMN, layout.curated.fnames)
+    assert len(set(groups)) == 80
+    for g in set(groups):
+        rows = [i for i, x in enumerate(groups) if x == g]
+        assert len(rows) == 2 and (layout.curated.Y[rows[0]] == layout.curated.Y[rows[1]]).all()
+    with pytest.raises(Exception, match="clips_per_source"):
+        plan_demo_dataset(clips_per_source=0)

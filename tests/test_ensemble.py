@@ -13,9 +13,11 @@ from scipy.stats import rankdata
 import engine.ensemble as ensemble
 from engine.ensemble import (
     Member,
+    QuantileMapper,
     RankCalibrator,
     blend,
     cross_fitted_calibration,
+    cross_fitted_quantile_map,
     greedy_forward_selection,
     rank_against,
     rank_average,
@@ -198,7 +200,7 @@ def test_test_rows_are_ranked_on_the_oof_scale():
     truth, (strong, weak) = make_case(5)
     members = [Member("strong", strong, strong[10:25], 0.9), Member("weak", weak, weak[10:25], 0.7)]
     for calibrate in (False, True):
-        result = blend(members, truth, calibrate=calibrate)
+        result = blend(members, truth, method="rank_minmax", calibrate=calibrate)
         # A test clip scored like an OOF clip gets that clip's blended value.
         np.testing.assert_allclose(result.test, result.oof[10:25], atol=1e-15)
 
@@ -325,8 +327,8 @@ def test_calibration_puts_rare_and_common_classes_on_one_probability_scale():
     truth[truth.sum(1) == 0, 0] = 1
     scores = truth * 1.5 + rng.normal(size=(n, 2))
     member = Member("m", scores)
-    raw = blend([member], truth, calibrate=False)
-    calibrated = blend([member], truth, calibrate=True)
+    raw = blend([member], truth, method="rank_minmax", calibrate=False)
+    calibrated = blend([member], truth, method="rank_minmax", calibrate=True)
     assert calibrated.oof_lwlrap > raw.oof_lwlrap + 0.01
     assert calibrated.raw_oof_lwlrap == pytest.approx(raw.oof_lwlrap, abs=1e-12)
     # Near the base rates (exactly at them without the shrinkage towards the shared map),
@@ -349,16 +351,16 @@ def test_cross_fitted_calibration_maps_each_fold_with_the_other_folds_fit():
     assert not np.allclose(crossed, RankCalibrator().fit_transform(oof_avg, truth))
 
     members = [Member("strong", strong, strong[:30], 0.9), Member("weak", weak, weak[:30], 0.7)]
-    result = blend(members, truth, folds=folds)
-    in_sample = blend(members, truth)
-    raw = blend(members, truth, calibrate=False).oof
+    result = blend(members, truth, method="rank_minmax", folds=folds)
+    in_sample = blend(members, truth, method="rank_minmax")
+    raw = blend(members, truth, method="rank", calibrate=False).oof
     np.testing.assert_array_equal(result.oof, cross_fitted_calibration(raw, truth, folds))
     # Test rows use the calibrator fitted on every OOF row either way.
     np.testing.assert_array_equal(result.test, in_sample.test)
     assert result.raw_oof_lwlrap == in_sample.raw_oof_lwlrap
     assert result.oof_lwlrap == pytest.approx(lwlrap(truth, result.oof), abs=1e-12)
     # Without calibration the folds change nothing.
-    np.testing.assert_array_equal(blend(members, truth, folds=folds, calibrate=False).oof, raw)
+    np.testing.assert_array_equal(blend(members, truth, method="rank", folds=folds, calibrate=False).oof, raw)
 
     with pytest.raises(ValueError, match="one fold per OOF row"):
         cross_fitted_calibration(oof_avg, truth, folds[:-1])
@@ -378,7 +380,7 @@ def test_calibrator_checks_its_inputs():
 # ------------------------------------------------------------------ blend / greedy selection
 
 
-@pytest.mark.parametrize("method", ["rank", "mean"])
+@pytest.mark.parametrize("method", ["rank", "rank_minmax", "mean", "logit_mean", "geo_mean"])
 @pytest.mark.parametrize("calibrate", [False, True])
 def test_blend_of_strong_and_weak_beats_the_weak_member(method, calibrate):
     truth, (strong, weak) = make_case(8)
@@ -388,7 +390,8 @@ def test_blend_of_strong_and_weak_beats_the_weak_member(method, calibrate):
     assert result.oof_lwlrap >= lwlrap(truth, weak)
     assert result.oof_lwlrap == pytest.approx(lwlrap(truth, result.oof), abs=1e-12)
     assert result.method == method and result.test is None
-    assert (result.calibrator is not None) == calibrate
+    # Only a rank blend has a map to probabilities; the other methods average probabilities.
+    assert (result.calibrator is not None) == (calibrate and method in ("rank", "rank_minmax"))
     assert np.all((result.oof >= 0) & (result.oof <= 1))
     np.testing.assert_allclose(np.nansum(result.per_class * result.class_weights), result.oof_lwlrap,
                                atol=1e-12)
@@ -397,10 +400,10 @@ def test_blend_of_strong_and_weak_beats_the_weak_member(method, calibrate):
 def test_blend_weights_default_to_cv_lwlrap_then_equal():
     truth, (strong, weak) = make_case(9)
     with_cv = [Member("a", strong, None, 0.9), Member("b", weak, None, 0.6)]
-    np.testing.assert_allclose(blend(with_cv, truth, calibrate=False).weights, [0.6, 0.4])
+    np.testing.assert_allclose(blend(with_cv, truth, method="rank", calibrate=False).weights, [0.6, 0.4])
     partial = [Member("a", strong, None, 0.9), Member("b", weak, None, None)]
-    np.testing.assert_allclose(blend(partial, truth, calibrate=False).weights, [0.5, 0.5])
-    explicit = blend(with_cv, truth, weights=[1, 3], calibrate=False)
+    np.testing.assert_allclose(blend(partial, truth, method="rank", calibrate=False).weights, [0.5, 0.5])
+    explicit = blend(with_cv, truth, weights=[1, 3], method="rank", calibrate=False)
     np.testing.assert_allclose(explicit.weights, [0.25, 0.75])
     ranked = 0.25 * rank_against(strong, strong) + 0.75 * rank_against(weak, weak)
     np.testing.assert_allclose(explicit.oof, ranked, atol=1e-15)
@@ -424,17 +427,19 @@ def test_greedy_selection_picks_the_strongest_first_and_never_gets_worse():
     truth, scores = make_case(11, strengths=(0.3, 1.6, 0.8, 1.2))
     members = [Member(f"m{k}", s) for k, s in enumerate(scores)]
     singles = [lwlrap(truth, rank_against(s, s)) for s in scores]
-    picks, weights, history = greedy_forward_selection(members, truth, max_steps=8)
+    picks, weights, history = greedy_forward_selection(members, truth, max_steps=8, method="rank",
+                                                       calibrate=False)
     assert picks[0] == int(np.argmax(singles)) == 1
     assert history[0] == pytest.approx(max(singles), abs=1e-12)
     assert len(history) == len(picks) >= 1
     assert all(b > a for a, b in zip(history, history[1:]))
     counts = np.bincount(picks, minlength=len(members))
     np.testing.assert_allclose(weights, counts / counts.sum())
-    assert blend(members, truth, weights=weights, calibrate=False).oof_lwlrap == pytest.approx(
+    assert blend(members, truth, weights=weights, method="rank", calibrate=False).oof_lwlrap == pytest.approx(
         history[-1], abs=1e-12)
 
-    picks, weights, history = greedy_forward_selection(members, truth, with_replacement=False)
+    picks, weights, history = greedy_forward_selection(members, truth, with_replacement=False, method="rank",
+                                                       calibrate=False)
     assert len(set(picks)) == len(picks) and picks[0] == 1
     assert all(b > a for a, b in zip(history, history[1:]))
 
@@ -447,3 +452,138 @@ def test_ensemble_module_does_not_pull_in_torch_sklearn_scipy_or_librosa():
     done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
                           check=True)
     assert done.stdout.strip() == ""
+
+
+# ------------------------------------------------------------------ quantile mapping, methods, auto
+
+
+def loop_quantile_map(ranks: np.ndarray, target: np.ndarray, queries: np.ndarray, tie_break: float) -> np.ndarray:
+    """Quantile mapping written out per value: position among the fitted ranks, then the target's quantile."""
+    n = ranks.shape[0]
+    u = loop_rank_against(ranks, queries)
+    out = np.empty(queries.shape)
+    for c in range(queries.shape[1]):
+        levels = [sorted(target[:, c])[i] * (1 - tie_break) + tie_break * (i + 1) / (n + 1) for i in range(n)]
+        knots = [(i + 0.5) / n for i in range(n)]
+        for j, uj in enumerate(u[:, c]):
+            if uj < knots[0]:
+                out[j, c] = levels[0] * uj / knots[0]
+            elif uj > knots[-1]:
+                out[j, c] = 1 - (1 - levels[-1]) * (1 - uj) / (1 - knots[-1])
+            else:
+                i = max(i for i in range(n) if knots[i] <= uj)
+                if i == n - 1:
+                    out[j, c] = levels[i]
+                else:
+                    t = (uj - knots[i]) / (knots[i + 1] - knots[i])
+                    out[j, c] = levels[i] + t * (levels[i + 1] - levels[i])
+    return out
+
+
+def test_quantile_map_matches_a_loop_with_ties_and_values_beyond_the_ends():
+    rng = np.random.default_rng(20)
+    ranks = np.round(rng.random((40, 3)), 2)            # ties among the fitted ranks
+    target = rng.random((40, 3)) ** 3
+    target[:, 2] = 0.25                                  # a constant target class
+    queries = np.vstack([ranks[:7], rng.uniform(-0.5, 1.5, size=(30, 3))])
+    mapper = QuantileMapper(tie_break=1e-6).fit(ranks, target)
+    np.testing.assert_allclose(mapper.transform(queries), loop_quantile_map(ranks, target, queries, 1e-6),
+                               rtol=0, atol=1e-12)
+    mapped = mapper.transform(queries)
+    assert np.all((mapped > 0) & (mapped < 1))
+    # Strictly increasing even onto the constant class: no new ties, none broken.
+    assert_same_order(queries, mapped)
+    with pytest.raises(ValueError, match="before fit"):
+        QuantileMapper().transform(ranks)
+    with pytest.raises(ValueError, match="probabilities in"):
+        QuantileMapper().fit(ranks, target + 1.0)
+
+
+def test_rank_blend_of_one_member_gives_back_its_probabilities_and_score():
+    truth, (strong, _weak) = make_case(21, n=300)
+    member = Member("one", strong, strong[:40], 0.9)
+    folds = np.arange(len(truth)) % 5
+    in_sample = blend([member], truth, method="rank")
+    # In sample the map returns the member's own values (up to the 1e-9 nudge).
+    np.testing.assert_allclose(in_sample.oof, strong, atol=2e-9)
+    np.testing.assert_allclose(in_sample.test, strong[:40], atol=2e-9)
+    crossed = blend([member], truth, method="rank", folds=folds)
+    # Cross-fitted, each class keeps its own scale: the score stays with the member's.
+    assert crossed.oof_lwlrap == pytest.approx(lwlrap(truth, strong), abs=0.01)
+    assert crossed.warning is None or "below its best member one" in crossed.warning
+    np.testing.assert_array_equal(crossed.oof, cross_fitted_quantile_map(rank_against(strong, strong), strong,
+                                                                          folds))
+
+
+def test_mean_logit_and_geometric_blends_match_their_formulas():
+    truth, (strong, weak) = make_case(22)
+    members = [Member("a", strong, strong[:9]), Member("b", weak, weak[:9])]
+    w = np.array([0.25, 0.75])
+
+    def logit(p):
+        return np.log(p / (1 - p))
+
+    for method, expected in (
+            ("mean", lambda x, y: w[0] * x + w[1] * y),
+            ("logit_mean", lambda x, y: 1 / (1 + np.exp(-(w[0] * logit(x) + w[1] * logit(y))))),
+            ("geo_mean", lambda x, y: x ** w[0] * y ** w[1])):
+        result = blend(members, truth, weights=[1, 3], method=method, folds=np.arange(len(truth)) % 3)
+        np.testing.assert_allclose(result.oof, expected(strong, weak), rtol=1e-12)
+        np.testing.assert_allclose(result.test, expected(strong[:9], weak[:9]), rtol=1e-12)
+        assert result.oof_lwlrap == pytest.approx(lwlrap(truth, expected(strong, weak)), abs=1e-12)
+        assert [c.method for c in result.candidates] == [method]
+    with pytest.raises(ValueError, match=r"member b's OOF scores lie outside \[0, 1\]"):
+        blend([members[0], Member("b", weak * 3)], truth, method="logit_mean")
+
+
+def test_auto_scores_every_candidate_and_never_ends_below_the_best_member():
+    truth, (strong, weak) = make_case(23, n=200, strengths=(1.6, 0.3))
+    folds = np.arange(len(truth)) % 4
+    members = [Member("strong", strong, strong[:11]), Member("weak", weak, weak[:11])]
+    result = blend(members, truth, folds=folds)
+    names = [c.method for c in result.candidates]
+    assert names == [ensemble.BEST, *ensemble.BLEND_METHODS]
+    scores = {c.method: c.oof_lwlrap for c in result.candidates}
+    # Each candidate's score is that method's own blend, cross-fitted.
+    for method in ensemble.BLEND_METHODS:
+        assert scores[method] == pytest.approx(blend(members, truth, method=method, folds=folds).oof_lwlrap,
+                                               abs=1e-12)
+    assert scores[ensemble.BEST] == pytest.approx(lwlrap(truth, strong), abs=1e-12)
+    assert result.method == max(scores, key=scores.get) and result.requested == "auto"
+    assert result.oof_lwlrap == max(scores.values()) >= lwlrap(truth, strong)
+    assert result.best_member == "strong" and result.warning is None
+    assert set(result.candidate_tests) == set(names)
+    # A weak member dragging the blend down: an explicit method says so, auto falls back.
+    worse = blend(members, truth, weights=[1, 9], method="mean", folds=folds)
+    assert worse.oof_lwlrap < lwlrap(truth, strong)
+    assert "below its best member strong" in worse.warning
+    fallback = blend(members, truth, weights=[1, 9], folds=folds)
+    assert fallback.oof_lwlrap >= lwlrap(truth, strong) and fallback.warning is None
+    # Under auto a method that cannot apply is a candidate without a score, with the reason.
+    odd = blend([members[0], Member("ranks", weak * 4, weak[:11] * 4)], truth, folds=folds)
+    unscored = {c.method: c.note for c in odd.candidates if c.oof_lwlrap is None}
+    assert set(unscored) == {"logit_mean", "geo_mean", "rank"} and "outside [0, 1]" in unscored["geo_mean"]
+
+
+def test_greedy_scores_with_the_cross_fitted_blend():
+    truth, scores = make_case(24, n=160, strengths=(0.3, 1.6, 0.8, 1.2))
+    members = [Member(f"m{k}", s) for k, s in enumerate(scores)]
+    folds = np.arange(len(truth)) % 4
+    for method in ("rank", "auto"):
+        picks, weights, history = greedy_forward_selection(members, truth, max_steps=4, method=method,
+                                                           folds=folds)
+        assert all(b > a for a, b in zip(history, history[1:]))
+        again = blend(members, truth, weights=weights, method=method, folds=folds,
+                      candidates=None)
+        best_blend = max(c.oof_lwlrap for c in again.candidates if c.method != ensemble.BEST)
+        expected = again.oof_lwlrap if method == "rank" else best_blend
+        assert expected == pytest.approx(history[-1], abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_auto_is_never_below_the_best_member_not_even_by_rounding(seed):
+    truth, scores = make_case(30 + seed, n=90, c=12, strengths=(1.2, 0.3, 0.6)[: 1 + seed % 3])
+    members = [Member(f"m{k}", s, cv_lwlrap=lwlrap(truth, s)) for k, s in enumerate(scores)]
+    result = blend(members, truth, folds=np.arange(len(truth)) % 3)
+    assert result.oof_lwlrap >= max(lwlrap(truth, s) for s in scores)
+    assert result.warning is None

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from engine.data.manifest import load_layout
-from engine.ensemble import Member, blend, cross_fitted_calibration
+from engine.ensemble import Member, blend
 from engine.metrics import lwlrap
 from engine.store import JOB_STATES, OOF, Store
 from engine.submission import read_sample_submission, validate_submission
@@ -110,15 +110,23 @@ def test_queued_ensemble_blends_two_infer_runs_and_scores_its_submission(blends:
     assert [r["fold"] for r in recorded] == [0, 1, 2, 3, 4]
     for r in recorded:
         assert r["lwlrap"] == pytest.approx(lwlrap(truth[folds == r["fold"]], oof[folds == r["fold"]]), abs=1e-12)
-    assert "before calibration" in (run_dir / "job.log").read_text()
 
-    # The recorded OOF blend is calibrated cross-fitted over the stored folds
-    # (each fold mapped by a calibrator fitted on the others), not in-sample.
+    # method = "auto": the recorded OOF blend is engine.ensemble.blend's choice, every fitted map
+    # cross-fitted over the stored folds; every candidate's scores are recorded with the choice.
     members = [Member(m, member_oof[m], cv_lwlrap=cv[m]) for m in blends.runs.infer_ids]
-    raw = blend(members, truth, calibrate=False)
-    np.testing.assert_allclose(oof, cross_fitted_calibration(raw.oof, truth, folds), rtol=0, atol=1e-12)
-    assert json.loads((run_dir / "config.json").read_text())["raw_oof_lwlrap"] == pytest.approx(
-        raw.oof_lwlrap, abs=1e-12)
+    expected = blend(members, truth, folds=folds)
+    np.testing.assert_allclose(oof, expected.oof, rtol=0, atol=1e-12)
+    candidates = store.ensemble_candidates(run["id"])
+    assert [c["method"] for c in candidates] == [c.method for c in expected.candidates]
+    for c, e in zip(candidates, expected.candidates):
+        assert c["oof_lwlrap"] == pytest.approx(e.oof_lwlrap, abs=1e-12)
+        assert c["chosen"] == (e.method == expected.method)
+        assert c["test_lwlrap"] is not None
+    assert run["cv_lwlrap"] == pytest.approx(max(c["oof_lwlrap"] for c in candidates), abs=1e-12)
+    assert run["cv_lwlrap"] >= max(cv.values()) and run["warning"] is None
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["method"] == expected.method and config["best_member_oof_lwlrap"] == pytest.approx(max(cv.values()))
+    assert f"auto chose {expected.method}" in (run_dir / "job.log").read_text()
 
     # A valid submission, scored on the test truth, above the weaker member.
     test = np.load(run_dir / "test.npy")
@@ -130,6 +138,57 @@ def test_queued_ensemble_blends_two_infer_runs_and_scores_its_submission(blends:
     member_tests = [store.get_run(m)["test_lwlrap"] for m in blends.runs.infer_ids]
     assert run["test_lwlrap"] > min(member_tests), (run["test_lwlrap"], member_tests)
     assert "test lwlrap" in job.message
+
+
+def test_dry_run_prints_every_method_and_saves_nothing(blends: Blends, layout):
+    store = Store(blends.db)
+    i1, i2 = blends.runs.infer_ids
+    runs_before, jobs_before = store.list_runs(limit=10000), len(store.list_jobs(limit=1000))
+    files_before = sorted((blends.db.parent / "runs").rglob("*"))
+    out = json.loads(run_cli("ensemble", i1, i2, "--dry-run", "--json", db=blends.db).stdout)
+    text = " ".join(run_cli("ensemble", i1, i2, "--dry-run", db=blends.db).stdout.split())
+    # Nothing saved: no run, no job, no file.
+    assert store.list_runs(limit=10000) == runs_before and len(store.list_jobs(limit=1000)) == jobs_before
+    assert sorted((blends.db.parent / "runs").rglob("*")) == files_before
+    assert out["saved"] is False and out["cross_fitted"] is True
+    # The same numbers as the saved blend of the same members.
+    queued = store.get_run(store.get_job(blends.good_job).run_id)
+    recorded = {c["method"]: c for c in store.ensemble_candidates(queued["id"])}
+    assert [c["method"] for c in out["candidates"]] == list(recorded)
+    for c in out["candidates"]:
+        assert c["oof_lwlrap"] == pytest.approx(recorded[c["method"]]["oof_lwlrap"], abs=1e-12)
+        assert c["test_lwlrap"] == pytest.approx(recorded[c["method"]]["test_lwlrap"], abs=1e-12)
+        assert c["method"] in text
+    assert out["oof_lwlrap"] == pytest.approx(queued["cv_lwlrap"], abs=1e-12)
+    assert "nothing saved" in text and f"best member {out['best_member']}" in text
+    # --dry-run and --now do not go together.
+    both = run_cli("ensemble", i1, i2, "--dry-run", "--now", db=blends.db, check=False)
+    assert both.returncode == 2 and "not allowed with" in both.stderr
+
+
+def test_a_blend_below_its_best_member_carries_a_warning_and_auto_falls_back(blends: Blends, tmp_path: Path,
+                                                                             layout):
+    store = Store(blends.db)
+    i1 = blends.runs.infer_ids[0]
+    dataset_id = store.get_run(i1)["dataset_id"]
+    rng = np.random.default_rng(5)
+    junk = _fake_run(store, "baseline-junk", tmp_path / "junk", dataset_id,
+                     oof=rng.random((len(layout.curated.fnames), 80)), test=rng.random((len(layout.test.fnames), 80)))
+    best = store.get_run(i1)["cv_lwlrap"]
+    proc = run_cli("ensemble", i1, junk, "--method", "mean", "--weights", "1", "9", "--now", db=blends.db)
+    # The last line is "<run id>: <message>", after the blend's log.
+    run_id = [line for line in proc.stdout.splitlines() if line.startswith("ensemble-now-")][-1].split(":")[0]
+    run = store.get_run(run_id)
+    assert run["cv_lwlrap"] < best
+    assert run["warning"].startswith(f"the mean blend's cross-fitted OOF lwlrap {run['cv_lwlrap']:.4f} is below "
+                                     f"its best member {i1} ({best:.4f})")
+    printed = " ".join(proc.stdout.split())
+    assert "warning:" in printed and "below its best member" in printed
+    shown = " ".join(run_cli("show", run_id, db=blends.db).stdout.split())
+    assert "warning:" in shown and "below its best member" in shown and "mean *" in shown
+    # auto with the same weights keeps the better of blend and member: never below the best member.
+    out = json.loads(run_cli("ensemble", i1, junk, "--weights", "1", "9", "--now", "--json", db=blends.db).stdout)
+    assert out["cv_lwlrap"] >= best and store.get_run(out["run_id"])["warning"] is None
 
 
 def test_now_records_the_same_blend_as_the_queued_job(blends: Blends):
@@ -160,6 +219,7 @@ def test_mean_blend_without_calibration_is_the_weighted_average(blends: Blends):
         np.testing.assert_allclose(np.load(run_dir / name), (a + 3 * b) / 4, rtol=1e-12)
     assert {r["member_run_id"]: r["weight"] for r in store.run_members(out["run_id"])} == {i1: 0.25, i2: 0.75}
     assert out["cv_lwlrap"] == pytest.approx(out["raw_cv_lwlrap"], abs=1e-12)
+    assert [c["method"] for c in store.ensemble_candidates(out["run_id"])] == ["mean"]
 
 
 def test_a_train_run_member_makes_an_oof_only_blend_without_submission(blends: Blends):

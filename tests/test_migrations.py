@@ -42,6 +42,21 @@ def test_a_schema_1_database_upgrades_and_keeps_its_rows(v1_db: Path):
     assert [e["val_lwlrap"] for e in store.epochs("train-0001")] == [pytest.approx(0.6), pytest.approx(0.7)]
     assert [c["lrap"] for c in store.class_scores("train-0001")] == [pytest.approx(0.5), pytest.approx(1.0)]
     assert store.get_folds(1) == {"c0.wav": 0, "c1.wav": 0, "c2.wav": 1, "c3.wav": 1}
+    # Step 4: folds stored before it were made by iterative stratification without groups.
+    assert store.get_dataset(1)["fold_rule"] == "multilabel-stratified"
+    assert [d["fold_rule"] for d in store.list_datasets()] == ["multilabel-stratified"]
+    # Old runs carry no warning; an ensemble's scored methods can be recorded for them.
+    assert store.get_run("train-0001")["warning"] is None
+    store.set_run_warning("train-0001", "below its best member")
+    assert store.get_run("train-0001")["warning"] == "below its best member"
+    store.record_ensemble_candidates("train-0001", [
+        {"method": "best", "oof_lwlrap": 0.7, "chosen": True},
+        {"method": "geo_mean", "oof_lwlrap": None, "note": "needs probabilities"}])
+    assert store.ensemble_candidates("train-0001") == [
+        {"method": "best", "oof_lwlrap": pytest.approx(0.7), "raw_oof_lwlrap": None, "test_lwlrap": None,
+         "chosen": 1, "note": ""},
+        {"method": "geo_mean", "oof_lwlrap": None, "raw_oof_lwlrap": None, "test_lwlrap": None, "chosen": 0,
+         "note": "needs probabilities"}]
     # Step 2: old jobs and workers get the lease every worker used before it was stored.
     assert {store.get_job(j["id"]).lease_seconds for j in jobs.values()} == {DEFAULT_LEASE_SECONDS}
     assert sqlite3.connect(v1_db).execute("SELECT id, lease_seconds FROM workers").fetchall() == \
@@ -87,3 +102,30 @@ def test_a_newer_schema_is_refused_with_the_file_named(tmp_path: Path):
     con.close()
     with pytest.raises(FsatError, match=rf"schema version {SCHEMA_VERSION + 1} is newer"):
         Store(path)
+
+
+def test_step_5_gives_old_epochs_no_stage_and_adds_the_curriculum_records(v1_db: Path):
+    store = Store(v1_db)
+    epochs = store.epochs("train-0001")
+    assert epochs and all(e["stage"] is None for e in epochs)
+    # The schema-1 train run is no curriculum: the gain and audit views are empty for it, not broken.
+    assert store.curriculum_gain("train-0001") == [] and store.class_gain("train-0001") == []
+    assert store.noisy_audit("train-0001") == []
+    # A curriculum student of the old run records staged epochs, an audit and a swap.
+    store.create_run("cur-1", kind="curriculum", parent_run_id="train-0001", dataset_id=1)
+    store.record_epoch("cur-1", 0, 0, train_loss=1.0, val_loss=1.0, val_lwlrap=0.5, lr=1e-3, seconds=1.0, stage="A")
+    store.record_fold("cur-1", 0, lwlrap=0.75, best_epoch=0, n_val=2)
+    store.finish_run("cur-1", cv_lwlrap=0.8)
+    store.record_noisy_audit("cur-1", 0, [{"class_idx": 0, "class_name": "a", "n_labelled": 4, "n_kept": 3,
+                                           "n_dropped": 1, "n_added": 1, "n_final": 4, "mean_weight": 0.9}])
+    store.record_swap("cur-1", 0, "A", 1, loss_from="bce", loss_to="lsoft", stage_lwlrap=0.5,
+                      teacher_lwlrap=0.6, tolerance=0.01)
+    assert [e["stage"] for e in store.epochs("cur-1")] == ["A"]
+    teacher_fold0 = [f["lwlrap"] for f in store.fold_scores("train-0001") if f["fold"] == 0]
+    gains = {g["fold"]: g["gain"] for g in store.curriculum_gain("cur-1")}
+    assert gains[-1] == pytest.approx(0.8 - 0.7)
+    if teacher_fold0:
+        assert gains[0] == pytest.approx(0.75 - teacher_fold0[0])
+    audit = store.noisy_audit("cur-1")
+    assert audit[0]["share_dropped"] == pytest.approx(0.25) and audit[0]["precision"] is None
+    assert store.swaps("cur-1")[0]["loss_to"] == "lsoft"

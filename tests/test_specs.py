@@ -21,6 +21,9 @@ def test_every_shipped_preset_resolves():
         if kind == "infer":
             spec = resolve_spec(kind, preset=name, overrides=["run_id=train-0001"])
             assert spec.infer.tta_crops == 5
+        elif kind == "curriculum":
+            spec = resolve_spec(kind, preset=name, overrides=["teacher_run_id=train-0001"])
+            assert spec.teacher_run_id == "train-0001" and spec.stages
         else:
             spec = resolve_spec(kind, preset=name, data_root="/data/fsd")
             assert spec.data.root == str(Path("/data/fsd").resolve())
@@ -139,3 +142,25 @@ def test_patience_of_one_and_a_noisy_weight_are_accepted():
     spec = resolve_spec("train", preset="demo", data_root="/d",
                         overrides=["train.patience=1", "loss.noisy_weight=0.5"])
     assert spec.train.patience == 1 and spec.loss.noisy_weight == 0.5
+
+
+def test_ensemble_methods_follow_the_engine_and_auto_is_the_default():
+    from engine.ensemble import METHODS
+    from engine.specs import ENSEMBLE_METHODS, EnsembleSpec
+
+    assert ENSEMBLE_METHODS == METHODS
+    spec = resolve_spec("ensemble", overrides=['members=["a", "b"]'])
+    assert spec.method == "auto" and EnsembleSpec().method == "auto"
+    with pytest.raises(ConfigError, match=r"method: 'median' is not one of auto, best, rank"):
+        resolve_spec("ensemble", overrides=['members=["a"]', 'method="median"'])
+    with pytest.raises(ConfigError, match=r"method: greedy selection blends members"):
+        resolve_spec("ensemble", overrides=['members=["a"]', 'method="best"', "greedy=true"])
+
+
+def test_baseline_variant_and_group_column_are_checked_and_the_mel_stats_preset_resolves():
+    spec = resolve_spec("baseline", preset="baseline_melstats", data_root="/data/fsd",
+                        overrides=['data.group_column="freesound_id"'])
+    assert spec.variant == "mel_stats" and spec.data.group_column == "freesound_id"
+    assert resolve_spec("baseline", preset="baseline", data_root="/data/fsd").variant == "embedding"
+    with pytest.raises(ConfigError, match=r"variant: 'mfcc' is not one of embedding, mel_stats"):
+        resolve_spec("baseline", data_root="/data/fsd", overrides=['variant="mfcc"'])

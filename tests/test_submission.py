@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import engine.runs.atomic as atomic
 import engine.submission as submission
 from engine.errors import DataError
 from engine.metrics import lwlrap
@@ -144,7 +145,8 @@ def test_a_failed_replace_removes_the_temporary_file_and_keeps_the_old_one(tmp_p
     def disk_full(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(submission.os, "replace", disk_full)
+    # The submission goes through the run layer's one atomic writer.
+    monkeypatch.setattr(atomic.os, "replace", disk_full)
     with pytest.raises(OSError):
         write_submission(target, fnames, probabilities(len(fnames), seed=5), sample_submission=sample)
     assert target.read_bytes() == good

@@ -63,6 +63,10 @@ def test_five_fold_training_end_to_end(tiny_demo: Path, tmp_path: Path, spawn_wo
     for k in range(5):
         assert (run_dir / f"fold{k}" / "best.pt").exists()
     assert (run_dir / "mel_stats.npz").exists() and "out-of-fold lwlrap" in (run_dir / "job.log").read_text()
+    # Each fold's line says where it stopped: patience 8 over 8 epochs runs them all.
+    for f in folds:
+        assert (f"fold {f['fold']}: best lwlrap {f['lwlrap']:.4f} at epoch {f['best_epoch']}; ran all 8 epochs"
+                in (run_dir / "job.log").read_text())
 
     # The CLI reports what the database holds.
     shown = json.loads(run_cli("show", run_id, "--json", db=db).stdout)
@@ -153,3 +157,24 @@ def test_interrupted_training_resumes_from_its_checkpoint(tiny_demo: Path, tmp_p
     assert log.count("fold 0 epoch 0:") == 1
     assert log.count("fold 1 epoch 0:") == 1
     assert {(r["fold"], r["epoch"]) for r in store.epochs(run_id)} >= epochs_before
+
+
+def test_the_fold_line_says_where_early_stopping_ended_the_fold(tiny_demo: Path, tmp_path: Path, spawn_worker):
+    db = tmp_path / "experiments.db"
+    job_id = int(run_cli("queue", "train", "--data", str(tiny_demo), "--preset", "demo", "--set",
+                         "audio.crop_seconds=1.0", "--set", "train.epochs=12", "--set", "train.patience=1",
+                         "--set", "train.folds=[0]", db=db).stdout)
+    assert spawn_worker(db, "--drain").wait(timeout=600) == 0
+    store = Store(db)
+    job = store.get_job(job_id)
+    assert job.status == "done", job.error
+    epochs = [e["epoch"] for e in store.epochs(job.run_id)]
+    (fold,) = store.fold_scores(job.run_id)
+    log = (Path(store.get_run(job.run_id)["run_dir"]) / "job.log").read_text()
+    head = f"fold 0: best lwlrap {fold['lwlrap']:.4f} at epoch {fold['best_epoch']}; "
+    # The line names the last epoch that ran, whichever way this fold went.
+    if len(epochs) < 12:
+        assert epochs[-1] == fold["best_epoch"] + 1
+        assert head + f"stopped early after epoch {epochs[-1]} of 12 (no better lwlrap for 1 epochs)" in log
+    else:
+        assert head + "ran all 12 epochs" in log

@@ -44,6 +44,9 @@ _MIN_SECONDS = 0.5
 _MAX_SECONDS = 15.0
 _SECOND_LABEL_PROB = 0.2
 _SPLIT_CODES = {"train_curated": 1, "train_noisy": 2, "test": 3}
+_SOURCE_CODE = 7        # keys a shared-source recording's generator apart from any clip's
+#: Header of the curated CSV's source-recording column when clips share sources (FSD's metadata name).
+SOURCE_COLUMN = "freesound_id"
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,10 @@ class DemoClip:
     labels: tuple[int, ...]
     listed: tuple[int, ...]
     seconds: float
+    #: Shared-source clips: the recording this clip is cut from (-1: its own), where it starts, its length.
+    source: int = -1
+    source_offset: float = 0.0
+    source_seconds: float = 0.0
 
 
 def _geo(low: float, high: float, u: float) -> float:
@@ -266,15 +273,36 @@ def write_pcm16_wav(path: Path, samples: np.ndarray, sample_rate: int) -> None:
 
 
 def render_clip(clip: DemoClip, seed: int) -> np.ndarray:
-    """Synthesise one clip as int16 samples at 44.1 kHz (deterministic per seed and clip)."""
+    """Synthesise one clip as int16 samples at 44.1 kHz (deterministic per seed and clip).
+
+    A shared-source clip (``clip.source >= 0``) is cut from its recording,
+    rendered whole (its events span all of it, so every cut holds every label)
+    from a generator keyed by the recording: the clips of one recording share
+    pitch jitter, background, SNR and level, like cuts of one Freesound upload.
+    """
+    if clip.source >= 0:
+        rng = np.random.default_rng((seed, _SPLIT_CODES[clip.split], _SOURCE_CODE, clip.source))
+        # A few spare samples: a cut's rounded start plus its rounded length may pass the rounded total.
+        recording = _render_mix(clip.labels, int(round(clip.source_seconds * DEMO_SR)) + 8, rng, cover=True)
+        start = int(round(clip.source_offset * DEMO_SR))
+        return recording[start:start + int(round(clip.seconds * DEMO_SR))]
     rng = np.random.default_rng((seed, _SPLIT_CODES[clip.split], clip.index))
+    return _render_mix(clip.labels, int(round(clip.seconds * DEMO_SR)), rng, cover=False)
+
+
+def _render_mix(labels: Sequence[int], n: int, rng: np.random.Generator, *, cover: bool) -> np.ndarray:
+    """``n`` int16 samples holding every class of ``labels`` over background noise.
+
+    Events last 60-100 % of a clip longer than a second, at a random onset;
+    with ``cover`` they span all ``n`` samples.
+    """
     signatures = class_signatures()
-    n = int(round(clip.seconds * DEMO_SR))
     mix = np.zeros(n)
     active = np.zeros(n, dtype=bool)
-    for order, c in enumerate(clip.labels):
+    for order, c in enumerate(labels):
         sig = signatures[c]
-        length = max(int(0.25 * DEMO_SR), int(n * rng.uniform(0.6, 1.0))) if n > DEMO_SR else n
+        length = (max(int(0.25 * DEMO_SR), int(n * rng.uniform(0.6, 1.0)))
+                  if n > DEMO_SR and not cover else n)
         length = min(length, n)
         onset = int(rng.integers(0, n - length + 1))
         event = _RENDERERS[sig.family](sig.params, length, rng)
@@ -329,8 +357,8 @@ def _corrupt(labels: tuple[int, ...], rng: np.random.Generator, n_classes: int) 
 
 def plan_demo_dataset(*, seed: int = 0, clips_per_class: int = DEFAULT_CLIPS_PER_CLASS,
                       noisy_per_class: int | None = None, test_per_class: int | None = None,
-                      noisy_error_rate: float = 0.3, max_seconds: float = _MAX_SECONDS
-                      ) -> list[DemoClip]:
+                      noisy_error_rate: float = 0.3, max_seconds: float = _MAX_SECONDS,
+                      clips_per_source: int = 1) -> list[DemoClip]:
     """Return every clip of a demo dataset with its true and listed labels, without audio.
 
     Each class is the first label of ``clips_per_class`` curated clips (and of
@@ -338,6 +366,12 @@ def plan_demo_dataset(*, seed: int = 0, clips_per_class: int = DEFAULT_CLIPS_PER
     in five has a second label. Exactly ``round(noisy_error_rate * n_noisy)``
     noisy clips list wrong or incomplete labels. Clips of each split are in
     fname order, as in the competition CSVs.
+
+    With ``clips_per_source`` above 1, the curated clips of each primary class
+    are taken in runs of that many and each run is cut from one recording
+    (``DemoClip.source``): its clips share the first clip's labels and follow
+    one another in the recording. The plan of every other clip, and the whole
+    plan with the default 1, is unchanged.
     """
     noisy_per_class = clips_per_class if noisy_per_class is None else noisy_per_class
     test_per_class = max(1, clips_per_class // 4) if test_per_class is None else test_per_class
@@ -347,6 +381,8 @@ def plan_demo_dataset(*, seed: int = 0, clips_per_class: int = DEFAULT_CLIPS_PER
             raise ConfigError(f"must be at least 1, got {value}", field=field)
     if not 0.0 <= noisy_error_rate <= 1.0:
         raise ConfigError(f"must be in [0, 1], got {noisy_error_rate}", field="noisy_error_rate")
+    if clips_per_source < 1:
+        raise ConfigError(f"must be at least 1, got {clips_per_source}", field="clips_per_source")
     if max_seconds < _MIN_SECONDS:
         raise ConfigError(f"must be at least {_MIN_SECONDS}, got {max_seconds}", field="max_seconds")
 
@@ -378,25 +414,64 @@ def plan_demo_dataset(*, seed: int = 0, clips_per_class: int = DEFAULT_CLIPS_PER
                 listed[i] = _corrupt(labels[i], rng, n_classes)
         fnames = [f"{ids[cursor + i]:08x}.wav" for i in range(n)]
         cursor += n
+        lengths = [round(float(seconds[i]), 3) for i in range(n)]
+        sources = [(-1, 0.0, 0.0)] * n
+        if split == "train_curated" and clips_per_source > 1:
+            sources, labels = _shared_sources(labels, lengths, clips_per_source, n_classes)
+            listed = list(labels)
         clips = [DemoClip(split=split, fname=fnames[i], index=i, labels=labels[i],
-                          listed=listed[i], seconds=round(float(seconds[i]), 3)) for i in range(n)]
+                          listed=listed[i], seconds=lengths[i], source=sources[i][0],
+                          source_offset=sources[i][1], source_seconds=sources[i][2]) for i in range(n)]
         plan.extend(sorted(clips, key=lambda clip: clip.fname))
     return plan
 
 
+def _shared_sources(labels: list[tuple[int, ...]], lengths: list[float], clips_per_source: int, n_classes: int
+                    ) -> tuple[list[tuple[int, float, float]], list[tuple[int, ...]]]:
+    """Group clips of each primary class in runs of ``clips_per_source``, one recording per run.
+
+    Returns per clip (source id, offset in the recording, recording length)
+    and the labels, each run taking its first clip's.
+    """
+    sources: list[tuple[int, float, float]] = [(-1, 0.0, 0.0)] * len(labels)
+    labels = list(labels)
+    next_source = 0
+    for c in range(n_classes):
+        members = [i for i, lab in enumerate(labels) if lab[0] == c]
+        for start in range(0, len(members), clips_per_source):
+            run = members[start:start + clips_per_source]
+            total = round(sum(lengths[i] for i in run), 3)
+            offset = 0.0
+            for i in run:
+                labels[i] = labels[run[0]]
+                sources[i] = (next_source, round(offset, 3), total)
+                offset += lengths[i]
+            next_source += 1
+    return sources, labels
+
+
+def source_id(clip: DemoClip) -> str:
+    """The clip's value in the ``freesound_id`` column: its recording's id (a clip on its own gets its own)."""
+    return str(100000 + clip.source) if clip.source >= 0 else f"solo-{clip.fname[:-4]}"
+
+
 # --------------------------------------------------------------------------- writing
+
+#: The noisy clips' true labels (fname,labels), written beside train_noisy.csv.
+NOISY_TRUTH_CSV = "train_noisy_truth.csv"
 
 def _label_text(labels: Sequence[int]) -> str:
     return ",".join(FSD2019_CLASSES[c] for c in labels)
 
 
-def _write_label_csv(path: Path, clips: Sequence[DemoClip], *, listed: bool) -> None:
+def _write_label_csv(path: Path, clips: Sequence[DemoClip], *, listed: bool, sources: bool = False) -> None:
     # Minimal quoting, as in the competition files: only multi-label fields are quoted.
     with path.open("w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["fname", "labels"])
+        writer.writerow(["fname", "labels"] + ([SOURCE_COLUMN] if sources else []))
         for clip in clips:
-            writer.writerow([clip.fname, _label_text(clip.listed if listed else clip.labels)])
+            writer.writerow([clip.fname, _label_text(clip.listed if listed else clip.labels)]
+                            + ([source_id(clip)] if sources else []))
 
 
 def _readme(summary: dict) -> str:
@@ -413,6 +488,7 @@ def _readme(summary: dict) -> str:
         f"  test/ + sample_submission.csv        {summary['test_clips']} clips "
         "(the sample submission holds zeros)",
         "  test_ground_truth.csv                true labels of the test clips (fname,labels)",
+        "  train_noisy_truth.csv                true labels of the noisy clips (fname,labels)",
         "",
         f"Audio: mono 16-bit PCM WAV at 44.1 kHz, {_MIN_SECONDS:g} to "
         f"{summary['max_seconds']:g} s per clip (mostly short), "
@@ -433,7 +509,7 @@ def _readme(summary: dict) -> str:
 
 def _layout_entries(root: Path) -> list[Path]:
     names = ("train_curated", "train_noisy", "test", CURATED_CSV, NOISY_CSV, SAMPLE_SUBMISSION,
-             TEST_TRUTH_CSV, "README.txt", "train_curated.zip", "train_noisy.zip", "test.zip")
+             TEST_TRUTH_CSV, NOISY_TRUTH_CSV, "README.txt", "train_curated.zip", "train_noisy.zip", "test.zip")
     return [root / name for name in names if (root / name).exists()]
 
 
@@ -443,15 +519,19 @@ def write_demo_dataset(root: Path | str, *, seed: int = 0,
                        noisy_error_rate: float = 0.3,
                        progress: Callable[[int, int], None] | None = None,
                        max_seconds: float = _MAX_SECONDS, overwrite: bool = False,
-                       workers: int = 2) -> dict:
+                       workers: int = 2, clips_per_source: int = 1) -> dict:
     """Write a synthetic demo dataset in the FSDKaggle2019 layout into ``root``; return a summary.
 
     Writes ``train_curated.csv``, ``train_curated/``, ``train_noisy.csv``,
     ``train_noisy/``, ``test/``, ``sample_submission.csv`` (zeros),
-    ``test_ground_truth.csv`` and ``README.txt``. ``noisy_per_class`` defaults
+    ``test_ground_truth.csv``, ``train_noisy_truth.csv`` (the noisy clips' true labels) and
+    ``README.txt``. ``noisy_per_class`` defaults
     to ``clips_per_class`` and ``test_per_class`` to a quarter of it (at least
     1). The defaults write 720 clips (about 130 MB). ``max_seconds`` caps clip
-    length (tests use short clips). An existing dataset in ``root`` is a
+    length (tests use short clips). ``clips_per_source`` above 1 cuts the
+    curated clips of each class in runs of that many from one recording and
+    adds a ``freesound_id`` column (the recording) to ``train_curated.csv``
+    (``plan_demo_dataset``). An existing dataset in ``root`` is a
     DataError unless ``overwrite`` is set, which replaces it.
     The summary holds the clip counts, the achieved noisy error rate, the
     bytes written and the seconds taken.
@@ -460,7 +540,8 @@ def write_demo_dataset(root: Path | str, *, seed: int = 0,
     root = Path(root).expanduser()
     plan = plan_demo_dataset(seed=seed, clips_per_class=clips_per_class,
                              noisy_per_class=noisy_per_class, test_per_class=test_per_class,
-                             noisy_error_rate=noisy_error_rate, max_seconds=max_seconds)
+                             noisy_error_rate=noisy_error_rate, max_seconds=max_seconds,
+                             clips_per_source=clips_per_source)
     existing = _layout_entries(root)
     if existing and not overwrite:
         raise DataError("a dataset is already here; choose an empty folder or overwrite it "
@@ -496,9 +577,11 @@ def write_demo_dataset(root: Path | str, *, seed: int = 0,
     for clip in plan:
         by_split[clip.split].append(clip)
     curated, noisy, test = by_split["train_curated"], by_split["train_noisy"], by_split["test"]
-    _write_label_csv(root / CURATED_CSV, curated, listed=True)
+    _write_label_csv(root / CURATED_CSV, curated, listed=True, sources=clips_per_source > 1)
     _write_label_csv(root / NOISY_CSV, noisy, listed=True)
     _write_label_csv(root / TEST_TRUTH_CSV, test, listed=False)
+    # The noisy set's true labels: what lets a curriculum's audit score its label filter.
+    _write_label_csv(root / NOISY_TRUTH_CSV, noisy, listed=False)
     zeros = ",".join(["0"] * len(FSD2019_CLASSES))
     # Written last among the CSVs: without it a half-written folder does not load.
     (root / SAMPLE_SUBMISSION).write_text(
@@ -519,11 +602,13 @@ def write_demo_dataset(root: Path | str, *, seed: int = 0,
         "audio_seconds": float(sum(c.seconds for c in plan)),
         "max_seconds": max_seconds,
         "sample_rate": DEMO_SR,
+        "clips_per_source": clips_per_source,
+        "curated_sources": len({source_id(c) for c in curated}),
     }
     readme = _readme(summary)
     (root / "README.txt").write_text(readme, encoding="utf-8")
     csv_bytes = sum((root / name).stat().st_size for name in
-                    (CURATED_CSV, NOISY_CSV, TEST_TRUTH_CSV, SAMPLE_SUBMISSION, "README.txt"))
+                    (CURATED_CSV, NOISY_CSV, NOISY_TRUTH_CSV, TEST_TRUTH_CSV, SAMPLE_SUBMISSION, "README.txt"))
     summary["bytes"] = audio_bytes + csv_bytes
     summary["seconds"] = time.perf_counter() - started
     return summary

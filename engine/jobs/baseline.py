@@ -1,4 +1,13 @@
-"""The ``baseline`` job: CNN14 embeddings of a centre crop, then a one-vs-rest logistic regression per fold.
+"""The ``baseline`` job: per-clip features, then a one-vs-rest logistic regression per fold.
+
+Two variants share everything after the features (folds, fits, records,
+``oof.npy`` / ``test.npy``, submission):
+
+- ``variant = "embedding"`` (default): CNN14 embeddings of a centre crop;
+- ``variant = "mel_stats"``: the mean, std and max of each log-mel bin over the
+  whole clip (``engine.features.melstats``, the spec's ``audio.sample_rate``
+  and ``features`` settings), from the decoded-waveform cache. No pretrained
+  weights; a cheap, different second opinion for blends.
 
 The quick first run on a dataset. Every curated and test clip is embedded
 once (``engine.embeddings``: the pretrained CNN14 on its own log-mel, batched,
@@ -34,7 +43,7 @@ import numpy as np
 
 from engine.embeddings import EmbeddingResult, embed_table, load_embedder
 from engine.errors import ConfigError
-from engine.jobs.common import cache_dir_for, configure_threads, pick_device, prepare_dataset
+from engine.jobs.common import build_cache, cache_dir_for, configure_threads, pick_device, prepare_dataset
 from engine.jobs.context import JobContext, environment_record, git_commit
 from engine.runs.atomic import save_npz
 from engine.runs.folder import RunFolder
@@ -42,6 +51,7 @@ from engine.runs.scores import record_fold_scores, record_oof_scores, score_test
 from engine.specs import BaselineSpec, FeaturesSection, spec_from_json, spec_hash, to_dict
 
 MODEL_LABEL = "cnn14-emb+logreg"
+MEL_STATS_LABEL = "mel-stats+logreg"
 #: lbfgs iterations per class; weak regularisation on separable folds needs more than sklearn's 100.
 MAX_ITER = 1000
 
@@ -121,6 +131,30 @@ def _embed(ctx: JobContext, table, embedder, spec: BaselineSpec, cache_dir, *, s
     return result
 
 
+def _mel_stats(ctx: JobContext, spec: BaselineSpec, layout, cache_dir) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Log-mel statistics of every curated and test clip (decoded once into the waveform cache)."""
+    from engine.features.frontend import LogMelFrontend
+    from engine.features.melstats import mel_statistics
+
+    f = spec.features
+    frontend = LogMelFrontend(sample_rate=spec.audio.sample_rate, n_fft=f.n_fft, hop_length=f.hop_length,
+                              win_length=f.win_length, n_mels=f.n_mels, fmin=f.fmin, fmax=f.fmax)
+    out, summary = [], {}
+    for table, start in ((layout.curated, 0.02), (layout.test, 0.42)):
+        cache = build_cache(ctx, table, sample_rate=spec.audio.sample_rate, cache_dir=cache_dir, start=start,
+                            span=0.2)
+        t0 = time.perf_counter()
+
+        def progress(done: int, total: int, split: str = table.split, start: float = start) -> None:
+            ctx.progress(start + 0.2 + 0.2 * done / max(total, 1), f"mel statistics {split} {done}/{total}")
+
+        out.append(mel_statistics(frontend, [cache.get(i) for i in range(len(cache))], progress=progress))
+        seconds = time.perf_counter() - t0
+        summary[table.split] = {"clips": len(cache), "seconds": round(seconds, 3)}
+        ctx.log(f"{table.split}: mel statistics of {len(cache)} clips in {seconds:.1f}s")
+    return out[0], out[1], summary
+
+
 def run(ctx: JobContext) -> str:
     """Embed, fit per fold, record scores and write artifacts; returns a summary message."""
     spec: BaselineSpec = spec_from_json("baseline", ctx.spec)
@@ -130,36 +164,47 @@ def run(ctx: JobContext) -> str:
     device = pick_device(spec.device, field="device")
     ctx.progress(0.0, "loading dataset")
     data = prepare_dataset(store, spec.data.root, n_folds=spec.n_folds, fold_seed=spec.fold_seed,
-                           folds_field="n_folds")
+                           folds_field="n_folds", group_column=spec.data.group_column)
     layout, classes = data.layout, data.classes
     Y = layout.curated.Y
-    embedder = load_embedder(spec.checkpoint, spec.encoder_run_id, store=store, device=device)
-    if spec.audio.sample_rate != embedder.sample_rate:
+    mel_stats = spec.variant == "mel_stats"
+    embedder = None if mel_stats else load_embedder(spec.checkpoint, spec.encoder_run_id, store=store,
+                                                    device=device)
+    if embedder is not None and spec.audio.sample_rate != embedder.sample_rate:
         raise ConfigError(f"the CNN14 encoder takes {embedder.sample_rate} Hz audio; set audio.sample_rate = "
                           f"{embedder.sample_rate}", field="audio.sample_rate")
     config = to_dict(spec)
-    from_run = embedder.identity.get("kind") == "run-encoder"
+    from_run = embedder is not None and embedder.identity.get("kind") == "run-encoder"
+    identity = ({"kind": "mel-stats", "features": to_dict(spec.features), "sample_rate": spec.audio.sample_rate}
+                if embedder is None else embedder.identity)
     new = store.create_run(run_id, kind="baseline", job_id=ctx.job.id, dataset_id=data.dataset_id,
-                           name=spec.name or run_id, model=MODEL_LABEL, config=config,
+                           name=spec.name or run_id, model=MEL_STATS_LABEL if mel_stats else MODEL_LABEL,
+                           config=config,
                            config_hash=spec_hash(spec), device=str(device), versions=environment_record(),
                            git_commit=git_commit(), run_dir=str(folder.path),
                            parent_run_id=spec.encoder_run_id if from_run else None)
     folder.save_config({"kind": "baseline", "run_id": run_id, "config_hash": spec_hash(spec),
-                        "spec": config, "embedder": embedder.identity, "precision": embedder.precision})
+                        "spec": config, "embedder": identity,
+                        "precision": "float32" if embedder is None else embedder.precision})
     ctx.log(f"{'new run' if new else 'resuming run'} {run_id} on {device}; {len(Y)} curated and "
-            f"{len(layout.test)} test clips, {len(classes)} classes; embedder {embedder.identity}")
-    if not from_run and spec.features != FeaturesSection():
+            f"{len(layout.test)} test clips, {len(classes)} classes; "
+            + (f"mel statistics of {spec.features.n_mels} bins" if mel_stats else f"embedder {identity}"))
+    if embedder is not None and not from_run and spec.features != FeaturesSection():
         ctx.log("note: the features settings are not used; a PANNs checkpoint embeds from its own log-mel")
 
     t_run = time.perf_counter()
     cache_dir = cache_dir_for(spec.data.root, spec.data.cache_dir)
-    curated = _embed(ctx, layout.curated, embedder, spec, cache_dir, start=0.02, span=0.6)
-    test = _embed(ctx, layout.test, embedder, spec, cache_dir, start=0.62, span=0.2)
-    folder.save_json("embeddings.json", {"curated": curated.summary(), "test": test.summary(),
+    if embedder is None:
+        X, X_test, summary = _mel_stats(ctx, spec, layout, cache_dir)
+        folder.save_json("features.json", {"kind": "mel-stats", **summary, "dim": int(X.shape[1])})
+    else:
+        curated = _embed(ctx, layout.curated, embedder, spec, cache_dir, start=0.02, span=0.6)
+        test = _embed(ctx, layout.test, embedder, spec, cache_dir, start=0.62, span=0.2)
+        folder.save_json("embeddings.json", {"curated": curated.summary(), "test": test.summary(),
                                              "embedder": embedder.identity, "precision": embedder.precision,
                                              "crop_seconds": spec.audio.crop_seconds})
-    del embedder
-    X, X_test = curated.embeddings, test.embeddings
+        del embedder
+        X, X_test = curated.embeddings, test.embeddings
 
     n, n_classes = Y.shape
     oof = np.full((n, n_classes), np.nan, dtype=np.float64)

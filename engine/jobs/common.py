@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from engine.data.cache import WaveformCache
-from engine.data.folds import make_folds
+from engine.data.folds import fold_rule, make_folds, make_group_folds, read_groups
 from engine.data.manifest import ClipTable, DatasetLayout, load_layout
 from engine.jobs.context import JobContext
 from engine.store import Store
@@ -57,11 +57,16 @@ class PreparedData:
 
 
 def prepare_dataset(store: Store, root: str | Path, *, n_folds: int = 5, fold_seed: int = 42,
-                    folds_field: str = "train.n_folds") -> PreparedData:
+                    folds_field: str = "train.n_folds", group_column: str = "") -> PreparedData:
     """Load the layout, register it, and compute the folds once (stored for every later run).
 
+    With ``group_column`` (``data.group_column``) the folds keep each source
+    recording named in that column of ``train_curated.csv`` in one fold
+    (``make_group_folds``); without, they are iterative stratification
+    (``make_folds``). The dataset row records the rule (``fold_rule``).
     ``folds_field`` names the spec's fold-count setting in the error raised
-    when it disagrees with the dataset's stored folds.
+    when it disagrees with the dataset's stored folds; a group column that
+    disagrees with the stored rule is an error on ``data.group_column``.
     """
     layout = load_layout(root)
     name = Path(root).resolve().name
@@ -70,10 +75,20 @@ def prepare_dataset(store: Store, root: str | Path, *, n_folds: int = 5, fold_se
         n_noisy=len(layout.noisy.fnames) if layout.noisy else 0, n_test=len(layout.test.fnames))
     stored = store.get_folds(dataset_id)
     if not stored:
-        folds = make_folds(layout.curated.Y, n_splits=n_folds, seed=fold_seed)
-        store.save_folds(dataset_id, layout.curated.fnames, folds.tolist(), seed=fold_seed, n_folds=n_folds)
+        if group_column:
+            groups = read_groups(layout.curated.csv_path, group_column, layout.curated.fnames)
+            folds = make_group_folds(layout.curated.Y, groups, n_splits=n_folds, seed=fold_seed)
+        else:
+            folds = make_folds(layout.curated.Y, n_splits=n_folds, seed=fold_seed)
+        store.save_folds(dataset_id, layout.curated.fnames, folds.tolist(), seed=fold_seed, n_folds=n_folds,
+                         rule=fold_rule(group_column))
         stored = store.get_folds(dataset_id)
     ds = store.get_dataset(dataset_id)
+    if ds and ds.get("fold_rule") and ds["fold_rule"] != fold_rule(group_column):
+        from engine.errors import ConfigError
+        raise ConfigError(f"the dataset's stored folds were made by {ds['fold_rule']!r}, not "
+                          f"{fold_rule(group_column)!r}; every run on a dataset uses the same folds (register the "
+                          "folder as a new dataset to change them)", field="data.group_column")
     if ds and ds["n_folds"] and (ds["n_folds"], ds["fold_seed"]) != (n_folds, fold_seed):
         from engine.errors import ConfigError
         seed_field = folds_field.rsplit(".", 1)[0] + ".fold_seed" if "." in folds_field else "fold_seed"

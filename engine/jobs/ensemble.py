@@ -1,4 +1,4 @@
-"""The ``ensemble`` job: a rank-averaged, calibrated blend of runs' out-of-fold and test scores.
+"""The ``ensemble`` job: a blend of runs' out-of-fold and test scores, its method chosen by measurement.
 
 Members are runs whose run directory holds ``oof.npy`` (curated order) and,
 for a submission, ``test.npy`` (``sample_submission.csv`` order): infer,
@@ -7,13 +7,20 @@ it may join an out-of-fold-only blend (to compare blends by CV), and then the
 ensemble has no test scores and writes no submission; the result message
 says which member lacked them.
 
+With ``method = "auto"`` (the default) every blend method and the best single
+member are scored by OOF LWLRAP, fitted maps cross-fitted over the dataset's
+folds, and the highest is used; an explicit method that scores below the
+best member gets a warning. ``evaluate_ensemble`` computes all of that and
+records nothing (``fsat ensemble --dry-run``).
+
 numpy only: ``fsat ensemble --now`` runs :func:`build_ensemble` in the
 command's own process, the worker runs the same function through
 :func:`run`, and both record the same things: a run of kind ``ensemble``
-with its members and weights, per-fold and out-of-fold LWLRAP (the run's
-``cv_lwlrap`` is the calibrated blend's; the uncalibrated one is logged),
-per-class LRAP, ``oof.npy`` / ``test.npy`` (float64), ``submission.csv`` and
-the test LWLRAP when the dataset has ``test_ground_truth.csv``.
+with its members and weights, the method used and every candidate's scores
+(``ensemble_candidates``), the run's ``warning``, per-fold and out-of-fold
+LWLRAP, per-class LRAP, ``oof.npy`` / ``test.npy`` (float64),
+``submission.csv`` and the test LWLRAP when the dataset has
+``test_ground_truth.csv``.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from typing import Callable
 import numpy as np
 
 from engine.data.manifest import DatasetLayout, load_layout
-from engine.ensemble import Member, blend, greedy_forward_selection
+from engine.ensemble import AUTO, RANK_METHODS, BlendResult, Member, blend, greedy_forward_selection
 from engine.errors import ConfigError, FsatError
 from engine.jobs.context import JobContext, environment_record, git_commit
 from engine.metrics import lwlrap
@@ -62,6 +69,8 @@ class EnsembleOutcome:
     test_lwlrap: float | None
     submission: Path | None
     message: str
+    method: str = ""
+    warning: str | None = None
 
 
 def load_members(store: Store, member_ids: list[str]) -> LoadedMembers:
@@ -151,19 +160,42 @@ def unique_run_id(store: Store, prefix: str = "ensemble") -> str:
     return run_id
 
 
-def build_ensemble(store: Store, spec: EnsembleSpec, *, run_id: str, run_dir: Path | str,
-                   job_id: int | None = None, log: Callable[[str], None] = print,
-                   progress: Callable[[float, str], None] | None = None) -> EnsembleOutcome:
-    """Blend the spec's members and record the ensemble run ``run_id`` (artifacts in ``run_dir``).
+@dataclass
+class EnsembleEvaluation:
+    """A blend computed and scored, nothing recorded: what ``--dry-run`` prints and ``build_ensemble`` saves."""
 
-    Everything is checked and blended before the run is created, so a bad
-    member leaves no half-made run behind.
+    loaded: LoadedMembers
+    result: BlendResult
+    weights: dict[str, float]            # member -> share of the blend (sum 1)
+    candidates: list[dict]               # per method scored: method, oof/raw/test lwlrap, chosen, note
+    fold_of: np.ndarray                  # fold per curated clip (-1 without stored folds)
+    cross_fitted: bool                   # fitted maps were scored out of fold
+    test_lwlrap: float | None            # the chosen blend's, when the dataset has test ground truth
+    member_test_lwlrap: dict[str, float | None] = field(default_factory=dict)
+
+
+def _test_lwlrap(layout: DatasetLayout, scores: np.ndarray | None) -> float | None:
+    """LWLRAP of test scores (sample_submission order) against ``test_ground_truth.csv``, when it exists."""
+    if scores is None or layout.test_truth is None:
+        return None
+    row = {f: i for i, f in enumerate(layout.test.fnames)}
+    return lwlrap(layout.test_truth.Y, scores[[row[f] for f in layout.test_truth.fnames]])
+
+
+def evaluate_ensemble(store: Store, spec: EnsembleSpec, *, log: Callable[[str], None] = print,
+                      progress: Callable[[float, str], None] | None = None) -> EnsembleEvaluation:
+    """Load the spec's members, select (greedy) and blend them, and score every candidate method.
+
+    The OOF scores of fitted maps are cross-fitted over the dataset's stored
+    folds (in-sample, with a note, when it has none); each candidate's test
+    LWLRAP is scored when the dataset has test ground truth. Nothing is
+    written: ``fsat ensemble --dry-run`` prints this, ``build_ensemble``
+    records it.
     """
     def step(fraction: float, message: str) -> None:
         if progress is not None:
             progress(fraction, message)
 
-    run_dir = Path(run_dir)
     step(0.05, "loading members")
     loaded = load_members(store, list(spec.members))
     members, truth = loaded.members, loaded.truth
@@ -172,48 +204,92 @@ def build_ensemble(store: Store, spec: EnsembleSpec, *, run_id: str, run_dir: Pa
     if loaded.missing_test:
         log("no test blend: " + "; ".join(loaded.missing_test))
 
-    step(0.3, "blending")
-    weights = list(spec.weights) if spec.weights else None
-    if spec.greedy:
-        picks, greedy_weights, history = greedy_forward_selection(members, truth, max_steps=spec.greedy_steps,
-                                                                  method=spec.method)
-        weights = greedy_weights.tolist()
-        log("greedy selection: " + " -> ".join(f"{members[i].name} ({s:.4f})" for i, s in zip(picks, history)))
     stored_folds = store.get_folds(loaded.dataset["id"])
     fold_of = fold_of_clips(loaded.layout.curated.fnames, stored_folds)
-    # Calibration of the OOF rows is cross-fitted over the dataset's folds, so the
-    # recorded OOF score is a held-out one; without stored folds it is in-sample.
-    cross_fit = calibration_folds(loaded.layout.curated.fnames, stored_folds)
-    if spec.calibrate and cross_fit is None:
-        log("note: the dataset has no stored folds for every curated clip; the calibrated OOF score is in-sample")
+    # Fitted maps score the OOF rows cross-fitted over the dataset's folds (the one rule the console's
+    # blend shares), so the recorded OOF score is a held-out one; without stored folds it is in-sample.
+    folds = calibration_folds(loaded.layout.curated.fnames, stored_folds)
+    if folds is None:
+        log("note: the dataset has no stored folds for every curated clip; fitted maps are scored in-sample")
+
+    step(0.3, "blending")
+    weights = list(spec.weights) if spec.weights else None
     try:
-        result = blend(members, truth, weights=weights, method=spec.method, calibrate=spec.calibrate,
-                       folds=cross_fit)
+        if spec.greedy:
+            picks, greedy_weights, history = greedy_forward_selection(
+                members, truth, max_steps=spec.greedy_steps, method=spec.method, calibrate=spec.calibrate,
+                folds=folds)
+            weights = greedy_weights.tolist()
+            log("greedy selection: " + " -> ".join(f"{members[i].name} ({s:.4f})" for i, s in zip(picks, history)))
+        result = blend(members, truth, weights=weights, method=spec.method, calibrate=spec.calibrate, folds=folds)
     except ValueError as err:
         raise FsatError(f"cannot blend {', '.join(spec.members)}: {err}") from None
-    classes = loaded.layout.classes
+    layout = loaded.layout
+    candidates = [{"method": c.method, "oof_lwlrap": c.oof_lwlrap, "raw_oof_lwlrap": c.raw_oof_lwlrap,
+                   "test_lwlrap": _test_lwlrap(layout, result.candidate_tests.get(c.method)),
+                   "chosen": c.method == result.method, "note": c.note} for c in result.candidates]
     weight_of = {m.name: float(w) for m, w in zip(members, result.weights)}
-    log(f"{spec.method} blend, weights " + ", ".join(f"{k} {v:.3f}" for k, v in weight_of.items()))
-    log(f"OOF lwlrap {result.oof_lwlrap:.4f}" + (f" calibrated, cross-fitted over the folds "
-                                                 f"({result.raw_oof_lwlrap:.4f} before calibration)"
-                                                 if spec.calibrate else ""))
-    if spec.calibrate and result.oof_lwlrap < result.raw_oof_lwlrap:
-        # Per-class maps reorder classes within a clip; say so rather than hide it.
-        log(f"note: calibration lowers the OOF lwlrap by {result.raw_oof_lwlrap - result.oof_lwlrap:.4f}; "
-            "without it (--no-calibrate, calibrate = false) the blend keeps the uncalibrated order, "
-            "and its scores are still valid submission values in [0, 1]")
+    log(("auto chose " if result.requested == AUTO else "") + f"{result.method}; weights "
+        + ", ".join(f"{k} {v:.3f}" for k, v in weight_of.items()))
+    for c in candidates:
+        log(f"  {c['method']:12s} OOF {_score_text(c['oof_lwlrap'])}"
+            + (f" (raw {c['raw_oof_lwlrap']:.4f})" if c["method"] in RANK_METHODS and c["oof_lwlrap"] is not None
+               and spec.calibrate else "")
+            + (f"  test {c['test_lwlrap']:.4f}" if c["test_lwlrap"] is not None else "")
+            + ("  <- chosen" if c["chosen"] else "") + (f"  ({c['note']})" if c["note"] else ""))
+    if result.warning:
+        log(f"warning: {result.warning}")
+    return EnsembleEvaluation(loaded=loaded, result=result, weights=weight_of, candidates=candidates,
+                              fold_of=fold_of, cross_fitted=folds is not None,
+                              test_lwlrap=_test_lwlrap(layout, result.test),
+                              member_test_lwlrap={m.name: _test_lwlrap(layout, m.test) for m in members})
+
+
+def _score_text(x: float | None) -> str:
+    return "  -   " if x is None else f"{x:.4f}"
+
+
+def build_ensemble(store: Store, spec: EnsembleSpec, *, run_id: str, run_dir: Path | str,
+                   job_id: int | None = None, log: Callable[[str], None] = print,
+                   progress: Callable[[float, str], None] | None = None) -> EnsembleOutcome:
+    """Blend the spec's members and record the ensemble run ``run_id`` (artifacts in ``run_dir``).
+
+    Everything is checked and blended before the run is created, so a bad
+    member leaves no half-made run behind. Records the chosen method and
+    every candidate's scores (``ensemble_candidates``) and, when the blend
+    scores below its best member out of fold, the run's ``warning``.
+    """
+    def step(fraction: float, message: str) -> None:
+        if progress is not None:
+            progress(fraction, message)
+
+    run_dir = Path(run_dir)
+    evaluation = evaluate_ensemble(store, spec, log=log, progress=progress)
+    loaded, result, weight_of, fold_of = evaluation.loaded, evaluation.result, evaluation.weights, evaluation.fold_of
+    members, truth = loaded.members, loaded.truth
+    stored_folds = bool((fold_of >= 0).any())
+    classes = loaded.layout.classes
+    mapped = spec.calibrate and result.method in RANK_METHODS
+    log(f"OOF lwlrap {result.oof_lwlrap:.4f}" + (f" {'cross-fitted' if evaluation.cross_fitted else 'in-sample'}"
+                                                 f" ({result.raw_oof_lwlrap:.4f} before the map to probabilities)"
+                                                 if mapped else ""))
 
     step(0.6, "recording")
     folder = RunFolder(run_dir).create()
     dataset_id = loaded.dataset["id"]
     store.create_run(run_id, kind="ensemble", job_id=job_id, dataset_id=dataset_id,
-                     name=spec.name or f"{spec.method} blend of {len(members)}", model="ensemble",
+                     name=spec.name or f"{result.method} blend of {len(members)}", model="ensemble",
                      config=to_dict(spec), config_hash=spec_hash(spec), device="cpu",
                      versions=environment_record(), git_commit=git_commit(), run_dir=str(run_dir))
     try:
         store.set_run_members(run_id, list(weight_of.items()))
+        store.record_ensemble_candidates(run_id, evaluation.candidates)
+        store.set_run_warning(run_id, result.warning)
         folder.save_config({"kind": "ensemble", "run_id": run_id, "config_hash": spec_hash(spec),
-                            "spec": to_dict(spec), "weights": weight_of, "raw_oof_lwlrap": result.raw_oof_lwlrap})
+                            "spec": to_dict(spec), "weights": weight_of, "method": result.method,
+                            "raw_oof_lwlrap": result.raw_oof_lwlrap, "candidates": evaluation.candidates,
+                            "warning": result.warning, "best_member": result.best_member,
+                            "best_member_oof_lwlrap": result.best_member_lwlrap})
         folder.save_array(folder.oof, result.oof)
         if stored_folds:
             for k in sorted(set(fold_of.tolist()) - {-1}):
@@ -223,8 +299,8 @@ def build_ensemble(store: Store, spec: EnsembleSpec, *, run_id: str, run_dir: Pa
                                   truth.sum(axis=0))
 
         submission, test_score = None, None
-        parts = [f"OOF lwlrap {result.oof_lwlrap:.4f}"
-                 + (f" (uncalibrated {result.raw_oof_lwlrap:.4f})" if spec.calibrate else "")]
+        parts = [f"{result.method}: OOF lwlrap {result.oof_lwlrap:.4f}"
+                 + (f" (uncalibrated {result.raw_oof_lwlrap:.4f})" if mapped else "")]
         if result.test is not None:
             step(0.8, "writing test scores")
             folder.save_array(folder.test, result.test)
@@ -236,6 +312,8 @@ def build_ensemble(store: Store, spec: EnsembleSpec, *, run_id: str, run_dir: Pa
                 log(f"test lwlrap {test_score:.4f}")
         else:
             parts.append("no submission: " + "; ".join(loaded.missing_test))
+        if result.warning:
+            parts.append(f"warning: {result.warning}")
         store.finish_run(run_id, status="done", cv_lwlrap=result.oof_lwlrap, test_lwlrap=test_score)
     except Exception:
         # A queued job's failure is recorded by the worker; a blend made in-process records its own.
@@ -245,7 +323,7 @@ def build_ensemble(store: Store, spec: EnsembleSpec, *, run_id: str, run_dir: Pa
     step(1.0, "done")
     return EnsembleOutcome(run_id=run_id, run_dir=run_dir, weights=weight_of, cv_lwlrap=result.oof_lwlrap,
                            raw_cv_lwlrap=result.raw_oof_lwlrap, test_lwlrap=test_score, submission=submission,
-                           message="; ".join(parts))
+                           message="; ".join(parts), method=result.method, warning=result.warning)
 
 
 def run(ctx: JobContext) -> str:

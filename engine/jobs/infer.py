@@ -175,7 +175,8 @@ def run(ctx: JobContext) -> str:
     configure_threads()
     device = _device(spec.infer.device)
     ctx.progress(0.0, "loading dataset")
-    data = prepare_dataset(store, tspec.data.root, n_folds=tspec.train.n_folds, fold_seed=tspec.train.fold_seed)
+    data = prepare_dataset(store, tspec.data.root, n_folds=tspec.train.n_folds, fold_seed=tspec.train.fold_seed,
+                           group_column=tspec.data.group_column)
     source_dataset = trained.run.get("dataset_id")
     if source_dataset is not None and source_dataset != data.dataset_id:
         # Datasets are keyed by resolved path: a data root that is a link now pointing elsewhere is

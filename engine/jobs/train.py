@@ -217,6 +217,7 @@ class FoldOutcome:
     val_pred: np.ndarray
     epochs_run: int
     tag: str = ""
+    stopped_early: bool = False
 
 
 @dataclass
@@ -277,7 +278,7 @@ def _loss(spec: TrainSpec, counts: np.ndarray, device: torch.device) -> torch.nn
                if spec.loss.class_weights else None)
     return build_loss(spec.loss.name, label_smoothing=spec.loss.label_smoothing, class_weights=weights,
                       gce_q=spec.loss.gce_q, sce_alpha=spec.loss.sce_alpha, sce_beta=spec.loss.sce_beta,
-                      focal_gamma=spec.loss.focal_gamma)
+                      focal_gamma=spec.loss.focal_gamma, lsoft_beta=spec.loss.lsoft_beta)
 
 
 class _RecorderProgress:
@@ -409,7 +410,7 @@ def train_fold_task(task: FoldTask, recorder: FoldRecorder, *, inputs: FoldInput
                             wave_augment=inputs.device_aug, augment_key=(spec.train.seed, fold))
     return FoldOutcome(fold=fold, best_lwlrap=float(result.best_lwlrap), best_epoch=result.best_epoch,
                        val_idx=val_idx, val_pred=np.asarray(result.val_pred), epochs_run=result.epochs_run,
-                       tag=task.tag)
+                       tag=task.tag, stopped_early=result.stopped_early)
 
 
 def _finished_fold_rows(folder: RunFolder, fold: int, log) -> np.ndarray | None:
@@ -424,6 +425,18 @@ def _finished_fold_rows(folder: RunFolder, fold: int, log) -> np.ndarray | None:
         return None
 
 
+def fold_summary(fold: int, result: "FoldOutcome | FoldResult", *, epochs: int, patience: int) -> str:
+    """The log line of a finished fold: its best score and epoch, and where and why training stopped."""
+    line = f"fold {fold}: best lwlrap {result.best_lwlrap:.4f}"
+    if result.best_epoch is None:
+        return line + " (not trained)"
+    line += f" at epoch {result.best_epoch}"
+    if result.stopped_early:
+        return line + (f"; stopped early after epoch {result.epochs_run - 1} of {epochs} "
+                       f"(no better lwlrap for {patience} epochs)")
+    return line + f"; ran all {epochs} epochs"
+
+
 def run(ctx: JobContext) -> str:
     """Train every requested fold, record scores, write artifacts; returns a summary message."""
     spec: TrainSpec = spec_from_json("train", ctx.spec)
@@ -433,7 +446,8 @@ def run(ctx: JobContext) -> str:
     device = pick_device(spec.train.device)
     seed_everything(spec.train.seed)
     ctx.progress(0.0, "loading dataset")
-    data = prepare_dataset(store, spec.data.root, n_folds=spec.train.n_folds, fold_seed=spec.train.fold_seed)
+    data = prepare_dataset(store, spec.data.root, n_folds=spec.train.n_folds, fold_seed=spec.train.fold_seed,
+                           group_column=spec.data.group_column)
     classes, Y = data.classes, data.layout.curated.Y
     noisy_weight = spec.loss.noisy_weight
     if noisy_weight > 0:
@@ -519,7 +533,7 @@ def run(ctx: JobContext) -> str:
         folder.save_array(folder.oof, oof)
         record_fold_scores(store, run_id, fold, Y[val_idx], outcome.val_pred, classes,
                            best_epoch=outcome.best_epoch, lwlrap_value=outcome.best_lwlrap)
-        ctx.log(f"fold {fold}: best lwlrap {outcome.best_lwlrap:.4f} at epoch {outcome.best_epoch}")
+        ctx.log(fold_summary(fold, outcome, epochs=spec.train.epochs, patience=spec.train.patience))
 
     folder.save_array(folder.oof, oof)
     cv, covered = record_oof_scores(store, run_id, Y, oof, classes)

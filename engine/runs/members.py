@@ -174,7 +174,7 @@ class BlendState:
     #: Member run id -> explicit weight (any non-negative number; the blend scales them to sum 1),
     #: or None for CV weights.
     weights: dict[str, float] | None = None
-    method: str = "rank"
+    method: str = "auto"
     calibrate: bool = True
 
     @property
@@ -247,6 +247,11 @@ class BlendOutcome:
     weights: list[float] = field(default_factory=list)
     oof_lwlrap: float | None = None
     raw_oof_lwlrap: float | None = None
+    #: The method used (``auto`` resolved), every method scored (method -> OOF LWLRAP or None) and
+    #: the warning of a blend below its best member.
+    method: str = ""
+    candidates: dict[str, float | None] = field(default_factory=dict)
+    warning: str | None = None
     #: Each loaded member's own OOF LWLRAP.
     member_lwlrap: dict[str, float] = field(default_factory=dict)
     #: Members left out, with the reason (unreadable file, other dataset, wrong shape, missing folds).
@@ -385,7 +390,7 @@ class BlendBench:
             # The same members the ensemble job builds: cv_lwlrap is the OOF LWLRAP of oof.npy.
             result = blend([Member(c.run_id, a, None, score) for c, _, a, score in usable], truth,
                            weights=explicit, method=method, calibrate=calibrate,
-                           folds=self.fold_rows(dataset, folds) if calibrate else None)
+                           folds=self.fold_rows(dataset, folds))
         except ValueError as err:
             outcome.error = f"cannot blend: {err}"
             return outcome
@@ -393,16 +398,21 @@ class BlendBench:
         outcome.weights = [float(w) for w in result.weights]
         outcome.oof_lwlrap = float(result.oof_lwlrap)
         outcome.raw_oof_lwlrap = float(result.raw_oof_lwlrap)
+        outcome.method = result.method
+        outcome.candidates = {c.method: c.oof_lwlrap for c in result.candidates}
+        outcome.warning = result.warning
         outcome.seconds = time.perf_counter() - t0
         return outcome
 
-    def greedy(self, dataset: dict, candidates: Sequence[Candidate], *, method: str,
+    def greedy(self, dataset: dict, candidates: Sequence[Candidate], *, method: str, calibrate: bool = True,
+               folds: dict[str, int] | None = None,
                max_steps: int = GREEDY_STEPS) -> tuple[dict[str, float], list[float], dict[str, str]]:
         """Greedy forward selection (with replacement) over every usable candidate.
 
         Returns member -> pick count (the weights), the OOF LWLRAP after each
-        pick (uncalibrated blend of the picks), and the candidates left out
-        with why (in a few words).
+        pick (the blend's own score, cross-fitted over ``folds``, as the
+        ensemble job scores it; ``best`` selects as ``auto``), and the
+        candidates left out with why (in a few words).
         """
         from engine.ensemble import Member, greedy_forward_selection
 
@@ -418,7 +428,8 @@ class BlendBench:
             return {}, [], problems
         picks, _, history = greedy_forward_selection(
             [Member(c.run_id, a, None, c.cv_lwlrap) for c, a in usable], truth, max_steps=max_steps,
-            method=method)
+            method="auto" if method == "best" else method, calibrate=calibrate,
+            folds=self.fold_rows(dataset, folds))
         counts = Counter(usable[k][0].run_id for k in picks)
         return {run_id: float(n) for run_id, n in counts.items()}, history, problems
 

@@ -49,12 +49,18 @@ class EpochResult:
 
 @dataclass
 class FoldResult:
-    """The outcome of a fold: best score and epoch, and validation predictions of the best model."""
+    """The outcome of a fold: best score and epoch, and validation predictions of the best model.
+
+    ``val_pred`` is None only when an ``early_stopping`` carried in from an
+    earlier curriculum stage saw no better epoch in this call (no ``best.pt``
+    was written).
+    """
 
     best_lwlrap: float
     best_epoch: int | None
-    val_pred: np.ndarray
-    epochs_run: int
+    val_pred: np.ndarray | None
+    epochs_run: int             # epochs trained in all (resumed ones included)
+    stopped_early: bool = False   # early stopping ended the fold before its last epoch
 
 
 def save_atomic(obj: object, path: Path) -> None:
@@ -165,6 +171,7 @@ def train_fold(tagger: Tagger, *, train_loader: DataLoader, val_loader: DataLoad
                on_epoch: Callable[[EpochResult], None] | None = None,
                on_step: Callable[[int, int], None] | None = None,
                log: Callable[[str], None] = print,
+               early_stopping: EarlyStopping | None = None,
                wave_augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
                augment_key: tuple[int, int] = (0, 0)) -> FoldResult:
     """Train one fold to early stopping, resuming from ``fold_dir/last.pt`` when present.
@@ -175,6 +182,12 @@ def train_fold(tagger: Tagger, *, train_loader: DataLoader, val_loader: DataLoad
     exactly as an uninterrupted one on the same device. A damaged ``last.pt``
     falls back on ``last.prev.pt`` (one epoch older), then on a restart; the
     log names the file.
+
+    ``early_stopping`` continues a stopper from an earlier call (a curriculum
+    stage carries the fold's best score and patience into the next stage);
+    by default a fresh one with ``patience`` is used. With a carried stopper a
+    call may see no better epoch: then no ``best.pt`` is written and the
+    result's ``val_pred`` is None.
 
     ``wave_augment(wave, generator)`` augments each training batch on the
     device; its generator comes from ``(*augment_key, epoch, step)``
@@ -191,7 +204,7 @@ def train_fold(tagger: Tagger, *, train_loader: DataLoader, val_loader: DataLoad
     scheduler = warmup_cosine(optimizer, warmup_steps=min(warm, total - 1), total_steps=total,
                               min_lr_ratio=min_lr_ratio)
     scaler = make_grad_scaler(device, amp)
-    stopper = EarlyStopping(patience=patience, mode="max")
+    stopper = early_stopping if early_stopping is not None else EarlyStopping(patience=patience, mode="max")
     generator = torch.Generator().manual_seed(seed)
     start_epoch = 0
 
@@ -207,10 +220,11 @@ def train_fold(tagger: Tagger, *, train_loader: DataLoader, val_loader: DataLoad
         start_epoch = state["epoch"] + 1
         log(f"resuming at epoch {start_epoch} (best so far {stopper.best:.4f})")
 
-    epoch = start_epoch - 1
+    last_epoch = start_epoch - 1
     for epoch in range(start_epoch, epochs):
         if stopper.should_stop:
             break
+        last_epoch = epoch
         for obj in (train_loader.dataset, train_loader.sampler, getattr(train_loader, "batch_sampler", None)):
             if hasattr(obj, "set_epoch"):
                 obj.set_epoch(epoch)
@@ -266,9 +280,11 @@ def train_fold(tagger: Tagger, *, train_loader: DataLoader, val_loader: DataLoad
         if last_path.exists():
             os.replace(last_path, fold_dir / PREVIOUS_LAST)
         save_atomic(state, last_path)
-    best = load_npy(fold_dir / "val_pred.npy", remedy=f"delete {fold_dir} and queue the job again to retrain the fold")
+    best_pred = fold_dir / "val_pred.npy"
+    best = (load_npy(best_pred, remedy=f"delete {fold_dir} and queue the job again to retrain the fold")
+            if best_pred.exists() else None)
     return FoldResult(best_lwlrap=float(stopper.best), best_epoch=int(stopper.best_epoch),
-                      val_pred=best, epochs_run=epoch + 1)
+                      val_pred=best, epochs_run=last_epoch + 1, stopped_early=last_epoch + 1 < epochs)
 
 
 def is_oom(err: BaseException) -> bool:

@@ -1,4 +1,4 @@
-"""Multi-label losses on logits: BCE, generalized and symmetric cross entropy, focal.
+"""Multi-label losses on logits: BCE, generalized and symmetric cross entropy, focal, Lsoft.
 
 Every loss here takes logits ``[B, C]`` and float targets ``[B, C]`` in ``[0, 1]``
 and returns a scalar: the plain mean over all ``B * C`` entries of the per-entry
@@ -25,6 +25,8 @@ __all__ = [
     "BCEWithLogits",
     "FocalLoss",
     "GeneralizedCrossEntropy",
+    "LsoftLoss",
+    "NOISY_FALLBACK_LOSSES",
     "MultiLabelLoss",
     "SCE_LOG_CLAMP",
     "SymmetricCrossEntropy",
@@ -33,7 +35,12 @@ __all__ = [
     "smooth_positive_labels",
 ]
 
-LOSS_NAMES = ("bce", "gce", "sce", "focal")
+LOSS_NAMES = ("bce", "gce", "sce", "focal", "lsoft")
+
+#: The losses a curriculum stage falls back to, in order, when the noisy clips pull its
+#: validation LWLRAP below the teacher's: Lsoft first (what the competition's winner used
+#: on the noisy set), then GCE.
+NOISY_FALLBACK_LOSSES = ("lsoft", "gce")
 
 # Reverse cross entropy needs log(target); log(0) is replaced by this constant
 # (the value used by the paper that introduced symmetric cross entropy).
@@ -220,11 +227,34 @@ class FocalLoss(MultiLabelLoss):
         return -(pos + neg)
 
 
+class LsoftLoss(MultiLabelLoss):
+    """Lsoft, the soft-bootstrapping BCE used on the noisy set by the competition's winner.
+
+    The target is blended with the model's own (detached) prediction before the
+    binary cross entropy: ``t' = beta * t + (1 - beta) * p`` with ``p = sigmoid(x)``,
+    then ``-(t' log p + (1 - t') log(1 - p))``. A weak label the model confidently
+    disagrees with pulls less (at ``beta = 0.7`` a wrong positive with ``p = 0.05``
+    becomes a target of 0.715 instead of 1). ``beta = 1`` is plain BCE.
+    """
+
+    def __init__(self, beta: float = 0.7, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if not 0.0 <= beta <= 1.0:
+            raise ConfigError(f"Lsoft beta must be in [0, 1], got {beta}", field="loss.lsoft_beta")
+        self.beta = float(beta)
+
+    def elementwise(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """Per-entry BCE against the bootstrapped target (no gradient through the target)."""
+        with torch.no_grad():
+            blended = self.beta * targets + (1.0 - self.beta) * torch.sigmoid(logits)
+        return -(blended * F.logsigmoid(logits) + (1.0 - blended) * F.logsigmoid(-logits))
+
+
 def build_loss(name: str, *, label_smoothing: float = 0.0,
                class_weights: np.ndarray | Tensor | None = None,
                gce_q: float = 0.7, sce_alpha: float = 1.0, sce_beta: float = 0.5,
-               focal_gamma: float = 1.5) -> nn.Module:
-    """The training loss named in a job spec: 'bce', 'gce', 'sce' or 'focal'.
+               focal_gamma: float = 1.5, lsoft_beta: float = 0.7) -> nn.Module:
+    """The training loss named in a job spec: 'bce', 'gce', 'sce', 'focal' or 'lsoft'.
 
     The module's ``forward(logits, targets, sample_weights=None)`` smooths positive
     targets, weights columns by ``class_weights`` and rows by ``sample_weights`` and
@@ -240,4 +270,6 @@ def build_loss(name: str, *, label_smoothing: float = 0.0,
         return SymmetricCrossEntropy(alpha=sce_alpha, beta=sce_beta, **common)
     if key == "focal":
         return FocalLoss(gamma=focal_gamma, **common)
+    if key == "lsoft":
+        return LsoftLoss(beta=lsoft_beta, **common)
     raise ConfigError(f"unknown loss {name!r}; use one of {', '.join(LOSS_NAMES)}", field="loss.name")

@@ -54,8 +54,11 @@ from fsat_console.widgets.status import WorkerStatus
 
 #: How much ``+`` / ``-`` change a member's weight.
 WEIGHT_STEP = 0.5
-METHODS = ("rank", "mean")
-METHOD_LABELS = {"rank": "per-class rank average", "mean": "score mean"}
+#: The ``m`` key's cycle: the ensemble spec's methods (``engine.ensemble.METHODS``).
+METHODS = specs.ENSEMBLE_METHODS
+METHOD_LABELS = {"auto": "auto (best by cross-fitted OOF)", "best": "best member alone",
+                 "rank": "rank average → quantile map", "rank_minmax": "rank average → min-max + temperature",
+                 "mean": "mean of probabilities", "logit_mean": "mean of logits", "geo_mean": "geometric mean"}
 
 MEMBER_COLUMNS = (
     ColumnSpec("in", "in", descending_first=True),
@@ -144,7 +147,8 @@ class EnsembleScreen(Screen):
                 tooltip=f"Lower the selected member's weight by {WEIGHT_STEP:g} (not below 0)"),
         Binding("c", "cv_weights", "CV weights",
                 tooltip="Weights proportional to each member's OOF LWLRAP again (the default of fsat ensemble)"),
-        Binding("m", "toggle_method", "Rank/mean", tooltip="Average per-class ranks or plain scores"),
+        Binding("m", "toggle_method", "Method", tooltip="Next blend method: auto, best, rank, rank_minmax, "
+                "mean, logit_mean, geo_mean"),
         Binding("k", "toggle_calibrate", "Calibrate",
                 tooltip="Map the blend to probabilities with a per-class temperature and bias (on/off)"),
         Binding("g", "greedy", "Greedy",
@@ -341,8 +345,10 @@ class EnsembleScreen(Screen):
         digits.set_class(pending, "-stale")
         text = Text()
         text.append("Blend OOF LWLRAP", style="bold")
-        text.append(f"  {METHOD_LABELS[state.method]} · {'calibrated' if state.calibrate else 'not calibrated'}",
-                    style="cyan")
+        text.append(f"  {METHOD_LABELS[state.method]}", style="cyan")
+        if state.method == "auto" and outcome is not None and outcome.method:
+            text.append(f" → {outcome.method}", style="bold cyan")
+        text.append(f" · {'mapped to probabilities' if state.calibrate else 'ranks not mapped'}", style="cyan")
         n = len(state.member_ids)
         if self.dataset:
             clips = f" ({outcome.n_clips} curated clips)" if outcome and outcome.n_clips else ""
@@ -365,8 +371,8 @@ class EnsembleScreen(Screen):
             text.append(f"\n{outcome.error}", style="bold red")
         elif outcome is not None and outcome.oof_lwlrap is not None:
             text.append("\n")
-            if state.calibrate:
-                text.append("raw (before calibration) ", style="dim")
+            if state.calibrate and outcome.method in ("rank", "rank_minmax"):
+                text.append("raw (before the map) ", style="dim")
                 text.append(fmt_score(outcome.raw_oof_lwlrap), style="bold")
                 text.append(" · ", style="dim")
             best = max(outcome.member_lwlrap.items(), key=lambda kv: kv[1], default=None)
@@ -376,6 +382,11 @@ class EnsembleScreen(Screen):
                 gain = outcome.oof_lwlrap - best[1]
                 text.append(" · gain ", style="dim")
                 text.append(_signed(gain), style="bold green" if gain > 0 else "bold red")
+            if len(outcome.candidates) > 1:
+                text.append("\n")
+                text.append("  ".join(f"{m} {fmt_score(v)}" for m, v in outcome.candidates.items()), style="dim")
+            if outcome.warning:
+                text.append(f"\nwarning: {outcome.warning}", style="bold yellow")
             text.append("\nCV weights (∝ each member's OOF LWLRAP; +/- sets them) " if state.cv_weighted
                         else "\nexplicit weights (c: back to CV weights) ", style="dim")
             text.append("  ".join(f"{m} {w * 100:.0f}%" for m, w in zip(outcome.members, outcome.weights)))
@@ -416,7 +427,7 @@ class EnsembleScreen(Screen):
             if worker.is_cancelled:
                 return
             try:
-                folds = self._stored_folds(dataset["id"]) if dataset and calibrate else None
+                folds = self._stored_folds(dataset["id"]) if dataset else None
                 outcome = bench.evaluate(dataset, members, weights, method=method, calibrate=calibrate, key=key,
                                          folds=folds)
             except Exception as err:  # whatever happens becomes a message in the panel
@@ -543,7 +554,7 @@ class EnsembleScreen(Screen):
         self._changed()
 
     def action_toggle_method(self) -> None:
-        """Switch between rank and mean averaging."""
+        """The next blend method (auto, best, rank, rank_minmax, mean, logit_mean, geo_mean)."""
         if self._busy():
             return
         self.state.method = METHODS[(METHODS.index(self.state.method) + 1) % len(METHODS)]
@@ -604,7 +615,9 @@ class EnsembleScreen(Screen):
         bench = self.bench
         with bench.lock:
             try:
-                selection, history, problems = bench.greedy(dataset, candidates, method=method)
+                selection, history, problems = bench.greedy(dataset, candidates, method=method,
+                                                            calibrate=self.state.calibrate,
+                                                            folds=self._stored_folds(dataset["id"]))
             except Exception as err:  # shown in the panel, never a traceback
                 self.post_message(GreedyDone({}, [], {}, error=f"greedy selection failed: {err}"))
                 return
@@ -622,7 +635,7 @@ class EnsembleScreen(Screen):
             return
         self.state.set_weights(message.selection)
         picks = int(sum(message.selection.values()))
-        self.notify(f"{picks} picks → {len(message.selection)} members; uncalibrated OOF LWLRAP of the picks "
+        self.notify(f"{picks} picks → {len(message.selection)} members; OOF LWLRAP of the picks' blend "
                     f"{message.history[-1]:.4f}", title="Greedy selection", markup=False)
         self._changed()
 

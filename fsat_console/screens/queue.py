@@ -293,6 +293,9 @@ class QueueScreen(ModalScreen[int | None]):
         if not ok:
             return
         name = spec.name or self.preset or ""
+        if not spec.name and getattr(spec, "run_id", ""):
+            # An infer job is listed under the run it infers, not only its preset.
+            name = f"{name or 'tta'} {spec.run_id}"
         if not spec.name:
             spec.name = name
         self._submitting = True

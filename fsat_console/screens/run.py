@@ -207,6 +207,9 @@ def run_header(detail: RunDetail | None, run_id: str) -> Table:
         pair("device", run.get("device") or "—"),
         progress,
     )
+    if run.get("warning"):
+        # E.g. an ensemble whose cross-fitted OOF score is below its best member's.
+        grid.add_row(Text.assemble(("warning: ", "bold yellow"), (str(run["warning"]), "yellow")))
     return grid
 
 
@@ -226,6 +229,8 @@ class RunScreen(Screen):
         Binding("b", "baseline", "Baseline", tooltip="Queue the embeddings + logistic-regression baseline "
                                                     "on this run's dataset"),
         Binding("tab", "switch_table", "Folds/Classes", tooltip="Move between the fold and the class table"),
+        Binding("u", "curriculum", "Curriculum", tooltip="Train run: queue a noisy-label curriculum with it as "
+                "teacher; curriculum run: its stages, gain over the teacher and noisy-label audit"),
     ]
 
     def __init__(self, run_id: str) -> None:
@@ -404,6 +409,21 @@ class RunScreen(Screen):
         encoder = str(run["id"]) if can_embed_baseline(run) else ""
         self.app.push_screen(BaselineScreen(data_root=root, dataset_name=dataset["name"] if dataset else "",
                                             encoder_run_id=encoder, root_problem=problem), self._queued)
+
+    def action_curriculum(self) -> None:
+        """Queue a curriculum from this train run, or open this curriculum run's view."""
+        from fsat_console.screens.curriculum import CurriculumDialog, CurriculumView
+
+        run = self.detail.run if self.detail else None
+        if run is None:
+            self.notify(f"Run {self.run_id} is not loaded yet.", severity="warning", markup=False)
+        elif run.get("kind") == "curriculum":
+            self.app.push_screen(CurriculumView(self.run_id))
+        elif run.get("kind") == "train":
+            self.app.push_screen(CurriculumDialog(run), self._queued)
+        else:
+            self.notify(f"Run {self.run_id} is a {run.get('kind')} run: a curriculum needs a train run as teacher.",
+                        severity="warning", markup=False)
 
     def _queued(self, job_id: int | None) -> None:
         if job_id is not None:
