@@ -31,6 +31,8 @@ stage attempt's ``last.pt`` where the stage is.
 
 from __future__ import annotations
 
+import dataclasses
+
 import copy
 import csv
 import io
@@ -255,8 +257,9 @@ def run(ctx: JobContext) -> str:
     counts = Y.sum(axis=0)
     class_w = (torch.as_tensor(class_weights_from_counts(counts), dtype=torch.float32, device=device)
                if tspec.loss.class_weights else None)
-    # Per-clip augmentation only here: the curriculum's stages run it in the loader.
-    wave_aug = wave_augmenters(tspec, torch.device("cpu"))[0]
+    # The curriculum's stages run the waveform augmentation per clip in the loader, whatever the backend.
+    as_cpu = dataclasses.replace(tspec, augment=dataclasses.replace(tspec.augment, backend="cpu"))
+    wave_aug = wave_augmenters(as_cpu, torch.device("cpu"))[0]
     batch_size = int(student.train.batch_size)
     n = len(Y)
     oof_path = run_dir / "oof.npy"
