@@ -202,9 +202,14 @@ class TrainSection:
     folds: list[int] = field(default_factory=list)
     fold_seed: int = 42
     seed: int = 42
-    num_workers: int = 0
-    pin_memory: bool = False
-    prefetch_factor: int = 2
+    #: Loader settings: a value, or "auto" to choose from the device and the host's cores
+    #: (engine.data.dataset.loader_settings); the run's config records what was chosen.
+    num_workers: Union[int, str] = "auto"
+    pin_memory: Union[bool, str] = "auto"
+    persistent_workers: Union[bool, str] = "auto"
+    prefetch_factor: Union[int, str] = "auto"
+    #: Threads decoding audio into the waveform cache: a number, or "auto" for the host's cores.
+    decode_workers: Union[int, str] = "auto"
     device: str = "auto"
     #: Inverse-frequency class-balanced sampling of curated clips, capped at max_oversample.
     balanced_sampler: bool = False
@@ -228,8 +233,16 @@ class TrainSection:
         for i, k in enumerate(self.folds):
             if not 0 <= k < self.n_folds:
                 raise ConfigError(f"fold {k} is outside 0..{self.n_folds - 1}", field=f"{path}.folds[{i}]")
-        _nonneg(self.num_workers, f"{path}.num_workers")
-        _positive(self.prefetch_factor, f"{path}.prefetch_factor")
+        for name, check in (("num_workers", _nonneg), ("prefetch_factor", _positive), ("decode_workers", _positive)):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                _auto(value, f"{path}.{name}", "a whole number")
+            else:
+                check(value, f"{path}.{name}")
+        for name in ("pin_memory", "persistent_workers"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                _auto(value, f"{path}.{name}", "true, false")
         _choice(self.device, DEVICES, f"{path}.device")
         if self.max_oversample < 1:
             raise ConfigError(f"must be at least 1, got {self.max_oversample}", field=f"{path}.max_oversample")
@@ -238,6 +251,9 @@ class TrainSection:
     def fold_list(self) -> list[int]:
         """The folds to train, in order."""
         return list(self.folds) if self.folds else list(range(self.n_folds))
+
+
+AUGMENT_BACKENDS = ("auto", "device", "cpu")
 
 
 @dataclass
@@ -262,8 +278,13 @@ class AugmentSection:
     time_frac: float = 0.1
     mixup_p: float = 0.0
     mixup_alpha: float = 0.4
+    #: Where the waveform augmentation runs: "device" (batched on the training device after the
+    #: loader), "cpu" (per clip with audiomentations in the loader), or "auto": device on CUDA,
+    #: cpu when training on a CPU, where the per-clip path measured faster (benchmarks/README.md).
+    backend: str = "auto"
 
     def validate(self, path: str) -> None:
+        _choice(self.backend, AUGMENT_BACKENDS, f"{path}.backend")
         for name in ("gain_p", "noise_p", "shift_p", "pitch_p", "stretch_p", "specaug_p", "mixup_p"):
             _prob(getattr(self, name), f"{path}.{name}")
         if len(self.noise_snr_db) != 2 or self.noise_snr_db[0] > self.noise_snr_db[1]:
@@ -687,6 +708,11 @@ def _nonneg(v: float, path: str) -> None:
 def _prob(v: float, path: str) -> None:
     if not 0 <= v <= 1:
         raise ConfigError(f"must be a probability in [0, 1], got {v}", field=path)
+
+
+def _auto(v: str, path: str, alternative: str) -> None:
+    if v != "auto":
+        raise ConfigError(f"must be {alternative} or \"auto\", got {v!r}", field=path)
 
 
 def _choice(v: str, options: tuple[str, ...], path: str) -> None:

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 # CNN14 is heavy on a CPU: one fold, two optimisation steps of 1 s crops.
 CNN14_QUICK = ["train.folds=[0]", "train.epochs=1", "train.steps_per_epoch=2", "train.batch_size=4",
                "audio.crop_seconds=1.0", "train.num_workers=0", "train.pin_memory=false",
-               "augment.pitch_p=0", "augment.stretch_p=0"]
+               "augment.backend=\"device\""]
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +47,8 @@ def test_cnn14_recipe_trains_from_a_panns_checkpoint(tiny_demo: Path, tmp_path: 
     assert job.status == "done", job.error
     run = store.get_run(job.run_id)
     assert run["model"] == "cnn14-64mel" and run["config"]["loss"]["label_smoothing"] == 0.05
+    # The full waveform augmentation ran batched in the training step (the path CUDA runs by default).
+    assert run["config"]["augment"]["backend"] == "device" and run["config"]["augment"]["stretch_p"] == 0.2
     log = (Path(run["run_dir"]) / "job.log").read_text()
     assert "pretrained tensors from" in log and "head classifier initialised" in log
     (epoch,) = store.epochs(job.run_id)
@@ -313,7 +315,18 @@ def test_auto_batch_size_and_noisy_clips_are_recorded_with_the_run(tiny_demo: Pa
     run_dir = Path(run["run_dir"])
     recorded = json.loads((run_dir / "config.json").read_text())
     assert recorded["spec"]["train"]["batch_size"] == 64
-    assert recorded["requested"] == {"train.batch_size": "auto"}
+    assert recorded["requested"] == {"augment.backend": "auto", **{f"train.{k}": "auto" for k in (
+        "batch_size", "num_workers", "pin_memory", "persistent_workers", "prefetch_factor", "decode_workers")}}
+    assert run["config"]["augment"]["backend"] == "cpu"  # auto on a CPU device
+    # The loader settings chosen for this CPU host are what the run records and ran with.
+    from engine.data.cache import host_cores
+
+    train = run["config"]["train"]
+    assert (train["num_workers"], train["pin_memory"], train["persistent_workers"]) == (0, False, False)
+    assert train["prefetch_factor"] == "auto"  # no workers: nothing to prefetch
+    assert train["decode_workers"] == host_cores()
+    assert recorded["loader"] == {"num_workers": 0, "pin_memory": False, "persistent_workers": False,
+                                  "prefetch_factor": None, "host_cores": host_cores(), "device": "cpu"}
     assert recorded["config_hash"] == run["config_hash"]
     log = (run_dir / "job.log").read_text()
     assert "batch_size auto -> 64" in log

@@ -138,7 +138,7 @@ def test_multiscale_batches_keep_one_crop_length_drawn_with_the_configured_proba
     assert len(batches) == 2000
     lengths = []
     for batch in batches:
-        crops = {crop for _, crop in batch}
+        crops = {crop for _, crop, _epoch in batch}
         assert len(crops) == 1, crops
         lengths.append(crops.pop())
     lengths = np.array(lengths)
@@ -149,16 +149,16 @@ def test_multiscale_batches_keep_one_crop_length_drawn_with_the_configured_proba
     assert np.mean(lengths == LONG) == pytest.approx(0.2, abs=0.04)
     assert np.mean(lengths == BASE) == pytest.approx(0.6, abs=0.04)
     # Probability 0 switches the extra lengths off.
-    assert {crop for b in _multiscale(2000, prob=0.0) for _, crop in b} == {BASE}
+    assert {crop for b in _multiscale(2000, prob=0.0) for _, crop, _epoch in b} == {BASE}
 
 
 def test_multiscale_batches_pass_every_index_through_once_in_order():
     batches = list(_multiscale(n=103, batch=10))
     assert [len(b) for b in batches] == [10] * 10 + [3]
-    assert [i for b in batches for i, _ in b] == list(range(103))
+    assert [i for b in batches for i, *_ in b] == list(range(103))
     assert len(_multiscale(n=103, batch=10)) == 11
     dropped = list(_multiscale(n=103, batch=10, drop_last=True))
-    assert [i for b in dropped for i, _ in b] == list(range(100))
+    assert [i for b in dropped for i, *_ in b] == list(range(100))
     assert len(_multiscale(n=103, batch=10, drop_last=True)) == 10
 
 
@@ -186,7 +186,7 @@ def test_multiscale_batches_follow_the_wrapped_sampler_and_its_epoch():
     assert inner.epoch == 3
     expected = BalancedClassSampler(Y, num_samples=60, seed=2)
     expected.set_epoch(3)
-    assert [i for b in outer for i, _ in b] == expected.indices().tolist()
+    assert [i for b in outer for i, *_ in b] == expected.indices().tolist()
 
 
 def test_multiscale_batches_through_a_dataloader_give_equal_length_crops():

@@ -51,6 +51,28 @@ def cache_key(table: ClipTable, sample_rate: int) -> str:
     return f"{table.split}-{sample_rate}-{digest.hexdigest()[:16]}"
 
 
+def host_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, else the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def decode_workers(setting: int | str | None = "auto") -> int:
+    """Decoding threads for a cache build: ``"auto"`` (or None) is one per host core.
+
+    libsndfile and soxr release the GIL, so threads decode in parallel; the
+    measured rate scales with cores (benchmarks/README.md, "Waveform cache").
+    """
+    if setting is None or setting == "auto":
+        return host_cores()
+    workers = int(setting)
+    if workers < 1:
+        raise ValueError(f"decode workers must be at least 1, got {setting!r}")
+    return workers
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -145,11 +167,12 @@ class WaveformCache:
     @classmethod
     def build(cls, table: ClipTable, *, sample_rate: int, cache_dir: Path,
               progress: Callable[[int, int], None] | None = None,
-              workers: int = 2) -> WaveformCache:
+              workers: int | str | None = "auto") -> WaveformCache:
         """Return the cache of ``table`` at ``sample_rate``, decoding the clips only if needed.
 
         ``progress(done, total)`` is called as clips are decoded. ``workers``
-        decoding threads are used (libsndfile and soxr release the GIL). A
+        decoding threads are used (libsndfile and soxr release the GIL);
+        ``"auto"`` is one per host core (:func:`decode_workers`). A
         corrupt clip fails the build with the DataError from :func:`decode`,
         naming the file; nothing is left behind.
         """
@@ -171,6 +194,7 @@ class WaveformCache:
         tmp = cache_dir / (f"{_TMP_PREFIX}{final.name}@{socket.gethostname()}@{os.getpid()}"
                            f"@{uuid.uuid4().hex[:8]}")
         tmp.mkdir()
+        workers = decode_workers(workers)
         try:
             offsets = cls._decode_into(table, tmp / WAVES_FILE, sample_rate, progress, workers)
             np.save(tmp / OFFSETS_FILE, offsets)

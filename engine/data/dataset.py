@@ -6,6 +6,8 @@ training device; this part runs in DataLoader workers on the CPU.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -13,6 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from engine.data.audio import fit_length
+from engine.data.cache import host_cores
 
 
 class ConcatCache:
@@ -83,15 +86,19 @@ class CropDataset(Dataset):
         return len(self.indices)
 
     def __getitem__(self, item: int | tuple[int, int]):
-        crop = self.crop_samples
-        if isinstance(item, tuple):  # (position, crop length) from MultiScaleBatchSampler
-            item, crop = item
+        crop, epoch = self.crop_samples, self.epoch
+        if isinstance(item, tuple):
+            # (position, crop length, epoch) from MultiScaleBatchSampler: the epoch
+            # travels with the index because persistent loader workers hold their
+            # own copy of this dataset, which set_epoch in the main process never reaches.
+            item, crop, *rest = item
+            epoch = rest[0] if rest else epoch
         clip = int(self.indices[item])
         wave = self.cache.get(clip)
         if self.train:
             # A per-(seed, epoch, clip) generator keeps crops reproducible whatever
             # the DataLoader worker count or order.
-            rng = np.random.default_rng((self.seed, self.epoch, clip))
+            rng = np.random.default_rng((self.seed, epoch, clip))
             wave = fit_length(wave, crop, mode="random", rng=rng, loop_prob=self.loop_pad_prob)
             if self.wave_augment is not None:
                 wave = self.wave_augment(wave, rng)
@@ -104,7 +111,7 @@ class CropDataset(Dataset):
 
 
 class MultiScaleBatchSampler(torch.utils.data.Sampler):
-    """Wraps a sampler into batches of (index, crop length): one length per batch.
+    """Wraps a sampler into batches of (index, crop length, epoch): one length per batch.
 
     With probability ``prob`` each, a batch uses one of the extra crop lengths
     (multi-scale training, e.g. 5 s and 12 s besides 10 s).
@@ -141,12 +148,76 @@ class MultiScaleBatchSampler(torch.utils.data.Sampler):
             batch.append(int(idx))
             if len(batch) == self.batch_size:
                 crop = self._crop(rng)
-                yield [(i, crop) for i in batch]
+                yield [(i, crop, self.epoch) for i in batch]
                 batch = []
         if batch and not self.drop_last:
             crop = self._crop(rng)
-            yield [(i, crop) for i in batch]
+            yield [(i, crop, self.epoch) for i in batch]
 
     def __len__(self) -> int:
         n = len(self.sampler)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+
+@dataclass(frozen=True)
+class LoaderSettings:
+    """DataLoader settings as they will run: every ``"auto"`` resolved."""
+
+    num_workers: int
+    pin_memory: bool
+    persistent_workers: bool
+    prefetch_factor: int | None
+
+    def dataloader_kwargs(self) -> dict:
+        """Keyword arguments for ``torch.utils.data.DataLoader``."""
+        kw: dict = {"num_workers": self.num_workers, "pin_memory": self.pin_memory}
+        if self.num_workers > 0:
+            kw.update(persistent_workers=self.persistent_workers, prefetch_factor=self.prefetch_factor)
+        return kw
+
+
+#: Batches in flight that "auto" aims for, whatever the worker count: enough to
+#: ride out a slow disk read of one worker.
+_BATCHES_IN_FLIGHT = 8
+
+
+def loader_settings(*, num_workers: int | str = "auto", pin_memory: bool | str = "auto",
+                    persistent_workers: bool | str = "auto", prefetch_factor: int | str = "auto",
+                    device_type: str = "cpu", cores: int | None = None,
+                    cpu_augment: bool = False) -> LoaderSettings:
+    """Resolve the loader settings of a spec (each a value or ``"auto"``) for a device and host.
+
+    ``"auto"`` means:
+
+    - ``num_workers``: on a CPU device 0, because the training step's torch
+      threads already use every core and a worker process would take them
+      away (an item without CPU augmentation costs well under a millisecond,
+      see benchmarks/README.md). On CUDA one core stays with the process
+      that drives the GPU; the rest load, up to 4 when augmentation runs on
+      the device (a crop from the memory-mapped cache is cheap: 4 workers
+      deliver far more than a GPU trains) and up to 16 when it runs per clip
+      on the CPU (``cpu_augment``), where the loader is the bottleneck.
+    - ``pin_memory``: on CUDA only (page-locked batches copy asynchronously).
+    - ``persistent_workers``: whenever there are workers, so they are not
+      started again every epoch.
+    - ``prefetch_factor``: enough batches per worker for about 8 in flight.
+
+    Explicit values are kept, except where they cannot apply: pinning
+    without CUDA, and persistence or prefetch without workers.
+    """
+    cores = host_cores() if cores is None else max(1, int(cores))
+    cuda = device_type == "cuda"
+    if num_workers == "auto":
+        workers = min(16 if cpu_augment else 4, cores - 1) if cuda else 0
+    else:
+        workers = int(num_workers)
+    pin = cuda if pin_memory == "auto" else bool(pin_memory) and cuda
+    persistent = workers > 0 if persistent_workers == "auto" else bool(persistent_workers) and workers > 0
+    if workers == 0:
+        prefetch = None
+    elif prefetch_factor == "auto":
+        prefetch = max(2, math.ceil(_BATCHES_IN_FLIGHT / workers))
+    else:
+        prefetch = int(prefetch_factor)
+    return LoaderSettings(num_workers=workers, pin_memory=pin, persistent_workers=persistent,
+                          prefetch_factor=prefetch)

@@ -1,8 +1,10 @@
 """Training augmentations: waveform (audiomentations), SpecAugment and mixup.
 
-- :class:`WaveAugment` runs on one mono clip in the data-loader worker: random
-  gain, white/pink noise at a random SNR, time shift, and optionally pitch shift
-  and time stretch.
+- :class:`WaveAugment` runs on one mono clip in the data loader
+  (``augment.backend = "cpu"``, the default when training on a CPU): random
+  gain, white/pink noise at a random SNR, time shift, and optionally pitch
+  shift and time stretch. The same settings run batched on the training
+  device in :mod:`engine.features.device_augment` (the default on CUDA).
 - :class:`SpecAugment` masks frequency bands and time spans of a standardised
   log-mel batch ``[B, 1, frames, mels]`` on the training device.
 - :func:`mixup` mixes a batch with a permutation of itself (inputs, labels and
@@ -25,10 +27,12 @@ from torch import Tensor, nn
 from engine.errors import ConfigError
 
 __all__ = [
+    "NOISE_DECAY_DB_PER_OCTAVE",
     "MixupInfo",
     "SpecAugment",
     "SpecMasks",
     "WaveAugment",
+    "check_wave_settings",
     "mixup",
 ]
 
@@ -37,13 +41,49 @@ __all__ = [
 _GLOBAL_RNG_LOCK = threading.Lock()
 
 # Spectral slope of each noise colour in dB per octave (pink: power halves per octave).
-_NOISE_DECAY_DB_PER_OCTAVE = {"white": 0.0, "pink": -10.0 * np.log10(2.0)}
+NOISE_DECAY_DB_PER_OCTAVE = {"white": 0.0, "pink": -10.0 * np.log10(2.0)}
 
 
 def _check_p(value: float, field: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise ConfigError(f"probability must be in [0, 1], got {value}", field=field)
     return float(value)
+
+
+def check_wave_settings(*, sample_rate: int, gain_db: float, gain_p: float, noise_snr_db: tuple[float, float],
+                        noise_p: float, noise_colors: tuple[str, ...], shift_s: float, shift_p: float,
+                        pitch_semitones: float, pitch_p: float, stretch: tuple[float, float],
+                        stretch_p: float) -> dict:
+    """Check the waveform augmentation settings (ConfigError names the field); return them normalised.
+
+    Shared by the per-clip :class:`WaveAugment` and the batched
+    :class:`engine.features.device_augment.BatchWaveAugment`, which take the same spec fields.
+    """
+    out = {"sample_rate": int(sample_rate)}
+    for name, value in (("gain_p", gain_p), ("noise_p", noise_p), ("shift_p", shift_p), ("pitch_p", pitch_p),
+                        ("stretch_p", stretch_p)):
+        out[name] = _check_p(value, f"augment.{name}")
+    if gain_db < 0:
+        raise ConfigError(f"gain range must be >= 0 dB, got {gain_db}", field="augment.gain_db")
+    lo_snr, hi_snr = (float(v) for v in noise_snr_db)
+    if lo_snr > hi_snr:
+        raise ConfigError(f"noise SNR range {noise_snr_db} is reversed", field="augment.noise_snr_db")
+    unknown = [c for c in noise_colors if c not in NOISE_DECAY_DB_PER_OCTAVE]
+    if unknown or not noise_colors:
+        raise ConfigError(f"noise colours must be chosen from {sorted(NOISE_DECAY_DB_PER_OCTAVE)}, "
+                          f"got {list(noise_colors)}", field="augment.noise_colors")
+    if shift_s < 0:
+        raise ConfigError(f"shift must be >= 0 s, got {shift_s}", field="augment.shift_s")
+    if not 0 <= pitch_semitones <= 24:
+        raise ConfigError(f"pitch shift must be in [0, 24] semitones, got {pitch_semitones}",
+                          field="augment.pitch_semitones")
+    lo_rate, hi_rate = (float(v) for v in stretch)
+    if not 0.1 <= lo_rate <= hi_rate <= 10:
+        raise ConfigError(f"stretch range must satisfy 0.1 <= low <= high <= 10, got {stretch}",
+                          field="augment.stretch")
+    out.update(gain_db=float(gain_db), noise_snr_db=(lo_snr, hi_snr), noise_colors=tuple(noise_colors),
+               shift_s=float(shift_s), pitch_semitones=float(pitch_semitones), stretch=(lo_rate, hi_rate))
+    return out
 
 
 class WaveAugment:
@@ -66,8 +106,9 @@ class WaveAugment:
     pitch shift 45-90 ms, time stretch 40-80 ms (the spread is machine load),
     pink noise ~25 ms, white noise ~5-8 ms, gain and shift under 1 ms; all five
     at p=1 ~0.2 s. The CPU defaults (gain 0.5, noise 0.3, shift 0.5) average a
-    few ms. CPU-oriented presets keep ``pitch_p`` and ``stretch_p`` at 0; the
-    recipe's full set is for GPU machines with many loader workers.
+    few ms. On a GPU machine the recipe's full set runs batched on the device
+    instead (:class:`engine.features.device_augment.BatchWaveAugment`), so it
+    does not need many loader workers.
 
     ``__call__(wave, rng)`` is a pure function of ``wave`` and the state of
     ``rng``: one 64-bit seed is drawn from ``rng`` and used to seed the global
@@ -85,36 +126,13 @@ class WaveAugment:
         from audiomentations import (AddColorNoise, Gain, OneOf, PitchShift, Shift,
                                      TimeStretch)
 
-        self.sample_rate = int(sample_rate)
-        self.gain_p = _check_p(gain_p, "augment.gain_p")
-        self.noise_p = _check_p(noise_p, "augment.noise_p")
-        self.shift_p = _check_p(shift_p, "augment.shift_p")
-        self.pitch_p = _check_p(pitch_p, "augment.pitch_p")
-        self.stretch_p = _check_p(stretch_p, "augment.stretch_p")
-        if gain_db < 0:
-            raise ConfigError(f"gain range must be >= 0 dB, got {gain_db}", field="augment.gain_db")
-        lo_snr, hi_snr = (float(v) for v in noise_snr_db)
-        if lo_snr > hi_snr:
-            raise ConfigError(f"noise SNR range {noise_snr_db} is reversed", field="augment.noise_snr_db")
-        unknown = [c for c in noise_colors if c not in _NOISE_DECAY_DB_PER_OCTAVE]
-        if unknown or not noise_colors:
-            raise ConfigError(f"noise colours must be chosen from {sorted(_NOISE_DECAY_DB_PER_OCTAVE)}, "
-                              f"got {list(noise_colors)}", field="augment.noise_colors")
-        if shift_s < 0:
-            raise ConfigError(f"shift must be >= 0 s, got {shift_s}", field="augment.shift_s")
-        if not 0 <= pitch_semitones <= 24:
-            raise ConfigError(f"pitch shift must be in [0, 24] semitones, got {pitch_semitones}",
-                              field="augment.pitch_semitones")
-        lo_rate, hi_rate = (float(v) for v in stretch)
-        if not 0.1 <= lo_rate <= hi_rate <= 10:
-            raise ConfigError(f"stretch range must satisfy 0.1 <= low <= high <= 10, got {stretch}",
-                              field="augment.stretch")
-        self.gain_db = float(gain_db)
-        self.noise_snr_db = (lo_snr, hi_snr)
-        self.noise_colors = tuple(noise_colors)
-        self.shift_s = float(shift_s)
-        self.pitch_semitones = float(pitch_semitones)
-        self.stretch = (lo_rate, hi_rate)
+        settings = check_wave_settings(sample_rate=sample_rate, gain_db=gain_db, gain_p=gain_p,
+                                       noise_snr_db=noise_snr_db, noise_p=noise_p, noise_colors=noise_colors,
+                                       shift_s=shift_s, shift_p=shift_p, pitch_semitones=pitch_semitones,
+                                       pitch_p=pitch_p, stretch=stretch, stretch_p=stretch_p)
+        self.__dict__.update(settings)
+        lo_snr, hi_snr = self.noise_snr_db
+        lo_rate, hi_rate = self.stretch
 
         # Each transform is kept only when its probability is positive, so a
         # disabled step costs nothing and draws no random numbers.
@@ -132,8 +150,8 @@ class WaveAugment:
             steps.append(Gain(min_gain_db=-self.gain_db, max_gain_db=self.gain_db, p=self.gain_p))
         if self.noise_p > 0:
             colours = [AddColorNoise(min_snr_db=lo_snr, max_snr_db=hi_snr,
-                                     min_f_decay=_NOISE_DECAY_DB_PER_OCTAVE[c],
-                                     max_f_decay=_NOISE_DECAY_DB_PER_OCTAVE[c], p=1.0)
+                                     min_f_decay=NOISE_DECAY_DB_PER_OCTAVE[c],
+                                     max_f_decay=NOISE_DECAY_DB_PER_OCTAVE[c], p=1.0)
                        for c in self.noise_colors]
             steps.append(OneOf(colours, p=self.noise_p))
         self._steps = steps

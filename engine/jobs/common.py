@@ -111,9 +111,10 @@ def cache_dir_for(root: str | Path, cache_dir: str = "") -> Path:
 
 
 def build_cache(ctx: JobContext, table: ClipTable, *, sample_rate: int, cache_dir: Path,
-                start: float = 0.0, span: float = 0.05) -> WaveformCache:
-    """Decode and resample a split once (or reuse the cache), reporting progress."""
+                start: float = 0.0, span: float = 0.05, workers: int | str = "auto") -> WaveformCache:
+    """Decode and resample a split once (or reuse the cache) in ``workers`` threads, reporting progress."""
     def progress(done: int, total: int) -> None:
         ctx.progress(start + span * done / max(total, 1), f"decoding {table.split} {done}/{total}")
 
-    return WaveformCache.build(table, sample_rate=sample_rate, cache_dir=cache_dir, progress=progress)
+    return WaveformCache.build(table, sample_rate=sample_rate, cache_dir=cache_dir, progress=progress,
+                               workers=workers)

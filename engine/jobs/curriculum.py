@@ -31,6 +31,8 @@ stage attempt's ``last.pt`` where the stage is.
 
 from __future__ import annotations
 
+import dataclasses
+
 import copy
 import csv
 import io
@@ -52,7 +54,7 @@ from engine.infer import predict_tta_logits, sigmoid
 from engine.jobs.common import build_cache, cache_dir_for, configure_threads, pick_device, prepare_dataset, seed_everything
 from engine.jobs.context import JobContext, environment_record, git_commit, write_json
 from engine.jobs.infer import load_trained_run, load_fold_tagger
-from engine.jobs.train import TrainingClips, _wave_augment, make_loaders, model_label
+from engine.jobs.train import TrainingClips, make_loaders, model_label, wave_augmenters
 from engine.models.registry import spec_augment_from_spec
 from engine.metrics import lwlrap, per_class_lwlrap
 from engine.specs import CurriculumSpec, StageSection, TrainSpec, spec_from_json, spec_hash, to_dict
@@ -255,7 +257,9 @@ def run(ctx: JobContext) -> str:
     counts = Y.sum(axis=0)
     class_w = (torch.as_tensor(class_weights_from_counts(counts), dtype=torch.float32, device=device)
                if tspec.loss.class_weights else None)
-    wave_aug = _wave_augment(tspec)
+    # The curriculum's stages run the waveform augmentation per clip in the loader, whatever the backend.
+    as_cpu = dataclasses.replace(tspec, augment=dataclasses.replace(tspec.augment, backend="cpu"))
+    wave_aug = wave_augmenters(as_cpu, torch.device("cpu"))[0]
     batch_size = int(student.train.batch_size)
     n = len(Y)
     oof_path = run_dir / "oof.npy"

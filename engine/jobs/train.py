@@ -8,8 +8,10 @@ Artifacts under ``runs/<run_id>/`` (see ``engine.runs.folder``): ``config.json``
 ``fold<k>/last.pt`` and ``last.prev.pt`` (resume), ``fold<k>/val_pred.npy``,
 ``oof.npy`` (curated CSV order; NaN rows for folds not trained).
 The recorded config is the resolved one: ``train.batch_size = "auto"`` is
-replaced by the size the search chose (``config.json`` also keeps what was
-asked for).
+replaced by the size the search chose, the loader settings and decode
+threads by what was chosen for this device and host, ``augment.backend`` by
+where the augmentation runs (``config.json`` also keeps what was asked for,
+and a ``loader`` record with the host's cores).
 A requeued job resumes: finished folds are kept (their out-of-fold rows come
 back from ``fold<k>/val_pred.npy``), an interrupted fold continues from its
 last epoch with the batch size chosen at the start and every random state
@@ -32,6 +34,7 @@ The fold seam
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -39,10 +42,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
-from engine.data.dataset import ConcatCache, CropDataset, MultiScaleBatchSampler
+from engine.data.cache import decode_workers, host_cores
+from engine.data.dataset import ConcatCache, CropDataset, LoaderSettings, MultiScaleBatchSampler, loader_settings
 from engine.data.sampler import BalancedClassSampler
 from engine.errors import CheckpointError, ConfigError
 from engine.features.augment import WaveAugment
+from engine.features.device_augment import BatchWaveAugment
 from engine.features.frontend import LogMelFrontend, compute_mel_stats
 from engine.jobs.common import build_cache, cache_dir_for, configure_threads, pick_device, prepare_dataset, seed_everything
 from engine.jobs.context import JobContext, environment_record, git_commit
@@ -227,15 +232,45 @@ class FoldInputs:
     folds: np.ndarray
     wave_aug: WaveAugment | None = None
     loss_fn: torch.nn.Module | None = None
+    #: The batched waveform augmentation of the training step (``augment.backend`` device), or None.
+    device_aug: BatchWaveAugment | None = None
 
 
-def _wave_augment(spec: TrainSpec) -> WaveAugment | None:
+_AUTO_LOADER_FIELDS = ("num_workers", "pin_memory", "persistent_workers", "prefetch_factor", "decode_workers")
+
+
+def augment_backend(spec: TrainSpec, device: torch.device) -> str:
+    """Where the waveform augmentation runs: ``augment.backend``, ``"auto"`` resolved for ``device``.
+
+    Auto is the batched device path on CUDA and the per-clip audiomentations
+    path on a CPU, where it measured faster (benchmarks/bench_augment.py).
+    """
+    backend = spec.augment.backend
+    if backend == "auto":
+        return "device" if device.type == "cuda" else "cpu"
+    return backend
+
+
+def resolve_loader(spec: TrainSpec, device: torch.device) -> LoaderSettings:
+    """The spec's loader settings for ``device`` and this host, every ``"auto"`` resolved."""
+    t, a = spec.train, spec.augment
+    return loader_settings(num_workers=t.num_workers, pin_memory=t.pin_memory,
+                           persistent_workers=t.persistent_workers, prefetch_factor=t.prefetch_factor,
+                           device_type=device.type, cpu_augment=augment_backend(spec, device) == "cpu" and a.any_wave())
+
+
+def wave_augmenters(spec: TrainSpec, device: torch.device) -> tuple[WaveAugment | None, BatchWaveAugment | None]:
+    """``(per-clip, batched)`` waveform augmentation of a spec on ``device``: at most one is set."""
     a = spec.augment
-    return WaveAugment(sample_rate=spec.audio.sample_rate, gain_db=a.gain_db, gain_p=a.gain_p,
-                       noise_snr_db=tuple(a.noise_snr_db), noise_p=a.noise_p,
-                       noise_colors=tuple(a.noise_colors), shift_s=a.shift_s, shift_p=a.shift_p,
-                       pitch_semitones=a.pitch_semitones, pitch_p=a.pitch_p, stretch=tuple(a.stretch),
-                       stretch_p=a.stretch_p) if a.any_wave() else None
+    if not a.any_wave():
+        return None, None
+    kw = dict(sample_rate=spec.audio.sample_rate, gain_db=a.gain_db, gain_p=a.gain_p,
+              noise_snr_db=tuple(a.noise_snr_db), noise_p=a.noise_p, noise_colors=tuple(a.noise_colors),
+              shift_s=a.shift_s, shift_p=a.shift_p, pitch_semitones=a.pitch_semitones, pitch_p=a.pitch_p,
+              stretch=tuple(a.stretch), stretch_p=a.stretch_p)
+    if augment_backend(spec, device) == "cpu":
+        return WaveAugment(**kw), None
+    return None, BatchWaveAugment(**kw)
 
 
 def _loss(spec: TrainSpec, counts: np.ndarray, device: torch.device) -> torch.nn.Module:
@@ -272,8 +307,10 @@ def prepare_fold_inputs(task: FoldTask, recorder: FoldRecorder, *, layout=None, 
     cache_dir = cache_dir_for(task.data_root, spec.data.cache_dir)
     sr = spec.audio.sample_rate
     progress = _RecorderProgress(recorder)
+    n_decode = decode_workers(spec.train.decode_workers)
     if "curated" not in caches:
-        caches["curated"] = build_cache(progress, layout.curated, sample_rate=sr, cache_dir=cache_dir)
+        caches["curated"] = build_cache(progress, layout.curated, sample_rate=sr, cache_dir=cache_dir,
+                                        workers=n_decode)
     Y = layout.curated.Y
     noisy_table = layout.noisy
     if task.extra is not None:
@@ -282,12 +319,14 @@ def prepare_fold_inputs(task: FoldTask, recorder: FoldRecorder, *, layout=None, 
                               f"{'no noisy set' if noisy_table is None else 'no split ' + repr(task.extra.split)}",
                               field="extra")
         if "noisy" not in caches:
-            caches["noisy"] = build_cache(progress, noisy_table, sample_rate=sr, cache_dir=cache_dir)
+            caches["noisy"] = build_cache(progress, noisy_table, sample_rate=sr, cache_dir=cache_dir,
+                                          workers=n_decode)
         clips = TrainingClips.with_extra(caches["curated"], Y, caches["noisy"], noisy_table.fnames, task.extra)
     elif spec.loss.noisy_weight > 0:
         _require_noisy(layout, task.data_root)
         if "noisy" not in caches:
-            caches["noisy"] = build_cache(progress, noisy_table, sample_rate=sr, cache_dir=cache_dir)
+            caches["noisy"] = build_cache(progress, noisy_table, sample_rate=sr, cache_dir=cache_dir,
+                                          workers=n_decode)
         clips = TrainingClips.build(caches["curated"], Y, caches["noisy"], noisy_table.Y, spec.loss.noisy_weight)
     else:
         clips = TrainingClips.build(caches["curated"], Y)
@@ -299,9 +338,10 @@ def prepare_fold_inputs(task: FoldTask, recorder: FoldRecorder, *, layout=None, 
             raise DamagedFile(RunFolder(task.run_dir).mel_stats, "missing",
                               "the train job computes it before the folds; queue the job again")
         mean, std = stats
+    wave_aug, device_aug = wave_augmenters(spec, device)
     return FoldInputs(classes=list(layout.classes), curated_Y=Y, clips=clips, mean=mean, std=std,
-                      folds=np.asarray(task.folds, dtype=np.int64), wave_aug=_wave_augment(spec),
-                      loss_fn=_loss(spec, Y.sum(axis=0), device))
+                      folds=np.asarray(task.folds, dtype=np.int64), wave_aug=wave_aug,
+                      loss_fn=_loss(spec, Y.sum(axis=0), device), device_aug=device_aug)
 
 
 def _require_noisy(layout, root) -> None:
@@ -345,7 +385,8 @@ def train_fold_task(task: FoldTask, recorder: FoldRecorder, *, inputs: FoldInput
         _load_initial(tagger.model, task.initial_checkpoint)
     crop = int(round(spec.audio.crop_seconds * spec.audio.sample_rate))
     train_loader, val_loader = make_loaders(spec, inputs.clips, train_idx, val_idx, crop,
-                                            int(spec.train.batch_size), inputs.wave_aug, device, fold)
+                                            int(spec.train.batch_size), inputs.wave_aug, device, fold,
+                                            loader=resolve_loader(spec, device))
 
     def on_step(step: int, total: int) -> None:
         recorder.progress(step / total, f"fold {fold}{f' [{task.tag}]' if task.tag else ''} step {step}/{total}")
@@ -365,7 +406,8 @@ def train_fold_task(task: FoldTask, recorder: FoldRecorder, *, inputs: FoldInput
                             weight_decay=o.weight_decay, betas=tuple(o.betas), warmup_epochs=o.warmup_epochs,
                             warmup_steps=o.warmup_steps, min_lr_ratio=o.min_lr_ratio, grad_clip=o.grad_clip,
                             amp=o.amp, cpu_bf16=o.cpu_bf16, mixup_p=a.mixup_p, mixup_alpha=a.mixup_alpha,
-                            seed=spec.train.seed + fold, on_epoch=on_epoch, on_step=on_step, log=recorder.log)
+                            seed=spec.train.seed + fold, on_epoch=on_epoch, on_step=on_step, log=recorder.log,
+                            wave_augment=inputs.device_aug, augment_key=(spec.train.seed, fold))
     return FoldOutcome(fold=fold, best_lwlrap=float(result.best_lwlrap), best_epoch=result.best_epoch,
                        val_idx=val_idx, val_pred=np.asarray(result.val_pred), epochs_run=result.epochs_run,
                        tag=task.tag, stopped_early=result.stopped_early)
@@ -416,27 +458,41 @@ def run(ctx: JobContext) -> str:
         ctx.progress(0.0, "batch_size = auto: trying batch sizes")
     batch_size = resolve_batch_size(spec, frontend, len(classes), device,
                                     recorded=previous["config"] if previous else None, log=ctx.log)
-    # What is recorded is what runs: "auto" becomes the chosen size.
+    loader = resolve_loader(spec, device)
+    # What is recorded is what runs: "auto" becomes the chosen size, loader settings and backend.
     resolved = copy.deepcopy(spec)
     resolved.train.batch_size = batch_size
+    requested = {f"train.{k}": "auto" for k in ("batch_size", *_AUTO_LOADER_FIELDS)
+                 if getattr(spec.train, k) == "auto"}
+    resolved.train.num_workers = loader.num_workers
+    resolved.train.pin_memory = loader.pin_memory
+    resolved.train.persistent_workers = loader.persistent_workers
+    if loader.prefetch_factor is not None:
+        resolved.train.prefetch_factor = loader.prefetch_factor
+    resolved.train.decode_workers = decode_workers(spec.train.decode_workers)
+    if spec.augment.backend == "auto":
+        requested["augment.backend"] = "auto"
+    resolved.augment.backend = augment_backend(spec, device)
     config = to_dict(resolved)
     new = store.create_run(run_id, kind="train", job_id=ctx.job.id, dataset_id=data.dataset_id,
                            name=spec.name or run_id, model=model_label(spec), config=config,
                            config_hash=spec_hash(resolved), seed=spec.train.seed, device=str(device),
                            versions=environment_record(), git_commit=git_commit(), run_dir=str(folder.path))
     record = {"kind": "train", "run_id": run_id, "config_hash": spec_hash(resolved), "spec": config}
-    if spec.train.batch_size == "auto":
-        record["requested"] = {"train.batch_size": "auto"}
+    if requested:
+        record["requested"] = requested
+    record["loader"] = {**dataclasses.asdict(loader), "host_cores": host_cores(), "device": device.type}
     folder.save_config(record)
     ctx.log(f"{'new run' if new else 'resuming run'} {run_id} on {device}; {len(Y)} curated clips, "
             f"{len(classes)} classes")
 
     cache_dir = cache_dir_for(spec.data.root, spec.data.cache_dir)
+    n_decode = resolved.train.decode_workers
     caches = {"curated": build_cache(ctx, data.layout.curated, sample_rate=spec.audio.sample_rate,
-                                     cache_dir=cache_dir)}
+                                     cache_dir=cache_dir, workers=n_decode)}
     if noisy_weight > 0:
         caches["noisy"] = build_cache(ctx, data.layout.noisy, sample_rate=spec.audio.sample_rate,
-                                      cache_dir=cache_dir, start=0.05, span=0.02)
+                                      cache_dir=cache_dir, start=0.05, span=0.02, workers=n_decode)
         ctx.log(f"training on the {len(data.layout.noisy.fnames)} noisy clips too (loss weight {noisy_weight:g}), "
                 "never validating on them")
     stats = None
@@ -509,12 +565,15 @@ def model_label(spec: TrainSpec) -> str:
 
 
 def make_loaders(spec: TrainSpec, clips: TrainingClips, train_idx: np.ndarray, val_idx: np.ndarray, crop: int,
-                 batch_size: int, wave_aug, device: torch.device, fold: int) -> tuple[DataLoader, DataLoader]:
+                 batch_size: int, wave_aug, device: torch.device, fold: int, *,
+                 loader: LoaderSettings | None = None) -> tuple[DataLoader, DataLoader]:
     """A fold's training and validation loaders.
 
     ``train_idx`` and ``val_idx`` are curated clip numbers; the training
     loader adds every noisy clip of ``clips`` (with its loss weight), the
     validation loader never does. Batches are ``(wave, labels, weights)``.
+    ``wave_aug`` is the per-clip (CPU) augmentation, or None; ``loader``
+    the resolved loader settings (default: resolved from the spec).
     """
     t = spec.train
     seed = t.seed + fold
@@ -535,9 +594,7 @@ def make_loaders(spec: TrainSpec, clips: TrainingClips, train_idx: np.ndarray, v
     batch_sampler = MultiScaleBatchSampler(sampler, batch_size, base_crop=crop, extra_crops=extra,
                                            prob=spec.audio.multiscale_prob, seed=seed,
                                            drop_last=len(train_clips) > batch_size)
-    loader_kw = dict(num_workers=t.num_workers, pin_memory=t.pin_memory and device.type == "cuda")
-    if t.num_workers > 0:
-        loader_kw.update(prefetch_factor=t.prefetch_factor, persistent_workers=False)
+    loader_kw = (loader or resolve_loader(spec, device)).dataloader_kwargs()
     train_loader = DataLoader(train_ds, batch_sampler=batch_sampler, **loader_kw)
     val_loader = DataLoader(val_ds, batch_size=batch_size, shuffle=False, **loader_kw)
     return train_loader, val_loader

@@ -1,7 +1,8 @@
 """Training one fold: epochs, validation LWLRAP, early stopping, checkpoints, resume.
 
-Per epoch: waveform crops from the DataLoader -> log-mel frontend on the
-device -> SpecAugment -> MixUp -> model -> loss (smoothing, class and sample
+Per epoch: waveform crops from the DataLoader -> waveform augmentation on
+the device (batched; its generator is derived from the step) -> log-mel
+frontend on the device -> SpecAugment -> MixUp -> model -> loss (smoothing, class and sample
 weights) -> AdamW step under autocast with gradient clipping -> warmup-cosine
 schedule. Validation uses centre crops. The best epoch (by validation
 LWLRAP) is saved as ``best.pt``; ``last.pt`` holds everything needed to
@@ -24,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from engine.features.augment import SpecAugment, mixup
+from engine.features.device_augment import batch_generator
 from engine.metrics import lwlrap
 from engine.models.tagger import Tagger
 from engine.runs.atomic import atomic_write, load_npy, save_npy
@@ -169,7 +171,9 @@ def train_fold(tagger: Tagger, *, train_loader: DataLoader, val_loader: DataLoad
                on_epoch: Callable[[EpochResult], None] | None = None,
                on_step: Callable[[int, int], None] | None = None,
                log: Callable[[str], None] = print,
-               early_stopping: EarlyStopping | None = None) -> FoldResult:
+               early_stopping: EarlyStopping | None = None,
+               wave_augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+               augment_key: tuple[int, int] = (0, 0)) -> FoldResult:
     """Train one fold to early stopping, resuming from ``fold_dir/last.pt`` when present.
 
     Resuming restores every state that decides what comes next (model,
@@ -184,6 +188,11 @@ def train_fold(tagger: Tagger, *, train_loader: DataLoader, val_loader: DataLoad
     by default a fresh one with ``patience`` is used. With a carried stopper a
     call may see no better epoch: then no ``best.pt`` is written and the
     result's ``val_pred`` is None.
+
+    ``wave_augment(wave, generator)`` augments each training batch on the
+    device; its generator comes from ``(*augment_key, epoch, step)``
+    (``augment_key`` = (seed, fold)), so a resumed epoch draws what an
+    uninterrupted one would without any state to save.
     """
     fold_dir.mkdir(parents=True, exist_ok=True)
     tagger.to(device)
@@ -224,6 +233,8 @@ def train_fold(tagger: Tagger, *, train_loader: DataLoader, val_loader: DataLoad
         running, seen = 0.0, 0
         for step, (wave, y, w) in enumerate(train_loader):
             wave, y, w = wave.to(device, non_blocking=True), y.to(device), w.to(device)
+            if wave_augment is not None:
+                wave = wave_augment(wave, batch_generator(*augment_key, epoch, step))
             with autocast_context(device, amp=amp, cpu_bf16=cpu_bf16):
                 x = tagger.features(wave)
                 x, y, w = mixup(x, y, alpha=mixup_alpha, p=mixup_p, generator=generator, sample_weights=w)
