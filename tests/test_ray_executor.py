@@ -53,20 +53,25 @@ class Sink:
         self.placements.append((fold, status, kw))
 
 
-def timed_fold(fold: int, seconds: float, *, recorder) -> dict:
-    """Report two epochs and some progress, take ``seconds``, return a small result."""
+def timed_fold(fold: int, seconds: float, done: str = "", *, recorder) -> dict:
+    """Report two epochs and some progress, take ``seconds``, return a small result (and touch ``done``)."""
     for epoch in range(2):
         for step in range(5):
             recorder.progress(fold, (epoch * 5 + step + 1) / 10)
         recorder.epoch(fold, epoch, 0.5 + fold / 10 + epoch / 100)
         time.sleep(seconds / 2)
     recorder.log(f"fold {fold} done in pid {os.getpid()}")
+    if done:
+        Path(done).touch()
     return {"fold": fold, "pid": os.getpid()}
 
 
-def failing_fold(fold: int, *, recorder) -> None:
-    """Raise after reporting one epoch."""
+def failing_fold(fold: int, after: str, *, recorder) -> None:
+    """Raise after reporting one epoch, once the file ``after`` exists (another fold finished)."""
     recorder.epoch(fold, 0, 0.1)
+    while not Path(after).exists():
+        time.sleep(0.05)
+    time.sleep(0.5)
     raise ValueError(f"bad labels in fold {fold}")
 
 
@@ -108,9 +113,10 @@ def test_results_come_in_completion_order_with_every_record(cluster):
     assert [(f, s) for f, s, _ in sink.placements if s == "done"] == [(1, "done"), (0, "done")]
 
 
-def test_a_fold_error_fails_with_its_traceback_and_keeps_the_finished_fold(cluster):
+def test_a_fold_error_fails_with_its_traceback_and_keeps_the_finished_fold(cluster, tmp_path: Path):
     sink = Sink()
-    tasks = [FoldTask(0, timed_fold, (0, 0.2)), FoldTask(1, failing_fold, (1,))]
+    marker = str(tmp_path / "fold0-done")
+    tasks = [FoldTask(0, timed_fold, (0, 0.2, marker)), FoldTask(1, failing_fold, (1, marker))]
     got = []
     with pytest.raises(FoldFailed, match=r"fold 1 failed: ValueError: bad labels in fold 1") as info:
         for fold, result in cluster.run_folds(tasks, sink, check=lambda: None, placement=sink.place,
@@ -141,21 +147,18 @@ def test_cancel_stops_every_fold_process_within_seconds(cluster, tmp_path: Path)
     sink = Sink()
     beats = [tmp_path / "beat0", tmp_path / "beat1"]
     tasks = [FoldTask(k, trains_forever, (k, str(beats[k]))) for k in (0, 1)]
-    cancelled = {"now": False}
+    both_running: list[float] = []
 
     def check() -> None:
-        if cancelled["now"]:
+        # The cancel flag as the job sees it: raised once both folds have trained for a second.
+        if not both_running and all(b.exists() for b in beats):
+            both_running.append(time.monotonic())
+        if both_running and time.monotonic() - both_running[0] > 1.0:
             raise JobAborted("cancel requested")
 
-    folds = cluster.run_folds(tasks, sink, check=check, placement=sink.place,
-                              resources=FoldResources(gpus_per_fold=1, max_retries=3))
     with pytest.raises(JobAborted):
-        started = time.monotonic()
-        while True:
-            # The generator only runs while it is asked for the next result; drive it from a thread-free loop.
-            if all(b.exists() for b in beats) and time.monotonic() - started > 1.0:
-                cancelled["now"] = True
-            next(folds)
+        list(cluster.run_folds(tasks, sink, check=check, placement=sink.place,
+                               resources=FoldResources(gpus_per_fold=1, max_retries=3)))
     pids = [kw["pid"] for f, s, kw in sink.placements if s == "running"]
     assert len(pids) == 2
     wait_for(lambda: not any(_alive(p) for p in pids), timeout=10, what="fold processes to exit")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import socket
 import time
-import traceback
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -323,7 +322,8 @@ class RayExecutor(Executor):
         except ray.exceptions.RayTaskError as err:
             cause = err.cause if isinstance(err.cause, BaseException) else None
             what = f"{type(cause).__name__}: {cause}" if cause is not None else str(err).splitlines()[0]
-            remote = "".join(traceback.format_exception(cause)) if cause is not None else str(err)
+            # The cause crossed a pickle and lost its frames; Ray keeps the remote traceback as text.
+            remote = getattr(err, "traceback_str", "") or str(err)
             raise FoldFailed(fold, f"fold {fold} failed: {what}", remote_traceback=remote) from err
         except ray.exceptions.RayError as err:
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
