@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import ray
 
-from engine.executors import ClusterError, FoldFailed, FoldResources, FoldTask, StorageError
+from engine.executors import ClusterError, FoldFailed, FoldResources, FoldCall, StorageError
 from engine.executors.ray_executor import RayExecutor, check_reachable, cluster_status
 from engine.jobs.context import JobAborted
 from tests.conftest import PROJECT, wait_for
@@ -96,8 +96,8 @@ def trains_forever(fold: int, beat: str, *, recorder) -> None:
 
 def test_results_come_in_completion_order_with_every_record(cluster):
     sink = Sink()
-    tasks = [FoldTask(0, timed_fold, (0, 3.0)), FoldTask(1, timed_fold, (1, 0.2))]
-    got = list(cluster.run_folds(tasks, sink, check=lambda: None, placement=sink.place,
+    tasks = [FoldCall(0, timed_fold, (0, 3.0)), FoldCall(1, timed_fold, (1, 0.2))]
+    got = list(cluster.run_folds(tasks, lambda fold: sink, check=lambda: None, placement=sink.place,
                                  resources=FoldResources(cpus_per_fold=1, gpus_per_fold=1, max_retries=0)))
     assert [fold for fold, _ in got] == [1, 0]
     # Both ran at once, in different processes, and every epoch record reached the head in order.
@@ -116,10 +116,10 @@ def test_results_come_in_completion_order_with_every_record(cluster):
 def test_a_fold_error_fails_with_its_traceback_and_keeps_the_finished_fold(cluster, tmp_path: Path):
     sink = Sink()
     marker = str(tmp_path / "fold0-done")
-    tasks = [FoldTask(0, timed_fold, (0, 0.2, marker)), FoldTask(1, failing_fold, (1, marker))]
+    tasks = [FoldCall(0, timed_fold, (0, 0.2, marker)), FoldCall(1, failing_fold, (1, marker))]
     got = []
     with pytest.raises(FoldFailed, match=r"fold 1 failed: ValueError: bad labels in fold 1") as info:
-        for fold, result in cluster.run_folds(tasks, sink, check=lambda: None, placement=sink.place,
+        for fold, result in cluster.run_folds(tasks, lambda fold: sink, check=lambda: None, placement=sink.place,
                                               resources=FoldResources(gpus_per_fold=0, max_retries=2)):
             got.append(fold)
     assert got == [0]
@@ -131,14 +131,14 @@ def test_a_fold_error_fails_with_its_traceback_and_keeps_the_finished_fold(clust
 
 def test_a_dead_fold_process_is_retried_exactly_max_retries_times(cluster, tmp_path: Path):
     sink = Sink()
-    retried = list(cluster.run_folds([FoldTask(0, dies_first_time, (0, str(tmp_path / "a")))], sink,
+    retried = list(cluster.run_folds([FoldCall(0, dies_first_time, (0, str(tmp_path / "a")))], lambda fold: sink,
                                      check=lambda: None, placement=sink.place,
                                      resources=FoldResources(gpus_per_fold=0, max_retries=1)))
     assert retried == [(0, {"attempts": 2})]
     assert [kw["task_attempt"] for f, s, kw in sink.placements if s == "running"] == [1, 2]
     # max_retries = 0 is honoured: Ray's default of 3 retries does not apply.
     with pytest.raises(FoldFailed, match=r"fold 0: its process died 1 time\(s\) and cluster.max_retries = 0"):
-        list(cluster.run_folds([FoldTask(0, dies_first_time, (0, str(tmp_path / "b")))], Sink(),
+        list(cluster.run_folds([FoldCall(0, dies_first_time, (0, str(tmp_path / "b")))], lambda fold: Sink(),
                                check=lambda: None, resources=FoldResources(gpus_per_fold=0, max_retries=0)))
     assert (tmp_path / "b").read_text() == "1"
 
@@ -146,7 +146,7 @@ def test_a_dead_fold_process_is_retried_exactly_max_retries_times(cluster, tmp_p
 def test_cancel_stops_every_fold_process_within_seconds(cluster, tmp_path: Path):
     sink = Sink()
     beats = [tmp_path / "beat0", tmp_path / "beat1"]
-    tasks = [FoldTask(k, trains_forever, (k, str(beats[k]))) for k in (0, 1)]
+    tasks = [FoldCall(k, trains_forever, (k, str(beats[k]))) for k in (0, 1)]
     both_running: list[float] = []
 
     def check() -> None:
@@ -157,7 +157,7 @@ def test_cancel_stops_every_fold_process_within_seconds(cluster, tmp_path: Path)
             raise JobAborted("cancel requested")
 
     with pytest.raises(JobAborted):
-        list(cluster.run_folds(tasks, sink, check=check, placement=sink.place,
+        list(cluster.run_folds(tasks, lambda fold: sink, check=check, placement=sink.place,
                                resources=FoldResources(gpus_per_fold=1, max_retries=3)))
     pids = [kw["pid"] for f, s, kw in sink.placements if s == "running"]
     assert len(pids) == 2
@@ -185,7 +185,7 @@ def _alive(pid: int) -> bool:
 
 def test_a_fold_the_cluster_cannot_fit_is_a_named_error(cluster):
     with pytest.raises(ClusterError, match=r"asks for 1 CPUs and 4 GPUs .* largest node offers 2 CPUs and 2 GPUs"):
-        list(cluster.run_folds([FoldTask(0, timed_fold, (0, 0.1))], Sink(), check=lambda: None,
+        list(cluster.run_folds([FoldCall(0, timed_fold, (0, 0.1))], lambda fold: Sink(), check=lambda: None,
                                resources=FoldResources(gpus_per_fold=4)))
 
 
@@ -198,7 +198,7 @@ def test_folds_that_never_start_fail_after_the_start_timeout(cluster):
     try:
         t0 = time.monotonic()
         with pytest.raises(ClusterError, match=r"no fold task started in 1.5 s: .* 0 GPUs free; folds \[0, 1\]"):
-            list(cluster.run_folds([FoldTask(k, timed_fold, (k, 0.1)) for k in (0, 1)], Sink(), check=lambda: None,
+            list(cluster.run_folds([FoldCall(k, timed_fold, (k, 0.1)) for k in (0, 1)], lambda fold: Sink(), check=lambda: None,
                                    resources=FoldResources(gpus_per_fold=1, start_timeout=1.5)))
         assert time.monotonic() - t0 < 60
     finally:

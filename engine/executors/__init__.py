@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from engine.executors.base import (ClusterError, Executor, FoldFailed, FoldResources, FoldTask, LocalExecutor,
+from engine.executors.base import (ClusterError, Executor, FoldFailed, FoldResources, FoldCall, LocalExecutor,
                                    StorageError)
 
 #: Environment variable naming the executor of a job process: ``local`` or ``ray``.
@@ -21,7 +21,7 @@ ADDRESS_ENV = "FSAT_RAY_ADDRESS"
 EXECUTORS = ("local", "ray")
 
 __all__ = ["ADDRESS_ENV", "EXECUTORS", "EXECUTOR_ENV", "ClusterError", "Executor", "FoldFailed", "FoldResources",
-           "FoldTask", "LocalExecutor", "StorageError", "executor_from_env", "make_executor"]
+           "FoldCall", "LocalExecutor", "StorageError", "executor_from_env", "make_executor"]
 
 
 def make_executor(name: str = "local", address: str | None = None) -> Executor:

@@ -1,7 +1,8 @@
 """The executor seam: how a job's folds are run, one after another here or in parallel on a cluster.
 
-A job describes each unfinished fold as a :class:`FoldTask`: a module-level
-function and its picklable inputs. The function reports what it does (epoch
+A job describes each unfinished fold as a :class:`FoldCall`: a module-level
+function and its picklable inputs (for training, ``engine.jobs.train``'s
+``train_fold_task`` and its ``FoldTask``). The function reports what it does (epoch
 records, progress, log lines) through the recorder it is given and returns a
 small result (scores, paths), never a checkpoint. An executor runs the tasks
 and yields ``(fold, result)`` in completion order; the job, on the head,
@@ -43,12 +44,18 @@ class FoldFailed(FsatError):
 
 
 @dataclass(frozen=True)
-class FoldTask:
-    """One fold's work: ``fn(*args, recorder=recorder)``, a module-level function with picklable ``args``."""
+class FoldCall:
+    """One fold's work: ``fn(*args, recorder=recorder)``, a module-level function with picklable ``args``.
+
+    ``local_kwargs`` are added only when the fold runs in the job process
+    (things already built there, such as loaded caches); they never travel
+    to a cluster.
+    """
 
     fold: int
     fn: Callable[..., Any]
     args: tuple = ()
+    local_kwargs: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,14 @@ class FoldResources:
     gpus_per_fold: float | None = None
     max_retries: int = 1
     start_timeout: float = 300.0
+
+    @classmethod
+    def from_spec(cls, section: Any) -> "FoldResources":
+        """From a spec's ``cluster`` section (``engine.specs.ClusterSection``)."""
+        gpus = section.gpus_per_fold
+        return cls(cpus_per_fold=float(section.cpus_per_fold),
+                   gpus_per_fold=None if gpus == "auto" else float(gpus),
+                   max_retries=int(section.max_retries), start_timeout=float(section.start_timeout))
 
 
 class Placement(Protocol):
@@ -96,13 +111,14 @@ class Executor(ABC):
         return None
 
     @abstractmethod
-    def run_folds(self, tasks: Sequence[FoldTask], recorder: Any, *, check: Callable[[], None],
-                  resources: FoldResources | None = None,
+    def run_folds(self, tasks: Sequence[FoldCall], recorder_for: Callable[[int], Any], *,
+                  check: Callable[[], None], resources: FoldResources | None = None,
                   placement: Placement = _no_placement) -> Iterator[tuple[int, Any]]:
         """Run ``tasks`` and yield ``(fold, result)`` as each finishes.
 
-        ``recorder`` receives every call the fold functions make on theirs,
-        in this process. ``check`` is called regularly and raises to stop
+        ``recorder_for(fold)`` is the job's recorder for that fold: it
+        receives, in this process, every call the fold function makes on its
+        own. ``check`` is called regularly and raises to stop
         (cancel, lost lease); every task still running is then stopped.
         """
 
@@ -121,8 +137,8 @@ class LocalExecutor(Executor):
 
     name: str = field(default="local", init=False)
 
-    def run_folds(self, tasks: Sequence[FoldTask], recorder: Any, *, check: Callable[[], None],
-                  resources: FoldResources | None = None,
+    def run_folds(self, tasks: Sequence[FoldCall], recorder_for: Callable[[int], Any], *,
+                  check: Callable[[], None], resources: FoldResources | None = None,
                   placement: Placement = _no_placement) -> Iterator[tuple[int, Any]]:
         """Run each fold in turn in this process; yield its result when it returns."""
         node = this_node()
@@ -130,7 +146,7 @@ class LocalExecutor(Executor):
             check()
             placement(task.fold, "running", node=node, pid=os.getpid(), task_attempt=1)
             try:
-                result = task.fn(*task.args, recorder=recorder)
+                result = task.fn(*task.args, recorder=recorder_for(task.fold), **task.local_kwargs)
             except BaseException as err:
                 placement(task.fold, "failed", message=f"{type(err).__name__}: {err}"[:200])
                 raise

@@ -17,7 +17,9 @@ and only when ``--executor ray`` is asked for.
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -25,7 +27,7 @@ from typing import Any, Callable, Iterator, Sequence
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from engine.executors.base import (ClusterError, Executor, FoldFailed, FoldResources, FoldTask, Placement,
+from engine.executors.base import (ClusterError, Executor, FoldFailed, FoldResources, FoldCall, Placement,
                                    StorageError, _no_placement)
 
 #: A fold task reports its node and pid under this method name before it starts the fold function.
@@ -73,11 +75,19 @@ def connect(address: str | None = None, **init_kwargs: Any) -> str:
     init_kwargs.setdefault("include_dashboard", False)
     init_kwargs.setdefault("log_to_driver", False)
     init_kwargs.setdefault("configure_logging", False)
+    # Ray's core installs its own SIGTERM/SIGINT handlers; the worker's clean stop and a job's
+    # cancel rely on ours, so they are put back.
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         ray.init(address=address or None, **init_kwargs)
     except (ConnectionError, RuntimeError) as err:
         raise ClusterError(f"cannot connect to the Ray cluster at {address or 'a new local cluster'}: "
                            f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in handlers.items():
+                if handler is not None:
+                    signal.signal(sig, handler)
     return ray.get_runtime_context().gcs_address
 
 
@@ -262,8 +272,8 @@ class RayExecutor(Executor):
 
     # -- running folds ------------------------------------------------------------------------
 
-    def run_folds(self, tasks: Sequence[FoldTask], recorder: Any, *, check: Callable[[], None],
-                  resources: FoldResources | None = None,
+    def run_folds(self, tasks: Sequence[FoldCall], recorder_for: Callable[[int], Any], *,
+                  check: Callable[[], None], resources: FoldResources | None = None,
                   placement: Placement = _no_placement) -> Iterator[tuple[int, Any]]:
         """Submit every fold at once; yield results in completion order; stop them all on error or cancel."""
         resources = resources or FoldResources()
@@ -287,7 +297,7 @@ class RayExecutor(Executor):
                               message="" if starts[fold] == 1 else
                               f"retry {starts[fold] - 1} of {resources.max_retries}: its process died")
                 else:
-                    getattr(recorder, method)(*args, **kwargs)
+                    getattr(recorder_for(fold), method)(*args, **kwargs)
 
         try:
             while refs:
