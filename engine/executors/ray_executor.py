@@ -72,6 +72,14 @@ def connect(address: str | None = None, **init_kwargs: Any) -> str:
         return ray.get_runtime_context().gcs_address
     if address:
         check_reachable(address)
+        # Ray sends its token to an explicit address only in token mode; a cluster started with
+        # `ray start --head` where ~/.ray/auth_token exists wants it, and without it ray.init
+        # retries for ever. RAY_AUTH_MODE, when set, decides.
+        if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN")
+                                                  or (Path.home() / ".ray" / "auth_token").is_file()):
+            os.environ["RAY_AUTH_MODE"] = "token"
+            # Ray read its settings when it was imported; this is how it refreshes them itself.
+            ray._raylet.Config.initialize("")
     init_kwargs.setdefault("include_dashboard", False)
     init_kwargs.setdefault("log_to_driver", False)
     init_kwargs.setdefault("configure_logging", False)
