@@ -31,6 +31,8 @@ from rich.console import Console
 from rich.table import Table
 
 from engine.errors import FsatError
+from engine.runs.kinds import has_fold_checkpoints
+from engine.runs.reports import tta_gain_report
 from engine.store import OOF, Store, default_db_path
 
 console = Console()
@@ -223,7 +225,7 @@ def cmd_submission(args: argparse.Namespace) -> int:
         dataset = store.get_dataset(run["dataset_id"]) if run["dataset_id"] is not None else None
     test_path = Path(run["run_dir"]) / "test.npy"
     if not test_path.is_file():
-        hint = (f"infer it first (`fsat queue infer {args.run_id}`)" if run["kind"] in ("train", "curriculum")
+        hint = (f"infer it first (`fsat queue infer {args.run_id}`)" if has_fold_checkpoints(run["kind"])
                 else "its blend or inference had no test scores")
         raise FsatError(f"run {args.run_id!r} ({run['kind']}) has no test scores: {test_path} does not exist; {hint}")
     if dataset is None:
@@ -240,42 +242,6 @@ def cmd_submission(args: argparse.Namespace) -> int:
         console.print(f"wrote {path}: {len(layout.test.fnames)} clips x {len(layout.classes)} classes"
                       + (f", test lwlrap {score:.4f}" if score is not None else ""), highlight=False)
     return 0
-
-
-def tta_gain_report(store: Store, run_id: str) -> dict:
-    """The TTA gain of an infer run over its trained run: overall, per fold and per class.
-
-    The trained run recorded the same best checkpoints scored on one centre
-    crop, so ``gain = with_tta - without_tta`` compares TTA alone. Per class
-    the out-of-fold LRAP of both runs is joined on the class index.
-    """
-    run = store.get_run(run_id)
-    if run is None:
-        raise FsatError(f"no run {run_id!r} (see `fsat runs`)")
-    if run["kind"] != "infer" or not run["parent_run_id"]:
-        raise FsatError(f"run {run_id!r} is a {run['kind']} run; the TTA gain is shown for infer runs")
-    parent_id = run["parent_run_id"]
-    parent = store.get_run(parent_id)
-    if parent is None:
-        raise FsatError(f"run {run_id!r} was inferred from {parent_id!r}, which is no longer in the database")
-
-    def gain(a: float | None, b: float | None) -> float | None:
-        return None if a is None or b is None else a - b
-
-    spec = run["config"]
-    base_folds = {r["fold"]: r["lwlrap"] for r in store.fold_scores(parent_id)}
-    folds = [{"fold": r["fold"], "with_tta": r["lwlrap"], "without_tta": base_folds.get(r["fold"]),
-              "gain": gain(r["lwlrap"], base_folds.get(r["fold"]))} for r in store.fold_scores(run_id)]
-    base_classes = {r["class_idx"]: r for r in store.class_scores(parent_id, OOF)}
-    classes = []
-    for r in store.class_scores(run_id, OOF):
-        b = base_classes.get(r["class_idx"], {})
-        classes.append({"class_idx": r["class_idx"], "class_name": r["class_name"], "with_tta": r["lrap"],
-                        "without_tta": b.get("lrap"), "gain": gain(r["lrap"], b.get("lrap")),
-                        "weight": r["weight"], "n_pos": r["n_pos"]})
-    return {"run_id": run_id, "source_run_id": parent_id, "tta_crops": spec.get("infer", {}).get("tta_crops"),
-            "with_tta": run["cv_lwlrap"], "without_tta": parent["cv_lwlrap"],
-            "gain": gain(run["cv_lwlrap"], parent["cv_lwlrap"]), "folds": folds, "classes": classes}
 
 
 def cmd_tta(args: argparse.Namespace) -> int:

@@ -16,9 +16,11 @@ What the network sees
     different log-mel would show the pretrained network inputs it never saw.
 
     Without a checkpoint, the encoder of a trained ``cnn14`` run (its fold-0
-    ``best.pt``) can embed instead. That encoder was fine-tuned on our own
-    standardised log-mel (``LogMelFrontend`` with the run's mel statistics),
-    so it is fed that log-mel and its ``embed`` output is taken.
+    ``best.pt``) can embed instead. That encoder was trained (or, for a
+    zero-shot run, scored) on the run's own log-mel, built from its spec by
+    ``engine.models.registry.frontend_from_spec``: standardised with the run's
+    mel statistics, or not when ``features.standardise = false``. It is fed
+    that log-mel and its ``embed`` output is taken.
 
 The crop
     Clips longer than the crop are cut to their centre ``crop_seconds``.
@@ -61,7 +63,6 @@ import hashlib
 import json
 import os
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -153,24 +154,26 @@ def panns_embedder(path: Path, *, device: torch.device | str = "cpu", amp: bool 
 
 def run_encoder_embedder(store, run_id: str, *, device: torch.device | str = "cpu",
                          amp: bool = True) -> ClipEmbedder:
-    """A ClipEmbedder of a trained ``cnn14`` run's fold-0 encoder, on the run's own standardised log-mel.
+    """A ClipEmbedder of a trained ``cnn14`` run's fold-0 encoder, on the run's own log-mel.
 
     ``store`` is an ``engine.store.Store`` holding the run. The run's config
-    gives the frontend settings; its ``fold0/best.pt`` gives the encoder
-    weights and the mel statistics it was trained with.
+    gives the frontend settings (``frontend_from_spec``, so
+    ``features.standardise`` is honoured); its ``fold0/best.pt`` gives the
+    encoder weights and the mel statistics it was trained with.
     """
-    from engine.features.frontend import LogMelFrontend
+    from engine.models.registry import frontend_from_spec
+    from engine.runs.folder import RunFolder
+    from engine.runs.kinds import can_embed_baseline, run_arch
+    from engine.specs import TrainSpec, from_dict
 
     run = store.get_run(run_id)
     if run is None:
         raise ConfigError(f"no run {run_id!r} in this database; name a trained cnn14 run (see `fsat runs`)",
                           field="encoder_run_id")
-    config = run.get("config") or {}
-    arch = (config.get("model") or {}).get("arch")
-    if arch != "cnn14":
-        raise ConfigError(f"run {run_id} is a {run['kind']} run of model {arch or run.get('model')!r}; "
+    if not can_embed_baseline(run):
+        raise ConfigError(f"run {run_id} is a {run['kind']} run of model {run_arch(run) or run.get('model')!r}; "
                           "the embedding baseline needs a trained cnn14 encoder", field="encoder_run_id")
-    best = Path(run["run_dir"]) / "fold0" / "best.pt"
+    best = RunFolder(run["run_dir"]).best(0)
     if not best.is_file():
         raise CheckpointError(f"{best}: run {run_id} has no fold-0 best checkpoint (was fold 0 trained and "
                               "finished?); train fold 0 of that run, or give a PANNs checkpoint")
@@ -178,15 +181,15 @@ def run_encoder_embedder(store, run_id: str, *, device: torch.device | str = "cp
         saved = torch.load(best, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user problem
         raise CheckpointError(f"{best}: not a readable checkpoint ({exc}); retrain fold 0 of run {run_id}") from exc
-    feats = config.get("features") or {}
-    sample_rate = int((config.get("audio") or {}).get("sample_rate", 32000))
-    n_mels = int(feats.get("n_mels", 64))
-    frontend = LogMelFrontend(sample_rate=sample_rate, n_fft=int(feats.get("n_fft", 1024)),
-                              hop_length=int(feats.get("hop_length", 320)),
-                              win_length=int(feats.get("win_length", 1024)), n_mels=n_mels,
-                              fmin=float(feats.get("fmin", 50.0)), fmax=float(feats.get("fmax", 16000.0)),
-                              clamp=float(feats.get("clamp", 10.0)))
-    frontend.set_stats(saved["mel_mean"], saved["mel_std"])
+    try:
+        spec = from_dict(TrainSpec, run.get("config") or {})
+    except ConfigError as err:
+        raise ConfigError(f"run {run_id} has no training spec this version can read ({err})",
+                          field="encoder_run_id") from None
+    sample_rate, n_mels = spec.audio.sample_rate, spec.features.n_mels
+    # The frontend the encoder was trained on, built the one way training builds it: a zero-shot
+    # run (features.standardise = false) is fed unstandardised log-mel, as it was when scored.
+    frontend = frontend_from_spec(spec, mean=saved["mel_mean"], std=saved["mel_std"])
     encoder = Cnn14(mel_bins=n_mels)
     prefix = "encoder."
     state = {k[len(prefix):]: v for k, v in saved["model"].items() if k.startswith(prefix)}
@@ -195,7 +198,9 @@ def run_encoder_embedder(store, run_id: str, *, device: torch.device | str = "cp
     if missing or unexpected:
         raise CheckpointError(f"{best}: the saved model is not a cnn14 tagger with {n_mels} mel bins "
                               f"(missing {missing[:5]}, unexpected {list(unexpected)[:5]})")
-    identity = {"kind": "run-encoder", "run_id": run_id, "arch": "cnn14", **_file_identity(best)}
+    # The frontend's standardisation is part of what the encoder sees, so it keys the cache too.
+    identity = {"kind": "run-encoder", "run_id": run_id, "arch": "cnn14", "standardise": bool(spec.features.standardise),
+                **_file_identity(best)}
     return ClipEmbedder(encoder, frontend, sample_rate=sample_rate, identity=identity, device=device, amp=amp)
 
 
@@ -253,14 +258,10 @@ def embed_waves(embedder: ClipEmbedder, waves: Sequence[np.ndarray], *, crop_sam
 
 
 def _atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """The run layer's one atomic writer (temp file, fsync, rename)."""
+    from engine.runs.atomic import atomic_write
+
+    atomic_write(path, write)
 
 
 def _clip_of(key: str) -> str:

@@ -202,8 +202,24 @@ def _migrate_v7(c: sqlite3.Connection) -> None:
 #: two processes opening an old file upgrade it once. Each step is written
 #: against the schema the step before it left, never against today's tables;
 #: add a step at the end, never edit a released one.
+def _migrate_v3(c: sqlite3.Connection) -> None:
+    """run_summary gains parent_run_id, dataset_id and run_dir; runs are indexed by parent for child queries."""
+    c.execute("DROP VIEW IF EXISTS run_summary")
+    c.execute("""
+CREATE VIEW run_summary AS
+SELECT r.id AS run_id, r.kind, r.name, r.model, r.status, r.cv_lwlrap, r.test_lwlrap,
+       (SELECT COUNT(*) FROM fold_scores f WHERE f.run_id = r.id) AS folds_done,
+       (SELECT AVG(f.lwlrap) FROM fold_scores f WHERE f.run_id = r.id) AS mean_fold_lwlrap,
+       r.seed, r.device, r.job_id, d.name AS dataset,
+       datetime(r.created_at, 'unixepoch') AS created,
+       r.parent_run_id, r.dataset_id, r.run_dir
+FROM runs r LEFT JOIN datasets d ON d.id = r.dataset_id""")
+    c.execute("CREATE INDEX IF NOT EXISTS runs_parent ON runs(parent_run_id)")
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite3.Connection], None]]] = [
     (1, "first schema", _migrate_v1),
+    (3, "run_summary: parent_run_id, dataset_id, run_dir; runs indexed by parent", _migrate_v3),
     (7, "executors: workers.executor and workers.cluster, fold_tasks", _migrate_v7),
 ]
 
@@ -748,6 +764,15 @@ class Store:
     def list_runs(self, *, limit: int = 200) -> list[dict]:
         """Runs with their headline scores, newest first."""
         return self._query("SELECT * FROM run_summary ORDER BY created DESC, run_id DESC LIMIT ?", (limit,))
+
+    def child_runs(self, run_id: str, *, kind: str | None = None) -> list[dict]:
+        """Runs made from ``run_id`` (``parent_run_id``), optionally of one kind: run_summary rows, newest first."""
+        sql = "SELECT * FROM run_summary WHERE parent_run_id=?"
+        params: list[Any] = [run_id]
+        if kind is not None:
+            sql += " AND kind=?"
+            params.append(kind)
+        return self._query(sql + " ORDER BY created DESC, run_id DESC", params)
 
     def get_run(self, run_id: str) -> dict | None:
         """A run row with config and versions decoded, or None."""

@@ -1,8 +1,8 @@
 """Submission CSVs in the Kaggle format: ``fname`` then one probability column per class.
 
 Rows follow ``sample_submission.csv`` order and the class columns its column
-order. Files are validated before they are written and written atomically (a
-temporary file in the same folder, then ``os.replace``), so a failed write
+order. Files are validated before they are written and written atomically (the
+run layer's writer: a temporary file in the same folder, fsync, rename), so a failed write
 never leaves a half-written or invalid submission in place of a good one.
 
 Float format: every probability is written with Python's shortest
@@ -19,8 +19,6 @@ Row numbers in errors are CSV line numbers (the header is line 1), as in
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -218,17 +216,10 @@ def write_submission(path: Path | str, fnames: Sequence[str], probs: np.ndarray,
     df.insert(0, FNAME_COLUMN, sample_fnames)
     validate_submission(df, sample_fnames, classes, file=path)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as out:
-            df.to_csv(out, index=False, float_format=None, lineterminator="\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    from engine.runs.atomic import atomic_write
+
+    text = df.to_csv(index=False, float_format=None, lineterminator="\n")
+    atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
     return path
 
 

@@ -10,10 +10,11 @@ previous ones, so a heartbeat-only commit does not repaint anything.
 
 The run screen asks for one run's detail (epochs, folds, per-class scores of
 one fold); it is loaded with the overview only while that screen is shown.
-With it comes the run's TTA comparison when there is one: a trained run next
-to the newest inference run of it (``runs.parent_run_id``), or an inference
-run next to the run it was made from, each with its per-class scores of the
-shown fold, so the screen can show the gain of test-time augmentation.
+With it comes the run's TTA comparison when there is one
+(``engine.runs.reports.tta_comparison``, the same report ``fsat tta`` prints):
+a trained run next to the newest inference run of it (found by the store's
+``child_runs`` query on ``parent_run_id``), or an inference run next to the
+run it was made from, each with its per-class scores of the shown fold.
 
 ``Poller`` is used from one thread at a time (the console's poll worker), and
 polls never overlap: the console schedules the next one when the previous one
@@ -30,6 +31,7 @@ from pathlib import Path
 from textual.message import Message
 
 from engine.errors import FsatError
+from engine.runs.reports import TtaComparison, infer_runs_of, tta_comparison
 from engine.store import Store, StoreError
 
 #: A worker whose heartbeat is older than this is not counted as alive.
@@ -55,56 +57,6 @@ class Overview:
         for job in self.jobs:
             out[job["status"]] = out.get(job["status"], 0) + 1
         return out
-
-
-@dataclass
-class TtaComparison:
-    """A trained run and an inference run of it: CV LWLRAP without and with TTA.
-
-    ``base`` is the trained run (its CV LWLRAP and per-class scores are the
-    scores without TTA), ``tta`` the inference run (``kind = 'infer'``,
-    ``parent_run_id = base['id']``). The class lists hold the per-class rows of
-    the fold the run screen shows (out-of-fold by default) for each run.
-    """
-
-    base: dict
-    tta: dict
-    base_classes: list[dict]
-    tta_classes: list[dict]
-    #: How many inference runs the trained run has (the newest scored one is shown).
-    n_infer_runs: int = 1
-
-    @property
-    def gain(self) -> float | None:
-        """CV LWLRAP with TTA minus without; None until both are known."""
-        with_tta, without = self.tta.get("cv_lwlrap"), self.base.get("cv_lwlrap")
-        if with_tta is None or without is None:
-            return None
-        return float(with_tta) - float(without)
-
-    def class_gains(self) -> dict[int, float | None]:
-        """class_idx -> LRAP with TTA minus without (None where either run has no score)."""
-        base = {int(c["class_idx"]): c.get("lrap") for c in self.base_classes}
-        gains: dict[int, float | None] = {}
-        for c in self.tta_classes:
-            idx = int(c["class_idx"])
-            with_tta, without = c.get("lrap"), base.get(idx)
-            gains[idx] = None if with_tta is None or without is None else float(with_tta) - float(without)
-        for idx in base:
-            gains.setdefault(idx, None)
-        return gains
-
-    @property
-    def settings(self) -> str:
-        """The TTA settings of the inference run, e.g. ``5 crops, 10 beyond 30 s``."""
-        infer = (self.tta.get("config") or {}).get("infer") or {}
-        if not infer:
-            return ""
-        crops, long_crops, long_s = infer.get("tta_crops"), infer.get("tta_crops_long"), infer.get("long_seconds")
-        text = f"{crops} crops"
-        if long_crops is not None and long_s is not None:
-            text += f", {long_crops} beyond {float(long_s):g} s"
-        return text
 
 
 @dataclass
@@ -196,8 +148,6 @@ class Poller:
         self._overview_key: tuple | None = None
         self._detail_key: tuple | None = None
         self._loaded_at = 0.0
-        # run id of an inference run -> the run it was made from (never changes once written).
-        self._infer_parents: dict[str, str | None] = {}
 
     def _open(self) -> Store:
         if self._store is None:
@@ -279,43 +229,13 @@ class Poller:
                          folds=folds, classes=classes, tta=tta)
 
     def infer_runs_of(self, store: Store, run_id: str) -> list[dict]:
-        """Inference runs made from ``run_id`` (run summary rows, newest first)."""
-        children = []
-        for row in store.list_runs(limit=100_000):
-            if row.get("kind") != "infer":
-                continue
-            child = str(row["run_id"])
-            if child not in self._infer_parents:
-                full = store.get_run(child)
-                self._infer_parents[child] = (full or {}).get("parent_run_id")
-            if self._infer_parents[child] == run_id:
-                children.append(row)
-        return children
+        """Inference runs made from ``run_id`` (run summary rows, newest first): one indexed query."""
+        return infer_runs_of(store, run_id)
 
     def _load_tta(self, store: Store, run: dict | None, class_fold: int,
                   classes: list[dict]) -> TtaComparison | None:
-        """The TTA comparison of a trained run or of an inference run, or None."""
-        if run is None:
-            return None
-        if run.get("kind") == "infer":
-            parent_id = run.get("parent_run_id")
-            parent = store.get_run(parent_id) if parent_id else None
-            if parent is None:
-                return None
-            siblings = self.infer_runs_of(store, str(parent_id))
-            return TtaComparison(base=parent, tta=run, base_classes=store.class_scores(str(parent_id), class_fold),
-                                 tta_classes=classes, n_infer_runs=max(1, len(siblings)))
-        children = self.infer_runs_of(store, str(run["id"]))
-        if not children:
-            return None
-        # The newest inference run that has a score; while none has, the newest (still running).
-        chosen = next((c for c in children if c.get("cv_lwlrap") is not None), children[0])
-        tta = store.get_run(str(chosen["run_id"]))
-        if tta is None:
-            return None
-        return TtaComparison(base=run, tta=tta, base_classes=classes,
-                             tta_classes=store.class_scores(str(tta["id"]), class_fold),
-                             n_infer_runs=len(children))
+        """The TTA comparison of a trained run or of an inference run, or None (the run layer's report)."""
+        return tta_comparison(store, run, class_fold, classes=classes)
 
 
 def _job_dict(job: object) -> dict:

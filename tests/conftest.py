@@ -84,3 +84,57 @@ def run_cli(*args: str, db: Path | None = None, check: bool = True) -> subproces
     if check and out.returncode != 0:
         raise AssertionError(f"{cmd} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
     return out
+
+
+def record_run(store, runs_root: Path, run_id: str, *, kind: str = "train", dataset_id: int | None,
+               oof=None, test=None, truth=None, folds=None, overrides: tuple[str, ...] = (),
+               parent: str | None = None, status: str = "done", name: str = "", cv: float | None = None,
+               job_id: int | None = None) -> Path:
+    """A run recorded the way the jobs record one, without training: a fixture for console and CLI tests.
+
+    The config is the resolved spec of ``kind`` (``overrides`` as ``key=value``),
+    the ``model`` column the label the job writes (``cnn14-64mel`` for a train
+    run, the parent's for an infer run), arrays go through the run folder's
+    atomic writer and scores through ``engine.runs.scores``: per fold where
+    ``folds`` (fold per curated clip) has finite rows, and out-of-fold. ``cv``
+    replaces the computed CV LWLRAP (a run whose scores cannot be checked
+    against ``truth``).
+    """
+    import numpy as np
+
+    from engine.runs.folder import RunFolder
+    from engine.runs.kinds import FOLD_CHECKPOINT_KINDS, model_label
+    from engine.runs.scores import covered_rows, record_fold_scores, record_oof_scores
+    from engine.specs import resolve_spec, to_dict
+
+    folder = RunFolder(runs_root / run_id).create()
+    dataset = store.get_dataset(dataset_id) if dataset_id is not None else None
+    data_root = str(dataset["root"]) if dataset else str(runs_root)
+    if kind in FOLD_CHECKPOINT_KINDS:
+        spec = resolve_spec("train", overrides=list(overrides), data_root=data_root)
+        model = model_label(spec.model.arch, spec.features.n_mels)
+    elif kind == "infer":
+        spec = resolve_spec("infer", overrides=[f'run_id="{parent}"', *overrides])
+        model = (store.get_run(parent) or {}).get("model", "") if parent else ""
+    else:
+        spec = resolve_spec(kind, overrides=list(overrides), data_root=data_root)
+        model = kind
+    store.create_run(run_id, kind=kind, job_id=job_id, dataset_id=dataset_id, parent_run_id=parent,
+                     name=name or run_id, model=model, config=to_dict(spec), run_dir=str(folder.path))
+    if oof is not None:
+        folder.save_array(folder.oof, np.asarray(oof))
+    if test is not None:
+        folder.save_array(folder.test, np.asarray(test))
+    scored = None
+    if oof is not None and truth is not None and np.shape(oof) == np.shape(truth) and covered_rows(oof).any():
+        classes = list((dataset or {}).get("classes") or [str(i) for i in range(np.shape(truth)[1])])
+        if folds is not None:
+            folds = np.asarray(folds)
+            for k in sorted(set(folds.tolist())):
+                rows = (folds == k) & covered_rows(oof)
+                if rows.any() and rows.sum() == (folds == k).sum():
+                    record_fold_scores(store, run_id, int(k), truth[rows], np.asarray(oof)[rows], classes)
+        scored, _ = record_oof_scores(store, run_id, np.asarray(truth), np.asarray(oof), classes)
+    if status != "running":
+        store.finish_run(run_id, status=status, cv_lwlrap=cv if cv is not None else scored)
+    return folder.path

@@ -327,6 +327,7 @@ def test_a_trained_cnn14_run_embeds_with_its_fold0_encoder_on_our_frontend(tmp_p
     store = Store(tmp_path / "experiments.db")
     spec = TrainSpec()
     spec.model.arch = "cnn14"
+    spec.data.root = str(tmp_path)  # the train job records its resolved spec, data root included
     run_dir = tmp_path / "runs" / "train-0001"
     (run_dir / "fold0").mkdir(parents=True)
     store.create_run("train-0001", kind="train", config=to_dict(spec), run_dir=str(run_dir))
@@ -348,11 +349,54 @@ def test_a_trained_cnn14_run_embeds_with_its_fold0_encoder_on_our_frontend(tmp_p
         expected = tagger.encoder.embed(frontend(crops)).numpy()
     assert_close(got, expected)
 
-    store.create_run("train-0002", kind="train", config=to_dict(TrainSpec()), run_dir=str(tmp_path))
+    small = TrainSpec()
+    small.data.root = str(tmp_path)
+    store.create_run("train-0002", kind="train", config=to_dict(small), run_dir=str(tmp_path))
     with pytest.raises(ConfigError, match="needs a trained cnn14 encoder"):
         load_embedder("", "train-0002", store=store)
     with pytest.raises(ConfigError, match="no run 'train-0404'"):
         load_embedder("", "train-0404", store=store)
+
+
+def test_a_zero_shot_encoder_run_is_fed_unstandardised_log_mel(tmp_path: Path, monkeypatch):
+    """features.standardise = false (the zero-shot preset): the baseline embeds what the encoder was scored on."""
+    from engine.features.frontend import LogMelFrontend
+    from engine.runs.kinds import model_label
+    from engine.specs import resolve_spec
+
+    monkeypatch.delenv("FSAT_PANNS_DIR", raising=False)
+    store = Store(tmp_path / "experiments.db")
+    # The zero-shot preset's settings, as the train job records them (resolved spec, model label).
+    spec = resolve_spec("train", preset="cnn14_zeroshot", data_root=str(tmp_path),
+                        overrides=['model.pretrained="none"'])
+    assert spec.features.standardise is False
+    run_dir = tmp_path / "runs" / "train-0001"
+    (run_dir / "fold0").mkdir(parents=True)
+    store.create_run("train-0001", kind="train", config=to_dict(spec), run_dir=str(run_dir),
+                     model=model_label(spec.model.arch, spec.features.n_mels))
+    store.finish_run("train-0001", status="done")
+    torch.manual_seed(5)
+    tagger = PannsTagger("cnn14", n_classes=80).eval()
+    mel_mean, mel_std = np.linspace(-60, -20, 64).astype(np.float32), np.linspace(8, 15, 64).astype(np.float32)
+    torch.save({"model": tagger.state_dict(), "epoch": -1, "mel_mean": torch.from_numpy(mel_mean),
+                "mel_std": torch.from_numpy(mel_std)}, run_dir / "fold0" / "best.pt")
+
+    embedder = load_embedder("", "train-0001", store=store)
+    waves = _tones([0.5, 1.3], seed=6)
+    got = embed_waves(embedder, waves, crop_samples=SR, batch_size=2)
+
+    f = spec.features
+    frontend = LogMelFrontend(sample_rate=spec.audio.sample_rate, n_fft=f.n_fft, hop_length=f.hop_length,
+                              win_length=f.win_length, n_mels=f.n_mels, fmin=f.fmin, fmax=f.fmax, clamp=f.clamp)
+    crops = torch.from_numpy(np.stack([crop_clip(w, SR) for w in waves]))
+    with torch.no_grad():
+        unstandardised = tagger.encoder.embed(frontend(crops)).numpy()
+        frontend.set_stats(mel_mean, mel_std)
+        standardised = tagger.encoder.embed(frontend(crops)).numpy()
+    assert not np.allclose(standardised, unstandardised, atol=1e-3)  # the two inputs do differ
+    assert_close(got, unstandardised)
+    # Cached embeddings of the two frontends never mix: the standardisation keys the cache group.
+    assert embedder.identity["standardise"] is False
 
 
 # --------------------------------------------------------------------------- the classifier

@@ -34,6 +34,7 @@ from fsat_console.screens.infer import BaselineScreen, InferScreen
 from fsat_console.screens.main import MainScreen
 from fsat_console.screens.run import RunScreen
 from fsat_console.widgets.live_table import LiveTable
+from tests.conftest import record_run
 
 PROJECT = Path(__file__).resolve().parent.parent
 SIZE = (140, 45)
@@ -71,18 +72,13 @@ def write_dataset(root: Path, truth: np.ndarray) -> None:
 
 def add_run(store: Store, tmp: Path, run_id: str, oof: np.ndarray, *, dataset_id: int | None,
             status: str = "done", cv: float | None = None, kind: str = "train", name: str = "",
-            parent: str | None = None, test: bool = True, config: dict | None = None) -> Path:
-    """A run whose run folder holds ``oof.npy`` (and ``test.npy``)."""
-    run_dir = tmp / "runs" / run_id
-    run_dir.mkdir(parents=True)
-    np.save(run_dir / "oof.npy", oof)
-    if test:
-        np.save(run_dir / "test.npy", np.random.default_rng(1).random((3, oof.shape[1])))
-    store.create_run(run_id, kind=kind, dataset_id=dataset_id, run_dir=str(run_dir), name=name or run_id,
-                     model="cnn14", parent_run_id=parent, config=config or {})
-    if status == "done":
-        store.finish_run(run_id, status="done", cv_lwlrap=cv)
-    return run_dir
+            parent: str | None = None, test: bool = True, truth: np.ndarray | None = None,
+            overrides: tuple[str, ...] = ('model.arch="cnn14"',)) -> Path:
+    """A run recorded through the engine's own recording code (``record_run``): a cnn14 train run by default."""
+    return record_run(store, tmp / "runs", run_id, kind=kind, dataset_id=dataset_id, oof=oof,
+                      test=np.random.default_rng(1).random((3, oof.shape[1])) if test else None,
+                      truth=truth, parent=parent, status=status, name=name, cv=cv,
+                      overrides=overrides if kind != "infer" else ())
 
 
 @pytest.fixture
@@ -112,8 +108,8 @@ def world(tmp_path: Path) -> dict:
     # The oldest run is on the other dataset: the screen opens on the dataset of the newest runs.
     add_run(store, tmp_path, "train-0000", truth[:30] + rng.normal(size=(30, len(CLASSES))), dataset_id=ds_other,
             cv=0.5, name="elsewhere")
-    add_run(store, tmp_path, "train-0001", good, dataset_id=ds, cv=lwlrap(truth, good), name="good")
-    add_run(store, tmp_path, "train-0002", weak, dataset_id=ds, cv=lwlrap(truth, weak), name="weak")
+    add_run(store, tmp_path, "train-0001", good, dataset_id=ds, truth=truth, name="good")
+    add_run(store, tmp_path, "train-0002", weak, dataset_id=ds, truth=truth, name="weak")
     add_run(store, tmp_path, "train-0003", rng.normal(size=(N_CLIPS - 1, len(CLASSES))), dataset_id=ds,
             cv=0.30, name="wrong shape")
     half = good.copy()
@@ -526,64 +522,64 @@ async def test_infer_dialog_reports_a_full_queue_under_its_fields(world: dict, f
 # -- TTA gain on the run screen ----------------------------------------------------------------------
 
 
-def class_scores(seed: int) -> list[float | None]:
-    values: list[float | None] = [float(x) for x in np.random.default_rng(seed).random(len(CLASSES))]
-    values[3] = None  # a class without positives in this run
-    return values
-
-
 async def test_tta_gain_appears_live_and_on_the_inference_run(world: dict) -> None:
-    store = world["store"]
-    weights = [1 / len(CLASSES)] * len(CLASSES)
-    n_pos = [1] * len(CLASSES)
-    base = class_scores(1)
-    store.record_class_scores("train-0001", OOF, CLASSES, base, weights, n_pos)
+    store, truth = world["store"], world["truth"]
+    # The trained run's scores, recorded by the engine's scoring code from its oof.npy.
+    record_run(store, world["tmp"] / "runs", "train-0010", kind="train", dataset_id=world["ds"],
+               oof=world["oofs"]["train-0001"], truth=truth, folds=world["folds"], name="scored",
+               overrides=('model.arch="cnn14"',))
+    base = {c["class_idx"]: c["lrap"] for c in store.class_scores("train-0010", OOF)}
     app = FsatConsole(world["db"], poll_interval=0.1)
     async with app.run_test(size=SIZE) as pilot:
-        screen = await open_run(pilot, app, "train-0001")
+        screen = await open_run(pilot, app, "train-0010")
         panel = screen.query_one("#tta-gain", Static)
         classes = screen.query_one("#classes", LiveTable)
         await wait_until(pilot, lambda: classes.row_count == len(CLASSES), what="class rows")
         assert not panel.display
         assert "gain" not in [c.key for c in classes.specs]
 
-        # Another connection (the inference job) records a TTA run of train-0001.
-        with_tta = class_scores(2)
-        add_run(store, world["tmp"], "infer-0007", world["oofs"]["train-0001"], dataset_id=world["ds"],
-                kind="infer", parent="train-0001", status="running",
-                config={"infer": {"tta_crops": 5, "tta_crops_long": 10, "long_seconds": 30.0}})
-        store.record_class_scores("infer-0007", OOF, CLASSES, with_tta, weights, n_pos)
-        cv_base = store.get_run("train-0001")["cv_lwlrap"]
-        store.finish_run("infer-0007", status="done", cv_lwlrap=cv_base + 0.0123)
+        # Another connection (the inference job) records a TTA run of train-0010: better scores.
+        better = world["oofs"]["train-0001"] + truth
+        record_run(store, world["tmp"] / "runs", "infer-0007", kind="infer", dataset_id=world["ds"],
+                   oof=better, truth=truth, folds=world["folds"], parent="train-0010",
+                   overrides=("infer.tta_crops=5", "infer.tta_crops_long=10", "infer.long_seconds=30.0"))
+        with_tta = {c["class_idx"]: c["lrap"] for c in store.class_scores("infer-0007", OOF)}
+        cv_base = store.get_run("train-0010")["cv_lwlrap"]
+        cv_tta = store.get_run("infer-0007")["cv_lwlrap"]
+        assert cv_tta > cv_base
+        gain = f"{cv_tta - cv_base:+.4f}"
+        scored = [i for i in range(len(CLASSES)) if base[i] is not None]
+        absent = next(i for i in range(len(CLASSES)) if base[i] is None)  # a class without positives
 
-        await wait_until(pilot, lambda: panel.display and "0.0123" in str(panel.content)
+        await wait_until(pilot, lambda: panel.display and gain in str(panel.content)
                          and classes.row_count == len(CLASSES) and "gain" in [c.key for c in classes.specs],
                          what="TTA comparison")
         text = str(panel.content)
-        assert f"without TTA {cv_base:.4f} train-0001 (this run)" in text
-        assert f"with TTA {cv_base + 0.0123:.4f} infer-0007" in text
-        assert "5 crops, 10 beyond 30 s" in text and text.startswith("gain +0.0123")
-        for i in (0, 1, 2, 40, 79):
+        assert f"without TTA {cv_base:.4f} train-0010 (this run)" in text
+        assert f"with TTA {cv_tta:.4f} infer-0007" in text
+        assert "5 crops, 10 beyond 30 s" in text and text.startswith(f"gain {gain}")
+        for i in scored[:5]:
             assert classes.get_cell(str(i), "gain").plain == f"{with_tta[i] - base[i]:+.4f}", CLASSES[i]
-        assert classes.get_cell("3", "gain").plain == "—"
+        assert classes.get_cell(str(absent), "gain").plain == "—"
 
         # The inference run's own screen: its parent and the same gain.
         await pilot.press("escape")
         infer_screen = await open_run(pilot, app, "infer-0007")
         panel = infer_screen.query_one("#tta-gain", Static)
         await wait_until(pilot, lambda: panel.display, what="TTA line on the inference run")
-        assert f"without TTA {cv_base:.4f} train-0001 " in str(panel.content)
-        assert f"with TTA {cv_base + 0.0123:.4f} infer-0007 (this run)" in str(panel.content)
-        assert str(panel.content).startswith("gain +0.0123")
+        assert f"without TTA {cv_base:.4f} train-0010 " in str(panel.content)
+        assert f"with TTA {cv_tta:.4f} infer-0007 (this run)" in str(panel.content)
+        assert str(panel.content).startswith(f"gain {gain}")
         classes = infer_screen.query_one("#classes", LiveTable)
         await wait_until(pilot, lambda: classes.row_count == len(CLASSES), what="class rows")
-        assert classes.get_cell("40", "lrap").plain == f"{with_tta[40]:.4f}"
-        assert classes.get_cell("40", "gain").plain == f"{with_tta[40] - base[40]:+.4f}"
+        i = scored[0]
+        assert classes.get_cell(str(i), "lrap").plain == f"{with_tta[i]:.4f}"
+        assert classes.get_cell(str(i), "gain").plain == f"{with_tta[i] - base[i]:+.4f}"
 
         # i on an inference run infers its trained run again.
         await pilot.press("i")
         await wait_until(pilot, lambda: isinstance(app.screen, InferScreen), what="infer dialog")
-        assert app.screen.run_id == "train-0001"
+        assert app.screen.run_id == "train-0010"
 
 
 # -- help, palette, start-up --------------------------------------------------------------------------

@@ -50,6 +50,22 @@ def test_a_schema_1_database_upgrades_and_keeps_its_rows(v1_db: Path):
     assert Store(v1_db).schema_version() == SCHEMA_VERSION
 
 
+def test_step_3_gives_old_runs_their_parent_dataset_and_folder_in_run_summary(v1_db: Path):
+    store = Store(v1_db)
+    (row,) = [r for r in store.list_runs() if r["run_id"] == "train-0001"]
+    assert row["parent_run_id"] is None and row["dataset_id"] == 1 and row["run_dir"] == "/runs/train-0001"
+    assert row["cv_lwlrap"] == pytest.approx(0.7) and row["dataset"] is not None
+    # A run made from the old one after the upgrade is found by the children query, not by a scan.
+    store.create_run("infer-0002", kind="infer", dataset_id=1, parent_run_id="train-0001", run_dir="/runs/infer-0002")
+    store.create_run("ensemble-0003", kind="ensemble", dataset_id=1, parent_run_id="train-0001")
+    assert [r["run_id"] for r in store.child_runs("train-0001", kind="infer")] == ["infer-0002"]
+    assert {r["run_id"] for r in store.child_runs("train-0001")} == {"infer-0002", "ensemble-0003"}
+    assert store.child_runs("infer-0002") == []
+    plan = " ".join(str(tuple(r)) for r in store.conn.execute(
+        "EXPLAIN QUERY PLAN SELECT id FROM runs WHERE parent_run_id=?", ("train-0001",)).fetchall())
+    assert "runs_parent" in plan
+
+
 def test_stopping_at_an_older_version_writes_that_version(tmp_path: Path):
     path = tmp_path / "experiments.db"
     store = Store(path, schema_version=1)

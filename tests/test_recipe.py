@@ -68,7 +68,7 @@ def test_missing_checkpoint_fails_with_where_to_put_it(tiny_demo: Path, tmp_path
 
 
 def test_optional_pretrained_trains_from_scratch_when_absent(monkeypatch, tmp_path: Path):
-    from engine.jobs.train import make_model
+    from engine.models.registry import model_from_spec as make_model
 
     monkeypatch.setenv("FSAT_PANNS_DIR", str(tmp_path))
     spec = resolve_spec("train", preset="cnn14", data_root="/d", overrides=["model.pretrained=optional"])
@@ -183,7 +183,8 @@ def test_auto_batch_size_search_leaves_model_and_rng_as_they_were():
 
 
 def test_resolve_batch_size_keeps_a_number_reuses_a_recorded_choice_and_searches_otherwise():
-    from engine.jobs.train import make_frontend, resolve_batch_size
+    from engine.jobs.train import resolve_batch_size
+    from engine.models.registry import frontend_from_spec as make_frontend
 
     cpu = torch.device("cpu")
     fixed = resolve_spec("train", preset="demo", data_root="/d", overrides=["train.batch_size=12"])

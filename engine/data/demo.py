@@ -20,6 +20,7 @@ import csv
 import shutil
 import textwrap
 import time
+import wave
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,7 +28,6 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
 from engine.data.labels import FSD2019_CLASSES
 from engine.data.manifest import CURATED_CSV, NOISY_CSV, SAMPLE_SUBMISSION, TEST_TRUTH_CSV
@@ -251,6 +251,20 @@ def _fade(n: int, fade: int) -> np.ndarray:
     return envelope
 
 
+def write_pcm16_wav(path: Path, samples: np.ndarray, sample_rate: int) -> None:
+    """A mono 16-bit PCM WAV with the standard library's ``wave`` (byte for byte what libsndfile writes).
+
+    The demo writes its clips without soundfile, so the console, which offers
+    to generate the demo, never imports an audio library.
+    """
+    data = np.asarray(samples, dtype="<i2")
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(int(sample_rate))
+        out.writeframes(data.tobytes())
+
+
 def render_clip(clip: DemoClip, seed: int) -> np.ndarray:
     """Synthesise one clip as int16 samples at 44.1 kHz (deterministic per seed and clip)."""
     rng = np.random.default_rng((seed, _SPLIT_CODES[clip.split], clip.index))
@@ -466,7 +480,7 @@ def write_demo_dataset(root: Path | str, *, seed: int = 0,
 
     def write(clip: DemoClip) -> int:
         path = root / clip.split / clip.fname
-        sf.write(path, render_clip(clip, seed), DEMO_SR, subtype="PCM_16", format="WAV")
+        write_pcm16_wav(path, render_clip(clip, seed), DEMO_SR)
         return path.stat().st_size
 
     if progress is not None:

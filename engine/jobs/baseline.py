@@ -35,10 +35,11 @@ import numpy as np
 from engine.embeddings import EmbeddingResult, embed_table, load_embedder
 from engine.errors import ConfigError
 from engine.jobs.common import cache_dir_for, configure_threads, pick_device, prepare_dataset
-from engine.jobs.context import JobContext, environment_record, git_commit, write_json
-from engine.metrics import lwlrap, per_class_lwlrap
+from engine.jobs.context import JobContext, environment_record, git_commit
+from engine.runs.atomic import save_npz
+from engine.runs.folder import RunFolder
+from engine.runs.scores import record_fold_scores, record_oof_scores, score_test
 from engine.specs import BaselineSpec, FeaturesSection, spec_from_json, spec_hash, to_dict
-from engine.store import OOF
 
 MODEL_LABEL = "cnn14-emb+logreg"
 #: lbfgs iterations per class; weak regularisation on separable folds needs more than sklearn's 100.
@@ -123,7 +124,8 @@ def _embed(ctx: JobContext, table, embedder, spec: BaselineSpec, cache_dir, *, s
 def run(ctx: JobContext) -> str:
     """Embed, fit per fold, record scores and write artifacts; returns a summary message."""
     spec: BaselineSpec = spec_from_json("baseline", ctx.spec)
-    store, run_id, run_dir = ctx.store, ctx.run_id, ctx.run_dir
+    store, run_id = ctx.store, ctx.run_id
+    folder = RunFolder(ctx.run_dir).create()
     configure_threads()
     device = pick_device(spec.device, field="device")
     ctx.progress(0.0, "loading dataset")
@@ -140,11 +142,10 @@ def run(ctx: JobContext) -> str:
     new = store.create_run(run_id, kind="baseline", job_id=ctx.job.id, dataset_id=data.dataset_id,
                            name=spec.name or run_id, model=MODEL_LABEL, config=config,
                            config_hash=spec_hash(spec), device=str(device), versions=environment_record(),
-                           git_commit=git_commit(), run_dir=str(run_dir),
+                           git_commit=git_commit(), run_dir=str(folder.path),
                            parent_run_id=spec.encoder_run_id if from_run else None)
-    write_json(run_dir / "config.json", {"kind": "baseline", "run_id": run_id, "config_hash": spec_hash(spec),
-                                         "spec": config, "embedder": embedder.identity,
-                                         "precision": embedder.precision})
+    folder.save_config({"kind": "baseline", "run_id": run_id, "config_hash": spec_hash(spec),
+                        "spec": config, "embedder": embedder.identity, "precision": embedder.precision})
     ctx.log(f"{'new run' if new else 'resuming run'} {run_id} on {device}; {len(Y)} curated and "
             f"{len(layout.test)} test clips, {len(classes)} classes; embedder {embedder.identity}")
     if not from_run and spec.features != FeaturesSection():
@@ -154,7 +155,7 @@ def run(ctx: JobContext) -> str:
     cache_dir = cache_dir_for(spec.data.root, spec.data.cache_dir)
     curated = _embed(ctx, layout.curated, embedder, spec, cache_dir, start=0.02, span=0.6)
     test = _embed(ctx, layout.test, embedder, spec, cache_dir, start=0.62, span=0.2)
-    write_json(run_dir / "embeddings.json", {"curated": curated.summary(), "test": test.summary(),
+    folder.save_json("embeddings.json", {"curated": curated.summary(), "test": test.summary(),
                                              "embedder": embedder.identity, "precision": embedder.precision,
                                              "crop_seconds": spec.audio.crop_seconds})
     del embedder
@@ -174,38 +175,23 @@ def run(ctx: JobContext) -> str:
         oof[val_idx] = val_pred
         test_sum += test_pred
         # Scored on the values that are saved, so the records match oof.npy exactly.
-        score = lwlrap(Y[val_idx], oof[val_idx])
-        store.record_fold(run_id, fold, lwlrap=score, best_epoch=None, n_val=len(val_idx))
-        per_class, weights = per_class_lwlrap(Y[val_idx], oof[val_idx])
-        store.record_class_scores(run_id, fold, classes, per_class, weights, Y[val_idx].sum(axis=0))
+        score = record_fold_scores(store, run_id, fold, Y[val_idx], oof[val_idx], classes)
         constant = int(np.isfinite(model.constant).sum())
         ctx.log(f"fold {fold}: lwlrap {score:.4f} on {len(val_idx)} clips"
                 + (f"; {constant} classes without positives predict a constant" if constant else "")
                 + (f"; {model.not_converged} fits stopped at {MAX_ITER} iterations" if model.not_converged else ""))
 
-    np.save(run_dir / "oof.npy", oof)
+    folder.save_array(folder.oof, oof)
     test_pred = test_sum / spec.n_folds
-    np.save(run_dir / "test.npy", test_pred)
-    np.savez(run_dir / "logreg.npz", **{name: np.stack([getattr(m, name) for m in models])
-                                        for name in ("mean", "scale", "coef", "intercept", "constant")})
+    folder.save_array(folder.test, test_pred)
+    save_npz(folder.path / "logreg.npz", **{name: np.stack([getattr(m, name) for m in models])
+                                            for name in ("mean", "scale", "coef", "intercept", "constant")})
 
-    covered = ~np.isnan(oof).any(axis=1)
-    cv = lwlrap(Y[covered], oof[covered])
-    per_class, weights = per_class_lwlrap(Y[covered], oof[covered])
-    store.record_class_scores(run_id, OOF, classes, per_class, weights, Y[covered].sum(axis=0))
-
-    if spec.write_submission:
-        from engine.submission import write_submission
-
-        path = write_submission(run_dir / "submission.csv", layout.test.fnames, test_pred,
-                                sample_submission=layout.sample_submission)
-        ctx.log(f"submission written: {path}")
-    test_score = None
-    if layout.test_truth is not None:
-        row_of = {f: i for i, f in enumerate(layout.test.fnames)}
-        rows = [row_of[f] for f in layout.test_truth.fnames]
-        test_score = lwlrap(layout.test_truth.Y, test_pred[rows])
-        ctx.log(f"test lwlrap {test_score:.4f} on {len(rows)} clips with ground truth")
+    cv, covered = record_oof_scores(store, run_id, Y, oof, classes)
+    test_score, _ = score_test(layout, test_pred, submission=folder.submission if spec.write_submission else None,
+                               log=ctx.log)
+    if test_score is not None:
+        ctx.log(f"test lwlrap {test_score:.4f} on {len(layout.test_truth.fnames)} clips with ground truth")
     store.finish_run(run_id, status="done", cv_lwlrap=cv, test_lwlrap=test_score)
-    ctx.log(f"out-of-fold lwlrap {cv:.4f} over {int(covered.sum())} clips ({time.perf_counter() - t_run:.0f}s)")
+    ctx.log(f"out-of-fold lwlrap {cv:.4f} over {covered} clips ({time.perf_counter() - t_run:.0f}s)")
     return f"CV lwlrap {cv:.4f}" + (f", test {test_score:.4f}" if test_score is not None else "")

@@ -98,7 +98,7 @@ def git_commit() -> str:
 
 
 def write_json(path: Path, data: object) -> None:
-    """Write JSON atomically (temp file, then rename)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    """Write JSON atomically: the run layer's one writer (temp file, fsync, rename)."""
+    from engine.runs.atomic import save_json
+
+    save_json(path, data)

@@ -28,8 +28,12 @@ import numpy as np
 from engine.data.manifest import DatasetLayout, load_layout
 from engine.ensemble import Member, blend, greedy_forward_selection
 from engine.errors import ConfigError, FsatError
-from engine.jobs.context import JobContext, environment_record, git_commit, write_json
+from engine.jobs.context import JobContext, environment_record, git_commit
 from engine.metrics import lwlrap
+from engine.runs.members import MemberProblem, check_oof, check_test, read_scores
+from engine.runs.folder import RunFolder
+from engine.runs.kinds import has_fold_checkpoints
+from engine.runs.scores import record_fold_scores, score_test
 from engine.specs import EnsembleSpec, spec_from_json, spec_hash, to_dict
 from engine.store import OOF, Store
 
@@ -84,7 +88,7 @@ def load_members(store: Store, member_ids: list[str]) -> LoadedMembers:
             raise FsatError(f"member {m!r} is {run['status']}, not finished; blend it once it is done")
         oof_path = Path(run["run_dir"]) / "oof.npy"
         if not oof_path.is_file():
-            hint = (f"infer it first (`fsat queue infer {m}`)" if run["kind"] in ("train", "curriculum")
+            hint = (f"infer it first (`fsat queue infer {m}`)" if has_fold_checkpoints(run["kind"])
                     else "it produced no out-of-fold scores; run it again or leave it out")
             raise FsatError(f"member {m!r} ({run['kind']} run) has no out-of-fold scores: {oof_path} "
                             f"does not exist; {hint}")
@@ -115,27 +119,18 @@ def load_members(store: Store, member_ids: list[str]) -> LoadedMembers:
     for run in runs:
         run_dir = Path(run["run_dir"])
         oof_path = run_dir / "oof.npy"
-        oof = np.load(oof_path)
-        if oof.shape != truth.shape:
-            raise FsatError(f"member {run['id']!r}: {oof_path} has shape {oof.shape} but the dataset has "
-                            f"{truth.shape[0]} curated clips and {truth.shape[1]} classes; its scores are "
-                            "from another dataset or class list")
-        bad_rows = ~np.isfinite(oof).all(axis=1)
-        if bad_rows.any():
-            raise FsatError(f"member {run['id']!r}: {oof_path} has no out-of-fold scores for "
-                            f"{int(bad_rows.sum())} curated clips (first: row {int(np.flatnonzero(bad_rows)[0])}); "
-                            "only runs that covered every fold can be blended")
-        test = None
-        test_path = run_dir / "test.npy"
-        if test_path.is_file():
-            test = np.load(test_path)
-            if test.shape != (n_test, truth.shape[1]):
-                raise FsatError(f"member {run['id']!r}: {test_path} has shape {test.shape}; the dataset has "
-                                f"{n_test} test clips and {truth.shape[1]} classes")
-            if not np.isfinite(test).all():
-                raise FsatError(f"member {run['id']!r}: {test_path} holds NaN or inf scores; infer it again")
-        else:
-            why = "a train run: infer it for test scores" if run["kind"] in ("train", "curriculum") else "no test.npy"
+        try:
+            oof = read_scores(oof_path)
+            check_oof(oof_path, oof, truth)
+            test = None
+            test_path = run_dir / "test.npy"
+            if test_path.is_file():
+                test = read_scores(test_path)
+                check_test(test_path, test, n_test, truth.shape[1])
+        except MemberProblem as problem:
+            raise FsatError(f"member {run['id']!r}: {problem}") from None
+        if test is None:
+            why = "a train run: infer it for test scores" if has_fold_checkpoints(run["kind"]) else "no test.npy"
             missing_test.append(f"{run['id']} ({why})")
         members.append(Member(name=run["id"], oof=oof, test=test, cv_lwlrap=lwlrap(truth, oof)))
     if missing_test:
@@ -208,7 +203,7 @@ def build_ensemble(store: Store, spec: EnsembleSpec, *, run_id: str, run_dir: Pa
             "and its scores are still valid submission values in [0, 1]")
 
     step(0.6, "recording")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    folder = RunFolder(run_dir).create()
     dataset_id = loaded.dataset["id"]
     store.create_run(run_id, kind="ensemble", job_id=job_id, dataset_id=dataset_id,
                      name=spec.name or f"{spec.method} blend of {len(members)}", model="ensemble",
@@ -216,15 +211,13 @@ def build_ensemble(store: Store, spec: EnsembleSpec, *, run_id: str, run_dir: Pa
                      versions=environment_record(), git_commit=git_commit(), run_dir=str(run_dir))
     try:
         store.set_run_members(run_id, list(weight_of.items()))
-        write_json(run_dir / "config.json", {"kind": "ensemble", "run_id": run_id, "config_hash": spec_hash(spec),
-                                             "spec": to_dict(spec), "weights": weight_of,
-                                             "raw_oof_lwlrap": result.raw_oof_lwlrap})
-        np.save(run_dir / "oof.npy", result.oof)
+        folder.save_config({"kind": "ensemble", "run_id": run_id, "config_hash": spec_hash(spec),
+                            "spec": to_dict(spec), "weights": weight_of, "raw_oof_lwlrap": result.raw_oof_lwlrap})
+        folder.save_array(folder.oof, result.oof)
         if stored_folds:
             for k in sorted(set(fold_of.tolist()) - {-1}):
                 rows = fold_of == k
-                store.record_fold(run_id, int(k), lwlrap=lwlrap(truth[rows], result.oof[rows]), best_epoch=None,
-                                  n_val=int(rows.sum()))
+                record_fold_scores(store, run_id, int(k), truth[rows], result.oof[rows], classes)
         store.record_class_scores(run_id, OOF, classes, result.per_class, result.class_weights,
                                   truth.sum(axis=0))
 
@@ -233,19 +226,10 @@ def build_ensemble(store: Store, spec: EnsembleSpec, *, run_id: str, run_dir: Pa
                  + (f" (uncalibrated {result.raw_oof_lwlrap:.4f})" if spec.calibrate else "")]
         if result.test is not None:
             step(0.8, "writing test scores")
-            np.save(run_dir / "test.npy", result.test)
-            layout = loaded.layout
-            if spec.write_submission:
-                from engine.submission import score_submission, write_submission
-
-                submission = write_submission(run_dir / "submission.csv", layout.test.fnames, result.test,
-                                              sample_submission=layout.sample_submission)
-                log(f"wrote {submission}")
-                if layout.test_truth is not None:
-                    test_score = score_submission(submission, layout.test_truth.csv_path, classes)
-            elif layout.test_truth is not None:
-                row = {f: i for i, f in enumerate(layout.test.fnames)}
-                test_score = lwlrap(layout.test_truth.Y, result.test[[row[f] for f in layout.test_truth.fnames]])
+            folder.save_array(folder.test, result.test)
+            test_score, submission = score_test(loaded.layout, result.test,
+                                                submission=folder.submission if spec.write_submission else None,
+                                                log=log)
             if test_score is not None:
                 parts.append(f"test lwlrap {test_score:.4f}")
                 log(f"test lwlrap {test_score:.4f}")

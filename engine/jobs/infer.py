@@ -25,8 +25,6 @@ it finished.
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,17 +35,18 @@ import torch
 from engine.errors import CheckpointError, ConfigError, FsatError
 from engine.infer import DEFAULT_SHORT_CLIPS, predict_tta_logits, sigmoid
 from engine.jobs.common import build_cache, cache_dir_for, configure_threads, prepare_dataset
-from engine.jobs.context import JobContext, environment_record, git_commit, write_json
-from engine.jobs.train import make_frontend
-from engine.metrics import lwlrap, per_class_lwlrap
-from engine.models.registry import build_model
+from engine.jobs.context import JobContext, environment_record, git_commit
+from engine.models.registry import tagger_from_spec
+from engine.models.tagger import Tagger
+from engine.runs.atomic import DamagedFile, load_json
+from engine.runs.folder import RunFolder
+from engine.runs.kinds import FOLD_CHECKPOINT_KINDS
+from engine.runs.scores import record_fold_scores, record_oof_scores, score_test
 from engine.specs import InferSpec, TrainSpec, from_dict, spec_from_json, spec_hash, to_dict
-from engine.store import OOF, Store
-from engine.submission import score_submission, write_submission
-from engine.train.loop import Tagger
+from engine.store import Store
 
-#: Run kinds whose run directory holds fold checkpoints ``fold<k>/best.pt`` and a training spec.
-TRAINED_KINDS = ("train", "curriculum")
+#: Run kinds whose run directory holds fold checkpoints (kept under this name for callers).
+TRAINED_KINDS = FOLD_CHECKPOINT_KINDS
 #: How clips shorter than the crop are varied at inference (see engine.infer).
 SHORT_CLIPS = DEFAULT_SHORT_CLIPS
 
@@ -67,7 +66,7 @@ class TrainedRun:
 
     def checkpoint(self, fold: int) -> Path:
         """The best checkpoint of a fold."""
-        return self.run_dir / f"fold{fold}" / "best.pt"
+        return RunFolder(self.run_dir).best(fold)
 
 
 def load_trained_run(store: Store, run_id: str, *, field: str = "run_id") -> TrainedRun:
@@ -102,7 +101,10 @@ def _training_spec(run: dict) -> TrainSpec:
     candidates = [run.get("config") or {}]
     config_json = Path(run["run_dir"]) / "config.json"
     if config_json.is_file():
-        candidates.append(json.loads(config_json.read_text()).get("spec") or {})
+        try:
+            candidates.append(load_json(config_json).get("spec") or {})
+        except DamagedFile:
+            pass  # the database's copy of the spec was tried first; a torn config.json adds nothing
     last: Exception | None = None
     for data in candidates:
         try:
@@ -121,30 +123,36 @@ def load_fold_tagger(trained: TrainedRun, fold: int, n_classes: int) -> Tagger:
         raise CheckpointError(f"{path}: cannot read the checkpoint ({type(err).__name__}: {err}); "
                               "retrain the fold") from None
     spec = trained.spec
-    frontend = make_frontend(spec)
     mean, std = state.get("mel_mean"), state.get("mel_std")
     if mean is None or std is None:
-        stats = np.load(trained.run_dir / "mel_stats.npz")
-        mean, std = stats["mean"], stats["std"]
-    frontend.set_stats(mean, std)
-    m = spec.model
-    # The architecture only: the checkpoint replaces every weight, so no PANNs file is needed here.
-    model = build_model(m.arch, n_classes=n_classes, n_mels=spec.features.n_mels, dropout=m.dropout,
-                        width=m.width)
+        stats = RunFolder(trained.run_dir).load_mel_stats()
+        if stats is None:
+            raise CheckpointError(f"{path}: the checkpoint holds no log-mel statistics and "
+                                  f"{RunFolder(trained.run_dir).mel_stats} is missing; retrain the run")
+        mean, std = stats
+    # Built exactly as training built it (sample rate and hop included); the checkpoint replaces
+    # every weight, so no PANNs file is needed here.
+    tagger = tagger_from_spec(spec, n_classes, mean=mean, std=std, pretrained=False, augment=False)
     try:
-        model.load_state_dict(state["model"])
+        tagger.model.load_state_dict(state["model"])
     except (KeyError, RuntimeError) as err:
-        raise CheckpointError(f"{path}: the checkpoint does not fit a {m.arch} model for {n_classes} "
+        raise CheckpointError(f"{path}: the checkpoint does not fit a {spec.model.arch} model for {n_classes} "
                               f"classes ({str(err).splitlines()[0]})") from None
-    return Tagger(frontend, model).eval()
+    return tagger.eval()
 
 
-def _save(path: Path, array: np.ndarray) -> None:
-    """np.save through a temporary file, so a killed job never leaves a torn file to resume from."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        np.save(fh, array)
-    os.replace(tmp, path)
+def _readable(folder: RunFolder, path: Path, shape: tuple[int, int], log) -> bool:
+    """Whether a fold's saved test logits can be kept: present, readable and of ``shape`` (else redone)."""
+    if not path.exists():
+        return False
+    try:
+        ok = folder.load_array(path).shape == shape
+    except DamagedFile as err:
+        log(f"{err}; predicting that fold's test clips again")
+        return False
+    if not ok:
+        log(f"{path}: not of shape {shape}; predicting that fold's test clips again")
+    return ok
 
 
 def _device(name: str) -> torch.device:
@@ -159,8 +167,9 @@ def _device(name: str) -> torch.device:
 def run(ctx: JobContext) -> str:
     """Infer with every fold model of the source run; record scores and write the artifacts."""
     spec: InferSpec = spec_from_json("infer", ctx.spec)
-    store, run_id, run_dir = ctx.store, ctx.run_id, Path(ctx.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    store, run_id = ctx.store, ctx.run_id
+    folder = RunFolder(ctx.run_dir).create()
+    run_dir = folder.path
     trained = load_trained_run(store, spec.run_id)
     tspec = trained.spec
     configure_threads()
@@ -183,9 +192,9 @@ def run(ctx: JobContext) -> str:
                      model=trained.run["model"], config=to_dict(spec), config_hash=spec_hash(spec),
                      seed=trained.run["seed"], device=str(device), versions=environment_record(),
                      git_commit=git_commit(), run_dir=str(run_dir))
-    write_json(run_dir / "config.json", {"kind": "infer", "run_id": run_id, "config_hash": spec_hash(spec),
-                                         "spec": to_dict(spec), "source_run_id": spec.run_id,
-                                         "source_spec": to_dict(tspec), "short_clips": SHORT_CLIPS})
+    folder.save_config({"kind": "infer", "run_id": run_id, "config_hash": spec_hash(spec),
+                        "spec": to_dict(spec), "source_run_id": spec.run_id,
+                        "source_spec": to_dict(tspec), "short_clips": SHORT_CLIPS})
     inf = spec.infer
     sr = tspec.audio.sample_rate
     crop = int(round(tspec.audio.crop_seconds * sr))
@@ -202,9 +211,13 @@ def run(ctx: JobContext) -> str:
                               span=0.03) if do_test else None)
     n_test = len(data.layout.test.fnames)
 
-    oof_path = run_dir / "oof.npy"
-    oof = (np.load(oof_path) if oof_path.exists()
-           else np.full((len(Y), len(classes)), np.nan, dtype=np.float64))
+    oof_path = folder.oof
+    try:
+        oof = folder.load_oof((len(Y), len(classes)), dtype=np.float64)
+    except DamagedFile as err:
+        # Every fold's out-of-fold rows are recomputed from its checkpoint: nothing is lost but time.
+        ctx.log(f"{err}; predicting every fold's out-of-fold clips again")
+        oof = np.full((len(Y), len(classes)), np.nan, dtype=np.float64)
     done_folds = {r["fold"] for r in store.fold_scores(run_id)}
     val_sets = {k: np.flatnonzero(data.folds == k) for k in trained.folds}
     work = sum((len(val_sets[k]) if do_oof else 0) + (n_test if do_test else 0) for k in trained.folds)
@@ -230,8 +243,8 @@ def run(ctx: JobContext) -> str:
     for k in trained.folds:
         val_idx = val_sets[k]
         oof_done = not do_oof or (k in done_folds and np.isfinite(oof[val_idx]).all())
-        test_path = run_dir / f"test_logits_fold{k}.npy"
-        test_done = not do_test or test_path.exists()
+        test_path = folder.test_logits(k)
+        test_done = not do_test or _readable(folder, test_path, (n_test, len(classes)), ctx.log)
         if oof_done and test_done:
             ctx.log(f"fold {k}: already inferred, kept")
             finished += (len(val_idx) if do_oof else 0) + (n_test if do_test else 0)
@@ -241,52 +254,38 @@ def run(ctx: JobContext) -> str:
             if not oof_done:
                 pred = sigmoid(predict(tagger, curated_cache, val_idx, f"fold {k} out-of-fold"))
                 oof[val_idx] = pred
-                _save(oof_path, oof)
-                score = lwlrap(Y[val_idx], pred)
-                store.record_fold(run_id, k, lwlrap=score, best_epoch=None, n_val=len(val_idx))
-                per_class, weights = per_class_lwlrap(Y[val_idx], pred)
-                store.record_class_scores(run_id, k, classes, per_class, weights, Y[val_idx].sum(axis=0))
+                folder.save_array(oof_path, oof)
+                score = record_fold_scores(store, run_id, k, Y[val_idx], pred, classes)
                 ctx.log(f"fold {k}: lwlrap {score:.4f} with TTA")
             finished += len(val_idx)
         if do_test:
             if not test_done:
                 logits = predict(tagger, test_cache, np.arange(n_test), f"fold {k} test")
-                _save(test_path, logits)
+                folder.save_array(test_path, logits)
             finished += n_test
         del tagger
 
     parts = []
     cv = None
     if do_oof:
-        covered = np.isfinite(oof).all(axis=1)
-        cv = lwlrap(Y[covered], oof[covered])
-        per_class, weights = per_class_lwlrap(Y[covered], oof[covered])
-        store.record_class_scores(run_id, OOF, classes, per_class, weights, Y[covered].sum(axis=0))
+        cv, covered = record_oof_scores(store, run_id, Y, oof, classes)
         source_cv = trained.run.get("cv_lwlrap")
         if source_cv is not None:
             gain = cv - source_cv
             parts.append(f"OOF lwlrap {cv:.4f} with TTA ({source_cv:.4f} without, {gain:+.4f})")
         else:
             parts.append(f"OOF lwlrap {cv:.4f} with TTA")
-        ctx.log(parts[-1] + f" over {int(covered.sum())} clips")
+        ctx.log(parts[-1] + f" over {covered} clips")
         store.set_run_scores(run_id, cv_lwlrap=cv)
 
     test_score = None
     if do_test:
         ctx.progress(0.98, "averaging folds")
-        fold_logits = np.stack([np.load(run_dir / f"test_logits_fold{k}.npy") for k in trained.folds])
+        fold_logits = np.stack([folder.load_array(folder.test_logits(k)) for k in trained.folds])
         test = sigmoid(fold_logits.astype(np.float64).mean(axis=0))
-        _save(run_dir / "test.npy", test)
-        layout = data.layout
-        if spec.write_submission:
-            path = write_submission(run_dir / "submission.csv", layout.test.fnames, test,
-                                    sample_submission=layout.sample_submission)
-            ctx.log(f"wrote {path}")
-            if layout.test_truth is not None:
-                test_score = score_submission(path, layout.test_truth.csv_path, classes)
-        elif layout.test_truth is not None:
-            row = {f: i for i, f in enumerate(layout.test.fnames)}
-            test_score = lwlrap(layout.test_truth.Y, test[[row[f] for f in layout.test_truth.fnames]])
+        folder.save_array(folder.test, test)
+        test_score, _ = score_test(data.layout, test, submission=folder.submission if spec.write_submission else None,
+                                   log=ctx.log)
         if test_score is not None:
             parts.append(f"test lwlrap {test_score:.4f}")
             ctx.log(f"test lwlrap {test_score:.4f} ({len(trained.folds)} folds averaged)")

@@ -3,16 +3,30 @@
 Records, as it goes: every epoch of every fold (train loss, val loss, val
 LWLRAP, lr, seconds, clips/s), each fold's best LWLRAP and per-class LRAP,
 then the out-of-fold LWLRAP over all curated clips and its per-class LRAP.
-Artifacts under ``runs/<run_id>/``: ``config.json``, ``mel_stats.npz``,
-``fold<k>/best.pt`` (the checkpoint used later), ``fold<k>/last.pt`` (resume),
+Artifacts under ``runs/<run_id>/`` (see ``engine.runs.folder``): ``config.json``,
+``mel_stats.npz``, ``fold<k>/best.pt`` (the checkpoint used later),
+``fold<k>/last.pt`` and ``last.prev.pt`` (resume), ``fold<k>/val_pred.npy``,
 ``oof.npy`` (curated CSV order; NaN rows for folds not trained).
 The recorded config is the resolved one: ``train.batch_size = "auto"`` is
 replaced by the size the search chose (``config.json`` also keeps what was
 asked for).
-A requeued job resumes: finished folds are kept, an interrupted fold
-continues from its last epoch with the batch size chosen at the start.
+A requeued job resumes: finished folds are kept (their out-of-fold rows come
+back from ``fold<k>/val_pred.npy``), an interrupted fold continues from its
+last epoch with the batch size chosen at the start and every random state
+restored, so it ends as an uninterrupted fold would.
 With ``loss.noisy_weight > 0`` the noisy set joins every fold's training set
 (never validation) with that per-clip loss weight.
+
+The fold seam
+    :func:`train_fold_task` is one fold's work as a function of picklable
+    inputs (:class:`FoldTask`: the resolved spec as a dict, the fold, the run
+    folder, the dataset root, the device, the dataset's folds) that reports
+    through a :class:`~engine.runs.recorder.FoldRecorder` and never touches
+    the store. :func:`run` calls it per fold with a store recorder; another
+    process (a Ray task) can call it with a ``ListRecorder`` and hand the
+    records back. A curriculum stage passes ``initial_checkpoint`` (the
+    weights to start from), ``extra`` (training clips with their own labels
+    and loss weights) and ``tag`` (the stage, carried on every epoch record).
 """
 
 from __future__ import annotations
@@ -20,6 +34,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,64 +43,21 @@ from torch.utils.data import DataLoader, RandomSampler
 from engine.data.dataset import ConcatCache, CropDataset, MultiScaleBatchSampler
 from engine.data.sampler import BalancedClassSampler
 from engine.errors import CheckpointError, ConfigError
-from engine.features.augment import SpecAugment, WaveAugment
+from engine.features.augment import WaveAugment
 from engine.features.frontend import LogMelFrontend, compute_mel_stats
 from engine.jobs.common import build_cache, cache_dir_for, configure_threads, pick_device, prepare_dataset, seed_everything
-from engine.jobs.context import JobContext, environment_record, git_commit, write_json
-from engine.metrics import lwlrap, per_class_lwlrap
-from engine.models.registry import build_model
-from engine.specs import TrainSpec, spec_from_json, spec_hash, to_dict
-from engine.store import OOF
+from engine.jobs.context import JobContext, environment_record, git_commit
+from engine.metrics import lwlrap
+from engine.models.registry import frontend_from_spec, model_from_spec, spec_augment_from_spec, tagger_from_spec
+from engine.models.tagger import Tagger
+from engine.runs.atomic import DamagedFile, save_npy
+from engine.runs import kinds
+from engine.runs.folder import RunFolder
+from engine.runs.recorder import EpochRecord, FoldRecorder, StoreRecorder
+from engine.runs.scores import record_fold_scores, record_oof_scores
+from engine.specs import TrainSpec, from_dict, spec_from_json, spec_hash, to_dict
 from engine.train.losses import build_loss, class_weights_from_counts
-from engine.train.loop import FoldResult, Tagger, find_batch_size, predict, save_atomic, train_fold
-
-
-def make_frontend(spec: TrainSpec) -> LogMelFrontend:
-    """The log-mel frontend a spec describes (statistics still unset)."""
-    f = spec.features
-    frontend = LogMelFrontend(sample_rate=spec.audio.sample_rate, n_fft=f.n_fft, hop_length=f.hop_length,
-                              win_length=f.win_length, n_mels=f.n_mels, fmin=f.fmin, fmax=f.fmax, clamp=f.clamp)
-    frontend.standardise = f.standardise
-    return frontend
-
-
-def make_model(spec: TrainSpec, n_classes: int, log=print):
-    """Build the model and load pretrained weights as the spec says."""
-    m = spec.model
-    model = _build(spec, n_classes)
-    if m.arch == "small" or m.pretrained == "none":
-        return model
-    from engine.models.checkpoint import resolve_checkpoint
-
-    path = resolve_checkpoint(m.arch, m.checkpoint or None)
-    if path is None or not path.exists():
-        published = {"cnn14": "Cnn14_mAP=0.431.pth", "resnet38": "ResNet38_mAP=0.434.pth"}[m.arch]
-        where = m.checkpoint or f"$FSAT_PANNS_DIR/{published}"
-        if m.pretrained == "required":
-            raise CheckpointError(
-                f"model.checkpoint: no PANNs checkpoint at {where}. Put {published} there (or set "
-                "FSAT_PANNS_DIR to its folder, or model.checkpoint to its path), or set "
-                "model.pretrained = \"optional\" to train from scratch when it is absent")
-        log(f"no PANNs checkpoint at {where}: training {m.arch} from scratch (model.pretrained = optional)")
-        return model
-    info = model.load_pretrained(path, init_head_from_audioset=m.init_head_from_audioset)
-    log(f"loaded {info['loaded']} pretrained tensors from {path}" +
-        "".join(f"; {note}" for note in info.get("notes", [])))
-    return model
-
-
-def _build(spec: TrainSpec, n_classes: int):
-    """The spec's architecture, freshly initialised."""
-    m = spec.model
-    return build_model(m.arch, n_classes=n_classes, n_mels=spec.features.n_mels, dropout=m.dropout,
-                       width=m.width, sample_rate=spec.audio.sample_rate, hop_length=spec.features.hop_length)
-
-
-def _spec_augment(spec: TrainSpec) -> SpecAugment | None:
-    a = spec.augment
-    return SpecAugment(freq_masks=a.freq_masks, freq_width=a.freq_width, time_masks=a.time_masks,
-                       time_frac=a.time_frac, p=a.specaug_p) if a.specaug_p > 0 else None
-
+from engine.train.loop import FoldResult, find_batch_size, predict, save_atomic, train_fold
 
 def resolve_batch_size(spec: TrainSpec, frontend: LogMelFrontend, n_classes: int, device: torch.device, *,
                        recorded: dict | None = None, log=print) -> int:
@@ -107,7 +79,7 @@ def resolve_batch_size(spec: TrainSpec, frontend: LogMelFrontend, n_classes: int
     crop = int(round(longest * spec.audio.sample_rate))
     # Building the probe model draws initial weights; the folds' draws must not depend on it.
     with torch.random.fork_rng(devices=[]):
-        tagger = Tagger(frontend, _build(spec, n_classes), _spec_augment(spec))
+        tagger = Tagger(frontend, model_from_spec(spec, n_classes, pretrained=False), spec_augment_from_spec(spec))
     size = find_batch_size(tagger, n_classes, crop, device)
     del tagger
     if device.type == "cuda":
@@ -129,6 +101,8 @@ class TrainingClips:
     Y: np.ndarray
     n_curated: int
     weights: np.ndarray | None = None
+    #: Which of the clips after the curated ones train (clip numbers); None: all of them.
+    extra_rows: np.ndarray | None = None
 
     @classmethod
     def build(cls, curated_cache, curated_Y: np.ndarray, noisy_cache=None, noisy_Y: np.ndarray | None = None,
@@ -144,20 +118,275 @@ class TrainingClips:
                    Y=np.concatenate([np.asarray(curated_Y, dtype=np.float32), noisy_Y]), n_curated=n,
                    weights=weights)
 
+    @classmethod
+    def with_extra(cls, curated_cache, curated_Y: np.ndarray, split_cache, split_fnames: list[str],
+                   extra: "ExtraClips") -> TrainingClips:
+        """Curated clips followed by the chosen clips of another split, with the labels and weights given.
+
+        Raises ConfigError naming the first fname the split does not hold, or
+        labels and weights that do not fit.
+        """
+        n, n_classes = len(curated_Y), np.asarray(curated_Y).shape[1]
+        row_of = {f: i for i, f in enumerate(split_fnames)}
+        unknown = [f for f in extra.fnames if f not in row_of]
+        if unknown:
+            raise ConfigError(f"extra clip {unknown[0]!r} is not in the {extra.split} set "
+                              f"({len(unknown)} unknown)", field="extra.fnames")
+        labels = np.asarray(extra.labels, dtype=np.float32)
+        weights = np.asarray(extra.weights, dtype=np.float32)
+        if labels.shape != (len(extra.fnames), n_classes) or weights.shape != (len(extra.fnames),):
+            raise ConfigError(f"extra clips: labels {labels.shape} and weights {weights.shape} do not fit "
+                              f"{len(extra.fnames)} clips of {n_classes} classes", field="extra")
+        rows = np.array([row_of[f] for f in extra.fnames], dtype=np.int64)
+        Y_split = np.zeros((len(split_fnames), n_classes), dtype=np.float32)
+        w_split = np.zeros(len(split_fnames), dtype=np.float32)
+        Y_split[rows], w_split[rows] = labels, weights
+        return cls(cache=ConcatCache([curated_cache, split_cache]),
+                   Y=np.concatenate([np.asarray(curated_Y, dtype=np.float32), Y_split]), n_curated=n,
+                   weights=np.concatenate([np.ones(n, dtype=np.float32), w_split]), extra_rows=n + rows)
+
     @property
     def n_noisy(self) -> int:
-        return len(self.Y) - self.n_curated
+        """Clips after the curated ones that train (noisy or other extra clips)."""
+        return len(self.Y) - self.n_curated if self.extra_rows is None else len(self.extra_rows)
 
     def train_indices(self, curated_train_idx: np.ndarray) -> np.ndarray:
-        """A fold's training clips: its curated training clips, then every noisy clip."""
-        return np.concatenate([np.asarray(curated_train_idx, dtype=np.int64),
-                               np.arange(self.n_curated, len(self.Y), dtype=np.int64)])
+        """A fold's training clips: its curated training clips, then every extra (noisy) clip."""
+        extra = (np.arange(self.n_curated, len(self.Y), dtype=np.int64) if self.extra_rows is None
+                 else np.asarray(self.extra_rows, dtype=np.int64))
+        return np.concatenate([np.asarray(curated_train_idx, dtype=np.int64), extra])
+
+
+@dataclass
+class ExtraClips:
+    """Clips of another split added to every fold's training set with their own labels and loss weights.
+
+    ``split`` is ``"noisy"`` (the dataset's ``train_noisy.csv``); ``fnames``
+    picks its clips, ``labels`` ``[n, classes]`` and ``weights`` ``[n]`` replace
+    their CSV labels and weight them in the loss. Never validated on.
+    """
+
+    split: str
+    fnames: list[str]
+    labels: np.ndarray
+    weights: np.ndarray
+
+
+@dataclass
+class FoldTask:
+    """One fold's work as picklable data: everything :func:`train_fold_task` needs, no store.
+
+    ``spec`` is the resolved training spec as a dict (``train.batch_size`` a
+    number); ``folds`` the dataset's stored fold of every curated clip (CSV
+    order). ``initial_checkpoint`` starts the fold from those weights (a
+    ``best.pt``) instead of the spec's pretrained ones; ``extra`` adds
+    training clips; ``tag`` marks every epoch record (a curriculum stage).
+    ``mel_stats`` is ``(mean, std)``; None reads the run folder's ``mel_stats.npz``.
+    """
+
+    spec: dict
+    fold: int
+    run_dir: str
+    data_root: str
+    device: str
+    folds: list[int]
+    initial_checkpoint: str | None = None
+    extra: ExtraClips | None = None
+    tag: str = ""
+    mel_stats: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def train_spec(self) -> TrainSpec:
+        """The spec, typed."""
+        return from_dict(TrainSpec, self.spec)
+
+
+@dataclass
+class FoldOutcome:
+    """What a fold produced (picklable): best score and epoch, validation rows and their predictions."""
+
+    fold: int
+    best_lwlrap: float
+    best_epoch: int | None
+    val_idx: np.ndarray
+    val_pred: np.ndarray
+    epochs_run: int
+    tag: str = ""
+
+
+@dataclass
+class FoldInputs:
+    """What every fold of a run shares, built once per process: clips, labels, statistics, loss, augmentation."""
+
+    classes: list[str]
+    curated_Y: np.ndarray
+    clips: "TrainingClips"
+    mean: np.ndarray
+    std: np.ndarray
+    folds: np.ndarray
+    wave_aug: WaveAugment | None = None
+    loss_fn: torch.nn.Module | None = None
+
+
+def _wave_augment(spec: TrainSpec) -> WaveAugment | None:
+    a = spec.augment
+    return WaveAugment(sample_rate=spec.audio.sample_rate, gain_db=a.gain_db, gain_p=a.gain_p,
+                       noise_snr_db=tuple(a.noise_snr_db), noise_p=a.noise_p,
+                       noise_colors=tuple(a.noise_colors), shift_s=a.shift_s, shift_p=a.shift_p,
+                       pitch_semitones=a.pitch_semitones, pitch_p=a.pitch_p, stretch=tuple(a.stretch),
+                       stretch_p=a.stretch_p) if a.any_wave() else None
+
+
+def _loss(spec: TrainSpec, counts: np.ndarray, device: torch.device) -> torch.nn.Module:
+    weights = (torch.as_tensor(class_weights_from_counts(counts), dtype=torch.float32, device=device)
+               if spec.loss.class_weights else None)
+    return build_loss(spec.loss.name, label_smoothing=spec.loss.label_smoothing, class_weights=weights,
+                      gce_q=spec.loss.gce_q, sce_alpha=spec.loss.sce_alpha, sce_beta=spec.loss.sce_beta,
+                      focal_gamma=spec.loss.focal_gamma)
+
+
+class _RecorderProgress:
+    """Adapts a recorder to ``build_cache``'s ``ctx.progress``."""
+
+    def __init__(self, recorder: FoldRecorder) -> None:
+        self.recorder = recorder
+
+    def progress(self, fraction: float, message: str = "") -> None:
+        self.recorder.progress(fraction, message)
+
+
+def prepare_fold_inputs(task: FoldTask, recorder: FoldRecorder, *, layout=None, caches: dict | None = None) -> FoldInputs:
+    """Load the dataset (and its waveform caches), the statistics, the loss and augmentation for a task.
+
+    ``layout`` and ``caches`` (split -> WaveformCache) reuse what the caller
+    already built; a fold run in another process builds them from the
+    dataset root (the cache folder is shared, so nothing is decoded twice).
+    """
+    from engine.data.manifest import load_layout
+
+    spec = task.train_spec
+    layout = layout if layout is not None else load_layout(task.data_root)
+    caches = dict(caches or {})
+    device = torch.device(task.device)
+    cache_dir = cache_dir_for(task.data_root, spec.data.cache_dir)
+    sr = spec.audio.sample_rate
+    progress = _RecorderProgress(recorder)
+    if "curated" not in caches:
+        caches["curated"] = build_cache(progress, layout.curated, sample_rate=sr, cache_dir=cache_dir)
+    Y = layout.curated.Y
+    noisy_table = layout.noisy
+    if task.extra is not None:
+        if task.extra.split != "noisy" or noisy_table is None:
+            raise ConfigError(f"extra training clips come from the noisy set; {task.data_root} has "
+                              f"{'no noisy set' if noisy_table is None else 'no split ' + repr(task.extra.split)}",
+                              field="extra")
+        if "noisy" not in caches:
+            caches["noisy"] = build_cache(progress, noisy_table, sample_rate=sr, cache_dir=cache_dir)
+        clips = TrainingClips.with_extra(caches["curated"], Y, caches["noisy"], noisy_table.fnames, task.extra)
+    elif spec.loss.noisy_weight > 0:
+        _require_noisy(layout, task.data_root)
+        if "noisy" not in caches:
+            caches["noisy"] = build_cache(progress, noisy_table, sample_rate=sr, cache_dir=cache_dir)
+        clips = TrainingClips.build(caches["curated"], Y, caches["noisy"], noisy_table.Y, spec.loss.noisy_weight)
+    else:
+        clips = TrainingClips.build(caches["curated"], Y)
+    if task.mel_stats is not None:
+        mean, std = task.mel_stats
+    else:
+        stats = RunFolder(task.run_dir).load_mel_stats()
+        if stats is None:
+            raise DamagedFile(RunFolder(task.run_dir).mel_stats, "missing",
+                              "the train job computes it before the folds; queue the job again")
+        mean, std = stats
+    return FoldInputs(classes=list(layout.classes), curated_Y=Y, clips=clips, mean=mean, std=std,
+                      folds=np.asarray(task.folds, dtype=np.int64), wave_aug=_wave_augment(spec),
+                      loss_fn=_loss(spec, Y.sum(axis=0), device))
+
+
+def _require_noisy(layout, root) -> None:
+    """ConfigError unless the dataset has a noisy set (``loss.noisy_weight > 0`` trains on it)."""
+    if layout.noisy is None:
+        raise ConfigError(f"trains on the noisy set, but {root} has no train_noisy.csv with its audio "
+                          "(train_noisy/ or train_noisy.zip); add them or set loss.noisy_weight = 0",
+                          field="loss.noisy_weight")
+
+
+def _load_initial(model: torch.nn.Module, path: str) -> None:
+    """Weights of an earlier stage's ``best.pt`` into ``model`` (CheckpointError names the file)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+    except Exception as err:  # noqa: BLE001 - any unreadable or unfitting file is reported the same way
+        raise CheckpointError(f"{path}: cannot start the fold from this checkpoint ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0][:200]}); retrain the stage that wrote it") from None
+
+
+def train_fold_task(task: FoldTask, recorder: FoldRecorder, *, inputs: FoldInputs | None = None) -> FoldOutcome:
+    """Train (or resume) one fold and write its files in the run folder; report through ``recorder``.
+
+    Writes ``fold<k>/best.pt``, ``last.pt``, ``val_pred.npy``; returns the
+    fold's outcome for the caller to record (the store is never touched
+    here). ``inputs`` reuses what earlier folds of the same process built.
+    """
+    spec = task.train_spec
+    fold = task.fold
+    device = torch.device(task.device)
+    inputs = inputs if inputs is not None else prepare_fold_inputs(task, recorder)
+    folder = RunFolder(task.run_dir)
+    fold_dir = folder.fold_dir(fold)
+    val_idx = np.flatnonzero(inputs.folds == fold)
+    train_idx = np.flatnonzero(inputs.folds != fold)
+    Y = inputs.curated_Y
+    seed_everything(spec.train.seed + fold)
+    tagger = tagger_from_spec(spec, len(inputs.classes), mean=inputs.mean, std=inputs.std,
+                              pretrained=task.initial_checkpoint is None, log=recorder.log)
+    if task.initial_checkpoint is not None:
+        _load_initial(tagger.model, task.initial_checkpoint)
+    crop = int(round(spec.audio.crop_seconds * spec.audio.sample_rate))
+    train_loader, val_loader = make_loaders(spec, inputs.clips, train_idx, val_idx, crop,
+                                            int(spec.train.batch_size), inputs.wave_aug, device, fold)
+
+    def on_step(step: int, total: int) -> None:
+        recorder.progress(step / total, f"fold {fold}{f' [{task.tag}]' if task.tag else ''} step {step}/{total}")
+
+    def on_epoch(r) -> None:
+        recorder.epoch(EpochRecord(fold=fold, epoch=r.epoch, train_loss=r.train_loss, val_loss=r.val_loss,
+                                   val_lwlrap=r.val_lwlrap, lr=r.lr, seconds=r.seconds,
+                                   clips_per_sec=r.clips_per_sec, is_best=r.is_best, tag=task.tag))
+
+    o, a = spec.optim, spec.augment
+    if spec.train.epochs == 0:
+        result = score_untrained(tagger, val_loader, Y[val_idx], device, fold_dir)
+    else:
+        result = train_fold(tagger, train_loader=train_loader, val_loader=val_loader, val_truth=Y[val_idx],
+                            loss_fn=inputs.loss_fn, device=device, fold_dir=fold_dir, epochs=spec.train.epochs,
+                            patience=spec.train.patience, head_lr=o.head_lr, encoder_lr=o.encoder_lr,
+                            weight_decay=o.weight_decay, betas=tuple(o.betas), warmup_epochs=o.warmup_epochs,
+                            warmup_steps=o.warmup_steps, min_lr_ratio=o.min_lr_ratio, grad_clip=o.grad_clip,
+                            amp=o.amp, cpu_bf16=o.cpu_bf16, mixup_p=a.mixup_p, mixup_alpha=a.mixup_alpha,
+                            seed=spec.train.seed + fold, on_epoch=on_epoch, on_step=on_step, log=recorder.log)
+    return FoldOutcome(fold=fold, best_lwlrap=float(result.best_lwlrap), best_epoch=result.best_epoch,
+                       val_idx=val_idx, val_pred=np.asarray(result.val_pred), epochs_run=result.epochs_run,
+                       tag=task.tag)
+
+
+def _finished_fold_rows(folder: RunFolder, fold: int, log) -> np.ndarray | None:
+    """A finished fold's saved validation predictions, or None (then the fold is trained again)."""
+    path = folder.val_pred(fold)
+    if not (folder.best(fold).exists() and path.exists()):
+        return None
+    try:
+        return folder.load_array(path)
+    except DamagedFile as err:
+        log(f"{err.path}: damaged ({str(err).split('(', 1)[-1].split(')')[0][:120]}); training fold {fold} again")
+        return None
 
 
 def run(ctx: JobContext) -> str:
     """Train every requested fold, record scores, write artifacts; returns a summary message."""
     spec: TrainSpec = spec_from_json("train", ctx.spec)
-    store, run_id, run_dir = ctx.store, ctx.run_id, ctx.run_dir
+    store, run_id = ctx.store, ctx.run_id
+    folder = RunFolder(ctx.run_dir).create()
     configure_threads()
     device = pick_device(spec.train.device)
     seed_everything(spec.train.seed)
@@ -165,11 +394,9 @@ def run(ctx: JobContext) -> str:
     data = prepare_dataset(store, spec.data.root, n_folds=spec.train.n_folds, fold_seed=spec.train.fold_seed)
     classes, Y = data.classes, data.layout.curated.Y
     noisy_weight = spec.loss.noisy_weight
-    if noisy_weight > 0 and data.layout.noisy is None:
-        raise ConfigError(f"trains on the noisy set, but {spec.data.root} has no train_noisy.csv with its audio "
-                          "(train_noisy/ or train_noisy.zip); add them or set loss.noisy_weight = 0",
-                          field="loss.noisy_weight")
-    frontend = make_frontend(spec)
+    if noisy_weight > 0:
+        _require_noisy(data.layout, spec.data.root)
+    frontend = frontend_from_spec(spec)
     previous = store.get_run(run_id)
     if spec.train.batch_size == "auto":
         ctx.progress(0.0, "batch_size = auto: trying batch sizes")
@@ -180,108 +407,68 @@ def run(ctx: JobContext) -> str:
     resolved.train.batch_size = batch_size
     config = to_dict(resolved)
     new = store.create_run(run_id, kind="train", job_id=ctx.job.id, dataset_id=data.dataset_id,
-                           name=spec.name or run_id, model=_model_label(spec), config=config,
+                           name=spec.name or run_id, model=model_label(spec), config=config,
                            config_hash=spec_hash(resolved), seed=spec.train.seed, device=str(device),
-                           versions=environment_record(), git_commit=git_commit(), run_dir=str(run_dir))
+                           versions=environment_record(), git_commit=git_commit(), run_dir=str(folder.path))
     record = {"kind": "train", "run_id": run_id, "config_hash": spec_hash(resolved), "spec": config}
     if spec.train.batch_size == "auto":
         record["requested"] = {"train.batch_size": "auto"}
-    write_json(run_dir / "config.json", record)
+    folder.save_config(record)
     ctx.log(f"{'new run' if new else 'resuming run'} {run_id} on {device}; {len(Y)} curated clips, "
             f"{len(classes)} classes")
 
     cache_dir = cache_dir_for(spec.data.root, spec.data.cache_dir)
-    cache = build_cache(ctx, data.layout.curated, sample_rate=spec.audio.sample_rate, cache_dir=cache_dir)
-    noisy_cache = None
+    caches = {"curated": build_cache(ctx, data.layout.curated, sample_rate=spec.audio.sample_rate,
+                                     cache_dir=cache_dir)}
     if noisy_weight > 0:
-        noisy_cache = build_cache(ctx, data.layout.noisy, sample_rate=spec.audio.sample_rate, cache_dir=cache_dir,
-                                  start=0.05, span=0.02)
-    clips = TrainingClips.build(cache, Y, noisy_cache, data.layout.noisy.Y if noisy_cache is not None else None,
-                                noisy_weight)
-    if clips.n_noisy:
-        ctx.log(f"training on the {clips.n_noisy} noisy clips too (loss weight {noisy_weight:g}), "
+        caches["noisy"] = build_cache(ctx, data.layout.noisy, sample_rate=spec.audio.sample_rate,
+                                      cache_dir=cache_dir, start=0.05, span=0.02)
+        ctx.log(f"training on the {len(data.layout.noisy.fnames)} noisy clips too (loss weight {noisy_weight:g}), "
                 "never validating on them")
-    stats_path = run_dir / "mel_stats.npz"
-    if stats_path.exists():
-        stats = np.load(stats_path)
-        mean, std = stats["mean"], stats["std"]
-    else:
+    stats = None
+    try:
+        stats = folder.load_mel_stats()
+    except DamagedFile as err:
+        # Label-free and deterministic: recomputing gives the same statistics.
+        ctx.log(f"{err.path}: damaged; computing the log-mel statistics again")
+    if stats is None:
         # Statistics over all curated clips: label-free, so no leakage across folds.
         ctx.progress(0.07, "computing log-mel statistics")
-        mean, std = compute_mel_stats(frontend, (cache.get(i) for i in range(len(cache))), device=str(device))
-        np.savez(stats_path, mean=mean, std=std)
-    frontend.set_stats(mean, std)
-
-    crop = int(round(spec.audio.crop_seconds * spec.audio.sample_rate))
-    counts = Y.sum(axis=0)
-    loss_fn = build_loss(spec.loss.name, label_smoothing=spec.loss.label_smoothing,
-                         class_weights=(torch.as_tensor(class_weights_from_counts(counts), dtype=torch.float32,
-                                                        device=device) if spec.loss.class_weights else None),
-                         gce_q=spec.loss.gce_q, sce_alpha=spec.loss.sce_alpha, sce_beta=spec.loss.sce_beta,
-                         focal_gamma=spec.loss.focal_gamma)
-    a = spec.augment
-    wave_aug = WaveAugment(sample_rate=spec.audio.sample_rate, gain_db=a.gain_db, gain_p=a.gain_p,
-                           noise_snr_db=tuple(a.noise_snr_db), noise_p=a.noise_p,
-                           noise_colors=tuple(a.noise_colors), shift_s=a.shift_s, shift_p=a.shift_p,
-                           pitch_semitones=a.pitch_semitones, pitch_p=a.pitch_p, stretch=tuple(a.stretch),
-                           stretch_p=a.stretch_p) if a.any_wave() else None
+        cache = caches["curated"]
+        stats = compute_mel_stats(frontend, (cache.get(i) for i in range(len(cache))), device=str(device))
+        folder.save_mel_stats(*stats)
 
     folds_to_run = spec.train.fold_list()
-    n = len(Y)
-    oof_path = run_dir / "oof.npy"
-    oof = np.load(oof_path) if oof_path.exists() else np.full((n, len(classes)), np.nan, dtype=np.float32)
+    oof = np.full((len(Y), len(classes)), np.nan, dtype=np.float32)
     done_folds = {r["fold"] for r in store.fold_scores(run_id)}
     t_run = time.perf_counter()
+    inputs = None
 
     for i, fold in enumerate(folds_to_run):
-        fold_dir = run_dir / f"fold{fold}"
         val_idx = np.flatnonzero(data.folds == fold)
-        train_idx = np.flatnonzero(data.folds != fold)
-        if fold in done_folds and (fold_dir / "best.pt").exists() and not np.isnan(oof[val_idx]).any():
-            ctx.log(f"fold {fold}: already finished, kept")
-            continue
-        seed_everything(spec.train.seed + fold)
-        model = make_model(spec, len(classes), log=ctx.log)
-        tagger = Tagger(frontend, model, _spec_augment(spec))
-        train_loader, val_loader = make_loaders(spec, clips, train_idx, val_idx, crop, batch_size, wave_aug,
-                                                device, fold)
+        if fold in done_folds:
+            rows = _finished_fold_rows(folder, fold, ctx.log)
+            if rows is not None and rows.shape == (len(val_idx), len(classes)) and np.isfinite(rows).all():
+                oof[val_idx] = rows
+                ctx.log(f"fold {fold}: already finished, kept")
+                continue
+        task = FoldTask(spec=config, fold=fold, run_dir=str(folder.path), data_root=str(spec.data.root),
+                        device=str(device), folds=data.folds.tolist(), mel_stats=stats)
+        recorder = StoreRecorder(store, run_id, progress=ctx.progress, log=ctx.log,
+                                 span=(0.08 + 0.9 * i / len(folds_to_run), 0.9 / len(folds_to_run)))
+        if inputs is None:
+            inputs = prepare_fold_inputs(task, recorder, layout=data.layout, caches=caches)
+        outcome = train_fold_task(task, recorder, inputs=inputs)
+        oof[val_idx] = outcome.val_pred
+        folder.save_array(folder.oof, oof)
+        record_fold_scores(store, run_id, fold, Y[val_idx], outcome.val_pred, classes,
+                           best_epoch=outcome.best_epoch, lwlrap_value=outcome.best_lwlrap)
+        ctx.log(f"fold {fold}: best lwlrap {outcome.best_lwlrap:.4f} at epoch {outcome.best_epoch}")
 
-        def on_step(step: int, total: int, _i: int = i, _fold: int = fold) -> None:
-            frac = 0.08 + 0.9 * (_i + step / total) / len(folds_to_run)
-            ctx.progress(frac, f"fold {_fold} step {step}/{total}")
-
-        def on_epoch(r, _fold: int = fold) -> None:
-            store.record_epoch(run_id, _fold, r.epoch, train_loss=r.train_loss, val_loss=r.val_loss,
-                               val_lwlrap=r.val_lwlrap, lr=r.lr, seconds=r.seconds, clips_per_sec=r.clips_per_sec)
-            ctx.log(f"fold {_fold} epoch {r.epoch}: train {r.train_loss:.4f} val {r.val_loss:.4f} "
-                    f"lwlrap {r.val_lwlrap:.4f}{' *' if r.is_best else ''} ({r.clips_per_sec:.1f} clips/s)")
-
-        o = spec.optim
-        if spec.train.epochs == 0:
-            result = score_untrained(tagger, val_loader, Y[val_idx], device, fold_dir)
-        else:
-            result = train_fold(tagger, train_loader=train_loader, val_loader=val_loader, val_truth=Y[val_idx],
-                                loss_fn=loss_fn, device=device, fold_dir=fold_dir, epochs=spec.train.epochs,
-                                patience=spec.train.patience, head_lr=o.head_lr, encoder_lr=o.encoder_lr,
-                                weight_decay=o.weight_decay, betas=tuple(o.betas), warmup_epochs=o.warmup_epochs,
-                                warmup_steps=o.warmup_steps, min_lr_ratio=o.min_lr_ratio, grad_clip=o.grad_clip,
-                                amp=o.amp, cpu_bf16=o.cpu_bf16, mixup_p=a.mixup_p, mixup_alpha=a.mixup_alpha,
-                                seed=spec.train.seed + fold, on_epoch=on_epoch, on_step=on_step)
-        oof[val_idx] = result.val_pred
-        np.save(oof_path, oof)
-        store.record_fold(run_id, fold, lwlrap=result.best_lwlrap, best_epoch=result.best_epoch,
-                          n_val=len(val_idx))
-        per_class, weights = per_class_lwlrap(Y[val_idx], result.val_pred)
-        store.record_class_scores(run_id, fold, classes, per_class, weights, Y[val_idx].sum(axis=0))
-        ctx.log(f"fold {fold}: best lwlrap {result.best_lwlrap:.4f} at epoch {result.best_epoch}")
-
-    covered = ~np.isnan(oof).any(axis=1)
-    cv = lwlrap(Y[covered], oof[covered])
-    per_class, weights = per_class_lwlrap(Y[covered], oof[covered])
-    store.record_class_scores(run_id, OOF, classes, per_class, weights, Y[covered].sum(axis=0))
+    folder.save_array(folder.oof, oof)
+    cv, covered = record_oof_scores(store, run_id, Y, oof, classes)
     store.finish_run(run_id, status="done", cv_lwlrap=cv)
-    ctx.log(f"out-of-fold lwlrap {cv:.4f} over {int(covered.sum())} clips "
-            f"({time.perf_counter() - t_run:.0f}s)")
+    ctx.log(f"out-of-fold lwlrap {cv:.4f} over {covered} clips ({time.perf_counter() - t_run:.0f}s)")
     return f"CV lwlrap {cv:.4f}"
 
 
@@ -298,13 +485,13 @@ def score_untrained(tagger: Tagger, val_loader: DataLoader, val_truth: np.ndarra
     save_atomic({"model": tagger.model.state_dict(), "epoch": -1, "val_lwlrap": lwlrap(val_truth, val_pred),
                  "mel_mean": tagger.frontend.mel_mean.cpu(), "mel_std": tagger.frontend.mel_std.cpu()},
                 fold_dir / "best.pt")
-    np.save(fold_dir / "val_pred.npy", val_pred)
+    save_npy(fold_dir / "val_pred.npy", val_pred)
     return FoldResult(best_lwlrap=lwlrap(val_truth, val_pred), best_epoch=None, val_pred=val_pred, epochs_run=0)
 
 
-def _model_label(spec: TrainSpec) -> str:
-    label = f"{spec.model.arch}-{spec.features.n_mels}mel"
-    return label
+def model_label(spec: TrainSpec) -> str:
+    """The run's ``model`` column (``engine.runs.kinds.model_label``), e.g. ``cnn14-64mel``."""
+    return kinds.model_label(spec.model.arch, spec.features.n_mels)
 
 
 def make_loaders(spec: TrainSpec, clips: TrainingClips, train_idx: np.ndarray, val_idx: np.ndarray, crop: int,

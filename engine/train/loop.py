@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,8 @@ from torch.utils.data import DataLoader
 
 from engine.features.augment import SpecAugment, mixup
 from engine.metrics import lwlrap
+from engine.models.tagger import Tagger
+from engine.runs.atomic import atomic_write, load_npy, save_npy
 from engine.train.schedule import (EarlyStopping, autocast_context, build_optimizer, clip_gradients,
                                    make_grad_scaler, warmup_cosine)
 
@@ -52,40 +55,86 @@ class FoldResult:
     epochs_run: int
 
 
-class Tagger(nn.Module):
-    """Frontend + augmentation + model: waveform batch in, logits out."""
-
-    def __init__(self, frontend: nn.Module, model: nn.Module, spec_augment: nn.Module | None = None) -> None:
-        super().__init__()
-        self.frontend = frontend
-        self.model = model
-        self.spec_augment = spec_augment
-
-    @property
-    def head(self) -> nn.Module:
-        return self.model.head
-
-    @property
-    def encoder(self) -> nn.Module:
-        return self.model.encoder
-
-    def features(self, wave: torch.Tensor) -> torch.Tensor:
-        """Standardised log-mel [B, 1, frames, mels], SpecAugment applied in train mode."""
-        with torch.no_grad():
-            x = self.frontend(wave)
-        if self.spec_augment is not None and self.training:
-            x = self.spec_augment(x)
-        return x
-
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        return self.model(self.features(wave))
-
-
 def save_atomic(obj: object, path: Path) -> None:
-    """torch.save to a temp file then rename, so a kill never leaves a torn checkpoint."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """``torch.save`` through the run layer's one atomic writer (temp file, fsync, rename)."""
+    atomic_write(path, lambda fh: torch.save(obj, fh))
+
+
+#: The resume file before the newest one, kept so a damaged ``last.pt`` costs one epoch, not the fold.
+PREVIOUS_LAST = "last.prev.pt"
+
+
+def _loader_generators(loader: DataLoader) -> list[torch.Generator]:
+    """The torch generators that decide a loader's order: its own, its sampler's and its batch sampler's.
+
+    A ``RandomSampler`` draws each epoch's permutation from its generator, so
+    its state (not its seed) is what a resumed fold must continue from.
+    """
+    found: list[torch.Generator] = []
+    seen: set[int] = set()
+    stack = [loader, getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)]
+    while stack:
+        obj = stack.pop(0)
+        if obj is None or id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        gen = getattr(obj, "generator", None)
+        if isinstance(gen, torch.Generator) and id(gen) not in {id(g) for g in found}:
+            found.append(gen)
+        inner = getattr(obj, "sampler", None)
+        if inner is not None and inner is not obj:
+            stack.append(inner)
+    return found
+
+
+def random_state(loader: DataLoader, generator: torch.Generator) -> dict:
+    """Every random state that decides what the next epoch does: torch CPU (and CUDA), Python, numpy,
+    the MixUp generator and the loader's sampler generators."""
+    state = {"torch_rng": torch.get_rng_state(), "generator": generator.get_state(),
+             "python_rng": random.getstate(), "numpy_rng": np.random.get_state(),
+             "loader_generators": [g.get_state() for g in _loader_generators(loader)]}
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_random_state(state: dict, loader: DataLoader, generator: torch.Generator) -> None:
+    """Put back what :func:`random_state` saved (states missing from older files are left as they are)."""
+    torch.set_rng_state(state["torch_rng"])
+    generator.set_state(state["generator"])
+    if "python_rng" in state:
+        random.setstate(state["python_rng"])
+    if "numpy_rng" in state:
+        np.random.set_state(state["numpy_rng"])
+    for gen, saved in zip(_loader_generators(loader), state.get("loader_generators", [])):
+        gen.set_state(saved)
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+
+def read_resume_state(fold_dir: Path, log: Callable[[str], None] = print) -> dict | None:
+    """The newest readable resume state of a fold: ``last.pt``, else ``last.prev.pt``, else None (restart).
+
+    A damaged file is named in the log with what is done instead. The files
+    hold optimiser and random states (Python objects), so they are loaded with
+    ``weights_only=False``; they are only ever written by this code, into the
+    run's own folder.
+    """
+    for name in ("last.pt", PREVIOUS_LAST):
+        path = fold_dir / name
+        if not path.exists():
+            continue
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+            if not isinstance(state, dict) or "epoch" not in state or "model" not in state:
+                raise ValueError("not a resume state")
+            return state
+        except Exception as err:  # noqa: BLE001 - any unreadable resume file is handled the same way
+            fallback = fold_dir / PREVIOUS_LAST
+            then = (f"resuming from {fallback}" if name == "last.pt" and fallback.exists()
+                    else "restarting the fold from its first epoch")
+            log(f"{path}: damaged resume file ({type(err).__name__}: {str(err).splitlines()[0][:120]}); {then}")
+    return None
 
 
 @torch.no_grad()
@@ -112,8 +161,17 @@ def train_fold(tagger: Tagger, *, train_loader: DataLoader, val_loader: DataLoad
                warmup_epochs: float, warmup_steps: int, min_lr_ratio: float, grad_clip: float,
                amp: bool, cpu_bf16: bool, mixup_p: float, mixup_alpha: float, seed: int,
                on_epoch: Callable[[EpochResult], None] | None = None,
-               on_step: Callable[[int, int], None] | None = None) -> FoldResult:
-    """Train one fold to early stopping, resuming from ``fold_dir/last.pt`` when present."""
+               on_step: Callable[[int, int], None] | None = None,
+               log: Callable[[str], None] = print) -> FoldResult:
+    """Train one fold to early stopping, resuming from ``fold_dir/last.pt`` when present.
+
+    Resuming restores every state that decides what comes next (model,
+    optimiser, schedule, scaler, early stopping, and the torch, CUDA, Python,
+    numpy, MixUp and sampler random states), so an interrupted fold trains
+    exactly as an uninterrupted one on the same device. A damaged ``last.pt``
+    falls back on ``last.prev.pt`` (one epoch older), then on a restart; the
+    log names the file.
+    """
     fold_dir.mkdir(parents=True, exist_ok=True)
     tagger.to(device)
     optimizer = build_optimizer(tagger.model, head_lr=head_lr, encoder_lr=encoder_lr,
@@ -129,16 +187,16 @@ def train_fold(tagger: Tagger, *, train_loader: DataLoader, val_loader: DataLoad
     start_epoch = 0
 
     last_path, best_path = fold_dir / "last.pt", fold_dir / "best.pt"
-    if last_path.exists():
-        state = torch.load(last_path, map_location="cpu", weights_only=False)
+    state = read_resume_state(fold_dir, log=log)
+    if state is not None:
         tagger.model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         stopper.load_state_dict(state["early_stopping"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
+        restore_random_state(state, train_loader, generator)
         start_epoch = state["epoch"] + 1
+        log(f"resuming at epoch {start_epoch} (best so far {stopper.best:.4f})")
 
     epoch = start_epoch - 1
     for epoch in range(start_epoch, epochs):
@@ -180,19 +238,24 @@ def train_fold(tagger: Tagger, *, train_loader: DataLoader, val_loader: DataLoad
             save_atomic({"model": tagger.model.state_dict(), "epoch": epoch, "val_lwlrap": score,
                          "mel_mean": tagger.frontend.mel_mean.cpu(), "mel_std": tagger.frontend.mel_std.cpu()},
                         best_path)
-            np.save(fold_dir / "val_pred.npy", val_pred)
-        save_atomic({"model": tagger.model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                     "early_stopping": stopper.state_dict(), "generator": generator.get_state(),
-                     "torch_rng": torch.get_rng_state(), "epoch": epoch}, last_path)
+            save_npy(fold_dir / "val_pred.npy", val_pred)
         result = EpochResult(epoch=epoch, train_loss=running / max(seen, 1), val_loss=val_loss,
                              val_lwlrap=score, lr=optimizer.param_groups[0]["lr"],
                              seconds=time.perf_counter() - t0,
                              clips_per_sec=seen / train_seconds if train_seconds > 0 else math.nan,
                              is_best=is_best)
+        # The epoch is recorded before its resume state is saved: a kill in between re-runs the
+        # epoch, which (every random state being restored) recomputes and replaces the same row.
         if on_epoch is not None:
             on_epoch(result)
-    best = np.load(fold_dir / "val_pred.npy")
+        state = {"model": tagger.model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                 "early_stopping": stopper.state_dict(), "epoch": epoch,
+                 **random_state(train_loader, generator)}
+        if last_path.exists():
+            os.replace(last_path, fold_dir / PREVIOUS_LAST)
+        save_atomic(state, last_path)
+    best = load_npy(fold_dir / "val_pred.npy", remedy=f"delete {fold_dir} and queue the job again to retrain the fold")
     return FoldResult(best_lwlrap=float(stopper.best), best_epoch=int(stopper.best_epoch),
                       val_pred=best, epochs_run=epoch + 1)
 

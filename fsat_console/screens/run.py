@@ -26,6 +26,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
+from engine.runs.kinds import FOLD_CHECKPOINT_KINDS, can_embed_baseline
 from engine.store import OOF, StoreError
 from fsat_console.formatting import bar, fmt_score, status_text
 from fsat_console.live import Overview, RunDetail, TtaComparison
@@ -55,8 +56,8 @@ CLASS_COLUMNS = (
 GAIN_CLASS_COLUMNS = (CLASS_COLUMNS[0], CLASS_COLUMNS[1], ColumnSpec("gain", "TTA gain", descending_first=True),
                       *CLASS_COLUMNS[3:])
 
-#: Run kinds that have fold checkpoints to infer with.
-TRAINED_KINDS = ("train", "curriculum")
+#: Run kinds that have fold checkpoints to infer with (the run layer's one definition).
+TRAINED_KINDS = FOLD_CHECKPOINT_KINDS
 
 
 def fold_rows(detail: RunDetail) -> list[tuple[str, list[Cell]]]:
@@ -400,7 +401,7 @@ class RunScreen(Screen):
         if dataset is None and not problem:
             problem = f"run {self.run_id} has no dataset recorded; check this data root"
         root = str(dataset["root"]) if dataset else str(self.app.default_data_root())  # type: ignore[attr-defined]
-        encoder = str(run["id"]) if run.get("model") == "cnn14" and run.get("kind") in TRAINED_KINDS else ""
+        encoder = str(run["id"]) if can_embed_baseline(run) else ""
         self.app.push_screen(BaselineScreen(data_root=root, dataset_name=dataset["name"] if dataset else "",
                                             encoder_run_id=encoder, root_problem=problem), self._queued)
 

@@ -1,0 +1,133 @@
+"""The one atomic writer for every file a later step reads back, and the checked readers.
+
+Every artifact of a run (checkpoints, ``oof.npy``, ``val_pred.npy``,
+``mel_stats.npz``, JSON, CSV) is written by :func:`atomic_write`: the bytes go
+to a temporary file in the same folder, are flushed and fsynced, and the file
+is renamed over the target (then the folder is fsynced so the rename itself
+survives a power cut). A kill at any moment leaves either the old file or the
+new one, never a torn one. Torch checkpoints use the same writer with a
+``torch.save`` callback, so this module stays stdlib + numpy.
+
+The readers raise :class:`DamagedFile` (an ``FsatError``) naming the file and
+saying what to do, instead of a raw numpy or JSON error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from engine.errors import FsatError
+
+__all__ = ["DamagedFile", "atomic_write", "load_json", "load_npy", "load_npz", "save_json", "save_npy",
+           "save_npz", "save_text"]
+
+
+class DamagedFile(FsatError):
+    """A run file that exists but cannot be read back (truncated, empty or not of its format)."""
+
+    def __init__(self, path: Path | str, detail: str, remedy: str) -> None:
+        self.path = Path(path)
+        super().__init__(f"{self.path}: damaged or unreadable ({detail}); {remedy}")
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # some filesystems do not open folders; the rename is still atomic there
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path | str, write: Callable[[IO[bytes]], Any]) -> Path:
+    """Write ``path`` through ``write(binary file)``: temp file, flush, fsync, rename, fsync the folder.
+
+    The temporary name is unique per process and call, so two writers never
+    share one. On any error the temporary file is removed and the target is
+    left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def save_npy(path: Path | str, array: np.ndarray) -> Path:
+    """``np.save`` through the atomic writer (the exact name is kept: no ``.npy`` is appended)."""
+    return atomic_write(path, lambda fh: np.save(fh, np.asarray(array), allow_pickle=False))
+
+
+def save_npz(path: Path | str, **arrays: np.ndarray) -> Path:
+    """``np.savez`` through the atomic writer."""
+    return atomic_write(path, lambda fh: np.savez(fh, **arrays))
+
+
+def save_json(path: Path | str, data: object) -> Path:
+    """Indented, key-sorted JSON through the atomic writer (values JSON cannot hold become strings)."""
+    text = json.dumps(data, indent=2, sort_keys=True, default=str)
+    return atomic_write(path, lambda fh: fh.write(text.encode()))
+
+
+def save_text(path: Path | str, text: str) -> Path:
+    """A text file (CSV, logs meant to be read back) through the atomic writer, UTF-8."""
+    return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
+_REMEDY = "delete it and queue the job again to recompute it"
+
+
+def load_npy(path: Path | str, *, remedy: str = _REMEDY) -> np.ndarray:
+    """An array saved by :func:`save_npy`; :class:`DamagedFile` names the file when it cannot be read."""
+    path = Path(path)
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise DamagedFile(path, f"{type(err).__name__}: {err}", remedy) from None
+
+
+def load_npz(path: Path | str, *keys: str, remedy: str = _REMEDY) -> dict[str, np.ndarray]:
+    """The named arrays of an ``.npz`` (all of them without ``keys``), read fully; DamagedFile when torn."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            names = keys or tuple(data.files)
+            return {k: np.asarray(data[k]) for k in names}
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
+        raise DamagedFile(path, f"{type(err).__name__}: {err}", remedy) from None
+
+
+def load_json(path: Path | str, *, remedy: str = _REMEDY) -> Any:
+    """JSON saved by :func:`save_json`; DamagedFile names the file when it is not valid JSON."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as err:
+        raise DamagedFile(path, f"{type(err).__name__}: {err}", remedy) from None

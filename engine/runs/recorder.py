@@ -1,0 +1,119 @@
+"""What a fold reports while it trains: epoch records, progress and log lines, through a small interface.
+
+The per-fold work (``engine.jobs.train.train_fold_task``) never writes the
+store itself: it calls a :class:`FoldRecorder`. Locally the train job passes
+:class:`StoreRecorder`, which writes each epoch row through the store and
+maps the fold's progress onto the job's. A fold run in another process or on
+another machine (a Ray task, say) gets a :class:`ListRecorder` and returns
+its records to the head node, which replays them into a ``StoreRecorder``;
+SQLite keeps a single writer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Protocol, runtime_checkable
+
+__all__ = ["EpochRecord", "FoldRecorder", "ListRecorder", "StoreRecorder"]
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One finished epoch of one fold: what the ``epochs`` table holds, plus whether it was the best so far.
+
+    ``tag`` names the stage the epoch belongs to (a curriculum stage; empty
+    for plain training), so the stages of one fold can be told apart.
+    """
+
+    fold: int
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_lwlrap: float
+    lr: float
+    seconds: float
+    clips_per_sec: float
+    is_best: bool = False
+    tag: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (pickles and serialises as JSON)."""
+        return asdict(self)
+
+    def log_line(self) -> str:
+        """The job-log line of this epoch."""
+        stage = f" [{self.tag}]" if self.tag else ""
+        rate = "" if math.isnan(self.clips_per_sec) else f" ({self.clips_per_sec:.1f} clips/s)"
+        return (f"fold {self.fold}{stage} epoch {self.epoch}: train {self.train_loss:.4f} val {self.val_loss:.4f} "
+                f"lwlrap {self.val_lwlrap:.4f}{' *' if self.is_best else ''}{rate}")
+
+
+@runtime_checkable
+class FoldRecorder(Protocol):
+    """Where a fold's reports go. Implementations must not raise for a report they cannot deliver late."""
+
+    def epoch(self, record: EpochRecord) -> None:
+        """A finished epoch (called before the resume state of that epoch is saved)."""
+
+    def progress(self, fraction: float, message: str) -> None:
+        """Progress within the fold, in [0, 1]."""
+
+    def log(self, line: str) -> None:
+        """A line for the job log."""
+
+
+@dataclass
+class ListRecorder:
+    """Keeps every report in memory, in order: for a fold run away from the store."""
+
+    epochs: list[EpochRecord] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+    last_progress: tuple[float, str] | None = None
+
+    def epoch(self, record: EpochRecord) -> None:
+        self.epochs.append(record)
+
+    def progress(self, fraction: float, message: str) -> None:
+        self.last_progress = (float(fraction), message)
+
+    def log(self, line: str) -> None:
+        self.lines.append(line)
+
+    def replay(self, into: FoldRecorder) -> None:
+        """Send the kept epochs and log lines to another recorder (the head node's store recorder)."""
+        for line in self.lines:
+            into.log(line)
+        for record in self.epochs:
+            into.epoch(record)
+
+
+class StoreRecorder:
+    """Writes a fold's epochs to the store (one row per epoch, replaced when a resumed epoch is re-run).
+
+    ``progress`` and ``log`` are the job's (``JobContext.progress`` and
+    ``.log``); ``span`` is the ``(start, width)`` of the job's progress bar
+    that this fold fills.
+    """
+
+    def __init__(self, store: Any, run_id: str, *, progress: Callable[[float, str], None] | None = None,
+                 log: Callable[[str], None] = print, span: tuple[float, float] = (0.0, 1.0)) -> None:
+        self.store = store
+        self.run_id = run_id
+        self._progress = progress
+        self._log = log
+        self.span = span
+
+    def epoch(self, record: EpochRecord) -> None:
+        self.store.record_epoch(self.run_id, record.fold, record.epoch, train_loss=record.train_loss,
+                                val_loss=record.val_loss, val_lwlrap=record.val_lwlrap, lr=record.lr,
+                                seconds=record.seconds, clips_per_sec=record.clips_per_sec)
+        self._log(record.log_line())
+
+    def progress(self, fraction: float, message: str) -> None:
+        if self._progress is not None:
+            start, width = self.span
+            self._progress(start + width * min(max(float(fraction), 0.0), 1.0), message)
+
+    def log(self, line: str) -> None:
+        self._log(line)
