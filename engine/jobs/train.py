@@ -32,6 +32,7 @@ The fold seam
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from engine.data.dataset import ConcatCache, CropDataset, MultiScaleBatchSampler
 from engine.data.sampler import BalancedClassSampler
 from engine.errors import CheckpointError, ConfigError
+from engine.executors import FoldCall, FoldResources, executor_from_env
 from engine.features.augment import WaveAugment
 from engine.features.frontend import LogMelFrontend, compute_mel_stats
 from engine.jobs.common import build_cache, cache_dir_for, configure_threads, pick_device, prepare_dataset, seed_everything
@@ -382,6 +384,101 @@ def _finished_fold_rows(folder: RunFolder, fold: int, log) -> np.ndarray | None:
         return None
 
 
+def train_fold_on_node(task: FoldTask, recorder: FoldRecorder) -> FoldOutcome:
+    """:func:`train_fold_task` in a process of its own (a Ray task): the device is chosen where it runs.
+
+    ``train.device = "auto"`` takes the GPU the cluster gave the task (Ray
+    sets ``CUDA_VISIBLE_DEVICES``), else the CPU; the head's device says
+    nothing about the node's.
+    """
+    spec = task.train_spec
+    configure_threads()
+    task = dataclasses.replace(task, device=str(pick_device(spec.train.device)))
+    return train_fold_task(task, recorder)
+
+
+class FoldProgress:
+    """The job's progress bar filled by folds that may run at the same time.
+
+    Each running fold reports its own fraction; the job shows the mean over
+    all the run's folds (finished ones count as 1) and the latest message of
+    each fold still running, so parallel folds advance together as one job.
+    """
+
+    def __init__(self, ctx: JobContext, n_folds: int, n_done: int, *, start: float = 0.08, width: float = 0.9):
+        self.ctx, self.n_folds, self.n_done = ctx, max(n_folds, 1), n_done
+        self.start, self.width = start, width
+        self.fractions: dict[int, float] = {}
+        self.messages: dict[int, str] = {}
+
+    def for_fold(self, fold: int):
+        """The ``progress(fraction, message)`` callable of one fold."""
+        def progress(fraction: float, message: str = "") -> None:
+            self.fractions[fold] = min(max(float(fraction), 0.0), 1.0)
+            self.messages[fold] = message
+            self.report()
+        return progress
+
+    def finished(self, fold: int) -> None:
+        """The fold's result is recorded: it counts as done and leaves the message."""
+        self.fractions[fold] = 1.0
+        self.messages.pop(fold, None)
+        self.report()
+
+    def report(self) -> None:
+        """Send the combined fraction and messages to the job."""
+        overall = self.start + self.width * (self.n_done + sum(self.fractions.values())) / self.n_folds
+        self.ctx.progress(min(overall, self.start + self.width), " · ".join(m for m in self.messages.values() if m))
+
+
+def run_fold_tasks(ctx: JobContext, tasks: list[FoldTask], spec: TrainSpec, record, *, n_folds: int,
+                   layout=None, caches: dict | None = None, cache_dir: Path | None = None) -> None:
+    """Train ``tasks`` with the worker's executor and ``record`` each outcome here, as it arrives.
+
+    The local executor trains them one after another in this process (with
+    the dataset and caches already loaded); the Ray executor trains them at
+    once on the cluster, after checking that its nodes can read the dataset
+    and write the run folder. Either way the folds' epochs, progress and log
+    lines reach the store through this process only. A curriculum stage
+    trains its folds through here too.
+    """
+    if not tasks:
+        return
+    executor = executor_from_env()
+    resources = FoldResources.from_spec(spec.cluster)
+    try:
+        local = executor.name == "local"
+        if not local:
+            read = [Path(spec.data.root), layout.curated.csv_path] if layout is not None else [Path(spec.data.root)]
+            if cache_dir is not None:
+                read.append(Path(cache_dir))
+            ctx.progress(0.08, f"checking that the {executor.name} cluster sees the data and the run folder")
+            executor.check_storage(read=read, write=[Path(tasks[0].run_dir)], resources=resources)
+            ctx.log(f"folds {[t.fold for t in tasks]} go to the {executor.name} cluster "
+                    f"(cluster.max_retries = {resources.max_retries})")
+        progress = FoldProgress(ctx, n_folds, n_folds - len(tasks))
+        recorders = {t.fold: StoreRecorder(ctx.store, ctx.run_id, progress=progress.for_fold(t.fold), log=ctx.log)
+                     for t in tasks}
+        local_kwargs = {}
+        if local:
+            # Everything the folds share is built once, with the caches this job already loaded.
+            local_kwargs = {"inputs": prepare_fold_inputs(tasks[0], recorders[tasks[0].fold], layout=layout,
+                                                          caches=caches)}
+        calls = [FoldCall(t.fold, train_fold_task if local else train_fold_on_node, (t,), local_kwargs=local_kwargs)
+                 for t in tasks]
+        job = ctx.job
+
+        def placement(fold: int, status: str, **where) -> None:
+            ctx.store.record_fold_task(job.id, job.attempts, fold, status=status, **where)
+
+        for _fold, outcome in executor.run_folds(calls, recorders.__getitem__, check=ctx.check,
+                                                 resources=resources, placement=placement):
+            record(outcome)
+            progress.finished(outcome.fold)
+    finally:
+        executor.close()
+
+
 def run(ctx: JobContext) -> str:
     """Train every requested fold, record scores, write artifacts; returns a summary message."""
     spec: TrainSpec = spec_from_json("train", ctx.spec)
@@ -442,9 +539,9 @@ def run(ctx: JobContext) -> str:
     oof = np.full((len(Y), len(classes)), np.nan, dtype=np.float32)
     done_folds = {r["fold"] for r in store.fold_scores(run_id)}
     t_run = time.perf_counter()
-    inputs = None
 
-    for i, fold in enumerate(folds_to_run):
+    tasks = []
+    for fold in folds_to_run:
         val_idx = np.flatnonzero(data.folds == fold)
         if fold in done_folds:
             rows = _finished_fold_rows(folder, fold, ctx.log)
@@ -452,18 +549,19 @@ def run(ctx: JobContext) -> str:
                 oof[val_idx] = rows
                 ctx.log(f"fold {fold}: already finished, kept")
                 continue
-        task = FoldTask(spec=config, fold=fold, run_dir=str(folder.path), data_root=str(spec.data.root),
-                        device=str(device), folds=data.folds.tolist(), mel_stats=stats)
-        recorder = StoreRecorder(store, run_id, progress=ctx.progress, log=ctx.log,
-                                 span=(0.08 + 0.9 * i / len(folds_to_run), 0.9 / len(folds_to_run)))
-        if inputs is None:
-            inputs = prepare_fold_inputs(task, recorder, layout=data.layout, caches=caches)
-        outcome = train_fold_task(task, recorder, inputs=inputs)
+        tasks.append(FoldTask(spec=config, fold=fold, run_dir=str(folder.path), data_root=str(spec.data.root),
+                              device=str(device), folds=data.folds.tolist(), mel_stats=stats))
+
+    def record(outcome: FoldOutcome) -> None:
+        val_idx = outcome.val_idx
         oof[val_idx] = outcome.val_pred
         folder.save_array(folder.oof, oof)
-        record_fold_scores(store, run_id, fold, Y[val_idx], outcome.val_pred, classes,
+        record_fold_scores(store, run_id, outcome.fold, Y[val_idx], outcome.val_pred, classes,
                            best_epoch=outcome.best_epoch, lwlrap_value=outcome.best_lwlrap)
-        ctx.log(f"fold {fold}: best lwlrap {outcome.best_lwlrap:.4f} at epoch {outcome.best_epoch}")
+        ctx.log(f"fold {outcome.fold}: best lwlrap {outcome.best_lwlrap:.4f} at epoch {outcome.best_epoch}")
+
+    run_fold_tasks(ctx, tasks, spec, record, n_folds=len(folds_to_run), layout=data.layout, caches=caches,
+                   cache_dir=cache_dir)
 
     folder.save_array(folder.oof, oof)
     cv, covered = record_oof_scores(store, run_id, Y, oof, classes)
