@@ -8,8 +8,10 @@ few steps per epoch, so each fold takes seconds.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -115,8 +117,10 @@ def test_folds_train_in_parallel_on_ray_with_the_same_scores_as_locally(tiny_dem
     local_db.parent.mkdir()
     ray_db.parent.mkdir()
     local_job = _queue_train(local_db, tiny_demo, "train.epochs=2")
+    # CPU results are bit-identical for the same number of threads per fold (float sums are ordered
+    # by it): a Ray fold gets cluster.cpus_per_fold = 1 thread, so the local job gets 1 too.
     assert spawn_worker(local_db, "--drain", env={"OMP_NUM_THREADS": "1"}).wait(timeout=600) == 0
-    ray_job = _queue_train(ray_db, tiny_demo, "train.epochs=2")
+    ray_job = _queue_train(ray_db, tiny_demo, "train.epochs=2", "cluster.cpus_per_fold=1")
     worker = spawn_worker(ray_db, "--executor", "ray", "--ray-address", ray_address, "--drain")
     store = Store(ray_db)
     # Both folds run at once, each on its own process of the cluster, and the job shows where.
@@ -143,3 +147,94 @@ def test_folds_train_in_parallel_on_ray_with_the_same_scores_as_locally(tiny_dem
     # The local executor records where its folds ran too: this machine, the job's own process.
     assert [(r["fold"], r["status"]) for r in local.fold_tasks(local_job)] == [(0, "done"), (1, "done")]
     assert len({r["pid"] for r in local.fold_tasks(local_job)}) == 1
+    # The console: the status line shows the cluster, the job details which node ran each fold.
+    asyncio.run(_console_shows_folds(ray_db, ray_job, both[0]["node"]))
+
+
+async def _console_shows_folds(db: Path, job_id: int, node: str) -> None:
+    from fsat_console.app import FsatConsole
+    from tests.test_console import SIZE, open_job_details, screen_text, wait_until
+
+    app = FsatConsole(db, poll_interval=0.1)
+    async with app.run_test(size=SIZE) as pilot:
+        await open_job_details(pilot, app, job_id)
+        await wait_until(pilot, lambda: node in screen_text(app), timeout=10, what="the fold placement")
+        text = screen_text(app)
+        assert "folds (where each runs)" in text
+        assert sum(1 for line in text.splitlines() if node in line and "done" in line) == 2
+
+
+def _epochs_of(store: Store, run_id: str | None, fold: int) -> list[int]:
+    return [e["epoch"] for e in store.epochs(run_id) if e["fold"] == fold] if run_id else []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_fold_process_that_dies_is_retried_from_its_last_checkpoint(tiny_demo: Path, db_path: Path,
+                                                                     spawn_worker, ray_address: str):
+    job_id = _queue_train(db_path, tiny_demo, "train.epochs=3", "train.folds=[0]", "cluster.max_retries=1")
+    spawn_worker(db_path, "--executor", "ray", "--ray-address", ray_address, "--drain")
+    store = Store(db_path)
+    wait_for(lambda: _epochs_of(store, store.get_job(job_id).run_id, 0), timeout=300, what="fold 0's first epoch")
+    (task,) = store.fold_tasks(job_id)
+    os.kill(task["pid"], signal.SIGKILL)  # as the out-of-memory killer would
+    wait_for(lambda: store.get_job(job_id).status in ("done", "failed"), timeout=300, what="the job to end")
+    job = store.get_job(job_id)
+    assert job.status == "done", job.error
+    (task,) = store.fold_tasks(job_id)
+    assert task["task_attempt"] == 2 and task["status"] == "done"
+    log = (Path(store.get_run(job.run_id)["run_dir"]) / "job.log").read_text()
+    resumed = [int(m) for m in re.findall(r"resuming at epoch (\d+)", log)]
+    assert len(resumed) == 1 and resumed[0] >= 1  # from last.pt, not from scratch
+    assert _epochs_of(store, job.run_id, 0) == [0, 1, 2]
+
+
+def test_cancel_stops_every_fold_task_within_seconds(tiny_demo: Path, db_path: Path, spawn_worker,
+                                                     ray_address: str):
+    job_id = _queue_train(db_path, tiny_demo, "train.epochs=50", "train.steps_per_epoch=20")
+    spawn_worker(db_path, "--executor", "ray", "--ray-address", ray_address)
+    store = Store(db_path)
+    running = wait_for(lambda: (lambda rows: rows if len(rows) == 2 else None)(
+        [r for r in store.fold_tasks(job_id) if r["status"] == "running" and r["pid"]]), timeout=300,
+        what="both folds running")
+    run_cli("cancel", str(job_id), db=db_path)
+    wait_for(lambda: store.get_job(job_id).status == "cancelled", timeout=30, what="the job to be cancelled")
+    wait_for(lambda: not any(_alive(r["pid"]) for r in running), timeout=10, what="every fold process to exit")
+    assert {r["status"] for r in store.fold_tasks(job_id)} == {"cancelled"}
+    run_id = store.get_job(job_id).run_id
+    epochs = len(store.epochs(run_id))
+    time.sleep(2.0)
+    assert len(store.epochs(run_id)) == epochs  # nothing keeps training
+    # The cluster has its CPUs and GPUs back.
+    wait_for(lambda: (lambda c: c.get("cpus_free") == 2 and c.get("gpus_free") == 2)(
+        json.loads(store.live_workers()[0]["cluster"])), timeout=30, what="the cluster's resources back")
+
+
+def test_a_dead_head_worker_requeues_and_the_resumed_job_trains_only_unfinished_folds(
+        tiny_demo: Path, db_path: Path, spawn_worker, ray_address: str):
+    # Two CPUs per fold on a two-CPU cluster: one fold at a time, so one finishes before the kill.
+    job_id = _queue_train(db_path, tiny_demo, "train.epochs=2", "cluster.cpus_per_fold=2")
+    first = spawn_worker(db_path, "--executor", "ray", "--ray-address", ray_address)
+    store = Store(db_path)
+    wait_for(lambda: store.get_job(job_id).run_id and store.fold_scores(store.get_job(job_id).run_id),
+             timeout=300, what="the first fold to finish")
+    done_before = {r["fold"] for r in store.fold_scores(store.get_job(job_id).run_id)}
+    assert len(done_before) == 1
+    pids = [r["pid"] for r in store.fold_tasks(job_id) if r["pid"]]
+    os.kill(first.pid, signal.SIGKILL)  # the head worker dies; its job process follows it
+    first.wait()
+    wait_for(lambda: not any(_alive(p) for p in pids), timeout=30, what="the killed attempt's fold tasks to end")
+    second = spawn_worker(db_path, "--executor", "ray", "--ray-address", ray_address, "--lease", "3", "--drain")
+    assert second.wait(timeout=600) == 0
+    job = store.get_job(job_id)
+    assert job.status == "done" and job.attempts == 2, job.error
+    resubmitted = [r["fold"] for r in store.fold_tasks(job_id) if r["attempt"] == 2]
+    assert resubmitted == sorted({0, 1} - done_before)
+    assert sorted(r["fold"] for r in store.fold_scores(job.run_id)) == [0, 1]
+    log = (Path(store.get_run(job.run_id)["run_dir"]) / "job.log").read_text()
+    assert f"fold {min(done_before)}: already finished, kept" in log

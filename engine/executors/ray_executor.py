@@ -21,6 +21,7 @@ import signal
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -214,6 +215,44 @@ def _probe_storage(read: list[str], write: list[str]) -> str:
 # --- the head's side -------------------------------------------------------------------------
 
 
+@contextmanager
+def _signals_between_ray_calls() -> Iterator[Callable[[], None]]:
+    """Hold SIGTERM/SIGINT while Ray waits; yield ``deliver`` that runs the held one's own handler.
+
+    A job is stopped by SIGTERM, whose handler raises. Raised inside Ray's
+    compiled ``wait``, that exception comes out as a SystemError, and the job
+    would be recorded as failed instead of stopped; so the signal is noted and
+    its handler runs between two Ray calls.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None
+        return
+    held: list[int] = []
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def hold(signum: int, _frame: object) -> None:
+        held.append(signum)
+
+    def deliver() -> None:
+        if not held:
+            return
+        signum = held.pop(0)
+        handler = previous[signum]
+        if callable(handler):
+            handler(signum, None)
+        elif handler != signal.SIG_IGN:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    for sig in previous:
+        signal.signal(sig, hold)
+    try:
+        yield deliver
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
 class RayExecutor(Executor):
     """Runs fold tasks on the Ray cluster at ``address`` (None: a new local cluster)."""
 
@@ -294,8 +333,6 @@ class RayExecutor(Executor):
             refs[ref] = task.fold
             placement(task.fold, "submitted", message=f"{cpus:g} CPUs, {gpus:g} GPUs")
         starts: dict[int, int] = {}
-        finished: set[int] = set()
-        idle_since = time.monotonic()
 
         def drain() -> None:
             for fold, method, args, kwargs in ray.get(stream.drain.remote()):
@@ -307,30 +344,32 @@ class RayExecutor(Executor):
                 else:
                     getattr(recorder_for(fold), method)(*args, **kwargs)
 
-        try:
-            while refs:
-                ready, _ = ray.wait(list(refs), num_returns=1, timeout=WAIT_SECONDS)
-                drain()
-                check()
-                for ref in ready:
-                    fold = refs.pop(ref)
-                    result = self._result(ref, fold, starts.get(fold, 0), resources)
+        with _signals_between_ray_calls() as deliver_signal:
+            idle_since = time.monotonic()
+            try:
+                while refs:
+                    ready, _ = ray.wait(list(refs), num_returns=1, timeout=WAIT_SECONDS)
+                    deliver_signal()
                     drain()
-                    finished.add(fold)
-                    placement(fold, "done")
-                    yield fold, result
-                running = [f for f in refs.values() if f in starts]
-                if running or not refs:
-                    idle_since = time.monotonic()
-                elif time.monotonic() - idle_since > resources.start_timeout:
-                    free = ray.available_resources()
-                    raise ClusterError(
-                        f"no fold task started in {resources.start_timeout:g} s: each asks for {cpus:g} CPUs and "
-                        f"{gpus:g} GPUs and the cluster has {free.get('CPU', 0):g} CPUs and {free.get('GPU', 0):g} "
-                        f"GPUs free; folds {sorted(refs.values())} are still waiting")
-        finally:
-            self._stop(refs, placement)
-            ray.kill(stream)
+                    check()
+                    for ref in ready:
+                        fold = refs.pop(ref)
+                        result = self._result(ref, fold, starts.get(fold, 0), resources)
+                        drain()
+                        placement(fold, "done")
+                        yield fold, result
+                    running = [f for f in refs.values() if f in starts]
+                    if running or not refs:
+                        idle_since = time.monotonic()
+                    elif time.monotonic() - idle_since > resources.start_timeout:
+                        free = ray.available_resources()
+                        raise ClusterError(
+                            f"no fold task started in {resources.start_timeout:g} s: each asks for {cpus:g} CPUs and "
+                            f"{gpus:g} GPUs and the cluster has {free.get('CPU', 0):g} CPUs and {free.get('GPU', 0):g} "
+                            f"GPUs free; folds {sorted(refs.values())} are still waiting")
+            finally:
+                self._stop(refs, placement)
+                ray.kill(stream)
 
     @staticmethod
     def _result(ref: Any, fold: int, starts: int, resources: FoldResources) -> Any:
@@ -356,6 +395,8 @@ class RayExecutor(Executor):
             return
         for ref in refs:
             ray.cancel(ref, force=True)
-        ray.wait(list(refs), num_returns=len(refs), timeout=10)
+        # Short: the worker kills a job process that has not exited 5 s after SIGTERM, and then Ray
+        # ends the tasks of the dead driver anyway.
+        ray.wait(list(refs), num_returns=len(refs), timeout=3)
         for fold in refs.values():
             placement(fold, "cancelled")
