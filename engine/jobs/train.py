@@ -435,48 +435,61 @@ def run_fold_tasks(ctx: JobContext, tasks: list[FoldTask], spec: TrainSpec, reco
                    layout=None, caches: dict | None = None, cache_dir: Path | None = None) -> None:
     """Train ``tasks`` with the worker's executor and ``record`` each outcome here, as it arrives.
 
-    The local executor trains them one after another in this process (with
-    the dataset and caches already loaded); the Ray executor trains them at
-    once on the cluster, after checking that its nodes can read the dataset
-    and write the run folder. Either way the folds' epochs, progress and log
-    lines reach the store through this process only. A curriculum stage
-    trains its folds through here too.
+    The local executor trains them one after another in this process, with
+    the dataset and caches already loaded; the Ray executor trains them at
+    once on the cluster. A curriculum stage trains its folds through here too.
     """
     if not tasks:
         return
     executor = executor_from_env()
-    resources = FoldResources.from_spec(spec.cluster)
     try:
-        local = executor.name == "local"
-        if not local:
-            read = [Path(spec.data.root), layout.curated.csv_path] if layout is not None else [Path(spec.data.root)]
-            if cache_dir is not None:
-                read.append(Path(cache_dir))
-            ctx.progress(0.08, f"checking that the {executor.name} cluster sees the data and the run folder")
-            executor.check_storage(read=read, write=[Path(tasks[0].run_dir)], resources=resources)
-            ctx.log(f"folds {[t.fold for t in tasks]} go to the {executor.name} cluster "
-                    f"(cluster.max_retries = {resources.max_retries})")
-        progress = FoldProgress(ctx, n_folds, n_folds - len(tasks))
-        recorders = {t.fold: StoreRecorder(ctx.store, ctx.run_id, progress=progress.for_fold(t.fold), log=ctx.log)
-                     for t in tasks}
         local_kwargs = {}
-        if local:
+        if executor.name == "local":
             # Everything the folds share is built once, with the caches this job already loaded.
-            local_kwargs = {"inputs": prepare_fold_inputs(tasks[0], recorders[tasks[0].fold], layout=layout,
-                                                          caches=caches)}
-        calls = [FoldCall(t.fold, train_fold_task if local else train_fold_on_node, (t,), local_kwargs=local_kwargs)
-                 for t in tasks]
-        job = ctx.job
-
-        def placement(fold: int, status: str, **where) -> None:
-            ctx.store.record_fold_task(job.id, job.attempts, fold, status=status, **where)
-
-        for _fold, outcome in executor.run_folds(calls, recorders.__getitem__, check=ctx.check,
-                                                 resources=resources, placement=placement):
-            record(outcome)
-            progress.finished(outcome.fold)
+            progress_only = StoreRecorder(ctx.store, ctx.run_id, log=ctx.log)
+            local_kwargs = {"inputs": prepare_fold_inputs(tasks[0], progress_only, layout=layout, caches=caches)}
+        read = [Path(spec.data.root)] + ([layout.curated.csv_path] if layout is not None else [])
+        read += [Path(cache_dir)] if cache_dir is not None else []
+        dispatch_folds(ctx, executor, tasks, train_fold_task, train_fold_on_node, record,
+                       resources=FoldResources.from_spec(spec.cluster), n_folds=n_folds, read=read,
+                       write=[Path(tasks[0].run_dir)], local_kwargs=local_kwargs)
     finally:
         executor.close()
+
+
+def dispatch_folds(ctx: JobContext, executor, tasks: list, local_fn, node_fn, record, *, resources: FoldResources,
+                   n_folds: int, read: list[Path], write: list[Path], local_kwargs: dict | None = None,
+                   start: float = 0.08, width: float = 0.9) -> None:
+    """Run per-fold ``tasks`` (each with a ``fold``) on ``executor``; ``record`` each outcome as it arrives.
+
+    Locally ``local_fn(task, recorder, **local_kwargs)`` runs in this process;
+    on a cluster ``node_fn(task, recorder)`` runs on a node, after a check
+    that the nodes can read ``read`` and write in ``write`` (else the job
+    fails naming the path). Either way the folds' epochs, progress and log
+    lines reach the store through this process only; every fold's node and
+    state is recorded for the job details. ``start`` and ``width`` are the
+    part of the job's progress bar that the folds fill.
+    """
+    local = executor.name == "local"
+    if not local:
+        ctx.progress(start, f"checking that the {executor.name} cluster sees the data and the run folder")
+        executor.check_storage(read=read, write=write, resources=resources)
+        ctx.log(f"folds {[t.fold for t in tasks]} go to the {executor.name} cluster "
+                f"(cluster.max_retries = {resources.max_retries})")
+    progress = FoldProgress(ctx, n_folds, n_folds - len(tasks), start=start, width=width)
+    recorders = {t.fold: StoreRecorder(ctx.store, ctx.run_id, progress=progress.for_fold(t.fold), log=ctx.log)
+                 for t in tasks}
+    calls = [FoldCall(t.fold, local_fn if local else node_fn, (t,), local_kwargs=dict(local_kwargs or {}) if local
+                      else {}) for t in tasks]
+    job = ctx.job
+
+    def placement(fold: int, status: str, **where) -> None:
+        ctx.store.record_fold_task(job.id, job.attempts, fold, status=status, **where)
+
+    for _fold, outcome in executor.run_folds(calls, recorders.__getitem__, check=ctx.check, resources=resources,
+                                             placement=placement):
+        record(outcome)
+        progress.finished(outcome.fold)
 
 
 def run(ctx: JobContext) -> str:
