@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from engine.store import Store
@@ -149,6 +150,20 @@ def test_folds_train_in_parallel_on_ray_with_the_same_scores_as_locally(tiny_dem
     assert len({r["pid"] for r in local.fold_tasks(local_job)}) == 1
     # The console: the status line shows the cluster, the job details which node ran each fold.
     asyncio.run(_console_shows_folds(ray_db, ray_job, both[0]["node"]))
+
+    # Inference of each run's folds, TTA on the out-of-fold clips and the test set: the same again.
+    infer = ["--set", "infer.tta_crops=2", "--set", "infer.tta_crops_long=2", "--set", "write_submission=false"]
+    local_infer = int(run_cli("queue", "infer", local_run, *infer, db=local_db).stdout)
+    assert spawn_worker(local_db, "--drain", env={"OMP_NUM_THREADS": "1"}).wait(timeout=600) == 0
+    ray_infer = int(run_cli("queue", "infer", ray_run, *infer, "--set", "cluster.gpus_per_fold=0", db=ray_db).stdout)
+    assert spawn_worker(ray_db, "--executor", "ray", "--ray-address", ray_address, "--drain").wait(timeout=600) == 0
+    local_done, ray_done = local.get_job(local_infer), store.get_job(ray_infer)
+    assert (local_done.status, ray_done.status) == ("done", "done"), (local_done.error, ray_done.error)
+    assert _fold_scores(store, ray_done.run_id) == pytest.approx(_fold_scores(local, local_done.run_id), abs=1e-6)
+    assert len({r["pid"] for r in store.fold_tasks(ray_infer)}) == 2
+    ray_infer_dir = Path(store.get_run(ray_done.run_id)["run_dir"])
+    local_infer_dir = Path(local.get_run(local_done.run_id)["run_dir"])
+    assert np.allclose(np.load(ray_infer_dir / "test.npy"), np.load(local_infer_dir / "test.npy"), atol=1e-6)
 
 
 async def _console_shows_folds(db: Path, job_id: int, node: str) -> None:
