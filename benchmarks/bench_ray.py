@@ -139,7 +139,8 @@ def main() -> int:
     fold_mean = {side: sum(r["folds_s"] for r in rs) / len(rs) for side, rs in results.items()}
     print(f"machine: {platform.machine()} {os.cpu_count()} CPUs, Python {platform.python_version()}, "
           f"load average {os.getloadavg()[0]:.1f}")
-    print(f"job time   local {mean['local']:.1f} s, ray {mean['ray']:.1f} s: speed-up x{mean['local'] / mean['ray']:.2f}")
+    print(f"job time   local {mean['local']:.1f} s, ray {mean['ray']:.1f} s: "
+          f"speed-up x{mean['local'] / mean['ray']:.2f}")
     print(f"fold time  local {fold_mean['local']:.1f} s, ray {fold_mean['ray']:.1f} s: "
           f"speed-up x{fold_mean['local'] / max(fold_mean['ray'], 1e-9):.2f}")
     return 0

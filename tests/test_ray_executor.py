@@ -196,11 +196,9 @@ def test_folds_that_never_start_fail_after_the_start_timeout(cluster):
     pg = placement_group([{"GPU": 2}])
     ray.get(pg.ready(), timeout=30)
     try:
-        t0 = time.monotonic()
         with pytest.raises(ClusterError, match=r"no fold task started in 1.5 s: .* 0 GPUs free; folds \[0, 1\]"):
-            list(cluster.run_folds([FoldCall(k, timed_fold, (k, 0.1)) for k in (0, 1)], lambda fold: Sink(), check=lambda: None,
-                                   resources=FoldResources(gpus_per_fold=1, start_timeout=1.5)))
-        assert time.monotonic() - t0 < 60
+            list(cluster.run_folds([FoldCall(k, timed_fold, (k, 0.1)) for k in (0, 1)], lambda fold: Sink(),
+                                   check=lambda: None, resources=FoldResources(gpus_per_fold=1, start_timeout=1.5)))
     finally:
         remove_placement_group(pg)
 
