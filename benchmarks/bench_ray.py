@@ -102,6 +102,7 @@ def main() -> int:
     ap.add_argument("--crop", type=float, default=2.0)
     ap.add_argument("--cpus", type=int, default=2, help="CPUs of the Ray head (cluster.cpus_per_fold = half)")
     ap.add_argument("--clips-per-class", type=int, default=6)
+    ap.add_argument("--niceness", type=int, default=0, help="RAY_worker_niceness of the node (Ray's default: 15)")
     args = ap.parse_args()
 
     from engine.data.demo import write_demo_dataset
@@ -111,10 +112,13 @@ def main() -> int:
     write_demo_dataset(data, seed=1, clips_per_class=args.clips_per_class, noisy_per_class=1, test_per_class=1,
                        max_seconds=4.0)
     port = _free_port()
+    # Ray runs its workers at nice 15 by default; on this machine, shared with other work, that
+    # would measure the niceness, not the executor, so the node is started at the job's priority.
     head = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", f"--port={port}",
                              f"--num-cpus={args.cpus}", "--num-gpus=0", "--include-dashboard=false",
                              "--disable-usage-stats", "--block"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=_env(), start_new_session=True)
+                            stderr=subprocess.DEVNULL, env=dict(_env(), RAY_worker_niceness=str(args.niceness)),
+                            start_new_session=True)
     address = f"127.0.0.1:{port}"
     try:
         time.sleep(8)

@@ -27,7 +27,7 @@ from tests.conftest import PROJECT, wait_for
 def cluster():
     """A local Ray for this module: 2 CPUs, 2 logical GPUs; shut down (no raylet left) at the end."""
     ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False,
-             object_store_memory=80 * 1024 * 1024)
+             object_store_memory=80 * 1024 * 1024, _system_config={"worker_niceness": 0})
     executor = RayExecutor()
     yield executor
     ray.shutdown()

@@ -41,7 +41,9 @@ def ray_address(tmp_path_factory) -> str:
     """A local Ray head for this module (2 CPUs, 2 logical GPUs); its address."""
     port = _free_port()
     log = open(tmp_path_factory.mktemp("ray") / "head.log", "wb")
-    env = dict(os.environ, PYTHONPATH=str(PROJECT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # Ray's workers run at nice 15 by default; on a machine shared with other work that only slows the tests.
+    env = dict(os.environ, PYTHONPATH=str(PROJECT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               RAY_worker_niceness="0")
     head = subprocess.Popen([RAY, "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=2",
                              "--include-dashboard=false", "--disable-usage-stats",
                              f"--object-store-memory={100 * 1024 * 1024}", "--block"],
