@@ -1,17 +1,28 @@
 """``fsat``: the headless command line for everything the console does.
 
     fsat demo-data DIR [--seed N] [--clips-per-class N]
-    fsat [--db PATH] register DIR
-    fsat [--db PATH] queue train|baseline --data DIR [--preset NAME | --config FILE] [--set key=value ...]
-    fsat [--db PATH] queue infer RUN_ID [--set infer.tta_crops=5 ...]
-    fsat [--db PATH] queue ensemble RUN_ID RUN_ID ... [--set method="mean" ...]
+    fsat [--db PATH] register DIR [--n-folds 5] [--fold-seed 42]
+    fsat [--db PATH] queue train|baseline|probe --data DIR [--preset NAME | --config FILE] [--set key=value ...]
+                                               [--name NAME] [--priority N]
+    fsat [--db PATH] queue infer RUN_ID [--preset tta] [--set infer.tta_crops=5 ...] [--name NAME] [--priority N]
+    fsat [--db PATH] queue ensemble RUN_ID RUN_ID ... [--set method="mean" ...] [--name NAME] [--priority N]
     fsat [--db PATH] ensemble RUN_ID RUN_ID ... [--weights W ...] [--method rank|mean] [--no-calibrate]
-                                               [--greedy] [--name NAME] [--now]
-    fsat [--db PATH] submission RUN_ID --out PATH
+                                               [--greedy] [--greedy-steps N] [--no-submission]
+                                               [--name NAME] [--priority N] [--now]
+    fsat [--db PATH] submission RUN_ID --out PATH [--json]
     fsat [--db PATH] tta RUN_ID [--json]
-    fsat [--db PATH] jobs | runs | workers | presets | datasets   [--json]
+    fsat [--db PATH] jobs [--status queued|running|done|failed|cancelled] [--limit N] [--json]
+    fsat [--db PATH] runs [--limit N] [--json]
     fsat [--db PATH] show RUN_ID [--fold K] [--json]
+    fsat [--db PATH] workers [--max-age SECONDS] [--json]
+    fsat [--db PATH] datasets | presets   [--json]
     fsat [--db PATH] cancel JOB_ID
+    fsat [--db PATH] wait JOB_ID [--timeout SECONDS]
+
+``--db`` defaults to ``$FSAT_DB`` or ``./experiments.db``; run folders go to
+``runs/`` beside it (``$FSAT_RUNS`` overrides). Scores, run folders and the
+TTA report are read through the run layer (``engine.runs``), the same code
+the console uses.
 
 Errors a user can cause print one clear line (naming the file, row or
 field) and exit with status 2.
@@ -213,9 +224,8 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 
 def cmd_submission(args: argparse.Namespace) -> int:
     """Write (and so validate) a submission CSV from a run's test scores."""
-    import numpy as np
-
     from engine.data.manifest import load_layout
+    from engine.runs.atomic import load_npy
     from engine.submission import score_submission, write_submission
 
     with _open(args) as store:
@@ -231,7 +241,8 @@ def cmd_submission(args: argparse.Namespace) -> int:
     if dataset is None:
         raise FsatError(f"run {args.run_id!r} is linked to no dataset, so there is no sample submission to follow")
     layout = load_layout(dataset["root"])
-    path = write_submission(args.out, layout.test.fnames, np.load(test_path),
+    test = load_npy(test_path, remedy=f"run {args.run_id} again to rewrite its test scores")
+    path = write_submission(args.out, layout.test.fnames, test,
                             sample_submission=layout.sample_submission)
     score = (score_submission(path, layout.test_truth.csv_path, layout.classes)
              if layout.test_truth is not None else None)

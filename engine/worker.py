@@ -1,6 +1,17 @@
 """The engine worker: a supervisor that runs queued jobs, one child process each.
 
-``python -m engine.worker [--db PATH] [--drain] [--executor local|ray] [--ray-address ADDRESS]``
+``python -m engine.worker [--db PATH] [--drain] [--poll SECONDS] [--lease SECONDS]
+[--executor local|ray] [--ray-address ADDRESS]``
+
+- ``--db``: the database (default ``$FSAT_DB`` or ``./experiments.db``);
+- ``--drain``: exit once no job is queued or running (default: keep polling);
+- ``--poll``: seconds between queue polls while idle (default 1);
+- ``--lease``: seconds without a heartbeat after which a running job counts
+  as abandoned and is requeued (default ``$FSAT_LEASE`` or the store's
+  ``DEFAULT_LEASE_SECONDS``);
+- ``--executor``: where a job's folds run, ``local`` (default: in the job
+  process, one after another) or ``ray`` (tasks on a Ray cluster);
+- ``--ray-address``: the cluster (``host:port``); default: a local Ray.
 
 Loop: requeue jobs whose worker died, claim one job, run it in a child
 process (``python -m engine.jobs``), watch it (heartbeat, cancel flag, exit

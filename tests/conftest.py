@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -138,3 +139,90 @@ def record_run(store, runs_root: Path, run_id: str, *, kind: str = "train", data
     if status != "running":
         store.finish_run(run_id, status=status, cv_lwlrap=cv if cv is not None else scored)
     return folder.path
+
+
+# -- trained and inferred runs, built once per session (the infer and ensemble job tests share them) ----
+
+#: Small, quick training runs: 1 s crops, a few epochs, no warmup.
+TRAIN_SETTINGS = ["--preset", "demo", "--set", "train.epochs=4", "--set", "train.patience=4",
+                  "--set", "audio.crop_seconds=1", "--set", "optim.warmup_epochs=0"]
+
+
+@dataclass
+class InferredRuns:
+    """Two trained runs (different seeds), each inferred with TTA on oof + test, and one 1-crop inference."""
+
+    db: Path
+    dataset: Path
+    train_ids: list[str]
+    infer_ids: list[str]
+    single_crop_id: str
+    seconds: float
+
+
+_BUILT: dict[str, InferredRuns] = {}
+
+
+def inferred_runs(tiny_demo: Path, tmp_path_factory) -> InferredRuns:
+    """Train and infer once per test session (the ensemble tests blend the same runs)."""
+    key = str(tiny_demo)
+    if key in _BUILT:
+        return _BUILT[key]
+    from engine.store import Store
+
+    t0 = time.perf_counter()
+    root = tmp_path_factory.mktemp("inferred")
+    db = root / "experiments.db"
+    train_ids = []
+    for seed in (1, 2):
+        job = int(run_cli("queue", "train", "--data", str(tiny_demo), *TRAIN_SETTINGS, "--set",
+                          f"train.seed={seed}", "--name", f"seed{seed}", db=db).stdout)
+        train_ids.append(f"train-{job:04d}")
+    # Jobs run in queue order, so each inference starts after its training finished.
+    infer_ids = []
+    for run_id in train_ids:
+        job = int(run_cli("queue", "infer", run_id, "--set", "infer.batch_size=64", db=db).stdout)
+        infer_ids.append(f"infer-{job:04d}")
+    job = int(run_cli("queue", "infer", train_ids[0], "--set", "infer.tta_crops=1", "--set", 'splits=["oof"]',
+                      "--name", "one crop", db=db).stdout)
+    single = f"infer-{job:04d}"
+    proc = subprocess.run(worker_cmd(db, "--drain"), cwd=root, capture_output=True, text=True, timeout=900,
+                          env=env_with_project())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    built = InferredRuns(db=db, dataset=tiny_demo, train_ids=train_ids, infer_ids=infer_ids,
+                         single_crop_id=single, seconds=time.perf_counter() - t0)
+    with Store(db) as store:
+        for job in store.list_jobs():
+            assert job["status"] == "done", (job["id"], job["kind"], job["error"])
+    _BUILT[key] = built
+    return built
+
+
+def env_with_project() -> dict:
+    """The environment for a subprocess that imports this project (it comes first on PYTHONPATH)."""
+    return dict(os.environ, PYTHONPATH=str(PROJECT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+# -- the console under Pilot ------------------------------------------------------------------------
+
+
+async def wait_until(pilot, predicate, timeout: float = 10.0, what: str = "condition") -> None:
+    """Let the app run until ``predicate()`` holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        await pilot.pause(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+async def settle_workers(pilot, app) -> None:
+    """Before a negative check: let the key presses land, then wait for every worker the app started to finish."""
+    await pilot.pause()
+    await app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+def screen_text(app) -> str:
+    """The current screen rendered to plain text, line by line."""
+    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())

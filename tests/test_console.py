@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -32,6 +31,7 @@ from fsat_console.screens.job import JobScreen
 from fsat_console.screens.main import MainScreen
 from fsat_console.screens.queue import QueueScreen, preset_about, split_overrides, train_presets
 from fsat_console.widgets.live_table import LiveTable
+from tests.conftest import screen_text, settle_workers, wait_until
 
 PROJECT = Path(__file__).resolve().parent.parent
 SIZE = (140, 45)
@@ -63,21 +63,6 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
     store = Store(db)
     yield {"db": db, "data": data, "store": store, "tmp": tmp_path}
     store.close()
-
-
-async def wait_until(pilot, predicate, timeout: float = 5.0, what: str = "condition") -> None:
-    """Let the app run until ``predicate()`` holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        await pilot.pause(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def screen_text(app) -> str:
-    """The current screen rendered to plain text, line by line."""
-    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
 
 
 def table(app, table_id: str) -> LiveTable:
@@ -489,7 +474,7 @@ async def test_job_log_observer_stops_when_the_details_close(env: dict) -> None:
         assert log.observer is None
         # Writing to the file after closing reaches nobody and breaks nothing.
         append(run_dir / "job.log", "after close\n")
-        await pilot.pause(0.2)
+        await settle_workers(pilot, app)
         assert watchdog_threads() == before
 
 

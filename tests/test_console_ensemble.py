@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +33,7 @@ from fsat_console.screens.infer import BaselineScreen, InferScreen
 from fsat_console.screens.main import MainScreen
 from fsat_console.screens.run import RunScreen
 from fsat_console.widgets.live_table import LiveTable
-from tests.conftest import record_run
+from tests.conftest import record_run, screen_text, settle_workers, wait_until
 
 PROJECT = Path(__file__).resolve().parent.parent
 SIZE = (140, 45)
@@ -122,21 +121,6 @@ def world(tmp_path: Path) -> dict:
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-async def wait_until(pilot, predicate, timeout: float = 10.0, what: str = "condition") -> None:
-    """Let the app run until ``predicate()`` holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        await pilot.pause(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def screen_text(app) -> str:
-    """The current screen rendered to plain text."""
-    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
 
 
 async def open_ensemble(pilot, app) -> EnsembleScreen:
@@ -339,7 +323,7 @@ async def test_unusable_members_are_left_out_with_a_reason(world: dict) -> None:
         assert screen.state.members() == ["train-0001"] and screen.state.weights == {"train-0001": 0.0}
         assert screen.outcome.oof_lwlrap is None and "weight is zero" in screen.outcome.error
         await pilot.press("ctrl+s")
-        await pilot.pause(0.2)
+        await settle_workers(pilot, app)
         assert world["store"].list_jobs() == []
 
         # A run that finishes while the screen is open joins the list.
@@ -456,7 +440,7 @@ async def test_i_queues_inference_with_the_chosen_tta_settings(world: dict) -> N
         assert dialog.query_one("#split-oof", Checkbox).value and dialog.query_one("#split-test", Checkbox).value
 
         await pilot.press("backspace", "0", "enter")  # K = 0: the engine's message under the field
-        await pilot.pause(0.2)
+        await settle_workers(pilot, app)
         error = dialog.query_one("#tta-crops-error", Static)
         assert app.screen is dialog and error.display
         assert "must be positive" in str(error.content)
@@ -490,7 +474,7 @@ async def test_b_queues_a_baseline_on_the_runs_dataset(world: dict) -> None:
 
         dialog.query_one("#c", Input).value = "0"
         await pilot.press("enter")
-        await pilot.pause(0.2)
+        await settle_workers(pilot, app)
         assert dialog.query_one("#c-error", Static).display
         assert "must be positive" in str(dialog.query_one("#c-error", Static).content)
         assert world["store"].list_jobs() == []

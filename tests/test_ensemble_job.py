@@ -20,7 +20,7 @@ from engine.metrics import lwlrap
 from engine.store import OOF, Store
 from engine.submission import read_sample_submission, validate_submission
 from tests.conftest import copy_dataset, run_cli, worker_cmd
-from tests.test_infer import InferredRuns, _env, inferred_runs
+from tests.conftest import InferredRuns, env_with_project as _env, inferred_runs
 
 pytestmark = pytest.mark.slow
 

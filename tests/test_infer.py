@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from engine.models.registry import build_model
 from engine.store import OOF, Job, Store
 from engine.submission import read_sample_submission, validate_submission
 from engine.train.loop import Tagger
+from tests.conftest import InferredRuns, env_with_project as _env, inferred_runs
 from tests.conftest import copy_dataset, run_cli, worker_cmd
 
 # --------------------------------------------------------------------------- placements
@@ -199,69 +199,6 @@ def test_a_silent_crop_does_not_dilute_the_audible_ones(clip_cache: WaveformCach
 
 
 # --------------------------------------------------------------------------- the infer job end to end
-
-#: Small, quick training runs: 1 s crops, a few epochs, no warmup.
-TRAIN_SETTINGS = ["--preset", "demo", "--set", "train.epochs=4", "--set", "train.patience=4",
-                  "--set", "audio.crop_seconds=1", "--set", "optim.warmup_epochs=0"]
-
-
-@dataclass
-class InferredRuns:
-    """Two trained runs (different seeds), each inferred with TTA on oof + test, and one 1-crop inference."""
-
-    db: Path
-    dataset: Path
-    train_ids: list[str]
-    infer_ids: list[str]
-    single_crop_id: str
-    seconds: float
-
-
-_BUILT: dict[str, InferredRuns] = {}
-
-
-def inferred_runs(tiny_demo: Path, tmp_path_factory) -> InferredRuns:
-    """Train and infer once per test session (the ensemble tests blend the same runs)."""
-    import time
-
-    key = str(tiny_demo)
-    if key in _BUILT:
-        return _BUILT[key]
-    t0 = time.perf_counter()
-    root = tmp_path_factory.mktemp("inferred")
-    db = root / "experiments.db"
-    train_ids = []
-    for seed in (1, 2):
-        job = int(run_cli("queue", "train", "--data", str(tiny_demo), *TRAIN_SETTINGS, "--set",
-                          f"train.seed={seed}", "--name", f"seed{seed}", db=db).stdout)
-        train_ids.append(f"train-{job:04d}")
-    # Jobs run in queue order, so each inference starts after its training finished.
-    infer_ids = []
-    for run_id in train_ids:
-        job = int(run_cli("queue", "infer", run_id, "--set", "infer.batch_size=64", db=db).stdout)
-        infer_ids.append(f"infer-{job:04d}")
-    job = int(run_cli("queue", "infer", train_ids[0], "--set", "infer.tta_crops=1", "--set", 'splits=["oof"]',
-                      "--name", "one crop", db=db).stdout)
-    single = f"infer-{job:04d}"
-    proc = subprocess.run(worker_cmd(db, "--drain"), cwd=root, capture_output=True, text=True, timeout=900,
-                          env=_env())
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    built = InferredRuns(db=db, dataset=tiny_demo, train_ids=train_ids, infer_ids=infer_ids,
-                         single_crop_id=single, seconds=time.perf_counter() - t0)
-    with Store(db) as store:
-        for job in store.list_jobs():
-            assert job["status"] == "done", (job["id"], job["kind"], job["error"])
-    _BUILT[key] = built
-    return built
-
-
-def _env() -> dict:
-    import os
-
-    from tests.conftest import PROJECT
-
-    return dict(os.environ, PYTHONPATH=str(PROJECT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-
 
 @pytest.fixture(scope="module")
 def runs(tiny_demo: Path, tmp_path_factory) -> InferredRuns:

@@ -62,9 +62,9 @@ def ray_address(tmp_path_factory) -> str:
         log.close()
 
 
-def _answers(port: int) -> bool:
+def _answers(port: int, host: str = "127.0.0.1") -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
+        with socket.create_connection((host, port), timeout=1):
             return True
     except OSError:
         return False
@@ -255,3 +255,17 @@ def test_a_dead_head_worker_requeues_and_the_resumed_job_trains_only_unfinished_
     assert sorted(r["fold"] for r in store.fold_scores(job.run_id)) == [0, 1]
     log = (Path(store.get_run(job.run_id)["run_dir"]) / "job.log").read_text()
     assert f"fold {min(done_before)}: already finished, kept" in log
+
+
+def test_a_ray_worker_without_an_address_starts_a_local_ray_that_ends_with_it(db_path: Path, spawn_worker):
+    job_id = int(run_cli("queue", "probe", db=db_path).stdout)
+    worker = spawn_worker(db_path, "--executor", "ray", "--drain", env={"RAY_worker_niceness": "0"})
+    assert worker.wait(timeout=300) == 0
+    store = Store(db_path)
+    assert store.get_job(job_id).status == "done"
+    (row,) = store._query("SELECT executor, cluster FROM workers")
+    cluster = json.loads(row["cluster"])
+    assert row["executor"] == "ray" and cluster["nodes"] == 1 and cluster["cpus"] == os.cpu_count()
+    # The worker's own cluster stopped with it: nothing answers at its address any more.
+    host, port = cluster["address"].rsplit(":", 1)
+    wait_for(lambda: not _answers(int(port), host), timeout=30, what="the worker's local Ray to stop")

@@ -115,7 +115,7 @@ def test_both_resume_files_damaged_restarts_the_fold(tiny_demo: Path, tmp_path: 
 _SEAM_SCRIPT = """
 import os, signal, sys
 from pathlib import Path
-from engine.jobs.common import prepare_dataset
+from engine.jobs.common import configure_threads, prepare_dataset
 from engine.jobs.train import FoldTask, train_fold_task
 from engine.models.registry import frontend_from_spec
 from engine.features.frontend import compute_mel_stats
@@ -126,6 +126,7 @@ from engine.specs import resolve_spec, to_dict
 from engine.store import Store
 
 db, root, run_id, marker = sys.argv[1:5]
+configure_threads()  # as the job child does, so the scores match a worker's run bit for bit
 store = Store(db)
 spec = resolve_spec("train", preset="demo", data_root=root, overrides=[
     "train.epochs=4", "train.patience=4", "train.folds=[0]", "audio.crop_seconds=1", "optim.warmup_epochs=0"])
@@ -153,7 +154,7 @@ train_fold_task(task, KillBeforeRecording(store, run_id, log=lambda line: print(
 
 
 @pytest.mark.slow
-def test_a_kill_between_an_epoch_and_its_row_loses_no_epoch(tiny_demo: Path, tmp_path: Path):
+def test_a_kill_between_an_epoch_and_its_row_loses_no_epoch(tiny_demo: Path, tmp_path: Path, uninterrupted):
     """Through the fold seam in a real process: killed as epoch 1 is about to be recorded, then resumed."""
     db = tmp_path / "experiments.db"
     env = dict(os.environ, PYTHONPATH=str(PROJECT))
@@ -168,11 +169,9 @@ def test_a_kill_between_an_epoch_and_its_row_loses_no_epoch(tiny_demo: Path, tmp
     assert [r["epoch"] for r in store.epochs("train-kill")] == [0]
     resumed = fold("train-kill", str(tmp_path / "killed-once"))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    reference = fold("train-whole", "-")
-    assert reference.returncode == 0, reference.stderr[-2000:]
-    # Every epoch exactly once, with the values of the fold trained in one go.
+    # Every epoch exactly once, with the values of the fold trained in one go by a worker.
     assert [r["epoch"] for r in store.epochs("train-kill")] == [0, 1, 2, 3]
-    assert _val_lwlrap(store, "train-kill") == _val_lwlrap(store, "train-whole")
+    assert _val_lwlrap(store, "train-kill") == uninterrupted
     assert resumed.stdout.count("fold 0 epoch 1:") == 1 and "resuming at epoch 1" in resumed.stdout
 
 

@@ -30,7 +30,8 @@ from engine.ensemble import Member, blend, greedy_forward_selection
 from engine.errors import ConfigError, FsatError
 from engine.jobs.context import JobContext, environment_record, git_commit
 from engine.metrics import lwlrap
-from engine.runs.members import MemberProblem, check_oof, check_test, read_scores
+from engine.runs.members import (MemberProblem, calibration_folds, check_oof, check_test, fold_of_clips,
+                                 read_scores)
 from engine.runs.folder import RunFolder
 from engine.runs.kinds import has_fold_checkpoints
 from engine.runs.scores import record_fold_scores, score_test
@@ -179,15 +180,15 @@ def build_ensemble(store: Store, spec: EnsembleSpec, *, run_id: str, run_dir: Pa
         weights = greedy_weights.tolist()
         log("greedy selection: " + " -> ".join(f"{members[i].name} ({s:.4f})" for i, s in zip(picks, history)))
     stored_folds = store.get_folds(loaded.dataset["id"])
-    fold_of = np.array([stored_folds.get(f, -1) for f in loaded.layout.curated.fnames])
+    fold_of = fold_of_clips(loaded.layout.curated.fnames, stored_folds)
     # Calibration of the OOF rows is cross-fitted over the dataset's folds, so the
     # recorded OOF score is a held-out one; without stored folds it is in-sample.
-    calibration_folds = fold_of if stored_folds and (fold_of >= 0).all() else None
-    if spec.calibrate and calibration_folds is None:
+    cross_fit = calibration_folds(loaded.layout.curated.fnames, stored_folds)
+    if spec.calibrate and cross_fit is None:
         log("note: the dataset has no stored folds for every curated clip; the calibrated OOF score is in-sample")
     try:
         result = blend(members, truth, weights=weights, method=spec.method, calibrate=spec.calibrate,
-                       folds=calibration_folds)
+                       folds=cross_fit)
     except ValueError as err:
         raise FsatError(f"cannot blend {', '.join(spec.members)}: {err}") from None
     classes = loaded.layout.classes

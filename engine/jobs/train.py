@@ -35,7 +35,6 @@ import copy
 import dataclasses
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -182,7 +181,8 @@ class FoldTask:
     number); ``folds`` the dataset's stored fold of every curated clip (CSV
     order). ``initial_checkpoint`` starts the fold from those weights (a
     ``best.pt``) instead of the spec's pretrained ones; ``extra`` adds
-    training clips; ``tag`` marks every epoch record (a curriculum stage).
+    training clips (in place of the noisy set ``loss.noisy_weight`` would add);
+    ``tag`` marks every epoch record (a curriculum stage).
     ``mel_stats`` is ``(mean, std)``; None reads the run folder's ``mel_stats.npz``.
     """
 
@@ -378,9 +378,9 @@ def _finished_fold_rows(folder: RunFolder, fold: int, log) -> np.ndarray | None:
     if not (folder.best(fold).exists() and path.exists()):
         return None
     try:
-        return folder.load_array(path)
+        return folder.load_array(path, remedy=f"training fold {fold} again")
     except DamagedFile as err:
-        log(f"{err.path}: damaged ({str(err).split('(', 1)[-1].split(')')[0][:120]}); training fold {fold} again")
+        log(str(err))
         return None
 
 

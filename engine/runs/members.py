@@ -27,10 +27,28 @@ if TYPE_CHECKING:
     import numpy as np
 
 __all__ = ["BlendBench", "BlendOutcome", "BlendState", "Candidate", "GREEDY_STEPS", "MemberProblem",
-           "check_oof", "check_test", "cv_weights", "ensemble_spec", "find_candidates", "read_scores"]
+           "calibration_folds", "check_oof", "check_test", "cv_weights", "fold_of_clips", "ensemble_spec", "find_candidates", "read_scores"]
 
 #: Picks of greedy forward selection (the ensemble spec's default ``greedy_steps``).
 GREEDY_STEPS = 20
+
+
+def fold_of_clips(fnames: Sequence[str], folds: dict[str, int] | None) -> "np.ndarray":
+    """The stored fold of each curated clip (in ``fnames`` order), -1 where a clip has none."""
+    import numpy as np
+
+    folds = folds or {}
+    return np.array([folds.get(f, -1) for f in fnames], dtype=np.int64)
+
+
+def calibration_folds(fnames: Sequence[str], folds: dict[str, int] | None) -> "np.ndarray | None":
+    """The folds a calibrated blend is cross-fitted over: every clip's stored fold, or None unless all have one.
+
+    The ensemble job and the console's blend both call this, so a calibrated
+    OOF score is cross-fitted (held out) in both or in-sample in both.
+    """
+    fold_of = fold_of_clips(fnames, folds)
+    return fold_of if folds and len(fold_of) and (fold_of >= 0).all() else None
 
 
 def read_scores(path: Path) -> "np.ndarray":
@@ -288,14 +306,8 @@ class BlendBench:
 
     def fold_rows(self, dataset: dict, folds: dict[str, int] | None) -> "np.ndarray | None":
         """The stored fold of each curated clip in CSV order, or None unless every clip has one."""
-        import numpy as np
-
-        if not folds:
-            return None
         self.truth(dataset)
-        fnames = self._truth[int(dataset["id"])][1][0]
-        fold_of = np.array([folds.get(f, -1) for f in fnames])
-        return fold_of if (fold_of >= 0).all() else None
+        return calibration_folds(self._truth[int(dataset["id"])][1][0], folds)
 
     def member_oof(self, candidate: Candidate, dataset: dict, truth: "np.ndarray") -> tuple["np.ndarray", float]:
         """A member's OOF scores checked against the truth, and its own OOF LWLRAP; MemberProblem if unusable."""

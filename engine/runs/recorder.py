@@ -91,6 +91,10 @@ class ListRecorder:
 class StoreRecorder:
     """Writes a fold's epochs to the store (one row per epoch, replaced when a resumed epoch is re-run).
 
+    The ``epochs`` table has no stage column yet: a record's ``tag`` reaches
+    the job log line, and a job that trains stages keeps them apart in the
+    store (the curriculum job's own schema step).
+
     ``progress`` and ``log`` are the job's (``JobContext.progress`` and
     ``.log``); ``span`` is the ``(start, width)`` of the job's progress bar
     that this fold fills.

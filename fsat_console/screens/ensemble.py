@@ -44,8 +44,8 @@ from textual.worker import get_current_worker
 
 from engine import specs
 from engine.errors import ConfigError, FsatError
-from engine.runs.members import (GREEDY_STEPS, BlendBench, BlendOutcome, BlendState, Candidate, MemberProblem,
-                                 cv_weights, ensemble_spec, find_candidates)
+from engine.runs.members import (GREEDY_STEPS, BlendBench, BlendOutcome, BlendState, Candidate, cv_weights,
+                                 ensemble_spec, find_candidates)
 from fsat_console.formatting import fmt_score, shorten
 from fsat_console.live import Overview
 from fsat_console.screens.queue import try_enqueue
