@@ -26,8 +26,17 @@ from tests.conftest import PROJECT, wait_for
 @pytest.fixture(scope="module")
 def cluster():
     """A local Ray for this module: 2 CPUs, 2 logical GPUs; shut down (no raylet left) at the end."""
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False,
-             object_store_memory=80 * 1024 * 1024, _system_config={"worker_niceness": 0})
+    # Ray's workers run at nice 15 by default; on a machine shared with other work that only slows the tests.
+    before = os.environ.get("RAY_worker_niceness")
+    os.environ["RAY_worker_niceness"] = "0"
+    try:
+        ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False,
+                 object_store_memory=80 * 1024 * 1024)
+    finally:
+        if before is None:
+            os.environ.pop("RAY_worker_niceness")
+        else:
+            os.environ["RAY_worker_niceness"] = before
     executor = RayExecutor()
     yield executor
     ray.shutdown()

@@ -88,7 +88,9 @@ def connect(address: str | None = None, **init_kwargs: Any) -> str:
     # cancel rely on ours, so they are put back.
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        ray.init(address=address or None, **init_kwargs)
+        # "local" starts a new cluster: without an address Ray would join whatever cluster this
+        # machine last started (its /tmp/ray/ray_current_cluster), another user's perhaps.
+        ray.init(address=address or "local", **init_kwargs)
     except (ConnectionError, RuntimeError) as err:
         raise ClusterError(f"cannot connect to the Ray cluster at {address or 'a new local cluster'}: "
                            f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
