@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -40,11 +41,12 @@ from typing import Any, Sequence
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from engine.errors import FsatError
 from engine.runs.kinds import has_fold_checkpoints
 from engine.runs.reports import tta_gain_report
-from engine.store import OOF, Store, default_db_path
+from engine.store import FINISHED_STATES, JOB_STATES, OOF, Store, default_db_path
 
 console = Console()
 err_console = Console(stderr=True)
@@ -74,8 +76,14 @@ def _emit(args: argparse.Namespace, rows: Any, title: str, columns: Sequence[str
         console.print(_table(title, rows, columns))
 
 
-def _open(args: argparse.Namespace) -> Store:
-    return Store(args.db or default_db_path())
+def _open(args: argparse.Namespace, *, create: bool = True) -> Store:
+    """Open the database for writing (creating it unless ``create`` is False)."""
+    return Store(args.db or default_db_path(), create=create)
+
+
+def _read(args: argparse.Namespace) -> Store:
+    """Open the database for reading: never waits on a writer, never creates or upgrades the file."""
+    return Store(args.db or default_db_path(), readonly=True)
 
 
 # -- commands --------------------------------------------------------------------------
@@ -145,9 +153,16 @@ def cmd_queue(args: argparse.Namespace) -> int:
     from engine.specs import resolve_spec, to_dict
 
     if args.kind == "probe":
-        from engine.specs import apply_overrides
+        from engine.errors import ConfigError
+        from engine.jobs.probe import check_spec
+        from engine.specs import apply_overrides, override_for
 
         spec_dict = apply_overrides({}, args.set or [])
+        try:
+            check_spec(spec_dict)
+        except ConfigError as err:
+            blamed = override_for(err.field, args.set or [])
+            raise ConfigError(err.reason, field=err.field, file=f"--set {blamed}" if blamed else None) from None
         name = args.name or "probe"
     else:
         if args.data:
@@ -163,12 +178,36 @@ def cmd_queue(args: argparse.Namespace) -> int:
         spec_dict = to_dict(spec)
         name = spec.name or (args.preset or _default_name(args.kind, spec_dict))
     with _open(args) as store:
+        _check_runs_exist(store, args.kind, spec_dict)
         job_id = store.enqueue(args.kind, spec_dict, name=name, priority=args.priority)
     if args.json:
         print(json.dumps({"job_id": job_id, "kind": args.kind, "name": name}))
     else:
         print(job_id)
     return 0
+
+
+def _check_runs_exist(store: Store, kind: str, spec: dict) -> None:
+    """Refuse at queue time an infer of a run, or an ensemble of members, that will never exist.
+
+    A run counts when it is in the database or a queued or running job will
+    write it (jobs run in queue order, so a job may name the run of a job
+    queued before it).
+    """
+    if kind not in ("infer", "ensemble"):
+        return
+    from engine.worker import default_run_id
+
+    wanted = [spec["run_id"]] if kind == "infer" else list(spec.get("members", []))
+    pending = {r["run_id"] or default_run_id(r["kind"], r["id"])
+               for status in ("queued", "running") for r in store.list_jobs(status=status, limit=10**9)}
+    missing = [r for r in wanted if r not in pending and store.get_run(r) is None]
+    if not missing:
+        return
+    names = ", ".join(repr(m) for m in missing)
+    if kind == "infer":
+        raise FsatError(f"run_id: no run {names} to infer with, and no queued job makes it (see `fsat runs`)")
+    raise FsatError(f"members: no run {names} in the database, and no queued job makes it (see `fsat runs`)")
 
 
 def _default_name(kind: str, spec: dict) -> str:
@@ -194,6 +233,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     spec = from_dict(EnsembleSpec, data)
     if not args.now:
         with _open(args) as store:
+            _check_runs_exist(store, "ensemble", data)
             job_id = store.enqueue("ensemble", to_dict(spec), name=spec.name or _default_name("ensemble", data),
                                    priority=args.priority)
         if args.json:
@@ -228,7 +268,7 @@ def cmd_submission(args: argparse.Namespace) -> int:
     from engine.runs.atomic import load_npy
     from engine.submission import score_submission, write_submission
 
-    with _open(args) as store:
+    with _read(args) as store:
         run = store.get_run(args.run_id)
         if run is None:
             raise FsatError(f"no run {args.run_id!r} (see `fsat runs`)")
@@ -256,7 +296,7 @@ def cmd_submission(args: argparse.Namespace) -> int:
 
 
 def cmd_tta(args: argparse.Namespace) -> int:
-    with _open(args) as store:
+    with _read(args) as store:
         report = tta_gain_report(store, args.run_id)
     if args.json:
         print(json.dumps(report, indent=2))
@@ -278,7 +318,7 @@ def _signed(value: float | None) -> str:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    with _open(args) as store:
+    with _read(args) as store:
         rows = store.list_jobs(status=args.status, limit=args.limit)
     for r in rows:
         r["progress"] = round(r["progress"], 4)
@@ -287,7 +327,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    with _open(args) as store:
+    with _read(args) as store:
         rows = store.list_runs(limit=args.limit)
     _emit(args, rows, "runs", ["run_id", "kind", "name", "model", "status", "folds_done", "cv_lwlrap",
                                "mean_fold_lwlrap", "test_lwlrap", "created"])
@@ -295,14 +335,14 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_workers(args: argparse.Namespace) -> int:
-    with _open(args) as store:
+    with _read(args) as store:
         rows = store.live_workers(max_age=args.max_age)
     _emit(args, rows, "live workers", ["id", "pid", "host", "status", "job_id"])
     return 0
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
-    with _open(args) as store:
+    with _read(args) as store:
         rows = store.list_datasets()
     _emit(args, rows, "datasets", ["id", "name", "root", "n_curated", "n_noisy", "n_test", "n_folds"])
     return 0
@@ -317,7 +357,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    with _open(args) as store:
+    with _read(args) as store:
         run = store.get_run(args.run_id)
         if run is None:
             raise FsatError(f"no run {args.run_id!r} (see `fsat runs`)")
@@ -346,7 +386,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    with _open(args) as store:
+    with _open(args, create=False) as store:
         status = store.request_cancel(args.job_id)
     if status == "running":
         print(f"job {args.job_id}: cancel requested; its worker stops it within seconds")
@@ -357,11 +397,11 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_wait(args: argparse.Namespace) -> int:
     """Wait until a job ends; exit 0 when done, 1 otherwise."""
-    with _open(args) as store:
+    with _read(args) as store:
         deadline = time.monotonic() + args.timeout if args.timeout else None
         while True:
             job = store.get_job(args.job_id)
-            if job.status in ("done", "failed", "cancelled"):
+            if job.status in FINISHED_STATES:
                 print(f"job {job.id}: {job.status} {job.error or job.message}")
                 return 0 if job.status == "done" else 1
             if deadline and time.monotonic() > deadline:
@@ -427,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_id")
 
     p = add("jobs", cmd_jobs, "list jobs", listing=True)
-    p.add_argument("--status", choices=["queued", "running", "done", "failed", "cancelled"])
+    p.add_argument("--status", choices=JOB_STATES)
     p.add_argument("--limit", type=int, default=100)
 
     p = add("runs", cmd_runs, "list runs with their scores", listing=True)
@@ -457,7 +497,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except FsatError as err:
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        err_console.print(Text.assemble(("error:", "bold red"), f" {err}"), highlight=False, soft_wrap=True)
+        return 2
+    except sqlite3.Error as err:
+        # An SQLite error the store did not foresee: still one line, naming the database.
+        err_console.print(f"error: {args.db or default_db_path()}: {err}", highlight=False, soft_wrap=True,
+                          markup=False)
         return 2
 
 

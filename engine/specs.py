@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import tomllib
 import types
 import typing
@@ -711,7 +712,26 @@ def resolve_spec(kind: str, *, preset: str | None = None, config: Path | str | N
     if data_root:
         data = apply_overrides(data, [f"data.root={json.dumps(str(Path(data_root).resolve()))}"])
     data = apply_overrides(data, overrides or [])
-    return from_dict(cls, data, source=source)
+    try:
+        return from_dict(cls, data, source=source)
+    except ConfigError as err:
+        blamed = override_for(err.field, overrides or [])
+        if blamed is None:
+            raise
+        # The value came from the command line, not from the preset file.
+        raise ConfigError(err.reason, field=err.field, file=f"--set {blamed}") from None
+
+
+def override_for(field: str | None, overrides: list[str]) -> str | None:
+    """The last ``key=value`` override that set ``field`` (or a section holding it), else None."""
+    if not field:
+        return None
+    field = re.sub(r"\[\d+\]", "", field)
+    for text in reversed(overrides):
+        key = text.split("=", 1)[0].strip()
+        if field == key or field.startswith(key + ".") or key.startswith(field + "."):
+            return text
+    return None
 
 
 def spec_from_json(kind: str, data: dict) -> Any:

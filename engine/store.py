@@ -4,11 +4,14 @@ This is the only module that writes SQL. Every process (the console, each
 worker, each job child) opens its own connection: WAL mode so readers never
 block the writer, ``busy_timeout`` so a briefly held lock waits instead of
 failing, and every write is one short ``BEGIN IMMEDIATE`` transaction so two
-writers never deadlock upgrading a read lock.
+writers never deadlock upgrading a read lock. Readers open the file
+read-only (:class:`Store` with ``readonly=True``) and never write, not even
+the schema, so they never wait on a writer.
 
-Job states: ``queued -> running -> done | failed | cancelled``. A running job
-whose heartbeat went stale (its worker died) goes back to ``queued`` until it
-has used ``max_attempts``, then it is failed with a message saying so.
+Job states are :data:`JOB_STATES`. A running job whose heartbeat is older
+than the lease stored with its claim (its worker died) goes back to
+``queued`` until it has used ``max_attempts``, then it is failed with a
+message saying so. Parameters are always named (``:job_id``).
 """
 
 from __future__ import annotations
@@ -23,13 +26,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
+from urllib.parse import quote
 
 from engine.errors import FsatError, QueueFull
 
 
 #: Job kinds the worker knows how to run (``probe`` is a diagnostic that checks a worker setup).
 JOB_KINDS = ("train", "curriculum", "infer", "baseline", "ensemble", "probe")
+#: Every state a job can be in, in the order a job moves through them:
+#: ``queued -> running -> done | failed | cancelled`` (a running job whose
+#: worker died goes back to ``queued``). The jobs table's CHECK constraint
+#: holds exactly these (tests/test_queue.py checks the two agree).
 JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
+#: The states a job never leaves.
+FINISHED_STATES = ("done", "failed", "cancelled")
 #: ``class_scores.fold`` value for the out-of-fold scores of a run.
 OOF = -1
 
@@ -176,6 +186,31 @@ def _migrate_v1(c: sqlite3.Connection) -> None:
         c.execute(stmt)
 
 
+def _migrate_v2(c: sqlite3.Connection) -> None:
+    """Leases travel with the claim: each running job and each worker keep their own lease.
+
+    Rows written before this step get the lease every worker used then
+    (30 s), so an old running job is judged as its worker would have.
+    """
+    c.execute(f"ALTER TABLE jobs ADD COLUMN lease_seconds REAL NOT NULL DEFAULT {DEFAULT_LEASE_SECONDS!r}")
+    c.execute(f"ALTER TABLE workers ADD COLUMN lease_seconds REAL NOT NULL DEFAULT {DEFAULT_LEASE_SECONDS!r}")
+
+
+def _migrate_v3(c: sqlite3.Connection) -> None:
+    """run_summary gains parent_run_id, dataset_id and run_dir; runs are indexed by parent for child queries."""
+    c.execute("DROP VIEW IF EXISTS run_summary")
+    c.execute("""
+CREATE VIEW run_summary AS
+SELECT r.id AS run_id, r.kind, r.name, r.model, r.status, r.cv_lwlrap, r.test_lwlrap,
+       (SELECT COUNT(*) FROM fold_scores f WHERE f.run_id = r.id) AS folds_done,
+       (SELECT AVG(f.lwlrap) FROM fold_scores f WHERE f.run_id = r.id) AS mean_fold_lwlrap,
+       r.seed, r.device, r.job_id, d.name AS dataset,
+       datetime(r.created_at, 'unixepoch') AS created,
+       r.parent_run_id, r.dataset_id, r.run_dir
+FROM runs r LEFT JOIN datasets d ON d.id = r.dataset_id""")
+    c.execute("CREATE INDEX IF NOT EXISTS runs_parent ON runs(parent_run_id)")
+
+
 def _migrate_v7(c: sqlite3.Connection) -> None:
     """Executors: which executor a worker uses and its cluster, and where each fold of a job runs."""
     c.execute("ALTER TABLE workers ADD COLUMN executor TEXT NOT NULL DEFAULT 'local'")
@@ -202,23 +237,9 @@ def _migrate_v7(c: sqlite3.Connection) -> None:
 #: two processes opening an old file upgrade it once. Each step is written
 #: against the schema the step before it left, never against today's tables;
 #: add a step at the end, never edit a released one.
-def _migrate_v3(c: sqlite3.Connection) -> None:
-    """run_summary gains parent_run_id, dataset_id and run_dir; runs are indexed by parent for child queries."""
-    c.execute("DROP VIEW IF EXISTS run_summary")
-    c.execute("""
-CREATE VIEW run_summary AS
-SELECT r.id AS run_id, r.kind, r.name, r.model, r.status, r.cv_lwlrap, r.test_lwlrap,
-       (SELECT COUNT(*) FROM fold_scores f WHERE f.run_id = r.id) AS folds_done,
-       (SELECT AVG(f.lwlrap) FROM fold_scores f WHERE f.run_id = r.id) AS mean_fold_lwlrap,
-       r.seed, r.device, r.job_id, d.name AS dataset,
-       datetime(r.created_at, 'unixepoch') AS created,
-       r.parent_run_id, r.dataset_id, r.run_dir
-FROM runs r LEFT JOIN datasets d ON d.id = r.dataset_id""")
-    c.execute("CREATE INDEX IF NOT EXISTS runs_parent ON runs(parent_run_id)")
-
-
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite3.Connection], None]]] = [
     (1, "first schema", _migrate_v1),
+    (2, "per-job and per-worker lease (jobs.lease_seconds, workers.lease_seconds)", _migrate_v2),
     (3, "run_summary: parent_run_id, dataset_id, run_dir; runs indexed by parent", _migrate_v3),
     (7, "executors: workers.executor and workers.cluster, fold_tasks", _migrate_v7),
 ]
@@ -228,7 +249,7 @@ SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
 class StoreError(FsatError):
-    """A store operation that cannot be done (unknown job, wrong state)."""
+    """A store operation that cannot be done (unknown job, wrong state, a database that cannot be used)."""
 
 
 @dataclass
@@ -254,10 +275,11 @@ class Job:
     error: str | None
     traceback: str | None
     cancel_requested: bool
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> "Job":
-        """Build a Job from a ``SELECT * FROM jobs`` row."""
+    def from_row(cls, row: sqlite3.Row | dict) -> "Job":
+        """Build a Job from a ``SELECT * FROM jobs`` row (of any schema version this code reads)."""
         d = dict(row)
         d["spec"] = json.loads(d["spec"])
         d["cancel_requested"] = bool(d["cancel_requested"])
@@ -288,61 +310,166 @@ def _rows(cur: sqlite3.Cursor) -> list[dict]:
 class Store:
     """A connection to ``experiments.db`` with the queue and score operations.
 
-    One Store may be shared between threads (calls are serialised by a lock);
-    separate processes each open their own Store. ``schema_version`` stops
-    the upgrade at an older version: tests use it to write a database as an
-    older release did, then open it with today's code.
+    Three ways to open it:
+
+    - ``Store(path)`` opens for writing (workers, job processes, ``fsat
+      queue``): it creates the file and upgrades the schema when needed.
+    - ``Store(path, readonly=True)`` opens for reading (listings, the
+      console's polls): the file must exist; nothing is written, not even
+      the schema (``PRAGMA query_only``), so a reader never waits on a
+      writer's lock.
+    - ``Store(path, lazy=True)`` (the console) reads like ``readonly`` and
+      opens its writing connection, with any upgrade, on the first write.
+      A missing file is created at once.
+
+    A database that cannot be used (not an SQLite file, a newer schema, a
+    missing file for a reader, a read-only file for a writer) raises
+    :class:`StoreError` with one line naming the file. One Store may be
+    shared between threads; separate processes each open their own.
+    ``schema_version`` stops the upgrade at an older version: tests use it
+    to write a database as an older release did.
     """
 
     def __init__(self, path: Path | str, *, readonly: bool = False, timeout: float = 30.0,
-                 schema_version: int | None = None) -> None:
+                 schema_version: int | None = None, lazy: bool = False, create: bool = True) -> None:
         self.path = Path(path)
         self.readonly = readonly
-        self._lock = threading.RLock()
-        if readonly:
-            if not self.path.exists():
-                raise FsatError(f"{self.path}: no such database (start a worker or the console to create it)")
-            uri = f"file:{self.path.resolve()}?mode=ro"
-            self.conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=timeout,
-                                        check_same_thread=False)
+        self.timeout = timeout
+        self._target = schema_version
+        self._create = create
+        self._writer: sqlite3.Connection | None = None
+        if readonly or (lazy and self.path.exists()):
+            # Reads and writes use separate connections, so a write waiting for
+            # another process's lock never holds up a read.
+            self._read_lock = threading.RLock()
+            self._write_lock = threading.RLock()
+            self.conn = self._open_reader()
         else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=timeout,
-                                        check_same_thread=False)
-        self.conn.row_factory = sqlite3.Row
-        self.conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-        if not readonly:
-            self.conn.execute("PRAGMA foreign_keys = ON")
-            self._enable_wal(timeout)
-            self.conn.execute("PRAGMA synchronous = NORMAL")
-            self._migrate(target=schema_version)
+            self._read_lock = self._write_lock = threading.RLock()
+            self.conn = self._writer = self._open_writer()
 
     # -- plumbing -----------------------------------------------------------------
 
-    def _enable_wal(self, timeout: float) -> None:
+    def _open_reader(self) -> sqlite3.Connection:
+        """A read-only connection: no schema write, no WAL switch, no migration."""
+        if not self.path.exists():
+            raise StoreError(f"{self.path}: no such database; check the path (--db or $FSAT_DB), "
+                             "or queue a job or start a worker there to create one")
+        if self.path.is_dir():
+            raise StoreError(f"{self.path}: is a folder, not a database file")
+        resolved = quote(str(self.path.resolve()))
+        # A WAL database in a folder nobody may write to can only be read as
+        # immutable: there the -shm file cannot be made, and no writer can work either.
+        flags = "mode=ro" if os.access(self.path.resolve().parent, os.W_OK) else "mode=ro&immutable=1"
+        try:
+            conn = sqlite3.connect(f"file:{resolved}?{flags}", uri=True, isolation_level=None,
+                                   timeout=self.timeout, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+            conn.execute("PRAGMA query_only = ON")
+            version = self._check_version(conn)
+        except sqlite3.Error as err:
+            raise self._error(err) from None
+        if version == 0:
+            conn.close()
+            raise StoreError(f"{self.path}: an SQLite file without the fsat-console schema; "
+                             "check the path (--db or $FSAT_DB)")
+        return conn
+
+    def _open_writer(self) -> sqlite3.Connection:
+        """The writing connection: creates the file, switches it to WAL and upgrades its schema."""
+        if not self.path.exists() and not self._create:
+            raise StoreError(f"{self.path}: no such database; check the path (--db or $FSAT_DB)")
+        if self.path.is_dir():
+            raise StoreError(f"{self.path}: is a folder, not a database file")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StoreError(f"{self.path}: cannot create its folder: {err.strerror}") from None
+        if self.path.exists() and not (os.access(self.path, os.W_OK) and os.access(self.path.parent, os.W_OK)):
+            what = "file" if not os.access(self.path, os.W_OK) else f"folder {self.path.parent}"
+            raise StoreError(f"{self.path}: the database is read-only (its {what} cannot be written); "
+                             "listings work, but nothing can be queued, cancelled or run on it")
+        try:
+            conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=self.timeout,
+                                   check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            version = self._check_version(conn)
+            target = SCHEMA_VERSION if self._target is None else self._target
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                self._enable_wal(conn)
+            conn.execute("PRAGMA synchronous = NORMAL")
+            if version < target:
+                self._migrate(conn, target)
+        except sqlite3.Error as err:
+            raise self._error(err) from None
+        return conn
+
+    def _check_version(self, conn: sqlite3.Connection) -> int:
+        """The file's schema version; refuses a file that is not a database or is newer than this code."""
+        try:
+            version = _read_schema_version(conn)
+        except sqlite3.DatabaseError as err:
+            if "not a database" in str(err) or "malformed" in str(err):
+                raise StoreError(f"{self.path}: not an SQLite database ({err}); "
+                                 "check the path (--db or $FSAT_DB)") from None
+            raise
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path}: schema version {version} is newer than this fsat-console "
+                f"({SCHEMA_VERSION}); upgrade fsat-console")
+        return version
+
+    def _error(self, err: sqlite3.Error) -> FsatError:
+        """One line naming the file for an SQLite error a user can cause or fix."""
+        if isinstance(err, FsatError):
+            return err
+        message = str(err)
+        if "readonly" in message or "read-only" in message:
+            return StoreError(f"{self.path}: the database is read-only ({message}); listings work, but "
+                              "nothing can be queued, cancelled or run on it; make the file and its folder "
+                              "writable")
+        if "locked" in message or "busy" in message:
+            return StoreError(f"{self.path}: another process held the database's write lock for more than "
+                              f"{self.timeout:g} s ({message}); try again")
+        if "unable to open" in message:
+            return StoreError(f"{self.path}: cannot open the database ({message}); check the path and "
+                              "the folder's permissions")
+        if "not a database" in message or "malformed" in message:
+            return StoreError(f"{self.path}: not an SQLite database ({message})")
+        if "disk I/O" in message or "full" in message:
+            return StoreError(f"{self.path}: cannot write the database ({message})")
+        return StoreError(f"{self.path}: {message}")
+
+    def _enable_wal(self, conn: sqlite3.Connection) -> None:
         """Switch the file to WAL, retrying while other processes hold it.
 
         The switch needs a moment of exclusive access, and SQLite can answer
         "database is locked" at once instead of waiting on ``busy_timeout``
         when several processes open a fresh file together; so retry with a
-        short backoff until ``timeout``.
+        short backoff until the timeout.
         """
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + self.timeout
         delay = 0.002
         while True:
             try:
-                self.conn.execute("PRAGMA journal_mode = WAL").fetchone()
+                conn.execute("PRAGMA journal_mode = WAL").fetchone()
                 return
             except sqlite3.OperationalError as err:
                 message = str(err)
                 if ("locked" not in message and "busy" not in message) or time.monotonic() >= deadline:
-                    raise StoreError(f"{self.path}: cannot switch the database to WAL mode: {message}") from err
+                    raise self._error(err) from None
                 time.sleep(delay)
                 delay = min(delay * 2, 0.1)
 
     def close(self) -> None:
-        """Close the connection."""
-        with self._lock:
+        """Close the connections."""
+        with self._write_lock:
+            if self._writer is not None and self._writer is not self.conn:
+                self._writer.close()
+        with self._read_lock:
             self.conn.close()
 
     def __enter__(self) -> "Store":
@@ -351,43 +478,87 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _writer_conn(self) -> sqlite3.Connection:
+        if self._writer is None:
+            if self.readonly:
+                raise StoreError(f"{self.path}: opened for reading only")
+            self._writer = self._open_writer()
+        return self._writer
+
     @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """One short ``BEGIN IMMEDIATE`` transaction; commits on success, rolls back on error."""
-        with self._lock:
-            self.conn.execute("BEGIN IMMEDIATE")
+    def write(self, *, on_wait: Callable[[], None] | None = None) -> Iterator[sqlite3.Connection]:
+        """One short ``BEGIN IMMEDIATE`` transaction; commits on success, rolls back on error.
+
+        ``on_wait`` is called once when another process holds the write lock,
+        before waiting for it (up to the timeout), so an interface can say so.
+        An SQLite error a user can fix (read-only file, a lock held too long)
+        becomes a StoreError naming the file.
+        """
+        with self._write_lock:
+            conn = self._writer_conn()
             try:
-                yield self.conn
+                self._begin(conn, on_wait)
+            except sqlite3.Error as err:
+                raise self._error(err) from None
+            try:
+                yield conn
+            except sqlite3.OperationalError as err:
+                conn.execute("ROLLBACK")
+                raise self._error(err) from None
             except BaseException:
-                self.conn.execute("ROLLBACK")
+                conn.execute("ROLLBACK")
                 raise
             else:
-                self.conn.execute("COMMIT")
+                try:
+                    conn.execute("COMMIT")
+                except sqlite3.Error as err:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise self._error(err) from None
+
+    def _begin(self, conn: sqlite3.Connection, on_wait: Callable[[], None] | None) -> None:
+        if on_wait is None:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) and "busy" not in str(err):
+                raise
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+        on_wait()
+        conn.execute("BEGIN IMMEDIATE")
 
     def _query(self, sql: str, params: Sequence[Any] | dict = ()) -> list[dict]:
-        with self._lock:
-            return _rows(self.conn.execute(sql, params))
+        with self._read_lock:
+            try:
+                return _rows(self.conn.execute(sql, params))
+            except sqlite3.DatabaseError as err:
+                raise self._error(err) from None
 
-    def _migrate(self, *, target: int | None = None) -> None:
-        """Bring the schema to ``target`` (default: this code's version) through :data:`MIGRATIONS`.
+    def _migrate(self, conn: sqlite3.Connection, target: int) -> None:
+        """Bring the schema to ``target`` through :data:`MIGRATIONS`, in one transaction.
 
         Several processes may start on a fresh or old file at once: the
         IMMEDIATE lock makes exactly one of them run the steps, the rest see
         them done. ``target`` below the current version exists for tests that
         build a database as an older release wrote it.
         """
-        target = SCHEMA_VERSION if target is None else target
-        with self.write() as c:
-            version = _read_schema_version(c)
-            if version > SCHEMA_VERSION:
-                raise FsatError(
-                    f"{self.path}: schema version {version} is newer than this fsat-console "
-                    f"({SCHEMA_VERSION}); upgrade fsat-console")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = self._check_version(conn)
             for step, _what, apply in MIGRATIONS:
                 if version < step <= target:
-                    apply(c)
-                    c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
-                              (str(step),))
+                    apply(conn)
+                    conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', :v)",
+                                 {"v": str(step)})
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
     def schema_version(self) -> int:
         """The schema version recorded in the database."""
@@ -396,7 +567,7 @@ class Store:
 
     def data_version(self) -> int:
         """``PRAGMA data_version``: changes whenever another connection commits."""
-        with self._lock:
+        with self._read_lock:
             return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
 
     # -- datasets and folds -------------------------------------------------------
@@ -406,21 +577,21 @@ class Store:
         """Insert or update the dataset at ``root`` (resolved path) and return its id."""
         root = str(Path(root).resolve())
         with self.write() as c:
-            row = c.execute("SELECT id FROM datasets WHERE root = ?", (root,)).fetchone()
+            values = {"root": root, "name": name, "classes": json.dumps(list(classes)), "n_curated": n_curated,
+                      "n_noisy": n_noisy, "n_test": n_test, "now": _now()}
+            row = c.execute("SELECT id FROM datasets WHERE root = :root", values).fetchone()
             if row:
-                c.execute("UPDATE datasets SET name=?, classes=?, n_curated=?, n_noisy=?, n_test=? "
-                          "WHERE id=?", (name, json.dumps(list(classes)), n_curated, n_noisy,
-                                         n_test, row[0]))
+                c.execute("UPDATE datasets SET name=:name, classes=:classes, n_curated=:n_curated, "
+                          "n_noisy=:n_noisy, n_test=:n_test WHERE id=:id", dict(values, id=row[0]))
                 return int(row[0])
             cur = c.execute(
                 "INSERT INTO datasets(root, name, classes, n_curated, n_noisy, n_test, created_at) "
-                "VALUES (?,?,?,?,?,?,?)",
-                (root, name, json.dumps(list(classes)), n_curated, n_noisy, n_test, _now()))
+                "VALUES (:root, :name, :classes, :n_curated, :n_noisy, :n_test, :now)", values)
             return int(cur.lastrowid)
 
     def get_dataset(self, dataset_id: int) -> dict | None:
         """The dataset row (classes decoded) or None."""
-        rows = self._query("SELECT * FROM datasets WHERE id = ?", (dataset_id,))
+        rows = self._query("SELECT * FROM datasets WHERE id = :id", {"id": dataset_id})
         if not rows:
             return None
         d = rows[0]
@@ -440,122 +611,138 @@ class Store:
         even when two jobs compute them at the same time.
         """
         with self.write() as c:
-            if c.execute("SELECT 1 FROM folds WHERE dataset_id = ? LIMIT 1", (dataset_id,)).fetchone():
+            if c.execute("SELECT 1 FROM folds WHERE dataset_id = :id LIMIT 1", {"id": dataset_id}).fetchone():
                 return False
-            c.executemany("INSERT INTO folds(dataset_id, fname, fold) VALUES (?,?,?)",
-                          [(dataset_id, f, int(k)) for f, k in zip(fnames, folds)])
-            c.execute("UPDATE datasets SET fold_seed=?, n_folds=? WHERE id=?",
-                      (seed, n_folds, dataset_id))
+            c.executemany("INSERT INTO folds(dataset_id, fname, fold) VALUES (:id, :fname, :fold)",
+                          [{"id": dataset_id, "fname": f, "fold": int(k)} for f, k in zip(fnames, folds)])
+            c.execute("UPDATE datasets SET fold_seed=:seed, n_folds=:n_folds WHERE id=:id",
+                      {"seed": seed, "n_folds": n_folds, "id": dataset_id})
             return True
 
     def get_folds(self, dataset_id: int) -> dict[str, int]:
         """fname -> fold for the dataset (empty when not computed yet)."""
-        with self._lock:
-            cur = self.conn.execute("SELECT fname, fold FROM folds WHERE dataset_id = ?", (dataset_id,))
-            return {r[0]: int(r[1]) for r in cur.fetchall()}
+        rows = self._query("SELECT fname, fold FROM folds WHERE dataset_id = :dataset_id",
+                           {"dataset_id": dataset_id})
+        return {r["fname"]: int(r["fold"]) for r in rows}
 
     # -- queue --------------------------------------------------------------------
+    #
+    # Every change a worker or job process makes to a running job is
+    # conditional on owning the current attempt (worker id AND attempt
+    # number, see _OWNED), so a worker that lost its job to a requeue can
+    # never overwrite what the new owner records. Each update returns
+    # whether it applied.
 
     def enqueue(self, kind: str, spec: dict, *, name: str = "", priority: int = 0,
-                max_attempts: int = 3, max_queued: int = DEFAULT_MAX_QUEUED) -> int:
-        """Add a job and return its id; raises QueueFull when ``max_queued`` jobs wait."""
+                max_attempts: int = 3, max_queued: int = DEFAULT_MAX_QUEUED,
+                on_wait: Callable[[], None] | None = None) -> int:
+        """Add a job and return its id; raises QueueFull when ``max_queued`` jobs wait.
+
+        ``on_wait`` is called when another process holds the write lock (see :meth:`write`).
+        """
         if kind not in JOB_KINDS:
             raise StoreError(f"unknown job kind {kind!r}; expected one of {', '.join(JOB_KINDS)}")
         payload = json.dumps(spec, sort_keys=True)
-        with self.write() as c:
+        with self.write(on_wait=on_wait) as c:
             waiting = c.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued'").fetchone()[0]
             if waiting >= max_queued:
                 raise QueueFull(f"the queue already holds {waiting} queued jobs (limit {max_queued}); "
                                 "wait for some to finish or cancel some")
             cur = c.execute(
                 "INSERT INTO jobs(kind, name, spec, priority, max_attempts, created_at) "
-                "VALUES (?,?,?,?,?,?)", (kind, name, payload, priority, max_attempts, _now()))
+                "VALUES (:kind, :name, :spec, :priority, :max_attempts, :now)",
+                {"kind": kind, "name": name, "spec": payload, "priority": priority,
+                 "max_attempts": max_attempts, "now": _now()})
             return int(cur.lastrowid)
 
-    def claim(self, worker_id: str) -> Job | None:
+    def claim(self, worker_id: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> Job | None:
         """Atomically take the highest-priority queued job for ``worker_id``.
 
         One ``UPDATE ... RETURNING`` inside ``BEGIN IMMEDIATE``: two workers can
-        never both get the same job.
+        never both get the same job. ``lease_seconds`` is stored on the job:
+        the worker heartbeats within it, and every other worker judges the
+        job stale by it.
         """
         now = _now()
         with self.write() as c:
             row = c.execute(
-                "UPDATE jobs SET status='running', worker_id=?, started_at=COALESCE(started_at, ?), "
-                "heartbeat_at=?, attempts=attempts+1, message='starting' "
+                "UPDATE jobs SET status='running', worker_id=:worker_id, started_at=COALESCE(started_at, :now), "
+                "heartbeat_at=:now, attempts=attempts+1, lease_seconds=:lease, message='starting' "
                 "WHERE id = (SELECT id FROM jobs WHERE status='queued' "
                 "            ORDER BY priority DESC, id LIMIT 1) "
-                "RETURNING *", (worker_id, now, now)).fetchone()
+                "RETURNING *", {"worker_id": worker_id, "now": now, "lease": float(lease_seconds)}).fetchone()
             if row is None:
                 return None
             job = Job.from_row(row)
-            c.execute("UPDATE workers SET status='busy', job_id=?, heartbeat_at=? WHERE id=?",
-                      (job.id, now, worker_id))
+            c.execute("UPDATE workers SET status='busy', job_id=:job_id, heartbeat_at=:now WHERE id=:worker_id",
+                      {"job_id": job.id, "now": now, "worker_id": worker_id})
             return job
 
     def get_job(self, job_id: int) -> Job:
         """The job with this id; StoreError when there is none."""
-        rows = self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        rows = self._query("SELECT * FROM jobs WHERE id = :job_id", {"job_id": job_id})
         if not rows:
             raise StoreError(f"no job with id {job_id}")
-        d = rows[0]
-        d["spec"] = json.loads(d["spec"])
-        d["cancel_requested"] = bool(d["cancel_requested"])
-        return Job(**d)
+        return Job.from_row(rows[0])
 
     def list_jobs(self, *, status: str | None = None, limit: int = 200) -> list[dict]:
         """Jobs, newest first, without spec/traceback (cheap for live tables)."""
         sql = ("SELECT id, kind, name, status, priority, run_id, progress, message, error, attempts, "
                "max_attempts, worker_id, created_at, started_at, finished_at, cancel_requested "
                "FROM jobs")
-        params: list[Any] = []
         if status:
-            sql += " WHERE status = ?"
-            params.append(status)
-        sql += " ORDER BY id DESC LIMIT ?"
-        params.append(limit)
-        return self._query(sql, params)
+            sql += " WHERE status = :status"
+        sql += " ORDER BY id DESC LIMIT :limit"
+        return self._query(sql, {"status": status, "limit": limit})
 
     def count_jobs(self, *statuses: str) -> int:
         """How many jobs are in any of the given states."""
-        marks = ",".join("?" * len(statuses))
-        return int(self._query(f"SELECT COUNT(*) AS n FROM jobs WHERE status IN ({marks})", statuses)[0]["n"])
+        names = {f"s{i}": s for i, s in enumerate(statuses)}
+        marks = ",".join(f":{k}" for k in names)
+        return int(self._query(f"SELECT COUNT(*) AS n FROM jobs WHERE status IN ({marks})", names)[0]["n"])
 
-    def heartbeat_job(self, job_id: int, worker_id: str) -> bool:
-        """Refresh the job's lease; False when the job is no longer ours (requeued, cancelled)."""
+    def heartbeat_job(self, job_id: int, worker_id: str, attempt: int) -> bool:
+        """Refresh the job's lease; False when the attempt is no longer ours (requeued, cancelled)."""
         with self.write() as c:
-            cur = c.execute("UPDATE jobs SET heartbeat_at=? WHERE id=? AND worker_id=? AND status='running'",
-                            (_now(), job_id, worker_id))
+            cur = c.execute(f"UPDATE jobs SET heartbeat_at=:now WHERE {_OWNED}",
+                            _owner(job_id, worker_id, attempt, now=_now()))
             return cur.rowcount == 1
 
-    def set_progress(self, job_id: int, fraction: float, message: str = "") -> None:
-        """Record progress in [0, 1] and a short message for a running job."""
+    def set_progress(self, job_id: int, fraction: float, message: str = "", *, worker_id: str,
+                     attempt: int) -> bool:
+        """Record progress in [0, 1] and a short message for our running attempt."""
         fraction = min(1.0, max(0.0, float(fraction)))
         with self.write() as c:
-            c.execute("UPDATE jobs SET progress=?, message=? WHERE id=? AND status='running'",
-                      (fraction, message, job_id))
+            cur = c.execute(f"UPDATE jobs SET progress=:fraction, message=:message WHERE {_OWNED}",
+                            _owner(job_id, worker_id, attempt, fraction=fraction, message=message))
+            return cur.rowcount == 1
 
     def set_job_run(self, job_id: int, run_id: str) -> None:
         """Link a job to the run it produces."""
         with self.write() as c:
-            c.execute("UPDATE jobs SET run_id=? WHERE id=?", (run_id, job_id))
+            c.execute("UPDATE jobs SET run_id=:run_id WHERE id=:job_id", {"run_id": run_id, "job_id": job_id})
 
-    def finish_job(self, job_id: int, *, message: str = "done") -> None:
-        """Mark a running job done."""
+    def finish_job(self, job_id: int, *, worker_id: str, attempt: int, message: str = "done") -> bool:
+        """Mark our running attempt done."""
         with self.write() as c:
-            c.execute("UPDATE jobs SET status='done', progress=1, message=?, finished_at=? "
-                      "WHERE id=? AND status='running'", (message, _now(), job_id))
-            self._release_worker(c, job_id)
+            cur = c.execute(f"UPDATE jobs SET status='done', progress=1, message=:message, finished_at=:now "
+                            f"WHERE {_OWNED}", _owner(job_id, worker_id, attempt, message=message, now=_now()))
+            return cur.rowcount == 1
 
-    def fail_job(self, job_id: int, error: str, traceback: str | None = None) -> None:
-        """Mark a job failed, keeping the error message and traceback."""
+    def fail_job(self, job_id: int, error: str, traceback: str | None = None, *, worker_id: str,
+                 attempt: int) -> bool:
+        """Mark our running attempt failed, keeping the error message and traceback."""
+        now = _now()
         with self.write() as c:
-            c.execute("UPDATE jobs SET status='failed', error=?, traceback=?, message=?, finished_at=? "
-                      "WHERE id=? AND status IN ('running','queued')",
-                      (error, traceback, _first_line(error), _now(), job_id))
-            c.execute("UPDATE runs SET status='failed', finished_at=? WHERE job_id=? AND status='running'",
-                      (_now(), job_id))
-            self._release_worker(c, job_id)
+            cur = c.execute(f"UPDATE jobs SET status='failed', error=:error, traceback=:traceback, "
+                            f"message=:message, finished_at=:now WHERE {_OWNED}",
+                            _owner(job_id, worker_id, attempt, error=error, traceback=traceback,
+                                   message=_first_line(error), now=now))
+            if cur.rowcount != 1:
+                return False
+            c.execute("UPDATE runs SET status='failed', finished_at=:now WHERE job_id=:job_id "
+                      "AND status='running'", {"now": now, "job_id": job_id})
+            return True
 
     def request_cancel(self, job_id: int) -> str:
         """Cancel a job: a queued one at once, a running one by flag (its worker stops it).
@@ -563,89 +750,106 @@ class Store:
         Returns the job's status after the request.
         """
         with self.write() as c:
-            row = c.execute("SELECT status FROM jobs WHERE id=?", (job_id,)).fetchone()
+            row = c.execute("SELECT status FROM jobs WHERE id=:job_id", {"job_id": job_id}).fetchone()
             if row is None:
                 raise StoreError(f"no job with id {job_id}")
             status = row[0]
             if status == "queued":
                 c.execute("UPDATE jobs SET status='cancelled', message='cancelled before start', "
-                          "finished_at=? WHERE id=?", (_now(), job_id))
+                          "finished_at=:now WHERE id=:job_id", {"now": _now(), "job_id": job_id})
                 return "cancelled"
             if status == "running":
-                c.execute("UPDATE jobs SET cancel_requested=1, message='cancelling' WHERE id=?", (job_id,))
+                c.execute("UPDATE jobs SET cancel_requested=1, message='cancelling' WHERE id=:job_id",
+                          {"job_id": job_id})
             return status
 
-    def mark_cancelled(self, job_id: int) -> None:
-        """Record that a running job was stopped on request."""
+    def mark_cancelled(self, job_id: int, *, worker_id: str, attempt: int) -> bool:
+        """Record that our running attempt was stopped on request."""
+        now = _now()
         with self.write() as c:
-            c.execute("UPDATE jobs SET status='cancelled', message='cancelled', finished_at=? "
-                      "WHERE id=? AND status='running'", (_now(), job_id))
-            c.execute("UPDATE runs SET status='cancelled', finished_at=? WHERE job_id=? AND status='running'",
-                      (_now(), job_id))
-            self._release_worker(c, job_id)
+            cur = c.execute(f"UPDATE jobs SET status='cancelled', message='cancelled', finished_at=:now "
+                            f"WHERE {_OWNED}", _owner(job_id, worker_id, attempt, now=now))
+            if cur.rowcount != 1:
+                return False
+            c.execute("UPDATE runs SET status='cancelled', finished_at=:now WHERE job_id=:job_id "
+                      "AND status='running'", {"now": now, "job_id": job_id})
+            return True
 
-    def release_job(self, job_id: int, *, message: str = "requeued: worker stopped") -> None:
-        """Put a running job back in the queue without counting the attempt (clean worker stop)."""
+    def release_job(self, job_id: int, *, worker_id: str, attempt: int,
+                    message: str = "requeued: worker stopped") -> bool:
+        """Put our running attempt back in the queue without counting it (clean worker stop)."""
         with self.write() as c:
-            c.execute("UPDATE jobs SET status='queued', worker_id=NULL, attempts=MAX(attempts-1, 0), "
-                      "message=? WHERE id=? AND status='running'", (message, job_id))
-            c.execute("UPDATE runs SET status='interrupted' WHERE job_id=? AND status='running'", (job_id,))
-            self._release_worker(c, job_id)
+            cur = c.execute(f"UPDATE jobs SET status='queued', worker_id=NULL, attempts=MAX(attempts-1, 0), "
+                            f"message=:message WHERE {_OWNED}",
+                            _owner(job_id, worker_id, attempt, message=message))
+            if cur.rowcount != 1:
+                return False
+            c.execute("UPDATE runs SET status='interrupted' WHERE job_id=:job_id AND status='running'",
+                      {"job_id": job_id})
+            return True
 
-    def requeue_stale(self, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> list[int]:
-        """Requeue running jobs whose heartbeat is older than the lease.
+    def requeue_stale(self) -> list[int]:
+        """Requeue running jobs whose heartbeat is older than their own stored lease.
 
-        A job that has used all its attempts is failed instead. Returns the ids
-        of the jobs put back in the queue.
+        Each job is judged by the lease its owner claimed it with, never by
+        the caller's. A job that has used all its attempts is failed instead.
+        Workers whose heartbeat is older than their own lease are marked
+        stopped. Returns the ids of the jobs put back in the queue.
         """
-        cutoff = _now() - lease_seconds
+        now = _now()
         requeued: list[int] = []
         with self.write() as c:
             stale = c.execute("SELECT id, attempts, max_attempts, worker_id FROM jobs "
-                              "WHERE status='running' AND heartbeat_at < ?", (cutoff,)).fetchall()
+                              f"WHERE status='running' AND {_STALE}", {"now": now}).fetchall()
             for job_id, attempts, max_attempts, worker_id in stale:
+                owner = _owner(job_id, worker_id, attempts, now=now)
                 if attempts >= max_attempts:
                     msg = (f"worker {worker_id} stopped heartbeating; the job was tried {attempts} "
                            f"time(s), the limit is {max_attempts}")
-                    c.execute("UPDATE jobs SET status='failed', error=?, message=?, finished_at=? WHERE id=?",
-                              (msg, _first_line(msg), _now(), job_id))
-                    c.execute("UPDATE runs SET status='failed', finished_at=? WHERE job_id=? "
-                              "AND status IN ('running','interrupted')", (_now(), job_id))
+                    c.execute(f"UPDATE jobs SET status='failed', error=:error, message=:message, "
+                              f"finished_at=:now WHERE {_OWNED} AND {_STALE}",
+                              dict(owner, error=msg, message=_first_line(msg)))
+                    c.execute("UPDATE runs SET status='failed', finished_at=:now WHERE job_id=:job_id "
+                              "AND status IN ('running','interrupted')", owner)
                 else:
-                    c.execute("UPDATE jobs SET status='queued', worker_id=NULL, "
-                              "message=? WHERE id=?",
-                              (f"requeued: worker {worker_id} stopped heartbeating", job_id))
-                    c.execute("UPDATE runs SET status='interrupted' WHERE job_id=? AND status='running'",
-                              (job_id,))
+                    c.execute(f"UPDATE jobs SET status='queued', worker_id=NULL, message=:message "
+                              f"WHERE {_OWNED} AND {_STALE}",
+                              dict(owner, message=f"requeued: worker {worker_id} stopped heartbeating"))
+                    c.execute("UPDATE runs SET status='interrupted' WHERE job_id=:job_id AND status='running'",
+                              owner)
                     requeued.append(int(job_id))
-            c.execute("UPDATE workers SET status='stopped' WHERE status != 'stopped' AND heartbeat_at < ?",
-                      (cutoff,))
+            c.execute(f"UPDATE workers SET status='stopped', job_id=NULL WHERE status != 'stopped' AND {_STALE}",
+                      {"now": now})
         return requeued
 
-    @staticmethod
-    def _release_worker(c: sqlite3.Connection, job_id: int) -> None:
-        c.execute("UPDATE workers SET status='idle', job_id=NULL WHERE job_id=?", (job_id,))
-
     # -- workers ------------------------------------------------------------------
+    #
+    # A worker's row is written by that worker alone (register, heartbeat,
+    # stop); another worker only marks it stopped once its heartbeat is older
+    # than its own lease. So a killed worker's row never comes back to life.
 
-    def register_worker(self, worker_id: str, pid: int | None = None) -> None:
+    def register_worker(self, worker_id: str, pid: int | None = None, *,
+                        lease_seconds: float = DEFAULT_LEASE_SECONDS) -> None:
         """Record a worker process as alive."""
         now = _now()
         with self.write() as c:
-            c.execute("INSERT OR REPLACE INTO workers(id, pid, host, started_at, heartbeat_at, status) "
-                      "VALUES (?,?,?,?,?, 'idle')",
-                      (worker_id, pid or os.getpid(), socket.gethostname(), now, now))
+            c.execute("INSERT OR REPLACE INTO workers(id, pid, host, started_at, heartbeat_at, status, "
+                      "lease_seconds) VALUES (:id, :pid, :host, :now, :now, 'idle', :lease)",
+                      {"id": worker_id, "pid": pid or os.getpid(), "host": socket.gethostname(), "now": now,
+                       "lease": float(lease_seconds)})
 
-    def worker_heartbeat(self, worker_id: str) -> None:
-        """Refresh a worker's heartbeat."""
+    def worker_heartbeat(self, worker_id: str, job_id: int | None = None) -> None:
+        """Refresh a worker's heartbeat and what it is doing: busy with ``job_id``, or idle."""
         with self.write() as c:
-            c.execute("UPDATE workers SET heartbeat_at=? WHERE id=?", (_now(), worker_id))
+            c.execute("UPDATE workers SET heartbeat_at=:now, status=:status, job_id=:job_id WHERE id=:id",
+                      {"now": _now(), "status": "idle" if job_id is None else "busy", "job_id": job_id,
+                       "id": worker_id})
 
     def worker_stopped(self, worker_id: str) -> None:
         """Record a clean worker exit."""
         with self.write() as c:
-            c.execute("UPDATE workers SET status='stopped', job_id=NULL, heartbeat_at=? WHERE id=?",
-                      (_now(), worker_id))
+            c.execute("UPDATE workers SET status='stopped', job_id=NULL, heartbeat_at=:now WHERE id=:id",
+                      {"now": _now(), "id": worker_id})
 
     def set_worker_cluster(self, worker_id: str, executor: str, cluster: dict | None) -> None:
         """Publish the executor a worker uses and, for a cluster, its nodes and free resources (or error)."""
@@ -655,8 +859,8 @@ class Store:
 
     def live_workers(self, max_age: float = 10.0) -> list[dict]:
         """Workers that heartbeated within ``max_age`` seconds and did not stop."""
-        return self._query("SELECT * FROM workers WHERE status != 'stopped' AND heartbeat_at >= ? "
-                           "ORDER BY started_at", (_now() - max_age,))
+        return self._query("SELECT * FROM workers WHERE status != 'stopped' AND heartbeat_at >= :since "
+                           "ORDER BY started_at", {"since": _now() - max_age})
 
     # -- where folds run --------------------------------------------------------------
 
@@ -691,38 +895,42 @@ class Store:
         Returns True when the run is new.
         """
         with self.write() as c:
-            row = c.execute("SELECT id FROM runs WHERE id=?", (run_id,)).fetchone()
+            values = {"id": run_id, "job_id": job_id, "dataset_id": dataset_id, "parent_run_id": parent_run_id,
+                      "kind": kind, "name": name, "model": model,
+                      "config": json.dumps(config or {}, sort_keys=True), "config_hash": config_hash,
+                      "seed": seed, "device": device, "versions": json.dumps(versions or {}, sort_keys=True),
+                      "git_commit": git_commit, "run_dir": run_dir, "now": _now()}
+            row = c.execute("SELECT id FROM runs WHERE id=:id", values).fetchone()
             if row:
-                c.execute("UPDATE runs SET status='running', device=?, finished_at=NULL WHERE id=?",
-                          (device, run_id))
+                c.execute("UPDATE runs SET status='running', device=:device, finished_at=NULL WHERE id=:id",
+                          values)
                 new = False
             else:
                 c.execute(
                     "INSERT INTO runs(id, job_id, dataset_id, parent_run_id, kind, name, model, config, "
                     "config_hash, seed, device, versions, git_commit, run_dir, created_at) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (run_id, job_id, dataset_id, parent_run_id, kind, name, model,
-                     json.dumps(config or {}, sort_keys=True), config_hash, seed, device,
-                     json.dumps(versions or {}, sort_keys=True), git_commit, run_dir, _now()))
+                    "VALUES (:id, :job_id, :dataset_id, :parent_run_id, :kind, :name, :model, :config, "
+                    ":config_hash, :seed, :device, :versions, :git_commit, :run_dir, :now)", values)
                 new = True
             if job_id is not None:
-                c.execute("UPDATE jobs SET run_id=? WHERE id=?", (run_id, job_id))
+                c.execute("UPDATE jobs SET run_id=:id WHERE id=:job_id", values)
             return new
 
     def finish_run(self, run_id: str, *, status: str = "done", cv_lwlrap: float | None = None,
                    test_lwlrap: float | None = None) -> None:
         """Close a run with its out-of-fold (CV) and, when scored, test LWLRAP."""
         with self.write() as c:
-            c.execute("UPDATE runs SET status=?, cv_lwlrap=COALESCE(?, cv_lwlrap), "
-                      "test_lwlrap=COALESCE(?, test_lwlrap), finished_at=? WHERE id=?",
-                      (status, cv_lwlrap, test_lwlrap, _now(), run_id))
+            c.execute("UPDATE runs SET status=:status, cv_lwlrap=COALESCE(:cv, cv_lwlrap), "
+                      "test_lwlrap=COALESCE(:test, test_lwlrap), finished_at=:now WHERE id=:id",
+                      {"status": status, "cv": cv_lwlrap, "test": test_lwlrap, "now": _now(), "id": run_id})
 
     def set_run_scores(self, run_id: str, *, cv_lwlrap: float | None = None,
                        test_lwlrap: float | None = None) -> None:
         """Update a run's headline scores without changing its status."""
         with self.write() as c:
-            c.execute("UPDATE runs SET cv_lwlrap=COALESCE(?, cv_lwlrap), "
-                      "test_lwlrap=COALESCE(?, test_lwlrap) WHERE id=?", (cv_lwlrap, test_lwlrap, run_id))
+            c.execute("UPDATE runs SET cv_lwlrap=COALESCE(:cv, cv_lwlrap), "
+                      "test_lwlrap=COALESCE(:test, test_lwlrap) WHERE id=:id",
+                      {"cv": cv_lwlrap, "test": test_lwlrap, "id": run_id})
 
     def record_epoch(self, run_id: str, fold: int, epoch: int, *, train_loss: float | None,
                      val_loss: float | None, val_lwlrap: float | None, lr: float | None,
@@ -730,16 +938,20 @@ class Store:
         """Record one epoch of one fold (replaces the row when an epoch is re-run after a resume)."""
         with self.write() as c:
             c.execute("INSERT OR REPLACE INTO epochs(run_id, fold, epoch, train_loss, val_loss, val_lwlrap, "
-                      "lr, seconds, clips_per_sec) VALUES (?,?,?,?,?,?,?,?,?)",
-                      (run_id, fold, epoch, _f(train_loss), _f(val_loss), _f(val_lwlrap), _f(lr),
-                       _f(seconds), _f(clips_per_sec)))
+                      "lr, seconds, clips_per_sec) VALUES (:run_id, :fold, :epoch, :train_loss, :val_loss, "
+                      ":val_lwlrap, :lr, :seconds, :clips_per_sec)",
+                      {"run_id": run_id, "fold": fold, "epoch": epoch, "train_loss": _f(train_loss),
+                       "val_loss": _f(val_loss), "val_lwlrap": _f(val_lwlrap), "lr": _f(lr),
+                       "seconds": _f(seconds), "clips_per_sec": _f(clips_per_sec)})
 
     def record_fold(self, run_id: str, fold: int, *, lwlrap: float, best_epoch: int | None,
                     n_val: int) -> None:
         """Record a finished fold's best validation LWLRAP."""
         with self.write() as c:
             c.execute("INSERT OR REPLACE INTO fold_scores(run_id, fold, lwlrap, best_epoch, n_val) "
-                      "VALUES (?,?,?,?,?)", (run_id, fold, float(lwlrap), best_epoch, int(n_val)))
+                      "VALUES (:run_id, :fold, :lwlrap, :best_epoch, :n_val)",
+                      {"run_id": run_id, "fold": fold, "lwlrap": float(lwlrap), "best_epoch": best_epoch,
+                       "n_val": int(n_val)})
 
     def record_class_scores(self, run_id: str, fold: int, class_names: Sequence[str],
                             lrap: Sequence[float], weights: Sequence[float],
@@ -748,35 +960,38 @@ class Store:
         rows = []
         for i, name in enumerate(class_names):
             value = _f(lrap[i])
-            rows.append((run_id, fold, i, name, value, float(weights[i]), int(n_pos[i])))
+            rows.append({"run_id": run_id, "fold": fold, "class_idx": i, "class_name": name, "lrap": value,
+                         "weight": float(weights[i]), "n_pos": int(n_pos[i])})
         with self.write() as c:
-            c.execute("DELETE FROM class_scores WHERE run_id=? AND fold=?", (run_id, fold))
+            c.execute("DELETE FROM class_scores WHERE run_id=:run_id AND fold=:fold",
+                      {"run_id": run_id, "fold": fold})
             c.executemany("INSERT INTO class_scores(run_id, fold, class_idx, class_name, lrap, weight, n_pos) "
-                          "VALUES (?,?,?,?,?,?,?)", rows)
+                          "VALUES (:run_id, :fold, :class_idx, :class_name, :lrap, :weight, :n_pos)", rows)
 
     def set_run_members(self, run_id: str, members: Sequence[tuple[str, float]]) -> None:
         """Record an ensemble's member runs and weights."""
         with self.write() as c:
-            c.execute("DELETE FROM run_members WHERE run_id=?", (run_id,))
-            c.executemany("INSERT INTO run_members(run_id, member_run_id, weight) VALUES (?,?,?)",
-                          [(run_id, m, float(w)) for m, w in members])
+            c.execute("DELETE FROM run_members WHERE run_id=:run_id", {"run_id": run_id})
+            c.executemany("INSERT INTO run_members(run_id, member_run_id, weight) VALUES (:run_id, :member, :weight)",
+                          [{"run_id": run_id, "member": m, "weight": float(w)} for m, w in members])
 
     def list_runs(self, *, limit: int = 200) -> list[dict]:
         """Runs with their headline scores, newest first."""
-        return self._query("SELECT * FROM run_summary ORDER BY created DESC, run_id DESC LIMIT ?", (limit,))
+        return self._query("SELECT * FROM run_summary ORDER BY created DESC, run_id DESC LIMIT :limit",
+                           {"limit": limit})
 
     def child_runs(self, run_id: str, *, kind: str | None = None) -> list[dict]:
         """Runs made from ``run_id`` (``parent_run_id``), optionally of one kind: run_summary rows, newest first."""
-        sql = "SELECT * FROM run_summary WHERE parent_run_id=?"
-        params: list[Any] = [run_id]
+        sql = "SELECT * FROM run_summary WHERE parent_run_id=:run_id"
+        params: dict[str, Any] = {"run_id": run_id}
         if kind is not None:
-            sql += " AND kind=?"
-            params.append(kind)
+            sql += " AND kind=:kind"
+            params["kind"] = kind
         return self._query(sql + " ORDER BY created DESC, run_id DESC", params)
 
     def get_run(self, run_id: str) -> dict | None:
         """A run row with config and versions decoded, or None."""
-        rows = self._query("SELECT * FROM runs WHERE id=?", (run_id,))
+        rows = self._query("SELECT * FROM runs WHERE id=:id", {"id": run_id})
         if not rows:
             return None
         d = rows[0]
@@ -786,21 +1001,32 @@ class Store:
 
     def epochs(self, run_id: str) -> list[dict]:
         """Every recorded epoch of a run, by fold then epoch."""
-        return self._query("SELECT * FROM epochs WHERE run_id=? ORDER BY fold, epoch", (run_id,))
+        return self._query("SELECT * FROM epochs WHERE run_id=:run_id ORDER BY fold, epoch", {"run_id": run_id})
 
     def fold_scores(self, run_id: str) -> list[dict]:
         """Per-fold best LWLRAP of a run."""
-        return self._query("SELECT * FROM fold_scores WHERE run_id=? ORDER BY fold", (run_id,))
+        return self._query("SELECT * FROM fold_scores WHERE run_id=:run_id ORDER BY fold", {"run_id": run_id})
 
     def class_scores(self, run_id: str, fold: int = OOF) -> list[dict]:
         """Per-class LRAP of a run for one fold, or out-of-fold (default)."""
-        return self._query("SELECT * FROM class_scores WHERE run_id=? AND fold=? ORDER BY class_idx",
-                           (run_id, fold))
+        return self._query("SELECT * FROM class_scores WHERE run_id=:run_id AND fold=:fold ORDER BY class_idx",
+                           {"run_id": run_id, "fold": fold})
 
     def run_members(self, run_id: str) -> list[dict]:
         """An ensemble's members and weights."""
-        return self._query("SELECT member_run_id, weight FROM run_members WHERE run_id=? "
-                           "ORDER BY weight DESC", (run_id,))
+        return self._query("SELECT member_run_id, weight FROM run_members WHERE run_id=:run_id "
+                           "ORDER BY weight DESC", {"run_id": run_id})
+
+
+#: The condition every update of a running job by its worker or job process carries.
+_OWNED = "id=:job_id AND status='running' AND worker_id=:worker_id AND attempts=:attempt"
+#: A heartbeat older than the row's own lease (jobs and workers alike).
+_STALE = "heartbeat_at < :now - lease_seconds"
+
+
+def _owner(job_id: int, worker_id: str | None, attempt: int, **more: Any) -> dict:
+    """The named parameters of :data:`_OWNED`, plus ``more``."""
+    return {"job_id": job_id, "worker_id": worker_id, "attempt": attempt, **more}
 
 
 def _read_schema_version(c: sqlite3.Connection) -> int:

@@ -16,8 +16,14 @@
 Loop: requeue jobs whose worker died, claim one job, run it in a child
 process (``python -m engine.jobs``), watch it (heartbeat, cancel flag, exit
 code), record the outcome, repeat. A crash or out-of-memory kill in a job
-never takes the worker down. SIGTERM/SIGINT stop the worker cleanly: the
-running job is stopped and put back in the queue, to resume later.
+never takes the worker down. SIGTERM and SIGINT (Ctrl-C, which reaches the
+job process too) stop the worker cleanly: the running job is stopped and put
+back in the queue, to resume later.
+
+The worker's ``--lease`` travels with each job it claims (stored on the job
+row): it heartbeats within it, and other workers judge the job stale by it,
+whatever their own lease. Every update it makes to a job is conditional on
+still owning that attempt.
 """
 
 from __future__ import annotations
@@ -31,12 +37,18 @@ import time
 import uuid
 from pathlib import Path
 
+from engine.errors import FsatError
 from engine.store import DEFAULT_LEASE_SECONDS, Job, Store, default_db_path, runs_root
 
 
 def run_id_for(job: Job) -> str:
     """The run id a job writes to (stable across retries, so a requeued job resumes)."""
-    return job.run_id or f"{job.kind}-{job.id:04d}"
+    return job.run_id or default_run_id(job.kind, job.id)
+
+
+def default_run_id(kind: str, job_id: int) -> str:
+    """The run id of a job that has not named its run yet: ``<kind>-<job id, 4 digits>``."""
+    return f"{kind}-{job_id:04d}"
 
 
 def _set_parent_death_signal() -> None:  # pragma: no cover - runs in the child before exec
@@ -81,8 +93,8 @@ class Worker:
 
     def run(self) -> int:
         """The supervisor loop; returns the process exit code."""
-        self.store.register_worker(self.worker_id)
-        self.log(f"started on {self.db_path}")
+        self.store.register_worker(self.worker_id, lease_seconds=self.lease)
+        self.log(f"started on {self.db_path} (lease {self.lease:g} s)")
         if self.executor == "ray":
             from engine.executors.cluster import ClusterLink
 
@@ -90,20 +102,21 @@ class Worker:
         try:
             while not self.stopping:
                 self.store.worker_heartbeat(self.worker_id)
-                for job_id in self.store.requeue_stale(self.lease):
+                for job_id in self.store.requeue_stale():
                     self.log(f"requeued job {job_id}: its worker stopped heartbeating")
                 if self.cluster is not None and not self.cluster.ready():
                     # No cluster, no claim: jobs stay queued and the reason is on this worker's row.
                     self._sleep(self.poll)
                     continue
-                job = self.store.claim(self.worker_id)
+                job = self.store.claim(self.worker_id, lease_seconds=self.lease)
                 if job is None:
                     # A running job may still come back (its worker may die), so
                     # --drain waits until nothing is queued or running.
                     if self.drain and not self.store.count_jobs("queued", "running"):
                         self.log("queue empty, exiting (--drain)")
                         break
-                    self._sleep(self.poll)
+                    # Heartbeat within our own lease even when told to poll slowly.
+                    self._sleep(min(self.poll, self.lease / 2))
                     continue
                 self.supervise(job)
         finally:
@@ -127,7 +140,8 @@ class Worker:
         log_path = run_dir / "job.log"
         self.log(f"job {job.id} ({job.kind} {job.name!r}) attempt {job.attempts} -> {run_dir}")
         cmd = [sys.executable, "-m", "engine.jobs", "--db", str(self.db_path), "--job", str(job.id),
-               "--worker", self.worker_id, "--run-id", run_id, "--run-dir", str(run_dir)]
+               "--worker", self.worker_id, "--attempt", str(job.attempts), "--run-id", run_id,
+               "--run-dir", str(run_dir)]
         env = dict(os.environ)
         # The job may be started from any directory; keep the project importable.
         project = str(Path(__file__).resolve().parent.parent)
@@ -149,28 +163,36 @@ class Worker:
         outcome = self._watch(job)
         rc = self.child.returncode
         self.child = None
+        owner = {"worker_id": self.worker_id, "attempt": job.attempts}
+        if outcome == "finished" and self.stopping:
+            # The stop signal reached the job process first (Ctrl-C goes to the
+            # whole process group): the job stopped itself without recording.
+            outcome = "stopping"
         if outcome == "cancelled":
-            self.store.mark_cancelled(job.id)
-            self.log(f"job {job.id} cancelled")
+            if self.store.mark_cancelled(job.id, **owner):
+                self.log(f"job {job.id} cancelled")
             return
         if outcome == "stopping":
-            self.store.release_job(job.id)
-            self.log(f"job {job.id} put back in the queue (worker stopping)")
+            if self.store.release_job(job.id, **owner):
+                self.log(f"job {job.id} put back in the queue (worker stopping)")
+            else:
+                self.log(f"job {job.id} {self.store.get_job(job.id).status} (worker stopping)")
             return
         if outcome == "lost":
             self.log(f"job {job.id} is no longer ours (lease expired); child stopped")
             return
-        final = self.store.get_job(job.id)
-        if final.status == "running":
-            # The child died without recording an outcome: a crash, a kill, out of memory.
-            how = f"killed by signal {-rc}" if rc is not None and rc < 0 else f"exited with code {rc}"
-            if rc is not None and -rc == signal.SIGKILL:
-                how += " (out of memory or killed)"
-            tail = _tail(log_path, 40)
-            self.store.fail_job(job.id, f"job process {how}; see {log_path}", tail)
+        # When our attempt is still running, the child died without recording
+        # an outcome: a crash, a kill, out of memory.
+        how = f"killed by signal {-rc}" if rc is not None and rc < 0 else f"exited with code {rc}"
+        if rc is not None and -rc == signal.SIGKILL:
+            how += " (out of memory or killed)"
+        if self.store.fail_job(job.id, f"job process {how}; see {log_path}", _tail(log_path, 40), **owner):
             self.log(f"job {job.id} failed: process {how}")
         else:
-            self.log(f"job {job.id} {final.status}")
+            final = self.store.get_job(job.id)
+            mine = final.worker_id == self.worker_id and final.attempts == job.attempts
+            self.log(f"job {job.id} {final.status}" if mine else
+                     f"job {job.id} is no longer ours (now {final.status}, attempt {final.attempts})")
 
     def _watch(self, job: Job) -> str:
         """Wait for the child; returns finished | cancelled | stopping | lost."""
@@ -189,13 +211,13 @@ class Worker:
             now = time.monotonic()
             if now - last_beat >= beat_every:
                 last_beat = now
-                self.store.worker_heartbeat(self.worker_id)
+                self.store.worker_heartbeat(self.worker_id, job.id)
                 if self.cluster is not None:
                     self.cluster.publish()
-                if not self.store.heartbeat_job(job.id, self.worker_id):
+                if not self.store.heartbeat_job(job.id, self.worker_id, job.attempts):
                     # Either the child just recorded the outcome (the job left
                     # 'running') or the lease was given to another worker.
-                    if self.child.poll() is not None or self._recorded_by_child(job.id):
+                    if self.child.poll() is not None or self._recorded_by_child(job):
                         self.child.wait()
                         return "finished"
                     self._stop_child()
@@ -204,9 +226,10 @@ class Worker:
                 self._stop_child()
                 return "cancelled"
 
-    def _recorded_by_child(self, job_id: int) -> bool:
-        job = self.store.get_job(job_id)
-        return job.status in ("done", "failed") and job.worker_id == self.worker_id
+    def _recorded_by_child(self, job: Job) -> bool:
+        now = self.store.get_job(job.id)
+        return (now.status in ("done", "failed") and now.worker_id == self.worker_id
+                and now.attempts == job.attempts)
 
     def _stop_child(self) -> None:
         """SIGTERM, then SIGKILL after the grace period."""
@@ -245,13 +268,20 @@ def main(argv: list[str] | None = None) -> int:
                     help="the Ray cluster to use (host:port from `ray start --head`); "
                          "default: start a local Ray on this machine")
     args = ap.parse_args(argv)
+    if not args.lease > 0:
+        ap.error(f"--lease must be a positive number of seconds, got {args.lease:g}")
     if args.ray_address and args.executor != "ray":
         ap.error("--ray-address needs --executor ray")
-    worker = Worker(args.db or default_db_path(), drain=args.drain, poll=args.poll, lease=args.lease,
-                    executor=args.executor, ray_address=args.ray_address)
-    signal.signal(signal.SIGTERM, worker.request_stop)
-    signal.signal(signal.SIGINT, worker.request_stop)
-    return worker.run()
+    try:
+        worker = Worker(args.db or default_db_path(), drain=args.drain, poll=args.poll, lease=args.lease,
+                        executor=args.executor, ray_address=args.ray_address)
+        signal.signal(signal.SIGTERM, worker.request_stop)
+        signal.signal(signal.SIGINT, worker.request_stop)
+        return worker.run()
+    except FsatError as err:
+        # A database that cannot be used: one line, no traceback.
+        print(f"engine.worker: error: {err}", file=sys.stderr, flush=True)
+        return 2
 
 
 if __name__ == "__main__":

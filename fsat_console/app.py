@@ -94,9 +94,11 @@ class FsatConsole(App):
         self.demo = demo
         self.demo_options = dict(demo_options or {})
         self.worker_log = Path(worker_log) if worker_log else worker_log_path(self.db_path)
-        # The console's own writes (enqueue, cancel) are single short transactions;
-        # a shorter busy timeout than the engine's makes a stuck lock show up as a message.
-        self.store = Store(self.db_path, timeout=5.0)
+        # Opened for reading: start-up and every read answer even while another
+        # process holds the write lock. The writing connection opens on the first
+        # write (enqueue, cancel), always in a thread; its shorter busy timeout
+        # than the engine's makes a stuck lock show up as a message.
+        self.store = Store(self.db_path, timeout=5.0, lazy=True)
         self.poller = Poller(self.db_path)
         self.overview: Overview | None = None
         self.worker_process: subprocess.Popen | None = None
@@ -498,8 +500,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app = FsatConsole(db_path, data_root=args.data, start_worker=not args.no_worker,
                           poll_interval=max(0.1, args.poll), demo=args.demo)
-    except (FsatError, sqlite3.Error, OSError) as err:
-        print(f"fsat-console: {db_path}: {err}", file=sys.stderr)
+    except FsatError as err:
+        # The store's message names the file: one line, no traceback.
+        print(f"fsat-console: error: {err}", file=sys.stderr)
+        return 2
+    except (sqlite3.Error, OSError) as err:
+        print(f"fsat-console: error: {db_path}: {err}", file=sys.stderr)
         return 2
     app.run()
     return app.return_code or 0

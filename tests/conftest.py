@@ -87,6 +87,79 @@ def run_cli(*args: str, db: Path | None = None, check: bool = True) -> subproces
     return out
 
 
+_HOLDER = """
+import sqlite3, sys, time, pathlib
+db, flag, release, seconds = sys.argv[1], pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3]), float(sys.argv[4])
+con = sqlite3.connect(db, isolation_level=None)
+con.execute("BEGIN IMMEDIATE")
+con.execute("UPDATE meta SET value = value WHERE key = 'schema_version'")
+flag.write_text("holding")
+end = time.monotonic() + seconds
+while time.monotonic() < end and not release.exists():
+    time.sleep(0.05)
+con.execute("ROLLBACK")
+"""
+
+
+class LockHolder:
+    """Another process holding the database's write lock (``BEGIN IMMEDIATE``) until released."""
+
+    def __init__(self, db: Path, seconds: float) -> None:
+        self.flag = db.with_name(db.name + ".holding")
+        self.release_file = db.with_name(db.name + ".release")
+        self.proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(db), str(self.flag),
+                                      str(self.release_file), str(seconds)])
+        wait_for(self.flag.exists, timeout=30, what="the other process to take the write lock")
+
+    @property
+    def holding(self) -> bool:
+        """True while the other process still holds the lock."""
+        return self.proc.poll() is None
+
+    def release(self) -> None:
+        """Let go of the lock and wait for the process to end."""
+        self.release_file.write_text("go")
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def hold_write_lock():
+    """``hold_write_lock(db, seconds)`` -> LockHolder; released at the end of the test."""
+    holders: list[LockHolder] = []
+
+    def hold(db: Path, seconds: float = 20.0) -> LockHolder:
+        holder = LockHolder(db, seconds)
+        holders.append(holder)
+        return holder
+
+    yield hold
+    for holder in holders:
+        if holder.holding:
+            holder.release()
+
+
+_READ_ONLY_MOUNT = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"'
+
+
+def run_read_only(target: Path, cmd: list[str]) -> subprocess.CompletedProcess:
+    """Run ``cmd`` with ``target`` (a folder or a file) read-only for it, as the kernel enforces it.
+
+    Root ignores file modes, so as root ``target`` is bind-mounted read-only
+    in a mount namespace of the command's own (nothing outside it changes);
+    otherwise its mode is made read-only for the duration of the command.
+    """
+    env = dict(os.environ, PYTHONPATH=str(PROJECT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if os.geteuid() == 0:
+        full = ["unshare", "--mount", "--propagation", "private", "sh", "-c", _READ_ONLY_MOUNT, "sh",
+                str(target), *cmd]
+        return subprocess.run(full, capture_output=True, text=True, env=env, timeout=120,
+                              stdin=subprocess.DEVNULL)
+    mode = target.stat().st_mode
+    target.chmod(0o555 if target.is_dir() else 0o444)
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, stdin=subprocess.DEVNULL)
+    finally:
+        target.chmod(mode)
 def record_run(store, runs_root: Path, run_id: str, *, kind: str = "train", dataset_id: int | None,
                oof=None, test=None, truth=None, folds=None, overrides: tuple[str, ...] = (),
                parent: str | None = None, status: str = "done", name: str = "", cv: float | None = None,

@@ -17,7 +17,7 @@ import pytest
 from engine.data.manifest import load_layout
 from engine.ensemble import Member, blend, cross_fitted_calibration
 from engine.metrics import lwlrap
-from engine.store import OOF, Store
+from engine.store import JOB_STATES, OOF, Store
 from engine.submission import read_sample_submission, validate_submission
 from tests.conftest import copy_dataset, run_cli, worker_cmd
 from tests.conftest import InferredRuns, env_with_project as _env, inferred_runs
@@ -32,7 +32,6 @@ class Blends:
     db: Path
     runs: InferredRuns
     good_job: int
-    unknown_job: int
     no_oof_job: int
     no_oof_run: str
 
@@ -66,12 +65,11 @@ def blends(tiny_demo: Path, tmp_path_factory) -> Blends:
         no_oof = _fake_run(store, "baseline-empty", root / "baseline-empty", dataset_id)
     i1, i2 = runs.infer_ids
     good = int(run_cli("ensemble", i1, i2, "--name", "two seeds", db=db).stdout)
-    unknown = int(run_cli("ensemble", i1, "infer-9999", db=db).stdout)
     no_oof_job = int(run_cli("ensemble", i1, no_oof, db=db).stdout)
     proc = subprocess.run(worker_cmd(db, "--drain"), cwd=root, capture_output=True, text=True, timeout=300,
                           env=_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return Blends(db=db, runs=runs, good_job=good, unknown_job=unknown, no_oof_job=no_oof_job, no_oof_run=no_oof)
+    return Blends(db=db, runs=runs, good_job=good, no_oof_job=no_oof_job, no_oof_run=no_oof)
 
 
 @pytest.fixture(scope="module")
@@ -189,12 +187,17 @@ def test_greedy_selection_records_pick_weights(blends: Blends):
 
 def test_queued_jobs_with_bad_members_fail_naming_the_member(blends: Blends):
     store = Store(blends.db)
-    job = store.get_job(blends.unknown_job)
-    assert job.status == "failed" and "infer-9999" in job.error and "members" in job.error
+    # A member that is not in the database is refused when queued, and nothing is queued.
+    before = store.count_jobs(*JOB_STATES)
+    out = run_cli("ensemble", blends.runs.infer_ids[0], "infer-9999", db=blends.db, check=False)
+    assert out.returncode == 2 and "infer-9999" in out.stderr and "members" in out.stderr
+    out = run_cli("queue", "ensemble", blends.runs.infer_ids[0], "infer-9999", db=blends.db, check=False)
+    assert out.returncode == 2 and "infer-9999" in out.stderr and "members" in out.stderr
+    assert store.count_jobs(*JOB_STATES) == before
     job = store.get_job(blends.no_oof_job)
     assert job.status == "failed" and blends.no_oof_run in job.error and "oof.npy" in job.error
     # Nothing was recorded for them: members are checked before the run is created.
-    assert store.get_run(f"ensemble-{blends.unknown_job:04d}") is None
+    assert store.get_run(f"ensemble-{blends.no_oof_job:04d}") is None
 
 
 def test_now_errors_name_the_member_and_leave_no_run(blends: Blends, tmp_path: Path, layout):

@@ -317,7 +317,10 @@ def test_infer_of_an_unknown_or_untrained_run_fails_naming_it(runs: InferredRuns
     db = tmp_path / "experiments.db"
     with sqlite3.connect(runs.db) as src, sqlite3.connect(db) as dst:
         src.backup(dst)
-    unknown = int(run_cli("queue", "infer", "train-9999", db=db).stdout)
+    # A run that is not in the database is refused when queued.
+    out = run_cli("queue", "infer", "train-9999", db=db, check=False)
+    assert out.returncode == 2 and "train-9999" in out.stderr and "run_id" in out.stderr
+    assert Store(db).count_jobs("queued") == 0
     of_infer = int(run_cli("queue", "infer", runs.infer_ids[0], db=db).stdout)
     # A trained run whose checkpoints were removed.
     copy = tmp_path / "moved"
@@ -328,7 +331,7 @@ def test_infer_of_an_unknown_or_untrained_run_fails_naming_it(runs: InferredRuns
     no_ckpt = int(run_cli("queue", "infer", runs.train_ids[1], db=db).stdout)
     assert spawn_worker(db, "--drain").wait(timeout=300) == 0
     store = Store(db)
-    for job_id, words in ((unknown, ["train-9999", "run_id"]), (of_infer, [runs.infer_ids[0], "infer run"]),
+    for job_id, words in ((of_infer, [runs.infer_ids[0], "infer run"]),
                           (no_ckpt, [runs.train_ids[1], "fold3", "best.pt"])):
         job = store.get_job(job_id)
         assert job.status == "failed"

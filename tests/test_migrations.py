@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from engine.errors import FsatError
-from engine.store import MIGRATIONS, SCHEMA_VERSION, Store
+from engine.store import DEFAULT_LEASE_SECONDS, MIGRATIONS, SCHEMA_VERSION, Store
 
 V1_DUMP = Path(__file__).parent / "fixtures" / "experiments_v1.sql"
 
@@ -42,9 +42,13 @@ def test_a_schema_1_database_upgrades_and_keeps_its_rows(v1_db: Path):
     assert [e["val_lwlrap"] for e in store.epochs("train-0001")] == [pytest.approx(0.6), pytest.approx(0.7)]
     assert [c["lrap"] for c in store.class_scores("train-0001")] == [pytest.approx(0.5), pytest.approx(1.0)]
     assert store.get_folds(1) == {"c0.wav": 0, "c1.wav": 0, "c2.wav": 1, "c3.wav": 1}
-    # The upgraded file still works as a queue.
-    job = store.claim("w2")
-    assert job is not None and job.name == "still queued"
+    # Step 2: old jobs and workers get the lease every worker used before it was stored.
+    assert {store.get_job(j["id"]).lease_seconds for j in jobs.values()} == {DEFAULT_LEASE_SECONDS}
+    assert sqlite3.connect(v1_db).execute("SELECT id, lease_seconds FROM workers").fetchall() == \
+        [("w1", DEFAULT_LEASE_SECONDS)]
+    # The upgraded file still works as a queue, and a claim stores the claimer's lease.
+    job = store.claim("w2", lease_seconds=7.5)
+    assert job is not None and job.name == "still queued" and job.lease_seconds == 7.5
     store.close()
     # A second open finds nothing left to do.
     assert Store(v1_db).schema_version() == SCHEMA_VERSION

@@ -48,8 +48,8 @@ def test_claim_order_priority_and_states(db_path: Path):
     assert first.id == high and first.status == "running" and first.attempts == 1
     assert store.claim("w").id == low
     assert store.claim("w") is None
-    store.finish_job(high)
-    store.fail_job(low, "ValueError: bad", "Traceback ...\nValueError: bad")
+    assert store.finish_job(high, worker_id="w", attempt=1)
+    assert store.fail_job(low, "ValueError: bad", "Traceback ...\nValueError: bad", worker_id="w", attempt=1)
     jobs = {j["id"]: j for j in store.list_jobs()}
     assert jobs[high]["status"] == "done" and jobs[high]["progress"] == 1.0
     failed = store.get_job(low)
@@ -76,11 +76,12 @@ def test_unknown_kind_and_job(db_path: Path):
 def test_stale_job_requeued_then_failed_after_max_attempts(db_path: Path):
     store = Store(db_path)
     job_id = store.enqueue("probe", {}, max_attempts=2)
-    store.claim("dead-worker")
-    assert store.requeue_stale(lease_seconds=-1) == [job_id]
+    # A negative lease is stale the moment it is claimed.
+    store.claim("dead-worker", lease_seconds=-1)
+    assert store.requeue_stale() == [job_id]
     assert store.get_job(job_id).status == "queued"
-    store.claim("dead-worker")
-    assert store.requeue_stale(lease_seconds=-1) == []
+    store.claim("dead-worker", lease_seconds=-1)
+    assert store.requeue_stale() == []
     job = store.get_job(job_id)
     assert job.status == "failed" and "tried 2 time(s)" in job.error
 
@@ -157,3 +158,13 @@ def test_sigterm_stops_worker_cleanly_and_requeues_job(db_path: Path, spawn_work
 def test_worker_cli_help_runs():
     out = subprocess.run([sys.executable, "-m", "engine.worker", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--drain" in out.stdout
+
+
+def test_the_jobs_check_constraint_holds_exactly_the_job_states(db_path: Path):
+    from engine.store import JOB_STATES
+
+    Store(db_path).close()
+    sql = sqlite3.connect(db_path).execute("SELECT sql FROM sqlite_master WHERE name='jobs'").fetchone()[0]
+    check = sql[sql.index("CHECK"):]
+    listed = check[check.index("(", check.index("IN")) + 1:check.index(")")]
+    assert tuple(s.strip().strip("'") for s in listed.split(",")) == JOB_STATES

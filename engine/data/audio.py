@@ -10,6 +10,7 @@ centre crops for evaluation.
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,7 @@ def decode(data: bytes | Path, *, name: str, target_sr: int = 32000) -> np.ndarr
     except DataError:
         raise
     except (sf.SoundFileError, RuntimeError, ValueError, TypeError, OSError) as exc:
-        raise DataError(f"cannot decode the audio ({exc}); the file is corrupt or not in a "
+        raise DataError(f"cannot decode the audio ({_decode_reason(exc)}); the file is corrupt or not in a "
                         "supported format (WAV, FLAC, OGG); replace it", file=name) from None
     if wave.shape[0] == 0:
         raise DataError("the audio file holds no samples; replace it", file=name)
@@ -49,6 +50,13 @@ def decode(data: bytes | Path, *, name: str, target_sr: int = 32000) -> np.ndarr
     if sr != target_sr:
         mono = soxr.resample(mono, sr, target_sr, quality="HQ")
     return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def _decode_reason(exc: Exception) -> str:
+    """What the decoder said, without the in-memory buffer it was given (``name`` says which file)."""
+    reason = getattr(exc, "error_string", None) or str(exc)
+    reason = re.sub(r"^Error opening <[^>]*>: ?", "", reason)
+    return re.sub(r"<[\w.]+ object at 0x[0-9a-fA-F]+>", "the audio data", reason).strip() or type(exc).__name__
 
 
 def _nonzero_window(wave: np.ndarray, n: int, offset: int, rng: np.random.Generator | None) -> int:

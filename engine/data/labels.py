@@ -62,8 +62,14 @@ def _rows(path: Path) -> Iterator[tuple[int, list[str]]]:
                 except StopIteration:
                     return
                 except csv.Error as exc:
+                    # The parser gives up where it noticed, often at the end of the
+                    # file; blame the line holding the quote that never closed.
+                    open_quote = _unclosed_quote_line(path, next_line)
+                    if open_quote is not None:
+                        raise DataError("a quote opened on this line is never closed; close it or remove it",
+                                        file=path, row=open_quote) from None
                     raise DataError(f"malformed CSV ({exc}); check the quoting on this line",
-                                    file=path, row=reader.line_num) from None
+                                    file=path, row=next_line) from None
                 line, next_line = next_line, reader.line_num + 1
                 if not fields or all(not f.strip() for f in fields):
                     continue
@@ -73,6 +79,38 @@ def _rows(path: Path) -> Iterator[tuple[int, list[str]]]:
                         file=path, row=_first_undecodable_line(path)) from None
     except OSError as exc:
         raise DataError(f"cannot read the file ({exc.strerror or exc})", file=path) from None
+
+
+def _unclosed_quote_line(path: Path, start_line: int) -> int | None:
+    """The line of the quote that is still open at the end of the file, reading from ``start_line``.
+
+    Only quotes that open a field count (at the start of a field, as the CSV
+    dialect reads them); a doubled quote inside a quoted field is an escape.
+    """
+    text = path.read_text(encoding="utf-8-sig")
+    lines = text.split("\n")
+    body = "\n".join(lines[start_line - 1:])
+    line = start_line
+    quoted_from: int | None = None
+    at_field_start = True
+    i = 0
+    while i < len(body):
+        ch = body[i]
+        if quoted_from is not None:
+            if ch == '"':
+                if body[i + 1:i + 2] == '"':
+                    i += 1  # an escaped quote
+                else:
+                    quoted_from = None
+                    at_field_start = False
+        elif ch == '"' and at_field_start:
+            quoted_from = line
+        else:
+            at_field_start = ch in ",\n\r"
+        if ch == "\n":
+            line += 1
+        i += 1
+    return quoted_from
 
 
 def _first_undecodable_line(path: Path) -> int | None:

@@ -1,9 +1,12 @@
-"""Run one job in this process: ``python -m engine.jobs --db DB --job ID --worker W``.
+"""Run one job in this process: ``python -m engine.jobs --db DB --job ID --worker W --attempt N``.
 
 Started by the worker (``engine.worker``), one process per job, so a crash
 or out-of-memory kill here never takes the worker down. The outcome is
-recorded here when the job ends normally or with an error; the worker
-records it when this process dies.
+recorded here when the job ends normally or with an error, and only while
+this attempt (worker id and attempt number) still owns the job; the worker
+records it when this process dies. SIGTERM and SIGINT (Ctrl-C in the
+worker's terminal reaches this process too) stop the job without recording
+anything: the worker puts it back in the queue.
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ JOB_MODULES = {
 }
 
 
-def _terminate(*_: object) -> None:
-    raise JobAborted("terminated")
+def _terminate(signum: int, _frame: object) -> None:
+    raise JobAborted("interrupted" if signum == signal.SIGINT else "terminated")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,13 +43,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--db", type=Path, required=True)
     ap.add_argument("--job", type=int, required=True)
     ap.add_argument("--worker", required=True)
+    ap.add_argument("--attempt", type=int, required=True, help="the attempt number the worker claimed")
     ap.add_argument("--run-id", required=True)
     ap.add_argument("--run-dir", type=Path, required=True)
     args = ap.parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
-    store = Store(args.db)
-    job = store.get_job(args.job)
-    ctx = JobContext(store=store, job=job, worker_id=args.worker, run_id=args.run_id, run_dir=args.run_dir)
+    signal.signal(signal.SIGINT, _terminate)
+    try:
+        store = Store(args.db)
+        job = store.get_job(args.job)
+    except FsatError as err:
+        print(f"engine.jobs: error: {err}", file=sys.stderr, flush=True)
+        return 2
+    owner = {"worker_id": args.worker, "attempt": args.attempt}
+    ctx = JobContext(store=store, job=job, worker_id=args.worker, attempt=args.attempt, run_id=args.run_id,
+                     run_dir=args.run_dir)
     try:
         ctx.check(every=0)
         module = JOB_MODULES.get(job.kind)
@@ -59,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise FsatError(f"job kind {job.kind!r} is not available in this version") from None
             raise
         message = runner.run(ctx) or "done"
-        store.finish_job(job.id, message=message)
+        ctx.flush()
+        if not store.finish_job(job.id, message=message, **owner):
+            raise JobAborted("the job is no longer this attempt's; its outcome is not recorded")
         ctx.log(f"job {job.id} done: {message}")
         return 0
     except JobAborted as err:
@@ -67,11 +80,13 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     except FsatError as err:
         # A user-caused error: the message names the file, row or field.
-        store.fail_job(job.id, str(err), traceback.format_exc())
+        ctx.flush()
+        store.fail_job(job.id, str(err), traceback.format_exc(), **owner)
         ctx.log(f"job {job.id} failed: {err}")
         return 2
     except BaseException as err:  # noqa: BLE001 - every failure is recorded with its traceback
-        store.fail_job(job.id, f"{type(err).__name__}: {err}", traceback.format_exc())
+        ctx.flush()
+        store.fail_job(job.id, f"{type(err).__name__}: {err}", traceback.format_exc(), **owner)
         ctx.log(f"job {job.id} failed:\n{traceback.format_exc()}")
         return 2
     finally:

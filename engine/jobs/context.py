@@ -17,17 +17,40 @@ class JobAborted(Exception):
     """The job was cancelled, lost its lease, or its worker died: stop without recording."""
 
 
+#: At most this many progress writes to the database per second (the last one always lands).
+PROGRESS_WRITES_PER_SECOND = 4.0
+#: Seconds between progress lines in ``job.log``; epoch and other ``log`` lines are never held back.
+PROGRESS_LOG_EVERY = 15.0
+
+
 @dataclass
 class JobContext:
-    """Handed to every job's ``run(ctx)``."""
+    """Handed to every job's ``run(ctx)``.
+
+    ``progress`` may be called on every optimiser step or decoded clip: it
+    writes the database at most :data:`PROGRESS_WRITES_PER_SECOND` times a
+    second and a line to ``job.log`` at most every :data:`PROGRESS_LOG_EVERY`
+    seconds. The latest value held back is written by ``flush``, which runs
+    at fraction 1, before every ``log`` line and when the job ends.
+    """
 
     store: Store
     job: Job
     worker_id: str
     run_id: str
     run_dir: Path
+    attempt: int | None = None
     parent_pid: int = field(default_factory=os.getppid)
+    write_interval: float = 1.0 / PROGRESS_WRITES_PER_SECOND
+    log_interval: float = PROGRESS_LOG_EVERY
     _last_check: float = 0.0
+    _last_write: float = float("-inf")
+    _last_line: float = float("-inf")
+    _pending: tuple[float, str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.attempt is None:
+            self.attempt = self.job.attempts
 
     @property
     def spec(self) -> dict:
@@ -37,8 +60,24 @@ class JobContext:
     def progress(self, fraction: float, message: str = "") -> None:
         """Report progress in [0, 1]; also checks that the job should go on."""
         self.check()
-        self.store.set_progress(self.job.id, fraction, message)
-        print(f"{time.strftime('%H:%M:%S')} {fraction * 100:5.1f}% {message}", flush=True)
+        now = time.monotonic()
+        final = fraction >= 1.0
+        if final or now - self._last_line >= self.log_interval:
+            self._last_line = now
+            print(f"{time.strftime('%H:%M:%S')} {fraction * 100:5.1f}% {message}", flush=True)
+        self._pending = (fraction, message)
+        if final or now - self._last_write >= self.write_interval:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the progress held back, if any."""
+        if self._pending is None:
+            return
+        fraction, message = self._pending
+        self._pending = None
+        self._last_write = time.monotonic()
+        self.store.set_progress(self.job.id, fraction, message, worker_id=self.worker_id,
+                                attempt=int(self.attempt))
 
     def check(self, every: float = 1.0) -> None:
         """Raise JobAborted when the worker died, the job was cancelled or taken back.
@@ -54,11 +93,12 @@ class JobContext:
         job = self.store.get_job(self.job.id)
         if job.cancel_requested:
             raise JobAborted("cancel requested")
-        if job.status != "running" or job.worker_id != self.worker_id or job.attempts != self.job.attempts:
+        if job.status != "running" or job.worker_id != self.worker_id or job.attempts != self.attempt:
             raise JobAborted("the job is no longer this worker's")
 
     def log(self, text: str) -> None:
-        """A line in the job log."""
+        """A line in the job log (first writing the progress held back, so the two agree)."""
+        self.flush()
         print(f"{time.strftime('%H:%M:%S')} {text}", flush=True)
 
 

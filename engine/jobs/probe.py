@@ -18,13 +18,20 @@ from engine.jobs.context import JobContext
 _KNOWN = {"seconds", "marker", "fail", "exit_code"}
 
 
-def run(ctx: JobContext) -> str:
-    """Run the probe; returns the job's final message."""
-    spec = ctx.spec
+def check_spec(spec: dict) -> None:
+    """Refuse settings the probe does not know (at queue time and again when it runs)."""
     unknown = set(spec) - _KNOWN
     if unknown:
         raise ConfigError(f"unknown setting (known here: {', '.join(sorted(_KNOWN))})",
                           field=sorted(unknown)[0])
+    if not isinstance(spec.get("seconds", 0.0), (int, float)) or isinstance(spec.get("seconds"), bool):
+        raise ConfigError(f"expected a number, got {spec['seconds']!r}", field="seconds")
+
+
+def run(ctx: JobContext) -> str:
+    """Run the probe; returns the job's final message."""
+    spec = ctx.spec
+    check_spec(spec)
     seconds = float(spec.get("seconds", 0.0))
     if spec.get("marker"):
         with open(Path(spec["marker"]), "a") as fh:

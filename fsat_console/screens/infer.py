@@ -23,7 +23,7 @@ from textual.widgets import Checkbox, Input, Label, Static
 from engine import specs
 from engine.errors import ConfigError
 from fsat_console.formatting import fmt_score
-from fsat_console.screens.queue import check_data_root, preset_about, split_overrides, try_enqueue
+from fsat_console.screens.queue import WAITING, check_data_root, preset_about, split_overrides, try_enqueue
 
 #: The presets these dialogs start from.
 TTA_PRESET = "tta"
@@ -160,7 +160,8 @@ class SpecDialog(ModalScreen[int | None]):
     @work(thread=True, exclusive=True, exit_on_error=False, group="queue")
     def _enqueue(self, kind: str, spec: dict, name: str) -> None:
         """Insert the job (a short write transaction) off the UI thread."""
-        job_id, problem = try_enqueue(self.app.store, kind, spec, name=name)  # type: ignore[attr-defined]
+        job_id, problem = try_enqueue(self.app.store, kind, spec, name=name,  # type: ignore[attr-defined]
+                                      on_wait=lambda: self.app.call_from_thread(self.set_error, "queue", WAITING))
         if job_id is None:
             self.app.call_from_thread(self._enqueue_failed, problem)
             return

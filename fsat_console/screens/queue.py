@@ -315,7 +315,8 @@ class QueueScreen(ModalScreen[int | None]):
     @work(thread=True, exclusive=True, exit_on_error=False, group="queue")
     def _enqueue(self, kind: str, spec: dict, name: str, priority: int) -> None:
         """Insert the job (a short write transaction) off the UI thread."""
-        job_id, problem = try_enqueue(self.app.store, kind, spec, name=name, priority=priority)  # type: ignore[attr-defined]
+        job_id, problem = try_enqueue(self.app.store, kind, spec, name=name, priority=priority,  # type: ignore[attr-defined]
+                                      on_wait=lambda: self.app.call_from_thread(self._set_error, "queue", WAITING))
         if job_id is None:
             self.app.call_from_thread(self._enqueue_failed, problem)
             return
@@ -327,10 +328,19 @@ class QueueScreen(ModalScreen[int | None]):
         self._set_error("queue", text)
 
 
-def try_enqueue(store, kind: str, spec: dict, *, name: str, priority: int = 0) -> tuple[int | None, str]:
-    """Queue a job: ``(job_id, "")``, or ``(None, message)`` when the queue is full or the write fails."""
+#: Shown under a dialog while its job waits for another process's write to end.
+WAITING = "Waiting for the database: another process is writing to it..."
+
+
+def try_enqueue(store, kind: str, spec: dict, *, name: str, priority: int = 0,
+                on_wait=None) -> tuple[int | None, str]:
+    """Queue a job: ``(job_id, "")``, or ``(None, message)`` when the queue is full or the write fails.
+
+    Call it from a thread worker: the write may wait for another process's
+    lock; ``on_wait`` is called (in that thread) when it does.
+    """
     try:
-        return store.enqueue(kind, spec, name=name, priority=priority), ""
+        return store.enqueue(kind, spec, name=name, priority=priority, on_wait=on_wait), ""
     except QueueFull as err:
         return None, f"Queue full: {err}"
     except (sqlite3.Error, FsatError) as err:
