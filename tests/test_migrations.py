@@ -89,18 +89,14 @@ def test_a_newer_schema_is_refused_with_the_file_named(tmp_path: Path):
         Store(path)
 
 
-def test_step_7_gives_old_workers_the_local_executor_and_adds_fold_placements(tmp_path: Path):
-    path = tmp_path / "experiments.db"
-    old = Store(path, schema_version=1)
-    old.register_worker("w-old", pid=4242)
-    old.close()
-    store = Store(path)
-    (worker,) = store._query("SELECT id, pid, executor, cluster FROM workers")
-    assert (worker["id"], worker["pid"], worker["executor"], worker["cluster"]) == ("w-old", 4242, "local", None)
-    store.set_worker_cluster("w-old", "ray", {"nodes": 2, "gpus": 4.0, "gpus_free": 1.0})
-    assert store.live_workers()[0]["executor"] == "ray"
-    job_id = store.enqueue("probe", {})
-    job = store.claim("w-old")
+def test_step_7_gives_old_workers_the_local_executor_and_adds_fold_placements(v1_db: Path):
+    store = Store(v1_db)
+    (worker,) = store._query("SELECT id, executor, cluster FROM workers")
+    assert (worker["id"], worker["executor"], worker["cluster"]) == ("w1", "local", None)
+    store.set_worker_cluster("w1", "ray", {"nodes": 2, "gpus": 4.0, "gpus_free": 1.0})
+    assert store._query("SELECT executor FROM workers")[0]["executor"] == "ray"
+    job = store.claim("w1")
+    job_id = job.id
     store.record_fold_task(job_id, job.attempts, 0, status="running", node="10.0.0.2 (gpu-a)", pid=42,
                            task_attempt=1)
     store.record_fold_task(job_id, job.attempts, 0, status="done")
