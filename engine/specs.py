@@ -302,6 +302,35 @@ class AugmentSection:
         return any(p > 0 for p in (self.gain_p, self.noise_p, self.shift_p, self.pitch_p, self.stretch_p))
 
 
+@dataclass
+class ClusterSection:
+    """What each fold asks of a Ray cluster (``engine.worker --executor ray``); ignored by the local executor.
+
+    None of it changes results, so it is left out of the spec's hash.
+    """
+
+    #: CPUs reserved per fold task.
+    cpus_per_fold: float = 1.0
+    #: GPUs per fold task: a number, or "auto" = 1 when the cluster has GPUs, else 0.
+    gpus_per_fold: Union[float, str] = "auto"
+    #: How often a fold whose process died (a crash, a lost node) is started again; set here so that
+    #: Ray's own default (3) never applies unseen. An error raised by the fold is never retried.
+    max_retries: int = 1
+    #: Seconds with folds waiting and none running before the job fails saying what the cluster lacks.
+    start_timeout: float = 300.0
+
+    def validate(self, path: str) -> None:
+        _positive(self.cpus_per_fold, f"{path}.cpus_per_fold")
+        if isinstance(self.gpus_per_fold, str):
+            if self.gpus_per_fold != "auto":
+                raise ConfigError(f"must be a number of GPUs or \"auto\", got {self.gpus_per_fold!r}",
+                                  field=f"{path}.gpus_per_fold")
+        else:
+            _nonneg(self.gpus_per_fold, f"{path}.gpus_per_fold")
+        _nonneg(self.max_retries, f"{path}.max_retries")
+        _positive(self.start_timeout, f"{path}.start_timeout")
+
+
 # --- job specs -------------------------------------------------------------------
 
 
@@ -319,6 +348,7 @@ class TrainSpec:
     optim: OptimSection = field(default_factory=OptimSection)
     train: TrainSection = field(default_factory=TrainSection)
     augment: AugmentSection = field(default_factory=AugmentSection)
+    cluster: ClusterSection = field(default_factory=ClusterSection)
 
 
 @dataclass
@@ -357,6 +387,7 @@ class InferSpec:
     splits: list[str] = field(default_factory=lambda: ["oof", "test"])
     write_submission: bool = True
     infer: InferSection = field(default_factory=InferSection)
+    cluster: ClusterSection = field(default_factory=ClusterSection)
 
     def validate(self, path: str) -> None:
         if not self.run_id:
@@ -599,6 +630,8 @@ def spec_hash(spec: Any) -> str:
     """A short hash of everything that changes results (the name is left out)."""
     d = to_dict(spec)
     d.pop("name", None)
+    # Where the folds run changes no result.
+    d.pop("cluster", None)
     blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

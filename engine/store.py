@@ -331,6 +331,26 @@ def _migrate_v6(c: sqlite3.Connection) -> None:
         c.execute(stmt)
 
 
+def _migrate_v7(c: sqlite3.Connection) -> None:
+    """Executors: which executor a worker uses and its cluster, and where each fold of a job runs."""
+    c.execute("ALTER TABLE workers ADD COLUMN executor TEXT NOT NULL DEFAULT 'local'")
+    # JSON published by a worker that runs folds on a cluster: nodes, CPUs and GPUs total and free,
+    # or the error that keeps it from reaching the cluster. NULL for the local executor.
+    c.execute("ALTER TABLE workers ADD COLUMN cluster TEXT")
+    c.execute("""CREATE TABLE IF NOT EXISTS fold_tasks (
+        job_id        INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        attempt       INTEGER NOT NULL,             -- the job's attempt that submitted the fold
+        fold          INTEGER NOT NULL,
+        status        TEXT NOT NULL,                -- submitted | running | done | failed | cancelled
+        node          TEXT NOT NULL DEFAULT '',     -- host (and address) of the node running it
+        pid           INTEGER,
+        task_attempt  INTEGER NOT NULL DEFAULT 0,   -- 1 = first try, 2 = first retry after its process died
+        message       TEXT NOT NULL DEFAULT '',
+        updated_at    REAL NOT NULL,
+        PRIMARY KEY (job_id, attempt, fold)
+    )""")
+
+
 #: Ordered schema migrations: ``(version, what it changes, function)``. A
 #: database at version N gets every step above N, in order, inside one
 #: ``BEGIN IMMEDIATE`` transaction, so a half-upgraded file is never left and
@@ -363,6 +383,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[sqlite3.Connection], None]]] = [
     (4, "datasets.fold_rule, runs.warning, ensemble_candidates", _migrate_v4),
     (5, "curriculum: epoch stages, noisy-label audit, loss swaps, gain views", _migrate_v5),
     (6, "tags, notes and the archived flag on runs; indexes for paging and filters", _migrate_v6),
+    (7, "executors: workers.executor and workers.cluster, fold_tasks", _migrate_v7),
 ]
 
 #: The schema version this code writes: the last migration's.
@@ -973,10 +994,37 @@ class Store:
             c.execute("UPDATE workers SET status='stopped', job_id=NULL, heartbeat_at=:now WHERE id=:id",
                       {"now": _now(), "id": worker_id})
 
+    def set_worker_cluster(self, worker_id: str, executor: str, cluster: dict | None) -> None:
+        """Publish the executor a worker uses and, for a cluster, its nodes and free resources (or error)."""
+        with self.write() as c:
+            c.execute("UPDATE workers SET executor=?, cluster=? WHERE id=?",
+                      (executor, None if cluster is None else json.dumps(cluster, sort_keys=True), worker_id))
+
     def live_workers(self, max_age: float = 10.0) -> list[dict]:
         """Workers that heartbeated within ``max_age`` seconds and did not stop."""
         return self._query("SELECT * FROM workers WHERE status != 'stopped' AND heartbeat_at >= :since "
                            "ORDER BY started_at", {"since": _now() - max_age})
+
+    # -- where folds run --------------------------------------------------------------
+
+    def record_fold_task(self, job_id: int, attempt: int, fold: int, *, status: str, node: str | None = None,
+                         pid: int | None = None, task_attempt: int | None = None, message: str = "") -> None:
+        """Record where (node, pid) and how (status, retry) one fold of a job's attempt runs.
+
+        Fields left None keep their recorded value, so a status change does not forget the node.
+        """
+        with self.write() as c:
+            c.execute(
+                "INSERT INTO fold_tasks(job_id, attempt, fold, status, node, pid, task_attempt, message, updated_at) "
+                "VALUES (?,?,?,?,COALESCE(?, ''),?,COALESCE(?, 0),?,?) "
+                "ON CONFLICT(job_id, attempt, fold) DO UPDATE SET status=excluded.status, "
+                "node=COALESCE(?, node), pid=COALESCE(?, pid), task_attempt=COALESCE(?, task_attempt), "
+                "message=excluded.message, updated_at=excluded.updated_at",
+                (job_id, attempt, fold, status, node, pid, task_attempt, message, _now(), node, pid, task_attempt))
+
+    def fold_tasks(self, job_id: int) -> list[dict]:
+        """Where each fold of a job ran or runs, by job attempt then fold."""
+        return self._query("SELECT * FROM fold_tasks WHERE job_id=? ORDER BY attempt, fold", (job_id,))
 
     # -- runs and scores ------------------------------------------------------------
 

@@ -1,13 +1,17 @@
 """The engine worker: a supervisor that runs queued jobs, one child process each.
 
-``python -m engine.worker [--db PATH] [--drain] [--poll SECONDS] [--lease SECONDS]``
+``python -m engine.worker [--db PATH] [--drain] [--poll SECONDS] [--lease SECONDS]
+[--executor local|ray] [--ray-address ADDRESS]``
 
 - ``--db``: the database (default ``$FSAT_DB`` or ``./experiments.db``);
 - ``--drain``: exit once no job is queued or running (default: keep polling);
 - ``--poll``: seconds between queue polls while idle (default 1);
 - ``--lease``: seconds without a heartbeat after which a running job counts
   as abandoned and is requeued (default ``$FSAT_LEASE`` or the store's
-  ``DEFAULT_LEASE_SECONDS``).
+  ``DEFAULT_LEASE_SECONDS``);
+- ``--executor``: where a job's folds run, ``local`` (default: in the job
+  process, one after another) or ``ray`` (tasks on a Ray cluster);
+- ``--ray-address``: the cluster (``host:port``); default: a local Ray.
 
 Loop: requeue jobs whose worker died, claim one job, run it in a child
 process (``python -m engine.jobs``), watch it (heartbeat, cancel flag, exit
@@ -64,7 +68,7 @@ class Worker:
 
     def __init__(self, db_path: Path | str, *, drain: bool = False, poll: float = 1.0,
                  lease: float = DEFAULT_LEASE_SECONDS, worker_id: str | None = None,
-                 grace: float = 5.0) -> None:
+                 grace: float = 5.0, executor: str = "local", ray_address: str | None = None) -> None:
         self.db_path = Path(db_path)
         self.drain = drain
         self.poll = poll
@@ -74,6 +78,10 @@ class Worker:
         self.store = Store(self.db_path)
         self.stopping = False
         self.child: subprocess.Popen | None = None
+        #: Where job processes run their folds (engine.executors); a Ray worker holds a cluster link.
+        self.executor = executor
+        self.ray_address = ray_address
+        self.cluster = None
 
     def request_stop(self, *_: object) -> None:
         """Signal handler: finish the current step, stop the child, exit."""
@@ -87,11 +95,19 @@ class Worker:
         """The supervisor loop; returns the process exit code."""
         self.store.register_worker(self.worker_id, lease_seconds=self.lease)
         self.log(f"started on {self.db_path} (lease {self.lease:g} s)")
+        if self.executor == "ray":
+            from engine.executors.cluster import ClusterLink
+
+            self.cluster = ClusterLink(self.store, self.worker_id, self.ray_address, log=self.log)
         try:
             while not self.stopping:
                 self.store.worker_heartbeat(self.worker_id)
                 for job_id in self.store.requeue_stale():
                     self.log(f"requeued job {job_id}: its worker stopped heartbeating")
+                if self.cluster is not None and not self.cluster.ready():
+                    # No cluster, no claim: jobs stay queued and the reason is on this worker's row.
+                    self._sleep(self.poll)
+                    continue
                 job = self.store.claim(self.worker_id, lease_seconds=self.lease)
                 if job is None:
                     # A running job may still come back (its worker may die), so
@@ -104,6 +120,8 @@ class Worker:
                     continue
                 self.supervise(job)
         finally:
+            if self.cluster is not None:
+                self.cluster.close()
             self.store.worker_stopped(self.worker_id)
             self.log("stopped")
             self.store.close()
@@ -131,6 +149,11 @@ class Worker:
         # Idle OpenMP threads that spin starve audio decoding on small CPUs
         # (measured in benchmarks/README.md); let them sleep unless told otherwise.
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        from engine.executors import ADDRESS_ENV, EXECUTOR_ENV
+
+        env[EXECUTOR_ENV] = self.executor
+        if self.cluster is not None and self.cluster.address:
+            env[ADDRESS_ENV] = self.cluster.address
         with open(log_path, "ab") as log:
             log.write(f"\n=== job {job.id} attempt {job.attempts} worker {self.worker_id} "
                       f"{time.strftime('%Y-%m-%d %H:%M:%S')} ===\n".encode())
@@ -189,6 +212,8 @@ class Worker:
             if now - last_beat >= beat_every:
                 last_beat = now
                 self.store.worker_heartbeat(self.worker_id, job.id)
+                if self.cluster is not None:
+                    self.cluster.publish()
                 if not self.store.heartbeat_job(job.id, self.worker_id, job.attempts):
                     # Either the child just recorded the outcome (the job left
                     # 'running') or the lease was given to another worker.
@@ -236,11 +261,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--poll", type=float, default=1.0, help="seconds between queue polls when idle")
     ap.add_argument("--lease", type=float, default=float(os.environ.get("FSAT_LEASE", DEFAULT_LEASE_SECONDS)),
                     help="seconds without heartbeat after which a running job is requeued")
+    ap.add_argument("--executor", choices=("local", "ray"), default="local",
+                    help="where a job's folds run: in the job process one after another (local), "
+                         "or as parallel tasks on a Ray cluster (ray)")
+    ap.add_argument("--ray-address", default=None,
+                    help="the Ray cluster to use (host:port from `ray start --head`); "
+                         "default: start a local Ray on this machine")
     args = ap.parse_args(argv)
     if not args.lease > 0:
         ap.error(f"--lease must be a positive number of seconds, got {args.lease:g}")
+    if args.ray_address and args.executor != "ray":
+        ap.error("--ray-address needs --executor ray")
     try:
-        worker = Worker(args.db or default_db_path(), drain=args.drain, poll=args.poll, lease=args.lease)
+        worker = Worker(args.db or default_db_path(), drain=args.drain, poll=args.poll, lease=args.lease,
+                        executor=args.executor, ray_address=args.ray_address)
         signal.signal(signal.SIGTERM, worker.request_stop)
         signal.signal(signal.SIGINT, worker.request_stop)
         return worker.run()

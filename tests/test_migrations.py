@@ -147,4 +147,20 @@ def test_step_6_gives_old_runs_no_tags_an_empty_note_and_not_archived(v1_db: Pat
     assert summary["cv_lwlrap"] == pytest.approx(0.7) and summary["tags"] == "best"
     indexes = {r["name"] for r in store._query("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert {"runs_cv", "runs_model", "runs_status", "run_tags_tag", "runs_parent"} <= indexes
+
+
+def test_step_7_gives_old_workers_the_local_executor_and_adds_fold_placements(v1_db: Path):
+    store = Store(v1_db)
+    (worker,) = store._query("SELECT id, executor, cluster FROM workers")
+    assert (worker["id"], worker["executor"], worker["cluster"]) == ("w1", "local", None)
+    store.set_worker_cluster("w1", "ray", {"nodes": 2, "gpus": 4.0, "gpus_free": 1.0})
+    assert store._query("SELECT executor FROM workers")[0]["executor"] == "ray"
+    job = store.claim("w1")
+    job_id = job.id
+    store.record_fold_task(job_id, job.attempts, 0, status="running", node="10.0.0.2 (gpu-a)", pid=42,
+                           task_attempt=1)
+    store.record_fold_task(job_id, job.attempts, 0, status="done")
+    (row,) = store.fold_tasks(job_id)
+    assert (row["fold"], row["status"], row["node"], row["pid"], row["task_attempt"]) == \
+        (0, "done", "10.0.0.2 (gpu-a)", 42, 1)
     store.close()

@@ -25,6 +25,7 @@ it finished.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +34,11 @@ import numpy as np
 import torch
 
 from engine.errors import CheckpointError, ConfigError, FsatError
+from engine.executors import FoldResources, executor_from_env
 from engine.infer import DEFAULT_SHORT_CLIPS, predict_tta_logits, sigmoid
 from engine.jobs.common import build_cache, cache_dir_for, configure_threads, prepare_dataset
 from engine.jobs.context import JobContext, environment_record, git_commit
+from engine.jobs.train import dispatch_folds
 from engine.models.registry import tagger_from_spec
 from engine.models.tagger import Tagger
 from engine.runs.atomic import DamagedFile, load_json
@@ -164,6 +167,97 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
+@dataclass
+class InferFoldTask:
+    """One fold's inference as picklable data: its model, which clips, where the test logits go.
+
+    ``val_idx`` is the curated clips of the fold's out-of-fold rows (None:
+    already predicted or not asked for); ``test_path`` where the fold's mean
+    test logits are saved (None: likewise). ``infer`` is the spec's
+    ``infer`` section as plain data.
+    """
+
+    trained: TrainedRun
+    fold: int
+    n_classes: int
+    data_root: str
+    infer: dict
+    device: str
+    val_idx: np.ndarray | None = None
+    test_path: str | None = None
+
+
+@dataclass
+class InferFoldOutcome:
+    """What a fold's inference returns to the head: its out-of-fold probabilities (None when not predicted)."""
+
+    fold: int
+    val_pred: np.ndarray | None
+    test_saved: bool
+
+
+def infer_fold_task(task: InferFoldTask, recorder, *, caches: dict | None = None, layout=None) -> InferFoldOutcome:
+    """Predict one fold's out-of-fold clips and/or the test set with TTA; write the test logits file.
+
+    Reports through ``recorder`` (progress, log lines) and never touches the
+    store; ``caches`` and ``layout`` reuse what the job already loaded (a fold
+    run elsewhere loads them from the dataset root).
+    """
+    from engine.data.manifest import load_layout
+
+    tspec, inf, k = task.trained.spec, task.infer, task.fold
+    device = torch.device(task.device)
+    sr = tspec.audio.sample_rate
+    crop = int(round(tspec.audio.crop_seconds * sr))
+    long_samples = int(round(inf["long_seconds"] * sr))
+    caches = dict(caches or {})
+    cache_dir = cache_dir_for(task.data_root, tspec.data.cache_dir)
+    n_val = 0 if task.val_idx is None else len(task.val_idx)
+    layout = layout if layout is not None else load_layout(task.data_root)
+    n_test = len(layout.test.fnames) if task.test_path else 0
+    work, done_before = max(n_val + n_test, 1), 0
+
+    class _Progress:
+        def progress(self, fraction: float, message: str = "") -> None:
+            recorder.progress(0.0, message)
+
+    def cache(split: str, table):
+        if caches.get(split) is None:
+            caches[split] = build_cache(_Progress(), table, sample_rate=sr, cache_dir=cache_dir)
+        return caches[split]
+
+    def predict(tagger: Tagger, clips, indices: np.ndarray, what: str) -> np.ndarray:
+        def progress(done: int, total: int, rate: float) -> None:
+            recorder.progress((done_before + done) / work, f"{what}: {done}/{total} clips ({rate:.1f} clips/s)")
+
+        t0 = time.perf_counter()
+        logits = predict_tta_logits(tagger, clips, indices, crop=crop, k=inf["tta_crops"], k_long=inf["tta_crops_long"],
+                                    long_samples=long_samples, short_clips=SHORT_CLIPS,
+                                    batch_size=inf["batch_size"], device=device, num_workers=inf["num_workers"],
+                                    amp=tspec.optim.amp, cpu_bf16=tspec.optim.cpu_bf16, progress=progress)
+        seconds = time.perf_counter() - t0
+        recorder.log(f"{what}: {len(indices)} clips in {seconds:.1f}s "
+                     f"({len(indices) / max(seconds, 1e-9):.1f} clips/s)")
+        return logits
+
+    tagger = load_fold_tagger(task.trained, k, task.n_classes)
+    val_pred = None
+    if task.val_idx is not None:
+        val_pred = sigmoid(predict(tagger, cache("curated", layout.curated), task.val_idx, f"fold {k} out-of-fold"))
+        done_before += n_val
+    if task.test_path:
+        logits = predict(tagger, cache("test", layout.test), np.arange(n_test), f"fold {k} test")
+        RunFolder(Path(task.test_path).parent).save_array(Path(task.test_path), logits)
+    recorder.progress(1.0, f"fold {k} inferred")
+    return InferFoldOutcome(fold=k, val_pred=val_pred, test_saved=bool(task.test_path))
+
+
+def infer_fold_on_node(task: InferFoldTask, recorder) -> InferFoldOutcome:
+    """:func:`infer_fold_task` in a process of its own (a Ray task): the device is chosen where it runs."""
+    configure_threads()
+    return infer_fold_task(dataclasses.replace(task, device=str(_device(task.infer["device"]))), recorder)
+
+
 def run(ctx: JobContext) -> str:
     """Infer with every fold model of the source run; record scores and write the artifacts."""
     spec: InferSpec = spec_from_json("infer", ctx.spec)
@@ -198,8 +292,6 @@ def run(ctx: JobContext) -> str:
                         "source_spec": to_dict(tspec), "short_clips": SHORT_CLIPS})
     inf = spec.infer
     sr = tspec.audio.sample_rate
-    crop = int(round(tspec.audio.crop_seconds * sr))
-    long_samples = int(round(inf.long_seconds * sr))
     ctx.log(f"infer {run_id} from {spec.run_id} on {device}: splits {', '.join(spec.splits)}; "
             f"{inf.tta_crops} crops of {tspec.audio.crop_seconds:g} s ({inf.tta_crops_long} beyond "
             f"{inf.long_seconds:g} s), short clips: {SHORT_CLIPS}")
@@ -221,26 +313,9 @@ def run(ctx: JobContext) -> str:
         oof = np.full((len(Y), len(classes)), np.nan, dtype=np.float64)
     done_folds = {r["fold"] for r in store.fold_scores(run_id)}
     val_sets = {k: np.flatnonzero(data.folds == k) for k in trained.folds}
-    work = sum((len(val_sets[k]) if do_oof else 0) + (n_test if do_test else 0) for k in trained.folds)
-    finished = 0
     t_start = time.perf_counter()
 
-    def predict(tagger: Tagger, cache, indices: np.ndarray, what: str) -> np.ndarray:
-        base = finished
-
-        def progress(done: int, total: int, rate: float) -> None:
-            ctx.progress(0.06 + 0.92 * (base + done) / max(work, 1),
-                         f"{what}: {done}/{total} clips ({rate:.1f} clips/s)")
-
-        t0 = time.perf_counter()
-        logits = predict_tta_logits(tagger, cache, indices, crop=crop, k=inf.tta_crops, k_long=inf.tta_crops_long,
-                                    long_samples=long_samples, short_clips=SHORT_CLIPS,
-                                    batch_size=inf.batch_size, device=device, num_workers=inf.num_workers,
-                                    amp=tspec.optim.amp, cpu_bf16=tspec.optim.cpu_bf16, progress=progress)
-        seconds = time.perf_counter() - t0
-        ctx.log(f"{what}: {len(indices)} clips in {seconds:.1f}s ({len(indices) / max(seconds, 1e-9):.1f} clips/s)")
-        return logits
-
+    tasks = []
     for k in trained.folds:
         val_idx = val_sets[k]
         oof_done = not do_oof or (k in done_folds and np.isfinite(oof[val_idx]).all())
@@ -248,23 +323,30 @@ def run(ctx: JobContext) -> str:
         test_done = not do_test or _readable(folder, test_path, (n_test, len(classes)), ctx.log)
         if oof_done and test_done:
             ctx.log(f"fold {k}: already inferred, kept")
-            finished += (len(val_idx) if do_oof else 0) + (n_test if do_test else 0)
             continue
-        tagger = load_fold_tagger(trained, k, len(classes))
-        if do_oof:
-            if not oof_done:
-                pred = sigmoid(predict(tagger, curated_cache, val_idx, f"fold {k} out-of-fold"))
-                oof[val_idx] = pred
-                folder.save_array(oof_path, oof)
-                score = record_fold_scores(store, run_id, k, Y[val_idx], pred, classes)
-                ctx.log(f"fold {k}: lwlrap {score:.4f} with TTA")
-            finished += len(val_idx)
-        if do_test:
-            if not test_done:
-                logits = predict(tagger, test_cache, np.arange(n_test), f"fold {k} test")
-                folder.save_array(test_path, logits)
-            finished += n_test
-        del tagger
+        tasks.append(InferFoldTask(trained=trained, fold=k, n_classes=len(classes), data_root=str(tspec.data.root),
+                                   infer=to_dict(inf), device=str(device),
+                                   val_idx=None if oof_done else val_idx,
+                                   test_path=None if test_done else str(test_path)))
+
+    def record(outcome: InferFoldOutcome) -> None:
+        if outcome.val_pred is not None:
+            val_idx = val_sets[outcome.fold]
+            oof[val_idx] = outcome.val_pred
+            folder.save_array(oof_path, oof)
+            score = record_fold_scores(store, run_id, outcome.fold, Y[val_idx], outcome.val_pred, classes)
+            ctx.log(f"fold {outcome.fold}: lwlrap {score:.4f} with TTA")
+
+    if tasks:
+        executor = executor_from_env()
+        try:
+            dispatch_folds(ctx, executor, tasks, infer_fold_task, infer_fold_on_node, record,
+                           resources=FoldResources.from_spec(spec.cluster), n_folds=len(trained.folds),
+                           read=[Path(tspec.data.root), cache_dir, trained.run_dir], write=[run_dir],
+                           local_kwargs={"caches": {"curated": curated_cache, "test": test_cache},
+                                         "layout": data.layout}, start=0.06, width=0.92)
+        finally:
+            executor.close()
 
     parts = []
     cv = None

@@ -37,6 +37,7 @@ import copy
 import dataclasses
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -46,6 +47,7 @@ from engine.data.cache import decode_workers, host_cores
 from engine.data.dataset import ConcatCache, CropDataset, LoaderSettings, MultiScaleBatchSampler, loader_settings
 from engine.data.sampler import BalancedClassSampler
 from engine.errors import CheckpointError, ConfigError
+from engine.executors import FoldCall, FoldResources, executor_from_env
 from engine.features.augment import WaveAugment
 from engine.features.device_augment import BatchWaveAugment
 from engine.features.frontend import LogMelFrontend, compute_mel_stats
@@ -437,6 +439,114 @@ def fold_summary(fold: int, result: "FoldOutcome | FoldResult", *, epochs: int, 
     return line + f"; ran all {epochs} epochs"
 
 
+def train_fold_on_node(task: FoldTask, recorder: FoldRecorder) -> FoldOutcome:
+    """:func:`train_fold_task` in a process of its own (a Ray task): the device is chosen where it runs.
+
+    ``train.device = "auto"`` takes the GPU the cluster gave the task (Ray
+    sets ``CUDA_VISIBLE_DEVICES``), else the CPU; the head's device says
+    nothing about the node's.
+    """
+    spec = task.train_spec
+    configure_threads()
+    task = dataclasses.replace(task, device=str(pick_device(spec.train.device)))
+    return train_fold_task(task, recorder)
+
+
+class FoldProgress:
+    """The job's progress bar filled by folds that may run at the same time.
+
+    Each running fold reports its own fraction; the job shows the mean over
+    all the run's folds (finished ones count as 1) and the latest message of
+    each fold still running, so parallel folds advance together as one job.
+    """
+
+    def __init__(self, ctx: JobContext, n_folds: int, n_done: int, *, start: float = 0.08, width: float = 0.9):
+        self.ctx, self.n_folds, self.n_done = ctx, max(n_folds, 1), n_done
+        self.start, self.width = start, width
+        self.fractions: dict[int, float] = {}
+        self.messages: dict[int, str] = {}
+
+    def for_fold(self, fold: int):
+        """The ``progress(fraction, message)`` callable of one fold."""
+        def progress(fraction: float, message: str = "") -> None:
+            self.fractions[fold] = min(max(float(fraction), 0.0), 1.0)
+            self.messages[fold] = message
+            self.report()
+        return progress
+
+    def finished(self, fold: int) -> None:
+        """The fold's result is recorded: it counts as done and leaves the message."""
+        self.fractions[fold] = 1.0
+        self.messages.pop(fold, None)
+        self.report()
+
+    def report(self) -> None:
+        """Send the combined fraction and messages to the job."""
+        overall = self.start + self.width * (self.n_done + sum(self.fractions.values())) / self.n_folds
+        self.ctx.progress(min(overall, self.start + self.width), " · ".join(m for m in self.messages.values() if m))
+
+
+def run_fold_tasks(ctx: JobContext, tasks: list[FoldTask], spec: TrainSpec, record, *, n_folds: int,
+                   layout=None, caches: dict | None = None, cache_dir: Path | None = None) -> None:
+    """Train ``tasks`` with the worker's executor and ``record`` each outcome here, as it arrives.
+
+    The local executor trains them one after another in this process, with
+    the dataset and caches already loaded; the Ray executor trains them at
+    once on the cluster.
+    """
+    if not tasks:
+        return
+    executor = executor_from_env()
+    try:
+        local_kwargs = {}
+        if executor.name == "local":
+            # Everything the folds share is built once, with the caches this job already loaded.
+            progress_only = StoreRecorder(ctx.store, ctx.run_id, log=ctx.log)
+            local_kwargs = {"inputs": prepare_fold_inputs(tasks[0], progress_only, layout=layout, caches=caches)}
+        read = [Path(spec.data.root)] + ([layout.curated.csv_path] if layout is not None else [])
+        read += [Path(cache_dir)] if cache_dir is not None else []
+        dispatch_folds(ctx, executor, tasks, train_fold_task, train_fold_on_node, record,
+                       resources=FoldResources.from_spec(spec.cluster), n_folds=n_folds, read=read,
+                       write=[Path(tasks[0].run_dir)], local_kwargs=local_kwargs)
+    finally:
+        executor.close()
+
+
+def dispatch_folds(ctx: JobContext, executor, tasks: list, local_fn, node_fn, record, *, resources: FoldResources,
+                   n_folds: int, read: list[Path], write: list[Path], local_kwargs: dict | None = None,
+                   start: float = 0.08, width: float = 0.9) -> None:
+    """Run per-fold ``tasks`` (each with a ``fold``) on ``executor``; ``record`` each outcome as it arrives.
+
+    Locally ``local_fn(task, recorder, **local_kwargs)`` runs in this process;
+    on a cluster ``node_fn(task, recorder)`` runs on a node, after a check
+    that the nodes can read ``read`` and write in ``write`` (else the job
+    fails naming the path). Either way the folds' epochs, progress and log
+    lines reach the store through this process only; every fold's node and
+    state is recorded for the job details. ``start`` and ``width`` are the
+    part of the job's progress bar that the folds fill.
+    """
+    local = executor.name == "local"
+    if not local:
+        ctx.progress(start, f"checking that the {executor.name} cluster sees the data and the run folder")
+        executor.check_storage(read=read, write=write, resources=resources)
+        ctx.log(f"folds {[t.fold for t in tasks]} go to the {executor.name} cluster "
+                f"(cluster.max_retries = {resources.max_retries})")
+    progress = FoldProgress(ctx, n_folds, n_folds - len(tasks), start=start, width=width)
+    recorders = {t.fold: StoreRecorder(ctx.store, ctx.run_id, progress=progress.for_fold(t.fold), log=ctx.log)
+                 for t in tasks}
+    calls = [FoldCall(t.fold, local_fn if local else node_fn, (t,), local_kwargs=dict(local_kwargs or {}) if local
+                      else {}) for t in tasks]
+    job = ctx.job
+
+    def placement(fold: int, status: str, **where) -> None:
+        ctx.store.record_fold_task(job.id, job.attempts, fold, status=status, **where)
+
+    for _fold, outcome in executor.run_folds(calls, recorders.__getitem__, check=ctx.check, resources=resources,
+                                             placement=placement):
+        record(outcome)
+        progress.finished(outcome.fold)
+
+
 def run(ctx: JobContext) -> str:
     """Train every requested fold, record scores, write artifacts; returns a summary message."""
     spec: TrainSpec = spec_from_json("train", ctx.spec)
@@ -512,9 +622,9 @@ def run(ctx: JobContext) -> str:
     oof = np.full((len(Y), len(classes)), np.nan, dtype=np.float32)
     done_folds = {r["fold"] for r in store.fold_scores(run_id)}
     t_run = time.perf_counter()
-    inputs = None
 
-    for i, fold in enumerate(folds_to_run):
+    tasks = []
+    for fold in folds_to_run:
         val_idx = np.flatnonzero(data.folds == fold)
         if fold in done_folds:
             rows = _finished_fold_rows(folder, fold, ctx.log)
@@ -522,18 +632,19 @@ def run(ctx: JobContext) -> str:
                 oof[val_idx] = rows
                 ctx.log(f"fold {fold}: already finished, kept")
                 continue
-        task = FoldTask(spec=config, fold=fold, run_dir=str(folder.path), data_root=str(spec.data.root),
-                        device=str(device), folds=data.folds.tolist(), mel_stats=stats)
-        recorder = StoreRecorder(store, run_id, progress=ctx.progress, log=ctx.log,
-                                 span=(0.08 + 0.9 * i / len(folds_to_run), 0.9 / len(folds_to_run)))
-        if inputs is None:
-            inputs = prepare_fold_inputs(task, recorder, layout=data.layout, caches=caches)
-        outcome = train_fold_task(task, recorder, inputs=inputs)
+        tasks.append(FoldTask(spec=config, fold=fold, run_dir=str(folder.path), data_root=str(spec.data.root),
+                              device=str(device), folds=data.folds.tolist(), mel_stats=stats))
+
+    def record(outcome: FoldOutcome) -> None:
+        val_idx = outcome.val_idx
         oof[val_idx] = outcome.val_pred
         folder.save_array(folder.oof, oof)
-        record_fold_scores(store, run_id, fold, Y[val_idx], outcome.val_pred, classes,
+        record_fold_scores(store, run_id, outcome.fold, Y[val_idx], outcome.val_pred, classes,
                            best_epoch=outcome.best_epoch, lwlrap_value=outcome.best_lwlrap)
-        ctx.log(fold_summary(fold, outcome, epochs=spec.train.epochs, patience=spec.train.patience))
+        ctx.log(fold_summary(outcome.fold, outcome, epochs=spec.train.epochs, patience=spec.train.patience))
+
+    run_fold_tasks(ctx, tasks, spec, record, n_folds=len(folds_to_run), layout=data.layout, caches=caches,
+                   cache_dir=cache_dir)
 
     folder.save_array(folder.oof, oof)
     cv, covered = record_oof_scores(store, run_id, Y, oof, classes)

@@ -59,6 +59,25 @@ def job_summary(job: dict, at: float | None = None) -> Table:
     return grid
 
 
+def fold_placement(rows: list[dict]) -> Table | None:
+    """Where each fold of the job's latest attempt runs: fold, status, node, pid and retry; None before any."""
+    if not rows:
+        return None
+    attempt = max(r["attempt"] for r in rows)
+    grid = Table(box=None, padding=(0, 2), show_edge=False)
+    for name in ("fold", "status", "node", "pid", "try", ""):
+        grid.add_column(name, style="dim" if name in ("pid", "try") else None)
+    for r in sorted((r for r in rows if r["attempt"] == attempt), key=lambda r: r["fold"]):
+        grid.add_row(str(r["fold"]), status_text(r["status"]) if r["status"] in _STATUS_STYLED else r["status"],
+                     r.get("node") or "—", str(r["pid"]) if r.get("pid") else "—",
+                     str(r.get("task_attempt") or "—"), r.get("message") or "")
+    return grid
+
+
+#: Fold statuses that share a job state's colour.
+_STATUS_STYLED = ("running", "done", "failed", "cancelled")
+
+
 def spec_lines(spec: dict[str, Any]) -> str:
     """A spec as one line per section: ``[train] epochs=8 batch_size=32 …`` (plain values first)."""
     plain = [f"{k} = {json.dumps(v)}" for k, v in sorted(spec.items()) if not isinstance(v, dict)]
@@ -75,6 +94,15 @@ class LogLocated(Message, bubble=False):
         self.run_id = run_id
         self.path = path
         self.problem = problem
+
+
+class FoldsLoaded(Message, bubble=False):
+    """The job's fold placements (``engine.store.Store.fold_tasks``) as read off the UI thread."""
+
+    def __init__(self, job_id: int, rows: list[dict]) -> None:
+        super().__init__()
+        self.job_id = job_id
+        self.rows = rows
 
 
 class JobScreen(ModalScreen[str | None]):
@@ -96,6 +124,7 @@ class JobScreen(ModalScreen[str | None]):
         self.job = job
         #: The run whose log is shown (or being looked up); None until the job has a run.
         self.log_run_id: str | None = None
+        self._folds_seen = False
 
     def compose(self) -> ComposeResult:
         """Summary, the traceback (if any) and the resolved spec, scrollable; below them the job log."""
@@ -103,6 +132,8 @@ class JobScreen(ModalScreen[str | None]):
             yield Static(f"Job {self.job['id']}", classes="dialog-title")
             with VerticalScroll(id="job-details", classes="dialog-scroll"):
                 yield Static(job_summary(self.job), id="job-summary")
+                yield Static("folds (where each runs)", id="job-folds-label", classes="field-label")
+                yield Static("", id="job-folds")
                 if self.job.get("traceback"):
                     yield Static("traceback (last lines of the job log)", classes="field-label")
                     yield Static(self.job["traceback"], markup=False, classes="traceback")
@@ -152,7 +183,10 @@ class JobScreen(ModalScreen[str | None]):
         """Arrow keys scroll the details; the log starts following once the job's run is known."""
         self.query_one("#job-details", VerticalScroll).focus()
         self.job_log.border_title = f"job log (last {TAIL_LINES} lines, live)"
+        self.query_one("#job-folds-label").display = False
+        self.query_one("#job-folds").display = False
         self._locate_log()
+        self._load_folds(int(self.job["id"]))
 
     def show_overview(self, overview: Overview | None) -> None:
         """A poll's job row: refresh the summary, and find the log once the job has a run."""
@@ -164,11 +198,34 @@ class JobScreen(ModalScreen[str | None]):
         self.job.update(row)
         self.query_one("#job-summary", Static).update(job_summary(self.job))
         self.query_one("#job-keys", Static).update(self._keys())
+        if self.job.get("status") == "running" or not self._folds_seen:
+            self._load_folds(int(self.job["id"]))
         log = self.job_log
         if self.job.get("run_id") != self.log_run_id:
             self._locate_log()
         elif log.path is not None and log.observer is None:
             log.follow(log.path)  # its directory may exist by now
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="job-folds")
+    def _load_folds(self, job_id: int) -> None:
+        """Read where the job's folds run, off the UI thread."""
+        try:
+            rows = self.app.store.fold_tasks(job_id)  # type: ignore[attr-defined]
+        except sqlite3.Error:
+            return  # an older database, or a busy moment: the next poll tries again
+        self.post_message(FoldsLoaded(job_id, rows))
+
+    def on_folds_loaded(self, message: FoldsLoaded) -> None:
+        """Show the placement table once the job has submitted folds."""
+        if message.job_id != self.job["id"] or not self.is_mounted:
+            return
+        table = fold_placement(message.rows)
+        self._folds_seen = self._folds_seen or table is not None
+        self.query_one("#job-folds-label").display = table is not None
+        folds = self.query_one("#job-folds", Static)
+        folds.display = table is not None
+        if table is not None:
+            folds.update(table)
 
     def _locate_log(self) -> None:
         run_id = self.job.get("run_id")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from rich.text import Text
 from textual.widgets import Static
 
@@ -47,6 +49,11 @@ def status_line(overview: Overview | None, *, spawned_pid: int | None = None,
         text.append("○ ", style="bold red")
         text.append("no worker alive", style="bold red")
         text.append(" — press w to start one", style="dim")
+    for w in workers:
+        cluster = cluster_text(w)
+        if cluster is not None:
+            text.append("   │   ", style="dim")
+            text.append_text(cluster)
     counts = overview.counts()
     text.append("   │   ", style="dim")
     text.append(f"{counts.get('queued', 0)} queued", style="cyan" if counts.get("queued") else "dim")
@@ -65,6 +72,38 @@ def status_line(overview: Overview | None, *, spawned_pid: int | None = None,
         if problem:
             text.append("   │   ", style="dim")
             text.append(f"⚠ {shorten(problem, 70)}", style="bold red")
+    return text
+
+
+def cluster_text(worker: dict) -> Text | None:
+    """``ray 2 nodes · GPU 1/2 free · CPU 3/8 free`` for a worker that runs folds on a cluster, else None.
+
+    The worker publishes its cluster as JSON on its row (``workers.cluster``);
+    an error there (cluster unreachable) is shown instead of the counts.
+    """
+    if worker.get("executor") != "ray":
+        return None
+    try:
+        cluster = json.loads(worker.get("cluster") or "{}")
+    except ValueError:
+        cluster = {}
+    text = Text()
+    if cluster.get("error"):
+        text.append(f"⚠ ray: {shorten(cluster['error'], 70)}", style="bold red")
+        return text
+    if "nodes" not in cluster:
+        text.append("ray: connecting…", style="yellow")
+        return text
+    nodes = int(cluster["nodes"])
+    text.append("ray ", style="bold magenta")
+    text.append(f"{nodes} node{'s' if nodes != 1 else ''}")
+    for name in ("gpus", "cpus"):
+        total, free = float(cluster.get(name, 0)), float(cluster.get(f"{name}_free", 0))
+        if name == "gpus" and total == 0:
+            continue
+        text.append(" · ", style="dim")
+        text.append(f"{name[:-1].upper()} {total - free:g} busy/{free:g} free",
+                    style="yellow" if free < total else "green")
     return text
 
 
