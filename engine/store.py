@@ -516,6 +516,16 @@ class Store:
             conn.close()
             raise StoreError(f"{self.path}: an SQLite file without the fsat-console schema; "
                              "check the path (--db or $FSAT_DB)")
+        if version < SCHEMA_VERSION and self._target is None:
+            # A file an older release wrote: the read queries need today's tables. Upgrade it once
+            # (one short write transaction), then read as usual.
+            conn.close()
+            if not (os.access(self.path, os.W_OK) and os.access(self.path.resolve().parent, os.W_OK)):
+                raise StoreError(f"{self.path}: schema version {version} is older than this fsat-console "
+                                 f"({SCHEMA_VERSION}) and the database is read-only, so it cannot be "
+                                 "upgraded; open it once where it can be written (e.g. start a worker on it)")
+            self._open_writer().close()
+            return self._open_reader()
         return conn
 
     def _open_writer(self) -> sqlite3.Connection:

@@ -249,6 +249,8 @@ def run_read_only(target: Path, cmd: list[str]) -> subprocess.CompletedProcess:
         return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, stdin=subprocess.DEVNULL)
     finally:
         target.chmod(mode)
+
+
 def record_run(store, runs_root: Path, run_id: str, *, kind: str = "train", dataset_id: int | None,
                oof=None, test=None, truth=None, folds=None, overrides: tuple[str, ...] = (),
                parent: str | None = None, status: str = "done", name: str = "", cv: float | None = None,

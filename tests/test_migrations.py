@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import sys
 from pathlib import Path
 
 import pytest
 
 from engine.errors import FsatError
 from engine.store import DEFAULT_LEASE_SECONDS, MIGRATIONS, SCHEMA_VERSION, Store
+
+from tests.conftest import run_cli, run_read_only
 
 V1_DUMP = Path(__file__).parent / "fixtures" / "experiments_v1.sql"
 
@@ -164,3 +168,18 @@ def test_step_7_gives_old_workers_the_local_executor_and_adds_fold_placements(v1
     assert (row["fold"], row["status"], row["node"], row["pid"], row["task_attempt"]) == \
         (0, "done", "10.0.0.2 (gpu-a)", 42, 1)
     store.close()
+
+
+def test_a_listing_of_a_schema_1_database_upgrades_it_first(v1_db: Path):
+    out = run_cli("runs", "--json", db=v1_db)
+    assert [r["run_id"] for r in json.loads(out.stdout)] == ["train-0001"]
+    assert Store(v1_db, readonly=True).schema_version() == SCHEMA_VERSION
+
+
+def test_a_read_only_schema_1_database_is_named_with_what_to_do(v1_db: Path):
+    cmd = [sys.executable, "-m", "engine.cli", "--db", str(v1_db), "runs"]
+    out = run_read_only(v1_db.parent, cmd)
+    assert out.returncode == 2, out.stderr
+    assert "schema version 1 is older" in out.stderr and "cannot be upgraded" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
