@@ -35,7 +35,6 @@ import dataclasses
 
 import copy
 import csv
-import io
 import json
 import shutil
 import time
@@ -56,9 +55,10 @@ from engine.jobs.context import JobContext, environment_record, git_commit, writ
 from engine.jobs.infer import load_trained_run, load_fold_tagger
 from engine.jobs.train import TrainingClips, make_loaders, model_label, wave_augmenters
 from engine.models.registry import spec_augment_from_spec
-from engine.metrics import lwlrap, per_class_lwlrap
+from engine.runs.atomic import atomic_write, load_npy, save_npy, save_npz
+from engine.runs.scores import record_fold_scores, record_oof_scores
+from engine.metrics import lwlrap
 from engine.specs import CurriculumSpec, StageSection, TrainSpec, spec_from_json, spec_hash, to_dict
-from engine.store import OOF
 from engine.train.losses import build_loss, class_weights_from_counts
 from engine.train.loop import train_fold
 from engine.train.schedule import EarlyStopping
@@ -90,12 +90,7 @@ def teacher_noisy_logits(ctx: JobContext, trained, fold: int, noisy_cache, fname
     ctx.progress(0.05, f"teacher fold {fold} predicting {len(fnames)} noisy clips")
     logits = predict_tta_logits(tagger, noisy_cache, np.arange(len(fnames)), crop=crop, k=tta_crops,
                                 batch_size=batch_size, device=device, amp=trained.spec.optim.amp)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    np.savez(buffer, logits=logits.astype(np.float32), fnames=np.asarray(fnames))
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(buffer.getvalue())
-    tmp.replace(path)
+    save_npz(path, logits=logits.astype(np.float32), fnames=np.asarray(fnames))
     del tagger
     return logits
 
@@ -263,7 +258,7 @@ def run(ctx: JobContext) -> str:
     batch_size = int(student.train.batch_size)
     n = len(Y)
     oof_path = run_dir / "oof.npy"
-    oof = np.load(oof_path) if oof_path.exists() else np.full((n, len(classes)), np.nan, dtype=np.float32)
+    oof = load_npy(oof_path) if oof_path.exists() else np.full((n, len(classes)), np.nan, dtype=np.float32)
     done_folds = {r["fold"] for r in store.fold_scores(run_id)}
     t_run = time.perf_counter()
 
@@ -369,28 +364,24 @@ def run(ctx: JobContext) -> str:
         if state["best_dir"] is None:
             raise RuntimeError(f"fold {fold}: no stage recorded a validation score")
         best_dir = Path(state["best_dir"])
-        shutil.copyfile(best_dir / "best.pt", fold_dir / "best.pt.tmp")
-        (fold_dir / "best.pt.tmp").replace(fold_dir / "best.pt")
-        val_pred = np.load(best_dir / "val_pred.npy")
-        np.save(fold_dir / "val_pred.npy", val_pred)
+        with open(best_dir / "best.pt", "rb") as src:
+            atomic_write(fold_dir / "best.pt", lambda dst: shutil.copyfileobj(src, dst))
+        val_pred = load_npy(best_dir / "val_pred.npy")
+        save_npy(fold_dir / "val_pred.npy", val_pred)
         oof[val_idx] = val_pred
-        np.save(oof_path, oof)
-        store.record_fold(run_id, fold, lwlrap=state["best_lwlrap"], best_epoch=state["best_epoch"],
-                          n_val=len(val_idx))
-        per_class, cw = per_class_lwlrap(Y[val_idx], val_pred)
-        store.record_class_scores(run_id, fold, classes, per_class, cw, Y[val_idx].sum(axis=0))
+        save_npy(oof_path, oof)
+        record_fold_scores(store, run_id, fold, Y[val_idx], val_pred, classes, best_epoch=state["best_epoch"],
+                           lwlrap_value=state["best_lwlrap"])
         ctx.log(f"fold {fold}: best lwlrap {state['best_lwlrap']:.4f} at epoch {state['best_epoch']} "
                 f"(teacher {teacher_score:.4f}, gain {state['best_lwlrap'] - teacher_score:+.4f})")
 
     covered = ~np.isnan(oof).any(axis=1)
-    cv = lwlrap(Y[covered], oof[covered])
-    per_class, cw = per_class_lwlrap(Y[covered], oof[covered])
-    store.record_class_scores(run_id, OOF, classes, per_class, cw, Y[covered].sum(axis=0))
+    cv, _ = record_oof_scores(store, run_id, Y, oof, classes)
     store.finish_run(run_id, status="done", cv_lwlrap=cv)
     teacher_oof_path = trained.run_dir / "oof.npy"
     gain = ""
     if teacher_oof_path.is_file():
-        t_oof = np.load(teacher_oof_path)
+        t_oof = load_npy(teacher_oof_path)
         if not np.isnan(t_oof[covered]).any():
             t_cv = lwlrap(Y[covered], t_oof[covered])
             gain = f" (teacher {t_cv:.4f} on the same clips, gain {cv - t_cv:+.4f})"
