@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from engine.features.augment import SpecAugment, mixup
+from engine.features.augment import mixup
 from engine.features.device_augment import batch_generator
 from engine.metrics import lwlrap
 from engine.models.tagger import Tagger

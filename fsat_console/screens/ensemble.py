@@ -30,7 +30,6 @@ the console starts without numpy.
 from __future__ import annotations
 
 import sqlite3
-import time
 
 from rich.text import Text
 from textual import work

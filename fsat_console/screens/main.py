@@ -28,7 +28,7 @@ from engine.errors import FsatError
 from engine.filters import compile_filter
 from fsat_console.formatting import (STATUS_STYLES, bar, fmt_duration, fmt_score, job_times, local_stamp, now,
                                      shorten, status_text)
-from fsat_console.live import PAGE_SIZE, Overview, TableView
+from fsat_console.live import Overview, TableView
 from fsat_console.widgets.live_table import Cell, ColumnSpec, LiveTable, num_cell
 from fsat_console.widgets.status import WorkerStatus
 

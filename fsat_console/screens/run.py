@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import sqlite3
 
-from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
