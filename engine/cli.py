@@ -392,8 +392,11 @@ def _ensemble_dry_run(args: argparse.Namespace, spec) -> int:
     table_rows = [{"method": r["method"] + (" *" if r["chosen"] else ""), "oof_lwlrap": r["oof_lwlrap"],
                    "raw_oof_lwlrap": r["raw_oof_lwlrap"] if r["method"] in ("rank", "rank_minmax") else None,
                    "test_lwlrap": r["test_lwlrap"], "note": r["note"]} for r in rows]
-    _emit(args, table_rows, f"dry run, nothing saved: weights {members}; OOF {fitted}",
-          ["method", "oof_lwlrap", "raw_oof_lwlrap", "test_lwlrap", "note"])
+    title = f"dry run, nothing saved: weights {members}; OOF {fitted}"
+    if not sys.stdout.isatty():
+        # A plain table carries no title: say what was (not) done on a line of its own.
+        print(title)
+    _emit(args, table_rows, title, ["method", "oof_lwlrap", "raw_oof_lwlrap", "test_lwlrap", "note"])
     best_test = ev.member_test_lwlrap.get(result.best_member)
     console.print(f"best member {result.best_member}: OOF lwlrap {result.best_member_lwlrap:.4f}"
                   + (f", test {best_test:.4f}" if best_test is not None else "")
