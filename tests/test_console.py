@@ -74,9 +74,14 @@ async def open_queue_dialog(pilot, app, *, press: bool = True, timeout: float = 
     """Press n (unless the app opens the dialog itself) and wait until the preset list has focus."""
     if press:
         await pilot.press("n")
-    await wait_until(pilot, lambda: isinstance(app.screen, QueueScreen)
-                     and app.focused is app.screen.query_one("#preset", OptionList),
-                     timeout=timeout, what="queue dialog")
+    def preset_list_focused() -> bool:
+        # The dialog may be the screen before its widgets are mounted.
+        if not isinstance(app.screen, QueueScreen):
+            return False
+        presets = app.screen.query("#preset")
+        return bool(presets) and app.focused is presets.first(OptionList)
+
+    await wait_until(pilot, preset_list_focused, timeout=timeout, what="queue dialog")
     return app.screen
 
 
