@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from engine.metrics import lwlrap
-from engine.store import OOF, Store
+from engine.store import OOF, Store, runs_root
 from tests.conftest import copy_dataset, run_cli, spawn_worker  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slow
@@ -139,9 +139,11 @@ def test_interrupted_training_resumes_from_its_checkpoint(tiny_demo: Path, tmp_p
                          db=db).stdout)
     store = Store(db)
     first = spawn_worker(db, "--lease", "3")
-    # Kill the worker once fold 0 is finished and fold 1 has a saved epoch.
-    wait_for(lambda: any(r["fold"] == 1 for r in store.epochs(f"train-{job_id:04d}")), timeout=600,
-             what="fold 1 to record an epoch")
+    # Kill the worker once fold 0 is finished and fold 1 has a saved epoch: its row is recorded and
+    # its resume checkpoint written (a kill between the two is tests/test_resume.py's case).
+    resume_file = runs_root(db) / f"train-{job_id:04d}" / "fold1" / "last.pt"
+    wait_for(lambda: any(r["fold"] == 1 for r in store.epochs(f"train-{job_id:04d}")) and resume_file.exists(),
+             timeout=600, what="fold 1 to record and checkpoint an epoch")
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     run_id = f"train-{job_id:04d}"
