@@ -459,7 +459,8 @@ async def open_infer_dialog(pilot, app, run_id: str) -> InferScreen:
     """From the run screen of ``run_id``, press i and wait for the inference dialog."""
     await open_run(pilot, app, run_id)
     await pilot.press("i")
-    await wait_until(pilot, lambda: isinstance(app.screen, InferScreen), what="infer dialog")
+    await wait_until(pilot, lambda: isinstance(app.screen, InferScreen) and bool(app.screen.query("#tta-crops")),
+                     what="infer dialog, its fields mounted")
     return app.screen
 
 
@@ -596,7 +597,8 @@ async def test_tta_gain_appears_live_and_on_the_inference_run(world: dict) -> No
 
         # i on an inference run infers its trained run again.
         await pilot.press("i")
-        await wait_until(pilot, lambda: isinstance(app.screen, InferScreen), what="infer dialog")
+        await wait_until(pilot, lambda: isinstance(app.screen, InferScreen) and bool(app.screen.query("#tta-crops")),
+                     what="infer dialog, its fields mounted")
         assert app.screen.run_id == "train-0010"
 
 
