@@ -146,8 +146,11 @@ class FsatConsole(App):
         self.live_problem: str | None = None
         self._watched: tuple[str, int] | None = None
         self._force = True
+        #: The next poll reloads the watched run even if nothing changed (a run screen just opened).
+        self._force_detail = False
         self._poll_in_flight = False
         self._poll_timer: Timer | None = None
+        self._preloaded = False
         # The ensemble screen's choices and loaded arrays outlive the screen.
         self.blend_state = BlendState()
         self.blend_bench = BlendBench()
@@ -211,13 +214,15 @@ class FsatConsole(App):
             return
         self._poll_in_flight = True
         force, self._force = self._force, False
-        self._poll(self._watched, force, (self.run_view, self.job_view))
+        force_detail, self._force_detail = self._force_detail, False
+        self._poll(self._watched, force, force_detail, (self.run_view, self.job_view))
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="live")
-    def _poll(self, watch: tuple[str, int] | None, force: bool, views: tuple[TableView, TableView]) -> None:
+    def _poll(self, watch: tuple[str, int] | None, force: bool, force_detail: bool,
+              views: tuple[TableView, TableView]) -> None:
         """Poll the database on the poller's own connection and post what changed."""
         try:
-            overview, detail = self.poller.poll(watch, force=force, views=views)
+            overview, detail = self.poller.poll(watch, force=force, force_detail=force_detail, views=views)
         except Exception as err:  # every failure becomes a message, never a traceback
             self.post_message(LiveError(describe_error(err, self.db_path)))
             return
@@ -227,7 +232,7 @@ class FsatConsole(App):
         self._poll_in_flight = False
         if self._poll_timer is not None:
             self._poll_timer.stop()
-        delay = 0.01 if self._force else self.poll_interval
+        delay = 0.01 if self._force or self._force_detail else self.poll_interval
         self._poll_timer = self.set_timer(delay, self._start_poll, name="poll")
 
     def request_refresh(self) -> None:
@@ -255,9 +260,32 @@ class FsatConsole(App):
         screen = self.screen
         if message.overview is not None and hasattr(screen, "show_overview"):
             screen.show_overview(self.overview)
+            if not self._preloaded:
+                self._preloaded = True
+                self.call_after_refresh(self._after_first_paint)
         if message.detail is not None and hasattr(screen, "show_detail"):
             screen.show_detail(message.detail)
         self._poll_done()
+
+    def _after_first_paint(self) -> None:
+        """Once the first page is on screen: import the run screen, then freeze what start-up made."""
+        self._preload_run_screen()
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="preload")
+    def _preload_run_screen(self) -> None:
+        """Import the run screen (and plotext, ~0.1 s) now rather than on the first enter.
+
+        Then move every object start-up made (Textual, Rich, the CSS, the
+        modules) out of the garbage collector's sight: a full collection walked
+        them all, 0.1 s or more at a time, at whatever moment the user was
+        opening a run (``gc.freeze``, after one collection so that no garbage
+        is frozen).
+        """
+        import gc
+
+        import fsat_console.screens.run  # noqa: F401
+
+        self.call_from_thread(lambda: (gc.collect(), gc.freeze()))
 
     def _announce_ended(self, ended: list[dict]) -> None:
         """A notification for every job that finished or failed since the last poll."""
@@ -308,10 +336,24 @@ class FsatConsole(App):
             status.show(self.overview, spawned_pid=pid, spawn_problem=self.spawn_problem,
                         live_problem=self.live_problem)
 
+    @property
+    def watched_run(self) -> tuple[str, int] | None:
+        """(run id, class fold) that every poll loads in full, or None."""
+        return self._watched
+
     def follow_run(self, screen: Screen) -> None:
-        """Load this run screen's run with every poll from now on."""
+        """Load this run screen's run with every poll from now on, starting with a poll now.
+
+        Only the run is reloaded in full: the overview (pages of runs and jobs)
+        comes only if it changed, so opening a run does not wait for the
+        tables' reload (tens of milliseconds at 10,000 runs).
+        """
         self._watched = screen.watch_key  # type: ignore[attr-defined]
-        self.request_refresh()
+        self._force_detail = True
+        if not self._poll_in_flight:
+            if self._poll_timer is not None:
+                self._poll_timer.stop()
+            self._start_poll()
 
     def unfollow_run(self, screen: Screen) -> None:
         """Stop loading the run of a screen that is no longer shown."""

@@ -217,12 +217,13 @@ class Poller:
             finally:
                 self._store = None
 
-    def poll(self, watch: tuple[str, int] | None = None, *, force: bool = False,
+    def poll(self, watch: tuple[str, int] | None = None, *, force: bool = False, force_detail: bool = False,
              views: tuple[TableView, TableView] | None = None) -> tuple[Overview | None, RunDetail | None]:
         """One poll: returns (overview, detail), each None when nothing the UI shows changed.
 
         ``watch`` is ``(run_id, class_fold)`` while the run screen is shown.
-        ``force`` returns fresh objects even when nothing changed. ``views``
+        ``force`` returns fresh objects even when nothing changed;
+        ``force_detail`` does so for the watched run only. ``views``
         is (runs view, jobs view): which page of each table to load. Raises
         sqlite3 errors or FsatError; the connection is then dropped and
         reopened next time.
@@ -240,9 +241,9 @@ class Poller:
             if changed or stale or force:
                 overview = self._load_overview(store, force, *(views or ()))
                 self._loaded_at = time.time()
-            if watch is not None and (changed or force or self._detail_key is None
+            if watch is not None and (changed or force or force_detail or self._detail_key is None
                                       or self._detail_key[:2] != tuple(watch)):
-                detail = self._load_detail(store, watch, force)
+                detail = self._load_detail(store, watch, force or force_detail)
             elif watch is None:
                 self._detail_key = None
             self._version = version

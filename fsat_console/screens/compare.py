@@ -22,10 +22,11 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header
+from textual.widgets import DataTable, Header
 
 from engine.compare import Comparison, compare_runs, comparison_markdown, pm_text
 from engine.errors import FsatError
+from fsat_console.widgets.footer import KeyFooter
 from fsat_console.formatting import fmt_score, shorten
 from fsat_console.live import Overview
 from fsat_console.widgets.chart import FOLD_COLORS, FOLD_MARKERS, METRICS, EpochChart, Line, fold_series, mean_series
@@ -149,7 +150,7 @@ class CompareScreen(Screen):
             with Vertical(id="compare-side"):
                 yield LiveTable([ColumnSpec("setting", "setting")], sort_column="setting", id="compare-diff")
                 yield EpochChart(id="compare-chart")
-        yield Footer(compact=True)
+        yield KeyFooter(compact=True)
 
     @property
     def classes_table(self) -> LiveTable:

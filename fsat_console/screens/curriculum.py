@@ -23,12 +23,13 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Input, Label, Static
+from textual.widgets import Header, Input, Label, Static
 from textual_plotext import PlotextPlot
 
 from engine import specs
 from engine.curriculum import audit_report, check_teacher
 from engine.errors import ConfigError, FsatError
+from fsat_console.widgets.footer import KeyFooter
 from fsat_console.formatting import fmt_score
 from fsat_console.screens.infer import SpecDialog, run_line
 from fsat_console.screens.queue import preset_about
@@ -286,7 +287,7 @@ class CurriculumView(Screen):
         with Horizontal(id="curriculum-tables"):
             yield LiveTable(GAIN_COLUMNS, sort_column="gain", reverse=True, id="class-gain")
             yield LiveTable(AUDIT_COLUMNS, sort_column="share_dropped", reverse=True, id="audit")
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         """Titles, then the first load; reload every few seconds while the screen is shown."""

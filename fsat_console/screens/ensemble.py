@@ -38,13 +38,14 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import DataTable, Digits, Footer, Header, Static
+from textual.widgets import DataTable, Digits, Header, Static
 from textual.worker import get_current_worker
 
 from engine import specs
 from engine.errors import ConfigError, FsatError
 from engine.runs.members import (GREEDY_STEPS, BlendBench, BlendOutcome, BlendState, Candidate, cv_weights,
                                  ensemble_spec, find_candidates)
+from fsat_console.widgets.footer import KeyFooter
 from fsat_console.formatting import fmt_score, shorten
 from fsat_console.live import Overview
 from fsat_console.screens.queue import try_enqueue
@@ -202,7 +203,7 @@ class EnsembleScreen(Screen):
             yield Digits("", id="blend-score")
             yield Static("", id="blend-about")
         yield MemberTable(MEMBER_COLUMNS, sort_column="cv", reverse=True, id="members")
-        yield Footer(compact=True)
+        yield KeyFooter(compact=True)
 
     def on_mount(self) -> None:
         """Title, focus the runs, list the candidates from what the app already loaded."""

@@ -22,10 +22,11 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Input, Static
+from textual.widgets import DataTable, Header, Input, Static
 
 from engine.errors import FsatError
 from engine.filters import compile_filter
+from fsat_console.widgets.footer import KeyFooter
 from fsat_console.formatting import (STATUS_STYLES, bar, fmt_duration, fmt_score, job_times, local_stamp, now,
                                      shorten, status_text)
 from fsat_console.live import Overview, TableView
@@ -209,6 +210,8 @@ class MainScreen(Screen):
                                              "one this console started stops unless --keep-worker)"),
     ]
 
+    _shown: tuple | None = None
+
     def compose(self) -> ComposeResult:
         """Header, status line, the two tables, the command bar, footer."""
         yield Header()
@@ -220,7 +223,7 @@ class MainScreen(Screen):
         yield CommandBar()
         yield Static("Nothing here yet. Press [b]n[/b] to queue a training job "
                      "(or start the console with [b]--demo[/b] for a ready-made dataset).", id="empty-hint")
-        yield Footer(compact=True)
+        yield KeyFooter(compact=True)
 
     def on_mount(self) -> None:
         """Title the tables and show whatever the app already loaded."""
@@ -231,7 +234,8 @@ class MainScreen(Screen):
         self.runs_table.sort_column, self.runs_table.sort_reverse = self._column_for(app.run_view, RUN_SORT,  # type: ignore[attr-defined]
                                                                                      "created")
         self.runs_table.focus()
-        self.show_overview(getattr(self.app, "overview", None))
+        # Forced: a poll may have filled the tables before this handler set their plain titles.
+        self.show_overview(getattr(self.app, "overview", None), force=True)
 
     @staticmethod
     def _column_for(view: TableView, mapping: dict[str, str], default: str) -> tuple[str, bool]:
@@ -257,12 +261,17 @@ class MainScreen(Screen):
         """Catch up with updates that arrived while another screen was shown."""
         self.show_overview(getattr(self.app, "overview", None))
 
-    def show_overview(self, overview: Overview | None) -> None:
-        """Refresh both tables and the status line from a poll."""
+    def show_overview(self, overview: Overview | None, *, force: bool = False) -> None:
+        """Refresh both tables and the status line from a poll (``force``: even if already shown)."""
         self.app.refresh_status(self)  # type: ignore[attr-defined]
         if overview is None:
             return
         app = self.app
+        # Mount, the first resume and the poll that loaded it all hand over the same overview.
+        shown = (overview, app.pinned_run, app.pinned_cv, tuple(app.marked_runs))  # type: ignore[attr-defined]
+        if not force and self._shown is not None and all(a is b or a == b for a, b in zip(shown, self._shown)):
+            return
+        self._shown = shown
         self.runs_table.sync(run_rows(overview.runs, pinned=app.pinned_run, pinned_cv=app.pinned_cv,  # type: ignore[attr-defined]
                                       marked=app.marked_runs))  # type: ignore[attr-defined]
         self.jobs_table.sync(job_rows(overview.jobs))
@@ -505,7 +514,7 @@ class MainScreen(Screen):
         self.app.open_compare(marked)  # type: ignore[attr-defined]
 
     def _resync(self) -> None:
-        self.show_overview(getattr(self.app, "overview", None))
+        self.show_overview(getattr(self.app, "overview", None), force=True)
 
     # -- the command bar: filter, tags, note, export -------------------------------------------
 

@@ -23,10 +23,11 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Static
+from textual.widgets import Header, Static
 
 from engine.runs.kinds import FOLD_CHECKPOINT_KINDS, can_embed_baseline
 from engine.store import OOF, StoreError
+from fsat_console.widgets.footer import KeyFooter
 from fsat_console.formatting import bar, fmt_duration, fmt_score, status_text
 from fsat_console.live import Overview, RunDetail, TtaComparison
 from fsat_console.screens.infer import BaselineScreen, InferScreen
@@ -273,6 +274,7 @@ class RunScreen(Screen):
         self.detail: RunDetail | None = None
         self._early_detail: RunDetail | None = None
         self._ready = False
+        self._suspended = False
 
     def compose(self) -> ComposeResult:
         """Header, run summary, folds + chart on the left, classes on the right."""
@@ -286,7 +288,7 @@ class RunScreen(Screen):
                 yield LiveTable(MEMBER_COLUMNS, sort_column="weight", reverse=True, id="members")
                 yield EpochChart(id="chart")
             yield LiveTable(CLASS_COLUMNS, sort_column="lrap", reverse=True, id="classes")
-        yield Footer(compact=True)
+        yield KeyFooter(compact=True)
 
     def on_mount(self) -> None:
         """Titles and an empty chart until the first poll lands."""
@@ -302,6 +304,8 @@ class RunScreen(Screen):
         self.query_one("#classes", LiveTable).focus()
         self.query_one(EpochChart).show({}, METRICS[self.metric_index][1])
         self._class_title()
+        # Opening a run reloads only the run: the status line starts from the overview already loaded.
+        self.app.refresh_status(self)  # type: ignore[attr-defined]
         self._ready = True
         early, self._early_detail = self._early_detail, None
         if early is not None:
@@ -313,11 +317,18 @@ class RunScreen(Screen):
         return (self.run_id, self.class_fold)
 
     def on_screen_resume(self) -> None:
-        """Ask the poller for this run as soon as the screen is shown."""
-        self.app.follow_run(self)  # type: ignore[attr-defined]
+        """Ask the poller for this run as soon as the screen is shown again.
+
+        The first time, ``open_run`` has already asked (while the screen was
+        built); asking again loaded and showed the whole run a second time.
+        """
+        if self._suspended or self.app.watched_run != self.watch_key:  # type: ignore[attr-defined]
+            self.app.follow_run(self)  # type: ignore[attr-defined]
+        self._suspended = False
 
     def on_screen_suspend(self) -> None:
         """Stop loading this run while another screen covers it."""
+        self._suspended = True
         self.app.unfollow_run(self)  # type: ignore[attr-defined]
 
     def on_unmount(self) -> None:
@@ -360,11 +371,18 @@ class RunScreen(Screen):
         self.query_one(EpochChart).display = not blend_only
         folds.display = not blend_only
         self._plot()
-        self.refresh_bindings()
+        self._refresh_footer()
         self._show_tta(detail.tta)
         gains = detail.tta.class_gains() if detail.tta is not None else None
         self.query_one("#classes", LiveTable).sync(class_rows(detail.classes, gains))
         self._class_title()
+
+    def _refresh_footer(self) -> None:
+        """Recompose the footer only when the set of keys that act changed (a recompose is not cheap)."""
+        state = tuple(bool(self.check_action(b.action, ())) for b in self.BINDINGS if b.show)
+        if state != getattr(self, "_footer_state", None):
+            self._footer_state = state
+            self.refresh_bindings()
 
     def _show_tta(self, tta: TtaComparison | None) -> None:
         """The TTA line, and the class table's gain column only while there is a comparison."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rich.text import Text
 from textual_plotext import PlotextPlot
 
 #: Metrics the chart can show: (epochs column, label, higher is better).
@@ -82,6 +83,21 @@ class EpochChart(PlotextPlot):
         self.metric_label = METRICS[0][1]
         self.x_max: int | None = None
         self.empty_text = "no epochs recorded yet"
+        #: What was last plotted, and the text plotext built for it at which size and theme: plotext
+        #: rebuilds the whole figure on every render (tens of ms), and a screen renders a widget on
+        #: every layout pass (mount, resize, each table that fills), not only when its data changes.
+        self._plotted: tuple | None = None
+        self._version = 0
+        self._render_key: tuple | None = None
+        self._rendered: Text | None = None
+
+    def render(self) -> Text:
+        """The plot, rebuilt only when the data, the size or the theme changed."""
+        key = (self._version, self.size, self.app.theme, self.theme)
+        if key != self._render_key or self._rendered is None:
+            self._rendered = super().render()
+            self._render_key = key
+        return self._rendered.copy()
 
     def show(self, series: dict[int, list[tuple[int, float]]], metric_label: str, *,
              planned_epochs: int | None = None, best_epochs: dict[int, int] | None = None) -> None:
@@ -98,6 +114,11 @@ class EpochChart(PlotextPlot):
     def plot_lines(self, lines: list[Line], metric_label: str, *, x_max: int | None = None,
                    best: list[tuple[int, float]] | None = None, title: str | None = None) -> None:
         """Plot any curves (the compare screen: one per run) with the legend in the border."""
+        plotted = (lines, metric_label, x_max, best, title)
+        if plotted == self._plotted:
+            return  # a poll that changed something else on the screen: same figure
+        self._plotted = plotted
+        self._version += 1
         self.lines = lines
         self.best = list(best or [])
         self.metric_label = metric_label

@@ -137,7 +137,8 @@ class LiveTable(DataTable):
             return
         if self._rank is not None and self.rank_column and ColumnKey(self.rank_column) in self.columns:
             rank = self._rank
-            self.sort(self.rank_column, key=lambda cell: rank.get(getattr(cell, "plain", str(cell)), len(rank)))
+            self._sort_if_needed(self.rank_column,
+                                 lambda cell: rank.get(getattr(cell, "plain", str(cell)), len(rank)), False)
             return
         if ColumnKey(self.sort_column) not in self.columns:
             return
@@ -148,7 +149,21 @@ class LiveTable(DataTable):
             # Missing values last in both directions.
             return (value is not None, value) if reverse else (value is None, value)
 
-        self.sort(self.sort_column, key=key, reverse=reverse)
+        self._sort_if_needed(self.sort_column, key, reverse)
+
+    def _sort_if_needed(self, column: str, key: Any, reverse: bool) -> None:
+        """``DataTable.sort``, only when it would move a row.
+
+        Every sort throws away the table's rendered cells (it bumps the
+        update count their cache is keyed on), so sorting after each poll
+        re-rendered every visible cell even when nothing moved: the largest
+        cost of painting the runs table and of opening a run.
+        """
+        shown = [row.key for row in self.ordered_rows]
+        # The order DataTable.sort would give: a stable sort of the rows as they were added.
+        wanted = sorted(self.rows, key=lambda row: key(self.get_cell(row, column)), reverse=reverse)
+        if wanted != shown:
+            self.sort(column, key=key, reverse=reverse)
 
     # -- rows -----------------------------------------------------------------------
 
