@@ -471,13 +471,20 @@ class EnsembleScreen(Screen):
     def _changed(self) -> None:
         self._refresh_table()
         self._request_blend()
+        self.refresh_bindings()  # Save appears with the first member and goes with the last
 
     # -- actions ------------------------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        """Offer ``d`` only when runs of more than one dataset are listed."""
+        """Offer only the keys that act: blending keys while runs are listed, save once there is a member,
+        ``d`` while runs of more than one dataset are listed."""
         if action == "next_dataset":
             return len(self._dataset_ids()) > 1
+        if action in ("toggle_member", "weight", "cv_weights", "toggle_method", "toggle_calibrate", "greedy",
+                      "cycle_sort", "reverse_sort"):
+            return bool(self.shown_candidates())
+        if action == "save":
+            return bool(self.state.member_ids)
         return True
 
     def _busy(self) -> bool:
