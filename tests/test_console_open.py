@@ -164,3 +164,18 @@ async def test_the_chart_is_rebuilt_only_when_its_data_or_size_changes() -> None
         assert chart.render().plain == first and builds == []
         chart.show({0: series[0]}, "val LWLRAP", planned_epochs=10)
         assert chart.render().plain != first and builds == [1]
+
+
+@pytest.mark.parametrize("which", ["stopped", "ensemble"])
+async def test_at_160x48_the_run_tables_show_every_column(console_db, which) -> None:
+    db, ids = console_db
+    app = FsatConsole(db, poll_interval=0.2)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await _first_page(pilot, app)
+        app.open_run(ids[which])
+        await wait_until(pilot, lambda: getattr(app.screen, "detail", None) is not None, what="the run shown")
+        await pilot.pause(0.3)
+        for table in app.screen.query(LiveTable):
+            if table.display and table.row_count:
+                # No column (n_val, n_pos) runs past the table's right edge.
+                assert table.virtual_size.width <= table.scrollable_content_region.width, table.id

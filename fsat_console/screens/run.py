@@ -38,10 +38,11 @@ from fsat_console.widgets.status import WorkerStatus
 FOLD_COLUMNS = (
     ColumnSpec("fold", "fold"),
     ColumnSpec("lwlrap", "LWLRAP", descending_first=True),
-    ColumnSpec("state", "state", width=16),
-    ColumnSpec("time", "time", descending_first=True, width=7),
-    ColumnSpec("eta", "ETA", sortable=False, width=7),
-    ColumnSpec("epochs", "epochs", descending_first=True),
+    ColumnSpec("state", "state", width=15),
+    # fmt_duration is at most 6 wide (12m05s, 23h59m): the folds table fits beside the classes at 160 columns.
+    ColumnSpec("time", "time", descending_first=True, width=6),
+    ColumnSpec("eta", "ETA", sortable=False, width=6),
+    ColumnSpec("epochs", "epoch", descending_first=True),
     ColumnSpec("best_epoch", "best ep"),
     ColumnSpec("n_val", "n_val", descending_first=True),
 )
