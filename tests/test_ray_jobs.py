@@ -186,6 +186,10 @@ def test_train_infer_and_curriculum_folds_run_on_ray_with_the_same_scores_as_loc
     assert (local_done.status, ray_done.status) == ("done", "done"), (local_done.error, ray_done.error)
     ray_student, local_student = ray_done.run_id, local_done.run_id
     assert len({r["pid"] for r in store.fold_tasks(ray_cur)}) == 2
+    # Both phases went to the cluster: the teacher folds' noisy predictions, then the student folds.
+    cur_log = (Path(store.get_run(ray_student)["run_dir"]) / "job.log").read_text()
+    assert cur_log.count("folds [0, 1] go to the ray cluster") == 2, cur_log
+    assert sorted(p.name for p in (ray_dir / "noisy_pred").iterdir()) == ["fold0_crops1.npz", "fold1_crops1.npz"]
     assert [(r["fold"], r["status"]) for r in store.fold_tasks(ray_cur)] == [(0, "done"), (1, "done")]
     assert _fold_scores(store, ray_student) == pytest.approx(_fold_scores(local, local_student), abs=1e-6)
     assert [(e["fold"], e["epoch"], e["stage"]) for e in store.epochs(ray_student)] == \

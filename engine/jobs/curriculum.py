@@ -56,7 +56,7 @@ from engine.executors import FoldResources, executor_from_env
 from engine.infer import predict_tta_logits, sigmoid
 from engine.jobs.common import build_cache, cache_dir_for, configure_threads, pick_device, prepare_dataset
 from engine.jobs.context import JobContext, environment_record, git_commit, write_json
-from engine.jobs.infer import load_fold_tagger, load_trained_run
+from engine.jobs.infer import TrainedRun, load_fold_tagger, load_trained_run
 from engine.jobs.train import (ExtraClips, FoldOutcome, FoldTask, dispatch_folds, model_label, prepare_fold_inputs,
                                train_fold_task)
 from engine.metrics import lwlrap
@@ -75,27 +75,131 @@ FOLD_MEAN_WARNING = ("teacher.predictions = \"fold_mean\": every student fold is
 
 # --- teacher predictions -------------------------------------------------------------------------
 
-def teacher_noisy_logits(ctx: JobContext, trained, fold: int, noisy_cache, fnames: list[str], n_classes: int, *,
-                         crop: int, tta_crops: int, batch_size: int, device: torch.device) -> np.ndarray:
-    """Teacher fold ``fold``'s mean logits on every noisy clip, cached in the teacher's run folder."""
-    cache_dir = trained.run_dir / "noisy_pred"
-    path = cache_dir / f"fold{fold}_crops{tta_crops}.npz"
-    if path.is_file():
-        try:
-            with np.load(path) as saved:
-                if list(saved["fnames"]) == list(fnames) and saved["logits"].shape == (len(fnames), n_classes):
-                    ctx.log(f"teacher fold {fold}: noisy predictions read from {path}")
-                    return saved["logits"].astype(np.float32)
-            ctx.log(f"{path} is for another noisy list; predicting again")
-        except (OSError, ValueError, KeyError) as err:
-            ctx.log(f"{path} is unreadable ({err}); predicting again")
-    tagger = load_fold_tagger(trained, fold, n_classes)
-    ctx.log(f"teacher fold {fold} predicting {len(fnames)} noisy clips ({tta_crops} crop(s) each)")
-    ctx.progress(0.05, f"teacher fold {fold} predicting {len(fnames)} noisy clips")
-    logits = predict_tta_logits(tagger, noisy_cache, np.arange(len(fnames)), crop=crop, k=tta_crops,
-                                batch_size=batch_size, device=device, amp=trained.spec.optim.amp)
-    save_npz(path, logits=logits.astype(np.float32), fnames=np.asarray(fnames))
-    del tagger
+def teacher_logits_path(trained: TrainedRun, fold: int, tta_crops: int) -> Path:
+    """Where teacher fold ``fold``'s logits on the noisy clips are cached (in the teacher's run folder)."""
+    return trained.run_dir / "noisy_pred" / f"fold{fold}_crops{tta_crops}.npz"
+
+
+def cached_teacher_logits(path: Path, fnames: list[str], n_classes: int, log) -> np.ndarray | None:
+    """The cached logits when ``path`` holds them for exactly these noisy clips, else None (said in the log)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as saved:
+            if list(saved["fnames"]) == list(fnames) and saved["logits"].shape == (len(fnames), n_classes):
+                return saved["logits"].astype(np.float32)
+        log(f"{path} is for another noisy list; predicting again")
+    except (OSError, ValueError, KeyError) as err:
+        log(f"{path} is unreadable ({err}); predicting again")
+    return None
+
+
+@dataclass
+class TeacherFoldTask:
+    """One teacher fold's predictions on every noisy clip, as picklable data (a task of the fold seam)."""
+
+    trained: TrainedRun
+    fold: int
+    n_classes: int
+    data_root: str
+    fnames: list[str]
+    tta_crops: int
+    batch_size: int
+    device: str
+
+
+@dataclass
+class TeacherFoldOutcome:
+    """Where a teacher fold's noisy logits were saved (the file, not the array, goes back to the head)."""
+
+    fold: int
+    path: str
+
+
+def teacher_fold_task(task: TeacherFoldTask, recorder, *, layout=None, caches: dict | None = None
+                      ) -> TeacherFoldOutcome:
+    """Predict the noisy clips with teacher fold ``task.fold`` (``tta_crops`` crops, logits averaged).
+
+    Saves the logits with their fnames at :func:`teacher_logits_path`;
+    ``layout`` and ``caches`` reuse what the job loaded.
+    """
+    from engine.data.manifest import load_layout
+
+    tspec = task.trained.spec
+    sr = tspec.audio.sample_rate
+    crop = int(round(tspec.audio.crop_seconds * sr))
+    caches = caches if caches is not None else {}
+    if caches.get("noisy") is None:
+        layout = layout if layout is not None else load_layout(task.data_root)
+        caches["noisy"] = build_cache(_Progress(recorder), layout.noisy, sample_rate=sr,
+                                      cache_dir=cache_dir_for(task.data_root, tspec.data.cache_dir))
+    tagger = load_fold_tagger(task.trained, task.fold, task.n_classes)
+    recorder.log(f"teacher fold {task.fold} predicting {len(task.fnames)} noisy clips ({task.tta_crops} crop(s) each)")
+
+    def progress(done: int, total: int, rate: float) -> None:
+        recorder.progress(done / max(total, 1), f"teacher fold {task.fold}: {done}/{total} noisy clips "
+                                                f"({rate:.1f} clips/s)")
+
+    logits = predict_tta_logits(tagger, caches["noisy"], np.arange(len(task.fnames)), crop=crop, k=task.tta_crops,
+                                batch_size=task.batch_size, device=torch.device(task.device), amp=tspec.optim.amp,
+                                progress=progress)
+    path = teacher_logits_path(task.trained, task.fold, task.tta_crops)
+    save_npz(path, logits=logits.astype(np.float32), fnames=np.asarray(task.fnames))
+    return TeacherFoldOutcome(fold=task.fold, path=str(path))
+
+
+def teacher_fold_on_node(task: TeacherFoldTask, recorder) -> TeacherFoldOutcome:
+    """:func:`teacher_fold_task` in a process of its own (a Ray task): the device is chosen where it runs."""
+    configure_threads()
+    return teacher_fold_task(dataclasses.replace(task, device=str(pick_device(task.device, field="device"))),
+                             recorder)
+
+
+class _Progress:
+    """Adapts a recorder to ``build_cache``'s ``ctx.progress``."""
+
+    def __init__(self, recorder) -> None:
+        self.recorder = recorder
+
+    def progress(self, fraction: float, message: str = "") -> None:
+        self.recorder.progress(0.0, message)
+
+
+def teacher_noisy_logits(ctx: JobContext, executor, trained: TrainedRun, folds: list[int], noisy_cache, layout,
+                         fnames: list[str], n_classes: int, *, tta_crops: int, batch_size: int, device: torch.device,
+                         device_setting: str, resources: FoldResources, read: list[Path]) -> dict[int, np.ndarray]:
+    """Each teacher fold's mean logits on every noisy clip: read from the cache, the rest predicted as fold tasks.
+
+    The folds not cached yet go to the worker's executor (in this process,
+    or at once on a Ray cluster); each writes its file in the teacher's run
+    folder, read back here.
+    """
+    logits: dict[int, np.ndarray] = {}
+    for k in folds:
+        path = teacher_logits_path(trained, k, tta_crops)
+        cached = cached_teacher_logits(path, fnames, n_classes, ctx.log)
+        if cached is not None:
+            ctx.log(f"teacher fold {k}: noisy predictions read from {path}")
+            logits[k] = cached
+    missing = [k for k in folds if k not in logits]
+    if not missing:
+        return logits
+    local = executor.name == "local"
+    tasks = [TeacherFoldTask(trained=trained, fold=k, n_classes=n_classes, data_root=str(layout.root), fnames=fnames,
+                             tta_crops=tta_crops, batch_size=batch_size,
+                             device=str(device) if local else device_setting) for k in missing]
+    paths: dict[int, str] = {}
+
+    def record(outcome: TeacherFoldOutcome) -> None:
+        paths[outcome.fold] = outcome.path
+
+    (trained.run_dir / "noisy_pred").mkdir(parents=True, exist_ok=True)
+    dispatch_folds(ctx, executor, tasks, teacher_fold_task, teacher_fold_on_node, record, resources=resources,
+                   n_folds=len(folds), read=read, write=[trained.run_dir / "noisy_pred"],
+                   local_kwargs={"layout": layout, "caches": {"noisy": noisy_cache}}, start=0.04, width=0.05)
+    for k in missing:
+        with np.load(paths[k]) as saved:
+            logits[k] = saved["logits"].astype(np.float32)
     return logits
 
 
@@ -311,7 +415,19 @@ def curriculum_fold_on_node(task: CurriculumFoldTask, recorder) -> FoldOutcome:
 # --- the job ----------------------------------------------------------------------------------------
 
 def run(ctx: JobContext) -> str:
-    """Filter the noisy labels with the teacher, train every student fold through the stages, record it all."""
+    """Filter the noisy labels with the teacher, train every student fold through the stages, record it all.
+
+    The teacher's predictions and the student folds are fold tasks on the
+    worker's executor (this process, or a Ray cluster).
+    """
+    executor = executor_from_env()
+    try:
+        return _run(ctx, executor)
+    finally:
+        executor.close()
+
+
+def _run(ctx: JobContext, executor) -> str:
     spec: CurriculumSpec = spec_from_json("curriculum", ctx.spec)
     store, run_id, run_dir = ctx.store, ctx.run_id, ctx.run_dir
     configure_threads()
@@ -352,7 +468,6 @@ def run(ctx: JobContext) -> str:
         ctx.log(FOLD_MEAN_WARNING)
 
     sr = tspec.audio.sample_rate
-    crop = int(round(tspec.audio.crop_seconds * sr))
     cache_dir = cache_dir_for(check.dataset["root"], tspec.data.cache_dir)
     curated_cache = build_cache(ctx, data.layout.curated, sample_rate=sr, cache_dir=cache_dir, start=0.0, span=0.02)
     noisy_cache = build_cache(ctx, noisy_table, sample_rate=sr, cache_dir=cache_dir, start=0.02, span=0.02)
@@ -362,10 +477,12 @@ def run(ctx: JobContext) -> str:
 
     # 1. Teacher predictions, 2. filters and weights: all before any training, so an empty filter fails early.
     teacher_folds = folds if spec.teacher.predictions == "per_fold" else sorted(check.fold_scores)
-    probs = {k: sigmoid(teacher_noisy_logits(ctx, trained, k, noisy_cache, noisy_fnames, len(classes), crop=crop,
-                                             tta_crops=spec.teacher.tta_crops, batch_size=spec.teacher.batch_size,
-                                             device=device))
-             for k in teacher_folds}
+    resources = FoldResources.from_spec(spec.cluster)
+    read = [Path(check.dataset["root"]), cache_dir, trained.run_dir]
+    logits = teacher_noisy_logits(ctx, executor, trained, teacher_folds, noisy_cache, data.layout, noisy_fnames,
+                                  len(classes), tta_crops=spec.teacher.tta_crops, batch_size=spec.teacher.batch_size,
+                                  device=device, device_setting=spec.device, resources=resources, read=read)
+    probs = {k: sigmoid(logits[k]) for k in teacher_folds}
     if spec.teacher.predictions == "fold_mean":
         mean = np.mean([probs[k] for k in teacher_folds], axis=0)
         probs = {k: mean for k in folds}
@@ -435,16 +552,10 @@ def run(ctx: JobContext) -> str:
                 f"(teacher {teacher_score:.4f}, gain {outcome.best_lwlrap - teacher_score:+.4f})")
 
     if tasks:
-        executor = executor_from_env()
-        try:
-            dispatch_folds(ctx, executor, tasks, curriculum_fold_task, curriculum_fold_on_node, record,
-                           resources=FoldResources.from_spec(spec.cluster), n_folds=len(folds),
-                           read=[Path(check.dataset["root"]), cache_dir, trained.run_dir], write=[run_dir],
-                           local_kwargs={"layout": data.layout,
-                                         "caches": {"curated": curated_cache, "noisy": noisy_cache}},
-                           start=0.1, width=0.88, recorder_cls=CurriculumRecorder)
-        finally:
-            executor.close()
+        dispatch_folds(ctx, executor, tasks, curriculum_fold_task, curriculum_fold_on_node, record,
+                       resources=resources, n_folds=len(folds), read=read, write=[run_dir],
+                       local_kwargs={"layout": data.layout, "caches": {"curated": curated_cache, "noisy": noisy_cache}},
+                       start=0.1, width=0.88, recorder_cls=CurriculumRecorder)
 
     covered = ~np.isnan(oof).any(axis=1)
     cv, _ = record_oof_scores(store, run_id, Y, oof, classes)
