@@ -151,6 +151,8 @@ class FsatConsole(App):
         self._poll_in_flight = False
         self._poll_timer: Timer | None = None
         self._preloaded = False
+        self._frozen = False
+        self._unmounted = False
         # The ensemble screen's choices and loaded arrays outlive the screen.
         self.blend_state = BlendState()
         self.blend_bench = BlendBench()
@@ -202,6 +204,13 @@ class FsatConsole(App):
 
     def on_unmount(self) -> None:
         """Close the connections; a busy worker the console started keeps running."""
+        self._unmounted = True
+        if self._frozen:
+            import gc
+
+            # What start-up froze becomes collectable again (tests and benchmarks start many consoles).
+            gc.unfreeze()
+            self._frozen = False
         if self._poll_timer is not None:
             self._poll_timer.stop()
         self.poller.close()
@@ -279,13 +288,20 @@ class FsatConsole(App):
         modules) out of the garbage collector's sight: a full collection walked
         them all, 0.1 s or more at a time, at whatever moment the user was
         opening a run (``gc.freeze``, after one collection so that no garbage
-        is frozen).
+        is frozen; undone when the console closes).
         """
-        import gc
-
         import fsat_console.screens.run  # noqa: F401
 
-        self.call_from_thread(lambda: (gc.collect(), gc.freeze()))
+        self.call_from_thread(self._freeze_startup)
+
+    def _freeze_startup(self) -> None:
+        import gc
+
+        if self._unmounted:
+            return  # closing already: nothing left to unfreeze it
+        gc.collect()
+        gc.freeze()
+        self._frozen = True
 
     def _announce_ended(self, ended: list[dict]) -> None:
         """A notification for every job that finished or failed since the last poll."""

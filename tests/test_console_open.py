@@ -179,3 +179,16 @@ async def test_at_160x48_the_run_tables_show_every_column(console_db, which) -> 
             if table.display and table.row_count:
                 # No column (n_val, n_pos) runs past the table's right edge.
                 assert table.virtual_size.width <= table.scrollable_content_region.width, table.id
+
+
+async def test_start_up_objects_are_frozen_after_the_first_paint_and_thawed_on_quit(console_db) -> None:
+    import gc
+
+    db, _ = console_db
+    assert gc.get_freeze_count() == 0
+    app = FsatConsole(db, poll_interval=0.2)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _first_page(pilot, app)
+        await wait_until(pilot, lambda: gc.get_freeze_count() > 0, what="start-up frozen")
+    # Closed: every console a process starts (tests, benchmarks) can be collected again.
+    assert gc.get_freeze_count() == 0
