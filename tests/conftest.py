@@ -307,9 +307,10 @@ def record_run(store, runs_root: Path, run_id: str, *, kind: str = "train", data
 
 # -- trained and inferred runs, built once per session (the infer and ensemble job tests share them) ----
 
-#: Small, quick training runs: 1 s crops, a few epochs, no warmup.
+#: Small, quick training runs: 1 s crops, a few epochs of 12 steps, no warmup.
 TRAIN_SETTINGS = ["--preset", "demo", "--set", "train.epochs=4", "--set", "train.patience=4",
-                  "--set", "audio.crop_seconds=1", "--set", "optim.warmup_epochs=0"]
+                  "--set", "train.steps_per_epoch=12", "--set", "audio.crop_seconds=1",
+                  "--set", "optim.warmup_epochs=0"]
 
 
 @dataclass
