@@ -69,6 +69,81 @@ def tiny_demo(tmp_path_factory) -> Path:
     return root
 
 
+# -- a small Kaggle-layout dataset written file by file (the data and pipeline tests) --------------
+
+#: Sample rate of the WAVs the data tests write.
+SR = 44100
+
+#: The curated clips of :func:`write_layout` and their labels, as ``train_curated.csv`` holds them.
+CURATED_ROWS = [
+    ("c0.wav", "Bark"),
+    ("c1.wav", "Bark,Walk_and_footsteps"),
+    ("c2.wav", "Zipper_(clothing)"),
+    ("c3.wav", "Accordion,Hi-hat,Yell"),
+]
+#: The test clips of :func:`write_layout`.
+TEST_FNAMES = ["t0.wav", "t1.wav"]
+
+
+def sine(freq: float, seconds: float, sr: int = SR, amp: float = 0.5):
+    """A float32 sine tone."""
+    import numpy as np
+
+    t = np.arange(int(round(seconds * sr))) / sr
+    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def write_wav(path: Path, wave, sr: int = SR) -> Path:
+    """Write a 16-bit PCM WAV."""
+    import soundfile as sf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, wave, sr, subtype="PCM_16")
+    return path
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Write a UTF-8 text file; returns its path."""
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def write_layout(root: Path) -> Path:
+    """A small dataset root in the Kaggle layout with real WAVs in folders."""
+    from engine.data.labels import FSD2019_CLASSES
+
+    root.mkdir(parents=True, exist_ok=True)
+    lines = ["fname,labels"] + [f'{f},"{labels}"' if "," in labels else f"{f},{labels}"
+                                for f, labels in CURATED_ROWS]
+    write_text(root / "train_curated.csv", "\n".join(lines) + "\n")
+    zeros = ",".join("0" for _ in FSD2019_CLASSES)
+    write_text(root / "sample_submission.csv",
+               "\n".join(["fname," + ",".join(FSD2019_CLASSES)] + [f"{f},{zeros}" for f in TEST_FNAMES]) + "\n")
+    for i, (fname, _) in enumerate(CURATED_ROWS):
+        write_wav(root / "train_curated" / fname, sine(300 + 100 * i, 0.2 + 0.05 * i))
+    for i, fname in enumerate(TEST_FNAMES):
+        write_wav(root / "test" / fname, sine(1000 + 50 * i, 0.3))
+    return root
+
+
+class ArrayCache:
+    """Clips held in memory, read like a ``WaveformCache``."""
+
+    def __init__(self, clips: list) -> None:
+        self.clips = clips
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def get(self, i: int):
+        """A copy of clip ``i`` (the caller may change it)."""
+        return self.clips[i].copy()
+
+    def length(self, i: int) -> int:
+        """Samples in clip ``i``."""
+        return len(self.clips[i])
+
+
 def copy_dataset(src: Path, dst: Path) -> Path:
     """A private copy of a dataset root (without its waveform cache) that a test may damage."""
     import shutil
@@ -368,6 +443,89 @@ def env_with_project() -> dict:
 
 
 # -- the console under Pilot ------------------------------------------------------------------------
+
+
+#: A training preset small enough to run in seconds; named "tiny", so it sorts first in the queue dialog.
+TINY_PRESET = """\
+name = "tiny"
+
+[model]
+arch = "small"
+width = 8
+
+[train]
+epochs = 1
+batch_size = 4
+"""
+
+
+def console_world(tmp_path: Path, monkeypatch) -> tuple[Path, Path]:
+    """A preset folder first in the search path (holding ``tiny``) and a dataset root; returns ``(db, data)``."""
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "tiny.toml").write_text(TINY_PRESET)
+    monkeypatch.setenv("FSAT_CONFIGS", str(configs))
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train_curated.csv").write_text("fname,labels\n")
+    return tmp_path / "experiments.db", data
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """The console's world: a database with an open store, the ``tiny`` preset first in the search path, a data root."""
+    from engine.store import Store
+
+    db, data = console_world(tmp_path, monkeypatch)
+    store = Store(db)
+    yield {"db": db, "data": data, "store": store, "tmp": tmp_path}
+    store.close()
+
+
+def table(app, table_id: str):
+    """A ``LiveTable`` of the current screen, by id."""
+    from fsat_console.widgets.live_table import LiveTable
+
+    return app.screen.query_one(f"#{table_id}", LiveTable)
+
+
+def cell_text(t, row_key: str, column: str) -> str:
+    """Plain text of one cell of a ``LiveTable``."""
+    return t.get_cell(row_key, column).plain
+
+
+async def open_queue_dialog(pilot, app, *, press: bool = True, timeout: float = 5.0):
+    """Press n (unless the app opens the dialog itself) and wait until the preset list has focus."""
+    from textual.widgets import OptionList
+
+    from fsat_console.screens.queue import QueueScreen
+
+    if press:
+        await pilot.press("n")
+
+    def preset_list_focused() -> bool:
+        # The dialog may be the screen before its widgets are mounted.
+        if not isinstance(app.screen, QueueScreen):
+            return False
+        presets = app.screen.query("#preset")
+        return bool(presets) and app.focused is presets.first(OptionList)
+
+    await wait_until(pilot, preset_list_focused, timeout=timeout, what="queue dialog")
+    return app.screen
+
+
+async def open_job_details(pilot, app, job_id: int):
+    """Select the job in the jobs table and press enter; returns the job details screen."""
+    from fsat_console.screens.job import JobScreen
+
+    jobs = table(app, "jobs")
+    await wait_until(pilot, lambda: str(job_id) in jobs.rows, what="job row")
+    await pilot.press("tab")
+    assert app.focused is jobs
+    jobs.move_cursor(row=jobs.get_row_index(str(job_id)))
+    await pilot.press("enter")
+    await wait_until(pilot, lambda: isinstance(app.screen, JobScreen), what="job details")
+    return app.screen
 
 
 async def wait_until(pilot, predicate, timeout: float = 10.0, what: str = "condition") -> None:

@@ -17,72 +17,22 @@ import sys
 import threading
 from pathlib import Path
 
-import pytest
 from textual.command import CommandList, CommandPalette
-from textual.widgets import Input, OptionList, Static
+from textual.widgets import Input, Static
 from watchdog.utils import BaseThread
 
 from engine.data.labels import FSD2019_CLASSES
-from engine.store import OOF, Store
+from engine.store import OOF
 from fsat_console.app import FsatConsole
 from fsat_console.screens.confirm import ConfirmScreen
 from fsat_console.screens.help import HelpScreen, help_table
-from fsat_console.screens.job import JobScreen
 from fsat_console.screens.main import MainScreen
-from fsat_console.screens.queue import QueueScreen, preset_about, split_overrides, train_presets
-from fsat_console.widgets.live_table import LiveTable
-from tests.conftest import screen_text, settle_workers, wait_until
+from fsat_console.screens.queue import preset_about, split_overrides, train_presets
+from tests.conftest import (cell_text, open_job_details, open_queue_dialog, screen_text, settle_workers, table,
+                            wait_until)
 
 PROJECT = Path(__file__).resolve().parent.parent
 SIZE = (140, 45)
-
-TINY_PRESET = """\
-name = "tiny"
-
-[model]
-arch = "small"
-width = 8
-
-[train]
-epochs = 1
-batch_size = 4
-"""
-
-
-@pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
-    """A database, a preset directory (first in the search path) and a dataset root."""
-    configs = tmp_path / "configs"
-    configs.mkdir()
-    (configs / "tiny.toml").write_text(TINY_PRESET)
-    monkeypatch.setenv("FSAT_CONFIGS", str(configs))
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "train_curated.csv").write_text("fname,labels\n")
-    db = tmp_path / "experiments.db"
-    store = Store(db)
-    yield {"db": db, "data": data, "store": store, "tmp": tmp_path}
-    store.close()
-
-
-def table(app, table_id: str) -> LiveTable:
-    """A LiveTable of the current screen."""
-    return app.screen.query_one(f"#{table_id}", LiveTable)
-
-
-async def open_queue_dialog(pilot, app, *, press: bool = True, timeout: float = 5.0) -> QueueScreen:
-    """Press n (unless the app opens the dialog itself) and wait until the preset list has focus."""
-    if press:
-        await pilot.press("n")
-    def preset_list_focused() -> bool:
-        # The dialog may be the screen before its widgets are mounted.
-        if not isinstance(app.screen, QueueScreen):
-            return False
-        presets = app.screen.query("#preset")
-        return bool(presets) and app.focused is presets.first(OptionList)
-
-    await wait_until(pilot, preset_list_focused, timeout=timeout, what="queue dialog")
-    return app.screen
 
 
 def help_text(screen) -> str:
@@ -94,11 +44,6 @@ def help_text(screen) -> str:
     console = Console(width=200, file=StringIO(), color_system=None)
     console.print(help_table(screen.sections))
     return console.file.getvalue()
-
-
-def cell_text(t: LiveTable, row_key: str, column: str) -> str:
-    """Plain text of one cell."""
-    return t.get_cell(row_key, column).plain
 
 
 # -- (a) queue a job with keys only ---------------------------------------------------------
@@ -372,18 +317,6 @@ async def test_cancel_queued_job_from_jobs_table(env: dict) -> None:
 
 
 # -- the job details follow the job's log as the worker writes it ------------------------------
-
-
-async def open_job_details(pilot, app, job_id: int) -> JobScreen:
-    """Select the job in the jobs table and press enter; returns the job details screen."""
-    jobs = table(app, "jobs")
-    await wait_until(pilot, lambda: str(job_id) in jobs.rows, what="job row")
-    await pilot.press("tab")
-    assert app.focused is jobs
-    jobs.move_cursor(row=jobs.get_row_index(str(job_id)))
-    await pilot.press("enter")
-    await wait_until(pilot, lambda: isinstance(app.screen, JobScreen), what="job details")
-    return app.screen
 
 
 def watchdog_threads() -> list[threading.Thread]:

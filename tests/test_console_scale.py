@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 from textual.widgets import Input, Static
 
 from engine.store import Store
@@ -26,25 +25,9 @@ from fsat_console.screens.job import JobScreen
 from fsat_console.screens.main import MainScreen
 from fsat_console.screens.queue import QueueScreen
 from fsat_console.widgets.live_table import LiveTable
-from tests.test_console import TINY_PRESET, open_queue_dialog, screen_text, wait_until
+from tests.conftest import open_queue_dialog, screen_text, table, wait_until
 
 SIZE = (160, 48)
-
-
-@pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
-    """A database, a preset directory and a dataset root (as in test_console)."""
-    configs = tmp_path / "configs"
-    configs.mkdir()
-    (configs / "tiny.toml").write_text(TINY_PRESET)
-    monkeypatch.setenv("FSAT_CONFIGS", str(configs))
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "train_curated.csv").write_text("fname,labels\n")
-    db = tmp_path / "experiments.db"
-    store = Store(db)
-    yield {"db": db, "data": data, "store": store, "tmp": tmp_path}
-    store.close()
 
 
 def many_runs(store: Store, n: int) -> None:
@@ -53,10 +36,6 @@ def many_runs(store: Store, n: int) -> None:
         run_id = f"train-{i:04d}"
         store.create_run(run_id, kind="train", name=f"run {i}", model="cnn14")
         store.finish_run(run_id, cv_lwlrap=((i * 7919) % n) / n)
-
-
-def table(app, table_id: str) -> LiveTable:
-    return app.screen.query_one(f"#{table_id}", LiveTable)
 
 
 async def test_every_run_is_reachable_and_totals_are_true(env: dict) -> None:
