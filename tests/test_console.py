@@ -88,8 +88,7 @@ async def test_bad_override_shows_field_error_and_queues_nothing(env: dict) -> N
     async with app.run_test(size=SIZE) as pilot:
         queue = await open_queue_dialog(pilot, app)
         await pilot.press("home", "tab", "tab", *"train.epochs=abc", "enter")
-        await app.workers.wait_for_complete()
-        await pilot.pause()
+        await settle_workers(pilot, app)
 
         error = queue.query_one("#overrides-error", Static)
         assert app.screen is queue
@@ -113,7 +112,7 @@ async def test_missing_data_root_is_shown_under_its_field(env: dict) -> None:
     async with app.run_test(size=SIZE) as pilot:
         queue = await open_queue_dialog(pilot, app)
         await pilot.press("enter")
-        await pilot.pause()
+        await settle_workers(pilot, app)
         error = queue.query_one("#data-root-error", Static)
         assert error.display and "no such folder" in str(error.content)
         assert app.screen is queue
@@ -127,8 +126,7 @@ async def test_full_queue_is_reported_in_the_dialog(env: dict) -> None:
     async with app.run_test(size=SIZE) as pilot:
         queue = await open_queue_dialog(pilot, app)
         await pilot.press("home", "enter")
-        await app.workers.wait_for_complete()
-        await pilot.pause()
+        await settle_workers(pilot, app)
         error = queue.query_one("#queue-error", Static)
         assert app.screen is queue
         assert error.display and "Queue full" in str(error.content)
@@ -303,7 +301,7 @@ async def test_cancel_queued_job_from_jobs_table(env: dict) -> None:
         await pilot.press("c")
         await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="confirmation")
         await pilot.press("n")  # changing one's mind keeps the job
-        await pilot.pause()
+        await settle_workers(pilot, app)
         assert store.get_job(second).status == "queued"
 
         await pilot.press("c")

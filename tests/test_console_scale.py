@@ -25,7 +25,7 @@ from fsat_console.screens.job import JobScreen
 from fsat_console.screens.main import MainScreen
 from fsat_console.screens.queue import QueueScreen
 from fsat_console.widgets.live_table import LiveTable
-from tests.conftest import open_queue_dialog, screen_text, table, wait_until
+from tests.conftest import open_queue_dialog, screen_text, settle_workers, table, wait_for, wait_until
 
 SIZE = (160, 48)
 
@@ -236,7 +236,7 @@ async def test_c_acts_only_on_the_jobs_table_and_names_what_it_cancels(env: dict
         await wait_until(pilot, lambda: runs.row_count == 1 and jobs.row_count == 2, what="rows")
         assert app.focused is runs
         await pilot.press("c")  # on the runs table: not a cancel key
-        await pilot.pause(0.2)
+        await settle_workers(pilot, app)
         assert not isinstance(app.screen, ConfirmScreen)
         assert "Cancel job" not in screen_text(app)  # not offered in the footer either
         await pilot.press("tab")
@@ -304,10 +304,14 @@ async def test_failed_job_details_show_the_error_once_and_no_empty_log(env: dict
         await wait_until(pilot, lambda: app.overview is not None, what="first poll")
         app.open_job(job)
         await wait_until(pilot, lambda: isinstance(app.screen, JobScreen), what="details")
-        await pilot.pause(0.2)
-        flat = " ".join(screen_text(app).replace("█", " ").split())
+
+        def shown() -> str:
+            return " ".join(screen_text(app).replace("█", " ").split())
+
+        await wait_until(pilot, lambda: "nothing was computed" in shown(), what="the error, not cut")
+        await settle_workers(pilot, app)
+        flat = shown()
         assert flat.count("no PANNs checkpoint configured") == 1
-        assert "nothing was computed" in flat  # not cut
         assert not app.screen.job_log.display
         assert "R retry" in flat and "c cancel" not in flat
 
@@ -339,7 +343,10 @@ async def test_keep_worker_leaves_it_running(env: dict) -> None:
             await wait_until(pilot, lambda: app.worker_process is not None, what="worker spawn")
             process = app.worker_process
             await pilot.press("q")
-        time.sleep(0.5)
+        closed = time.time()
+        # Still working after the console closed: its heartbeat moves on past the moment of closing.
+        wait_for(lambda: any(w["pid"] == process.pid and w["heartbeat_at"] > closed
+                             for w in env["store"].live_workers()), timeout=30, what="a heartbeat after quit")
         assert process.poll() is None and "keeps running" in app.exit_note
     finally:
         if process is not None and process.poll() is None:
@@ -424,7 +431,7 @@ async def test_baseline_dialog_warns_when_no_panns_checkpoint_is_configured(env:
         assert warning.display and "no PANNs checkpoint is configured" in str(warning.render())
         assert "FSAT_PANNS_DIR is not set" in str(warning.render())
         await pilot.press("enter")
-        await pilot.pause(0.3)
+        await settle_workers(pilot, app)
         assert app.screen is dialog and store.list_jobs() == []  # warned, not queued
         assert "Enter again queues anyway" in str(warning.render())
         await pilot.press("enter")
