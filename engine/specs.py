@@ -587,6 +587,8 @@ class CurriculumSpec:
     #: 0 = the teacher's batch size.
     batch_size: int = 0
     device: str = "auto"
+    #: What each student fold asks of a Ray cluster (the teacher's own section is not used).
+    cluster: ClusterSection = field(default_factory=ClusterSection)
 
     def validate(self, path: str) -> None:
         if not self.teacher_run_id:

@@ -262,7 +262,7 @@ def test_a_killed_curriculum_resumes_at_its_fold_stage_and_epoch(teacher, spawn_
     assert "fold 0: already finished, kept" in log and "fold 1: resuming at stage 1" in log
     assert store.fold_scores(run_id)[0]["lwlrap"] == fold0
     # Fold 1's stage A ran once; its stage B did not start over.
-    assert log.count("fold 1 stage A epoch 0:") == 1 and log.count("fold 1 stage B epoch 1:") == 1
+    assert log.count("fold 1 [A] epoch 0:") == 1 and log.count("fold 1 [B] epoch 1:") == 1
     after = [(e["fold"], e["epoch"], e["stage"]) for e in store.epochs(run_id)]
     assert set(after) >= before
     assert after == [(0, 0, "A"), (0, 1, "B"), (0, 2, "B"), (1, 0, "A"), (1, 1, "B"), (1, 2, "B")]

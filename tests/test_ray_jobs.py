@@ -114,8 +114,8 @@ def _fold_scores(store: Store, run_id: str) -> dict[int, float]:
     return {r["fold"]: r["lwlrap"] for r in store.fold_scores(run_id)}
 
 
-def test_folds_train_in_parallel_on_ray_with_the_same_scores_as_locally(tiny_demo: Path, tmp_path: Path,
-                                                                        spawn_worker, ray_address: str):
+def test_train_infer_and_curriculum_folds_run_on_ray_with_the_same_scores_as_locally(tiny_demo: Path, tmp_path: Path,
+                                                                                 spawn_worker, ray_address: str):
     local_db, ray_db = tmp_path / "local" / "experiments.db", tmp_path / "ray" / "experiments.db"
     local_db.parent.mkdir()
     ray_db.parent.mkdir()
@@ -166,6 +166,37 @@ def test_folds_train_in_parallel_on_ray_with_the_same_scores_as_locally(tiny_dem
     ray_infer_dir = Path(store.get_run(ray_done.run_id)["run_dir"])
     local_infer_dir = Path(local.get_run(local_done.run_id)["run_dir"])
     assert np.allclose(np.load(ray_infer_dir / "test.npy"), np.load(local_infer_dir / "test.npy"), atol=1e-6)
+
+    # A curriculum from each run (one teacher per database): its student folds go to the cluster too.
+    # Stage B wrecks the weights (a huge learning rate), so it is re-run with both fallback losses,
+    # and those swaps are reported from the nodes to the head.
+    stages = ('[{name = "A", epochs = 1, noisy_weight = 0.5}, '
+              '{name = "B", epochs = 1, noisy_weight = 1.0, head_lr = 50.0, encoder_lr = 50.0}]')
+    curriculum = ["--preset", "demo_curriculum", "--set", f"stages={stages}", "--set", "swap_tolerance=0.0",
+                  "--set", "patience=9", "--set", "filter.keep_threshold=0.5", "--set", "filter.pseudo_threshold=0.99",
+                  "--set", 'filter.threshold_mode="per_class"']
+    local_cur = int(run_cli("queue", "curriculum", local_run, *curriculum, db=local_db).stdout)
+    assert spawn_worker(local_db, "--drain", env={"OMP_NUM_THREADS": "1"}).wait(timeout=600) == 0
+    ray_cur = int(run_cli("queue", "curriculum", ray_run, *curriculum, "--set", "cluster.gpus_per_fold=0",
+                          "--set", "cluster.cpus_per_fold=1", db=ray_db).stdout)
+    # The head predicts the noisy clips with the teacher; one thread, as the local job, for equal filters.
+    assert spawn_worker(ray_db, "--executor", "ray", "--ray-address", ray_address, "--drain",
+                        env={"OMP_NUM_THREADS": "1"}).wait(timeout=600) == 0
+    local_done, ray_done = local.get_job(local_cur), store.get_job(ray_cur)
+    assert (local_done.status, ray_done.status) == ("done", "done"), (local_done.error, ray_done.error)
+    ray_student, local_student = ray_done.run_id, local_done.run_id
+    assert len({r["pid"] for r in store.fold_tasks(ray_cur)}) == 2
+    assert [(r["fold"], r["status"]) for r in store.fold_tasks(ray_cur)] == [(0, "done"), (1, "done")]
+    assert _fold_scores(store, ray_student) == pytest.approx(_fold_scores(local, local_student), abs=1e-6)
+    assert [(e["fold"], e["epoch"], e["stage"]) for e in store.epochs(ray_student)] == \
+        [(e["fold"], e["epoch"], e["stage"]) for e in local.epochs(local_student)]
+    assert [e["val_lwlrap"] for e in store.epochs(ray_student)] == \
+        pytest.approx([e["val_lwlrap"] for e in local.epochs(local_student)], abs=1e-6)
+    swaps = [(s["fold"], s["stage"], s["attempt"], s["loss_to"]) for s in store.swaps(ray_student)]
+    assert {(0, "B", 1, "lsoft"), (0, "B", 2, "gce"), (1, "B", 1, "lsoft"), (1, "B", 2, "gce")} <= set(swaps)
+    assert swaps == [(s["fold"], s["stage"], s["attempt"], s["loss_to"]) for s in local.swaps(local_student)]
+    assert store.get_run(ray_student)["cv_lwlrap"] == pytest.approx(local.get_run(local_student)["cv_lwlrap"],
+                                                                    abs=1e-6)
 
 
 async def _console_shows_folds(db: Path, job_id: int, node: str) -> None:

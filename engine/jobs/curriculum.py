@@ -14,7 +14,11 @@
    in order on curated fold-k training clips plus the kept noisy clips (weight
    = clip weight x the stage's noisy weight), validating on curated fold k
    only. Early stopping and the best checkpoint run across stages; each stage
-   starts from the best checkpoint so far.
+   starts from the best checkpoint so far. A student fold is one task of the
+   fold seam (:class:`CurriculumFoldTask`, :func:`curriculum_fold_task`):
+   each stage is one ``engine.jobs.train.train_fold_task`` call, and the
+   worker's executor runs the folds one after another here, or at once on a
+   Ray cluster, while this process alone writes the store.
 4. A stage whose best validation LWLRAP is more than ``swap_tolerance`` below
    the teacher's fold score is run again from its start with the next
    fallback loss (Lsoft, then GCE); the swap is recorded.
@@ -31,13 +35,13 @@ stage attempt's ``last.pt`` where the stage is.
 
 from __future__ import annotations
 
-import dataclasses
-
 import copy
 import csv
+import dataclasses
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,22 +49,22 @@ import torch
 
 from engine.curriculum import (NoisyFilter, audit_per_class, check_teacher, clip_weights, filter_labels,
                                noisy_label_rows, overall_precision_recall)
-from engine.data.dataset import ConcatCache
 from engine.data.demo import NOISY_TRUTH_CSV
 from engine.data.labels import parse_label_csv
 from engine.errors import ConfigError, DataError
+from engine.executors import FoldResources, executor_from_env
 from engine.infer import predict_tta_logits, sigmoid
-from engine.jobs.common import build_cache, cache_dir_for, configure_threads, pick_device, prepare_dataset, seed_everything
+from engine.jobs.common import build_cache, cache_dir_for, configure_threads, pick_device, prepare_dataset
 from engine.jobs.context import JobContext, environment_record, git_commit, write_json
-from engine.jobs.infer import load_trained_run, load_fold_tagger
-from engine.jobs.train import TrainingClips, make_loaders, model_label, wave_augmenters
-from engine.models.registry import spec_augment_from_spec
-from engine.runs.atomic import atomic_write, load_npy, save_npy, save_npz
-from engine.runs.scores import record_fold_scores, record_oof_scores
+from engine.jobs.infer import load_fold_tagger, load_trained_run
+from engine.jobs.train import (ExtraClips, FoldOutcome, FoldTask, dispatch_folds, model_label, prepare_fold_inputs,
+                               train_fold_task)
 from engine.metrics import lwlrap
-from engine.specs import CurriculumSpec, StageSection, TrainSpec, spec_from_json, spec_hash, to_dict
-from engine.train.losses import build_loss, class_weights_from_counts
-from engine.train.loop import train_fold
+from engine.runs.atomic import atomic_write, load_npy, save_npy, save_npz
+from engine.runs.folder import RunFolder
+from engine.runs.recorder import StoreRecorder
+from engine.runs.scores import record_fold_scores, record_oof_scores
+from engine.specs import CurriculumSpec, StageSection, TrainSpec, from_dict, spec_from_json, spec_hash, to_dict
 from engine.train.schedule import EarlyStopping
 
 FOLD_MEAN_WARNING = ("teacher.predictions = \"fold_mean\": every student fold is filtered by the mean of all "
@@ -108,41 +112,69 @@ def load_noisy_truth(root: Path, fnames: list[str], classes: list[str]) -> np.nd
     return Y[[index[f] for f in fnames]] > 0.5
 
 
-# --- the student's training clips ------------------------------------------------------------------
+# --- one student fold, through the fold seam ---------------------------------------------------------
 
-def student_clips(curated_cache, curated_Y: np.ndarray, noisy_cache, filt: NoisyFilter, weights: np.ndarray,
-                  noisy_weight: float) -> TrainingClips:
-    """Training clips of a stage: curated (weight 1), then the kept noisy clips (clip weight x stage weight).
+#: A fold's place in its stages, for resume (in ``fold<k>/``).
+STATE_FILE = "curriculum_state.json"
 
-    Dropped clips (and every noisy clip at noisy weight 0) never enter training.
+
+@dataclass
+class CurriculumFoldTask:
+    """One student fold as picklable data: everything :func:`curriculum_fold_task` needs, no store.
+
+    ``base`` is the fold's training task (the student's train spec, the run
+    folder, the dataset root, the device, the dataset's folds and the
+    teacher's log-mel statistics); ``curriculum`` the curriculum spec as a
+    dict; ``noisy`` the fold's kept noisy clips with their filtered labels
+    and clip weights (before a stage's ``noisy_weight``);
+    ``teacher_checkpoint`` and ``teacher_lwlrap`` the teacher fold's
+    ``best.pt`` and score.
     """
-    n = len(curated_Y)
-    noisy_w = weights.astype(np.float32) * float(noisy_weight)
-    kept = np.flatnonzero(filt.clip_kept & (noisy_w > 0))
-    return TrainingClips(cache=ConcatCache([curated_cache, noisy_cache]),
-                         Y=np.concatenate([np.asarray(curated_Y, np.float32), filt.labels.astype(np.float32)]),
-                         n_curated=n, weights=np.concatenate([np.ones(n, np.float32), noisy_w]),
-                         extra_rows=n + kept)
+
+    base: FoldTask
+    curriculum: dict
+    noisy: ExtraClips
+    teacher_checkpoint: str
+    teacher_lwlrap: float
+
+    @property
+    def fold(self) -> int:
+        """The student fold (the teacher fold it starts from)."""
+        return self.base.fold
 
 
-def set_trainable_blocks(model: torch.nn.Module, n_blocks: int) -> str:
-    """Freeze the encoder except its last ``n_blocks`` blocks (-1: everything trains). Returns a description."""
-    for p in model.parameters():
-        p.requires_grad_(True)
-    if n_blocks < 0:
-        return "every layer trains"
-    encoder = model.encoder
-    blocks = list(encoder.blocks) if hasattr(encoder, "blocks") else \
-        [m for name, m in encoder.named_children() if name.startswith(("conv_block", "resnet", "layer"))]
-    for p in encoder.parameters():
-        p.requires_grad_(False)
-    for block in blocks[len(blocks) - n_blocks:] if n_blocks else []:
-        for p in block.parameters():
-            p.requires_grad_(True)
-    return f"the head and the last {min(n_blocks, len(blocks))} of {len(blocks)} encoder blocks train"
+class CurriculumRecorder(StoreRecorder):
+    """The head's recorder of a student fold: epochs with their stage, and the loss swaps."""
+
+    def swap(self, *, fold: int, stage: str, attempt: int, loss_from: str, loss_to: str,
+             stage_lwlrap: float | None, teacher_lwlrap: float, tolerance: float) -> None:
+        """A stage fell too far below the teacher and runs again with ``loss_to`` (``curriculum_swaps``)."""
+        self.store.record_swap(self.run_id, fold, stage, attempt, loss_from=loss_from, loss_to=loss_to,
+                               stage_lwlrap=stage_lwlrap, teacher_lwlrap=teacher_lwlrap, tolerance=tolerance)
 
 
-# --- fold state for resume -------------------------------------------------------------------------
+class _StageReports:
+    """A stage's view of its fold's recorder: progress is the stage's share of the fold.
+
+    Each epoch's score is also kept in the fold's state (``stage_scores``), so
+    a stage resumed after a kill still knows its best score for the swap check.
+    """
+
+    def __init__(self, recorder, index: int, n_stages: int, state: dict, state_path: Path) -> None:
+        self.recorder, self.index, self.n_stages = recorder, index, n_stages
+        self.state, self.state_path = state, state_path
+
+    def epoch(self, record) -> None:
+        self.state["stage_scores"][str(record.epoch)] = record.val_lwlrap
+        write_json(self.state_path, self.state)
+        self.recorder.epoch(record)
+
+    def progress(self, fraction: float, message: str) -> None:
+        self.recorder.progress((self.index + min(max(fraction, 0.0), 1.0)) / self.n_stages, message)
+
+    def log(self, line: str) -> None:
+        self.recorder.log(line)
+
 
 def _read_state(path: Path) -> dict | None:
     if not path.is_file():
@@ -157,6 +189,126 @@ def _stage_label(stage: StageSection, index: int, loss: str, attempt: int) -> st
     name = stage.name or chr(ord("A") + index)
     return name if attempt == 0 else f"{name}/{loss}"
 
+
+def _stage_task(task: CurriculumFoldTask, spec: CurriculumSpec, s_idx: int, attempt: int, loss_name: str,
+                label: str, stage_dir: Path, state: dict) -> FoldTask:
+    """The training task of one stage attempt: the student's spec with the stage's epochs, loss and rates."""
+    stage = spec.stages[s_idx]
+    base = task.base
+    d = copy.deepcopy(base.spec)
+    d["train"]["epochs"] = stage.epochs
+    d["train"]["patience"] = spec.patience
+    d["loss"]["name"] = loss_name
+    d["optim"]["head_lr"] = stage.head_lr or d["optim"]["head_lr"]
+    d["optim"]["encoder_lr"] = stage.encoder_lr or d["optim"]["encoder_lr"]
+    # Dropped clips (and every noisy clip at noisy weight 0) never enter training.
+    weights = np.asarray(task.noisy.weights, np.float32) * np.float32(stage.noisy_weight)
+    used = np.flatnonzero(weights > 0)
+    extra = ExtraClips(split="noisy", fnames=[task.noisy.fnames[i] for i in used],
+                       labels=np.asarray(task.noisy.labels, np.float32)[used], weights=weights[used])
+    return dataclasses.replace(base, spec=d, initial_checkpoint=state["start"], extra=extra, tag=label,
+                               fold_dir=str(stage_dir), epoch_offset=int(state["epoch_offset"]),
+                               seed=base.train_spec.train.seed + 1000 * (base.fold + 1) + 10 * s_idx + attempt,
+                               trainable_blocks=stage.trainable_blocks)
+
+
+def curriculum_fold_task(task: CurriculumFoldTask, recorder, *, layout=None, caches: dict | None = None) -> FoldOutcome:
+    """Train one student fold through the stages, resuming where it stopped; report through ``recorder``.
+
+    Each stage attempt is one :func:`engine.jobs.train.train_fold_task` call
+    in ``fold<k>/stage<s>-<attempt>/``, started from the best checkpoint so
+    far, with one early stopping carried across the stages. A stage whose
+    best validation LWLRAP is more than ``swap_tolerance`` below the
+    teacher's fold score runs again with the next fallback loss (reported as
+    ``recorder.swap``). The fold's best checkpoint and validation
+    predictions end in ``fold<k>/``; the returned outcome is what the head
+    records. The store is never touched here, so the fold may run on
+    another machine.
+    """
+    from engine.data.manifest import load_layout
+
+    spec: CurriculumSpec = from_dict(CurriculumSpec, task.curriculum)
+    base, fold = task.base, task.fold
+    tspec = base.train_spec
+    fold_dir = RunFolder(base.run_dir).fold_dir(fold)
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    state_path = fold_dir / STATE_FILE
+    state = _read_state(state_path) or {
+        "stage": 0, "attempt": 0, "epoch_offset": 0, "start": task.teacher_checkpoint,
+        "stopper": EarlyStopping(patience=spec.patience, mode="max").state_dict(),
+        "best_epoch": None, "best_lwlrap": None, "best_dir": None}
+    state.setdefault("stage_scores", {})
+    if 0 < state["stage"] < len(spec.stages) or state["attempt"] > 0 or state["stage_scores"]:
+        recorder.log(f"fold {fold}: resuming at stage {state['stage']} attempt {state['attempt']}")
+    layout = layout if layout is not None else load_layout(base.data_root)
+    caches = caches if caches is not None else {}
+    teacher_score = task.teacher_lwlrap
+
+    while state["stage"] < len(spec.stages):
+        s_idx, attempt = state["stage"], state["attempt"]
+        stage = spec.stages[s_idx]
+        losses = [stage.loss or tspec.loss.name] + list(spec.fallback_losses)
+        loss_name = losses[min(attempt, len(losses) - 1)]
+        label = _stage_label(stage, s_idx, loss_name, attempt)
+        stage_dir = fold_dir / f"stage{s_idx}-{attempt}"
+        stopper = EarlyStopping(patience=spec.patience, mode="max")
+        stopper.load_state_dict(state["stopper"])
+        if stopper.should_stop:
+            recorder.log(f"fold {fold}: early stopping across stages, stage {label} and later skipped")
+            break
+        stage_task = _stage_task(task, spec, s_idx, attempt, loss_name, label, stage_dir, state)
+        reports = _StageReports(recorder, s_idx, len(spec.stages), state, state_path)
+        inputs = prepare_fold_inputs(stage_task, reports, layout=layout, caches=caches)
+        if not (stage_dir / "last.pt").exists():
+            recorder.log(f"fold {fold} stage {label}: {stage.epochs} epochs, {len(stage_task.extra.fnames)} noisy "
+                         f"clips at weight {stage.noisy_weight:g} x clip weight, loss {loss_name}")
+        outcome = train_fold_task(stage_task, reports, inputs=inputs, early_stopping=stopper)
+        offset = int(state["epoch_offset"])
+        scores = [v for v in state["stage_scores"].values() if v is not None]
+        stage_best = max(scores) if scores else None
+        below = stage_best is None or stage_best < teacher_score - spec.swap_tolerance
+        if below and attempt + 1 < len(losses):
+            nxt = losses[attempt + 1]
+            recorder.swap(fold=fold, stage=stage.name or chr(ord("A") + s_idx), attempt=attempt + 1,
+                          loss_from=loss_name, loss_to=nxt, stage_lwlrap=stage_best, teacher_lwlrap=teacher_score,
+                          tolerance=spec.swap_tolerance)
+            recorder.log(f"fold {fold} stage {label}: best lwlrap {_fmt(stage_best)} is more than "
+                         f"{spec.swap_tolerance:g} below the teacher's {teacher_score:.4f}; running the stage again "
+                         f"from its start with loss {nxt}")
+            state.update(attempt=attempt + 1, epoch_offset=offset + outcome.epochs_run, stage_scores={})
+            write_json(state_path, state)
+            continue
+        if below:
+            recorder.log(f"fold {fold} stage {label}: still below the teacher with every fallback loss; kept")
+        if (stage_dir / "best.pt").exists():
+            best = torch.load(stage_dir / "best.pt", map_location="cpu", weights_only=True)
+            state.update(best_dir=str(stage_dir), best_lwlrap=float(best["val_lwlrap"]),
+                         best_epoch=offset + int(best["epoch"]), start=str(stage_dir / "best.pt"))
+        state.update(stage=s_idx + 1, attempt=0, epoch_offset=offset + outcome.epochs_run,
+                     stopper=stopper.state_dict(), stage_scores={})
+        write_json(state_path, state)
+
+    if state["best_dir"] is None:
+        raise RuntimeError(f"fold {fold}: no stage recorded a validation score")
+    best_dir = Path(state["best_dir"])
+    with open(best_dir / "best.pt", "rb") as src:
+        atomic_write(fold_dir / "best.pt", lambda dst: shutil.copyfileobj(src, dst))
+    val_pred = load_npy(best_dir / "val_pred.npy")
+    save_npy(fold_dir / "val_pred.npy", val_pred)
+    return FoldOutcome(fold=fold, best_lwlrap=float(state["best_lwlrap"]), best_epoch=state["best_epoch"],
+                       val_idx=np.flatnonzero(np.asarray(base.folds) == fold), val_pred=val_pred,
+                       epochs_run=int(state["epoch_offset"]))
+
+
+def curriculum_fold_on_node(task: CurriculumFoldTask, recorder) -> FoldOutcome:
+    """:func:`curriculum_fold_task` in a process of its own (a Ray task): the device is chosen where it runs."""
+    configure_threads()
+    device = str(pick_device(from_dict(CurriculumSpec, task.curriculum).device, field="device"))
+    task = dataclasses.replace(task, base=dataclasses.replace(task.base, device=device))
+    return curriculum_fold_task(task, recorder)
+
+
+# --- the job ----------------------------------------------------------------------------------------
 
 def run(ctx: JobContext) -> str:
     """Filter the noisy labels with the teacher, train every student fold through the stages, record it all."""
@@ -248,132 +400,51 @@ def run(ctx: JobContext) -> str:
         filters[k] = (filt, weights)
     _write_noisy_labels(run_dir / "noisy_labels.csv", csv_rows)
 
-    # 3. Stages per fold.
-    counts = Y.sum(axis=0)
-    class_w = (torch.as_tensor(class_weights_from_counts(counts), dtype=torch.float32, device=device)
-               if tspec.loss.class_weights else None)
-    # The curriculum's stages run the waveform augmentation per clip in the loader, whatever the backend.
-    as_cpu = dataclasses.replace(tspec, augment=dataclasses.replace(tspec.augment, backend="cpu"))
-    wave_aug = wave_augmenters(as_cpu, torch.device("cpu"))[0]
-    batch_size = int(student.train.batch_size)
+    # 3. The stages of every unfinished fold, on the worker's executor (one after another here, at once on Ray).
+    folder = RunFolder(run_dir)
     n = len(Y)
-    oof_path = run_dir / "oof.npy"
-    oof = load_npy(oof_path) if oof_path.exists() else np.full((n, len(classes)), np.nan, dtype=np.float32)
+    oof = folder.load_array(folder.oof) if folder.oof.exists() else np.full((n, len(classes)), np.nan, np.float32)
     done_folds = {r["fold"] for r in store.fold_scores(run_id)}
+    stats = RunFolder(trained.run_dir).load_mel_stats()
+    curriculum = to_dict(spec)
     t_run = time.perf_counter()
-
-    for i, fold in enumerate(folds):
-        fold_dir = run_dir / f"fold{fold}"
+    tasks = []
+    for fold in folds:
         val_idx = np.flatnonzero(data.folds == fold)
-        train_idx = np.flatnonzero(data.folds != fold)
-        if fold in done_folds and (fold_dir / "best.pt").exists() and not np.isnan(oof[val_idx]).any():
+        if fold in done_folds and folder.best(fold).exists() and not np.isnan(oof[val_idx]).any():
             ctx.log(f"fold {fold}: already finished, kept")
             continue
-        fold_dir.mkdir(parents=True, exist_ok=True)
-        teacher_score = check.fold_scores[fold]
         filt, weights = filters[fold]
-        state_path = fold_dir / "curriculum_state.json"
-        state = _read_state(state_path) or {
-            "stage": 0, "attempt": 0, "epoch_offset": 0, "start": str(trained.checkpoint(fold)),
-            "stopper": EarlyStopping(patience=spec.patience, mode="max").state_dict(),
-            "best_epoch": None, "best_lwlrap": None, "best_dir": None}
-        if state["stage"] > 0 or state["attempt"] > 0 or state["epoch_offset"] > 0:
-            ctx.log(f"fold {fold}: resuming at stage {state['stage']} attempt {state['attempt']}")
+        kept = np.flatnonzero(filt.clip_kept)
+        noisy = ExtraClips(split="noisy", fnames=[noisy_fnames[i] for i in kept],
+                           labels=filt.labels[kept].astype(np.float32), weights=weights[kept].astype(np.float32))
+        base = FoldTask(spec=config, fold=fold, run_dir=str(run_dir), data_root=str(check.dataset["root"]),
+                        device=str(device), folds=data.folds.tolist(), mel_stats=stats)
+        tasks.append(CurriculumFoldTask(base=base, curriculum=curriculum, noisy=noisy,
+                                        teacher_checkpoint=str(trained.checkpoint(fold)),
+                                        teacher_lwlrap=float(check.fold_scores[fold])))
 
-        while state["stage"] < len(spec.stages):
-            s_idx, attempt = state["stage"], state["attempt"]
-            stage = spec.stages[s_idx]
-            losses = [stage.loss or tspec.loss.name] + list(spec.fallback_losses)
-            loss_name = losses[min(attempt, len(losses) - 1)]
-            label = _stage_label(stage, s_idx, loss_name, attempt)
-            stage_dir = fold_dir / f"stage{s_idx}-{attempt}"
-            stopper = EarlyStopping(patience=spec.patience, mode="max")
-            stopper.load_state_dict(state["stopper"])
-            if stopper.should_stop:
-                ctx.log(f"fold {fold}: early stopping across stages, stage {label} and later skipped")
-                break
-            seed_everything(tspec.train.seed + 1000 * (fold + 1) + 10 * s_idx + attempt)
-            tagger = load_fold_tagger(trained, fold, len(classes))
-            tagger.spec_augment = spec_augment_from_spec(tspec)
-            start = torch.load(state["start"], map_location="cpu", weights_only=True)
-            tagger.model.load_state_dict(start["model"])
-            frozen = set_trainable_blocks(tagger.model, stage.trainable_blocks)
-            clips = student_clips(curated_cache, Y, noisy_cache, filt, weights, stage.noisy_weight)
-            train_loader, val_loader = make_loaders(student, clips, train_idx, val_idx, crop, batch_size, wave_aug,
-                                                    device, fold)
-            loss_fn = build_loss(loss_name, label_smoothing=tspec.loss.label_smoothing, class_weights=class_w,
-                                 gce_q=tspec.loss.gce_q, sce_alpha=tspec.loss.sce_alpha, sce_beta=tspec.loss.sce_beta,
-                                 focal_gamma=tspec.loss.focal_gamma, lsoft_beta=tspec.loss.lsoft_beta)
-            if not (stage_dir / "last.pt").exists():
-                ctx.log(f"fold {fold} stage {label}: {stage.epochs} epochs, {clips.n_noisy} noisy clips "
-                        f"at weight {stage.noisy_weight:g} x clip weight, loss {loss_name}; {frozen}")
-            offset = state["epoch_offset"]
-            stage_scores: list[float] = []
-            best_in_stage: list[int] = []
+    def record(outcome: FoldOutcome) -> None:
+        val_idx = outcome.val_idx
+        oof[val_idx] = outcome.val_pred
+        folder.save_array(folder.oof, oof)
+        record_fold_scores(store, run_id, outcome.fold, Y[val_idx], outcome.val_pred, classes,
+                           best_epoch=outcome.best_epoch, lwlrap_value=outcome.best_lwlrap)
+        teacher_score = check.fold_scores[outcome.fold]
+        ctx.log(f"fold {outcome.fold}: best lwlrap {outcome.best_lwlrap:.4f} at epoch {outcome.best_epoch} "
+                f"(teacher {teacher_score:.4f}, gain {outcome.best_lwlrap - teacher_score:+.4f})")
 
-            def on_step(step: int, total: int, _i: int = i, _s: int = s_idx, _label: str = label) -> None:
-                frac = 0.1 + 0.88 * (_i + (_s + step / max(total, 1)) / len(spec.stages)) / len(folds)
-                ctx.progress(min(frac, 0.98), f"fold {fold} stage {_label} step {step}/{total}")
-
-            def on_epoch(r, _fold: int = fold, _label: str = label, _offset: int = offset) -> None:
-                store.record_epoch(run_id, _fold, _offset + r.epoch, train_loss=r.train_loss, val_loss=r.val_loss,
-                                   val_lwlrap=r.val_lwlrap, lr=r.lr, seconds=r.seconds,
-                                   clips_per_sec=r.clips_per_sec, stage=_label)
-                stage_scores.append(r.val_lwlrap)
-                if r.is_best:
-                    best_in_stage.append(_offset + r.epoch)
-                ctx.log(f"fold {_fold} stage {_label} epoch {_offset + r.epoch}: train {r.train_loss:.4f} "
-                        f"val {r.val_loss:.4f} lwlrap {r.val_lwlrap:.4f}{' *' if r.is_best else ''} "
-                        f"(teacher {teacher_score:.4f})")
-
-            o = tspec.optim
-            result = train_fold(tagger, train_loader=train_loader, val_loader=val_loader, val_truth=Y[val_idx],
-                                loss_fn=loss_fn, device=device, fold_dir=stage_dir, epochs=stage.epochs,
-                                patience=spec.patience, head_lr=stage.head_lr or o.head_lr,
-                                encoder_lr=stage.encoder_lr or o.encoder_lr, weight_decay=o.weight_decay,
-                                betas=tuple(o.betas), warmup_epochs=o.warmup_epochs, warmup_steps=o.warmup_steps,
-                                min_lr_ratio=o.min_lr_ratio, grad_clip=o.grad_clip, amp=o.amp, cpu_bf16=o.cpu_bf16,
-                                mixup_p=tspec.augment.mixup_p, mixup_alpha=tspec.augment.mixup_alpha,
-                                seed=tspec.train.seed + fold, on_epoch=on_epoch, on_step=on_step,
-                                early_stopping=stopper)
-            # The stage's epochs as recorded (a resumed stage re-reads the ones run before the kill).
-            rows = [e for e in store.epochs(run_id) if e["fold"] == fold and e["stage"] == label]
-            stage_best = max((e["val_lwlrap"] for e in rows if e["val_lwlrap"] is not None), default=None)
-            if (stage_best is None or stage_best < teacher_score - spec.swap_tolerance) and attempt + 1 < len(losses):
-                nxt = losses[attempt + 1]
-                store.record_swap(run_id, fold, stage.name or chr(ord("A") + s_idx), attempt + 1, loss_from=loss_name,
-                                  loss_to=nxt, stage_lwlrap=stage_best, teacher_lwlrap=teacher_score,
-                                  tolerance=spec.swap_tolerance)
-                ctx.log(f"fold {fold} stage {label}: best lwlrap {_fmt(stage_best)} is more than "
-                        f"{spec.swap_tolerance:g} below the teacher's {teacher_score:.4f}; running the stage again "
-                        f"from its start with loss {nxt}")
-                state.update(attempt=attempt + 1, epoch_offset=offset + result.epochs_run)
-                write_json(state_path, state)
-                continue
-            if stage_best is not None and stage_best < teacher_score - spec.swap_tolerance:
-                ctx.log(f"fold {fold} stage {label}: still below the teacher with every fallback loss; kept")
-            improved = (stage_dir / "best.pt").exists()
-            if improved:
-                best = torch.load(stage_dir / "best.pt", map_location="cpu", weights_only=True)
-                state.update(best_dir=str(stage_dir), best_lwlrap=float(best["val_lwlrap"]),
-                             best_epoch=offset + int(best["epoch"]), start=str(stage_dir / "best.pt"))
-            state.update(stage=s_idx + 1, attempt=0, epoch_offset=offset + result.epochs_run,
-                         stopper=stopper.state_dict())
-            write_json(state_path, state)
-
-        if state["best_dir"] is None:
-            raise RuntimeError(f"fold {fold}: no stage recorded a validation score")
-        best_dir = Path(state["best_dir"])
-        with open(best_dir / "best.pt", "rb") as src:
-            atomic_write(fold_dir / "best.pt", lambda dst: shutil.copyfileobj(src, dst))
-        val_pred = load_npy(best_dir / "val_pred.npy")
-        save_npy(fold_dir / "val_pred.npy", val_pred)
-        oof[val_idx] = val_pred
-        save_npy(oof_path, oof)
-        record_fold_scores(store, run_id, fold, Y[val_idx], val_pred, classes, best_epoch=state["best_epoch"],
-                           lwlrap_value=state["best_lwlrap"])
-        ctx.log(f"fold {fold}: best lwlrap {state['best_lwlrap']:.4f} at epoch {state['best_epoch']} "
-                f"(teacher {teacher_score:.4f}, gain {state['best_lwlrap'] - teacher_score:+.4f})")
+    if tasks:
+        executor = executor_from_env()
+        try:
+            dispatch_folds(ctx, executor, tasks, curriculum_fold_task, curriculum_fold_on_node, record,
+                           resources=FoldResources.from_spec(spec.cluster), n_folds=len(folds),
+                           read=[Path(check.dataset["root"]), cache_dir, trained.run_dir], write=[run_dir],
+                           local_kwargs={"layout": data.layout,
+                                         "caches": {"curated": curated_cache, "noisy": noisy_cache}},
+                           start=0.1, width=0.88, recorder_cls=CurriculumRecorder)
+        finally:
+            executor.close()
 
     covered = ~np.isnan(oof).any(axis=1)
     cv, _ = record_oof_scores(store, run_id, Y, oof, classes)

@@ -64,6 +64,7 @@ from engine.runs.scores import record_fold_scores, record_oof_scores
 from engine.specs import TrainSpec, from_dict, spec_from_json, spec_hash, to_dict
 from engine.train.losses import build_loss, class_weights_from_counts
 from engine.train.loop import FoldResult, find_batch_size, predict, save_atomic, train_fold
+from engine.train.schedule import EarlyStopping
 
 def resolve_batch_size(spec: TrainSpec, frontend: LogMelFrontend, n_classes: int, device: torch.device, *,
                        recorded: dict | None = None, log=print) -> int:
@@ -189,6 +190,12 @@ class FoldTask:
     training clips (in place of the noisy set ``loss.noisy_weight`` would add);
     ``tag`` marks every epoch record (a curriculum stage).
     ``mel_stats`` is ``(mean, std)``; None reads the run folder's ``mel_stats.npz``.
+    A curriculum stage also sets ``fold_dir`` (its own folder for ``best.pt``,
+    ``last.pt`` and ``val_pred.npy``; default ``fold<k>/`` of the run folder),
+    ``epoch_offset`` (epochs are numbered on from the fold's earlier stages),
+    ``seed`` (the fold's random seed; default ``train.seed + fold``) and
+    ``trainable_blocks`` (-1: every layer trains; n: the head and the
+    encoder's last n blocks).
     """
 
     spec: dict
@@ -201,6 +208,10 @@ class FoldTask:
     extra: ExtraClips | None = None
     tag: str = ""
     mel_stats: tuple[np.ndarray, np.ndarray] | None = None
+    fold_dir: str | None = None
+    epoch_offset: int = 0
+    seed: int | None = None
+    trainable_blocks: int = -1
 
     @property
     def train_spec(self) -> TrainSpec:
@@ -210,13 +221,17 @@ class FoldTask:
 
 @dataclass
 class FoldOutcome:
-    """What a fold produced (picklable): best score and epoch, validation rows and their predictions."""
+    """What a fold produced (picklable): best score and epoch, validation rows and their predictions.
+
+    ``val_pred`` is None only for a call that continued an earlier stage's
+    early stopping and saw no better epoch (see ``train_fold``).
+    """
 
     fold: int
     best_lwlrap: float
     best_epoch: int | None
     val_idx: np.ndarray
-    val_pred: np.ndarray
+    val_pred: np.ndarray | None
     epochs_run: int
     tag: str = ""
     stopped_early: bool = False
@@ -297,14 +312,16 @@ def prepare_fold_inputs(task: FoldTask, recorder: FoldRecorder, *, layout=None, 
     """Load the dataset (and its waveform caches), the statistics, the loss and augmentation for a task.
 
     ``layout`` and ``caches`` (split -> WaveformCache) reuse what the caller
-    already built; a fold run in another process builds them from the
-    dataset root (the cache folder is shared, so nothing is decoded twice).
+    already built; the caches built here are added to ``caches``, so a
+    caller that prepares several tasks (curriculum stages) builds each once.
+    A fold run in another process builds them from the dataset root (the
+    cache folder is shared, so nothing is decoded twice).
     """
     from engine.data.manifest import load_layout
 
     spec = task.train_spec
     layout = layout if layout is not None else load_layout(task.data_root)
-    caches = dict(caches or {})
+    caches = caches if caches is not None else {}
     device = torch.device(task.device)
     cache_dir = cache_dir_for(task.data_root, spec.data.cache_dir)
     sr = spec.audio.sample_rate
@@ -364,27 +381,33 @@ def _load_initial(model: torch.nn.Module, path: str) -> None:
                               f"{str(err).splitlines()[0][:200]}); retrain the stage that wrote it") from None
 
 
-def train_fold_task(task: FoldTask, recorder: FoldRecorder, *, inputs: FoldInputs | None = None) -> FoldOutcome:
+def train_fold_task(task: FoldTask, recorder: FoldRecorder, *, inputs: FoldInputs | None = None,
+                    early_stopping: EarlyStopping | None = None) -> FoldOutcome:
     """Train (or resume) one fold and write its files in the run folder; report through ``recorder``.
 
-    Writes ``fold<k>/best.pt``, ``last.pt``, ``val_pred.npy``; returns the
-    fold's outcome for the caller to record (the store is never touched
-    here). ``inputs`` reuses what earlier folds of the same process built.
+    Writes ``fold<k>/best.pt``, ``last.pt``, ``val_pred.npy`` (or the same in
+    ``task.fold_dir``); returns the fold's outcome for the caller to record
+    (the store is never touched here). ``inputs`` reuses what earlier folds
+    of the same process built. ``early_stopping`` continues a stopper of an
+    earlier call (a curriculum's stages share one) and is updated in place.
     """
     spec = task.train_spec
     fold = task.fold
     device = torch.device(task.device)
     inputs = inputs if inputs is not None else prepare_fold_inputs(task, recorder)
     folder = RunFolder(task.run_dir)
-    fold_dir = folder.fold_dir(fold)
+    fold_dir = Path(task.fold_dir) if task.fold_dir else folder.fold_dir(fold)
     val_idx = np.flatnonzero(inputs.folds == fold)
     train_idx = np.flatnonzero(inputs.folds != fold)
     Y = inputs.curated_Y
-    seed_everything(spec.train.seed + fold)
+    seed_everything(spec.train.seed + fold if task.seed is None else task.seed)
     tagger = tagger_from_spec(spec, len(inputs.classes), mean=inputs.mean, std=inputs.std,
                               pretrained=task.initial_checkpoint is None, log=recorder.log)
     if task.initial_checkpoint is not None:
         _load_initial(tagger.model, task.initial_checkpoint)
+    if task.trainable_blocks >= 0:
+        recorder.log(f"fold {fold}{f' [{task.tag}]' if task.tag else ''}: "
+                     f"{set_trainable_blocks(tagger.model, task.trainable_blocks)}")
     crop = int(round(spec.audio.crop_seconds * spec.audio.sample_rate))
     train_loader, val_loader = make_loaders(spec, inputs.clips, train_idx, val_idx, crop,
                                             int(spec.train.batch_size), inputs.wave_aug, device, fold,
@@ -394,8 +417,8 @@ def train_fold_task(task: FoldTask, recorder: FoldRecorder, *, inputs: FoldInput
         recorder.progress(step / total, f"fold {fold}{f' [{task.tag}]' if task.tag else ''} step {step}/{total}")
 
     def on_epoch(r) -> None:
-        recorder.epoch(EpochRecord(fold=fold, epoch=r.epoch, train_loss=r.train_loss, val_loss=r.val_loss,
-                                   val_lwlrap=r.val_lwlrap, lr=r.lr, seconds=r.seconds,
+        recorder.epoch(EpochRecord(fold=fold, epoch=task.epoch_offset + r.epoch, train_loss=r.train_loss,
+                                   val_loss=r.val_loss, val_lwlrap=r.val_lwlrap, lr=r.lr, seconds=r.seconds,
                                    clips_per_sec=r.clips_per_sec, is_best=r.is_best, tag=task.tag))
 
     o, a = spec.optim, spec.augment
@@ -409,10 +432,28 @@ def train_fold_task(task: FoldTask, recorder: FoldRecorder, *, inputs: FoldInput
                             warmup_steps=o.warmup_steps, min_lr_ratio=o.min_lr_ratio, grad_clip=o.grad_clip,
                             amp=o.amp, cpu_bf16=o.cpu_bf16, mixup_p=a.mixup_p, mixup_alpha=a.mixup_alpha,
                             seed=spec.train.seed + fold, on_epoch=on_epoch, on_step=on_step, log=recorder.log,
-                            wave_augment=inputs.device_aug, augment_key=(spec.train.seed, fold))
+                            early_stopping=early_stopping, wave_augment=inputs.device_aug,
+                            augment_key=(spec.train.seed, fold))
     return FoldOutcome(fold=fold, best_lwlrap=float(result.best_lwlrap), best_epoch=result.best_epoch,
-                       val_idx=val_idx, val_pred=np.asarray(result.val_pred), epochs_run=result.epochs_run,
-                       tag=task.tag, stopped_early=result.stopped_early)
+                       val_idx=val_idx, val_pred=None if result.val_pred is None else np.asarray(result.val_pred),
+                       epochs_run=result.epochs_run, tag=task.tag, stopped_early=result.stopped_early)
+
+
+def set_trainable_blocks(model: torch.nn.Module, n_blocks: int) -> str:
+    """Freeze the encoder except its last ``n_blocks`` blocks (-1: everything trains). Returns a description."""
+    for p in model.parameters():
+        p.requires_grad_(True)
+    if n_blocks < 0:
+        return "every layer trains"
+    encoder = model.encoder
+    blocks = list(encoder.blocks) if hasattr(encoder, "blocks") else \
+        [m for name, m in encoder.named_children() if name.startswith(("conv_block", "resnet", "layer"))]
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    for block in blocks[len(blocks) - n_blocks:] if n_blocks else []:
+        for p in block.parameters():
+            p.requires_grad_(True)
+    return f"the head and the last {min(n_blocks, len(blocks))} of {len(blocks)} encoder blocks train"
 
 
 def _finished_fold_rows(folder: RunFolder, fold: int, log) -> np.ndarray | None:
@@ -514,7 +555,7 @@ def run_fold_tasks(ctx: JobContext, tasks: list[FoldTask], spec: TrainSpec, reco
 
 def dispatch_folds(ctx: JobContext, executor, tasks: list, local_fn, node_fn, record, *, resources: FoldResources,
                    n_folds: int, read: list[Path], write: list[Path], local_kwargs: dict | None = None,
-                   start: float = 0.08, width: float = 0.9) -> None:
+                   start: float = 0.08, width: float = 0.9, recorder_cls: type = StoreRecorder) -> None:
     """Run per-fold ``tasks`` (each with a ``fold``) on ``executor``; ``record`` each outcome as it arrives.
 
     Locally ``local_fn(task, recorder, **local_kwargs)`` runs in this process;
@@ -523,7 +564,9 @@ def dispatch_folds(ctx: JobContext, executor, tasks: list, local_fn, node_fn, re
     fails naming the path). Either way the folds' epochs, progress and log
     lines reach the store through this process only; every fold's node and
     state is recorded for the job details. ``start`` and ``width`` are the
-    part of the job's progress bar that the folds fill.
+    part of the job's progress bar that the folds fill. ``recorder_cls``
+    (a :class:`StoreRecorder`, or a subclass with more reports) receives
+    every fold's reports here.
     """
     local = executor.name == "local"
     if not local:
@@ -532,7 +575,7 @@ def dispatch_folds(ctx: JobContext, executor, tasks: list, local_fn, node_fn, re
         ctx.log(f"folds {[t.fold for t in tasks]} go to the {executor.name} cluster "
                 f"(cluster.max_retries = {resources.max_retries})")
     progress = FoldProgress(ctx, n_folds, n_folds - len(tasks), start=start, width=width)
-    recorders = {t.fold: StoreRecorder(ctx.store, ctx.run_id, progress=progress.for_fold(t.fold), log=ctx.log)
+    recorders = {t.fold: recorder_cls(ctx.store, ctx.run_id, progress=progress.for_fold(t.fold), log=ctx.log)
                  for t in tasks}
     calls = [FoldCall(t.fold, local_fn if local else node_fn, (t,), local_kwargs=dict(local_kwargs or {}) if local
                       else {}) for t in tasks]

@@ -91,9 +91,8 @@ class ListRecorder:
 class StoreRecorder:
     """Writes a fold's epochs to the store (one row per epoch, replaced when a resumed epoch is re-run).
 
-    The ``epochs`` table has no stage column yet: a record's ``tag`` reaches
-    the job log line, and a job that trains stages keeps them apart in the
-    store (the curriculum job's own schema step).
+    A record's ``tag`` (a curriculum stage) goes to the row's ``stage``
+    column and to the job log line; an empty tag stores NULL.
 
     ``progress`` and ``log`` are the job's (``JobContext.progress`` and
     ``.log``); ``span`` is the ``(start, width)`` of the job's progress bar
@@ -111,7 +110,8 @@ class StoreRecorder:
     def epoch(self, record: EpochRecord) -> None:
         self.store.record_epoch(self.run_id, record.fold, record.epoch, train_loss=record.train_loss,
                                 val_loss=record.val_loss, val_lwlrap=record.val_lwlrap, lr=record.lr,
-                                seconds=record.seconds, clips_per_sec=record.clips_per_sec)
+                                seconds=record.seconds, clips_per_sec=record.clips_per_sec,
+                                stage=record.tag or None)
         self._log(record.log_line())
 
     def progress(self, fraction: float, message: str) -> None:
