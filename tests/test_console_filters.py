@@ -149,8 +149,8 @@ def test_pages_cover_every_run_once_in_sql_order(tmp_path: Path) -> None:
     s = Store(tmp_path / "experiments.db")
     for i in range(25):
         run_id = f"train-{i:04d}"
-        s.create_run(run_id, kind="train", model="small")
-        s.finish_run(run_id, cv_lwlrap=None if i % 7 == 0 else (i * 13 % 25) / 25)
+        record_run(s, tmp_path / "runs", run_id, dataset_id=None,
+                   cv=None if i % 7 == 0 else (i * 13 % 25) / 25)
     seen: list[str] = []
     for offset in range(0, 25, 10):
         seen += [r["run_id"] for r in s.page_runs(order="cv", descending=True, limit=10, offset=offset)]
