@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import wave
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ import pytest
 
 from engine.metrics import lwlrap
 from engine.store import OOF, Store, runs_root
-from tests.conftest import copy_dataset, run_cli, spawn_worker  # noqa: F401  (fixture)
+from tests.conftest import copy_dataset, run_cli
 
 pytestmark = pytest.mark.slow
 
