@@ -9,7 +9,9 @@ A query is terms joined by spaces (AND), ``OR`` and ``NOT`` (or a leading
 
 A term is ``field OP value`` with OP one of ``:`` ``=`` ``!=`` ``>`` ``>=``
 ``<`` ``<=``. On a text field ``:`` and ``=`` mean "equals, ignoring case";
-a value with ``*`` matches as a wildcard (``name:cnn14*``); the free-text
+a value with ``*`` matches as a wildcard (``name:cnn14*``); ``model``
+matches a run's whole label (``cnn14-64mel``) or its architecture, the part
+before the ``-`` (``model:cnn14``); the free-text
 fields (name, note, message, error) match ``:`` as "contains". On a number
 ``:`` means ``=``. ``none`` as a value matches a missing value
 (``test:none``). A time field takes an ISO date (``created>2026-11-30``) or
@@ -44,7 +46,9 @@ class Field:
     """One filterable field: the SQL expression it compares and how values are read."""
 
     sql: str
-    kind: str  # "ident" (exact), "text" (equality ignoring case / wildcard), "contains" (substring), "number", "time", "tag"
+    #: "ident" (exact), "text" (equality ignoring case / wildcard), "model" (text, or the label's
+    #: architecture before its "-"), "contains" (substring), "number", "time", "tag"
+    kind: str
     about: str = ""
 
 
@@ -52,7 +56,7 @@ class Field:
 RUN_FIELDS: dict[str, Field] = {
     "id": Field("r.id", "ident", "run id"),
     "name": Field("r.name", "contains", "run name (contains)"),
-    "model": Field("r.model", "text", "model, e.g. cnn14"),
+    "model": Field("r.model", "model", "model: the architecture (cnn14) or the whole label (cnn14-64mel)"),
     "kind": Field("r.kind", "text", "train, infer, baseline, ensemble, curriculum"),
     "status": Field("r.status", "text", "running, done, failed, cancelled, interrupted"),
     "cv": Field("r.cv_lwlrap", "number", "out-of-fold (CV) LWLRAP"),
@@ -275,6 +279,12 @@ class _Compiler:
         elif spec.kind == "ident" and "*" not in value:
             # Ids are compared exactly, so the primary key or its index answers.
             cmp = f"{spec.sql} = {self.param(value)}"
+        elif spec.kind == "model" and "*" not in value:
+            # Runs record labels such as cnn14-64mel: the word matches the label or its architecture.
+            # A range on the NOCASE index ('-' is followed by '.') keeps the lookup indexed.
+            col = spec.sql
+            cmp = (f"({col} = {self.param(value)} COLLATE NOCASE OR ({col} >= {self.param(value + '-')} COLLATE NOCASE "
+                   f"AND {col} < {self.param(value + '.')} COLLATE NOCASE))")
         else:
             cmp = self.text_cmp(spec.sql, value)
         return f"NOT ({cmp})" if op == "!=" else cmp

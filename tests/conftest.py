@@ -69,6 +69,81 @@ def tiny_demo(tmp_path_factory) -> Path:
     return root
 
 
+# -- a small Kaggle-layout dataset written file by file (the data and pipeline tests) --------------
+
+#: Sample rate of the WAVs the data tests write.
+SR = 44100
+
+#: The curated clips of :func:`write_layout` and their labels, as ``train_curated.csv`` holds them.
+CURATED_ROWS = [
+    ("c0.wav", "Bark"),
+    ("c1.wav", "Bark,Walk_and_footsteps"),
+    ("c2.wav", "Zipper_(clothing)"),
+    ("c3.wav", "Accordion,Hi-hat,Yell"),
+]
+#: The test clips of :func:`write_layout`.
+TEST_FNAMES = ["t0.wav", "t1.wav"]
+
+
+def sine(freq: float, seconds: float, sr: int = SR, amp: float = 0.5):
+    """A float32 sine tone."""
+    import numpy as np
+
+    t = np.arange(int(round(seconds * sr))) / sr
+    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def write_wav(path: Path, wave, sr: int = SR) -> Path:
+    """Write a 16-bit PCM WAV."""
+    import soundfile as sf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, wave, sr, subtype="PCM_16")
+    return path
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Write a UTF-8 text file; returns its path."""
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def write_layout(root: Path) -> Path:
+    """A small dataset root in the Kaggle layout with real WAVs in folders."""
+    from engine.data.labels import FSD2019_CLASSES
+
+    root.mkdir(parents=True, exist_ok=True)
+    lines = ["fname,labels"] + [f'{f},"{labels}"' if "," in labels else f"{f},{labels}"
+                                for f, labels in CURATED_ROWS]
+    write_text(root / "train_curated.csv", "\n".join(lines) + "\n")
+    zeros = ",".join("0" for _ in FSD2019_CLASSES)
+    write_text(root / "sample_submission.csv",
+               "\n".join(["fname," + ",".join(FSD2019_CLASSES)] + [f"{f},{zeros}" for f in TEST_FNAMES]) + "\n")
+    for i, (fname, _) in enumerate(CURATED_ROWS):
+        write_wav(root / "train_curated" / fname, sine(300 + 100 * i, 0.2 + 0.05 * i))
+    for i, fname in enumerate(TEST_FNAMES):
+        write_wav(root / "test" / fname, sine(1000 + 50 * i, 0.3))
+    return root
+
+
+class ArrayCache:
+    """Clips held in memory, read like a ``WaveformCache``."""
+
+    def __init__(self, clips: list) -> None:
+        self.clips = clips
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def get(self, i: int):
+        """A copy of clip ``i`` (the caller may change it)."""
+        return self.clips[i].copy()
+
+    def length(self, i: int) -> int:
+        """Samples in clip ``i``."""
+        return len(self.clips[i])
+
+
 def copy_dataset(src: Path, dst: Path) -> Path:
     """A private copy of a dataset root (without its waveform cache) that a test may damage."""
     import shutil
@@ -92,17 +167,25 @@ FIXED_NOW = 1_796_040_000.0
 
 
 def fixed_console_db(db: Path, monkeypatch) -> dict:
-    """A database a person would have after a few days: trained, inferred, blended, failed and queued work.
+    """A database a person would have after a few days: trained, stopped, blended, failed and queued work.
 
-    Everything is written through the store's own calls, at fixed times
+    Runs are recorded the way the jobs record them (``record_run``,
+    ``stream_epochs``, ``record_trained_fold``, ``finish_trained_run``: the
+    engine's own recorder and scoring code, on label and score arrays made
+    here with numpy), jobs through the store's queue calls, at fixed times
     (``engine.store._now`` is pinned; the console's clock too), with the 80
     real class names, so snapshot tests of the screens are deterministic.
     Returns the ids worth opening.
     """
+    import json
+
+    import numpy as np
+
     import engine.store as store_module
     import fsat_console.formatting as formatting
     from engine.data.labels import FSD2019_CLASSES
-    from engine.store import OOF, Store
+    from engine.ensemble import rank_average, weights_from_cv
+    from engine.store import Store
 
     clock = [FIXED_NOW - 3 * 86400]
 
@@ -115,37 +198,38 @@ def fixed_console_db(db: Path, monkeypatch) -> dict:
     monkeypatch.setenv("TZ", "UTC")
     time.tzset()
     store = Store(db)
-    ds = store.register_dataset(db.parent / "demo_data", name="demo", classes=FSD2019_CLASSES, n_curated=480)
+    runs_root = db.parent / "runs"
+    n_curated = 480
+    truth = multi_hot_truth(n_curated, len(FSD2019_CLASSES), seed=5)
+    folds = np.arange(n_curated) % 5
+    # A fixed root (never read: the screens shown need no audio), so the recorded config hashes are fixed too.
+    ds = store.register_dataset(Path("/data/fsdkaggle2019"), name="demo", classes=FSD2019_CLASSES,
+                                n_curated=n_curated)
+    oofs: dict[str, np.ndarray] = {}
 
-    def train(name: str, model: str, seed: int, base: float, epochs: int = 8, folds: int = 5,
+    def train(name: str, arch: str, seed: int, base: float, epochs: int = 8, n_folds: int = 5,
               stop_after: int | None = None) -> tuple[int, str]:
-        job = store.enqueue("train", {"train": {"epochs": epochs, "n_folds": folds}, "model": {"arch": model}},
-                            name=name)
+        job = store.enqueue("train", {"train": {"epochs": epochs, "n_folds": n_folds, "seed": seed},
+                                      "model": {"arch": arch}}, name=name)
         claimed = store.claim("w-fixed")
         run_id = f"train-{claimed.id:04d}"
-        store.create_run(run_id, kind="train", job_id=job, dataset_id=ds, name=name, model=model, seed=seed,
-                         device="cpu", config_hash=f"{seed:012x}",
-                         config={"train": {"epochs": epochs, "n_folds": folds, "seed": seed},
-                                 "model": {"arch": model}, "loss": {"name": "bce"}})
-        for k in range(folds):
-            last = epochs if stop_after is None or k < folds - 1 else stop_after
-            best = 0.0
-            for e in range(1, last + 1):
-                val = base - 0.25 / e + 0.01 * ((k * 7 + e * 3) % 5)
-                best = max(best, val)
-                store.record_epoch(run_id, k, e, train_loss=1.2 / e, val_loss=1.0 / e + 0.05 * k, val_lwlrap=val,
-                                   lr=1e-3 / e, seconds=12.0 + k)
-            if stop_after is None or k < folds - 1:
-                store.record_fold(run_id, k, lwlrap=best, best_epoch=last - 1, n_val=96)
+        record_run(store, runs_root, run_id, dataset_id=ds, job_id=job, name=name, status="running",
+                   overrides=(f'model.arch="{arch}"', f"train.epochs={epochs}", f"train.n_folds={n_folds}",
+                              f"train.seed={seed}"))
+        oof = tagger_scores(truth, skill=3 + 10 * (base - 0.80), seed=seed, shared=0.7)  # CV LWLRAP near base
+        for k in range(n_folds):
+            last = epochs if stop_after is None or k < n_folds - 1 else stop_after
+            records = stream_epochs(store, run_id, k, [base - 0.25 / e + 0.01 * ((k * 7 + e * 3) % 5)
+                                                       for e in range(1, last + 1)], seconds=12.0 + k)
+            if last == epochs:
+                record_trained_fold(store, runs_root, run_id, k, records, truth, oof, folds)
         if stop_after is not None:
             store.request_cancel(job)
             store.mark_cancelled(job, worker_id="w-fixed", attempt=claimed.attempts)
             return job, run_id
-        lrap = [min(1.0, base - 0.3 + ((i * 37 + seed) % 80) / 160) for i in range(80)]
-        weights = [(i % 5 + 1) / 240 for i in range(80)]
-        store.record_class_scores(run_id, OOF, FSD2019_CLASSES, lrap, weights, [i % 5 + 1 for i in range(80)])
-        store.finish_run(run_id, cv_lwlrap=base)
-        store.finish_job(job, worker_id="w-fixed", attempt=claimed.attempts, message=f"CV LWLRAP {base:.4f}")
+        cv = finish_trained_run(store, runs_root, run_id, truth)
+        oofs[run_id] = oof
+        store.finish_job(job, worker_id="w-fixed", attempt=claimed.attempts, message=f"CV lwlrap {cv:.4f}")
         return job, run_id
 
     _, a = train("cnn14 baseline", "cnn14", 42, 0.81)
@@ -154,15 +238,17 @@ def fixed_console_db(db: Path, monkeypatch) -> dict:
     stopped_job, stopped = train("cnn14 long", "cnn14", 11, 0.80, epochs=20, stop_after=17)
     store.set_run_tags(b, ["best", "mixup"])
     store.set_run_note(a, "the reference")
-    job = store.enqueue("ensemble", {"members": [a, b, c]}, name="rank blend of 3")
+    members = [b, a, c]
+    job = store.enqueue("ensemble", {"members": members, "method": "rank"}, name="rank blend of 3")
     blend_claim = store.claim("w-fixed")
     ens = f"ensemble-{job:04d}"
-    store.create_run(ens, kind="ensemble", job_id=job, dataset_id=ds, name="rank blend of 3", model="blend",
-                     config={"members": [a, b, c], "method": "rank"})
-    store.set_run_members(ens, [(b, 0.36), (a, 0.34), (c, 0.30)])
-    store.record_class_scores(ens, OOF, FSD2019_CLASSES, [0.8] * 80, [1 / 80] * 80, [3] * 80)
-    store.finish_run(ens, cv_lwlrap=0.845)
-    store.finish_job(job, worker_id="w-fixed", attempt=blend_claim.attempts, message="blend CV LWLRAP 0.8450")
+    weights = weights_from_cv([store.get_run(m)["cv_lwlrap"] for m in members])
+    record_run(store, runs_root, ens, kind="ensemble", dataset_id=ds, job_id=job, name="rank blend of 3",
+               oof=rank_average([oofs[m] for m in members], weights), truth=truth, folds=folds,
+               overrides=(f"members={json.dumps(members)}", 'method="rank"'))
+    store.set_run_members(ens, list(zip(members, weights.tolist())))
+    store.finish_job(job, worker_id="w-fixed", attempt=blend_claim.attempts,
+                     message=f"rank: OOF lwlrap {store.get_run(ens)['cv_lwlrap']:.4f}")
     failed = store.enqueue("baseline", {"data": {"root": "demo_data"}}, name="baseline")
     failed_claim = store.claim("w-fixed")
     store.fail_job(failed, "no PANNs checkpoint configured: set embed.checkpoint to a Cnn14 .pth file "
@@ -171,8 +257,9 @@ def fixed_console_db(db: Path, monkeypatch) -> dict:
                    "engine.errors.ConfigError: no PANNs checkpoint configured",
                    worker_id="w-fixed", attempt=failed_claim.attempts)
     queued = store.enqueue("train", {"train": {"epochs": 8}}, name="cnn14 seed 9")
+    store_cv = {r: store.get_run(r)["cv_lwlrap"] for r in (a, b, c)}
     store.close()
-    return {"runs": [a, b, c], "stopped": stopped, "stopped_job": stopped_job, "ensemble": ens,
+    return {"runs": [a, b, c], "cv": {r: store_cv[r] for r in (a, b, c)}, "stopped": stopped, "stopped_job": stopped_job, "ensemble": ens,
             "failed_job": failed, "queued_job": queued}
 
 
@@ -270,22 +357,26 @@ def record_run(store, runs_root: Path, run_id: str, *, kind: str = "train", data
     from engine.runs.folder import RunFolder
     from engine.runs.kinds import FOLD_CHECKPOINT_KINDS, model_label
     from engine.runs.scores import covered_rows, record_fold_scores, record_oof_scores
-    from engine.specs import resolve_spec, to_dict
+    from engine.specs import resolve_spec, spec_hash, to_dict
 
     folder = RunFolder(runs_root / run_id).create()
     dataset = store.get_dataset(dataset_id) if dataset_id is not None else None
     data_root = str(dataset["root"]) if dataset else str(runs_root)
+    seed = None
     if kind in FOLD_CHECKPOINT_KINDS:
         spec = resolve_spec("train", overrides=list(overrides), data_root=data_root)
-        model = model_label(spec.model.arch, spec.features.n_mels)
+        model, seed = model_label(spec.model.arch, spec.features.n_mels), spec.train.seed
     elif kind == "infer":
         spec = resolve_spec("infer", overrides=[f'run_id="{parent}"', *overrides])
-        model = (store.get_run(parent) or {}).get("model", "") if parent else ""
+        trained = (store.get_run(parent) or {}) if parent else {}
+        model, seed = trained.get("model", ""), trained.get("seed")
     else:
-        spec = resolve_spec(kind, overrides=list(overrides), data_root=data_root)
+        # An ensemble's data are its members' (its spec has no data root).
+        spec = resolve_spec(kind, overrides=list(overrides), **({} if kind == "ensemble" else {"data_root": data_root}))
         model = kind
     store.create_run(run_id, kind=kind, job_id=job_id, dataset_id=dataset_id, parent_run_id=parent,
-                     name=name or run_id, model=model, config=to_dict(spec), run_dir=str(folder.path))
+                     name=name or run_id, model=model, config=to_dict(spec), config_hash=spec_hash(spec),
+                     seed=seed, device="cpu", run_dir=str(folder.path))
     if oof is not None:
         folder.save_array(folder.oof, np.asarray(oof))
     if test is not None:
@@ -305,11 +396,95 @@ def record_run(store, runs_root: Path, run_id: str, *, kind: str = "train", data
     return folder.path
 
 
+def multi_hot_truth(n_clips: int, n_classes: int, *, seed: int = 0, second: float = 0.3):
+    """A curated label matrix: clip i has class ``i % n_classes`` (every class has a positive when
+    ``n_clips >= n_classes``) and, with probability ``second``, one more random class."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    truth = np.zeros((n_clips, n_classes), dtype=np.float32)
+    truth[np.arange(n_clips), np.arange(n_clips) % n_classes] = 1
+    more = np.flatnonzero(rng.random(n_clips) < second)
+    truth[more, rng.integers(0, n_classes, len(more))] = 1
+    return truth
+
+
+def tagger_scores(truth, skill: float, *, seed: int = 0, shared: float = 0.0):
+    """Probabilities a tagger of the given ``skill`` might output for ``truth`` (higher skill, higher LWLRAP).
+
+    A fraction ``shared`` of the noise's variance is the same for every seed:
+    taggers trained on the same clips make some of the same mistakes.
+    """
+    import numpy as np
+
+    own = np.random.default_rng(seed).normal(size=np.shape(truth))
+    common = np.random.default_rng(-1 % 2**32).normal(size=np.shape(truth))
+    noise = np.sqrt(1.0 - shared) * own + np.sqrt(shared) * common
+    return (1.0 / (1.0 + np.exp(-(np.asarray(truth) * skill + noise)))).astype(np.float32)
+
+
+def stream_epochs(store, run_id: str, fold: int, val_lwlraps, *, first_epoch: int = 1, seconds: float = 1.0,
+                  lines: list[str] | None = None) -> list:
+    """Record epochs of one fold the way a training fold reports them: ``EpochRecord`` into a ``StoreRecorder``.
+
+    Epoch ``first_epoch + i`` has validation LWLRAP ``val_lwlraps[i]`` and took
+    ``seconds``; losses and the learning rate fall as 1/epoch. Returns the
+    records; their log lines go to ``lines`` when given.
+    """
+    from engine.runs.recorder import EpochRecord, StoreRecorder
+
+    recorder = StoreRecorder(store, run_id, log=(lines.append if lines is not None else (lambda line: None)))
+    records, best = [], float("-inf")
+    for i, val in enumerate(val_lwlraps):
+        epoch = first_epoch + i
+        record = EpochRecord(fold=fold, epoch=epoch, train_loss=1.2 / epoch, val_loss=1.0 / epoch + 0.05 * fold,
+                             val_lwlrap=float(val), lr=1e-3 / epoch, seconds=float(seconds),
+                             clips_per_sec=96.0 / float(seconds), is_best=float(val) > best)
+        best = max(best, float(val))
+        recorder.epoch(record)
+        records.append(record)
+    return records
+
+
+def record_trained_fold(store, runs_root: Path, run_id: str, fold: int, records: list, truth, oof, folds) -> float:
+    """A trained fold's end, as the train job records it: its rows of ``oof.npy`` (saved atomically), its
+    LWLRAP (the best epoch's validation score, as early stopping saw it) and per-class scores. Returns the LWLRAP."""
+    import numpy as np
+
+    from engine.runs.folder import RunFolder
+    from engine.runs.scores import record_fold_scores
+
+    folder = RunFolder(runs_root / run_id)
+    run = store.get_run(run_id)
+    classes = list(store.get_dataset(run["dataset_id"])["classes"])
+    rows = np.asarray(folds) == fold
+    saved = folder.load_array(folder.oof) if folder.oof.exists() else np.full(np.shape(truth), np.nan, np.float32)
+    saved[rows] = np.asarray(oof)[rows]
+    folder.save_array(folder.oof, saved)
+    best = max(records, key=lambda r: r.val_lwlrap)
+    return record_fold_scores(store, run_id, fold, np.asarray(truth)[rows], np.asarray(oof)[rows], classes,
+                              best_epoch=best.epoch, lwlrap_value=best.val_lwlrap)
+
+
+def finish_trained_run(store, runs_root: Path, run_id: str, truth) -> float:
+    """The train job's end: out-of-fold scores over the folds in ``oof.npy``, the run done with its CV LWLRAP."""
+    from engine.runs.folder import RunFolder
+    from engine.runs.scores import record_oof_scores
+
+    folder = RunFolder(runs_root / run_id)
+    run = store.get_run(run_id)
+    classes = list(store.get_dataset(run["dataset_id"])["classes"])
+    cv, _ = record_oof_scores(store, run_id, truth, folder.load_array(folder.oof), classes)
+    store.finish_run(run_id, status="done", cv_lwlrap=cv)
+    return cv
+
+
 # -- trained and inferred runs, built once per session (the infer and ensemble job tests share them) ----
 
-#: Small, quick training runs: 1 s crops, a few epochs, no warmup.
+#: Small, quick training runs: 1 s crops, a few epochs of 12 steps, no warmup.
 TRAIN_SETTINGS = ["--preset", "demo", "--set", "train.epochs=4", "--set", "train.patience=4",
-                  "--set", "audio.crop_seconds=1", "--set", "optim.warmup_epochs=0"]
+                  "--set", "train.steps_per_epoch=12", "--set", "audio.crop_seconds=1",
+                  "--set", "optim.warmup_epochs=0"]
 
 
 @dataclass
@@ -368,6 +543,89 @@ def env_with_project() -> dict:
 
 
 # -- the console under Pilot ------------------------------------------------------------------------
+
+
+#: A training preset small enough to run in seconds; named "tiny", so it sorts first in the queue dialog.
+TINY_PRESET = """\
+name = "tiny"
+
+[model]
+arch = "small"
+width = 8
+
+[train]
+epochs = 1
+batch_size = 4
+"""
+
+
+def console_world(tmp_path: Path, monkeypatch) -> tuple[Path, Path]:
+    """A preset folder first in the search path (holding ``tiny``) and a dataset root; returns ``(db, data)``."""
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "tiny.toml").write_text(TINY_PRESET)
+    monkeypatch.setenv("FSAT_CONFIGS", str(configs))
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train_curated.csv").write_text("fname,labels\n")
+    return tmp_path / "experiments.db", data
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """The console's world: a database with an open store, the ``tiny`` preset first in the search path, a data root."""
+    from engine.store import Store
+
+    db, data = console_world(tmp_path, monkeypatch)
+    store = Store(db)
+    yield {"db": db, "data": data, "store": store, "tmp": tmp_path}
+    store.close()
+
+
+def table(app, table_id: str):
+    """A ``LiveTable`` of the current screen, by id."""
+    from fsat_console.widgets.live_table import LiveTable
+
+    return app.screen.query_one(f"#{table_id}", LiveTable)
+
+
+def cell_text(t, row_key: str, column: str) -> str:
+    """Plain text of one cell of a ``LiveTable``."""
+    return t.get_cell(row_key, column).plain
+
+
+async def open_queue_dialog(pilot, app, *, press: bool = True, timeout: float = 5.0):
+    """Press n (unless the app opens the dialog itself) and wait until the preset list has focus."""
+    from textual.widgets import OptionList
+
+    from fsat_console.screens.queue import QueueScreen
+
+    if press:
+        await pilot.press("n")
+
+    def preset_list_focused() -> bool:
+        # The dialog may be the screen before its widgets are mounted.
+        if not isinstance(app.screen, QueueScreen):
+            return False
+        presets = app.screen.query("#preset")
+        return bool(presets) and app.focused is presets.first(OptionList)
+
+    await wait_until(pilot, preset_list_focused, timeout=timeout, what="queue dialog")
+    return app.screen
+
+
+async def open_job_details(pilot, app, job_id: int):
+    """Select the job in the jobs table and press enter; returns the job details screen."""
+    from fsat_console.screens.job import JobScreen
+
+    jobs = table(app, "jobs")
+    await wait_until(pilot, lambda: str(job_id) in jobs.rows, what="job row")
+    await pilot.press("tab")
+    assert app.focused is jobs
+    jobs.move_cursor(row=jobs.get_row_index(str(job_id)))
+    await pilot.press("enter")
+    await wait_until(pilot, lambda: isinstance(app.screen, JobScreen), what="job details")
+    return app.screen
 
 
 async def wait_until(pilot, predicate, timeout: float = 10.0, what: str = "condition") -> None:

@@ -17,72 +17,25 @@ import sys
 import threading
 from pathlib import Path
 
-import pytest
+import numpy as np
+
 from textual.command import CommandList, CommandPalette
-from textual.widgets import Input, OptionList, Static
+from textual.widgets import Input, Static
 from watchdog.utils import BaseThread
 
 from engine.data.labels import FSD2019_CLASSES
-from engine.store import OOF, Store
+from engine.metrics import per_class_lwlrap
 from fsat_console.app import FsatConsole
 from fsat_console.screens.confirm import ConfirmScreen
 from fsat_console.screens.help import HelpScreen, help_table
-from fsat_console.screens.job import JobScreen
 from fsat_console.screens.main import MainScreen
-from fsat_console.screens.queue import QueueScreen, preset_about, split_overrides, train_presets
-from fsat_console.widgets.live_table import LiveTable
-from tests.conftest import screen_text, settle_workers, wait_until
+from fsat_console.screens.queue import preset_about, split_overrides, train_presets
+from tests.conftest import (cell_text, finish_trained_run, multi_hot_truth, open_job_details, open_queue_dialog,
+                            record_run, record_trained_fold, screen_text, settle_workers, stream_epochs, table,
+                            tagger_scores, wait_until)
 
 PROJECT = Path(__file__).resolve().parent.parent
 SIZE = (140, 45)
-
-TINY_PRESET = """\
-name = "tiny"
-
-[model]
-arch = "small"
-width = 8
-
-[train]
-epochs = 1
-batch_size = 4
-"""
-
-
-@pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
-    """A database, a preset directory (first in the search path) and a dataset root."""
-    configs = tmp_path / "configs"
-    configs.mkdir()
-    (configs / "tiny.toml").write_text(TINY_PRESET)
-    monkeypatch.setenv("FSAT_CONFIGS", str(configs))
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "train_curated.csv").write_text("fname,labels\n")
-    db = tmp_path / "experiments.db"
-    store = Store(db)
-    yield {"db": db, "data": data, "store": store, "tmp": tmp_path}
-    store.close()
-
-
-def table(app, table_id: str) -> LiveTable:
-    """A LiveTable of the current screen."""
-    return app.screen.query_one(f"#{table_id}", LiveTable)
-
-
-async def open_queue_dialog(pilot, app, *, press: bool = True, timeout: float = 5.0) -> QueueScreen:
-    """Press n (unless the app opens the dialog itself) and wait until the preset list has focus."""
-    if press:
-        await pilot.press("n")
-    def preset_list_focused() -> bool:
-        # The dialog may be the screen before its widgets are mounted.
-        if not isinstance(app.screen, QueueScreen):
-            return False
-        presets = app.screen.query("#preset")
-        return bool(presets) and app.focused is presets.first(OptionList)
-
-    await wait_until(pilot, preset_list_focused, timeout=timeout, what="queue dialog")
-    return app.screen
 
 
 def help_text(screen) -> str:
@@ -94,11 +47,6 @@ def help_text(screen) -> str:
     console = Console(width=200, file=StringIO(), color_system=None)
     console.print(help_table(screen.sections))
     return console.file.getvalue()
-
-
-def cell_text(t: LiveTable, row_key: str, column: str) -> str:
-    """Plain text of one cell."""
-    return t.get_cell(row_key, column).plain
 
 
 # -- (a) queue a job with keys only ---------------------------------------------------------
@@ -143,8 +91,7 @@ async def test_bad_override_shows_field_error_and_queues_nothing(env: dict) -> N
     async with app.run_test(size=SIZE) as pilot:
         queue = await open_queue_dialog(pilot, app)
         await pilot.press("home", "tab", "tab", *"train.epochs=abc", "enter")
-        await app.workers.wait_for_complete()
-        await pilot.pause()
+        await settle_workers(pilot, app)
 
         error = queue.query_one("#overrides-error", Static)
         assert app.screen is queue
@@ -168,7 +115,7 @@ async def test_missing_data_root_is_shown_under_its_field(env: dict) -> None:
     async with app.run_test(size=SIZE) as pilot:
         queue = await open_queue_dialog(pilot, app)
         await pilot.press("enter")
-        await pilot.pause()
+        await settle_workers(pilot, app)
         error = queue.query_one("#data-root-error", Static)
         assert error.display and "no such folder" in str(error.content)
         assert app.screen is queue
@@ -182,8 +129,7 @@ async def test_full_queue_is_reported_in_the_dialog(env: dict) -> None:
     async with app.run_test(size=SIZE) as pilot:
         queue = await open_queue_dialog(pilot, app)
         await pilot.press("home", "enter")
-        await app.workers.wait_for_complete()
-        await pilot.pause()
+        await settle_workers(pilot, app)
         error = queue.query_one("#queue-error", Static)
         assert app.screen is queue
         assert error.display and "Queue full" in str(error.content)
@@ -213,11 +159,17 @@ def test_split_overrides_keeps_lists_and_quoted_strings_together() -> None:
 
 async def test_run_screen_updates_live_without_key_press(env: dict) -> None:
     store = env["store"]
-    job_id = store.enqueue("train", {"train": {"epochs": 2, "n_folds": 5}}, name="live")
+    n_clips = 5 * len(FSD2019_CLASSES)
+    truth = multi_hot_truth(n_clips, len(FSD2019_CLASSES), seed=3)
+    folds = np.arange(n_clips) // len(FSD2019_CLASSES)  # every class has positives in every fold
+    oof = tagger_scores(truth, skill=3.0, seed=7)
+    ds = store.register_dataset(env["data"], name="data", classes=FSD2019_CLASSES, n_curated=n_clips)
+    job_id = store.enqueue("train", {"train": {"epochs": 2, "folds": [0, 1]}}, name="live")
+    store.claim("w")
     run_id = "train-0001"
-    store.create_run(run_id, kind="train", job_id=job_id, name="live", model="small", seed=7,
-                     device="cpu", config_hash="0123abcd4567",
-                     config={"train": {"epochs": 2, "n_folds": 5, "folds": []}})
+    runs_root = env["tmp"] / "runs"
+    record_run(store, runs_root, run_id, dataset_id=ds, job_id=job_id, name="live", status="running",
+               overrides=('model.arch="small"', "train.epochs=2", "train.folds=[0, 1]"))
     app = FsatConsole(env["db"], data_root=env["data"], poll_interval=0.1)
     async with app.run_test(size=SIZE) as pilot:
         await wait_until(pilot, lambda: run_id in table(app, "runs").rows, what="run row")
@@ -228,45 +180,54 @@ async def test_run_screen_updates_live_without_key_press(env: dict) -> None:
         assert cell_text(table(app, "folds"), "0", "lwlrap") == "—"
         assert table(app, "classes").row_count == 0
 
-        # Another connection (the stand-in for a training job) writes scores.
-        rng_lrap = [((i * 37) % 80) / 80 for i in range(80)]  # a permutation of 0, 1/80, ..., 79/80
-        weights = [(i % 5 + 1) / 240 for i in range(80)]
-        n_pos = [i % 5 + 1 for i in range(80)]
-        store.record_epoch(run_id, 0, 1, train_loss=0.9, val_loss=0.8, val_lwlrap=0.41, lr=1e-3, seconds=2.0)
-        store.record_epoch(run_id, 0, 2, train_loss=0.7, val_loss=0.6, val_lwlrap=0.55, lr=5e-4, seconds=2.0)
-        store.record_epoch(run_id, 1, 1, train_loss=0.95, val_loss=0.85, val_lwlrap=0.38, lr=1e-3, seconds=2.0)
-        store.record_fold(run_id, 0, lwlrap=0.55, best_epoch=2, n_val=17)
-        store.record_class_scores(run_id, OOF, FSD2019_CLASSES, rng_lrap, weights, n_pos)
+        # The test plays the training job: epochs as its folds report them, then fold 0's scores.
+        fold0 = stream_epochs(store, run_id, 0, [0.41, 0.55], seconds=2.0)
+        stream_epochs(store, run_id, 1, [0.38], seconds=2.0)
+        fold0_lwlrap = record_trained_fold(store, runs_root, run_id, 0, fold0, truth, oof, folds)
+        assert fold0_lwlrap == 0.55  # the best epoch's score, as early stopping saw it
 
-        folds = table(app, "folds")
-        classes = table(app, "classes")
-        await wait_until(pilot, lambda: cell_text(folds, "0", "lwlrap") == "0.5500" and classes.row_count == 80,
-                         what="scores to appear")
-        assert cell_text(folds, "0", "best_epoch") == "2"
-        assert cell_text(folds, "0", "n_val") == "17"
-        assert cell_text(folds, "0", "epochs") == "2/2"
-        assert cell_text(folds, "1", "epochs") == "1/2"
-        assert cell_text(folds, "1", "lwlrap") == "—"
+        folds_table = table(app, "folds")
+        await wait_until(pilot, lambda: cell_text(folds_table, "0", "lwlrap") == "0.5500", what="fold 0's score")
+        assert cell_text(folds_table, "0", "best_epoch") == "2"
+        assert cell_text(folds_table, "0", "n_val") == str(int((folds == 0).sum()))
+        assert cell_text(folds_table, "0", "epochs") == "2/2"
+        assert cell_text(folds_table, "1", "epochs") == "1/2"
+        assert cell_text(folds_table, "1", "lwlrap") == "—"
         chart = screen.query_one("#chart")
-        assert chart.series == {0: [(1, 0.41), (2, 0.55)], 1: [(1, 0.38)]}
+        await wait_until(pilot, lambda: chart.series == {0: [(1, 0.41), (2, 0.55)], 1: [(1, 0.38)]},
+                         what="the epochs in the chart")
 
+        # Fold 1 ends, then the run: its out-of-fold scores over the two folds trained.
+        fold1 = stream_epochs(store, run_id, 1, [0.47], first_epoch=2, seconds=2.0)
+        record_trained_fold(store, runs_root, run_id, 1, fold1, truth, oof, folds)
+        finish_trained_run(store, runs_root, run_id, truth)
+        rows = np.isin(folds, [0, 1])
+        lrap, weights = per_class_lwlrap(truth[rows], oof[rows])
+        n_pos = truth[rows].sum(axis=0).astype(int)
+
+        classes = table(app, "classes")
+        await wait_until(pilot, lambda: classes.row_count == 80, what="the out-of-fold class scores")
         # Classes sorted by out-of-fold LRAP, best first, with weight and positives.
-        expected = sorted(range(80), key=lambda i: -rng_lrap[i])
-        assert classes.keys_in_order() == [str(i) for i in expected]
-        best = expected[0]
-        assert cell_text(classes, str(best), "class") == FSD2019_CLASSES[best]
-        assert cell_text(classes, str(best), "lrap") == f"{rng_lrap[best]:.4f}"
-        assert cell_text(classes, str(best), "weight") == f"{weights[best] * 100:.2f}%"
-        assert cell_text(classes, str(best), "n_pos") == str(n_pos[best])
-        assert "0.5500" in screen_text(app)  # the header's mean fold LWLRAP
+        order = [int(k) for k in classes.keys_in_order()]
+        assert sorted(order) == list(range(80))
+        shown = [lrap[i] for i in order]
+        assert shown == sorted(shown, reverse=True)
+        for i in (order[0], order[-1]):
+            assert cell_text(classes, str(i), "class") == FSD2019_CLASSES[i]
+            assert cell_text(classes, str(i), "lrap") == f"{lrap[i]:.4f}"
+            assert cell_text(classes, str(i), "weight") == f"{weights[i] * 100:.2f}%"
+            assert cell_text(classes, str(i), "n_pos") == str(n_pos[i])
+        mean_fold = (0.55 + 0.47) / 2
+        await wait_until(pilot, lambda: f"{mean_fold:.4f}" in screen_text(app), what="the header's mean fold LWLRAP")
 
-        # f switches the class table to fold 0 (its own scores), still live.
-        fold0 = [1.0 - x for x in rng_lrap]
-        store.record_class_scores(run_id, 0, FSD2019_CLASSES, fold0, weights, n_pos)
+        # f switches the class table to fold 0 (its own scores, recorded when the fold ended).
+        lrap0, _ = per_class_lwlrap(truth[folds == 0], oof[folds == 0])
         await pilot.press("f")
         await wait_until(pilot, lambda: classes.row_count == 80 and screen.class_fold == 0, what="fold 0 classes")
-        expected0 = sorted(range(80), key=lambda i: -fold0[i])
-        assert classes.keys_in_order() == [str(i) for i in expected0]
+        shown0 = [lrap0[int(k)] for k in classes.keys_in_order()]
+        assert shown0 == sorted(shown0, reverse=True)
+        top = classes.keys_in_order()[0]
+        assert cell_text(classes, top, "lrap") == f"{lrap0[int(top)]:.4f}"
         assert "fold 0" in classes.border_title
 
         await pilot.press("escape")
@@ -276,9 +237,7 @@ async def test_run_screen_updates_live_without_key_press(env: dict) -> None:
 async def test_tables_keep_cursor_row_and_sort_when_data_changes(env: dict) -> None:
     store = env["store"]
     for i, cv in enumerate((0.61, 0.83, 0.72)):
-        run_id = f"train-{i:04d}"
-        store.create_run(run_id, kind="train", name=f"run{i}", model="small")
-        store.finish_run(run_id, cv_lwlrap=cv)
+        record_run(store, env["tmp"] / "runs", f"train-{i:04d}", dataset_id=None, name=f"run{i}", cv=cv)
     app = FsatConsole(env["db"], data_root=env["data"], poll_interval=0.1)
     async with app.run_test(size=SIZE) as pilot:
         runs = table(app, "runs")
@@ -291,8 +250,7 @@ async def test_tables_keep_cursor_row_and_sort_when_data_changes(env: dict) -> N
         assert runs.selected_key() == "train-0001"  # a new sort shows its top row
 
         # A better run arrives from another connection: it goes on top, the cursor stays on its row.
-        store.create_run("train-0003", kind="train", name="run3", model="small")
-        store.finish_run("train-0003", cv_lwlrap=0.9)
+        record_run(store, env["tmp"] / "runs", "train-0003", dataset_id=None, name="run3", cv=0.9)
         await wait_until(pilot, lambda: runs.row_count == 4, what="new run")
         assert runs.keys_in_order() == ["train-0003", "train-0001", "train-0002", "train-0000"]
         assert runs.selected_key() == "train-0001"
@@ -358,7 +316,7 @@ async def test_cancel_queued_job_from_jobs_table(env: dict) -> None:
         await pilot.press("c")
         await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="confirmation")
         await pilot.press("n")  # changing one's mind keeps the job
-        await pilot.pause()
+        await settle_workers(pilot, app)
         assert store.get_job(second).status == "queued"
 
         await pilot.press("c")
@@ -372,18 +330,6 @@ async def test_cancel_queued_job_from_jobs_table(env: dict) -> None:
 
 
 # -- the job details follow the job's log as the worker writes it ------------------------------
-
-
-async def open_job_details(pilot, app, job_id: int) -> JobScreen:
-    """Select the job in the jobs table and press enter; returns the job details screen."""
-    jobs = table(app, "jobs")
-    await wait_until(pilot, lambda: str(job_id) in jobs.rows, what="job row")
-    await pilot.press("tab")
-    assert app.focused is jobs
-    jobs.move_cursor(row=jobs.get_row_index(str(job_id)))
-    await pilot.press("enter")
-    await wait_until(pilot, lambda: isinstance(app.screen, JobScreen), what="job details")
-    return app.screen
 
 
 def watchdog_threads() -> list[threading.Thread]:
@@ -401,11 +347,11 @@ def append(path: Path, text: str) -> None:
 async def test_job_log_shows_lines_appended_by_another_writer(env: dict) -> None:
     store = env["store"]
     job_id = store.enqueue("train", {"train": {"epochs": 1}}, name="logged")
-    run_dir = env["tmp"] / "runs" / "train-0001"
-    run_dir.mkdir(parents=True)
+    store.claim("w")
+    run_dir = record_run(store, env["tmp"] / "runs", "train-0001", dataset_id=None, job_id=job_id, name="logged",
+                         status="running")
     log_path = run_dir / "job.log"
     log_path.write_text("".join(f"setup {i}\n" for i in range(250)))
-    store.create_run("train-0001", kind="train", job_id=job_id, name="logged", run_dir=str(run_dir))
     app = FsatConsole(env["db"], data_root=env["data"], poll_interval=0.1)
     async with app.run_test(size=SIZE) as pilot:
         screen = await open_job_details(pilot, app, job_id)
@@ -451,9 +397,9 @@ async def test_job_log_is_followed_once_the_run_and_the_file_exist(env: dict) ->
         assert "not started" in screen_text(app)
 
         # The job starts: its run (and run directory) appear, the log file not yet.
-        run_dir = env["tmp"] / "runs" / "train-0001"
-        run_dir.mkdir(parents=True)
-        store.create_run("train-0001", kind="train", job_id=job_id, name="waiting", run_dir=str(run_dir))
+        store.claim("w")
+        run_dir = record_run(store, env["tmp"] / "runs", "train-0001", dataset_id=None, job_id=job_id,
+                             name="waiting", status="running")
         await wait_until(pilot, lambda: log.following, what="the run directory watched")
         assert list(log.lines) == ["no log yet"]
         assert screen.job["run_id"] == "train-0001"
@@ -469,10 +415,10 @@ async def test_job_log_is_followed_once_the_run_and_the_file_exist(env: dict) ->
 async def test_job_log_observer_stops_when_the_details_close(env: dict) -> None:
     store = env["store"]
     job_id = store.enqueue("train", {}, name="closing")
-    run_dir = env["tmp"] / "runs" / "train-0001"
-    run_dir.mkdir(parents=True)
+    store.claim("w")
+    run_dir = record_run(store, env["tmp"] / "runs", "train-0001", dataset_id=None, job_id=job_id, name="closing",
+                         status="running")
     (run_dir / "job.log").write_text("started\n")
-    store.create_run("train-0001", kind="train", job_id=job_id, name="closing", run_dir=str(run_dir))
     before = watchdog_threads()
     app = FsatConsole(env["db"], data_root=env["data"], poll_interval=0.1)
     async with app.run_test(size=SIZE) as pilot:
@@ -538,10 +484,12 @@ async def test_help_screen_lists_keys_and_database(env: dict) -> None:
 
 async def test_command_palette_reaches_every_screen_and_every_run(env: dict) -> None:
     job_id = env["store"].enqueue("train", {}, name="palette")
-    env["store"].create_run("train-0042", kind="train", job_id=job_id, name="palette", model="small")
+    runs_root = env["tmp"] / "runs"
+    record_run(env["store"], runs_root, "train-0042", dataset_id=None, job_id=job_id, name="palette", cv=0.5)
     # 1,004 newer runs: the one to find is far beyond any page the tables show.
     for i in range(1, 1005):
-        env["store"].create_run(f"infer-{i + 1000:04d}", kind="infer", name=f"tta {i}", model="small")
+        record_run(env["store"], runs_root, f"infer-{i + 1000:04d}", kind="infer", parent="train-0042",
+                   dataset_id=None, name=f"tta {i}", status="running")
     app = FsatConsole(env["db"], data_root=env["data"], poll_interval=0.1)
     async with app.run_test(size=SIZE) as pilot:
         await wait_until(pilot, lambda: app.overview is not None and app.overview.runs, what="first poll")

@@ -7,21 +7,20 @@ import io
 import json
 from pathlib import Path
 
-import pytest
+import numpy as np
 from rich.console import Console
 
 from engine import cli
 from engine.store import OOF, Store
-from tests.conftest import run_cli
+from tests.conftest import record_run, run_cli
 
 
 def many_runs(db: Path, n: int) -> Store:
-    """``n`` finished training runs through the store's own calls; CV LWLRAP rises with the run number."""
+    """``n`` finished training runs recorded as the train job records them; CV LWLRAP rises with the run number."""
     store = Store(db)
     for i in range(1, n + 1):
-        run_id = f"train-{i:04d}"
-        store.create_run(run_id, kind="train", name=f"ensemble candidate {i}", model="cnn14")
-        store.finish_run(run_id, cv_lwlrap=i / (n + 1))
+        record_run(store, db.parent / "runs", f"train-{i:04d}", dataset_id=None, name=f"ensemble candidate {i}",
+                   cv=i / (n + 1))
     return store
 
 
@@ -47,7 +46,9 @@ def test_runs_json_gives_every_run_and_a_table_says_when_it_is_cut(db_path: Path
 
 def test_piped_listing_keeps_full_values_and_csv_parses(db_path: Path) -> None:
     store = many_runs(db_path, 3)
-    store.create_run("ensemble-0042", kind="ensemble", name="rank blend of 3 with a long name", model="blend")
+    record_run(store, db_path.parent / "runs", "ensemble-0042", kind="ensemble", dataset_id=None,
+               name="rank blend of 3 with a long name", status="running",
+               overrides=('members=["train-0001", "train-0002", "train-0003"]',))
     store.close()
     out = run_cli("runs", db=db_path)
     assert "ensemble-0042" in out.stdout and "rank blend of 3 with a long name" in out.stdout
@@ -86,26 +87,42 @@ def test_jobs_listing_is_cut_visibly_and_filters(db_path: Path) -> None:
 
 
 def test_compare_markdown_and_csv(db_path: Path) -> None:
+    from engine.data.labels import FSD2019_CLASSES
+    from tests.conftest import multi_hot_truth, tagger_scores
+
     store = Store(db_path)
-    names = ["Accelerating_and_revving_and_vroom", "Accordion", "Acoustic_guitar"]
-    for run_id, lraps, folds, epochs in (("train-0001", [0.5, 0.7, None], [0.70, 0.74], 10),
-                                         ("train-0002", [0.6, 0.65, 0.9], [0.76, 0.80], 20)):
-        store.create_run(run_id, kind="train", model="cnn14", config={"train": {"epochs": epochs, "seed": 1}})
-        for k, v in enumerate(folds):
-            store.record_fold(run_id, k, lwlrap=v, best_epoch=3, n_val=10)
-        store.record_class_scores(run_id, OOF, names, lraps, [0.4, 0.3, 0.3], [4, 3, 3])
-        store.finish_run(run_id, cv_lwlrap=sum(folds) / 2)
+    truth = multi_hot_truth(160, len(FSD2019_CLASSES), seed=3)
+    folds = np.arange(160) % 2
+    ds = store.register_dataset(db_path.parent / "data", name="demo", classes=FSD2019_CLASSES, n_curated=160)
+    first = tagger_scores(truth, 0.6, seed=1)
+    first[folds == 1] = np.nan  # only fold 0 trained: classes without a positive in it have no LRAP
+    for run_id, oof, epochs in (("train-0001", first, 10), ("train-0002", tagger_scores(truth, 0.8, seed=2), 20)):
+        record_run(store, db_path.parent / "runs", run_id, dataset_id=ds, oof=oof, truth=truth, folds=folds,
+                   overrides=(f"train.epochs={epochs}",))
+    lrap = {r: {c["class_name"]: c["lrap"] for c in store.class_scores(r, OOF)} for r in ("train-0001", "train-0002")}
+    fold_mean = {r: [f["lwlrap"] for f in store.fold_scores(r)] for r in ("train-0001", "train-0002")}
+    # The weight column is the baseline's (the first run's) class weight.
+    weight = {c["class_name"]: c["weight"] for c in store.class_scores("train-0001", OOF)}
+    missing = sorted(c for c, v in lrap["train-0001"].items() if v is None)
+    assert missing, "fold 0 should leave some class without a positive"
     store.close()
     md = run_cli("compare", "train-0001", "train-0002", "--markdown", db=db_path).stdout
     assert "| train.epochs | 10 | 20 |" in md
     assert "train.seed" not in md  # only what differs
-    assert "0.7200 ± 0.0283" in md and "0.7800 ± 0.0283" in md
-    assert "| 0 | Accelerating_and_revving_and_vroom | 0.5000 | 0.6000 | +0.1000 | 0.4000 |" in md
-    assert "| 1 | Accordion | 0.7000 | 0.6500 | -0.0500 | 0.3000 |" in md
+    assert f"| {fold_mean['train-0001'][0]:.4f} | 1 |" in md  # one fold: no spread
+    second = fold_mean["train-0002"]
+    assert f"{np.mean(second):.4f} ± {np.std(second, ddof=1):.4f}" in md
+    for k, name in enumerate(FSD2019_CLASSES[:3]):
+        a, b = lrap["train-0001"][name], lrap["train-0002"][name]
+        if a is not None:
+            assert f"| {k} | {name} | {a:.4f} | {b:.4f} | {b - a:+.4f} | {weight[name]:.4f} |" in md, md
     rows = list(csv.DictReader(io.StringIO(run_cli("compare", "train-0001", "train-0002", "--csv",
                                                    "--baseline", "train-0002", db=db_path).stdout)))
-    assert rows[0]["Δ train-0001 vs train-0002"] == "-0.1000"
-    assert rows[2]["LRAP train-0001"] == "" and rows[2]["Δ train-0001 vs train-0002"] == ""
+    by_class = {r[list(r)[1]]: r for r in rows}  # the columns: index, class name, ...
+    name = next(c for c in FSD2019_CLASSES if lrap["train-0001"][c] is not None)
+    delta = lrap["train-0001"][name] - lrap["train-0002"][name]
+    assert by_class[name]["Δ train-0001 vs train-0002"] == f"{delta:.4f}"  # CSV: no plus sign
+    assert by_class[missing[0]]["LRAP train-0001"] == "" and by_class[missing[0]]["Δ train-0001 vs train-0002"] == ""
     bad = run_cli("compare", "train-0001", "nope", db=db_path, check=False)
     assert bad.returncode == 2 and "no run 'nope'" in bad.stderr
 

@@ -8,23 +8,24 @@ import pytest
 
 from engine.filters import FilterError, compile_filter
 from engine.store import Store, StoreError
+from tests.conftest import record_run
 
 NOW = 1_800_000_000.0
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
-    """Runs made through the store's own calls: models, scores, tags, an archived one."""
+    """Runs recorded the way the jobs record them (model labels such as ``cnn14-64mel``), tags, an archived one."""
     s = Store(tmp_path / "experiments.db")
     rows = [("train-0001", "cnn14", "done", 0.85, "baseline cnn14"),
             ("train-0002", "cnn14", "done", 0.78, "cnn14 mixup"),
             ("train-0003", "resnet38", "done", 0.82, "resnet"),
-            ("train-0004", "cnn14", "failed", None, "broken lr"),
-            ("infer-0005", "cnn14", "running", None, "tta of 1")]
-    for run_id, model, status, cv, name in rows:
-        s.create_run(run_id, kind=run_id.split("-")[0], name=name, model=model)
-        if status != "running":
-            s.finish_run(run_id, status=status, cv_lwlrap=cv)
+            ("train-0004", "cnn14", "failed", None, "broken lr")]
+    for run_id, arch, status, cv, name in rows:
+        record_run(s, tmp_path / "runs", run_id, dataset_id=None, overrides=(f'model.arch="{arch}"',),
+                   status=status, name=name, cv=cv)
+    record_run(s, tmp_path / "runs", "infer-0005", kind="infer", dataset_id=None, parent="train-0001",
+               status="running", name="tta of 1")
     s.set_run_tags("train-0001", ["best", "Paper"])
     s.set_run_tags("train-0003", ["best"])
     s.set_run_note("train-0002", "mixup alpha 0.4 hurt the rare classes")
@@ -45,6 +46,16 @@ def test_terms_and_implicit_and(store: Store) -> None:
     assert ids(store, "cv>=0.82") == ["train-0001", "train-0003"]
     assert ids(store, "cv<0.8") == ["train-0002"]
     assert ids(store, "cv:none") == ["infer-0005"]  # the archived failed run is hidden by default
+
+
+def test_model_matches_the_architecture_or_the_whole_label(store: Store) -> None:
+    assert {r["model"] for r in store.page_runs()} == {"cnn14-64mel", "resnet38-64mel"}
+    assert ids(store, "model:cnn14-64mel") == ["infer-0005", "train-0001", "train-0002"]
+    assert ids(store, "arch:ResNet38") == ["train-0003"]
+    assert ids(store, "model:resnet38*") == ["train-0003"]
+    # The architecture is the part before the '-': a shorter word is not a match.
+    assert ids(store, "model:cnn") == [] and ids(store, "model:cnn14-64") == []
+    assert ids(store, "model!=cnn14") == ["train-0003"]
 
 
 def test_or_not_and_parentheses(store: Store) -> None:
@@ -138,8 +149,8 @@ def test_pages_cover_every_run_once_in_sql_order(tmp_path: Path) -> None:
     s = Store(tmp_path / "experiments.db")
     for i in range(25):
         run_id = f"train-{i:04d}"
-        s.create_run(run_id, kind="train", model="small")
-        s.finish_run(run_id, cv_lwlrap=None if i % 7 == 0 else (i * 13 % 25) / 25)
+        record_run(s, tmp_path / "runs", run_id, dataset_id=None,
+                   cv=None if i % 7 == 0 else (i * 13 % 25) / 25)
     seen: list[str] = []
     for offset in range(0, 25, 10):
         seen += [r["run_id"] for r in s.page_runs(order="cv", descending=True, limit=10, offset=offset)]

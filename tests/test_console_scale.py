@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 import signal
+import statistics
 import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 from textual.widgets import Input, Static
 
 from engine.store import Store
@@ -26,41 +26,21 @@ from fsat_console.screens.job import JobScreen
 from fsat_console.screens.main import MainScreen
 from fsat_console.screens.queue import QueueScreen
 from fsat_console.widgets.live_table import LiveTable
-from tests.test_console import TINY_PRESET, open_queue_dialog, screen_text, wait_until
+from tests.conftest import (finish_trained_run, multi_hot_truth, open_queue_dialog, record_run, record_trained_fold,
+                            screen_text, settle_workers, stream_epochs, table, tagger_scores, wait_for, wait_until)
 
 SIZE = (160, 48)
 
 
-@pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
-    """A database, a preset directory and a dataset root (as in test_console)."""
-    configs = tmp_path / "configs"
-    configs.mkdir()
-    (configs / "tiny.toml").write_text(TINY_PRESET)
-    monkeypatch.setenv("FSAT_CONFIGS", str(configs))
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "train_curated.csv").write_text("fname,labels\n")
-    db = tmp_path / "experiments.db"
-    store = Store(db)
-    yield {"db": db, "data": data, "store": store, "tmp": tmp_path}
-    store.close()
-
-
-def many_runs(store: Store, n: int) -> None:
-    """``n`` finished runs; CV LWLRAP rises with the run number, so the best are the oldest-numbered last."""
+def many_runs(store: Store, n: int, runs_root: Path) -> None:
+    """``n`` finished cnn14 training runs (``record_run``); CV LWLRAP ``((i * 7919) % n) / n``, shuffled across ids."""
     for i in range(1, n + 1):
-        run_id = f"train-{i:04d}"
-        store.create_run(run_id, kind="train", name=f"run {i}", model="cnn14")
-        store.finish_run(run_id, cv_lwlrap=((i * 7919) % n) / n)
-
-
-def table(app, table_id: str) -> LiveTable:
-    return app.screen.query_one(f"#{table_id}", LiveTable)
+        record_run(store, runs_root, f"train-{i:04d}", dataset_id=None, name=f"run {i}", cv=((i * 7919) % n) / n,
+                   overrides=('model.arch="cnn14"',))
 
 
 async def test_every_run_is_reachable_and_totals_are_true(env: dict) -> None:
-    many_runs(env["store"], 1005)
+    many_runs(env["store"], 1005, env["tmp"] / "runs")
     best = sorted(range(1, 1006), key=lambda i: -((i * 7919) % 1005) / 1005)[:10]
     app = FsatConsole(env["db"], data_root=env["data"], poll_interval=0.1)
     async with app.run_test(size=SIZE) as pilot:
@@ -85,7 +65,7 @@ async def test_every_run_is_reachable_and_totals_are_true(env: dict) -> None:
 
 async def test_filter_bar_compiles_shows_errors_and_keeps_text(env: dict) -> None:
     store = env["store"]
-    many_runs(store, 30)
+    many_runs(store, 30, env["tmp"] / "runs")
     store.set_run_tags("train-0007", ["best"])
     app = FsatConsole(env["db"], data_root=env["data"], poll_interval=0.1)
     async with app.run_test(size=SIZE) as pilot:
@@ -108,7 +88,7 @@ async def test_filter_bar_compiles_shows_errors_and_keeps_text(env: dict) -> Non
 
 
 async def test_tags_and_notes_are_edited_inline_and_stored(env: dict) -> None:
-    many_runs(env["store"], 3)
+    many_runs(env["store"], 3, env["tmp"] / "runs")
     app = FsatConsole(env["db"], data_root=env["data"], poll_interval=0.1)
     async with app.run_test(size=SIZE) as pilot:
         runs = table(app, "runs")
@@ -124,7 +104,7 @@ async def test_tags_and_notes_are_edited_inline_and_stored(env: dict) -> None:
 
 
 async def test_archive_hides_a_run_and_keeps_it(env: dict) -> None:
-    many_runs(env["store"], 3)
+    many_runs(env["store"], 3, env["tmp"] / "runs")
     app = FsatConsole(env["db"], data_root=env["data"], poll_interval=0.1)
     async with app.run_test(size=SIZE) as pilot:
         runs = table(app, "runs")
@@ -138,7 +118,7 @@ async def test_archive_hides_a_run_and_keeps_it(env: dict) -> None:
 
 
 async def test_export_writes_every_matching_row(env: dict) -> None:
-    many_runs(env["store"], 250)
+    many_runs(env["store"], 250, env["tmp"] / "runs")
     out = env["tmp"] / "exports" / "runs.md"
     app = FsatConsole(env["db"], data_root=env["data"], poll_interval=0.1)
     async with app.run_test(size=SIZE) as pilot:
@@ -155,19 +135,28 @@ async def test_export_writes_every_matching_row(env: dict) -> None:
 
 async def test_compare_marked_runs_against_a_pinned_baseline(env: dict) -> None:
     from engine.data.labels import FSD2019_CLASSES
-    from engine.store import OOF
+    from engine.metrics import per_class_lwlrap
 
     store = env["store"]
-    for run_id, base, epochs in (("train-0001", 0.5, 10), ("train-0002", 0.6, 20)):
-        store.create_run(run_id, kind="train", model="cnn14", config={"train": {"epochs": epochs, "seed": 1}})
-        for k, v in enumerate((base + 0.2, base + 0.24)):
-            store.record_fold(run_id, k, lwlrap=v, best_epoch=2, n_val=10)
-            for e in (1, 2):
-                store.record_epoch(run_id, k, e, train_loss=1.0, val_loss=1.0, val_lwlrap=v - 0.1 / e, lr=1e-3,
-                                   seconds=1.0)
-        store.record_class_scores(run_id, OOF, FSD2019_CLASSES, [base + (i % 4) / 10 for i in range(80)],
-                                  [1 / 80] * 80, [2] * 80)
-        store.finish_run(run_id, cv_lwlrap=base + 0.22)
+    runs_root = env["tmp"] / "runs"
+    n_clips = 2 * len(FSD2019_CLASSES)
+    truth = multi_hot_truth(n_clips, len(FSD2019_CLASSES), seed=4)
+    folds = np.arange(n_clips) // len(FSD2019_CLASSES)
+    ds = store.register_dataset(env["data"], name="data", classes=FSD2019_CLASSES, n_curated=n_clips)
+    oofs = {}
+    for run_id, skill, epochs, seed in (("train-0001", 2.5, 10, 3), ("train-0002", 3.5, 20, 4)):
+        record_run(store, runs_root, run_id, dataset_id=ds, status="running",
+                   overrides=('model.arch="cnn14"', f"train.epochs={epochs}", "train.n_folds=2"))
+        oofs[run_id] = tagger_scores(truth, skill, seed=seed)
+        for k in range(2):
+            records = stream_epochs(store, run_id, k, [0.1 * skill + 0.02 * k - 0.1 / e for e in (1, 2)])
+            record_trained_fold(store, runs_root, run_id, k, records, truth, oofs[run_id], folds)
+        finish_trained_run(store, runs_root, run_id, truth)
+    cv = {r: store.get_run(r)["cv_lwlrap"] for r in oofs}
+    lrap = {r: per_class_lwlrap(truth, oof)[0] for r, oof in oofs.items()}
+    delta = {f"{b - a:+.4f}" for a, b in zip(lrap["train-0001"], lrap["train-0002"])}
+    fold_scores = [f["lwlrap"] for f in store.fold_scores("train-0001")]
+    summary = f"{statistics.mean(fold_scores):.4f} ± {statistics.stdev(fold_scores):.4f} (2)"
     app = FsatConsole(env["db"], data_root=env["data"], poll_interval=0.1)
     async with app.run_test(size=SIZE) as pilot:
         runs = table(app, "runs")
@@ -175,7 +164,8 @@ async def test_compare_marked_runs_against_a_pinned_baseline(env: dict) -> None:
         await pilot.press("1")  # by run id: train-0001 first
         await wait_until(pilot, lambda: runs.keys_in_order() == ["train-0001", "train-0002"], what="order")
         await pilot.press("p")  # pin train-0001 as the baseline
-        await wait_until(pilot, lambda: runs.get_cell("train-0002", "delta").plain == "+0.1000", what="Δ column")
+        await wait_until(pilot, lambda: runs.get_cell("train-0002", "delta").plain
+                         == f"{cv['train-0002'] - cv['train-0001']:+.4f}", what="Δ column")
         await pilot.press("space", "space", "x")
         await wait_until(pilot, lambda: isinstance(app.screen, CompareScreen) and app.screen.comp is not None,
                          what="compare screen")
@@ -184,10 +174,10 @@ async def test_compare_marked_runs_against_a_pinned_baseline(env: dict) -> None:
         classes = screen.query_one("#compare-classes", LiveTable)
         await wait_until(pilot, lambda: classes.row_count == 80, what="80 classes")
         assert classes.sort_column == "delta:train-0002" and classes.sort_reverse
-        assert {classes.get_cell(k, "delta:train-0002").plain for k in classes.rows} == {"+0.1000"}
+        assert {classes.get_cell(k, "delta:train-0002").plain for k in classes.rows} == delta
         diff = screen.query_one("#compare-diff", LiveTable)
         assert list(diff.rows) == ["train.epochs"]  # only what differs
-        assert "0.7200 ± 0.0283 (2)" in screen_text(app)
+        assert summary in screen_text(app)
         chart = screen.query_one("#compare-chart")
         assert [line.label for line in chart.lines] == ["train-0001", "train-0002"]
         assert chart.lines[0].marker != chart.lines[1].marker  # told apart without colour
@@ -201,13 +191,12 @@ async def test_ensemble_builder_lists_every_finished_run(env: dict) -> None:
     root = env["tmp"] / "ds"
     root.mkdir()
     ds = store.register_dataset(root, name="ds", classes=FSD2019_CLASSES, n_curated=4)
+    runs_root = env["tmp"] / "runs"
+    # The trained run they infer from holds no oof.npy: it is no candidate.
+    record_run(store, runs_root, "train-0000", dataset_id=ds, overrides=('model.arch="cnn14"',), cv=0.5)
     for i in range(1, 206):
-        run_id = f"infer-{i:04d}"
-        run_dir = env["tmp"] / "runs" / run_id
-        run_dir.mkdir(parents=True)
-        np.save(run_dir / "oof.npy", np.full((4, 80), i / 300, dtype=np.float32))
-        store.create_run(run_id, kind="infer", dataset_id=ds, model="cnn14", run_dir=str(run_dir))
-        store.finish_run(run_id, cv_lwlrap=i / 300)
+        record_run(store, runs_root, f"infer-{i:04d}", kind="infer", parent="train-0000", dataset_id=ds,
+                   oof=np.full((4, 80), i / 300, dtype=np.float32), cv=i / 300)
     app = FsatConsole(env["db"], data_root=env["data"], poll_interval=0.1)
     async with app.run_test(size=SIZE) as pilot:
         await wait_until(pilot, lambda: app.overview is not None, what="first poll")
@@ -246,10 +235,11 @@ async def test_fast_typing_in_the_queue_dialog_lands_in_the_right_fields(env: di
 
 async def test_c_acts_only_on_the_jobs_table_and_names_what_it_cancels(env: dict) -> None:
     store = env["store"]
-    running = store.enqueue("probe", {"seconds": 60}, name="long one")
+    running = store.enqueue("train", {"train": {"epochs": 8}}, name="long one")
     claimed = store.claim("w")
     store.set_progress(running, 0.42, "fold 2 epoch 7", worker_id="w", attempt=claimed.attempts)
-    store.create_run("probe-0001", kind="probe", job_id=running, name="long one")
+    record_run(store, env["tmp"] / "runs", "train-0001", dataset_id=None, job_id=running, name="long one",
+               status="running")
     queued = store.enqueue("probe", {}, name="other")
     app = FsatConsole(env["db"], data_root=env["data"], poll_interval=0.1)
     async with app.run_test(size=SIZE) as pilot:
@@ -257,7 +247,7 @@ async def test_c_acts_only_on_the_jobs_table_and_names_what_it_cancels(env: dict
         await wait_until(pilot, lambda: runs.row_count == 1 and jobs.row_count == 2, what="rows")
         assert app.focused is runs
         await pilot.press("c")  # on the runs table: not a cancel key
-        await pilot.pause(0.2)
+        await settle_workers(pilot, app)
         assert not isinstance(app.screen, ConfirmScreen)
         assert "Cancel job" not in screen_text(app)  # not offered in the footer either
         await pilot.press("tab")
@@ -266,7 +256,7 @@ async def test_c_acts_only_on_the_jobs_table_and_names_what_it_cancels(env: dict
         await pilot.press("c")
         await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="confirmation")
         text = screen_text(app)
-        for words in (f"Cancel job {running}", "probe 'long one'", "running at 42%", "fold 2 epoch 7"):
+        for words in (f"Cancel job {running}", "train 'long one'", "running at 42%", "fold 2 epoch 7"):
             assert words in text, words
         await pilot.press("n")
     assert store.get_job(running).status == "running" and store.get_job(queued).status == "queued"
@@ -325,10 +315,14 @@ async def test_failed_job_details_show_the_error_once_and_no_empty_log(env: dict
         await wait_until(pilot, lambda: app.overview is not None, what="first poll")
         app.open_job(job)
         await wait_until(pilot, lambda: isinstance(app.screen, JobScreen), what="details")
-        await pilot.pause(0.2)
-        flat = " ".join(screen_text(app).replace("█", " ").split())
+
+        def shown() -> str:
+            return " ".join(screen_text(app).replace("█", " ").split())
+
+        await wait_until(pilot, lambda: "nothing was computed" in shown(), what="the error, not cut")
+        await settle_workers(pilot, app)
+        flat = shown()
         assert flat.count("no PANNs checkpoint configured") == 1
-        assert "nothing was computed" in flat  # not cut
         assert not app.screen.job_log.display
         assert "R retry" in flat and "c cancel" not in flat
 
@@ -360,7 +354,10 @@ async def test_keep_worker_leaves_it_running(env: dict) -> None:
             await wait_until(pilot, lambda: app.worker_process is not None, what="worker spawn")
             process = app.worker_process
             await pilot.press("q")
-        time.sleep(0.5)
+        closed = time.time()
+        # Still working after the console closed: its heartbeat moves on past the moment of closing.
+        wait_for(lambda: any(w["pid"] == process.pid and w["heartbeat_at"] > closed
+                             for w in env["store"].live_workers()), timeout=30, what="a heartbeat after quit")
         assert process.poll() is None and "keeps running" in app.exit_note
     finally:
         if process is not None and process.poll() is None:
@@ -399,9 +396,9 @@ async def test_requeue_a_cancelled_job_resumes_its_run(env: dict) -> None:
     store = env["store"]
     job = store.enqueue("train", {"train": {"epochs": 20}}, name="long")
     claimed = store.claim("w")
-    store.create_run("train-0001", kind="train", job_id=job, name="long", config={"train": {"epochs": 20}})
-    for e in range(1, 18):
-        store.record_epoch("train-0001", 0, e, train_loss=1, val_loss=1, val_lwlrap=0.5, lr=1e-3, seconds=1)
+    record_run(store, env["tmp"] / "runs", "train-0001", dataset_id=None, job_id=job, name="long", status="running",
+               overrides=("train.epochs=20",))
+    stream_epochs(store, "train-0001", 0, [0.5] * 17)
     store.request_cancel(job)
     store.mark_cancelled(job, worker_id="w", attempt=claimed.attempts)
     app = FsatConsole(env["db"], data_root=env["data"], poll_interval=0.1)
@@ -432,8 +429,8 @@ async def test_baseline_dialog_warns_when_no_panns_checkpoint_is_configured(env:
     monkeypatch.delenv("FSAT_PANNS_DIR", raising=False)
     store = env["store"]
     ds = store.register_dataset(env["data"], name="data", classes=FSD2019_CLASSES, n_curated=1)
-    store.create_run("train-0001", kind="train", dataset_id=ds, model="small")
-    store.finish_run("train-0001", cv_lwlrap=0.5)
+    # A small-model run: its encoder cannot embed the baseline, so the dialog needs a PANNs checkpoint.
+    record_run(store, env["tmp"] / "runs", "train-0001", dataset_id=ds, overrides=('model.arch="small"',), cv=0.5)
     app = FsatConsole(env["db"], data_root=env["data"], poll_interval=0.1)
     async with app.run_test(size=SIZE) as pilot:
         app.open_run("train-0001")
@@ -445,7 +442,7 @@ async def test_baseline_dialog_warns_when_no_panns_checkpoint_is_configured(env:
         assert warning.display and "no PANNs checkpoint is configured" in str(warning.render())
         assert "FSAT_PANNS_DIR is not set" in str(warning.render())
         await pilot.press("enter")
-        await pilot.pause(0.3)
+        await settle_workers(pilot, app)
         assert app.screen is dialog and store.list_jobs() == []  # warned, not queued
         assert "Enter again queues anyway" in str(warning.render())
         await pilot.press("enter")
@@ -471,9 +468,9 @@ async def test_a_training_fold_shows_its_time_and_eta(env: dict) -> None:
     store = env["store"]
     job = store.enqueue("train", {"train": {"epochs": 10}}, name="t")
     store.claim("w")
-    store.create_run("train-0001", kind="train", job_id=job, config={"train": {"epochs": 10, "n_folds": 2}})
-    for e in range(1, 5):
-        store.record_epoch("train-0001", 0, e, train_loss=1, val_loss=1, val_lwlrap=0.5, lr=1e-3, seconds=30.0)
+    record_run(store, env["tmp"] / "runs", "train-0001", dataset_id=None, job_id=job, status="running",
+               overrides=("train.epochs=10", "train.n_folds=2"))
+    stream_epochs(store, "train-0001", 0, [0.5] * 4, seconds=30.0)
     app = FsatConsole(env["db"], data_root=env["data"], poll_interval=0.1)
     async with app.run_test(size=SIZE) as pilot:
         app.open_run("train-0001")

@@ -1,6 +1,6 @@
 """Snapshots of the main, run, job and ensemble screens at 80x24 and 160x48 (pytest-textual-snapshot).
 
-The data is built through the store's own calls at fixed times
+The data is recorded through the engine's own recording code at fixed times
 (``tests.conftest.fixed_console_db``), the console's clock is pinned and the
 time zone is UTC, so nothing on screen depends on when the test runs. Update
 the snapshots after a deliberate change with ``pytest --snapshot-update``
@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from fsat_console.app import FsatConsole
-from tests.conftest import fixed_console_db
+from fsat_console.screens.job import JobScreen
+from tests.conftest import fixed_console_db, screen_text, settle_workers, table, wait_until
 
 SIZES = [(80, 24), (160, 48)]
 
@@ -32,12 +33,18 @@ def fixed_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 
 async def settle(pilot) -> None:
-    """Until the first poll is on screen; the header shows the file name, not the test's folder."""
+    """Until the first poll's rows are on screen; the header shows the file name, not the test's folder."""
     app = pilot.app
-    while app.overview is None:
-        await pilot.pause(0.05)
+    await wait_until(pilot, lambda: app.overview is not None and table(app, "runs").row_count == len(app.overview.runs)
+                     and table(app, "jobs").row_count == len(app.overview.jobs), what="the first poll's rows")
     app.sub_title = "experiments.db"
-    await pilot.pause(0.3)
+    await settle_workers(pilot, app)
+
+
+async def drawn(pilot, predicate, what: str) -> None:
+    """Until the opened screen has its data, and the workers that load it are done."""
+    await wait_until(pilot, predicate, what=what)
+    await settle_workers(pilot, pilot.app)
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
@@ -53,9 +60,8 @@ def test_run_screen_of_a_stopped_run(snap_compare, fixed_app, size) -> None:
     async def open_run(pilot) -> None:
         await settle(pilot)
         pilot.app.open_run(ids["stopped"])
-        while getattr(pilot.app.screen, "detail", None) is None:
-            await pilot.pause(0.05)
-        await pilot.pause(0.3)
+        await drawn(pilot, lambda: getattr(pilot.app.screen, "detail", None) is not None
+                    and table(pilot.app, "folds").row_count > 0, "the run's folds")
 
     assert snap_compare(make(), terminal_size=size, run_before=open_run)
 
@@ -67,9 +73,8 @@ def test_run_screen_of_an_ensemble(snap_compare, fixed_app, size) -> None:
     async def open_run(pilot) -> None:
         await settle(pilot)
         pilot.app.open_run(ids["ensemble"])
-        while getattr(pilot.app.screen, "detail", None) is None:
-            await pilot.pause(0.05)
-        await pilot.pause(0.3)
+        await drawn(pilot, lambda: getattr(pilot.app.screen, "detail", None) is not None
+                    and table(pilot.app, "folds").row_count > 0, "the run's folds")
 
     assert snap_compare(make(), terminal_size=size, run_before=open_run)
 
@@ -81,7 +86,8 @@ def test_job_details_of_a_failed_job(snap_compare, fixed_app, size) -> None:
     async def open_job(pilot) -> None:
         await settle(pilot)
         pilot.app.open_job(ids["failed_job"])
-        await pilot.pause(0.5)
+        await drawn(pilot, lambda: isinstance(pilot.app.screen, JobScreen) and "no PANNs checkpoint configured"
+                    in screen_text(pilot.app), "the job's error")
 
     assert snap_compare(make(), terminal_size=size, run_before=open_job)
 
@@ -93,9 +99,7 @@ def test_ensemble_screen(snap_compare, fixed_app, size) -> None:
     async def open_ensemble(pilot) -> None:
         await settle(pilot)
         pilot.app.open_ensemble()
-        while not getattr(pilot.app.screen, "loaded", False):
-            await pilot.pause(0.05)
-        await pilot.pause(0.3)
+        await drawn(pilot, lambda: getattr(pilot.app.screen, "loaded", False), "the ensemble candidates")
 
     assert snap_compare(make(), terminal_size=size, run_before=open_ensemble)
 
@@ -106,10 +110,8 @@ def test_compare_screen(snap_compare, fixed_app, size) -> None:
 
     async def open_compare(pilot) -> None:
         await settle(pilot)
-        pilot.app.pin_run(ids["runs"][0], 0.81)
+        pilot.app.pin_run(ids["runs"][0], ids["cv"][ids["runs"][0]])
         pilot.app.open_compare(ids["runs"])
-        while getattr(pilot.app.screen, "comp", None) is None:
-            await pilot.pause(0.05)
-        await pilot.pause(0.3)
+        await drawn(pilot, lambda: getattr(pilot.app.screen, "comp", None) is not None, "the comparison")
 
     assert snap_compare(make(), terminal_size=size, run_before=open_compare)

@@ -15,7 +15,7 @@ import pytest
 
 from engine.errors import ConfigError
 from engine.store import OOF, Store
-from tests.conftest import PROJECT, run_cli, wait_for, worker_cmd
+from tests.conftest import PROJECT, run_cli, wait_for, wait_until, worker_cmd
 
 pytestmark = pytest.mark.slow
 
@@ -143,17 +143,6 @@ def test_student_run_records_stages_scores_gain_and_audit(teacher, tiny_demo: Pa
     store.close()
 
 
-async def _until(pilot, predicate, what: str, timeout: float = 10.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        await pilot.pause(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 async def test_console_queues_a_curriculum_and_shows_the_student(teacher):
     from textual.widgets import Input, Static
 
@@ -168,9 +157,9 @@ async def test_console_queues_a_curriculum_and_shows_the_student(teacher):
     app = FsatConsole(db, data_root=db.parent, poll_interval=0.1)
     async with app.run_test(size=(150, 50)) as pilot:
         await app.push_screen(RunScreen(teacher_id))
-        await _until(pilot, lambda: app.screen.detail is not None, "the teacher's screen")
+        await wait_until(pilot, lambda: app.screen.detail is not None, what="the teacher's screen")
         await pilot.press("u")
-        await _until(pilot, lambda: isinstance(app.screen, CurriculumDialog), "the curriculum dialog")
+        await wait_until(pilot, lambda: isinstance(app.screen, CurriculumDialog), what="the curriculum dialog")
         dialog = app.screen
         assert dialog.query_one("#preset", Input).value == "demo_curriculum"  # a small-model teacher
 
@@ -191,7 +180,7 @@ async def test_console_queues_a_curriculum_and_shows_the_student(teacher):
         await submit(pseudo="0.99", stages="[]")
         assert "stage list is empty" in error("stages")
         await submit(stages='[{name = "A", epochs = 1, noisy_weight = 0.5}]')
-        await _until(pilot, lambda: len(store.list_jobs()) == n_jobs + 1, "the job to be queued")
+        await wait_until(pilot, lambda: len(store.list_jobs()) == n_jobs + 1, what="the job to be queued")
         job = store.list_jobs()[0]
         assert job["kind"] == "curriculum" and job["status"] == "queued"
         queued = store.get_job(job["id"]).spec
@@ -202,15 +191,15 @@ async def test_console_queues_a_curriculum_and_shows_the_student(teacher):
         # The student's screen: u opens its curriculum view.
         app.pop_screen()
         await app.push_screen(RunScreen(student_id))
-        await _until(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.detail is not None,
-                     "the student's screen")
+        await wait_until(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.detail is not None,
+                         what="the student's screen")
         await pilot.press("u")
-        await _until(pilot, lambda: isinstance(app.screen, CurriculumView) and app.screen.report is not None,
-                     "the curriculum view")
+        await wait_until(pilot, lambda: isinstance(app.screen, CurriculumView) and app.screen.report is not None,
+                         what="the curriculum view")
         view = app.screen
         gain = view.query_one("#class-gain")
         audit = view.query_one("#audit")
-        await _until(pilot, lambda: gain.row_count == 80 and audit.row_count == 80, "the tables")
+        await wait_until(pilot, lambda: gain.row_count == 80 and audit.row_count == 80, what="the tables")
         gains = {str(c["class_idx"]): c["gain"] for c in store.class_gain(student_id)}
         order = [k for k in gain.keys_in_order() if gains[k] is not None]
         assert [gains[k] for k in order] == sorted(gains[k] for k in order)[::-1]

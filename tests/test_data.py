@@ -20,55 +20,12 @@ from engine.data.folds import make_folds
 from engine.data.labels import FSD2019_CLASSES, parse_label_csv, read_classes
 from engine.data.manifest import FolderSource, ZipSource, load_layout
 from engine.errors import DataError
+from tests.conftest import CURATED_ROWS, SR, TEST_FNAMES, sine, write_layout, write_text, write_wav
 
 CLASSES = list(FSD2019_CLASSES)
-SR = 44100
 
 
 # --------------------------------------------------------------------------- helpers
-
-def sine(freq: float, seconds: float, sr: int = SR, amp: float = 0.5) -> np.ndarray:
-    """A float32 sine tone."""
-    t = np.arange(int(round(seconds * sr))) / sr
-    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
-
-
-def write_wav(path: Path, wave: np.ndarray, sr: int = SR) -> Path:
-    """Write a 16-bit PCM WAV."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(path, wave, sr, subtype="PCM_16")
-    return path
-
-
-def write_text(path: Path, text: str) -> Path:
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-CURATED_ROWS = [
-    ("c0.wav", "Bark"),
-    ("c1.wav", "Bark,Walk_and_footsteps"),
-    ("c2.wav", "Zipper_(clothing)"),
-    ("c3.wav", "Accordion,Hi-hat,Yell"),
-]
-TEST_FNAMES = ["t0.wav", "t1.wav"]
-
-
-def write_layout(root: Path) -> Path:
-    """A small dataset root in the Kaggle layout with real WAVs in folders."""
-    root.mkdir(parents=True, exist_ok=True)
-    lines = ["fname,labels"] + [f'{f},"{labels}"' if "," in labels else f"{f},{labels}"
-                                for f, labels in CURATED_ROWS]
-    write_text(root / "train_curated.csv", "\n".join(lines) + "\n")
-    zeros = ",".join("0" for _ in CLASSES)
-    write_text(root / "sample_submission.csv",
-               "\n".join(["fname," + ",".join(CLASSES)] + [f"{f},{zeros}" for f in TEST_FNAMES]) + "\n")
-    for i, (fname, _) in enumerate(CURATED_ROWS):
-        write_wav(root / "train_curated" / fname, sine(300 + 100 * i, 0.2 + 0.05 * i))
-    for i, fname in enumerate(TEST_FNAMES):
-        write_wav(root / "test" / fname, sine(1000 + 50 * i, 0.3))
-    return root
-
 
 def multi_hot(rows: list[list[str]]) -> np.ndarray:
     """The expected label matrix, built directly from class names."""

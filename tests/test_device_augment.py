@@ -10,6 +10,7 @@ import torch
 
 from engine.errors import ConfigError
 from engine.features.device_augment import BatchWaveAugment, batch_generator
+from tests.conftest import ArrayCache
 
 SR = 16000
 OFF = dict(gain_p=0.0, noise_p=0.0, shift_p=0.0, pitch_p=0.0, stretch_p=0.0)
@@ -179,22 +180,6 @@ def test_bad_settings_name_the_field():
         BatchWaveAugment(gain_p=1.0)(torch.zeros(10), torch.Generator())
 
 
-class _ArrayCache:
-    """Clips held in memory, read like a WaveformCache."""
-
-    def __init__(self, clips: list[np.ndarray]) -> None:
-        self.clips = clips
-
-    def __len__(self) -> int:
-        return len(self.clips)
-
-    def get(self, i: int) -> np.ndarray:
-        return self.clips[i].copy()
-
-    def length(self, i: int) -> int:
-        return len(self.clips[i])
-
-
 def _fold_loaders(n: int = 32, crop: int = 4000):
     from torch.utils.data import DataLoader, SequentialSampler
 
@@ -205,7 +190,7 @@ def _fold_loaders(n: int = 32, crop: int = 4000):
     t = np.arange(6000) / SR
     clips = [(0.3 * np.sin(2 * np.pi * (200 + 300 * (i % 4)) * t) + 0.05 * rng.standard_normal(t.size))
              .astype(np.float32) for i in range(n)]
-    cache = _ArrayCache(clips)
+    cache = ArrayCache(clips)
     train = CropDataset(cache, np.arange(n), Y, crop_samples=crop, train=True, seed=3)
     val = CropDataset(cache, np.arange(8), Y, crop_samples=crop, train=False)
     sampler = MultiScaleBatchSampler(SequentialSampler(train), 8, base_crop=crop, extra_crops=[], prob=0.0, seed=3)

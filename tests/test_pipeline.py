@@ -12,6 +12,7 @@ from engine.data.cache import WaveformCache, decode_workers, host_cores
 from engine.data.dataset import CropDataset, MultiScaleBatchSampler, loader_settings
 from engine.errors import ConfigError
 from engine.specs import resolve_spec
+from tests.conftest import ArrayCache, write_layout
 
 
 def test_torchaudio_compiled_ops_load_and_compute():
@@ -73,8 +74,6 @@ def test_loader_and_augment_settings_in_a_spec_are_checked_by_field():
 
 
 def test_decode_workers_default_to_the_host_and_decode_the_same_bytes(tmp_path, monkeypatch):
-    from tests.test_data import write_layout
-
     from engine.data import cache as cache_module
     from engine.data.manifest import load_layout
 
@@ -99,25 +98,12 @@ def test_decode_workers_default_to_the_host_and_decode_the_same_bytes(tmp_path, 
     assert (one.path / cache_module.WAVES_FILE).read_bytes() == (many.path / cache_module.WAVES_FILE).read_bytes()
 
 
-class _ArrayCache:
-    """Clips held in memory, read like a WaveformCache."""
-
-    def __init__(self, clips: list[np.ndarray]) -> None:
-        self.clips = clips
-
-    def __len__(self) -> int:
-        return len(self.clips)
-
-    def get(self, i: int) -> np.ndarray:
-        return self.clips[i].copy()
-
-
 def _epoch_batches(num_workers: int, persistent: bool, epochs: int = 2) -> list[list[torch.Tensor]]:
     from torch.utils.data import DataLoader, SequentialSampler
 
     rng = np.random.default_rng(0)
     clips = [rng.standard_normal(int(n)).astype(np.float32) for n in rng.integers(300, 600, size=12)]
-    ds = CropDataset(_ArrayCache(clips), np.arange(12), np.eye(3, dtype=np.float32)[np.arange(12) % 3],
+    ds = CropDataset(ArrayCache(clips), np.arange(12), np.eye(3, dtype=np.float32)[np.arange(12) % 3],
                      crop_samples=200, train=True, seed=4)
     sampler = MultiScaleBatchSampler(SequentialSampler(ds), 4, base_crop=200, extra_crops=[], prob=0.0, seed=4)
     kw = dict(num_workers=num_workers)

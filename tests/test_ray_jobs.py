@@ -205,10 +205,10 @@ def test_train_infer_and_curriculum_folds_run_on_ray_with_the_same_scores_as_loc
 
 async def _console_shows_folds(db: Path, job_id: int, node: str) -> None:
     from fsat_console.app import FsatConsole
-    from tests.test_console import SIZE, open_job_details, screen_text, wait_until
+    from tests.conftest import open_job_details, screen_text, wait_until
 
     app = FsatConsole(db, poll_interval=0.1)
-    async with app.run_test(size=SIZE) as pilot:
+    async with app.run_test(size=(140, 45)) as pilot:
         await open_job_details(pilot, app, job_id)
         await wait_until(pilot, lambda: node in screen_text(app), timeout=10, what="the fold placement")
         text = screen_text(app)

@@ -22,9 +22,10 @@ import pytest
 from engine.store import Store
 from tests.conftest import PROJECT, record_run, run_cli, wait_for
 
-#: One fold of the demo preset, short: 4 epochs of 1 s crops, no early stop, no warmup.
-FOLD_SETTINGS = ["--preset", "demo", "--set", "train.epochs=4", "--set", "train.patience=4",
-                 "--set", "train.folds=[0]", "--set", "audio.crop_seconds=1", "--set", "optim.warmup_epochs=0"]
+#: One fold of the demo preset, short: 4 epochs of 10 steps of 1 s crops, no early stop, no warmup.
+OVERRIDES = ["train.epochs=4", "train.patience=4", "train.folds=[0]", "audio.crop_seconds=1", "optim.warmup_epochs=0",
+             "train.steps_per_epoch=10"]
+FOLD_SETTINGS = ["--preset", "demo", *[arg for item in OVERRIDES for arg in ("--set", item)]]
 
 
 def _val_lwlrap(store: Store, run_id: str) -> list[tuple[int, int, float]]:
@@ -53,9 +54,10 @@ def _kill_mid_fold(tiny_demo: Path, db: Path, spawn_worker) -> tuple[Store, int,
     run_id = f"train-{job:04d}"
     store = Store(db)
     first = spawn_worker(db, "--lease", "3")
-    # last.prev.pt appears when epoch 1's resume file replaces epoch 0's.
-    previous = db.parent / "runs" / run_id / "fold0" / "last.prev.pt"
-    wait_for(lambda: previous.exists(), timeout=600, what="two epochs of fold 0 saved")
+    # last.prev.pt appears when epoch 1's resume file replaces epoch 0's; last.pt is back once epoch 1's is saved.
+    fold_dir = db.parent / "runs" / run_id / "fold0"
+    wait_for(lambda: (fold_dir / "last.prev.pt").exists() and (fold_dir / "last.pt").exists(), timeout=600,
+             what="two epochs of fold 0 saved")
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     assert len(store.epochs(run_id)) < 4, "the fold finished before the kill"
@@ -128,8 +130,7 @@ from engine.store import Store
 db, root, run_id, marker = sys.argv[1:5]
 configure_threads()  # as the job child does, so the scores match a worker's run bit for bit
 store = Store(db)
-spec = resolve_spec("train", preset="demo", data_root=root, overrides=[
-    "train.epochs=4", "train.patience=4", "train.folds=[0]", "audio.crop_seconds=1", "optim.warmup_epochs=0"])
+spec = resolve_spec("train", preset="demo", data_root=root, overrides=sys.argv[5:])
 data = prepare_dataset(store, root)
 folder = RunFolder(Path(db).parent / "runs" / run_id).create()
 store.create_run(run_id, kind="train", dataset_id=data.dataset_id, config=to_dict(spec), run_dir=str(folder.path))
@@ -160,7 +161,8 @@ def test_a_kill_between_an_epoch_and_its_row_loses_no_epoch(tiny_demo: Path, tmp
     env = dict(os.environ, PYTHONPATH=str(PROJECT))
 
     def fold(run_id: str, marker: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-c", _SEAM_SCRIPT, str(db), str(tiny_demo), run_id, marker],
+        return subprocess.run([sys.executable, "-c", _SEAM_SCRIPT, str(db), str(tiny_demo), run_id, marker,
+                               *OVERRIDES],
                               cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
 
     killed = fold("train-kill", str(tmp_path / "killed-once"))

@@ -7,6 +7,7 @@ import pytest
 
 from engine.data.sampler import BalancedClassSampler, capped_probabilities
 from engine.errors import ConfigError, DataError
+from tests.conftest import ArrayCache
 
 
 def _long_tail(n: int = 200, seed: int = 0) -> np.ndarray:
@@ -194,18 +195,6 @@ def test_multiscale_batches_through_a_dataloader_give_equal_length_crops():
     from torch.utils.data import DataLoader
 
     from engine.data.dataset import CropDataset, MultiScaleBatchSampler
-
-    class ArrayCache:
-        """Clips held in memory, read like a WaveformCache."""
-
-        def __init__(self, clips: list[np.ndarray]) -> None:
-            self.clips = clips
-
-        def __len__(self) -> int:
-            return len(self.clips)
-
-        def get(self, i: int) -> np.ndarray:
-            return self.clips[i].copy()
 
     rng = np.random.default_rng(0)
     clips = [rng.standard_normal(int(n)).astype(np.float32) for n in rng.integers(50, 400, size=40)]

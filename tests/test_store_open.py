@@ -7,7 +7,6 @@ processes on real files, another real process holding the write lock.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import sys
 from pathlib import Path
@@ -19,8 +18,7 @@ from engine.store import SCHEMA_VERSION, Store
 from fsat_console.app import FsatConsole
 from fsat_console.screens.main import MainScreen
 from fsat_console.screens.queue import WAITING, QueueScreen
-from tests.conftest import run_cli, run_read_only
-from tests.test_console import TINY_PRESET, screen_text, wait_until
+from tests.conftest import console_world, env_with_project, run_cli, run_read_only, screen_text, wait_until
 
 
 def _fsat(db: Path, *args: str) -> list[str]:
@@ -44,15 +42,8 @@ def _one_line_error(out, *needles: str) -> None:
 
 
 def _console_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, job_name: str) -> tuple[Path, Path]:
-    """A database holding one queued job, a train preset first in the search path, a dataset root."""
-    configs = tmp_path / "configs"
-    configs.mkdir()
-    (configs / "tiny.toml").write_text(TINY_PRESET)
-    monkeypatch.setenv("FSAT_CONFIGS", str(configs))
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "train_curated.csv").write_text("fname,labels\n")
-    db = tmp_path / "experiments.db"
+    """The console's world (``console_world``) with one queued job in its database."""
+    db, data = console_world(tmp_path, monkeypatch)
     with Store(db) as store:
         store.enqueue("probe", {}, name=job_name)
     return db, data
@@ -120,10 +111,8 @@ def run_cli_raw(cmd: list[str]):
     """Run one of the programs as is (this user)."""
     import subprocess
 
-    from tests.conftest import PROJECT
-
-    env = dict(os.environ, PYTHONPATH=str(PROJECT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, stdin=subprocess.DEVNULL)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env_with_project(), timeout=120,
+                          stdin=subprocess.DEVNULL)
 
 
 def test_a_mistyped_path_is_reported_and_no_database_is_created(tmp_path: Path):
@@ -155,7 +144,7 @@ from pathlib import Path
 from textual.widgets import OptionList, Static
 from fsat_console.app import FsatConsole
 from fsat_console.screens.queue import QueueScreen
-from tests.test_console import wait_until
+from tests.conftest import wait_until
 
 async def main(db, data):
     app = FsatConsole(Path(db), data_root=Path(data), poll_interval=0.1)
