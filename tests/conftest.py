@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -648,3 +650,132 @@ async def settle_workers(pilot, app) -> None:
 def screen_text(app) -> str:
     """The current screen rendered to plain text, line by line."""
     return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
+
+
+# -- the ensemble screen's world: a dataset folder and runs with out-of-fold scores -------------------
+
+#: Curated clips of the ensemble screen's dataset.
+ENSEMBLE_CLIPS = 40
+
+
+def _fsd_classes() -> list[str]:
+    from engine.data.labels import FSD2019_CLASSES
+
+    return list(FSD2019_CLASSES)
+
+
+ENSEMBLE_CLASSES = _fsd_classes()
+
+
+
+def write_dataset(root: Path, truth: np.ndarray) -> None:
+    """train_curated.csv (labels quoted, comma-separated), sample_submission.csv and the clip files.
+
+    The clip files are empty: the ensemble job checks that every listed clip
+    exists but reads no audio.
+    """
+    root.mkdir(parents=True)
+    (root / "train_curated").mkdir()
+    (root / "test").mkdir()
+    for i in range(len(truth)):
+        (root / "train_curated" / f"clip{i:03d}.wav").touch()
+    for i in range(3):
+        (root / "test" / f"test{i}.wav").touch()
+    with open(root / "train_curated.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["fname", "labels"])
+        for i, row in enumerate(truth):
+            writer.writerow([f"clip{i:03d}.wav", ",".join(ENSEMBLE_CLASSES[j] for j in np.flatnonzero(row))])
+    with open(root / "sample_submission.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["fname", *ENSEMBLE_CLASSES])
+        for i in range(3):
+            writer.writerow([f"test{i}.wav", *["0"] * len(ENSEMBLE_CLASSES)])
+
+
+def add_run(store, tmp: Path, run_id: str, oof: np.ndarray, *, dataset_id: int | None,
+            status: str = "done", cv: float | None = None, kind: str = "train", name: str = "",
+            parent: str | None = None, test: bool = True, truth: np.ndarray | None = None,
+            overrides: tuple[str, ...] = ('model.arch="cnn14"',)) -> Path:
+    """A run recorded through the engine's own recording code (``record_run``): a cnn14 train run by default."""
+    return record_run(store, tmp / "runs", run_id, kind=kind, dataset_id=dataset_id, oof=oof,
+                      test=np.random.default_rng(1).random((3, oof.shape[1])) if test else None,
+                      truth=truth, parent=parent, status=status, name=name, cv=cv,
+                      overrides=overrides if kind != "infer" else ())
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> dict:
+    """Two datasets; on the first a good, a weak, a wrong-shape and a half-scored run, plus a running one."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    truth = np.zeros((ENSEMBLE_CLIPS, len(ENSEMBLE_CLASSES)), dtype=np.float32)
+    truth[np.arange(ENSEMBLE_CLIPS), rng.integers(0, len(ENSEMBLE_CLASSES), ENSEMBLE_CLIPS)] = 1
+    second = rng.random(ENSEMBLE_CLIPS) < 0.3
+    truth[np.flatnonzero(second), rng.integers(0, len(ENSEMBLE_CLASSES), int(second.sum()))] = 1
+    data = tmp_path / "data"
+    write_dataset(data, truth)
+    other = tmp_path / "other"
+    write_dataset(other, truth[:30])
+
+    from engine.store import Store
+
+    db = tmp_path / "experiments.db"
+    store = Store(db)
+    ds = store.register_dataset(data, name="tiny", classes=ENSEMBLE_CLASSES, n_curated=ENSEMBLE_CLIPS)
+    ds_other = store.register_dataset(other, name="other", classes=ENSEMBLE_CLASSES, n_curated=30)
+    # Stored folds: the calibrated blend score is cross-fitted over them, as the ensemble job does.
+    folds = np.arange(ENSEMBLE_CLIPS) % 5
+    store.save_folds(ds, [f"clip{i:03d}.wav" for i in range(ENSEMBLE_CLIPS)], folds.tolist(), seed=42, n_folds=5)
+
+    # Probabilities, as every run's oof.npy holds.
+    good = 1.0 / (1.0 + np.exp(-(truth * 1.5 + rng.normal(size=truth.shape))))
+    weak = 1.0 / (1.0 + np.exp(-(truth * 0.6 + rng.normal(size=truth.shape))))
+    oofs = {"train-0001": good, "train-0002": weak}
+    # The oldest run is on the other dataset: the screen opens on the dataset of the newest runs.
+    add_run(store, tmp_path, "train-0000", truth[:30] + rng.normal(size=(30, len(ENSEMBLE_CLASSES))), dataset_id=ds_other,
+            cv=0.5, name="elsewhere")
+    add_run(store, tmp_path, "train-0001", good, dataset_id=ds, truth=truth, name="good")
+    add_run(store, tmp_path, "train-0002", weak, dataset_id=ds, truth=truth, name="weak")
+    add_run(store, tmp_path, "train-0003", rng.normal(size=(ENSEMBLE_CLIPS - 1, len(ENSEMBLE_CLASSES))), dataset_id=ds,
+            cv=0.30, name="wrong shape")
+    half = good.copy()
+    half[:10] = np.nan  # folds that were never trained
+    add_run(store, tmp_path, "train-0004", half, dataset_id=ds, cv=0.20, name="half scored")
+    add_run(store, tmp_path, "train-0005", good, dataset_id=ds, status="running", name="still training")
+    yield {"db": db, "store": store, "truth": truth, "oofs": oofs, "data": data, "ds": ds, "tmp": tmp_path,
+           "folds": folds}
+    store.close()
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+async def open_ensemble(pilot, app):
+    """Press e and wait until the candidates are listed."""
+    from fsat_console.screens.ensemble import EnsembleScreen
+    from fsat_console.screens.main import MainScreen
+
+    await wait_until(pilot, lambda: isinstance(app.screen, MainScreen) and app.overview is not None,
+                     what="main screen")
+    await pilot.press("e")
+    await wait_until(pilot, lambda: isinstance(app.screen, EnsembleScreen) and app.screen.loaded,
+                     what="ensemble screen with its runs")
+    return app.screen
+
+
+async def select_row(pilot, table, key: str) -> None:
+    """Move the cursor to the row ``key`` with the arrow keys."""
+    await pilot.press(*["up"] * table.row_count)
+    for _ in range(table.row_count):
+        if table.selected_key() == key:
+            return
+        await pilot.press("down")
+    assert table.selected_key() == key, f"row {key} not reachable"
+
+
+async def settled(pilot, screen) -> None:
+    """Wait until the blend shown is the blend chosen."""
+    await wait_until(pilot, lambda: screen.outcome is not None and screen.outcome.key == screen.state.key()
+                     and screen._pending_key is None and not screen.greedy_running, what="blend score")

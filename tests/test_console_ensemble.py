@@ -10,12 +10,10 @@ with differences computed here from the scores the test wrote.
 
 from __future__ import annotations
 
-import csv
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from textual.notifications import Notify
 from textual.widgets import Checkbox, Digits, Input, Static
@@ -25,7 +23,7 @@ from engine.ensemble import Member, blend, greedy_forward_selection, weights_fro
 from engine.jobs.ensemble import build_ensemble
 from engine.metrics import lwlrap
 from engine.specs import spec_from_json
-from engine.store import OOF, Store
+from engine.store import OOF
 from fsat_console.app import FsatConsole
 from fsat_console.screens.ensemble import BlendBench, EnsembleScreen, find_candidates
 from fsat_console.screens.help import HelpScreen
@@ -33,121 +31,13 @@ from fsat_console.screens.infer import BaselineScreen, InferScreen
 from fsat_console.screens.main import MainScreen
 from fsat_console.screens.run import RunScreen
 from fsat_console.widgets.live_table import LiveTable
-from tests.conftest import record_run, screen_text, settle_workers, wait_until
+from tests.conftest import (ENSEMBLE_CLIPS, add_run, open_ensemble, record_run, screen_text, select_row,
+                            settle_workers, settled, wait_until)
 
 PROJECT = Path(__file__).resolve().parent.parent
 SIZE = (140, 45)
-N_CLIPS = 40
+N_CLIPS = ENSEMBLE_CLIPS
 CLASSES = list(FSD2019_CLASSES)
-
-
-# -- a dataset, runs with out-of-fold scores ----------------------------------------------------
-
-
-def write_dataset(root: Path, truth: np.ndarray) -> None:
-    """train_curated.csv (labels quoted, comma-separated), sample_submission.csv and the clip files.
-
-    The clip files are empty: the ensemble job checks that every listed clip
-    exists but reads no audio.
-    """
-    root.mkdir(parents=True)
-    (root / "train_curated").mkdir()
-    (root / "test").mkdir()
-    for i in range(len(truth)):
-        (root / "train_curated" / f"clip{i:03d}.wav").touch()
-    for i in range(3):
-        (root / "test" / f"test{i}.wav").touch()
-    with open(root / "train_curated.csv", "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["fname", "labels"])
-        for i, row in enumerate(truth):
-            writer.writerow([f"clip{i:03d}.wav", ",".join(CLASSES[j] for j in np.flatnonzero(row))])
-    with open(root / "sample_submission.csv", "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["fname", *CLASSES])
-        for i in range(3):
-            writer.writerow([f"test{i}.wav", *["0"] * len(CLASSES)])
-
-
-def add_run(store: Store, tmp: Path, run_id: str, oof: np.ndarray, *, dataset_id: int | None,
-            status: str = "done", cv: float | None = None, kind: str = "train", name: str = "",
-            parent: str | None = None, test: bool = True, truth: np.ndarray | None = None,
-            overrides: tuple[str, ...] = ('model.arch="cnn14"',)) -> Path:
-    """A run recorded through the engine's own recording code (``record_run``): a cnn14 train run by default."""
-    return record_run(store, tmp / "runs", run_id, kind=kind, dataset_id=dataset_id, oof=oof,
-                      test=np.random.default_rng(1).random((3, oof.shape[1])) if test else None,
-                      truth=truth, parent=parent, status=status, name=name, cv=cv,
-                      overrides=overrides if kind != "infer" else ())
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> dict:
-    """Two datasets; on the first a good, a weak, a wrong-shape and a half-scored run, plus a running one."""
-    rng = np.random.default_rng(7)
-    truth = np.zeros((N_CLIPS, len(CLASSES)), dtype=np.float32)
-    truth[np.arange(N_CLIPS), rng.integers(0, len(CLASSES), N_CLIPS)] = 1
-    second = rng.random(N_CLIPS) < 0.3
-    truth[np.flatnonzero(second), rng.integers(0, len(CLASSES), int(second.sum()))] = 1
-    data = tmp_path / "data"
-    write_dataset(data, truth)
-    other = tmp_path / "other"
-    write_dataset(other, truth[:30])
-
-    db = tmp_path / "experiments.db"
-    store = Store(db)
-    ds = store.register_dataset(data, name="tiny", classes=CLASSES, n_curated=N_CLIPS)
-    ds_other = store.register_dataset(other, name="other", classes=CLASSES, n_curated=30)
-    # Stored folds: the calibrated blend score is cross-fitted over them, as the ensemble job does.
-    folds = np.arange(N_CLIPS) % 5
-    store.save_folds(ds, [f"clip{i:03d}.wav" for i in range(N_CLIPS)], folds.tolist(), seed=42, n_folds=5)
-
-    # Probabilities, as every run's oof.npy holds.
-    good = 1.0 / (1.0 + np.exp(-(truth * 1.5 + rng.normal(size=truth.shape))))
-    weak = 1.0 / (1.0 + np.exp(-(truth * 0.6 + rng.normal(size=truth.shape))))
-    oofs = {"train-0001": good, "train-0002": weak}
-    # The oldest run is on the other dataset: the screen opens on the dataset of the newest runs.
-    add_run(store, tmp_path, "train-0000", truth[:30] + rng.normal(size=(30, len(CLASSES))), dataset_id=ds_other,
-            cv=0.5, name="elsewhere")
-    add_run(store, tmp_path, "train-0001", good, dataset_id=ds, truth=truth, name="good")
-    add_run(store, tmp_path, "train-0002", weak, dataset_id=ds, truth=truth, name="weak")
-    add_run(store, tmp_path, "train-0003", rng.normal(size=(N_CLIPS - 1, len(CLASSES))), dataset_id=ds,
-            cv=0.30, name="wrong shape")
-    half = good.copy()
-    half[:10] = np.nan  # folds that were never trained
-    add_run(store, tmp_path, "train-0004", half, dataset_id=ds, cv=0.20, name="half scored")
-    add_run(store, tmp_path, "train-0005", good, dataset_id=ds, status="running", name="still training")
-    yield {"db": db, "store": store, "truth": truth, "oofs": oofs, "data": data, "ds": ds, "tmp": tmp_path,
-           "folds": folds}
-    store.close()
-
-
-# -- helpers -----------------------------------------------------------------------------------
-
-
-async def open_ensemble(pilot, app) -> EnsembleScreen:
-    """Press e and wait until the candidates are listed."""
-    await wait_until(pilot, lambda: isinstance(app.screen, MainScreen) and app.overview is not None,
-                     what="main screen")
-    await pilot.press("e")
-    await wait_until(pilot, lambda: isinstance(app.screen, EnsembleScreen) and app.screen.loaded,
-                     what="ensemble screen with its runs")
-    return app.screen
-
-
-async def select_row(pilot, table: LiveTable, key: str) -> None:
-    """Move the cursor to the row ``key`` with the arrow keys."""
-    await pilot.press(*["up"] * table.row_count)
-    for _ in range(table.row_count):
-        if table.selected_key() == key:
-            return
-        await pilot.press("down")
-    assert table.selected_key() == key, f"row {key} not reachable"
-
-
-async def settled(pilot, screen: EnsembleScreen) -> None:
-    """Wait until the blend shown is the blend chosen."""
-    await wait_until(pilot, lambda: screen.outcome is not None and screen.outcome.key == screen.state.key()
-                     and screen._pending_key is None and not screen.greedy_running, what="blend score")
 
 
 def shown_score(screen: EnsembleScreen) -> str:

@@ -12,8 +12,7 @@ from pathlib import Path
 from textual.widgets._footer import FooterKey
 
 from fsat_console.app import FsatConsole
-from tests.conftest import wait_until
-from tests.test_console_ensemble import open_ensemble, select_row, settled, world  # noqa: F401
+from tests.conftest import open_ensemble, select_row, settled, wait_until
 
 SIZE = (160, 48)
 
