@@ -53,7 +53,9 @@ def ray_address(tmp_path_factory) -> str:
         wait_for(lambda: _answers(port), timeout=60, what="the Ray head to listen")
         yield address
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
+        # SIGTERM to `ray start` alone: it stops its raylet and GCS in seconds. Sent to the whole group,
+        # the GCS dies first and `ray start` then waits about 30 s for it before giving up.
+        head.send_signal(signal.SIGTERM)
         try:
             head.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -168,11 +170,12 @@ def test_train_infer_and_curriculum_folds_run_on_ray_with_the_same_scores_as_loc
     assert np.allclose(np.load(ray_infer_dir / "test.npy"), np.load(local_infer_dir / "test.npy"), atol=1e-6)
 
     # A curriculum from each run (one teacher per database): its student folds go to the cluster too.
-    # Stage B wrecks the weights (a huge learning rate), so it is re-run with both fallback losses,
-    # and those swaps are reported from the nodes to the head.
+    # Stage B wrecks the weights (a huge learning rate), so it is re-run with the fallback loss,
+    # and that swap is reported from the nodes to the head.
     stages = ('[{name = "A", epochs = 1, noisy_weight = 0.5}, '
               '{name = "B", epochs = 1, noisy_weight = 1.0, head_lr = 50.0, encoder_lr = 50.0}]')
     curriculum = ["--preset", "demo_curriculum", "--set", f"stages={stages}", "--set", "swap_tolerance=0.0",
+                  "--set", 'fallback_losses=["lsoft"]',
                   "--set", "patience=9", "--set", "filter.keep_threshold=0.5", "--set", "filter.pseudo_threshold=0.99",
                   "--set", 'filter.threshold_mode="per_class"']
     local_cur = int(run_cli("queue", "curriculum", local_run, *curriculum, db=local_db).stdout)
@@ -197,7 +200,7 @@ def test_train_infer_and_curriculum_folds_run_on_ray_with_the_same_scores_as_loc
     assert [e["val_lwlrap"] for e in store.epochs(ray_student)] == \
         pytest.approx([e["val_lwlrap"] for e in local.epochs(local_student)], abs=1e-6)
     swaps = [(s["fold"], s["stage"], s["attempt"], s["loss_to"]) for s in store.swaps(ray_student)]
-    assert {(0, "B", 1, "lsoft"), (0, "B", 2, "gce"), (1, "B", 1, "lsoft"), (1, "B", 2, "gce")} <= set(swaps)
+    assert {(0, "B", 1, "lsoft"), (1, "B", 1, "lsoft")} <= set(swaps)
     assert swaps == [(s["fold"], s["stage"], s["attempt"], s["loss_to"]) for s in local.swaps(local_student)]
     assert store.get_run(ray_student)["cv_lwlrap"] == pytest.approx(local.get_run(local_student)["cv_lwlrap"],
                                                                     abs=1e-6)
