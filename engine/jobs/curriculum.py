@@ -57,8 +57,8 @@ from engine.infer import predict_tta_logits, sigmoid
 from engine.jobs.common import build_cache, cache_dir_for, configure_threads, pick_device, prepare_dataset
 from engine.jobs.context import JobContext, environment_record, git_commit, write_json
 from engine.jobs.infer import TrainedRun, load_fold_tagger, load_trained_run
-from engine.jobs.train import (ExtraClips, FoldOutcome, FoldTask, dispatch_folds, model_label, prepare_fold_inputs,
-                               train_fold_task)
+from engine.jobs.train import (ExtraClips, FoldOutcome, FoldTask, RecorderProgress, dispatch_folds, model_label,
+                               prepare_fold_inputs, train_fold_task)
 from engine.metrics import lwlrap
 from engine.runs.atomic import atomic_write, load_npy, save_npy, save_npz
 from engine.runs.folder import RunFolder
@@ -131,7 +131,7 @@ def teacher_fold_task(task: TeacherFoldTask, recorder, *, layout=None, caches: d
     caches = caches if caches is not None else {}
     if caches.get("noisy") is None:
         layout = layout if layout is not None else load_layout(task.data_root)
-        caches["noisy"] = build_cache(_Progress(recorder), layout.noisy, sample_rate=sr,
+        caches["noisy"] = build_cache(RecorderProgress(recorder), layout.noisy, sample_rate=sr,
                                       cache_dir=cache_dir_for(task.data_root, tspec.data.cache_dir))
     tagger = load_fold_tagger(task.trained, task.fold, task.n_classes)
     recorder.log(f"teacher fold {task.fold} predicting {len(task.fnames)} noisy clips ({task.tta_crops} crop(s) each)")
@@ -153,16 +153,6 @@ def teacher_fold_on_node(task: TeacherFoldTask, recorder) -> TeacherFoldOutcome:
     configure_threads()
     return teacher_fold_task(dataclasses.replace(task, device=str(pick_device(task.device, field="device"))),
                              recorder)
-
-
-class _Progress:
-    """Adapts a recorder to ``build_cache``'s ``ctx.progress``."""
-
-    def __init__(self, recorder) -> None:
-        self.recorder = recorder
-
-    def progress(self, fraction: float, message: str = "") -> None:
-        self.recorder.progress(0.0, message)
 
 
 def teacher_noisy_logits(ctx: JobContext, executor, trained: TrainedRun, folds: list[int], noisy_cache, layout,

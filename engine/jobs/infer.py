@@ -38,7 +38,7 @@ from engine.executors import FoldResources, executor_from_env
 from engine.infer import DEFAULT_SHORT_CLIPS, predict_tta_logits, sigmoid
 from engine.jobs.common import build_cache, cache_dir_for, configure_threads, prepare_dataset
 from engine.jobs.context import JobContext, environment_record, git_commit
-from engine.jobs.train import dispatch_folds
+from engine.jobs.train import RecorderProgress, dispatch_folds
 from engine.models.registry import tagger_from_spec
 from engine.models.tagger import Tagger
 from engine.runs.atomic import DamagedFile, load_json
@@ -217,13 +217,9 @@ def infer_fold_task(task: InferFoldTask, recorder, *, caches: dict | None = None
     n_test = len(layout.test.fnames) if task.test_path else 0
     work, done_before = max(n_val + n_test, 1), 0
 
-    class _Progress:
-        def progress(self, fraction: float, message: str = "") -> None:
-            recorder.progress(0.0, message)
-
     def cache(split: str, table):
         if caches.get(split) is None:
-            caches[split] = build_cache(_Progress(), table, sample_rate=sr, cache_dir=cache_dir)
+            caches[split] = build_cache(RecorderProgress(recorder), table, sample_rate=sr, cache_dir=cache_dir)
         return caches[split]
 
     def predict(tagger: Tagger, clips, indices: np.ndarray, what: str) -> np.ndarray:

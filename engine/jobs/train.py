@@ -298,8 +298,8 @@ def _loss(spec: TrainSpec, counts: np.ndarray, device: torch.device) -> torch.nn
                       focal_gamma=spec.loss.focal_gamma, lsoft_beta=spec.loss.lsoft_beta)
 
 
-class _RecorderProgress:
-    """Adapts a recorder to ``build_cache``'s ``ctx.progress``."""
+class RecorderProgress:
+    """Adapts a fold's recorder to ``build_cache``'s ``ctx.progress`` (decoding fills the fold's first 5%)."""
 
     def __init__(self, recorder: FoldRecorder) -> None:
         self.recorder = recorder
@@ -325,7 +325,7 @@ def prepare_fold_inputs(task: FoldTask, recorder: FoldRecorder, *, layout=None, 
     device = torch.device(task.device)
     cache_dir = cache_dir_for(task.data_root, spec.data.cache_dir)
     sr = spec.audio.sample_rate
-    progress = _RecorderProgress(recorder)
+    progress = RecorderProgress(recorder)
     n_decode = decode_workers(spec.train.decode_workers)
     if "curated" not in caches:
         caches["curated"] = build_cache(progress, layout.curated, sample_rate=sr, cache_dir=cache_dir,
