@@ -246,7 +246,9 @@ def test_storage_check_names_the_node_and_the_path_it_cannot_read(cluster, tmp_p
         cluster.check_storage(read=[data / "train_curated.csv"], write=[runs],
                               resources=FoldResources(gpus_per_fold=1))
     finally:
-        os.killpg(node.pid, signal.SIGTERM)
+        # SIGTERM to `ray start` alone (the shell exec'd it): it stops its raylet in seconds. Sent to the
+        # whole group, the raylet dies first and `ray start` then waits about 30 s for it.
+        node.send_signal(signal.SIGTERM)
         try:
             node.wait(timeout=30)
         except subprocess.TimeoutExpired:
