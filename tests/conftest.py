@@ -16,6 +16,30 @@ import pytest
 
 PROJECT = Path(__file__).resolve().parents[1]
 
+#: Modules whose tests share the session's trained-and-inferred runs (:func:`inferred_runs`).
+_INFERRED_RUNS_MODULES = {"test_infer", "test_ensemble_job"}
+
+#: The longest groups (each a minute or more on two cores), longest first. They start first, so the
+#: short modules fill the other test process meanwhile instead of one long group running alone at the end.
+_LONG_GROUPS = ["test_ray_jobs", "inferred_runs", "test_train_e2e", "test_baseline", "test_recipe", "test_resume",
+                "test_curriculum_job"]
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """One xdist group per module, so a module's fixtures (a Ray head, a CNN14 checkpoint) are built once.
+
+    The modules that share the trained runs form one group, so those runs are trained once. The long
+    groups are put first (a stable sort: tests keep their order within a module).
+    """
+    groups = {}
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        groups[item] = "inferred_runs" if module in _INFERRED_RUNS_MODULES else module
+        item.add_marker(pytest.mark.xdist_group(groups[item]))
+    rank = {name: i for i, name in enumerate(_LONG_GROUPS)}
+    items.sort(key=lambda item: rank.get(groups[item], len(rank)))
+
 
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
