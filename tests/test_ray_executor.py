@@ -122,6 +122,27 @@ def test_results_come_in_completion_order_with_every_record(cluster):
     assert [(f, s) for f, s, _ in sink.placements if s == "done"] == [(1, "done"), (0, "done")]
 
 
+def spans_fold(fold: int, seconds: float, *, recorder) -> tuple[float, float]:
+    """Report progress for ``seconds``; return when it started and ended (wall clock)."""
+    start = time.time()
+    while time.time() - start < seconds:
+        recorder.progress(fold, (time.time() - start) / seconds)
+        time.sleep(0.05)
+    return start, time.time()
+
+
+def test_a_fold_holds_its_cpus_for_its_whole_run(cluster):
+    # Two CPUs per fold on a two-CPU cluster: the second fold starts only when the first has ended.
+    # (A task blocked in ray.get lends its CPUs to other tasks, so a fold task must never block.)
+    sink = Sink()
+    tasks = [FoldCall(0, spans_fold, (0, 2.0)), FoldCall(1, spans_fold, (1, 2.0))]
+    got = dict(cluster.run_folds(tasks, lambda fold: sink, check=lambda: None, placement=sink.place,
+                                 resources=FoldResources(cpus_per_fold=2, gpus_per_fold=0, max_retries=0)))
+    (first, second) = sorted(got.values())
+    assert second[0] >= first[1], f"the folds overlapped by {first[1] - second[0]:.2f} s"
+    assert [c[2] for c in sink.calls if c[0] == "progress" and c[1] == 0][-1] > 0.9
+
+
 def test_a_fold_error_fails_with_its_traceback_and_keeps_the_finished_fold(cluster, tmp_path: Path):
     sink = Sink()
     marker = str(tmp_path / "fold0-done")

@@ -274,7 +274,8 @@ def test_a_dead_head_worker_requeues_and_the_resumed_job_trains_only_unfinished_
         tiny_demo: Path, db_path: Path, spawn_worker, ray_address: str):
     # Two CPUs per fold on a two-CPU cluster: one fold at a time, so one finishes before the kill.
     job_id = _queue_train(db_path, tiny_demo, "train.epochs=2", "cluster.cpus_per_fold=2")
-    first = spawn_worker(db_path, "--executor", "ray", "--ray-address", ray_address)
+    # A short lease, so the job is requeued seconds after the kill (the default 30 s is only waiting).
+    first = spawn_worker(db_path, "--executor", "ray", "--ray-address", ray_address, "--lease", "3")
     store = Store(db_path)
     wait_for(lambda: store.get_job(job_id).run_id and store.fold_scores(store.get_job(job_id).run_id),
              timeout=300, what="the first fold to finish")

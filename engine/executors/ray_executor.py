@@ -21,6 +21,7 @@ import signal
 import socket
 import threading
 import time
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -33,6 +34,10 @@ from engine.executors.base import (ClusterError, Executor, FoldFailed, FoldResou
 
 #: A fold task reports its node and pid under this method name before it starts the fold function.
 STARTED = "__started__"
+#: A fold task's last message: everything it sent before has reached the stream.
+DELIVERED = "__delivered__"
+#: Seconds the head waits, once a fold's result is ready, for that fold's last records.
+DELIVERY_SECONDS = 30.0
 #: Seconds between two batches a fold task sends to the head (records are buffered meanwhile).
 FLUSH_SECONDS = 0.5
 #: Seconds one ``ray.wait`` on the head waits before draining records and checking for cancel.
@@ -144,6 +149,12 @@ class StreamRecorder:
     every :data:`FLUSH_SECONDS`; the head makes the same call on the job's
     recorder. Calls named in ``coalesce`` (progress) keep only the latest
     one of a batch. Calls return None.
+
+    Nothing here waits for the stream: a Ray task blocked in ``ray.get`` or
+    ``ray.wait`` lends its CPUs to other tasks, so a waiting fold would let
+    a second fold onto CPUs the first still uses. Calls from one task reach
+    the actor in order, so the head knows it has a fold's every record once
+    it has that task's :data:`DELIVERED`.
     """
 
     def __init__(self, stream: Any, fold: int, coalesce: Sequence[str] = ("progress",)) -> None:
@@ -151,7 +162,6 @@ class StreamRecorder:
         self._fold = fold
         self._coalesce = set(coalesce)
         self._buffer: list[tuple] = []
-        self._sent: list[Any] = []
         self._last_flush = time.monotonic()
 
     def __getattr__(self, name: str) -> Callable[..., None]:
@@ -167,29 +177,37 @@ class StreamRecorder:
 
         return call
 
-    def _flush(self, wait: bool = False) -> None:
+    def _flush(self) -> None:
         if self._buffer:
-            self._sent.append(self._stream.push.remote(self._buffer))
+            self._stream.push.remote(self._buffer)
             self._buffer = []
         self._last_flush = time.monotonic()
-        # Keep only the calls not yet known to be delivered.
-        if self._sent:
-            done, self._sent = ray.wait(self._sent, num_returns=len(self._sent), timeout=None if wait else 0)
-            ray.get(done)
 
 
 @ray.remote
 def _fold_task(fn: Callable[..., Any], args: tuple, fold: int, stream: Any) -> Any:
-    """Run one fold on a node: say where, run the fold function with a streaming recorder, deliver its records."""
+    """Run one fold on a node: say where, run the fold function with a streaming recorder, send its records.
+
+    Each run of the task (a retry is another) has its own ``token``, sent with
+    :data:`STARTED` and :data:`DELIVERED`, so the head never takes a dead
+    attempt's last message for the retry's.
+    """
     recorder = StreamRecorder(stream, fold)
     ctx = ray.get_runtime_context()
     node = f"{ray.util.get_node_ip_address()} ({socket.gethostname()})"
-    ray.get(stream.push.remote([(fold, STARTED, (), {"node": node, "pid": os.getpid(),
-                                                      "node_id": ctx.get_node_id()})]))
+    token = uuid.uuid4().hex
+    started = stream.push.remote([(fold, STARTED, (), {"node": node, "pid": os.getpid(),
+                                                       "node_id": ctx.get_node_id(), "token": token})])
+    # Delivered before the fold starts, so a process that dies at once still counts as an attempt; polled
+    # with timeout 0, which returns at once and so does not lend the task's CPUs away.
+    deadline = time.monotonic() + DELIVERY_SECONDS
+    while not ray.wait([started], timeout=0)[0] and time.monotonic() < deadline:
+        time.sleep(0.01)
     try:
         return fn(*args, recorder=recorder)
     finally:
-        recorder._flush(wait=True)
+        recorder._buffer.append((fold, DELIVERED, (), {"token": token}))
+        recorder._flush()
 
 
 @ray.remote(num_cpus=0)
@@ -335,10 +353,15 @@ class RayExecutor(Executor):
             refs[ref] = task.fold
             placement(task.fold, "submitted", message=f"{cpus:g} CPUs, {gpus:g} GPUs")
         starts: dict[int, int] = {}
+        tokens: dict[int, str] = {}  # the latest run of each fold's task
+        delivered: set[str] = set()
 
         def drain() -> None:
             for fold, method, args, kwargs in ray.get(stream.drain.remote()):
-                if method == STARTED:
+                if method == DELIVERED:
+                    delivered.add(kwargs["token"])
+                elif method == STARTED:
+                    tokens[fold] = kwargs["token"]
                     starts[fold] = starts.get(fold, 0) + 1
                     placement(fold, "running", node=kwargs["node"], pid=kwargs["pid"], task_attempt=starts[fold],
                               message="" if starts[fold] == 1 else
@@ -357,7 +380,13 @@ class RayExecutor(Executor):
                     for ref in ready:
                         fold = refs.pop(ref)
                         result = self._result(ref, fold, starts.get(fold, 0), resources)
-                        drain()
+                        deadline = time.monotonic() + DELIVERY_SECONDS
+                        while tokens.get(fold) not in delivered:
+                            if time.monotonic() > deadline:
+                                raise ClusterError(f"fold {fold} finished but its last records did not reach "
+                                                   f"the head in {DELIVERY_SECONDS:g} s")
+                            time.sleep(0.02)
+                            drain()
                         placement(fold, "done")
                         yield fold, result
                     running = [f for f in refs.values() if f in starts]
