@@ -688,12 +688,15 @@ def cmd_wait(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``fsat``."""
     ap = argparse.ArgumentParser(prog="fsat", description="Headless fsat-console: datasets, jobs, runs, scores.")
-    ap.add_argument("--db", type=Path, default=None, help="database (default $FSAT_DB or ./experiments.db)")
+    db_help = "database (default $FSAT_DB or ./experiments.db)"
+    ap.add_argument("--db", type=Path, default=None, help=db_help)
     sub = ap.add_subparsers(dest="command", required=True)
 
     def add(name: str, func, help_: str, listing: bool = False) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
         p.set_defaults(func=func)
+        # Also after the command (`fsat runs --db X`); not given there, the one before it stands.
+        p.add_argument("--db", type=Path, default=argparse.SUPPRESS, help=db_help)
         p.add_argument("--json", action="store_true", help="print JSON" if listing else argparse.SUPPRESS)
         return p
 

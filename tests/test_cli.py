@@ -76,3 +76,17 @@ def test_infer_jobs_are_listed_under_the_run_they_infer(db_path: Path):
     run_cli("queue", "infer", "train-0009", "--name", "mine", db=db_path)
     names = [j["name"] for j in json.loads(run_cli("jobs", "--json", db=db_path).stdout)]
     assert sorted(names) == ["mine", "tta train-0007", "tta train-0009"]
+
+
+def test_db_may_follow_the_command_as_well_as_precede_it(tmp_path: Path):
+    first, second = tmp_path / "a" / "experiments.db", tmp_path / "b" / "experiments.db"
+    first.parent.mkdir()
+    second.parent.mkdir()
+    job = int(run_cli("queue", "probe", "--db", str(first)).stdout)
+    assert [j["id"] for j in json.loads(run_cli("jobs", "--json", "--db", str(first)).stdout)] == [job]
+    for _ in range(2):
+        run_cli("queue", "probe", "--db", str(second))
+    # After the command it wins over one before it; before it alone still works.
+    assert len(json.loads(run_cli("--db", str(first), "jobs", "--json", "--db", str(second)).stdout)) == 2
+    assert [j["id"] for j in json.loads(run_cli("jobs", "--json", db=first).stdout)] == [job]
+    assert not (tmp_path / "experiments.db").exists()
