@@ -300,10 +300,17 @@ def _check_runs_exist(store: Store, kind: str, spec: dict) -> None:
     from engine.worker import default_run_id
 
     wanted = [spec["run_id"]] if kind == "infer" else list(spec.get("members", []))
-    pending = {r["run_id"] or default_run_id(r["kind"], r["id"])
+    pending = {r["run_id"] or default_run_id(r["kind"], r["id"]): r["kind"]
                for status in ("queued", "running") for r in store.list_jobs(status=status, limit=10**9)}
     missing = [r for r in wanted if r not in pending and store.get_run(r) is None]
     if not missing:
+        if kind == "infer":
+            run = store.get_run(spec["run_id"])
+            run_kind = run["kind"] if run is not None else pending[spec["run_id"]]
+            if not has_fold_checkpoints(run_kind):
+                raise FsatError(f"run_id: {spec['run_id']!r} is {'an' if run_kind[0] in 'aeiou' else 'a'} "
+                                f"{run_kind} run; inference needs a train or curriculum run with fold checkpoints "
+                                "(see `fsat runs`)")
         return
     names = ", ".join(repr(m) for m in missing)
     if kind == "infer":

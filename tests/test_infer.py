@@ -311,7 +311,7 @@ def test_tta_command_shows_the_gain_overall_per_fold_and_per_class(runs: Inferre
 
 
 @pytest.mark.slow
-def test_infer_of_an_unknown_or_untrained_run_fails_naming_it(runs: InferredRuns, tmp_path: Path, spawn_worker):
+def test_infer_of_an_unknown_untrained_or_infer_run_fails_naming_it(runs: InferredRuns, tmp_path: Path, spawn_worker):
     import shutil
 
     db = tmp_path / "experiments.db"
@@ -321,7 +321,14 @@ def test_infer_of_an_unknown_or_untrained_run_fails_naming_it(runs: InferredRuns
     out = run_cli("queue", "infer", "train-9999", db=db, check=False)
     assert out.returncode == 2 and "train-9999" in out.stderr and "run_id" in out.stderr
     assert Store(db).count_jobs("queued") == 0
-    of_infer = int(run_cli("queue", "infer", runs.infer_ids[0], db=db).stdout)
+    # So is a run without fold checkpoints: an infer run, and a queued job that will make one.
+    out = run_cli("queue", "infer", runs.infer_ids[0], db=db, check=False)
+    assert out.returncode == 2 and runs.infer_ids[0] in out.stderr and "an infer run" in out.stderr, out.stderr
+    pending = int(run_cli("queue", "infer", runs.train_ids[0], "--name", "again", db=db).stdout)
+    out = run_cli("queue", "infer", f"infer-{pending:04d}", db=db, check=False)
+    assert out.returncode == 2 and f"infer-{pending:04d}" in out.stderr and "an infer run" in out.stderr, out.stderr
+    assert run_cli("cancel", str(pending), db=db).returncode == 0
+    assert Store(db).count_jobs("queued") == 0
     # A trained run whose checkpoints were removed.
     copy = tmp_path / "moved"
     shutil.copytree(Path(Store(runs.db).get_run(runs.train_ids[1])["run_dir"]), copy)
@@ -331,8 +338,7 @@ def test_infer_of_an_unknown_or_untrained_run_fails_naming_it(runs: InferredRuns
     no_ckpt = int(run_cli("queue", "infer", runs.train_ids[1], db=db).stdout)
     assert spawn_worker(db, "--drain").wait(timeout=300) == 0
     store = Store(db)
-    for job_id, words in ((of_infer, [runs.infer_ids[0], "infer run"]),
-                          (no_ckpt, [runs.train_ids[1], "fold3", "best.pt"])):
+    for job_id, words in ((no_ckpt, [runs.train_ids[1], "fold3", "best.pt"]),):
         job = store.get_job(job_id)
         assert job.status == "failed"
         for word in words:
