@@ -628,12 +628,20 @@ def to_dict(spec: Any) -> dict:
     return dataclasses.asdict(spec)
 
 
+#: Train settings that say how clips are loaded, not what is trained: left out of :func:`spec_hash`.
+LOADER_FIELDS = ("num_workers", "pin_memory", "persistent_workers", "prefetch_factor", "decode_workers")
+
+
 def spec_hash(spec: Any) -> str:
     """A short hash of everything that changes results (the name is left out)."""
     d = to_dict(spec)
     d.pop("name", None)
-    # Where the folds run changes no result.
+    # Where the folds run changes no result, nor how the clips are loaded: each item's random draws come
+    # from (seed, epoch, clip), whichever process decodes it.
     d.pop("cluster", None)
+    if isinstance(d.get("train"), dict):
+        for key in LOADER_FIELDS:
+            d["train"].pop(key, None)
     blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

@@ -89,8 +89,11 @@ def test_same_config_and_seed_give_the_same_fold_scores(tiny_demo: Path, tmp_pat
                   "train.steps_per_epoch=8", "augment.gain_p=0.5",
                   "augment.noise_p=0.5", "augment.shift_p=0.5", "augment.specaug_p=1.0", "augment.mixup_p=0.5",
                   "train.balanced_sampler=true"])
-    ids = [int(run_cli("queue", "train", "--data", str(tiny_demo), "--preset", "demo", *sets, db=db).stdout)
-           for _ in range(2)]
+    # The second reads its clips another way (loader processes, decode threads): that changes no result.
+    loaders = [[], ["--set", "train.num_workers=2", "--set", "train.decode_workers=1",
+                    "--set", "train.persistent_workers=false"]]
+    ids = [int(run_cli("queue", "train", "--data", str(tiny_demo), "--preset", "demo", *sets, *loader,
+                       db=db).stdout) for loader in loaders]
     other = int(run_cli("queue", "train", "--data", str(tiny_demo), "--preset", "demo", *sets,
                         "--set", "train.seed=7", db=db).stdout)
     assert spawn_worker(db, "--drain").wait(timeout=600) == 0
@@ -100,6 +103,10 @@ def test_same_config_and_seed_give_the_same_fold_scores(tiny_demo: Path, tmp_pat
     epochs = [[(e["train_loss"], e["val_lwlrap"]) for e in store.epochs(r)] for r in runs]
     assert epochs[0] == epochs[1]
     np.testing.assert_array_equal(oofs[0], oofs[1])
+    # So both runs have one config hash, and the loader settings they ran with are still recorded.
+    hashes = [store.get_run(r)["config_hash"] for r in runs]
+    assert hashes[0] == hashes[1] != hashes[2]
+    assert store.get_run(runs[1])["config"]["train"]["num_workers"] == 2
     assert epochs[2] != epochs[0], "another seed should change the run"
 
 

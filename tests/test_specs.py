@@ -117,6 +117,13 @@ def test_json_roundtrip_and_hash():
     assert spec_hash(renamed) == spec_hash(spec), "the name does not change results"
     reseeded = resolve_spec("train", preset="demo", data_root="/d", overrides=["train.seed=8"])
     assert spec_hash(reseeded) != spec_hash(spec)
+    # How clips are loaded changes no result (each item's draws come from seed, epoch and clip).
+    loaded = resolve_spec("train", preset="demo", data_root="/d", overrides=[
+        "train.seed=7", "train.num_workers=3", "train.pin_memory=true", "train.persistent_workers=false",
+        "train.prefetch_factor=4", "train.decode_workers=2"])
+    assert spec_hash(loaded) == spec_hash(spec)
+    rebatched = resolve_spec("train", preset="demo", data_root="/d", overrides=["train.seed=7", "train.batch_size=3"])
+    assert spec_hash(rebatched) != spec_hash(spec)
 
 
 def test_apply_overrides_does_not_mutate_and_rejects_value_as_section():
