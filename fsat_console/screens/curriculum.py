@@ -55,10 +55,6 @@ def stages_text(stages: list) -> str:
     return "[" + ", ".join(parts) + "]"
 
 
-def _belongs_to(field: str, key: str) -> bool:
-    return field == key or field.startswith(key + ".") or field.startswith(key + "[")
-
-
 class CurriculumDialog(SpecDialog):
     """Queue a curriculum with a train run as its teacher."""
 
@@ -152,14 +148,6 @@ class CurriculumDialog(SpecDialog):
         spec = specs.resolve_spec("curriculum", preset=preset, overrides=overrides)
         check_teacher(self.app.store, spec)  # type: ignore[attr-defined]
         return spec
-
-    def field_for(self, err: ConfigError) -> str:
-        """Map the engine's field names onto this dialog's fields."""
-        field = err.field or ""
-        for key, slot in self._FIELD_SLOTS.items():
-            if _belongs_to(field, key):
-                return slot
-        return "queue"
 
     def job_name(self, spec: object) -> str:
         """The typed name, else ``curriculum of <teacher>``."""

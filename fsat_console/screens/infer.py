@@ -25,7 +25,8 @@ from textual.widgets import Checkbox, Input, Label, Static
 from engine import specs
 from engine.errors import ConfigError
 from fsat_console.formatting import fmt_score
-from fsat_console.screens.queue import WAITING, check_data_root, preset_about, split_overrides, try_enqueue
+from fsat_console.screens.queue import (WAITING, belongs_to, check_data_root, preset_about, split_overrides,
+                                        try_enqueue)
 
 #: The presets these dialogs start from.
 TTA_PRESET = "tta"
@@ -35,10 +36,6 @@ BASELINE_PRESET = "baseline"
 def _toml(value: object) -> str:
     """A value as TOML for an override (JSON strings, numbers, booleans and lists are valid TOML)."""
     return json.dumps(value)
-
-
-def _belongs_to(field: str, key: str) -> bool:
-    return field == key or field.startswith(key + ".") or field.startswith(key + "[")
 
 
 def run_line(run: dict) -> Text:
@@ -126,8 +123,15 @@ class SpecDialog(ModalScreen[int | None]):
         """The validated spec (raises ConfigError)."""
         raise NotImplementedError
 
+    #: ConfigError field (or the section it is in) -> error slot; a field not named goes under "queue".
+    _FIELD_SLOTS: dict[str, str] = {}
+
     def field_for(self, err: ConfigError) -> str:
-        """The error slot for a ConfigError from ``resolve``."""
+        """The error slot for a ConfigError from ``resolve``: by :attr:`_FIELD_SLOTS`, else "queue"."""
+        field = err.field or ""
+        for key, slot in self._FIELD_SLOTS.items():
+            if belongs_to(field, key):
+                return slot
         return "queue"
 
     def job_name(self, spec: object) -> str:
@@ -271,14 +275,6 @@ class InferScreen(SpecDialog):
             overrides.append(f"name={_toml(self._value('name'))}")
         return specs.resolve_spec("infer", preset=self.preset, overrides=overrides)
 
-    def field_for(self, err: ConfigError) -> str:
-        """Map the engine's field names onto this dialog's fields."""
-        field = err.field or ""
-        for key, slot in self._FIELD_SLOTS.items():
-            if _belongs_to(field, key):
-                return slot
-        return "queue"
-
     def job_name(self, spec: object) -> str:
         """The typed name, else ``<run> tta<K>``."""
         return spec.name or f"{self.run_id} tta{spec.infer.tta_crops}"  # type: ignore[attr-defined]
@@ -410,9 +406,9 @@ class BaselineScreen(SpecDialog):
         """Map the engine's field names onto this dialog's fields."""
         field = err.field or ""
         keys = [t.split("=", 1)[0].strip() for t in split_overrides(self._value("overrides")) if "=" in t]
-        if field == "--set" or any(_belongs_to(field, k) for k in keys):
+        if field == "--set" or any(belongs_to(field, k) for k in keys):
             return "overrides"
-        if _belongs_to(field, "data.root") or field == "data":
+        if belongs_to(field, "data.root") or field == "data":
             return "data-root"
         if field == "C":
             return "c"

@@ -90,7 +90,8 @@ def _override_keys(tokens: list[str]) -> list[str]:
     return [t.split("=", 1)[0].strip() for t in tokens if "=" in t]
 
 
-def _belongs_to(field: str, key: str) -> bool:
+def belongs_to(field: str, key: str) -> bool:
+    """Whether the spec field ``field`` is ``key`` or inside it (``train.lr`` in ``train``, ``stages[1]`` in ``stages``)."""
     return field == key or field.startswith(key + ".") or field.startswith(key + "[")
 
 
@@ -306,10 +307,10 @@ class QueueScreen(ModalScreen[int | None]):
     def _show_config_error(self, err: ConfigError) -> None:
         field = err.field or ""
         keys = _override_keys(split_overrides(self._value("overrides")))
-        if field == "--set" or any(_belongs_to(field, k) for k in keys):
+        if field == "--set" or any(belongs_to(field, k) for k in keys):
             self._set_error("overrides", f"{field}: {err.reason}" if field and field != "--set" else err.reason)
             self.query_one("#overrides", Input).focus()
-        elif _belongs_to(field, "data.root") or field == "data":
+        elif belongs_to(field, "data.root") or field == "data":
             self._set_error("data-root", err.reason)
         elif field == "name":
             self._set_error("queue", f"job name: {err.reason}")
