@@ -628,7 +628,8 @@ def to_dict(spec: Any) -> dict:
     return dataclasses.asdict(spec)
 
 
-#: Train settings that say how clips are loaded, not what is trained: left out of :func:`spec_hash`.
+#: Train settings that say how clips are loaded, not what is trained: each may be "auto" (resolved from
+#: the host when the job runs), and they are left out of :func:`spec_hash`.
 LOADER_FIELDS = ("num_workers", "pin_memory", "persistent_workers", "prefetch_factor", "decode_workers")
 
 

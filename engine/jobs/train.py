@@ -61,7 +61,7 @@ from engine.runs import kinds
 from engine.runs.folder import RunFolder
 from engine.runs.recorder import EpochRecord, FoldRecorder, StoreRecorder
 from engine.runs.scores import record_fold_scores, record_oof_scores
-from engine.specs import TrainSpec, from_dict, spec_from_json, spec_hash, to_dict
+from engine.specs import LOADER_FIELDS, TrainSpec, from_dict, spec_from_json, spec_hash, to_dict
 from engine.train.losses import build_loss, class_weights_from_counts
 from engine.train.loop import FoldResult, find_batch_size, predict, save_atomic, train_fold
 from engine.train.schedule import EarlyStopping
@@ -251,9 +251,6 @@ class FoldInputs:
     loss_fn: torch.nn.Module | None = None
     #: The batched waveform augmentation of the training step (``augment.backend`` device), or None.
     device_aug: BatchWaveAugment | None = None
-
-
-_AUTO_LOADER_FIELDS = ("num_workers", "pin_memory", "persistent_workers", "prefetch_factor", "decode_workers")
 
 
 def augment_backend(spec: TrainSpec, device: torch.device) -> str:
@@ -615,7 +612,7 @@ def run(ctx: JobContext) -> str:
     # What is recorded is what runs: "auto" becomes the chosen size, loader settings and backend.
     resolved = copy.deepcopy(spec)
     resolved.train.batch_size = batch_size
-    requested = {f"train.{k}": "auto" for k in ("batch_size", *_AUTO_LOADER_FIELDS)
+    requested = {f"train.{k}": "auto" for k in ("batch_size", *LOADER_FIELDS)
                  if getattr(spec.train, k) == "auto"}
     resolved.train.num_workers = loader.num_workers
     resolved.train.pin_memory = loader.pin_memory
