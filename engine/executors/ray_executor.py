@@ -183,6 +183,11 @@ class StreamRecorder:
             self._buffer = []
         self._last_flush = time.monotonic()
 
+    def _deliver(self, token: str) -> None:
+        """Send what is buffered and, after it, :data:`DELIVERED` with this run's ``token``."""
+        self._buffer.append((self._fold, DELIVERED, (), {"token": token}))
+        self._flush()
+
 
 @ray.remote
 def _fold_task(fn: Callable[..., Any], args: tuple, fold: int, stream: Any) -> Any:
@@ -206,8 +211,7 @@ def _fold_task(fn: Callable[..., Any], args: tuple, fold: int, stream: Any) -> A
     try:
         return fn(*args, recorder=recorder)
     finally:
-        recorder._buffer.append((fold, DELIVERED, (), {"token": token}))
-        recorder._flush()
+        recorder._deliver(token)
 
 
 @ray.remote(num_cpus=0)
