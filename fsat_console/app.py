@@ -13,12 +13,10 @@ a second.
 from __future__ import annotations
 
 import argparse
-import os
 import sqlite3
-import subprocess
 import sys
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from textual import work
 from textual.app import App, SystemCommand
@@ -30,8 +28,8 @@ from textual.worker import Worker, WorkerState
 from engine.errors import FsatError
 from engine.store import Store, StoreError, default_db_path, runs_root
 from fsat_console.commands import JobCommands, RunCommands
-from fsat_console.live import (DEFAULT_JOB_VIEW, DEFAULT_RUN_VIEW, WORKER_MAX_AGE, LiveError, LiveUpdate,
-                               Overview, Poller, TableView, describe_error)
+from fsat_console.live import (DEFAULT_JOB_VIEW, DEFAULT_RUN_VIEW, LiveError, LiveUpdate, Overview, Poller,
+                               TableView, describe_error)
 from fsat_console.screens.confirm import ConfirmScreen
 from fsat_console.screens.demo import DemoScreen, demo_state
 from fsat_console.screens.ensemble import BlendBench, BlendState, EnsembleScreen
@@ -42,6 +40,11 @@ from fsat_console.screens.job import JobScreen
 from fsat_console.screens.main import MainScreen
 from fsat_console.screens.queue import QueueScreen
 from fsat_console.widgets.status import WorkerStatus
+from fsat_console.worker_process import WorkerProcess, worker_log_path
+
+if TYPE_CHECKING:
+    import subprocess
+
 
 def cancel_question(job: dict) -> str:
     """The cancel confirmation: which job, what it is doing, how far it got, what cancelling does."""
@@ -57,28 +60,6 @@ def cancel_question(job: dict) -> str:
 
 #: Where ``--demo`` writes the demo dataset unless ``--data`` says otherwise.
 DEFAULT_DEMO_ROOT = Path("demo_data")
-
-
-def worker_log_path(db_path: Path) -> Path:
-    """The log of a worker started by the console: ``worker.log`` beside the database."""
-    return db_path.with_name("worker.log")
-
-
-def spawn_worker(db_path: Path, log_path: Path) -> subprocess.Popen:
-    """Start ``python -m engine.worker --db PATH`` detached from the console.
-
-    Its own session (no SIGINT/SIGHUP from the console's terminal), output
-    appended to ``log_path``: closing the console leaves it running.
-    """
-    env = dict(os.environ)
-    project = str(Path(__file__).resolve().parent.parent)
-    # Keep ``engine`` importable whatever the working directory.
-    env["PYTHONPATH"] = project + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "engine.worker", "--db", str(db_path)],
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                env=env, start_new_session=True)
 
 
 class FsatConsole(App):
@@ -114,7 +95,6 @@ class FsatConsole(App):
         self.db_path = Path(db_path).expanduser().resolve()
         #: True when this console created the database file (it says where, once it is up).
         self.created_db = not self.db_path.exists()
-        self.keep_worker = keep_worker
         self.run_view: TableView = DEFAULT_RUN_VIEW
         self.job_view: TableView = DEFAULT_JOB_VIEW
         #: The run deltas are taken against (``p`` pins it), and the runs marked for comparison.
@@ -134,6 +114,8 @@ class FsatConsole(App):
         self.demo = demo
         self.demo_options = dict(demo_options or {})
         self.worker_log = Path(worker_log) if worker_log else worker_log_path(self.db_path)
+        #: The worker process this console starts when none is alive.
+        self.engine_worker = WorkerProcess(self.db_path, self.worker_log, keep=keep_worker)
         # Opened for reading: start-up and every read answer even while another
         # process holds the write lock. The writing connection opens on the first
         # write (enqueue, cancel), always in a thread; its shorter busy timeout
@@ -141,8 +123,6 @@ class FsatConsole(App):
         self.store = Store(self.db_path, timeout=5.0, lazy=True)
         self.poller = Poller(self.db_path)
         self.overview: Overview | None = None
-        self.worker_process: subprocess.Popen | None = None
-        self.spawn_problem: str | None = None
         self.live_problem: str | None = None
         self._watched: tuple[str, int] | None = None
         self._force = True
@@ -176,31 +156,13 @@ class FsatConsole(App):
 
     async def action_quit(self) -> None:
         """Quit; an idle worker this console started is stopped first (unless ``keep_worker``)."""
-        self.stop_own_idle_worker()
+        self.exit_note = self.engine_worker.stop_if_idle(self.store)
         self.exit()
 
-    def stop_own_idle_worker(self) -> None:
-        """SIGTERM the worker this console started when it has nothing to do; say what was done."""
-        process = self.worker_process
-        if process is None or process.poll() is not None:
-            return
-        if self.keep_worker:
-            self.exit_note = f"the worker (pid {process.pid}) keeps running; its log is {self.worker_log}"
-            return
-        try:
-            busy = self.store.count_jobs("running", "queued")
-        except sqlite3.Error:
-            busy = 1  # cannot tell: leave it alone
-        if busy:
-            self.exit_note = (f"the worker (pid {process.pid}) keeps running {busy} queued or running job(s); "
-                              f"its log is {self.worker_log}")
-            return
-        process.terminate()  # the worker stops cleanly on SIGTERM
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        self.exit_note = f"stopped the idle worker (pid {process.pid}) this console started"
+    @property
+    def worker_process(self) -> subprocess.Popen | None:
+        """The worker process this console started, until it is seen to have exited."""
+        return self.engine_worker.process
 
     def on_unmount(self) -> None:
         """Close the connections; a busy worker the console started keeps running."""
@@ -348,8 +310,7 @@ class FsatConsole(App):
         """Repaint the status line of ``screen`` (default: the screen shown)."""
         screen = screen or self.screen
         for status in screen.query(WorkerStatus):
-            pid = self.worker_process.pid if self.worker_process is not None else None
-            status.show(self.overview, spawned_pid=pid, spawn_problem=self.spawn_problem,
+            status.show(self.overview, spawned_pid=self.engine_worker.pid, spawn_problem=self.engine_worker.problem,
                         live_problem=self.live_problem)
 
     @property
@@ -385,49 +346,33 @@ class FsatConsole(App):
         ``announce`` says so when nothing needed starting (the user pressed w).
         """
         try:
-            alive = self.store.live_workers(WORKER_MAX_AGE)
+            not_started = self.engine_worker.start_unless_alive(self.store)
         except sqlite3.Error as err:
             self.post_message(LiveError(describe_error(err, self.db_path)))
             return
-        if alive:
-            if announce:
-                self.call_from_thread(self.notify, f"A worker is already running (pid {alive[0]['pid']}).")
-            return
-        if self.worker_process is not None and self.worker_process.poll() is None:
-            if announce:
-                self.call_from_thread(self.notify, f"The worker (pid {self.worker_process.pid}) is starting.")
-            return
-        try:
-            process = spawn_worker(self.db_path, self.worker_log)
         except OSError as err:
             self.call_from_thread(self._worker_failed, f"could not start a worker: {err}")
             return
-        self.call_from_thread(self._worker_started, process)
+        if not_started is None:
+            self.call_from_thread(self._worker_started)
+        elif announce:
+            self.call_from_thread(self.notify, not_started)
 
-    def _worker_started(self, process: subprocess.Popen) -> None:
-        self.worker_process = process
-        self.spawn_problem = None
-        self.notify(f"Started a worker (pid {process.pid}); its log is {self.worker_log}", title="Worker",
-                    markup=False)
+    def _worker_started(self) -> None:
+        self.notify(f"Started a worker (pid {self.engine_worker.pid}); its log is {self.worker_log}",
+                    title="Worker", markup=False)
         self.refresh_status()
 
     def _worker_failed(self, text: str) -> None:
-        self.spawn_problem = text
+        self.engine_worker.problem = text
         self.notify(text, title="Worker", severity="error", timeout=10, markup=False)
         self.refresh_status()
 
     def _check_spawned_worker(self) -> None:
         """Report a worker we started that exited before it ever showed up alive."""
-        process = self.worker_process
-        if process is None or self.spawn_problem:
-            return
-        code = process.poll()
-        if code is None:
-            return
-        seen = any(w.get("pid") == process.pid for w in (self.overview.workers if self.overview else []))
-        if code != 0 and not seen:
-            self._worker_failed(f"the worker exited with code {code}; see {self.worker_log}")
-        self.worker_process = None
+        problem = self.engine_worker.check_exit(self.overview.workers if self.overview else [])
+        if problem is not None:
+            self._worker_failed(problem)
 
     # -- actions ---------------------------------------------------------------------------
 
@@ -444,7 +389,7 @@ class FsatConsole(App):
 
     def action_start_worker(self) -> None:
         """Start a worker process (if none is alive)."""
-        self.spawn_problem = None
+        self.engine_worker.problem = None
         self.ensure_worker(announce=True)
 
     def action_new_job(self) -> None:
