@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
-from textual import work
+from textual import events, work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
@@ -28,6 +28,7 @@ from textual.worker import Worker, WorkerState
 from engine.errors import FsatError
 from engine.store import Store, StoreError, default_db_path, runs_root
 from fsat_console.commands import JobCommands, RunCommands
+from fsat_console.key_pump import KeyPump
 from fsat_console.live import (DEFAULT_JOB_VIEW, DEFAULT_RUN_VIEW, LiveError, LiveUpdate, Overview, Poller,
                                TableView, describe_error)
 from fsat_console.screens.confirm import ConfirmScreen
@@ -105,9 +106,7 @@ class FsatConsole(App):
         self.select_job: int | None = None
         #: What quitting did to the worker this console started (printed after the console closes).
         self.exit_note: str = ""
-        #: Keys from the terminal waiting to be handed on, one at a time.
-        self._key_queue: list = []
-        self._key_pump_busy = False
+        self.key_pump = KeyPump(self)
         self.data_root = Path(data_root).expanduser().resolve() if data_root else None
         self.start_worker_on_mount = start_worker
         self.poll_interval = poll_interval
@@ -396,70 +395,10 @@ class FsatConsole(App):
         """Open the queue dialog."""
         self.open_queue()
 
-    # -- one key at a time ---------------------------------------------------------------------
-
-    async def on_event(self, event) -> None:  # type: ignore[override]
-        """Queue keys from the terminal and hand them on one at a time (see :meth:`_pump_keys`)."""
-        from textual import events
-
-        if isinstance(event, events.Key) and not event.is_forwarded and not getattr(event, "_fsat_next", False):
-            self._key_queue.append(event)
-            event.stop()
-            event.prevent_default()
-            if not self._key_pump_busy:
-                self._key_pump_busy = True
-                self.run_worker(self._pump_keys(), group="keys", exit_on_error=False)
-            return
-        await super().on_event(event)
-
-    async def _pump_keys(self) -> None:
-        """Hand on each key only once the one before has been handled, and any screen it opened is ready.
-
-        Keys typed quickly (``n``, tab, tab, ``train.epochs=2``…) used to be
-        forwarded all at once to the widget focused when they arrived: the
-        tabs and characters meant for the queue dialog went to the runs table
-        below it (``a`` archives there, ``t`` edits tags), or were lost when the
-        dialog then focused its preset list. Now a key goes on only after the
-        previous one has passed through every node it bubbles to and, when it
-        opened a screen, after that screen is mounted and has set its focus.
-        """
-        import asyncio
-
-        from textual import events
-
-        async def drained(node) -> None:
-            done = asyncio.get_running_loop().create_future()
-            node.call_later(lambda: done.done() or done.set_result(None))
-            try:
-                await asyncio.wait_for(done, timeout=1.0)
-            except asyncio.TimeoutError:
-                pass
-
-        try:
-            while self._key_queue:
-                held = self._key_queue.pop(0)
-                before = self.screen if self.screen_stack else None
-                key = events.Key(held.key, held.character)
-                key._fsat_next = True  # type: ignore[attr-defined]
-                self.post_message(key)
-                await drained(self)  # forwarded to the focused widget
-                target = self.focused or (self.screen if self.screen_stack else None)
-                for node in (list(target.ancestors_with_self) if target is not None else []):
-                    await drained(node)  # handled there, and wherever it bubbled
-                if self.screen_stack and self.screen is not before:
-                    screen = self.screen
-                    for _ in range(200):  # a new screen: wait until it is mounted and focused
-                        if screen.is_mounted:
-                            break
-                        await asyncio.sleep(0.01)
-                    done = asyncio.get_running_loop().create_future()
-                    screen.call_after_refresh(lambda: done.done() or done.set_result(None))
-                    try:
-                        await asyncio.wait_for(done, timeout=1.0)
-                    except asyncio.TimeoutError:
-                        pass
-        finally:
-            self._key_pump_busy = False
+    async def on_event(self, event: events.Event) -> None:
+        """Keys from the terminal go through the key pump, to be handed on one at a time."""
+        if not self.key_pump.hold(event):
+            await super().on_event(event)
 
     def action_help(self) -> None:
         """Show every key and where the data lives."""
