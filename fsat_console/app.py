@@ -317,23 +317,23 @@ class FsatConsole(App):
         """(run id, class fold) that every poll loads in full, or None."""
         return self._watched
 
-    def follow_run(self, screen: Screen) -> None:
-        """Load this run screen's run with every poll from now on, starting with a poll now.
+    def follow_run(self, watch: tuple[str, int]) -> None:
+        """Load this (run id, class fold) with every poll from now on, starting with a poll now.
 
         Only the run is reloaded in full: the overview (pages of runs and jobs)
         comes only if it changed, so opening a run does not wait for the
         tables' reload (tens of milliseconds at 10,000 runs).
         """
-        self._watched = screen.watch_key  # type: ignore[attr-defined]
+        self._watched = watch
         self._force_detail = True
         if not self._poll_in_flight:
             if self._poll_timer is not None:
                 self._poll_timer.stop()
             self._start_poll()
 
-    def unfollow_run(self, screen: Screen) -> None:
-        """Stop loading the run of a screen that is no longer shown."""
-        if self._watched == getattr(screen, "watch_key", None):
+    def unfollow_run(self, watch: tuple[str, int]) -> None:
+        """Stop loading this (run id, class fold): its screen is no longer shown."""
+        if self._watched == watch:
             self._watched = None
 
     # -- the worker process -------------------------------------------------------------
@@ -476,7 +476,7 @@ class FsatConsole(App):
             self.pop_screen()
         screen = RunScreen(run_id)
         # Load the run while the screen is being built (it shows the answer once mounted).
-        self.follow_run(screen)
+        self.follow_run(screen.watch_key)
         self.push_screen(screen)
 
     def open_job(self, job_id: int) -> None:

@@ -27,6 +27,7 @@ from textual.widgets import Header, Static
 
 from engine.runs.kinds import FOLD_CHECKPOINT_KINDS, can_embed_baseline
 from engine.store import OOF, StoreError
+from fsat_console.access import console
 from fsat_console.widgets.footer import KeyFooter
 from fsat_console.formatting import bar, fmt_duration, fmt_score, status_text
 from fsat_console.live import Overview, RunDetail, TtaComparison
@@ -306,7 +307,7 @@ class RunScreen(Screen):
         self.query_one(EpochChart).show({}, METRICS[self.metric_index][1])
         self._class_title()
         # Opening a run reloads only the run: the status line starts from the overview already loaded.
-        self.app.refresh_status(self)  # type: ignore[attr-defined]
+        console(self).refresh_status(self)
         self._ready = True
         early, self._early_detail = self._early_detail, None
         if early is not None:
@@ -323,18 +324,18 @@ class RunScreen(Screen):
         The first time, ``open_run`` has already asked (while the screen was
         built); asking again loaded and showed the whole run a second time.
         """
-        if self._suspended or self.app.watched_run != self.watch_key:  # type: ignore[attr-defined]
-            self.app.follow_run(self)  # type: ignore[attr-defined]
+        if self._suspended or console(self).watched_run != self.watch_key:
+            console(self).follow_run(self.watch_key)
         self._suspended = False
 
     def on_screen_suspend(self) -> None:
         """Stop loading this run while another screen covers it."""
         self._suspended = True
-        self.app.unfollow_run(self)  # type: ignore[attr-defined]
+        console(self).unfollow_run(self.watch_key)
 
     def on_unmount(self) -> None:
         """Stop loading this run once the screen is closed."""
-        self.app.unfollow_run(self)  # type: ignore[attr-defined]
+        console(self).unfollow_run(self.watch_key)
 
     def _class_title(self) -> None:
         table = self.query_one("#classes", LiveTable)
@@ -345,7 +346,7 @@ class RunScreen(Screen):
 
     def show_overview(self, overview: Overview | None) -> None:
         """Only the status line depends on the overview here."""
-        self.app.refresh_status(self)  # type: ignore[attr-defined]
+        console(self).refresh_status(self)
 
     def show_detail(self, detail: RunDetail) -> None:
         """Refresh the header, fold table, chart and class table from a poll."""
@@ -423,7 +424,7 @@ class RunScreen(Screen):
             self.class_fold = OOF
         self.query_one("#classes", LiveTable).sync([])
         self._class_title()
-        self.app.follow_run(self)  # type: ignore[attr-defined]
+        console(self).follow_run(self.watch_key)
 
     def action_cycle_metric(self) -> None:
         """Chart the next per-epoch metric."""
@@ -480,12 +481,12 @@ class RunScreen(Screen):
         problem = ""
         if run.get("dataset_id") is not None:
             try:
-                dataset = self.app.store.get_dataset(int(run["dataset_id"]))  # type: ignore[attr-defined]
+                dataset = console(self).store.get_dataset(int(run["dataset_id"]))
             except (sqlite3.Error, StoreError) as err:
                 problem = f"could not read the run's dataset: {err}"
         if dataset is None and not problem:
             problem = f"run {self.run_id} has no dataset recorded; check this data root"
-        root = str(dataset["root"]) if dataset else str(self.app.default_data_root())  # type: ignore[attr-defined]
+        root = str(dataset["root"]) if dataset else str(console(self).default_data_root())
         encoder = str(run["id"]) if can_embed_baseline(run) else ""
         self.app.push_screen(BaselineScreen(data_root=root, dataset_name=dataset["name"] if dataset else "",
                                             encoder_run_id=encoder, root_problem=problem), self._queued)
@@ -507,7 +508,7 @@ class RunScreen(Screen):
 
     def _queued(self, job_id: int | None) -> None:
         if job_id is not None:
-            self.app.announce_queued(job_id)  # type: ignore[attr-defined]
+            console(self).announce_queued(job_id)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Show only the keys that act on this run (no cancel on a finished run, no inference on a blend)."""
@@ -536,7 +537,7 @@ class RunScreen(Screen):
         """Queue this run's job again (asks first)."""
         job_id = (self.detail.run or {}).get("job_id") if self.detail else None
         if job_id is not None:
-            self.app.confirm_requeue(int(job_id), run_id=self.run_id)  # type: ignore[attr-defined]
+            console(self).confirm_requeue(int(job_id), run_id=self.run_id)
 
     def action_cancel_job(self) -> None:
         """Cancel the job that produces this run."""
@@ -544,4 +545,4 @@ class RunScreen(Screen):
         if job_id is None:
             self.notify(f"Run {self.run_id} has no job to cancel.", severity="warning", markup=False)
             return
-        self.app.confirm_cancel(int(job_id))  # type: ignore[attr-defined]
+        console(self).confirm_cancel(int(job_id))
