@@ -4,10 +4,17 @@
 
 The console only reads and queues: jobs run in a separate ``python -m
 engine.worker`` process that the console starts when none is alive and that
-keeps running after the console closes. All state is in the SQLite database;
-the console polls it on its own read-only connection (``fsat_console.live``)
-and never imports torch, librosa, sklearn or scipy, so it starts in well under
-a second.
+keeps running after the console closes (``fsat_console.worker_process``). All
+state is in the SQLite database; the console polls it on its own read-only
+connection (``fsat_console.live``) and never imports torch, librosa, sklearn or
+scipy, so it starts in well under a second.
+
+This module holds the app: its keys, its screens and how they open, the poll
+loop, and the state the screens share (the tables' views, the pinned and
+marked runs), which screens reach typed through ``fsat_console.access.console``.
+Each poll's news goes to the screen shown as a message (``OverviewChanged``,
+``RunDetailChanged``); keys from the terminal go through
+``fsat_console.key_pump``.
 """
 
 from __future__ import annotations
@@ -29,8 +36,8 @@ from engine.errors import FsatError
 from engine.store import Store, StoreError, default_db_path, runs_root
 from fsat_console.commands import JobCommands, RunCommands
 from fsat_console.key_pump import KeyPump
-from fsat_console.live import (DEFAULT_JOB_VIEW, DEFAULT_RUN_VIEW, LiveError, LiveUpdate, Overview, Poller,
-                               TableView, describe_error)
+from fsat_console.live import (DEFAULT_JOB_VIEW, DEFAULT_RUN_VIEW, LiveError, LiveUpdate, Overview, OverviewChanged,
+                               Poller, RunDetailChanged, TableView, describe_error)
 from fsat_console.screens.confirm import ConfirmScreen
 from fsat_console.screens.demo import DemoScreen, demo_state
 from fsat_console.screens.ensemble import BlendBench, BlendState, EnsembleScreen
@@ -220,6 +227,7 @@ class FsatConsole(App):
         if self.live_problem is not None:
             self.live_problem = None
             self.notify("The database is reachable again.", title="Live updates")
+        screen = self.screen
         if message.overview is not None:
             had_worker = bool(self.overview and self.overview.workers)
             self.overview = message.overview
@@ -227,14 +235,12 @@ class FsatConsole(App):
             if had_worker != bool(self.overview.workers):
                 self.refresh_bindings()
             self._announce_ended(message.overview.ended)
-        screen = self.screen
-        if message.overview is not None and hasattr(screen, "show_overview"):
-            screen.show_overview(self.overview)
+            screen.post_message(OverviewChanged(message.overview))
             if not self._preloaded:
                 self._preloaded = True
                 self.call_after_refresh(self._after_first_paint)
-        if message.detail is not None and hasattr(screen, "show_detail"):
-            screen.show_detail(message.detail)
+        if message.detail is not None:
+            screen.post_message(RunDetailChanged(message.detail))
         self._poll_done()
 
     def _after_first_paint(self) -> None:

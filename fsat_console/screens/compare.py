@@ -29,7 +29,7 @@ from engine.errors import FsatError
 from fsat_console.access import console
 from fsat_console.widgets.footer import KeyFooter
 from fsat_console.formatting import fmt_score, shorten
-from fsat_console.live import Overview
+from fsat_console.live import OverviewChanged
 from fsat_console.widgets.chart import FOLD_COLORS, FOLD_MARKERS, METRICS, EpochChart, Line, fold_series, mean_series
 from fsat_console.widgets.live_table import Cell, ColumnSpec, LiveTable, num_cell
 from fsat_console.widgets.status import WorkerStatus
@@ -173,11 +173,11 @@ class CompareScreen(Screen):
         """Show the status line at once."""
         console(self).refresh_status(self)
 
-    def show_overview(self, overview: Overview | None) -> None:
+    def on_overview_changed(self, message: OverviewChanged) -> None:
         """Reload when any run changed (a compared run may still be training)."""
         console(self).refresh_status(self)
-        if overview is not None and overview.run_stamp != self._stamp:
-            self._stamp = overview.run_stamp
+        if message.overview.run_stamp != self._stamp:
+            self._stamp = message.overview.run_stamp
             self._load()
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="compare")

@@ -48,7 +48,7 @@ from engine.runs.members import (GREEDY_STEPS, BlendBench, BlendOutcome, BlendSt
 from fsat_console.access import console
 from fsat_console.widgets.footer import KeyFooter
 from fsat_console.formatting import fmt_score, shorten
-from fsat_console.live import Overview
+from fsat_console.live import Overview, OverviewChanged
 from fsat_console.screens.queue import try_enqueue
 from fsat_console.widgets.live_table import Cell, ColumnSpec, LiveTable, num_cell
 from fsat_console.widgets.status import WorkerStatus
@@ -218,6 +218,10 @@ class EnsembleScreen(Screen):
     def on_screen_resume(self) -> None:
         """Catch up with runs that finished while another screen was shown."""
         self.show_overview(console(self).overview)
+
+    def on_overview_changed(self, message: OverviewChanged) -> None:
+        """A poll brought new runs or jobs."""
+        self.show_overview(message.overview)
 
     def show_overview(self, overview: Overview | None, force: bool = False) -> None:
         """New poll data: refresh the status line; list the candidates again when the runs changed."""

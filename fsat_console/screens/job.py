@@ -20,7 +20,7 @@ from textual.widgets import Static
 
 from fsat_console.access import console
 from fsat_console.formatting import fmt_duration, job_times, status_text
-from fsat_console.live import Overview
+from fsat_console.live import OverviewChanged
 from fsat_console.widgets.log_tail import TAIL_LINES, LogTail
 
 #: The file the worker sends a job's output to, in the run directory (engine.worker).
@@ -189,11 +189,11 @@ class JobScreen(ModalScreen[str | None]):
         self._locate_log()
         self._load_folds(int(self.job["id"]))
 
-    def show_overview(self, overview: Overview | None) -> None:
+    def on_overview_changed(self, message: OverviewChanged) -> None:
         """A poll's job row: refresh the summary, and find the log once the job has a run."""
-        if overview is None or not self.is_mounted:
+        if not self.is_mounted:
             return
-        row = overview.job(self.job["id"])
+        row = message.overview.job(self.job["id"])
         if row is None:
             return
         self.job.update(row)

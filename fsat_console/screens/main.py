@@ -30,7 +30,7 @@ from fsat_console.access import console
 from fsat_console.widgets.footer import KeyFooter
 from fsat_console.formatting import (STATUS_STYLES, bar, fmt_duration, fmt_score, job_times, local_stamp, now,
                                      shorten, status_text)
-from fsat_console.live import Overview, TableView
+from fsat_console.live import Overview, OverviewChanged, TableView
 from fsat_console.widgets.live_table import Cell, ColumnSpec, LiveTable, num_cell
 from fsat_console.widgets.status import WorkerStatus
 
@@ -261,6 +261,10 @@ class MainScreen(Screen):
     def on_screen_resume(self) -> None:
         """Catch up with updates that arrived while another screen was shown."""
         self.show_overview(console(self).overview)
+
+    def on_overview_changed(self, message: OverviewChanged) -> None:
+        """A poll brought new runs or jobs."""
+        self.show_overview(message.overview)
 
     def show_overview(self, overview: Overview | None, *, force: bool = False) -> None:
         """Refresh both tables and the status line from a poll (``force``: even if already shown)."""

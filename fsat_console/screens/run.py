@@ -1,10 +1,10 @@
 """One run: its header, per-fold scores, per-epoch curves and the 80 classes by LRAP.
 
 Everything here refreshes by itself while the run trains: the app's poller
-loads this run's rows whenever the database changes and hands them to
-``show_detail``. ``f`` walks the per-class table from out-of-fold through each
-fold, so a class that is weak everywhere stands apart from one weak in a
-single fold.
+loads this run's rows whenever the database changes and sends them here
+(``RunDetailChanged``). ``f`` walks the per-class table from out-of-fold
+through each fold, so a class that is weak everywhere stands apart from one
+weak in a single fold.
 
 Once a trained run has been inferred with test-time augmentation (an ``infer``
 run whose parent is this run), a line under the header compares its CV LWLRAP
@@ -30,7 +30,7 @@ from engine.store import OOF, StoreError
 from fsat_console.access import console
 from fsat_console.widgets.footer import KeyFooter
 from fsat_console.formatting import bar, fmt_duration, fmt_score, status_text
-from fsat_console.live import Overview, RunDetail, TtaComparison
+from fsat_console.live import OverviewChanged, RunDetail, RunDetailChanged, TtaComparison
 from fsat_console.screens.infer import BaselineScreen, InferScreen
 from fsat_console.widgets.chart import METRICS, EpochChart, fold_series
 from fsat_console.widgets.live_table import Cell, ColumnSpec, LiveTable, num_cell
@@ -274,8 +274,6 @@ class RunScreen(Screen):
         self.class_fold = OOF
         self.metric_index = 0
         self.detail: RunDetail | None = None
-        self._early_detail: RunDetail | None = None
-        self._ready = False
         self._suspended = False
 
     def compose(self) -> ComposeResult:
@@ -308,10 +306,6 @@ class RunScreen(Screen):
         self._class_title()
         # Opening a run reloads only the run: the status line starts from the overview already loaded.
         console(self).refresh_status(self)
-        self._ready = True
-        early, self._early_detail = self._early_detail, None
-        if early is not None:
-            self.show_detail(early)
 
     @property
     def watch_key(self) -> tuple[str, int]:
@@ -344,18 +338,19 @@ class RunScreen(Screen):
         table.border_subtitle = (f"{count} classes · sorted by {table.sort_description} · f: next fold · S: reverse"
                                  if count else f"no per-class scores for {fold_label(self.class_fold)} yet · f: next fold")
 
-    def show_overview(self, overview: Overview | None) -> None:
+    def on_overview_changed(self, message: OverviewChanged) -> None:
         """Only the status line depends on the overview here."""
         console(self).refresh_status(self)
 
-    def show_detail(self, detail: RunDetail) -> None:
-        """Refresh the header, fold table, chart and class table from a poll."""
+    def on_run_detail_changed(self, message: RunDetailChanged) -> None:
+        """Refresh the header, fold table, chart and class table from a poll.
+
+        The run is loaded while the screen is built; the message that brings it
+        is handled once the screen is mounted, like every message posted before.
+        """
+        detail = message.detail
         if detail.run_id != self.run_id or detail.class_fold != self.class_fold:
             return  # an answer to an earlier request (before f was pressed)
-        if not self._ready:
-            # The run is loaded while the screen is built: keep the answer for on_mount.
-            self._early_detail = detail
-            return
         self.detail = detail
         self.query_one("#run-header", Static).update(run_header(detail, self.run_id))
         folds = self.query_one("#folds", LiveTable)
