@@ -221,7 +221,7 @@ class FsatConsole(App):
             self._start_poll()
 
     def on_live_update(self, message: LiveUpdate) -> None:
-        """Hand new data to the screen that is shown; other screens catch up when resumed."""
+        """Keep the new overview and post what changed to the screen shown; other screens catch up when resumed."""
         if not self.screen_stack:  # a poll that finished while the console was closing
             return
         if self.live_problem is not None:
