@@ -4,23 +4,28 @@
 
 The console only reads and queues: jobs run in a separate ``python -m
 engine.worker`` process that the console starts when none is alive and that
-keeps running after the console closes. All state is in the SQLite database;
-the console polls it on its own read-only connection (``fsat_console.live``)
-and never imports torch, librosa, sklearn or scipy, so it starts in well under
-a second.
+keeps running after the console closes (``fsat_console.worker_process``). All
+state is in the SQLite database; the console polls it on its own read-only
+connection (``fsat_console.live``) and never imports torch, librosa, sklearn or
+scipy, so it starts in well under a second.
+
+This module holds the app: its keys, its screens and how they open, the poll
+loop, and the state the screens share (the tables' views, the pinned and
+marked runs), which screens reach typed through ``fsat_console.access.console``.
+Each poll's news goes to the screen shown as a message (``OverviewChanged``,
+``RunDetailChanged``); keys from the terminal go through
+``fsat_console.key_pump``.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sqlite3
-import subprocess
 import sys
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
-from textual import work
+from textual import events, work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
@@ -30,8 +35,9 @@ from textual.worker import Worker, WorkerState
 from engine.errors import FsatError
 from engine.store import Store, StoreError, default_db_path, runs_root
 from fsat_console.commands import JobCommands, RunCommands
-from fsat_console.live import (DEFAULT_JOB_VIEW, DEFAULT_RUN_VIEW, WORKER_MAX_AGE, LiveError, LiveUpdate,
-                               Overview, Poller, TableView, describe_error)
+from fsat_console.key_pump import KeyPump
+from fsat_console.live import (DEFAULT_JOB_VIEW, DEFAULT_RUN_VIEW, LiveError, LiveUpdate, Overview, OverviewChanged,
+                               Poller, RunDetailChanged, TableView, describe_error)
 from fsat_console.screens.confirm import ConfirmScreen
 from fsat_console.screens.demo import DemoScreen, demo_state
 from fsat_console.screens.ensemble import BlendBench, BlendState, EnsembleScreen
@@ -42,6 +48,11 @@ from fsat_console.screens.job import JobScreen
 from fsat_console.screens.main import MainScreen
 from fsat_console.screens.queue import QueueScreen
 from fsat_console.widgets.status import WorkerStatus
+from fsat_console.worker_process import WorkerProcess, worker_log_path
+
+if TYPE_CHECKING:
+    import subprocess
+
 
 def cancel_question(job: dict) -> str:
     """The cancel confirmation: which job, what it is doing, how far it got, what cancelling does."""
@@ -57,28 +68,6 @@ def cancel_question(job: dict) -> str:
 
 #: Where ``--demo`` writes the demo dataset unless ``--data`` says otherwise.
 DEFAULT_DEMO_ROOT = Path("demo_data")
-
-
-def worker_log_path(db_path: Path) -> Path:
-    """The log of a worker started by the console: ``worker.log`` beside the database."""
-    return db_path.with_name("worker.log")
-
-
-def spawn_worker(db_path: Path, log_path: Path) -> subprocess.Popen:
-    """Start ``python -m engine.worker --db PATH`` detached from the console.
-
-    Its own session (no SIGINT/SIGHUP from the console's terminal), output
-    appended to ``log_path``: closing the console leaves it running.
-    """
-    env = dict(os.environ)
-    project = str(Path(__file__).resolve().parent.parent)
-    # Keep ``engine`` importable whatever the working directory.
-    env["PYTHONPATH"] = project + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "engine.worker", "--db", str(db_path)],
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                env=env, start_new_session=True)
 
 
 class FsatConsole(App):
@@ -114,7 +103,6 @@ class FsatConsole(App):
         self.db_path = Path(db_path).expanduser().resolve()
         #: True when this console created the database file (it says where, once it is up).
         self.created_db = not self.db_path.exists()
-        self.keep_worker = keep_worker
         self.run_view: TableView = DEFAULT_RUN_VIEW
         self.job_view: TableView = DEFAULT_JOB_VIEW
         #: The run deltas are taken against (``p`` pins it), and the runs marked for comparison.
@@ -125,15 +113,15 @@ class FsatConsole(App):
         self.select_job: int | None = None
         #: What quitting did to the worker this console started (printed after the console closes).
         self.exit_note: str = ""
-        #: Keys from the terminal waiting to be handed on, one at a time.
-        self._key_queue: list = []
-        self._key_pump_busy = False
+        self.key_pump = KeyPump(self)
         self.data_root = Path(data_root).expanduser().resolve() if data_root else None
         self.start_worker_on_mount = start_worker
         self.poll_interval = poll_interval
         self.demo = demo
         self.demo_options = dict(demo_options or {})
         self.worker_log = Path(worker_log) if worker_log else worker_log_path(self.db_path)
+        #: The worker process this console starts when none is alive.
+        self.engine_worker = WorkerProcess(self.db_path, self.worker_log, keep=keep_worker)
         # Opened for reading: start-up and every read answer even while another
         # process holds the write lock. The writing connection opens on the first
         # write (enqueue, cancel), always in a thread; its shorter busy timeout
@@ -141,8 +129,6 @@ class FsatConsole(App):
         self.store = Store(self.db_path, timeout=5.0, lazy=True)
         self.poller = Poller(self.db_path)
         self.overview: Overview | None = None
-        self.worker_process: subprocess.Popen | None = None
-        self.spawn_problem: str | None = None
         self.live_problem: str | None = None
         self._watched: tuple[str, int] | None = None
         self._force = True
@@ -176,31 +162,13 @@ class FsatConsole(App):
 
     async def action_quit(self) -> None:
         """Quit; an idle worker this console started is stopped first (unless ``keep_worker``)."""
-        self.stop_own_idle_worker()
+        self.exit_note = self.engine_worker.stop_if_idle(self.store)
         self.exit()
 
-    def stop_own_idle_worker(self) -> None:
-        """SIGTERM the worker this console started when it has nothing to do; say what was done."""
-        process = self.worker_process
-        if process is None or process.poll() is not None:
-            return
-        if self.keep_worker:
-            self.exit_note = f"the worker (pid {process.pid}) keeps running; its log is {self.worker_log}"
-            return
-        try:
-            busy = self.store.count_jobs("running", "queued")
-        except sqlite3.Error:
-            busy = 1  # cannot tell: leave it alone
-        if busy:
-            self.exit_note = (f"the worker (pid {process.pid}) keeps running {busy} queued or running job(s); "
-                              f"its log is {self.worker_log}")
-            return
-        process.terminate()  # the worker stops cleanly on SIGTERM
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        self.exit_note = f"stopped the idle worker (pid {process.pid}) this console started"
+    @property
+    def worker_process(self) -> subprocess.Popen | None:
+        """The worker process this console started, until it is seen to have exited."""
+        return self.engine_worker.process
 
     def on_unmount(self) -> None:
         """Close the connections; a busy worker the console started keeps running."""
@@ -253,12 +221,13 @@ class FsatConsole(App):
             self._start_poll()
 
     def on_live_update(self, message: LiveUpdate) -> None:
-        """Hand new data to the screen that is shown; other screens catch up when resumed."""
+        """Keep the new overview and post what changed to the screen shown; other screens catch up when resumed."""
         if not self.screen_stack:  # a poll that finished while the console was closing
             return
         if self.live_problem is not None:
             self.live_problem = None
             self.notify("The database is reachable again.", title="Live updates")
+        screen = self.screen
         if message.overview is not None:
             had_worker = bool(self.overview and self.overview.workers)
             self.overview = message.overview
@@ -266,14 +235,12 @@ class FsatConsole(App):
             if had_worker != bool(self.overview.workers):
                 self.refresh_bindings()
             self._announce_ended(message.overview.ended)
-        screen = self.screen
-        if message.overview is not None and hasattr(screen, "show_overview"):
-            screen.show_overview(self.overview)
+            screen.post_message(OverviewChanged(message.overview))
             if not self._preloaded:
                 self._preloaded = True
                 self.call_after_refresh(self._after_first_paint)
-        if message.detail is not None and hasattr(screen, "show_detail"):
-            screen.show_detail(message.detail)
+        if message.detail is not None:
+            screen.post_message(RunDetailChanged(message.detail))
         self._poll_done()
 
     def _after_first_paint(self) -> None:
@@ -348,8 +315,7 @@ class FsatConsole(App):
         """Repaint the status line of ``screen`` (default: the screen shown)."""
         screen = screen or self.screen
         for status in screen.query(WorkerStatus):
-            pid = self.worker_process.pid if self.worker_process is not None else None
-            status.show(self.overview, spawned_pid=pid, spawn_problem=self.spawn_problem,
+            status.show(self.overview, spawned_pid=self.engine_worker.pid, spawn_problem=self.engine_worker.problem,
                         live_problem=self.live_problem)
 
     @property
@@ -357,23 +323,23 @@ class FsatConsole(App):
         """(run id, class fold) that every poll loads in full, or None."""
         return self._watched
 
-    def follow_run(self, screen: Screen) -> None:
-        """Load this run screen's run with every poll from now on, starting with a poll now.
+    def follow_run(self, watch: tuple[str, int]) -> None:
+        """Load this (run id, class fold) with every poll from now on, starting with a poll now.
 
         Only the run is reloaded in full: the overview (pages of runs and jobs)
         comes only if it changed, so opening a run does not wait for the
         tables' reload (tens of milliseconds at 10,000 runs).
         """
-        self._watched = screen.watch_key  # type: ignore[attr-defined]
+        self._watched = watch
         self._force_detail = True
         if not self._poll_in_flight:
             if self._poll_timer is not None:
                 self._poll_timer.stop()
             self._start_poll()
 
-    def unfollow_run(self, screen: Screen) -> None:
-        """Stop loading the run of a screen that is no longer shown."""
-        if self._watched == getattr(screen, "watch_key", None):
+    def unfollow_run(self, watch: tuple[str, int]) -> None:
+        """Stop loading this (run id, class fold): its screen is no longer shown."""
+        if self._watched == watch:
             self._watched = None
 
     # -- the worker process -------------------------------------------------------------
@@ -385,49 +351,33 @@ class FsatConsole(App):
         ``announce`` says so when nothing needed starting (the user pressed w).
         """
         try:
-            alive = self.store.live_workers(WORKER_MAX_AGE)
+            not_started = self.engine_worker.start_unless_alive(self.store)
         except sqlite3.Error as err:
             self.post_message(LiveError(describe_error(err, self.db_path)))
             return
-        if alive:
-            if announce:
-                self.call_from_thread(self.notify, f"A worker is already running (pid {alive[0]['pid']}).")
-            return
-        if self.worker_process is not None and self.worker_process.poll() is None:
-            if announce:
-                self.call_from_thread(self.notify, f"The worker (pid {self.worker_process.pid}) is starting.")
-            return
-        try:
-            process = spawn_worker(self.db_path, self.worker_log)
         except OSError as err:
             self.call_from_thread(self._worker_failed, f"could not start a worker: {err}")
             return
-        self.call_from_thread(self._worker_started, process)
+        if not_started is None:
+            self.call_from_thread(self._worker_started)
+        elif announce:
+            self.call_from_thread(self.notify, not_started)
 
-    def _worker_started(self, process: subprocess.Popen) -> None:
-        self.worker_process = process
-        self.spawn_problem = None
-        self.notify(f"Started a worker (pid {process.pid}); its log is {self.worker_log}", title="Worker",
-                    markup=False)
+    def _worker_started(self) -> None:
+        self.notify(f"Started a worker (pid {self.engine_worker.pid}); its log is {self.worker_log}",
+                    title="Worker", markup=False)
         self.refresh_status()
 
     def _worker_failed(self, text: str) -> None:
-        self.spawn_problem = text
+        self.engine_worker.problem = text
         self.notify(text, title="Worker", severity="error", timeout=10, markup=False)
         self.refresh_status()
 
     def _check_spawned_worker(self) -> None:
         """Report a worker we started that exited before it ever showed up alive."""
-        process = self.worker_process
-        if process is None or self.spawn_problem:
-            return
-        code = process.poll()
-        if code is None:
-            return
-        seen = any(w.get("pid") == process.pid for w in (self.overview.workers if self.overview else []))
-        if code != 0 and not seen:
-            self._worker_failed(f"the worker exited with code {code}; see {self.worker_log}")
-        self.worker_process = None
+        problem = self.engine_worker.check_exit(self.overview.workers if self.overview else [])
+        if problem is not None:
+            self._worker_failed(problem)
 
     # -- actions ---------------------------------------------------------------------------
 
@@ -444,77 +394,17 @@ class FsatConsole(App):
 
     def action_start_worker(self) -> None:
         """Start a worker process (if none is alive)."""
-        self.spawn_problem = None
+        self.engine_worker.problem = None
         self.ensure_worker(announce=True)
 
     def action_new_job(self) -> None:
         """Open the queue dialog."""
         self.open_queue()
 
-    # -- one key at a time ---------------------------------------------------------------------
-
-    async def on_event(self, event) -> None:  # type: ignore[override]
-        """Queue keys from the terminal and hand them on one at a time (see :meth:`_pump_keys`)."""
-        from textual import events
-
-        if isinstance(event, events.Key) and not event.is_forwarded and not getattr(event, "_fsat_next", False):
-            self._key_queue.append(event)
-            event.stop()
-            event.prevent_default()
-            if not self._key_pump_busy:
-                self._key_pump_busy = True
-                self.run_worker(self._pump_keys(), group="keys", exit_on_error=False)
-            return
-        await super().on_event(event)
-
-    async def _pump_keys(self) -> None:
-        """Hand on each key only once the one before has been handled, and any screen it opened is ready.
-
-        Keys typed quickly (``n``, tab, tab, ``train.epochs=2``…) used to be
-        forwarded all at once to the widget focused when they arrived: the
-        tabs and characters meant for the queue dialog went to the runs table
-        below it (``a`` archives there, ``t`` edits tags), or were lost when the
-        dialog then focused its preset list. Now a key goes on only after the
-        previous one has passed through every node it bubbles to and, when it
-        opened a screen, after that screen is mounted and has set its focus.
-        """
-        import asyncio
-
-        from textual import events
-
-        async def drained(node) -> None:
-            done = asyncio.get_running_loop().create_future()
-            node.call_later(lambda: done.done() or done.set_result(None))
-            try:
-                await asyncio.wait_for(done, timeout=1.0)
-            except asyncio.TimeoutError:
-                pass
-
-        try:
-            while self._key_queue:
-                held = self._key_queue.pop(0)
-                before = self.screen if self.screen_stack else None
-                key = events.Key(held.key, held.character)
-                key._fsat_next = True  # type: ignore[attr-defined]
-                self.post_message(key)
-                await drained(self)  # forwarded to the focused widget
-                target = self.focused or (self.screen if self.screen_stack else None)
-                for node in (list(target.ancestors_with_self) if target is not None else []):
-                    await drained(node)  # handled there, and wherever it bubbled
-                if self.screen_stack and self.screen is not before:
-                    screen = self.screen
-                    for _ in range(200):  # a new screen: wait until it is mounted and focused
-                        if screen.is_mounted:
-                            break
-                        await asyncio.sleep(0.01)
-                    done = asyncio.get_running_loop().create_future()
-                    screen.call_after_refresh(lambda: done.done() or done.set_result(None))
-                    try:
-                        await asyncio.wait_for(done, timeout=1.0)
-                    except asyncio.TimeoutError:
-                        pass
-        finally:
-            self._key_pump_busy = False
+    async def on_event(self, event: events.Event) -> None:
+        """Keys from the terminal go through the key pump, to be handed on one at a time."""
+        if not self.key_pump.hold(event):
+            await super().on_event(event)
 
     def action_help(self) -> None:
         """Show every key and where the data lives."""
@@ -592,7 +482,7 @@ class FsatConsole(App):
             self.pop_screen()
         screen = RunScreen(run_id)
         # Load the run while the screen is being built (it shows the answer once mounted).
-        self.follow_run(screen)
+        self.follow_run(screen.watch_key)
         self.push_screen(screen)
 
     def open_job(self, job_id: int) -> None:

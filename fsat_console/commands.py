@@ -13,6 +13,8 @@ from functools import partial
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
+from fsat_console.access import console
+
 #: Most candidates fetched per keystroke (the matcher ranks them).
 SEARCH_LIMIT = 100
 
@@ -56,20 +58,20 @@ class RunCommands(Provider):
 
     async def discover(self) -> Hits:
         """The newest runs, before anything is typed."""
-        rows = await asyncio.to_thread(_find_runs, self.app.store, "", 20)  # type: ignore[attr-defined]
+        rows = await asyncio.to_thread(_find_runs, console(self).store, "", 20)
         for run in rows:
-            yield DiscoveryHit(run_title(run), partial(self.app.open_run, str(run["run_id"])),  # type: ignore[attr-defined]
+            yield DiscoveryHit(run_title(run), partial(console(self).open_run, str(run["run_id"])),
                                help=run_help(run))
 
     async def search(self, query: str) -> Hits:
         """Runs whose id or name holds the typed characters in order."""
         matcher = self.matcher(query)
-        rows = await asyncio.to_thread(_find_runs, self.app.store, query, SEARCH_LIMIT)  # type: ignore[attr-defined]
+        rows = await asyncio.to_thread(_find_runs, console(self).store, query, SEARCH_LIMIT)
         for run in rows:
             title = run_title(run)
             score = matcher.match(title)
             if score > 0:
-                yield Hit(score, matcher.highlight(title), partial(self.app.open_run, str(run["run_id"])),  # type: ignore[attr-defined]
+                yield Hit(score, matcher.highlight(title), partial(console(self).open_run, str(run["run_id"])),
                           text=title, help=run_help(run))
 
 
@@ -79,10 +81,10 @@ class JobCommands(Provider):
     async def search(self, query: str) -> Hits:
         """Jobs whose id, name or kind holds the typed characters in order."""
         matcher = self.matcher(query)
-        rows = await asyncio.to_thread(_find_jobs, self.app.store, query, SEARCH_LIMIT)  # type: ignore[attr-defined]
+        rows = await asyncio.to_thread(_find_jobs, console(self).store, query, SEARCH_LIMIT)
         for job in rows:
             title = f"Job {job['id']} {job.get('name') or ''}".strip()
             score = matcher.match(title)
             if score > 0:
-                yield Hit(score, matcher.highlight(title), partial(self.app.open_job, int(job["id"])),  # type: ignore[attr-defined]
+                yield Hit(score, matcher.highlight(title), partial(console(self).open_job, int(job["id"])),
                           text=title, help=f"{job['kind']} · {job['status']} · details, error and traceback")

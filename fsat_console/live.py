@@ -18,7 +18,9 @@ run it was made from, each with its per-class scores of the shown fold.
 
 ``Poller`` is used from one thread at a time (the console's poll worker), and
 polls never overlap: the console schedules the next one when the previous one
-has been handled.
+has been handled. The poll worker posts ``LiveUpdate`` (or ``LiveError``) to
+the app; the app keeps the overview and passes what changed on to the screen
+shown as ``OverviewChanged`` and ``RunDetailChanged``, which the screens handle.
 """
 
 from __future__ import annotations
@@ -156,7 +158,7 @@ class RunDetail:
 
 
 class LiveUpdate(Message):
-    """New data from a poll: an overview and/or a run detail (None = unchanged)."""
+    """From the poll worker to the app: an overview and/or a run detail (None = unchanged)."""
 
     def __init__(self, overview: Overview | None, detail: RunDetail | None) -> None:
         super().__init__()
@@ -170,6 +172,26 @@ class LiveError(Message):
     def __init__(self, text: str) -> None:
         super().__init__()
         self.text = text
+
+
+class OverviewChanged(Message, bubble=False):
+    """To the screen shown: a poll brought a new overview (the app keeps it as ``overview``).
+
+    A screen that shows runs or jobs handles it (``on_overview_changed``);
+    a screen that was covered catches up from the app's overview when resumed.
+    """
+
+    def __init__(self, overview: Overview) -> None:
+        super().__init__()
+        self.overview = overview
+
+
+class RunDetailChanged(Message, bubble=False):
+    """To the screen shown: a poll brought new data of the watched run (``on_run_detail_changed``)."""
+
+    def __init__(self, detail: RunDetail) -> None:
+        super().__init__()
+        self.detail = detail
 
 
 def describe_error(err: BaseException, db_path: Path) -> str:
@@ -341,5 +363,5 @@ def _job_dict(job: object) -> dict:
     return dict(vars(job))
 
 
-__all__ = ["LiveError", "LiveUpdate", "Overview", "PAGE_SIZE", "Poller", "RunDetail", "TableView", "TtaComparison",
-           "describe_error", "WORKER_MAX_AGE"]
+__all__ = ["LiveError", "LiveUpdate", "Overview", "OverviewChanged", "PAGE_SIZE", "Poller", "RunDetail",
+           "RunDetailChanged", "TableView", "TtaComparison", "describe_error", "WORKER_MAX_AGE"]

@@ -26,9 +26,10 @@ from textual.widgets import DataTable, Header
 
 from engine.compare import Comparison, compare_runs, comparison_markdown, pm_text
 from engine.errors import FsatError
+from fsat_console.access import console
 from fsat_console.widgets.footer import KeyFooter
 from fsat_console.formatting import fmt_score, shorten
-from fsat_console.live import Overview
+from fsat_console.live import OverviewChanged
 from fsat_console.widgets.chart import FOLD_COLORS, FOLD_MARKERS, METRICS, EpochChart, Line, fold_series, mean_series
 from fsat_console.widgets.live_table import Cell, ColumnSpec, LiveTable, num_cell
 from fsat_console.widgets.status import WorkerStatus
@@ -170,19 +171,19 @@ class CompareScreen(Screen):
 
     def on_screen_resume(self) -> None:
         """Show the status line at once."""
-        self.app.refresh_status(self)  # type: ignore[attr-defined]
+        console(self).refresh_status(self)
 
-    def show_overview(self, overview: Overview | None) -> None:
+    def on_overview_changed(self, message: OverviewChanged) -> None:
         """Reload when any run changed (a compared run may still be training)."""
-        self.app.refresh_status(self)  # type: ignore[attr-defined]
-        if overview is not None and overview.run_stamp != self._stamp:
-            self._stamp = overview.run_stamp
+        console(self).refresh_status(self)
+        if message.overview.run_stamp != self._stamp:
+            self._stamp = message.overview.run_stamp
             self._load()
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="compare")
     def _load(self) -> None:
         try:
-            comp = compare_runs(self.app.store, self.run_ids, self.baseline)  # type: ignore[attr-defined]
+            comp = compare_runs(console(self).store, self.run_ids, self.baseline)
         except (FsatError, sqlite3.Error) as err:
             self.post_message(ComparisonLoaded(None, str(err)))
             return
@@ -288,7 +289,7 @@ class CompareScreen(Screen):
             return
         self.baseline = key
         cv = self.comp.side(key).run.get("cv_lwlrap") if self.comp else None
-        self.app.pin_run(key, cv)  # type: ignore[attr-defined]
+        console(self).pin_run(key, cv)
         self.notify(f"Baseline: {key}", timeout=3, markup=False)
         self._load()
 
@@ -296,7 +297,7 @@ class CompareScreen(Screen):
         """Write the comparison as Markdown beside the database."""
         if self.comp is None:
             return
-        path = Path(self.app.db_path).parent / ("compare-" + "-".join(self.run_ids) + ".md")  # type: ignore[attr-defined]
+        path = Path(console(self).db_path).parent / ("compare-" + "-".join(self.run_ids) + ".md")
         try:
             path.write_text(comparison_markdown(self.comp), encoding="utf-8")
         except OSError as err:

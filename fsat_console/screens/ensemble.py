@@ -45,9 +45,10 @@ from engine import specs
 from engine.errors import ConfigError, FsatError
 from engine.runs.members import (GREEDY_STEPS, BlendBench, BlendOutcome, BlendState, Candidate, cv_weights,
                                  ensemble_spec, find_candidates)
+from fsat_console.access import console
 from fsat_console.widgets.footer import KeyFooter
 from fsat_console.formatting import fmt_score, shorten
-from fsat_console.live import Overview
+from fsat_console.live import Overview, OverviewChanged
 from fsat_console.screens.queue import try_enqueue
 from fsat_console.widgets.live_table import Cell, ColumnSpec, LiveTable, num_cell
 from fsat_console.widgets.status import WorkerStatus
@@ -183,12 +184,12 @@ class EnsembleScreen(Screen):
     @property
     def state(self) -> BlendState:
         """The blend chosen so far (lives on the app)."""
-        return self.app.blend_state  # type: ignore[attr-defined]
+        return console(self).blend_state
 
     @property
     def bench(self) -> BlendBench:
         """The arrays loaded so far (live on the app)."""
-        return self.app.blend_bench  # type: ignore[attr-defined]
+        return console(self).blend_bench
 
     @property
     def table(self) -> LiveTable:
@@ -212,15 +213,19 @@ class EnsembleScreen(Screen):
         self.table.border_title = "Runs with out-of-fold scores"
         self.table.focus()
         self._render_panel()
-        self.show_overview(getattr(self.app, "overview", None), force=True)
+        self.show_overview(console(self).overview, force=True)
 
     def on_screen_resume(self) -> None:
         """Catch up with runs that finished while another screen was shown."""
-        self.show_overview(getattr(self.app, "overview", None))
+        self.show_overview(console(self).overview)
+
+    def on_overview_changed(self, message: OverviewChanged) -> None:
+        """A poll brought new runs or jobs."""
+        self.show_overview(message.overview)
 
     def show_overview(self, overview: Overview | None, force: bool = False) -> None:
         """New poll data: refresh the status line; list the candidates again when the runs changed."""
-        self.app.refresh_status(self)  # type: ignore[attr-defined]
+        console(self).refresh_status(self)
         if overview is None:
             return
         # Every finished run is a candidate, not only the main table's page: list them again whenever
@@ -235,8 +240,9 @@ class EnsembleScreen(Screen):
     def _load_candidates(self) -> None:
         """List every finished run with a run folder, look up folders and datasets, off the UI thread."""
         try:
-            runs = self.app.store.blendable_runs()  # type: ignore[attr-defined]
-            found, datasets = find_candidates(self.app.store, runs, self.app.db_path,  # type: ignore[attr-defined]
+            app = console(self)
+            runs = app.store.blendable_runs()
+            found, datasets = find_candidates(app.store, runs, app.db_path,
                                               self._row_cache)
         except (sqlite3.Error, FsatError, OSError) as err:
             self.post_message(CandidatesLoaded([], {}, problem=f"could not list the runs: {err}"))
@@ -440,7 +446,7 @@ class EnsembleScreen(Screen):
     def _stored_folds(self, dataset_id: int) -> dict[str, int]:
         """The dataset's stored folds, read once (none yet: read again next time)."""
         if dataset_id not in self._folds:
-            folds = self.app.store.get_folds(dataset_id)  # type: ignore[attr-defined]
+            folds = console(self).store.get_folds(dataset_id)
             if not folds:
                 return folds
             self._folds[dataset_id] = folds
@@ -670,7 +676,7 @@ class EnsembleScreen(Screen):
     @work(thread=True, exclusive=True, exit_on_error=False, group="ensemble-save")
     def _enqueue(self, spec: dict, name: str) -> None:
         """Insert the job (a short write transaction) off the UI thread."""
-        job_id, problem = try_enqueue(self.app.store, "ensemble", spec, name=name)  # type: ignore[attr-defined]
+        job_id, problem = try_enqueue(console(self).store, "ensemble", spec, name=name)
         if job_id is None:
             self.post_message(EnsembleQueued(None, error=f"Ensemble not queued. {problem}"))
             return
@@ -683,4 +689,4 @@ class EnsembleScreen(Screen):
             return
         self.notify(f"queued job {message.job_id}: it writes the blend's submission and records it as a run",
                     title="Ensemble", markup=False)
-        self.app.request_refresh()  # type: ignore[attr-defined]
+        console(self).request_refresh()

@@ -10,7 +10,7 @@ from typing import Sequence
 
 from rich.table import Table
 from rich.text import Text
-from textual.app import ComposeResult
+from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
@@ -20,13 +20,13 @@ from textual.widgets import Static
 HelpSection = tuple[str, Sequence[tuple[str, str]]]
 
 
-def binding_rows(app: object, bindings: Sequence[Binding | tuple]) -> list[tuple[str, str]]:
+def binding_rows(app: App, bindings: Sequence[Binding | tuple]) -> list[tuple[str, str]]:
     """(keys as shown in the footer, long description) for each binding."""
     rows: list[tuple[str, str]] = []
     for b in bindings:
         binding = b if isinstance(b, Binding) else Binding(*b)
         keys = " / ".join(
-            binding.key_display or app.get_key_display(Binding(k.strip(), binding.action))  # type: ignore[attr-defined]
+            binding.key_display or app.get_key_display(Binding(k.strip(), binding.action))
             for k in binding.key.split(","))
         text = binding.tooltip or binding.description
         if rows and rows[-1][1] == text:  # keys 1…9 that do the same thing share one line

@@ -18,8 +18,9 @@ from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
+from fsat_console.access import console
 from fsat_console.formatting import fmt_duration, job_times, status_text
-from fsat_console.live import Overview
+from fsat_console.live import OverviewChanged
 from fsat_console.widgets.log_tail import TAIL_LINES, LogTail
 
 #: The file the worker sends a job's output to, in the run directory (engine.worker).
@@ -168,11 +169,11 @@ class JobScreen(ModalScreen[str | None]):
 
     def action_cancel(self) -> None:
         """Cancel this job (the app asks first)."""
-        self.app.confirm_cancel(int(self.job["id"]))  # type: ignore[attr-defined]
+        console(self).confirm_cancel(int(self.job["id"]))
 
     def action_requeue(self) -> None:
         """Queue this job again (the app asks first)."""
-        self.app.confirm_requeue(int(self.job["id"]))  # type: ignore[attr-defined]
+        console(self).confirm_requeue(int(self.job["id"]))
 
     @property
     def job_log(self) -> LogTail:
@@ -188,11 +189,11 @@ class JobScreen(ModalScreen[str | None]):
         self._locate_log()
         self._load_folds(int(self.job["id"]))
 
-    def show_overview(self, overview: Overview | None) -> None:
+    def on_overview_changed(self, message: OverviewChanged) -> None:
         """A poll's job row: refresh the summary, and find the log once the job has a run."""
-        if overview is None or not self.is_mounted:
+        if not self.is_mounted:
             return
-        row = overview.job(self.job["id"])
+        row = message.overview.job(self.job["id"])
         if row is None:
             return
         self.job.update(row)
@@ -210,7 +211,7 @@ class JobScreen(ModalScreen[str | None]):
     def _load_folds(self, job_id: int) -> None:
         """Read where the job's folds run, off the UI thread."""
         try:
-            rows = self.app.store.fold_tasks(job_id)  # type: ignore[attr-defined]
+            rows = console(self).store.fold_tasks(job_id)
         except sqlite3.Error:
             return  # an older database, or a busy moment: the next poll tries again
         self.post_message(FoldsLoaded(job_id, rows))
@@ -242,7 +243,7 @@ class JobScreen(ModalScreen[str | None]):
     def _find_log(self, run_id: str) -> None:
         """Look up the run directory off the UI thread."""
         try:
-            run = self.app.store.get_run(run_id)  # type: ignore[attr-defined]
+            run = console(self).store.get_run(run_id)
         except sqlite3.Error as err:
             self.post_message(LogLocated(run_id, None, f"could not look up run {run_id}: {err}"))
             return

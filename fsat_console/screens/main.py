@@ -26,10 +26,11 @@ from textual.widgets import DataTable, Header, Input, Static
 
 from engine.errors import FsatError
 from engine.filters import compile_filter
+from fsat_console.access import console
 from fsat_console.widgets.footer import KeyFooter
 from fsat_console.formatting import (STATUS_STYLES, bar, fmt_duration, fmt_score, job_times, local_stamp, now,
                                      shorten, status_text)
-from fsat_console.live import Overview, TableView
+from fsat_console.live import Overview, OverviewChanged, TableView
 from fsat_console.widgets.live_table import Cell, ColumnSpec, LiveTable, num_cell
 from fsat_console.widgets.status import WorkerStatus
 
@@ -230,12 +231,12 @@ class MainScreen(Screen):
         self.bar.display = False
         self.runs_table.border_title = "Runs"
         self.jobs_table.border_title = "Jobs"
-        app = self.app
-        self.runs_table.sort_column, self.runs_table.sort_reverse = self._column_for(app.run_view, RUN_SORT,  # type: ignore[attr-defined]
+        app = console(self)
+        self.runs_table.sort_column, self.runs_table.sort_reverse = self._column_for(app.run_view, RUN_SORT,
                                                                                      "created")
         self.runs_table.focus()
         # Forced: a poll may have filled the tables before this handler set their plain titles.
-        self.show_overview(getattr(self.app, "overview", None), force=True)
+        self.show_overview(console(self).overview, force=True)
 
     @staticmethod
     def _column_for(view: TableView, mapping: dict[str, str], default: str) -> tuple[str, bool]:
@@ -259,21 +260,25 @@ class MainScreen(Screen):
 
     def on_screen_resume(self) -> None:
         """Catch up with updates that arrived while another screen was shown."""
-        self.show_overview(getattr(self.app, "overview", None))
+        self.show_overview(console(self).overview)
+
+    def on_overview_changed(self, message: OverviewChanged) -> None:
+        """A poll brought new runs or jobs."""
+        self.show_overview(message.overview)
 
     def show_overview(self, overview: Overview | None, *, force: bool = False) -> None:
         """Refresh both tables and the status line from a poll (``force``: even if already shown)."""
-        self.app.refresh_status(self)  # type: ignore[attr-defined]
+        console(self).refresh_status(self)
         if overview is None:
             return
-        app = self.app
+        app = console(self)
         # Mount, the first resume and the poll that loaded it all hand over the same overview.
-        shown = (overview, app.pinned_run, app.pinned_cv, tuple(app.marked_runs))  # type: ignore[attr-defined]
+        shown = (overview, app.pinned_run, app.pinned_cv, tuple(app.marked_runs))
         if not force and self._shown is not None and all(a is b or a == b for a, b in zip(shown, self._shown)):
             return
         self._shown = shown
-        self.runs_table.sync(run_rows(overview.runs, pinned=app.pinned_run, pinned_cv=app.pinned_cv,  # type: ignore[attr-defined]
-                                      marked=app.marked_runs))  # type: ignore[attr-defined]
+        self.runs_table.sync(run_rows(overview.runs, pinned=app.pinned_run, pinned_cv=app.pinned_cv,
+                                      marked=app.marked_runs))
         self.jobs_table.sync(job_rows(overview.jobs))
         self._titles(overview)
         self.query_one("#empty-hint").display = (not overview.runs and not overview.jobs
@@ -291,33 +296,33 @@ class MainScreen(Screen):
 
     def _select_queued(self, overview: Overview) -> None:
         """Put the jobs cursor on a job just queued (showing the newest jobs if it is not on the page)."""
-        app = self.app
-        job_id = getattr(app, "select_job", None)
+        app = console(self)
+        job_id = app.select_job
         if job_id is None:
             return
         key = str(job_id)
         if key in self.jobs_table.rows:
-            app.select_job = None  # type: ignore[attr-defined]
+            app.select_job = None
             self.jobs_table.focus()
             self.jobs_table.move_cursor(row=self.jobs_table.get_row_index(key), animate=False)
         elif overview.job_view != TableView(order="id", descending=True):
             self.jobs_table.set_sort("id", True)
-            app.set_views(jobs=TableView(order="id", descending=True))  # type: ignore[attr-defined]
+            app.set_views(jobs=TableView(order="id", descending=True))
 
     def _titles(self, overview: Overview | None = None) -> None:
-        overview = overview or getattr(self.app, "overview", None)
-        app = self.app
+        overview = overview or console(self).overview
+        app = console(self)
         for table, what, view, matches in (
-                (self.runs_table, "Runs", app.run_view, overview.run_matches if overview else None),  # type: ignore[attr-defined]
-                (self.jobs_table, "Jobs", app.job_view, overview.job_matches if overview else None)):  # type: ignore[attr-defined]
+                (self.runs_table, "Runs", app.run_view, overview.run_matches if overview else None),
+                (self.jobs_table, "Jobs", app.job_view, overview.job_matches if overview else None)):
             label = "Archived runs" if what == "Runs" and view.archived else what
             title = f"{label} ({matches if matches is not None else table.row_count:,})"
             if view.filter:
                 title += f" · filter: {view.filter}"
             table.border_title = title
             extra = ""
-            if what == "Runs" and app.marked_runs:  # type: ignore[attr-defined]
-                extra = f" · {len(app.marked_runs)} marked (x compares)"  # type: ignore[attr-defined]
+            if what == "Runs" and app.marked_runs:
+                extra = f" · {len(app.marked_runs)} marked (x compares)"
             table.border_subtitle = (f"{page_text(view, table.row_count, matches, what.lower())} · "
                                      f"sorted by {table.sort_description}{extra}")
 
@@ -327,14 +332,14 @@ class MainScreen(Screen):
         if self.focused is not self.runs_table:
             return None
         key = self.runs_table.selected_key()
-        overview = getattr(self.app, "overview", None)
+        overview = console(self).overview
         return next((r for r in (overview.runs if overview else []) if str(r["run_id"]) == key), None)
 
     def _selected_job(self) -> dict | None:
         if self.focused is not self.jobs_table:
             return None
         key = self.jobs_table.selected_key()
-        overview = getattr(self.app, "overview", None)
+        overview = console(self).overview
         return next((j for j in (overview.jobs if overview else []) if str(j["id"]) == key), None)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
@@ -354,7 +359,7 @@ class MainScreen(Screen):
         if action == "show_archived":
             return on_runs
         if action == "compare":
-            return len(getattr(self.app, "marked_runs", [])) >= 2
+            return len(console(self).marked_runs) >= 2
         if action == "open":
             return self._focused_table().row_count > 0
         if action == "close_bar":
@@ -382,12 +387,12 @@ class MainScreen(Screen):
 
     def _sorted(self, table: LiveTable) -> None:
         """The table's sort changed: ask the database for the first page in that order."""
-        app = self.app
+        app = console(self)
         if table is self.runs_table:
-            app.set_views(runs=replace(app.run_view, order=RUN_SORT.get(table.sort_column, "created"),  # type: ignore[attr-defined]
+            app.set_views(runs=replace(app.run_view, order=RUN_SORT.get(table.sort_column, "created"),
                                        descending=table.sort_reverse, offset=0))
         else:
-            app.set_views(jobs=replace(app.job_view, order=JOB_SORT.get(table.sort_column, "id"),  # type: ignore[attr-defined]
+            app.set_views(jobs=replace(app.job_view, order=JOB_SORT.get(table.sort_column, "id"),
                                        descending=table.sort_reverse, offset=0))
         self._titles()
 
@@ -422,17 +427,17 @@ class MainScreen(Screen):
     def action_page(self, step: int) -> None:
         """Show the next (1) or previous (-1) page of the focused table."""
         table = self._focused_table()
-        app = self.app
-        overview = getattr(app, "overview", None)
+        app = console(self)
+        overview = app.overview
         is_runs = table is self.runs_table
-        view = app.run_view if is_runs else app.job_view  # type: ignore[attr-defined]
+        view = app.run_view if is_runs else app.job_view
         matches = (overview.run_matches if is_runs else overview.job_matches) if overview else None
         offset = view.offset + step * view.limit
         if offset < 0 or (matches is not None and offset >= matches):
             self.notify("No more pages that way.", timeout=2)
             return
         new = replace(view, offset=offset)
-        app.set_views(**({"runs": new} if is_runs else {"jobs": new}))  # type: ignore[attr-defined]
+        app.set_views(**({"runs": new} if is_runs else {"jobs": new}))
 
     def action_open(self) -> None:
         """Open the selected run, or the selected job's details."""
@@ -442,9 +447,9 @@ class MainScreen(Screen):
             self.notify("Nothing selected.", severity="warning")
             return
         if table is self.runs_table:
-            self.app.open_run(key)  # type: ignore[attr-defined]
+            console(self).open_run(key)
         else:
-            self.app.open_job(int(key))  # type: ignore[attr-defined]
+            console(self).open_job(int(key))
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         """A click on the selected row opens it too."""
@@ -453,7 +458,7 @@ class MainScreen(Screen):
 
     def action_ensemble(self) -> None:
         """Open the ensemble screen."""
-        self.app.open_ensemble()  # type: ignore[attr-defined]
+        console(self).open_ensemble()
 
     def action_cancel_job(self) -> None:
         """Cancel the selected job of the jobs table (the confirmation names it, its state and progress)."""
@@ -461,18 +466,18 @@ class MainScreen(Screen):
         if job is None:
             self.notify("Select a job in the jobs table (tab) to cancel it.", severity="warning")
             return
-        self.app.confirm_cancel(int(job["id"]))  # type: ignore[attr-defined]
+        console(self).confirm_cancel(int(job["id"]))
 
     def action_requeue(self) -> None:
         """Queue the selected failed/cancelled job again, or resume the selected run's job."""
         if self.focused is self.jobs_table:
             job = self._selected_job()
             if job is not None:
-                self.app.confirm_requeue(int(job["id"]))  # type: ignore[attr-defined]
+                console(self).confirm_requeue(int(job["id"]))
             return
         run = self._selected_run()
         if run is not None and run.get("job_id") is not None:
-            self.app.confirm_requeue(int(run["job_id"]), run_id=str(run["run_id"]))  # type: ignore[attr-defined]
+            console(self).confirm_requeue(int(run["job_id"]), run_id=str(run["run_id"]))
 
     # -- marking, pinning, comparing ---------------------------------------------------------
 
@@ -481,7 +486,7 @@ class MainScreen(Screen):
         key = self.runs_table.selected_key()
         if key is None:
             return
-        marked: list[str] = self.app.marked_runs  # type: ignore[attr-defined]
+        marked: list[str] = console(self).marked_runs
         if key in marked:
             marked.remove(key)
         else:
@@ -495,26 +500,26 @@ class MainScreen(Screen):
         run = self._selected_run()
         if run is None:
             return
-        app = self.app
-        if app.pinned_run == run["run_id"]:  # type: ignore[attr-defined]
-            app.pin_run(None)  # type: ignore[attr-defined]
+        app = console(self)
+        if app.pinned_run == run["run_id"]:
+            app.pin_run(None)
             self.notify(f"Unpinned {run['run_id']}.", timeout=3, markup=False)
         else:
-            app.pin_run(str(run["run_id"]), run.get("cv_lwlrap"))  # type: ignore[attr-defined]
+            app.pin_run(str(run["run_id"]), run.get("cv_lwlrap"))
             self.notify(f"Baseline: {run['run_id']} (CV LWLRAP {fmt_score(run.get('cv_lwlrap'))}); "
                         "the Δ column and the compare screen take deltas against it.", timeout=4, markup=False)
         self._resync()
 
     def action_compare(self) -> None:
         """Compare the marked runs (the pinned one as baseline when it is among them)."""
-        marked = list(self.app.marked_runs)  # type: ignore[attr-defined]
+        marked = list(console(self).marked_runs)
         if len(marked) < 2:
             self.notify("Mark two or more runs with space first.", severity="warning")
             return
-        self.app.open_compare(marked)  # type: ignore[attr-defined]
+        console(self).open_compare(marked)
 
     def _resync(self) -> None:
-        self.show_overview(getattr(self.app, "overview", None), force=True)
+        self.show_overview(console(self).overview, force=True)
 
     # -- the command bar: filter, tags, note, export -------------------------------------------
 
@@ -538,7 +543,7 @@ class MainScreen(Screen):
     def action_filter(self) -> None:
         """Open the filter of the focused table (enter applies; an empty filter shows everything)."""
         is_runs = self._focused_table() is self.runs_table
-        view = self.app.run_view if is_runs else self.app.job_view  # type: ignore[attr-defined]
+        view = console(self).run_view if is_runs else console(self).job_view
         hint = ("model:cnn14 cv>0.8 status:done tag:best   (OR, NOT, parentheses; a bare word matches id/name)"
                 if is_runs else "status:failed kind:train name:noisy   (OR, NOT, parentheses)")
         self._open_bar("filter", view.filter, hint, "runs" if is_runs else "jobs")
@@ -560,7 +565,7 @@ class MainScreen(Screen):
         """Ask where to write the table in view (.csv or .md)."""
         is_runs = self._focused_table() is self.runs_table
         name = "runs" if is_runs else "jobs"
-        default = Path(self.app.db_path).parent / f"{name}.csv"  # type: ignore[attr-defined]
+        default = Path(console(self).db_path).parent / f"{name}.csv"
         self._open_bar("export", str(default), "a path ending in .csv or .md", name)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
@@ -576,11 +581,11 @@ class MainScreen(Screen):
             except FsatError as err:
                 self._bar_error(str(err))
                 return
-            app = self.app
+            app = console(self)
             if bar.target == "runs":
-                app.set_views(runs=replace(app.run_view, filter=text, offset=0))  # type: ignore[attr-defined]
+                app.set_views(runs=replace(app.run_view, filter=text, offset=0))
             else:
-                app.set_views(jobs=replace(app.job_view, filter=text, offset=0))  # type: ignore[attr-defined]
+                app.set_views(jobs=replace(app.job_view, filter=text, offset=0))
             self._close_bar()
         elif bar.mode in ("tags", "note"):
             self._save_run_field(bar.mode, bar.target, text)
@@ -599,7 +604,7 @@ class MainScreen(Screen):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="run-edit")
     def _save_run_field(self, mode: str, run_id: str, text: str) -> None:
-        store = self.app.store  # type: ignore[attr-defined]
+        store = console(self).store
         try:
             if mode == "tags":
                 store.set_run_tags(run_id, text.split())
@@ -613,20 +618,20 @@ class MainScreen(Screen):
     def _saved(self, text: str) -> None:
         self._close_bar()
         self.notify(text, timeout=3, markup=False)
-        self.app.request_refresh()  # type: ignore[attr-defined]
+        console(self).request_refresh()
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="export")
     def _export(self, table: str, path_text: str) -> None:
         """Write every row that matches the table's filter, in its sort, as CSV or Markdown."""
         from engine.compare import table_csv, table_markdown
 
-        app = self.app
+        app = console(self)
         path = Path(path_text).expanduser()
         if path.suffix.lower() not in (".csv", ".md", ".markdown"):
             app.call_from_thread(self._bar_error, f"{path}: the name must end in .csv or .md")
             return
-        view = app.run_view if table == "runs" else app.job_view  # type: ignore[attr-defined]
-        store = app.store  # type: ignore[attr-defined]
+        view = app.run_view if table == "runs" else app.job_view
+        store = app.store
         try:
             flt = compile_filter(view.filter, table)
             if table == "runs":
@@ -634,11 +639,11 @@ class MainScreen(Screen):
                                        descending=view.descending, limit=None, archived=view.archived)
                 columns = ["run_id", "kind", "name", "model", "status", "folds_done", "cv_lwlrap",
                            "mean_fold_lwlrap", "test_lwlrap", "tags", "note", "created"]
-                if app.pinned_run is not None and app.pinned_cv is not None:  # type: ignore[attr-defined]
+                if app.pinned_run is not None and app.pinned_cv is not None:
                     for r in rows:
                         cv = r.get("cv_lwlrap")
-                        r[f"delta_vs_{app.pinned_run}"] = None if cv is None else cv - app.pinned_cv  # type: ignore[attr-defined]
-                    columns.append(f"delta_vs_{app.pinned_run}")  # type: ignore[attr-defined]
+                        r[f"delta_vs_{app.pinned_run}"] = None if cv is None else cv - app.pinned_cv
+                    columns.append(f"delta_vs_{app.pinned_run}")
             else:
                 rows = store.page_jobs(where=flt.sql, params=flt.params, order=view.order,
                                        descending=view.descending, limit=None)
@@ -667,7 +672,7 @@ class MainScreen(Screen):
     @work(thread=True, exclusive=False, exit_on_error=False, group="archive")
     def _set_archived(self, run_id: str, archived: bool) -> None:
         try:
-            self.app.store.set_runs_archived([run_id], archived)  # type: ignore[attr-defined]
+            console(self).store.set_runs_archived([run_id], archived)
         except sqlite3.Error as err:
             self.app.call_from_thread(self.notify, f"Could not archive {run_id}: {err}", severity="error",
                                       markup=False)
@@ -675,9 +680,9 @@ class MainScreen(Screen):
         text = (f"Archived {run_id}: hidden from the runs table, kept in the database (A shows the archive)."
                 if archived else f"Unarchived {run_id}.")
         self.app.call_from_thread(self.notify, text, timeout=4, markup=False)
-        self.app.call_from_thread(self.app.request_refresh)  # type: ignore[attr-defined]
+        self.app.call_from_thread(console(self).request_refresh)
 
     def action_show_archived(self) -> None:
         """Switch the runs table between the runs and the archived runs."""
-        app = self.app
-        app.set_views(runs=replace(app.run_view, archived=not app.run_view.archived, offset=0))  # type: ignore[attr-defined]
+        app = console(self)
+        app.set_views(runs=replace(app.run_view, archived=not app.run_view.archived, offset=0))

@@ -1,10 +1,10 @@
 """One run: its header, per-fold scores, per-epoch curves and the 80 classes by LRAP.
 
 Everything here refreshes by itself while the run trains: the app's poller
-loads this run's rows whenever the database changes and hands them to
-``show_detail``. ``f`` walks the per-class table from out-of-fold through each
-fold, so a class that is weak everywhere stands apart from one weak in a
-single fold.
+loads this run's rows whenever the database changes and sends them here
+(``RunDetailChanged``). ``f`` walks the per-class table from out-of-fold
+through each fold, so a class that is weak everywhere stands apart from one
+weak in a single fold.
 
 Once a trained run has been inferred with test-time augmentation (an ``infer``
 run whose parent is this run), a line under the header compares its CV LWLRAP
@@ -27,9 +27,10 @@ from textual.widgets import Header, Static
 
 from engine.runs.kinds import FOLD_CHECKPOINT_KINDS, can_embed_baseline
 from engine.store import OOF, StoreError
+from fsat_console.access import console
 from fsat_console.widgets.footer import KeyFooter
 from fsat_console.formatting import bar, fmt_duration, fmt_score, status_text
-from fsat_console.live import Overview, RunDetail, TtaComparison
+from fsat_console.live import OverviewChanged, RunDetail, RunDetailChanged, TtaComparison
 from fsat_console.screens.infer import BaselineScreen, InferScreen
 from fsat_console.widgets.chart import METRICS, EpochChart, fold_series
 from fsat_console.widgets.live_table import Cell, ColumnSpec, LiveTable, num_cell
@@ -273,8 +274,6 @@ class RunScreen(Screen):
         self.class_fold = OOF
         self.metric_index = 0
         self.detail: RunDetail | None = None
-        self._early_detail: RunDetail | None = None
-        self._ready = False
         self._suspended = False
 
     def compose(self) -> ComposeResult:
@@ -306,11 +305,7 @@ class RunScreen(Screen):
         self.query_one(EpochChart).show({}, METRICS[self.metric_index][1])
         self._class_title()
         # Opening a run reloads only the run: the status line starts from the overview already loaded.
-        self.app.refresh_status(self)  # type: ignore[attr-defined]
-        self._ready = True
-        early, self._early_detail = self._early_detail, None
-        if early is not None:
-            self.show_detail(early)
+        console(self).refresh_status(self)
 
     @property
     def watch_key(self) -> tuple[str, int]:
@@ -323,18 +318,18 @@ class RunScreen(Screen):
         The first time, ``open_run`` has already asked (while the screen was
         built); asking again loaded and showed the whole run a second time.
         """
-        if self._suspended or self.app.watched_run != self.watch_key:  # type: ignore[attr-defined]
-            self.app.follow_run(self)  # type: ignore[attr-defined]
+        if self._suspended or console(self).watched_run != self.watch_key:
+            console(self).follow_run(self.watch_key)
         self._suspended = False
 
     def on_screen_suspend(self) -> None:
         """Stop loading this run while another screen covers it."""
         self._suspended = True
-        self.app.unfollow_run(self)  # type: ignore[attr-defined]
+        console(self).unfollow_run(self.watch_key)
 
     def on_unmount(self) -> None:
         """Stop loading this run once the screen is closed."""
-        self.app.unfollow_run(self)  # type: ignore[attr-defined]
+        console(self).unfollow_run(self.watch_key)
 
     def _class_title(self) -> None:
         table = self.query_one("#classes", LiveTable)
@@ -343,18 +338,19 @@ class RunScreen(Screen):
         table.border_subtitle = (f"{count} classes · sorted by {table.sort_description} · f: next fold · S: reverse"
                                  if count else f"no per-class scores for {fold_label(self.class_fold)} yet · f: next fold")
 
-    def show_overview(self, overview: Overview | None) -> None:
+    def on_overview_changed(self, message: OverviewChanged) -> None:
         """Only the status line depends on the overview here."""
-        self.app.refresh_status(self)  # type: ignore[attr-defined]
+        console(self).refresh_status(self)
 
-    def show_detail(self, detail: RunDetail) -> None:
-        """Refresh the header, fold table, chart and class table from a poll."""
+    def on_run_detail_changed(self, message: RunDetailChanged) -> None:
+        """Refresh the header, fold table, chart and class table from a poll.
+
+        The run is loaded while the screen is built; the message that brings it
+        is handled once the screen is mounted, like every message posted before.
+        """
+        detail = message.detail
         if detail.run_id != self.run_id or detail.class_fold != self.class_fold:
             return  # an answer to an earlier request (before f was pressed)
-        if not self._ready:
-            # The run is loaded while the screen is built: keep the answer for on_mount.
-            self._early_detail = detail
-            return
         self.detail = detail
         self.query_one("#run-header", Static).update(run_header(detail, self.run_id))
         folds = self.query_one("#folds", LiveTable)
@@ -423,7 +419,7 @@ class RunScreen(Screen):
             self.class_fold = OOF
         self.query_one("#classes", LiveTable).sync([])
         self._class_title()
-        self.app.follow_run(self)  # type: ignore[attr-defined]
+        console(self).follow_run(self.watch_key)
 
     def action_cycle_metric(self) -> None:
         """Chart the next per-epoch metric."""
@@ -480,12 +476,12 @@ class RunScreen(Screen):
         problem = ""
         if run.get("dataset_id") is not None:
             try:
-                dataset = self.app.store.get_dataset(int(run["dataset_id"]))  # type: ignore[attr-defined]
+                dataset = console(self).store.get_dataset(int(run["dataset_id"]))
             except (sqlite3.Error, StoreError) as err:
                 problem = f"could not read the run's dataset: {err}"
         if dataset is None and not problem:
             problem = f"run {self.run_id} has no dataset recorded; check this data root"
-        root = str(dataset["root"]) if dataset else str(self.app.default_data_root())  # type: ignore[attr-defined]
+        root = str(dataset["root"]) if dataset else str(console(self).default_data_root())
         encoder = str(run["id"]) if can_embed_baseline(run) else ""
         self.app.push_screen(BaselineScreen(data_root=root, dataset_name=dataset["name"] if dataset else "",
                                             encoder_run_id=encoder, root_problem=problem), self._queued)
@@ -507,7 +503,7 @@ class RunScreen(Screen):
 
     def _queued(self, job_id: int | None) -> None:
         if job_id is not None:
-            self.app.announce_queued(job_id)  # type: ignore[attr-defined]
+            console(self).announce_queued(job_id)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Show only the keys that act on this run (no cancel on a finished run, no inference on a blend)."""
@@ -536,7 +532,7 @@ class RunScreen(Screen):
         """Queue this run's job again (asks first)."""
         job_id = (self.detail.run or {}).get("job_id") if self.detail else None
         if job_id is not None:
-            self.app.confirm_requeue(int(job_id), run_id=self.run_id)  # type: ignore[attr-defined]
+            console(self).confirm_requeue(int(job_id), run_id=self.run_id)
 
     def action_cancel_job(self) -> None:
         """Cancel the job that produces this run."""
@@ -544,4 +540,4 @@ class RunScreen(Screen):
         if job_id is None:
             self.notify(f"Run {self.run_id} has no job to cancel.", severity="warning", markup=False)
             return
-        self.app.confirm_cancel(int(job_id))  # type: ignore[attr-defined]
+        console(self).confirm_cancel(int(job_id))

@@ -14,19 +14,23 @@ sorts last, whichever direction.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from rich.text import Text
+from textual.coordinate import Coordinate
 from textual.widgets import DataTable
 from textual.widgets.data_table import ColumnKey
+
+if TYPE_CHECKING:
+    from rich.console import JustifyMethod
 
 
 class Cell(Text):
     """Display text plus the value the column sorts by (``None`` sorts last)."""
 
     def __init__(self, text: str = "", *, sort_key: Any = None, style: str = "",
-                 justify: str | None = None) -> None:
-        super().__init__(text, style=style, justify=justify)  # type: ignore[arg-type]
+                 justify: JustifyMethod | None = None) -> None:
+        super().__init__(text, style=style, justify=justify)
         self.sort_key = sort_key
 
     def same_as(self, other: object) -> bool:
@@ -172,7 +176,7 @@ class LiveTable(DataTable):
         if not self.row_count:
             return None
         row = min(self.cursor_row, self.row_count - 1)
-        row_key, _ = self.coordinate_to_cell_key((row, 0))  # type: ignore[arg-type]
+        row_key, _ = self.coordinate_to_cell_key(Coordinate(row, 0))
         return row_key.value
 
     def _restore_cursor(self, key: str | None) -> None:
@@ -217,7 +221,7 @@ class LiveTable(DataTable):
 
     def keys_in_order(self) -> list[str]:
         """Row keys top to bottom (what the user sees)."""
-        return [self.coordinate_to_cell_key((i, 0)).row_key.value  # type: ignore[arg-type]
+        return [self.coordinate_to_cell_key(Coordinate(i, 0)).row_key.value
                 for i in range(self.row_count)]
 
     def column_texts(self, column: str) -> list[str]:

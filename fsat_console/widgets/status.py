@@ -110,6 +110,8 @@ def cluster_text(worker: dict) -> Text | None:
 class WorkerStatus(Static):
     """A one-line status bar; the app pushes new state into it with ``show``."""
 
-    def show(self, overview: Overview | None, **problems: object) -> None:
+    def show(self, overview: Overview | None, *, spawned_pid: int | None = None, spawn_problem: str | None = None,
+             live_problem: str | None = None) -> None:
         """Re-render from the latest overview and problems (see ``status_line``)."""
-        self.update(status_line(overview, **problems))  # type: ignore[arg-type]
+        self.update(status_line(overview, spawned_pid=spawned_pid, spawn_problem=spawn_problem,
+                                live_problem=live_problem))
