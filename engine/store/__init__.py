@@ -12,7 +12,8 @@ callers, :class:`Store`, built from one part per concern:
 - ``records``: datasets, folds, runs and their scores, written and read back;
 - ``listings``: the paged, filtered and sorted listings the console and
   ``fsat runs`` / ``fsat jobs`` read, totals and change cues;
-- ``rows``: :class:`Job`.
+- ``rows``: :class:`Job`, and the run rows :class:`RunRow` and
+  :class:`RunSummary`, both keyed ``run_id``.
 """
 
 from __future__ import annotations
@@ -29,13 +30,13 @@ from engine.store.connection import Connection, StoreError, default_db_path, run
 from engine.store.listings import JOB_ORDER, RUN_ORDER, Listings  # noqa: E402
 from engine.store.queue import DEFAULT_MAX_QUEUED, JOB_KINDS, Queue  # noqa: E402
 from engine.store.records import Records  # noqa: E402
-from engine.store.rows import Job  # noqa: E402
+from engine.store.rows import Job, RunRow, RunSummary  # noqa: E402
 from engine.store.schema import (  # noqa: E402
     DEFAULT_LEASE_SECONDS, FINISHED_STATES, JOB_STATES, MIGRATIONS, OOF, SCHEMA_VERSION)
 
 __all__ = [
     "DEFAULT_LEASE_SECONDS", "DEFAULT_MAX_QUEUED", "FINISHED_STATES", "JOB_KINDS", "JOB_ORDER", "JOB_STATES",
-    "MIGRATIONS", "OOF", "RUN_ORDER", "SCHEMA_VERSION", "Job", "Store", "StoreError",
+    "MIGRATIONS", "OOF", "RUN_ORDER", "SCHEMA_VERSION", "Job", "RunRow", "RunSummary", "Store", "StoreError",
     "default_db_path", "runs_root",
 ]
 

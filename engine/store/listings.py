@@ -3,14 +3,16 @@
 Every listing is filtered, sorted and paged in SQL (``engine.filters``
 compiles a filter to a named-parameter WHERE clause over :data:`_RUN_SELECT`
 or :data:`_JOB_SELECT`), so a page costs the same with 10 runs or 100,000.
-Run rows come back keyed ``run_id``, job rows keyed ``id``.
+Run rows come back as :class:`engine.store.rows.RunSummary`, keyed
+``run_id``; job rows as dicts keyed ``id``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 from engine.store.connection import Connection, StoreError
+from engine.store.rows import RunSummary
 
 #: Sort keys of :meth:`Store.page_runs` -> SQL expression (over ``_RUN_SELECT``'s columns).
 RUN_ORDER = {
@@ -47,27 +49,31 @@ _JOB_SELECT = (
 
 
 class Listings(Connection):
-    """Paged, filtered and sorted listings of runs and jobs, and cheap change cues (part of :class:`engine.store.Store`)."""
+    """Paged, filtered and sorted listings of runs and jobs, and change cues (part of :class:`engine.store.Store`)."""
 
     # -- runs ------------------------------------------------------------------------------------------
 
-    def list_runs(self, *, limit: int = 200) -> list[dict]:
-        """Runs with their headline scores, newest first."""
-        return self._query("SELECT * FROM run_summary ORDER BY created DESC, run_id DESC LIMIT :limit",
-                           {"limit": limit})
+    def _summaries(self, sql: str, params: Sequence[Any] | dict = ()) -> list[RunSummary]:
+        """The rows of a query over ``run_summary`` or :data:`_RUN_SELECT` (keyed ``run_id``)."""
+        return cast(list[RunSummary], self._query(sql, params))
 
-    def child_runs(self, run_id: str, *, kind: str | None = None) -> list[dict]:
+    def list_runs(self, *, limit: int = 200) -> list[RunSummary]:
+        """Runs with their headline scores, newest first."""
+        return self._summaries("SELECT * FROM run_summary ORDER BY created DESC, run_id DESC LIMIT :limit",
+                               {"limit": limit})
+
+    def child_runs(self, run_id: str, *, kind: str | None = None) -> list[RunSummary]:
         """Runs made from ``run_id`` (``parent_run_id``), optionally of one kind: run_summary rows, newest first."""
         sql = "SELECT * FROM run_summary WHERE parent_run_id=:run_id"
         params: dict[str, Any] = {"run_id": run_id}
         if kind is not None:
             sql += " AND kind=:kind"
             params["kind"] = kind
-        return self._query(sql + " ORDER BY created DESC, run_id DESC", params)
+        return self._summaries(sql + " ORDER BY created DESC, run_id DESC", params)
 
     def page_runs(self, *, where: str = "1", params: dict | None = None, order: str = "created",
                   descending: bool = True, limit: int | None = 200, offset: int = 0,
-                  archived: bool | None = False) -> list[dict]:
+                  archived: bool | None = False) -> list[RunSummary]:
         """One page of runs (``run_summary`` columns) matching a filter, sorted in SQL.
 
         ``where``/``params`` come from :func:`engine.filters.compile_filter`
@@ -86,7 +92,7 @@ class Listings(Connection):
         sql = (f"{_RUN_SELECT} WHERE {sql} ORDER BY {nulls}{expr} {direction}, r.id {direction}"
                " LIMIT :_limit OFFSET :_offset")
         bound.update(_limit=-1 if limit is None else int(limit), _offset=max(0, int(offset)))
-        return self._query(sql, bound)
+        return self._summaries(sql, bound)
 
     def count_runs(self, *, where: str = "1", params: dict | None = None, archived: bool | None = False) -> int:
         """How many runs match a filter (see :meth:`page_runs`)."""
@@ -102,25 +108,25 @@ class Listings(Connection):
             bound["_archived"] = 1 if archived else 0
         return sql, bound
 
-    def run_rows(self, run_ids: Sequence[str]) -> list[dict]:
+    def run_rows(self, run_ids: Sequence[str]) -> list[RunSummary]:
         """``run_summary`` rows of the given runs (in the order asked; unknown ids are left out)."""
         if not run_ids:
             return []
         bound = {f"_r{i}": str(r) for i, r in enumerate(run_ids)}
-        rows = self._query(f"{_RUN_SELECT} WHERE r.id IN ({', '.join(':' + k for k in bound)})", bound)
+        rows = self._summaries(f"{_RUN_SELECT} WHERE r.id IN ({', '.join(':' + k for k in bound)})", bound)
         by_id = {r["run_id"]: r for r in rows}
         return [by_id[str(r)] for r in run_ids if str(r) in by_id]
 
-    def infer_runs_of(self, run_id: str) -> list[dict]:
+    def infer_runs_of(self, run_id: str) -> list[RunSummary]:
         """Inference runs made from ``run_id`` (``run_summary`` rows, newest first); one indexed lookup."""
-        return self._query(f"{_RUN_SELECT} WHERE r.parent_run_id = :parent AND r.kind = 'infer' "
-                           "ORDER BY r.created_at DESC, r.id DESC", {"parent": run_id})
+        return self._summaries(f"{_RUN_SELECT} WHERE r.parent_run_id = :parent AND r.kind = 'infer' "
+                               "ORDER BY r.created_at DESC, r.id DESC", {"parent": run_id})
 
-    def blendable_runs(self) -> list[dict]:
+    def blendable_runs(self) -> list[RunSummary]:
         """Every finished run with a run folder (``run_summary`` columns plus ``run_dir``), newest first."""
-        return self._query(f"SELECT s.*, r.run_dir FROM ({_RUN_SELECT} WHERE r.status = 'done' "
-                           "AND r.run_dir != '') s JOIN runs r ON r.id = s.run_id "
-                           "ORDER BY s.created_at DESC, s.run_id DESC")
+        return self._summaries(f"SELECT s.*, r.run_dir FROM ({_RUN_SELECT} WHERE r.status = 'done' "
+                               "AND r.run_dir != '') s JOIN runs r ON r.id = s.run_id "
+                               "ORDER BY s.created_at DESC, s.run_id DESC")
 
     # -- jobs ------------------------------------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 Also an ensemble's members and scored methods, the curriculum's noisy-label
 audit and loss swaps, and what a person adds to a run (tags, a note, the
-archived flag).
+archived flag). Rows of a run come back as :class:`engine.store.rows.RunRow`,
+keyed ``run_id``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from engine.store.connection import Connection, StoreError, now as _now
+from engine.store.rows import RunRow, run_row
 from engine.store.schema import OOF
 
 
@@ -201,15 +203,10 @@ class Records(Connection):
 
     # -- reading a run back ---------------------------------------------------------
 
-    def get_run(self, run_id: str) -> dict | None:
-        """A run row with config and versions decoded, or None."""
+    def get_run(self, run_id: str) -> RunRow | None:
+        """A run's whole record (keyed ``run_id``, config and versions decoded), or None."""
         rows = self._query("SELECT * FROM runs WHERE id=:id", {"id": run_id})
-        if not rows:
-            return None
-        d = rows[0]
-        d["config"] = json.loads(d["config"])
-        d["versions"] = json.loads(d["versions"])
-        return d
+        return run_row(rows[0]) if rows else None
 
     def epochs(self, run_id: str) -> list[dict]:
         """Every recorded epoch of a run, by fold then epoch."""
