@@ -646,7 +646,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(json.dumps({"run": run, "folds": folds, "classes": classes, "epochs": epochs,
                           "members": members, "candidates": candidates}, indent=2, default=str))
         return 0
-    console.print(f"[bold]{run['id']}[/] {run['kind']} {run['model']} [{run['status']}]  "
+    console.print(f"[bold]{run['run_id']}[/] {run['kind']} {run['model']} [{run['status']}]  "
                   f"CV lwlrap [bold]{_fmt(run['cv_lwlrap'])}[/]  test {_fmt(run['test_lwlrap'])}  "
                   f"seed {run['seed']}  device {run['device']}  config {run['config_hash']}")
     for f in folds:

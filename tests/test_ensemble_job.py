@@ -94,7 +94,7 @@ def test_queued_ensemble_blends_two_infer_runs_and_scores_its_submission(blends:
     # Weights proportional to the members' out-of-fold LWLRAP.
     member_oof = {m: np.load(Path(store.get_run(m)["run_dir"]) / "oof.npy") for m in blends.runs.infer_ids}
     cv = {m: lwlrap(truth, o) for m, o in member_oof.items()}
-    weights = {r["member_run_id"]: r["weight"] for r in store.run_members(run["id"])}
+    weights = {r["member_run_id"]: r["weight"] for r in store.run_members(run["run_id"])}
     assert set(weights) == set(blends.runs.infer_ids)
     for m in weights:
         assert weights[m] == pytest.approx(cv[m] / sum(cv.values()), abs=1e-12)
@@ -103,10 +103,10 @@ def test_queued_ensemble_blends_two_infer_runs_and_scores_its_submission(blends:
     oof = np.load(run_dir / "oof.npy")
     assert oof.shape == truth.shape and ((oof >= 0) & (oof <= 1)).all()
     assert run["cv_lwlrap"] == pytest.approx(lwlrap(truth, oof), abs=1e-12)
-    assert len(store.class_scores(run["id"], OOF)) == 80
+    assert len(store.class_scores(run["run_id"], OOF)) == 80
     fold_of = store.get_folds(run["dataset_id"])
     folds = np.array([fold_of[f] for f in layout.curated.fnames])
-    recorded = store.fold_scores(run["id"])
+    recorded = store.fold_scores(run["run_id"])
     assert [r["fold"] for r in recorded] == [0, 1, 2, 3, 4]
     for r in recorded:
         assert r["lwlrap"] == pytest.approx(lwlrap(truth[folds == r["fold"]], oof[folds == r["fold"]]), abs=1e-12)
@@ -116,7 +116,7 @@ def test_queued_ensemble_blends_two_infer_runs_and_scores_its_submission(blends:
     members = [Member(m, member_oof[m], cv_lwlrap=cv[m]) for m in blends.runs.infer_ids]
     expected = blend(members, truth, folds=folds)
     np.testing.assert_allclose(oof, expected.oof, rtol=0, atol=1e-12)
-    candidates = store.ensemble_candidates(run["id"])
+    candidates = store.ensemble_candidates(run["run_id"])
     assert [c["method"] for c in candidates] == [c.method for c in expected.candidates]
     for c, e in zip(candidates, expected.candidates):
         assert c["oof_lwlrap"] == pytest.approx(e.oof_lwlrap, abs=1e-12)
@@ -153,7 +153,7 @@ def test_dry_run_prints_every_method_and_saves_nothing(blends: Blends, layout):
     assert out["saved"] is False and out["cross_fitted"] is True
     # The same numbers as the saved blend of the same members.
     queued = store.get_run(store.get_job(blends.good_job).run_id)
-    recorded = {c["method"]: c for c in store.ensemble_candidates(queued["id"])}
+    recorded = {c["method"]: c for c in store.ensemble_candidates(queued["run_id"])}
     assert [c["method"] for c in out["candidates"]] == list(recorded)
     for c in out["candidates"]:
         assert c["oof_lwlrap"] == pytest.approx(recorded[c["method"]]["oof_lwlrap"], abs=1e-12)
@@ -200,11 +200,11 @@ def test_now_records_the_same_blend_as_the_queued_job(blends: Blends):
     assert now["cv_lwlrap"] == pytest.approx(queued["cv_lwlrap"], abs=1e-12)
     assert now["test_lwlrap"] == pytest.approx(queued["test_lwlrap"], abs=1e-12)
     assert out["cv_lwlrap"] == now["cv_lwlrap"] and out["submission"].endswith("submission.csv")
-    assert store.run_members(now["id"]) == store.run_members(queued["id"])
+    assert store.run_members(now["run_id"]) == store.run_members(queued["run_id"])
     np.testing.assert_array_equal(np.load(Path(now["run_dir"]) / "test.npy"),
                                   np.load(Path(queued["run_dir"]) / "test.npy"))
     assert Path(now["run_dir"]).parent == blends.db.parent / "runs"
-    assert len(store.class_scores(now["id"], OOF)) == 80 and len(store.fold_scores(now["id"])) == 5
+    assert len(store.class_scores(now["run_id"], OOF)) == 80 and len(store.fold_scores(now["run_id"])) == 5
 
 
 def test_mean_blend_without_calibration_is_the_weighted_average(blends: Blends):
@@ -296,7 +296,7 @@ def test_now_errors_name_the_member_and_leave_no_run(blends: Blends, tmp_path: P
 def test_submission_command_writes_a_valid_file_from_a_runs_test_scores(blends: Blends, tmp_path: Path, layout):
     store = Store(blends.db)
     run = store.get_run(store.get_job(blends.good_job).run_id)
-    out = json.loads(run_cli("submission", run["id"], "--out", str(tmp_path / "sub.csv"), "--json",
+    out = json.loads(run_cli("submission", run["run_id"], "--out", str(tmp_path / "sub.csv"), "--json",
                              db=blends.db).stdout)
     df = pd.read_csv(tmp_path / "sub.csv", dtype={"fname": str})
     sample_fnames, classes = read_sample_submission(layout.sample_submission)

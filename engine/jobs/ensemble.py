@@ -115,10 +115,10 @@ def load_members(store: Store, member_ids: list[str]) -> LoadedMembers:
 
         for r in runs:
             if r["dataset_id"] is not None and r["dataset_id"] != first["dataset_id"]:
-                raise FsatError(f"member {r['id']!r} is from {where(r['dataset_id'])} but member "
-                                f"{first['id']!r} is from {where(first['dataset_id'])}; blend runs of one dataset")
+                raise FsatError(f"member {r['run_id']!r} is from {where(r['dataset_id'])} but member "
+                                f"{first['run_id']!r} is from {where(first['dataset_id'])}; blend runs of one dataset")
     if not dataset_ids:
-        raise FsatError(f"member {runs[0]['id']!r} is linked to no dataset; its scores cannot be checked "
+        raise FsatError(f"member {runs[0]['run_id']!r} is linked to no dataset; its scores cannot be checked "
                         "against labels")
     dataset = store.get_dataset(dataset_ids.pop())
     layout = load_layout(dataset["root"])
@@ -138,11 +138,11 @@ def load_members(store: Store, member_ids: list[str]) -> LoadedMembers:
                 test = read_scores(test_path)
                 check_test(test_path, test, n_test, truth.shape[1])
         except MemberProblem as problem:
-            raise FsatError(f"member {run['id']!r}: {problem}") from None
+            raise FsatError(f"member {run['run_id']!r}: {problem}") from None
         if test is None:
             why = "a train run: infer it for test scores" if has_fold_checkpoints(run["kind"]) else "no test.npy"
-            missing_test.append(f"{run['id']} ({why})")
-        members.append(Member(name=run["id"], oof=oof, test=test, cv_lwlrap=lwlrap(truth, oof)))
+            missing_test.append(f"{run['run_id']} ({why})")
+        members.append(Member(name=run["run_id"], oof=oof, test=test, cv_lwlrap=lwlrap(truth, oof)))
     if missing_test:
         # Test scores are blended only when every member has them.
         for m in members:

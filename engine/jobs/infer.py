@@ -65,7 +65,7 @@ class TrainedRun:
 
     @property
     def run_id(self) -> str:
-        return self.run["id"]
+        return self.run["run_id"]
 
     def checkpoint(self, fold: int) -> Path:
         """The best checkpoint of a fold."""
@@ -114,7 +114,7 @@ def _training_spec(run: dict) -> TrainSpec:
             return from_dict(TrainSpec, data)
         except ConfigError as err:
             last = err
-    raise ConfigError(f"run {run['id']!r} has no training spec this version can read ({last})", field="run_id")
+    raise ConfigError(f"run {run['run_id']!r} has no training spec this version can read ({last})", field="run_id")
 
 
 def load_fold_tagger(trained: TrainedRun, fold: int, n_classes: int) -> Tagger:

@@ -108,7 +108,7 @@ def tta_comparison(store: Any, run: dict | None, class_fold: int = OOF, *,
     """
     if run is None:
         return None
-    own = classes if classes is not None else store.class_scores(str(run["id"]), class_fold)
+    own = classes if classes is not None else store.class_scores(str(run["run_id"]), class_fold)
     if run.get("kind") == "infer":
         parent_id = run.get("parent_run_id")
         parent = store.get_run(parent_id) if parent_id else None
@@ -117,8 +117,8 @@ def tta_comparison(store: Any, run: dict | None, class_fold: int = OOF, *,
         siblings = infer_runs_of(store, str(parent_id))
         return TtaComparison(base=parent, tta=run, base_classes=store.class_scores(str(parent_id), class_fold),
                              tta_classes=own, n_infer_runs=max(1, len(siblings)),
-                             base_folds=store.fold_scores(str(parent_id)), tta_folds=store.fold_scores(str(run["id"])))
-    children = infer_runs_of(store, str(run["id"]))
+                             base_folds=store.fold_scores(str(parent_id)), tta_folds=store.fold_scores(str(run["run_id"])))
+    children = infer_runs_of(store, str(run["run_id"]))
     if not children:
         return None
     # The newest inference run that has a score; while none has, the newest (still running).
@@ -127,8 +127,8 @@ def tta_comparison(store: Any, run: dict | None, class_fold: int = OOF, *,
     if tta is None:
         return None
     return TtaComparison(base=run, tta=tta, base_classes=own,
-                         tta_classes=store.class_scores(str(tta["id"]), class_fold), n_infer_runs=len(children),
-                         base_folds=store.fold_scores(str(run["id"])), tta_folds=store.fold_scores(str(tta["id"])))
+                         tta_classes=store.class_scores(str(tta["run_id"]), class_fold), n_infer_runs=len(children),
+                         base_folds=store.fold_scores(str(run["run_id"])), tta_folds=store.fold_scores(str(tta["run_id"])))
 
 
 def tta_gain_report(store: Any, run_id: str) -> dict:

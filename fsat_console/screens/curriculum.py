@@ -66,7 +66,7 @@ class CurriculumDialog(SpecDialog):
         """``run`` is the teacher's row (``Store.get_run``)."""
         super().__init__()
         self.run = run
-        self.run_id = str(run["id"])
+        self.run_id = str(run["run_id"])
         self.initial_preset = default_preset(run)
         self.defaults = specs.CurriculumSpec(teacher_run_id=self.run_id)
         self.preset_problem = ""

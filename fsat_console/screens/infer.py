@@ -41,7 +41,7 @@ def _toml(value: object) -> str:
 def run_line(run: dict) -> Text:
     """``train-0003 · cnn14 · done · CV LWLRAP 0.8123`` for a dialog's subtitle."""
     text = Text()
-    text.append(str(run.get("id") or run.get("run_id") or "?"), style="bold")
+    text.append(str(run.get("run_id") or "?"), style="bold")
     for part in (run.get("name"), run.get("model"), run.get("status")):
         if part:
             text.append(f" · {part}", style="dim")
@@ -192,7 +192,7 @@ class InferScreen(SpecDialog):
         """``run`` is the trained run's row (``Store.get_run``)."""
         super().__init__()
         self.run = run
-        self.run_id = str(run["id"])
+        self.run_id = str(run["run_id"])
         self.preset = TTA_PRESET if TTA_PRESET in specs.list_presets() else None
         self.defaults = specs.InferSpec(run_id=self.run_id)
         self.preset_problem = ""

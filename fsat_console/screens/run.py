@@ -184,7 +184,7 @@ def tta_line(tta: TtaComparison, run_id: str) -> Text:
     for label, run, sep in (("without TTA", tta.base, "   "), ("with TTA", tta.tta, "  →  ")):
         text.append(f"{sep}{label} ", style="dim")
         text.append(fmt_score(run.get("cv_lwlrap")), style="bold")
-        text.append(f" {run['id']}" + (" (this run)" if str(run["id"]) == run_id else ""), style="dim")
+        text.append(f" {run['run_id']}" + (" (this run)" if str(run["run_id"]) == run_id else ""), style="dim")
     if tta.settings:
         text.append(f" · {tta.settings}", style="dim")
     status = tta.tta.get("status")
@@ -192,8 +192,8 @@ def tta_line(tta: TtaComparison, run_id: str) -> Text:
         text.append("  ")
         text.append_text(status_text(status))
     if tta.n_infer_runs > 1:
-        text.append(f"   newest of {tta.n_infer_runs} inference runs" if str(tta.base["id"]) == run_id
-                    else f"   {tta.n_infer_runs} inference runs of {tta.base['id']}", style="dim")
+        text.append(f"   newest of {tta.n_infer_runs} inference runs" if str(tta.base["run_id"]) == run_id
+                    else f"   {tta.n_infer_runs} inference runs of {tta.base['run_id']}", style="dim")
     return text
 
 
@@ -220,7 +220,7 @@ def run_header(detail: RunDetail | None, run_id: str) -> Text:
     from engine.compare import mean_std, pm_text
 
     mean, std = mean_std([f["lwlrap"] for f in detail.folds])
-    first = Text.assemble((str(run["id"]), "bold"), ("  " + (run.get("name") or ""), "italic"), sep,
+    first = Text.assemble((str(run["run_id"]), "bold"), ("  " + (run.get("name") or ""), "italic"), sep,
                           status_text(run.get("status")), sep, (run.get("model") or "—", "bold"), sep,
                           pair("seed", "—" if run.get("seed") is None else str(run["seed"])), sep,
                           pair("config", run.get("config_hash") or "—"))
@@ -482,7 +482,7 @@ class RunScreen(Screen):
         if dataset is None and not problem:
             problem = f"run {self.run_id} has no dataset recorded; check this data root"
         root = str(dataset["root"]) if dataset else str(console(self).default_data_root())
-        encoder = str(run["id"]) if can_embed_baseline(run) else ""
+        encoder = str(run["run_id"]) if can_embed_baseline(run) else ""
         self.app.push_screen(BaselineScreen(data_root=root, dataset_name=dataset["name"] if dataset else "",
                                             encoder_run_id=encoder, root_problem=problem), self._queued)
 
