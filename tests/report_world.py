@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from tests.conftest import (ENSEMBLE_CLASSES, finish_trained_run, multi_hot_truth, record_run, record_trained_fold,
-                            stream_epochs, tagger_scores, write_dataset)
+                            tagger_scores, write_dataset)
 
 #: Curated clips of the world's dataset (every class has positives).
 N_CLIPS = 240
@@ -36,6 +36,28 @@ class ReportWorld:
     ensemble: str
 
 
+def _epochs(store, run_id: str, fold: int, val_lwlraps: list[float], *, loss: float, first: int = 1,
+            stages: list[str] | None = None) -> list:
+    """Epochs of one fold as a training fold reports them (``EpochRecord`` into the run layer's ``StoreRecorder``).
+
+    Losses fall from ``loss`` as 1/epoch (validation a little above training); ``stages`` tags each epoch.
+    """
+    from engine.runs.recorder import EpochRecord, StoreRecorder
+
+    recorder = StoreRecorder(store, run_id, log=lambda line: None)
+    records, best = [], float("-inf")
+    for i, value in enumerate(val_lwlraps):
+        epoch = first + i
+        record = EpochRecord(fold=fold, epoch=epoch, train_loss=loss / (i + 1), val_loss=1.15 * loss / (i + 1) + 0.02 * fold,
+                             val_lwlrap=float(value), lr=1e-3 / (i + 1), seconds=8.0 + fold,
+                             clips_per_sec=48.0 / (1 + 0.1 * fold), is_best=float(value) > best,
+                             tag=stages[i] if stages else "")
+        best = max(best, float(value))
+        recorder.epoch(record)
+        records.append(record)
+    return records
+
+
 def _train(store, runs_root: Path, ds: int, truth, folds, name: str, arch: str, seed: int, skill: float,
            epochs: int = 6) -> str:
     """A finished 5-fold train run: its job claimed and finished, epochs per fold, fold and out-of-fold scores."""
@@ -51,7 +73,7 @@ def _train(store, runs_root: Path, ds: int, truth, folds, name: str, arch: str, 
         # Validation LWLRAP per epoch rising to what the fold's scores give.
         final = lwlrap(truth[folds == k], oof[folds == k])
         curve = [final - 0.3 / e + 0.3 / epochs - 0.01 * ((k + e * seed) % 3) for e in range(1, epochs + 1)]
-        records = stream_epochs(store, run_id, k, curve, seconds=8.0 + k)
+        records = _epochs(store, run_id, k, curve, loss=0.5 + 2.0 / skill)
         record_trained_fold(store, runs_root, run_id, k, records, truth, oof, folds)
     cv = finish_trained_run(store, runs_root, run_id, truth)
     store.finish_job(job, worker_id="w-report", attempt=claimed.attempts, message=f"CV lwlrap {cv:.4f}")
@@ -62,7 +84,6 @@ def _curriculum(store, runs_root: Path, ds: int, truth, folds, teacher: str) -> 
     """A curriculum run of ``teacher``: two stages per fold, scores, and the filter's audit on a noisy set."""
     from engine.curriculum import audit_per_class, clip_weights, filter_labels
     from engine.runs.folder import RunFolder
-    from engine.runs.recorder import EpochRecord, StoreRecorder
     from engine.runs.scores import record_fold_scores, record_oof_scores
 
     run_id = "curriculum-0100"
@@ -70,15 +91,12 @@ def _curriculum(store, runs_root: Path, ds: int, truth, folds, teacher: str) -> 
                name="curriculum of " + teacher, overrides=("train.epochs=4", "train.seed=5"))
     oof = tagger_scores(truth, skill=4.2, seed=5, shared=0.5)
     RunFolder(runs_root / run_id).save_array(RunFolder(runs_root / run_id).oof, oof)
-    recorder = StoreRecorder(store, run_id, log=lambda line: None)
     classes = list(ENSEMBLE_CLASSES)
     for k in range(N_FOLDS):
         rows = np.asarray(folds) == k
-        score = record_fold_scores(store, run_id, k, truth[rows], oof[rows], classes, best_epoch=3)
-        for epoch, below in enumerate((0.15, 0.08, 0.03, 0.0)):
-            recorder.epoch(EpochRecord(fold=k, epoch=epoch, train_loss=1.0 / (epoch + 1), val_loss=0.8 / (epoch + 1),
-                                       val_lwlrap=score - below, lr=1e-3, seconds=9.0, clips_per_sec=40.0,
-                                       is_best=True, tag="A" if epoch < 2 else "B"))
+        score = record_fold_scores(store, run_id, k, truth[rows], oof[rows], classes, best_epoch=3)  # the last epoch, the best
+        _epochs(store, run_id, k, [score - below for below in (0.15, 0.08, 0.03, 0.0)], loss=0.9, first=0,
+                stages=["A", "A", "B", "B"])
     cv, _ = record_oof_scores(store, run_id, truth, oof, classes)
     # The noisy set: weak labels with a third of them wrong, the teacher's probabilities, the true labels.
     rng = np.random.default_rng(11)

@@ -169,24 +169,23 @@ def outranking_bars(data: OutrankingBars) -> MplFigure:
     return fig
 
 
-def method_scores(data: MethodScores) -> MplFigure:
-    """Bars of every method's out-of-fold LWLRAP, the chosen one filled, the best member as a dashed line."""
-    rows = data.rows
-    fig, (ax,) = _new(1.0 + 0.3 * len(rows))
-    ys = list(range(len(rows)))[::-1]
-    for y, (method, score, chosen) in zip(ys, rows):
-        if score is None:
-            ax.annotate("could not apply", (0, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
-            continue
-        ax.barh(y, score, height=0.65, color=COLORS[2] if chosen else "white", edgecolor=COLORS[2], linewidth=1.2)
-        ax.annotate(f"{score:.4f}", (score, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
-    ax.set_yticks(ys, [m + ("  (chosen)" if c else "") for m, _, c in rows])
-    scores = [s for _, s, _ in rows if s is not None]
-    if data.best_member is not None:
-        name, value = data.best_member
-        ax.axvline(value, color="black", linestyle="--", linewidth=1)
-        ax.annotate(f"best member {name}: {value:.4f}", (value, 1.0), xycoords=("data", "axes fraction"),
-                    xytext=(3, -10), textcoords="offset points", fontsize=7)
+def _lwlrap_bars(labels: list[str], bars: list[tuple[float | None, dict]],
+                 reference: tuple[str, float, str] | None) -> MplFigure:
+    """Horizontal bars of out-of-fold LWLRAP, each with its value, and a vertical reference line."""
+    fig, (ax,) = _new(1.0 + 0.3 * len(labels))
+    ys = list(range(len(labels)))[::-1]
+    for y, (score, style) in zip(ys, bars):
+        if score is not None:
+            ax.barh(y, score, height=0.65, **style)
+        ax.annotate("could not apply" if score is None else f"{score:.4f}", (score or 0.0, y), xytext=(3, 0),
+                    textcoords="offset points", va="center", fontsize=7)
+    ax.set_yticks(ys, labels)
+    scores = [s for s, _ in bars if s is not None]
+    if reference is not None:
+        text, value, linestyle = reference
+        ax.axvline(value, color="black", linestyle=linestyle, linewidth=1.3)
+        ax.annotate(f"{text} {value:.4f}", (value, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -10),
+                    textcoords="offset points", fontsize=7)
         scores.append(value)
     _zoom(ax, scores)
     ax.set_xlabel("out-of-fold LWLRAP")
@@ -194,27 +193,20 @@ def method_scores(data: MethodScores) -> MplFigure:
     return fig
 
 
+def method_scores(data: MethodScores) -> MplFigure:
+    """Bars of every method's out-of-fold LWLRAP, the chosen one filled, the best member as a dashed line."""
+    bars = [(score, {"color": COLORS[2] if chosen else "white", "edgecolor": COLORS[2], "linewidth": 1.2})
+            for _, score, chosen in data.rows]
+    best = data.best_member
+    return _lwlrap_bars([m + ("  (chosen)" if c else "") for m, _, c in data.rows], bars,
+                        (f"best member {best[0]}:", best[1], "--") if best is not None else None)
+
+
 def member_scores(data: MemberScores) -> MplFigure:
     """Each member's out-of-fold LWLRAP (weight in the label) and the blend's as a line."""
-    rows = data.rows
-    fig, (ax,) = _new(1.0 + 0.3 * len(rows))
-    ys = list(range(len(rows)))[::-1]
-    for y, (run_id, _, score) in zip(ys, rows):
-        if score is not None:
-            ax.barh(y, score, height=0.65, color=COLORS[4])
-            ax.annotate(f"{score:.4f}", (score, y), xytext=(3, 0), textcoords="offset points", va="center",
-                        fontsize=7)
-    ax.set_yticks(ys, [f"{run_id} (weight {weight:.2f})" for run_id, weight, _ in rows])
-    scores = [s for _, _, s in rows if s is not None]
-    if data.blend is not None:
-        ax.axvline(data.blend, color="black", linewidth=1.6)
-        ax.annotate(f"blend {data.blend:.4f}", (data.blend, 1.0), xycoords=("data", "axes fraction"),
-                    xytext=(3, -10), textcoords="offset points", fontsize=7)
-        scores.append(data.blend)
-    _zoom(ax, scores)
-    ax.set_xlabel("out-of-fold LWLRAP")
-    ax.grid(axis="y", visible=False)
-    return fig
+    return _lwlrap_bars([f"{run_id} (weight {weight:.2f})" for run_id, weight, _ in data.rows],
+                        [(score, {"color": COLORS[4]}) for _, _, score in data.rows],
+                        ("blend", data.blend, "-") if data.blend is not None else None)
 
 
 def _zoom(ax: Any, scores: list[float]) -> None:
