@@ -156,7 +156,7 @@ def test_a_comparison_of_three_runs_takes_deltas_against_the_pinned_baseline(wor
     with Store(world.db, readonly=True) as store:
         cv = {r: store.get_run(r)["cv_lwlrap"] for r in world.trains}
     runs = {row[0]: row for row in page_tables(page)["Runs"][1:]}
-    assert runs[f"{b} (baseline)"][-1] == "—"
+    assert runs[f"{b} (baseline)"][-1] == "baseline"
     for r in (a, c):
         assert runs[r][3] == f"{cv[r]:.4f}" and runs[r][-1] == f"{cv[r] - cv[b]:+.4f}"
     # Only the settings that differ: the architecture, the seed, and what follows from them.

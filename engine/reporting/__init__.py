@@ -1,5 +1,6 @@
 """Reports you can share: one self-contained HTML file of a run, a comparison or a blend, with its figures.
 
+- :mod:`engine.reporting.model` is what a report is made of: sections, tables, each figure's numbers;
 - :mod:`engine.reporting.data` gathers the numbers (through ``engine.compare``, ``engine.runs``,
   ``engine.curriculum`` and the ensemble job's scoring) into a :class:`~engine.reporting.data.Report`;
 - :mod:`engine.reporting.confusion` counts which classes outrank a clip's true labels (numpy);
@@ -11,7 +12,7 @@
   network for (the browser test, and the screenshot in the README).
 
 A target is a ``gather_*`` function in :mod:`engine.reporting.data` returning a ``Report``; a sweep
-target is one more such function (one :class:`~engine.reporting.data.Spread` per configuration, its
+target is one more such function (one :class:`~engine.reporting.model.Spread` per configuration, its
 seeds as the spread) and one more argument of the CLI. Nothing is imported here, so
 ``import engine.reporting.cli`` does not load numpy or matplotlib.
 """

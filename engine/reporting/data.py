@@ -1,25 +1,18 @@
-"""A report's numbers: gathered from the store and the run folders, nothing drawn here.
-
-A :class:`Report` is a title and an ordered list of :class:`Section` s, each
-with lines of text, :class:`Table` s and :class:`Figure` s. A figure holds the
-numbers of one plot in a dataclass per kind of plot (:class:`LearningCurves`,
-:class:`ScoreSpreads`, :class:`ClassBars`, :class:`OutrankingBars`,
-:class:`MethodScores`, :class:`MemberScores`, :class:`AuditBars`);
-``engine.reporting.figures`` draws them and ``engine.reporting.html`` lays
-out the page. A part the target lacks (an ensemble has no epochs, a run no
-test scores) is left out and named in ``Report.absent``.
+"""A report's numbers: gathered from the store and the run folders into ``engine.reporting.model``, nothing drawn.
 
 Every number is read through the code the CLI and the console already use:
 ``engine.compare`` (comparisons, config differences, mean ± std, learning
 curves), ``engine.runs.reports`` (the TTA gain), ``engine.runs.members`` (the
 curated truth), ``engine.curriculum.audit_report`` and
 ``engine.jobs.ensemble.evaluate_ensemble`` (a blend not saved yet, scored as
-the ensemble job would).
+the ensemble job would). A part the target lacks (an ensemble has no epochs,
+a run no test scores) is left out and named in ``Report.absent``.
 
 Targets: :func:`gather_run`, :func:`gather_comparison`, :func:`gather_blend`.
 A new target (a sweep: one point per configuration with seed error bars) is
-one more ``gather_*`` function returning a :class:`Report`; its spread of
-scores is a :class:`ScoreSpreads` with one row per configuration.
+one more ``gather_*`` function returning a :class:`~engine.reporting.model.Report`;
+its spread of scores is a :class:`~engine.reporting.model.ScoreSpreads` with one
+:class:`~engine.reporting.model.Spread` per configuration.
 """
 
 from __future__ import annotations
@@ -32,183 +25,17 @@ from typing import Any, Sequence
 
 from engine.compare import METRICS, Comparison, best_points, compare_runs, fold_series, flatten, mean_series, mean_std
 from engine.errors import FsatError
+from engine.reporting.model import (AuditBars, ClassBars, Curve, CurvePanel, Figure, LearningCurves, MemberScores,
+                                    MethodScores, OutrankingBars, Report, ScoreSpreads, Section, Spread, Table)
+from engine.runs.reports import tta_comparison
 from engine.store import OOF
 
-__all__ = ["AuditBars", "ClassBars", "Curve", "CurvePanel", "Figure", "LearningCurves", "MemberScores",
-           "MethodScores", "OutrankingBars", "Report", "ScoreSpreads", "Section", "Spread", "Table", "gather_blend",
-           "gather_comparison", "gather_run"]
+__all__ = ["BlendFacts", "gather_blend", "gather_comparison", "gather_run"]
 
 #: The learning-curve panels of a report: val LWLRAP, val loss, train loss (METRICS order).
 CURVE_METRICS = METRICS[:3]
 #: Pairs and classes shown in the outranking view.
 OUTRANKING_LIMIT = 20
-
-
-# -- the report's parts ---------------------------------------------------------------------------
-
-
-@dataclass
-class Table:
-    """Rows of cells under named columns; ``folded`` tables (80 classes, a whole config) start closed."""
-
-    title: str
-    columns: list[str]
-    rows: list[list[Any]]
-    note: str = ""
-    folded: bool = False
-
-
-@dataclass
-class Curve:
-    """One line of a learning-curve panel: a fold, the mean over folds, or one run of a comparison."""
-
-    label: str
-    points: list[tuple[int, float]]
-    role: str = "fold"   # "fold" | "mean" | "run"
-
-
-@dataclass
-class CurvePanel:
-    """One metric per epoch: its curves, each fold's best epoch, the planned epochs and stage starts."""
-
-    metric: str
-    curves: list[Curve]
-    best: list[tuple[int, float]] = field(default_factory=list)
-    x_max: int | None = None
-    stages: list[tuple[int, str]] = field(default_factory=list)
-
-
-@dataclass
-class LearningCurves:
-    """Panels side by side."""
-
-    panels: list[CurvePanel]
-
-
-@dataclass
-class Spread:
-    """One run (or, for a sweep, one configuration): its fold scores, out-of-fold and test LWLRAP."""
-
-    label: str
-    folds: list[float]
-    oof: float | None = None
-    test: float | None = None
-    baseline: bool = False
-
-    @property
-    def mean_std(self) -> tuple[float | None, float | None]:
-        """Mean and sample standard deviation of the fold scores."""
-        return mean_std(self.folds)
-
-
-@dataclass
-class ScoreSpreads:
-    """Fold scores with mean ± std, out-of-fold and test LWLRAP, one row per run."""
-
-    rows: list[Spread]
-
-
-@dataclass
-class ClassBars:
-    """One bar per class and series, sorted by series ``sort_by`` (biggest first); ``signed``: deltas.
-
-    ``colors`` gives each series its run's place in the report's palette (default: the series' order).
-    """
-
-    classes: list[str]
-    series: list[tuple[str, list[float | None]]]
-    xlabel: str
-    signed: bool = False
-    sort_by: int = 0
-    colors: list[int] | None = None
-
-
-@dataclass
-class OutrankingBars:
-    """The most frequent (true label, class scored above it) pairs of one run."""
-
-    run_id: str
-    pairs: list[tuple[str, str, int, float]]
-    clips: int
-    labels: int
-
-
-@dataclass
-class MethodScores:
-    """Every blend method's out-of-fold LWLRAP (cross-fitted when folds are stored) and the best member's."""
-
-    rows: list[tuple[str, float | None, bool]]
-    best_member: tuple[str, float] | None = None
-
-
-@dataclass
-class MemberScores:
-    """Each member's out-of-fold LWLRAP and weight, against the blend's."""
-
-    rows: list[tuple[str, float, float | None]]
-    blend: float | None
-
-
-@dataclass
-class AuditBars:
-    """The noisy-label filter per class (means per fold), in the order given; precision/recall when known."""
-
-    classes: list[str]
-    kept: list[float]
-    dropped: list[float]
-    added: list[float]
-    precision: list[float | None] | None = None
-    recall: list[float | None] | None = None
-    weak_precision: list[float | None] | None = None
-
-
-FigureData = (LearningCurves | ScoreSpreads | ClassBars | OutrankingBars | MethodScores | MemberScores | AuditBars)
-
-
-@dataclass
-class Figure:
-    """A plot: ``name`` is unique in the report (its PNG file's stem)."""
-
-    name: str
-    title: str
-    data: FigureData
-    caption: str = ""
-
-
-@dataclass
-class Section:
-    """A heading with its text, figures and tables."""
-
-    key: str
-    title: str
-    lines: list[str] = field(default_factory=list)
-    figures: list[Figure] = field(default_factory=list)
-    tables: list[Table] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return bool(self.lines or self.figures or self.tables)
-
-
-@dataclass
-class Report:
-    """What ``fsat report`` writes: the target, its sections and what it lacks."""
-
-    kind: str                     # "run" | "compare" | "blend"
-    title: str
-    subtitle: str
-    sections: list[Section]
-    absent: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def figures(self) -> list[Figure]:
-        """Every figure, in page order."""
-        return [f for s in self.sections for f in s.figures]
-
-    def add(self, section: Section | None) -> None:
-        """Append a section that has something in it."""
-        if section:
-            self.sections.append(section)
 
 
 # -- small helpers --------------------------------------------------------------------------------
@@ -389,8 +216,6 @@ def outranking_for(run: dict, db_path: Path, truths: _Truths, name: str) -> tupl
 
 def tta_section(store: Any, run: dict) -> Section:
     """The TTA gain of a trained run (with its newest inference run) or of an inference run, per class."""
-    from engine.runs.reports import tta_comparison
-
     section = Section("tta", "Test-time augmentation")
     cmp = tta_comparison(store, run, OOF)
     if cmp is None:
@@ -619,9 +444,11 @@ def _blend_facts_of_run(store: Any, run: dict) -> BlendFacts | None:
     if not members and not candidates:
         return None
     rows = []
+    member_test: dict[str, float | None] = {}
     for m in members:
-        member = store.get_run(str(m["member_run_id"]))
-        rows.append((str(m["member_run_id"]), float(m["weight"]), member.get("cv_lwlrap") if member else None))
+        member = store.get_run(str(m["member_run_id"])) or {}
+        rows.append((str(m["member_run_id"]), float(m["weight"]), member.get("cv_lwlrap")))
+        member_test[str(m["member_run_id"])] = member.get("test_lwlrap")
     scored = [(m, s) for m, _, s in rows if s is not None]
     best = max(scored, key=lambda r: r[1]) if scored else None
     chosen = next((c["method"] for c in candidates if c.get("chosen")), None)
@@ -631,10 +458,6 @@ def _blend_facts_of_run(store: Any, run: dict) -> BlendFacts | None:
         dataset = store.get_dataset(int(run["dataset_id"]))
         if dataset is not None:
             cross_fitted = len(store.get_folds(int(dataset["id"]))) >= int(dataset.get("n_curated") or 0) > 0
-    member_test = {}
-    for m, _, _ in rows:
-        member = store.get_run(m)
-        member_test[m] = member.get("test_lwlrap") if member else None
     return BlendFacts(members=rows, blend_oof=run.get("cv_lwlrap"), method=chosen or requested, requested=requested,
                       candidates=candidates, best_member=best, cross_fitted=cross_fitted, warning=run.get("warning"),
                       member_test=member_test, blend_test=run.get("test_lwlrap"))
@@ -682,7 +505,8 @@ def gather_run(store: Any, run_id: str, db_path: Path | str) -> Report:
         report.absent.append(f"learning curves: {article} {run['kind']} run records no epochs" if run["kind"] not in
                              ("train", "curriculum") else "learning curves: no epoch recorded yet")
 
-    classes = class_lrap_section(store.class_scores(run_id, OOF))
+    oof_classes = store.class_scores(run_id, OOF)
+    classes = class_lrap_section(oof_classes)
     figure, why = outranking_for(run, db_path, truths, "outranking")
     if figure is not None:
         classes.figures.append(figure)
@@ -690,7 +514,7 @@ def gather_run(store: Any, run_id: str, db_path: Path | str) -> Report:
     else:
         report.absent.append(str(why))
     report.add(classes)
-    if not store.class_scores(run_id, OOF):
+    if not oof_classes:
         report.absent.append("per-class LRAP: no out-of-fold scores recorded")
 
     tta = tta_section(store, run)
@@ -724,13 +548,11 @@ def gather_comparison(store: Any, run_ids: Sequence[str], baseline: str | None, 
                                           "test", "Δ out-of-fold"],
                                  [[r["run_id"] + (" (baseline)" if r["baseline"] else ""), r["kind"], r["model"],
                                    r["cv_lwlrap"], r["fold_mean"], r["fold_std"], r["folds"], r["test_lwlrap"],
-                                   None if r["baseline"] else r["delta_cv"]] for r in summary])]
+                                   "baseline" if r["baseline"] else r["delta_cv"]] for r in summary])]
     report.add(section)
     report.add(_comparison_learning(comp))
     report.add(_comparison_classes(comp, db_path, store, report))
     tta_rows = []
-    from engine.runs.reports import tta_comparison
-
     for side in comp.sides:
         cmp = tta_comparison(store, side.run, OOF)
         if cmp is not None:

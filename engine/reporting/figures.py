@@ -24,7 +24,7 @@ matplotlib.use("Agg")
 
 from matplotlib.figure import Figure as MplFigure  # noqa: E402  (after the backend is chosen)
 
-from engine.reporting.data import (AuditBars, ClassBars, Figure, LearningCurves, MemberScores,  # noqa: E402
+from engine.reporting.model import (AuditBars, ClassBars, Figure, LearningCurves, MemberScores,  # noqa: E402
                                    MethodScores, OutrankingBars, ScoreSpreads)
 
 __all__ = ["draw", "save_png", "svg_text"]

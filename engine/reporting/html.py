@@ -13,7 +13,7 @@ import html
 import math
 from typing import Any, Mapping
 
-from engine.reporting.data import Report, Section, Table
+from engine.reporting.model import Report, Section, Table
 
 __all__ = ["CSP", "page"]
 
