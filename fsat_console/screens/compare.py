@@ -29,10 +29,10 @@ from engine.errors import FsatError
 from fsat_console.widgets.footer import KeyFooter
 from fsat_console.formatting import fmt_score, shorten
 from fsat_console.live import Overview
-from fsat_console.report import REPORT_KEY, write_report
 from fsat_console.widgets.chart import FOLD_COLORS, FOLD_MARKERS, METRICS, EpochChart, Line, fold_series, mean_series
 from fsat_console.widgets.live_table import Cell, ColumnSpec, LiveTable, num_cell
 from fsat_console.widgets.status import WorkerStatus
+from fsat_console.report import REPORT_KEY, write_report
 
 SUMMARY_COLUMNS = (
     ColumnSpec("marker", " ", sortable=False, width=2),

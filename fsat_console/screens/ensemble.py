@@ -48,8 +48,8 @@ from engine.runs.members import (GREEDY_STEPS, BlendBench, BlendOutcome, BlendSt
 from fsat_console.widgets.footer import KeyFooter
 from fsat_console.formatting import fmt_score, shorten
 from fsat_console.live import Overview
-from fsat_console.report import REPORT_KEY, write_report
 from fsat_console.screens.queue import try_enqueue
+from fsat_console.report import REPORT_KEY, write_report
 from fsat_console.widgets.live_table import Cell, ColumnSpec, LiveTable, num_cell
 from fsat_console.widgets.status import WorkerStatus
 

@@ -29,9 +29,9 @@ from engine.runs.kinds import FOLD_CHECKPOINT_KINDS, can_embed_baseline
 from engine.store import OOF, StoreError
 from fsat_console.widgets.footer import KeyFooter
 from fsat_console.formatting import bar, fmt_duration, fmt_score, status_text
-from fsat_console.report import REPORT_KEY, write_report
 from fsat_console.live import Overview, RunDetail, TtaComparison
 from fsat_console.screens.infer import BaselineScreen, InferScreen
+from fsat_console.report import REPORT_KEY, write_report
 from fsat_console.widgets.chart import METRICS, EpochChart, fold_series
 from fsat_console.widgets.live_table import Cell, ColumnSpec, LiveTable, num_cell
 from fsat_console.widgets.status import WorkerStatus
