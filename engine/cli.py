@@ -24,6 +24,7 @@
     fsat [--db PATH] datasets | presets   [--json]
     fsat [--db PATH] cancel JOB_ID
     fsat [--db PATH] wait JOB_ID [--timeout SECONDS]
+    fsat [--db PATH] report RUN_ID ... --out FILE.html [--baseline RUN_ID] [--png DIR] [--blend ...]
 
 ``--db`` defaults to ``$FSAT_DB`` or ``./experiments.db``; run folders go to
 ``runs/`` beside it (``$FSAT_RUNS`` overrides). Scores, run folders and the
@@ -55,6 +56,7 @@ from rich.table import Table
 from rich.text import Text
 
 from engine.errors import FsatError
+from engine.reporting.cli import add_parser as add_report_parser
 from engine.runs.kinds import has_fold_checkpoints
 from engine.runs.reports import tta_gain_report
 from engine.specs import ENSEMBLE_METHODS
@@ -826,6 +828,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-age", type=float, default=10.0)
     add("datasets", cmd_datasets, "list registered datasets", listing=True)
     add("presets", cmd_presets, "list presets", listing=True)
+    add_report_parser(sub)
     return ap
 
 

@@ -161,6 +161,49 @@ def compare_runs(store: Any, run_ids: Sequence[str], baseline: str | None = None
     return Comparison(sides=sides, baseline=baseline, class_names=names)
 
 
+# -- learning curves -----------------------------------------------------------------------------
+
+#: Per-epoch metrics a learning curve can show: (epochs column, label, higher is better).
+METRICS: tuple[tuple[str, str, bool], ...] = (
+    ("val_lwlrap", "val LWLRAP", True),
+    ("val_loss", "val loss", False),
+    ("train_loss", "train loss", False),
+    ("lr", "learning rate", False),
+)
+
+
+def fold_series(epochs: list[dict], metric: str) -> dict[int, list[tuple[int, float]]]:
+    """fold -> [(epoch, value)] for one metric, skipping epochs where it is missing."""
+    series: dict[int, list[tuple[int, float]]] = {}
+    for row in epochs:
+        value = row.get(metric)
+        if value is None:
+            continue
+        series.setdefault(int(row["fold"]), []).append((int(row["epoch"]), float(value)))
+    for points in series.values():
+        points.sort()
+    return series
+
+
+def mean_series(series: dict[int, list[tuple[int, float]]]) -> list[tuple[int, float]]:
+    """The mean over folds at each epoch that at least two folds reached."""
+    by_epoch: dict[int, list[float]] = {}
+    for points in series.values():
+        for epoch, value in points:
+            by_epoch.setdefault(epoch, []).append(value)
+    return [(e, sum(v) / len(v)) for e, v in sorted(by_epoch.items()) if len(v) >= 2]
+
+
+def best_points(series: dict[int, list[tuple[int, float]]], best_epochs: dict[int, int]) -> list[tuple[int, float]]:
+    """(epoch, value) of each fold's best epoch, where the series has it."""
+    out = []
+    for fold, epoch in sorted(best_epochs.items()):
+        value = dict(series.get(fold, [])).get(epoch)
+        if value is not None:
+            out.append((epoch, value))
+    return out
+
+
 # -- writing tables ------------------------------------------------------------------------------
 
 

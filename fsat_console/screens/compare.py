@@ -33,6 +33,7 @@ from fsat_console.live import OverviewChanged
 from fsat_console.widgets.chart import FOLD_COLORS, FOLD_MARKERS, METRICS, EpochChart, Line, fold_series, mean_series
 from fsat_console.widgets.live_table import Cell, ColumnSpec, LiveTable, num_cell
 from fsat_console.widgets.status import WorkerStatus
+from fsat_console.report import REPORT_KEY, write_report
 
 SUMMARY_COLUMNS = (
     ColumnSpec("marker", " ", sortable=False, width=2),
@@ -130,6 +131,8 @@ class CompareScreen(Screen):
                   tooltip="Sort by the n-th sortable column (again: reverse)") for n in range(1, 10)],
         Binding("m", "cycle_metric", "Metric", tooltip="Chart: val LWLRAP, val loss, train loss, learning rate"),
         Binding("E", "export", "Export .md", tooltip="Write the whole comparison as Markdown beside the database"),
+        Binding(REPORT_KEY, "report", "Report", show=False,
+                tooltip="Write the comparison as an HTML report with figures beside the database"),
         Binding("tab", "focus_next", "Next table", show=False),
     ]
 
@@ -305,3 +308,6 @@ class CompareScreen(Screen):
             return
         self.notify(f"Wrote {path}", title="Export", timeout=6, markup=False)
 
+    def action_report(self) -> None:
+        """Write the comparison's HTML report, deltas against the baseline shown, beside the database."""
+        write_report(self, "compare-" + "-".join(self.run_ids), [*self.run_ids, "--baseline", self.baseline])

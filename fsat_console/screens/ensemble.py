@@ -50,6 +50,7 @@ from fsat_console.widgets.footer import KeyFooter
 from fsat_console.formatting import fmt_score, shorten
 from fsat_console.live import Overview, OverviewChanged
 from fsat_console.screens.queue import try_enqueue
+from fsat_console.report import REPORT_KEY, write_report
 from fsat_console.widgets.live_table import Cell, ColumnSpec, LiveTable, num_cell
 from fsat_console.widgets.status import WorkerStatus
 
@@ -159,6 +160,8 @@ class EnsembleScreen(Screen):
         Binding("d", "next_dataset", "Dataset", tooltip="Show the runs of the next dataset (clears the blend)"),
         Binding("s", "cycle_sort", "Sort", show=False, tooltip="Sort the runs by their next column"),
         Binding("S", "reverse_sort", "Reverse", show=False, tooltip="Reverse the sort of the runs"),
+        Binding(REPORT_KEY, "report", "Report", show=False, tooltip="Write the blend shown as an HTML report beside "
+                "the database (scored as the ensemble job would; nothing is saved)"),
     ]
 
     def __init__(self) -> None:
@@ -492,6 +495,18 @@ class EnsembleScreen(Screen):
         if action == "save":
             return bool(self.state.member_ids)
         return True
+
+    def action_report(self) -> None:
+        """Write the HTML report of the blend shown (members, weights, method, calibration) beside the database."""
+        members = self.state.members()
+        if not members:
+            self.notify("Put runs in the blend first (space).", severity="warning")
+            return
+        weights = self.state.explicit_weights()
+        arguments = [*members, "--blend", "--method", self.state.method,
+                     *(["--weights", *map(repr, weights)] if weights else []),
+                     *([] if self.state.calibrate else ["--no-calibrate"])]
+        write_report(self, "blend-" + "-".join(members), arguments)
 
     def _busy(self) -> bool:
         if self.greedy_running:

@@ -32,6 +32,7 @@ from fsat_console.widgets.footer import KeyFooter
 from fsat_console.formatting import bar, fmt_duration, fmt_score, status_text
 from fsat_console.live import OverviewChanged, RunDetail, RunDetailChanged, TtaComparison
 from fsat_console.screens.infer import BaselineScreen, InferScreen
+from fsat_console.report import REPORT_KEY, write_report
 from fsat_console.widgets.chart import METRICS, EpochChart, fold_series
 from fsat_console.widgets.live_table import Cell, ColumnSpec, LiveTable, num_cell
 from fsat_console.widgets.status import WorkerStatus
@@ -266,6 +267,8 @@ class RunScreen(Screen):
         Binding("tab", "switch_table", "Folds/Classes", show=False, tooltip="Move between the fold and the class table"),
         Binding("u", "curriculum", "Curriculum", tooltip="Train run: queue a noisy-label curriculum with it as "
                 "teacher; curriculum run: its stages, gain over the teacher and noisy-label audit"),
+        Binding(REPORT_KEY, "report", "Report", show=False,
+                tooltip="Write this run's HTML report (figures inline, readable offline) beside the database"),
     ]
 
     def __init__(self, run_id: str) -> None:
@@ -500,6 +503,10 @@ class RunScreen(Screen):
         else:
             self.notify(f"Run {self.run_id} is a {run.get('kind')} run: a curriculum needs a train run as teacher.",
                         severity="warning", markup=False)
+
+    def action_report(self) -> None:
+        """Write this run's HTML report (``fsat report RUN_ID``) beside the database."""
+        write_report(self, self.run_id, [self.run_id])
 
     def _queued(self, job_id: int | None) -> None:
         if job_id is not None:

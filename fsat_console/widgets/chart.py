@@ -15,13 +15,8 @@ from dataclasses import dataclass
 from rich.text import Text
 from textual_plotext import PlotextPlot
 
-#: Metrics the chart can show: (epochs column, label, higher is better).
-METRICS: tuple[tuple[str, str, bool], ...] = (
-    ("val_lwlrap", "val LWLRAP", True),
-    ("val_loss", "val loss", False),
-    ("train_loss", "train loss", False),
-    ("lr", "learning rate", False),
-)
+# The curves' data (metrics, per-fold series, their mean, best epochs) are the engine's, shared with the reports.
+from engine.compare import METRICS, best_points, fold_series, mean_series  # noqa: F401  (the screens import them here)
 
 #: Fixed colour per fold so a fold keeps its colour while other folds appear.
 FOLD_COLORS = ("cyan", "orange", "green", "magenta", "blue", "red", "yellow", "white")
@@ -38,38 +33,6 @@ class Line:
     points: list[tuple[int, float]]
     marker: str
     color: str
-
-
-def fold_series(epochs: list[dict], metric: str) -> dict[int, list[tuple[int, float]]]:
-    """fold -> [(epoch, value)] for one metric, skipping epochs where it is missing."""
-    series: dict[int, list[tuple[int, float]]] = {}
-    for row in epochs:
-        value = row.get(metric)
-        if value is None:
-            continue
-        series.setdefault(int(row["fold"]), []).append((int(row["epoch"]), float(value)))
-    for points in series.values():
-        points.sort()
-    return series
-
-
-def mean_series(series: dict[int, list[tuple[int, float]]]) -> list[tuple[int, float]]:
-    """The mean over folds at each epoch that at least two folds reached."""
-    by_epoch: dict[int, list[float]] = {}
-    for points in series.values():
-        for epoch, value in points:
-            by_epoch.setdefault(epoch, []).append(value)
-    return [(e, sum(v) / len(v)) for e, v in sorted(by_epoch.items()) if len(v) >= 2]
-
-
-def best_points(series: dict[int, list[tuple[int, float]]], best_epochs: dict[int, int]) -> list[tuple[int, float]]:
-    """(epoch, value) of each fold's best epoch, where the series has it."""
-    out = []
-    for fold, epoch in sorted(best_epochs.items()):
-        value = dict(series.get(fold, [])).get(epoch)
-        if value is not None:
-            out.append((epoch, value))
-    return out
 
 
 class EpochChart(PlotextPlot):
