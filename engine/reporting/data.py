@@ -41,12 +41,6 @@ OUTRANKING_LIMIT = 20
 # -- small helpers --------------------------------------------------------------------------------
 
 
-def rid(run: dict) -> str:
-    """A run row's id: its ``run_id`` (run_summary rows, and every run row of a store that keys them so),
-    else the ``runs`` table's own column ``id``."""
-    return str(run["run_id"] if "run_id" in run else run["id"])
-
-
 def when(timestamp: float | None) -> str:
     """A stored Unix time as ``2026-11-30 12:00 UTC`` ('' when missing)."""
     if timestamp is None:
@@ -126,7 +120,7 @@ def learning_section(run: dict, epochs: list[dict], folds: list[dict]) -> Sectio
 
 
 def _spread(run: dict, folds: list[dict], label: str | None = None, baseline: bool = False) -> Spread:
-    return Spread(label or rid(run), [float(f["lwlrap"]) for f in folds], run.get("cv_lwlrap"),
+    return Spread(label or str(run['run_id']), [float(f["lwlrap"]) for f in folds], run.get("cv_lwlrap"),
                   run.get("test_lwlrap"), baseline)
 
 
@@ -211,13 +205,13 @@ def outranking_for(run: dict, db_path: Path, truths: _Truths, name: str) -> tupl
         oof = _oof_of(run, db_path)
         truth, classes = truths.of(run.get("dataset_id"))
     except FsatError as err:
-        return None, f"the outranking view of {rid(run)}: {err}"
+        return None, f"the outranking view of {str(run['run_id'])}: {err}"
     if oof.shape != truth.shape:
-        return None, (f"the outranking view of {rid(run)}: oof.npy has shape {tuple(oof.shape)}, the dataset "
+        return None, (f"the outranking view of {str(run['run_id'])}: oof.npy has shape {tuple(oof.shape)}, the dataset "
                       f"{truth.shape[0]} curated clips × {truth.shape[1]} classes")
     if not np.isfinite(oof).all(axis=1).any():
-        return None, f"the outranking view of {rid(run)}: no fold scored yet"
-    return outranking_figure(rid(run), truth, oof, classes, name), None
+        return None, f"the outranking view of {str(run['run_id'])}: no fold scored yet"
+    return outranking_figure(str(run['run_id']), truth, oof, classes, name), None
 
 
 def tta_section(store: Any, run: dict) -> Section:
@@ -228,8 +222,8 @@ def tta_section(store: Any, run: dict) -> Section:
         return section
     gain = cmp.gain
     section.lines.append(
-        f"Out-of-fold LWLRAP without TTA ({rid(cmp.base)}, centre crop): {_score(cmp.base.get('cv_lwlrap'))}; "
-        f"with TTA ({rid(cmp.tta)}{', ' + cmp.settings if cmp.settings else ''}): {_score(cmp.tta.get('cv_lwlrap'))}; "
+        f"Out-of-fold LWLRAP without TTA ({str(cmp.base['run_id'])}, centre crop): {_score(cmp.base.get('cv_lwlrap'))}; "
+        f"with TTA ({str(cmp.tta['run_id'])}{', ' + cmp.settings if cmp.settings else ''}): {_score(cmp.tta.get('cv_lwlrap'))}; "
         f"gain {_signed(gain)}.")
     rows = cmp.class_rows()
     if any(r["gain"] is not None for r in rows):
@@ -349,22 +343,22 @@ def curriculum_section(store: Any, run_id: str) -> Section:
 def _lineage(store: Any, run: dict) -> list[list[Any]]:
     """The run's ancestors (parent, its parent ...), its members and the runs made from it."""
     rows: list[list[Any]] = []
-    seen = {rid(run)}
+    seen = {str(run['run_id'])}
     child = run
     while child.get("parent_run_id") and str(child["parent_run_id"]) not in seen:
         parent_id = str(child["parent_run_id"])
         seen.add(parent_id)
         parent = store.get_run(parent_id)
-        rows.append([_relation(child) + (f" of {rid(child)}" if child is not run else ""), parent_id,
+        rows.append([_relation(child) + (f" of {str(child['run_id'])}" if child is not run else ""), parent_id,
                      parent.get("kind") if parent else "not in the database", parent.get("cv_lwlrap") if parent else None])
         if parent is None:
             break
         child = parent
-    for m in store.run_members(rid(run)):
+    for m in store.run_members(str(run['run_id'])):
         member = store.get_run(str(m["member_run_id"]))
         rows.append(["member", m["member_run_id"], member.get("kind") if member else "not in the database",
                      member.get("cv_lwlrap") if member else None])
-    for c in store.child_runs(rid(run)):
+    for c in store.child_runs(str(run['run_id'])):
         rows.append([f"{c['kind']} run made from it", c["run_id"], c["kind"], c.get("cv_lwlrap")])
     return rows
 
@@ -383,7 +377,7 @@ def _device_rows(store: Any, run: dict, db_path: Path) -> list[list[Any]]:
         rows.append([f"loader.{key}", _value(value)])
     for key, value in sorted((record.get("requested") or {}).items()):
         rows.append([f"requested {key}", _value(value)])
-    epochs = store.epochs(rid(run))
+    epochs = store.epochs(str(run['run_id']))
     seconds = [float(e["seconds"]) for e in epochs if e.get("seconds") is not None]
     if seconds:
         rows.append(["epochs recorded", len(epochs)])
@@ -402,7 +396,7 @@ def _device_rows(store: Any, run: dict, db_path: Path) -> list[list[Any]]:
 def provenance_section(store: Any, run: dict, db_path: Path) -> Section:
     """The configuration, the environment, the lineage and the device figures of one run."""
     section = Section("provenance", "Provenance")
-    env = [["run", rid(run)], ["created", when(run.get("created_at"))], ["finished", when(run.get("finished_at"))],
+    env = [["run", str(run['run_id'])], ["created", when(run.get("created_at"))], ["finished", when(run.get("finished_at"))],
            ["config hash", run.get("config_hash") or ""], ["git commit", run.get("git_commit") or ""],
            ["seed", run.get("seed")], ["run folder", run.get("run_dir") or ""]]
     env += [[name, version] for name, version in sorted((run.get("versions") or {}).items())]
@@ -445,8 +439,8 @@ def _header(run: dict, store: Any) -> str:
 
 def _blend_facts_of_run(store: Any, run: dict) -> BlendFacts | None:
     """The blend of a saved ensemble run, from what the ensemble job recorded."""
-    members = store.run_members(rid(run))
-    candidates = store.ensemble_candidates(rid(run))
+    members = store.run_members(str(run['run_id']))
+    candidates = store.ensemble_candidates(str(run['run_id']))
     if not members and not candidates:
         return None
     rows = []
@@ -473,7 +467,7 @@ def gather_run(store: Any, run_id: str, db_path: Path | str) -> Report:
     """The report of one run: whatever of learning, scores, classes, TTA, blend and curriculum it has."""
     db_path = Path(db_path)
     run = _run_or_fail(store, run_id)
-    title = f"{rid(run)}" + (f" — {run['name']}" if run.get("name") and run["name"] != rid(run) else "")
+    title = f"{str(run['run_id'])}" + (f" — {run['name']}" if run.get("name") and run["name"] != str(run['run_id']) else "")
     report = Report("run", title, _header(run, store), [])
     if run.get("warning"):
         report.warnings.append(str(run["warning"]))
@@ -484,12 +478,12 @@ def gather_run(store: Any, run_id: str, db_path: Path | str) -> Report:
     spreads = [_spread(run, folds)]
     parent = store.get_run(str(run["parent_run_id"])) if run.get("parent_run_id") else None
     if parent is not None:
-        spreads.append(_spread(parent, store.fold_scores(rid(parent)),
-                               f"{rid(parent)} ({_relation(run)})"))
+        spreads.append(_spread(parent, store.fold_scores(str(parent['run_id'])),
+                               f"{str(parent['run_id'])} ({_relation(run)})"))
     for m in store.run_members(run_id):
         member = store.get_run(str(m["member_run_id"]))
         if member is not None:
-            spreads.append(_spread(member, store.fold_scores(rid(member)), f"{rid(member)} (member)"))
+            spreads.append(_spread(member, store.fold_scores(str(member['run_id'])), f"{str(member['run_id'])} (member)"))
     lines = []
     mean, std = mean_std([f["lwlrap"] for f in folds])
     if folds or run.get("cv_lwlrap") is not None:
@@ -562,7 +556,7 @@ def gather_comparison(store: Any, run_ids: Sequence[str], baseline: str | None, 
     for side in comp.sides:
         cmp = tta_comparison(store, side.run, OOF)
         if cmp is not None:
-            tta_rows.append([side.run_id, rid(cmp.tta), cmp.base.get("cv_lwlrap"), cmp.tta.get("cv_lwlrap"), cmp.gain])
+            tta_rows.append([side.run_id, str(cmp.tta['run_id']), cmp.base.get("cv_lwlrap"), cmp.tta.get("cv_lwlrap"), cmp.gain])
     if tta_rows:
         report.add(Section("tta", "Test-time augmentation", tables=[Table(
             "TTA gain of each run that has an inference run", ["run", "inference run", "without TTA", "with TTA",
