@@ -30,9 +30,10 @@ from fsat_console.screens.confirm import ConfirmScreen
 from fsat_console.screens.help import HelpScreen, help_table
 from fsat_console.screens.main import MainScreen
 from fsat_console.screens.queue import preset_about, split_overrides, train_presets
-from tests.conftest import (cell_text, finish_trained_run, multi_hot_truth, open_job_details, open_queue_dialog,
-                            record_run, record_trained_fold, screen_text, settle_workers, stream_epochs, table,
-                            tagger_scores, wait_until)
+from tests.helpers.console import cell_text, open_job_details, open_queue_dialog, screen_text, settle_workers, table
+from tests.helpers.datasets import multi_hot_truth
+from tests.helpers.recording import finish_trained_run, record_run, record_trained_fold, stream_epochs, tagger_scores
+from tests.helpers.waiting import wait_until
 
 PROJECT = Path(__file__).resolve().parent.parent
 SIZE = (140, 45)

@@ -31,8 +31,10 @@ from fsat_console.screens.infer import BaselineScreen, InferScreen
 from fsat_console.screens.main import MainScreen
 from fsat_console.screens.run import RunScreen
 from fsat_console.widgets.live_table import LiveTable
-from tests.conftest import (ENSEMBLE_CLIPS, add_run, open_ensemble, record_run, screen_text, select_row,
-                            settle_workers, settled, wait_until)
+from tests.helpers.console import open_ensemble, screen_text, select_row, settle_workers, settled
+from tests.helpers.datasets import ENSEMBLE_CLIPS
+from tests.helpers.recording import add_run, record_run
+from tests.helpers.waiting import wait_until
 
 PROJECT = Path(__file__).resolve().parent.parent
 SIZE = (140, 45)

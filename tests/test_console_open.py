@@ -18,7 +18,8 @@ from engine.store import Store
 from fsat_console.app import FsatConsole
 from fsat_console.widgets.chart import EpochChart
 from fsat_console.widgets.live_table import Cell, ColumnSpec, LiveTable, num_cell
-from tests.conftest import fixed_console_db, wait_until
+from tests.helpers.waiting import wait_until
+from tests.helpers.worlds import fixed_console_db
 
 
 @pytest.fixture

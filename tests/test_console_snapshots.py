@@ -1,7 +1,7 @@
 """Snapshots of the main, run, job and ensemble screens at 80x24 and 160x48 (pytest-textual-snapshot).
 
 The data is recorded through the engine's own recording code at fixed times
-(``tests.conftest.fixed_console_db``), the console's clock is pinned and the
+(``tests.helpers.worlds.fixed_console_db``), the console's clock is pinned and the
 time zone is UTC, so nothing on screen depends on when the test runs. Update
 the snapshots after a deliberate change with ``pytest --snapshot-update``
 and look at them (``snapshot_report.html``).
@@ -15,7 +15,9 @@ import pytest
 
 from fsat_console.app import FsatConsole
 from fsat_console.screens.job import JobScreen
-from tests.conftest import fixed_console_db, screen_text, settle_workers, table, wait_until
+from tests.helpers.console import screen_text, settle_workers, table
+from tests.helpers.waiting import wait_until
+from tests.helpers.worlds import fixed_console_db
 
 SIZES = [(80, 24), (160, 48)]
 

@@ -15,7 +15,8 @@ import pytest
 
 from engine.errors import ConfigError
 from engine.store import OOF, Store
-from tests.conftest import PROJECT, run_cli, wait_for, wait_until, worker_cmd
+from tests.helpers.processes import PROJECT, run_cli, worker_cmd
+from tests.helpers.waiting import wait_for, wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -19,8 +19,9 @@ from engine.ensemble import Member, blend
 from engine.metrics import lwlrap
 from engine.store import JOB_STATES, OOF, Store
 from engine.submission import read_sample_submission, validate_submission
-from tests.conftest import copy_dataset, run_cli, worker_cmd
-from tests.conftest import InferredRuns, env_with_project as _env, inferred_runs
+from tests.helpers.datasets import copy_dataset
+from tests.helpers.processes import env_with_project as _env, run_cli, worker_cmd
+from tests.helpers.worlds import InferredRuns, inferred_runs
 
 pytestmark = pytest.mark.slow
 

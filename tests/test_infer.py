@@ -23,8 +23,9 @@ from engine.models.registry import build_model
 from engine.store import OOF, Job, Store
 from engine.submission import read_sample_submission, validate_submission
 from engine.train.loop import Tagger
-from tests.conftest import InferredRuns, env_with_project as _env, inferred_runs
-from tests.conftest import copy_dataset, run_cli, worker_cmd
+from tests.helpers.datasets import copy_dataset
+from tests.helpers.processes import env_with_project as _env, run_cli, worker_cmd
+from tests.helpers.worlds import InferredRuns, inferred_runs
 
 # --------------------------------------------------------------------------- placements
 

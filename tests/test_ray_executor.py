@@ -20,7 +20,8 @@ import ray
 from engine.executors import ClusterError, FoldFailed, FoldResources, FoldCall, StorageError
 from engine.executors.ray_executor import RayExecutor, check_reachable, cluster_status
 from engine.jobs.context import JobAborted
-from tests.conftest import PROJECT, wait_for
+from tests.helpers.processes import PROJECT
+from tests.helpers.waiting import wait_for
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,8 @@ import pytest
 from engine.store import Store
 from fsat_console.live import Overview
 from fsat_console.widgets.status import status_line
-from tests.conftest import PROJECT, run_cli, wait_for
+from tests.helpers.processes import PROJECT, run_cli
+from tests.helpers.waiting import wait_for
 
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -208,7 +209,8 @@ def test_train_infer_and_curriculum_folds_run_on_ray_with_the_same_scores_as_loc
 
 async def _console_shows_folds(db: Path, job_id: int, node: str) -> None:
     from fsat_console.app import FsatConsole
-    from tests.conftest import open_job_details, screen_text, wait_until
+    from tests.helpers.console import open_job_details, screen_text
+    from tests.helpers.waiting import wait_until
 
     app = FsatConsole(db, poll_interval=0.1)
     async with app.run_test(size=(140, 45)) as pilot:

@@ -13,7 +13,7 @@ from engine.models.checkpoint import save_panns_style
 from engine.models.panns import Cnn14
 from engine.specs import resolve_spec
 from engine.store import Store
-from tests.conftest import run_cli
+from tests.helpers.processes import run_cli
 
 pytestmark = pytest.mark.slow
 

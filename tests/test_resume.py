@@ -20,7 +20,9 @@ import numpy as np
 import pytest
 
 from engine.store import Store
-from tests.conftest import PROJECT, record_run, run_cli, wait_for
+from tests.helpers.processes import PROJECT, run_cli
+from tests.helpers.recording import record_run
+from tests.helpers.waiting import wait_for
 
 #: One fold of the demo preset, short: 4 epochs of 10 steps of 1 s crops, no early stop, no warmup.
 OVERRIDES = ["train.epochs=4", "train.patience=4", "train.folds=[0]", "audio.crop_seconds=1", "optim.warmup_epochs=0",

@@ -18,7 +18,10 @@ from engine.store import SCHEMA_VERSION, Store
 from fsat_console.app import FsatConsole
 from fsat_console.screens.main import MainScreen
 from fsat_console.screens.queue import WAITING, QueueScreen
-from tests.conftest import console_world, env_with_project, run_cli, run_read_only, screen_text, wait_until
+from tests.helpers.console import screen_text
+from tests.helpers.processes import env_with_project, run_cli, run_read_only
+from tests.helpers.waiting import wait_until
+from tests.helpers.worlds import console_world
 
 
 def _fsat(db: Path, *args: str) -> list[str]:
@@ -144,7 +147,7 @@ from pathlib import Path
 from textual.widgets import OptionList, Static
 from fsat_console.app import FsatConsole
 from fsat_console.screens.queue import QueueScreen
-from tests.conftest import wait_until
+from tests.helpers.waiting import wait_until
 
 async def main(db, data):
     app = FsatConsole(Path(db), data_root=Path(data), poll_interval=0.1)
