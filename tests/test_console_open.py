@@ -26,7 +26,6 @@ from tests.helpers.worlds import fixed_console_db
 def console_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, dict]:
     db = tmp_path / "experiments.db"
     ids = fixed_console_db(db, monkeypatch)
-    monkeypatch.setenv("FSAT_PANNS_DIR", "")
     return db, ids
 
 
