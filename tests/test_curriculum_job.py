@@ -15,7 +15,7 @@ import pytest
 
 from engine.errors import ConfigError
 from engine.store import OOF, Store
-from tests.helpers.processes import PROJECT, run_cli, worker_cmd
+from tests.helpers.processes import env_with_project, run_cli, worker_cmd
 from tests.helpers.waiting import wait_for, wait_until
 
 pytestmark = pytest.mark.slow
@@ -28,7 +28,7 @@ LOW_THRESHOLDS = ("--set", "filter.keep_threshold=0.5", "--set", "filter.pseudo_
 
 
 def _drain(db: Path) -> None:
-    env = dict(os.environ, PYTHONPATH=str(PROJECT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = env_with_project()
     with open(db.parent / "worker-drain.log", "ab") as log:
         subprocess.run(worker_cmd(db, "--drain"), check=True, env=env, stdout=log, stderr=subprocess.STDOUT,
                        cwd=db.parent, timeout=900)

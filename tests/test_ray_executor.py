@@ -20,7 +20,7 @@ import ray
 from engine.executors import ClusterError, FoldFailed, FoldResources, FoldCall, StorageError
 from engine.executors.ray_executor import RayExecutor, check_reachable, cluster_status
 from engine.jobs.context import JobAborted
-from tests.helpers.processes import PROJECT
+from tests.helpers.processes import env_with_project, process_alive
 from tests.helpers.waiting import wait_for
 
 
@@ -192,7 +192,7 @@ def test_cancel_stops_every_fold_process_within_seconds(cluster, tmp_path: Path)
                                resources=FoldResources(gpus_per_fold=1, max_retries=3)))
     pids = [kw["pid"] for f, s, kw in sink.placements if s == "running"]
     assert len(pids) == 2
-    wait_for(lambda: not any(_alive(p) for p in pids), timeout=10, what="fold processes to exit")
+    wait_for(lambda: not any(process_alive(p) for p in pids), timeout=10, what="fold processes to exit")
     stamps = [b.read_text() for b in beats]
     time.sleep(0.5)
     assert [b.read_text() for b in beats] == stamps  # nothing keeps training
@@ -200,18 +200,6 @@ def test_cancel_stops_every_fold_process_within_seconds(cluster, tmp_path: Path)
     # The cluster's resources are free again for the next job.
     wait_for(lambda: cluster_status()["cpus_free"] == 2 and cluster_status()["gpus_free"] == 2, timeout=10,
              what="resources to be released")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie has exited already.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 def test_a_fold_the_cluster_cannot_fit_is_a_named_error(cluster):
@@ -249,7 +237,7 @@ def test_storage_check_names_the_node_and_the_path_it_cannot_read(cluster, tmp_p
     cluster.check_storage(read=[data], write=[runs], resources=FoldResources(gpus_per_fold=0))
     # A second node that does not see the dataset: its own mount namespace hides the folder.
     address = ray.get_runtime_context().gcs_address
-    env = dict(os.environ, PYTHONPATH=str(PROJECT))
+    env = env_with_project()
     ray_cli = str(Path(sys.executable).with_name("ray"))
     node = subprocess.Popen(
         ["unshare", "-m", "--propagation", "private", "sh", "-c",

@@ -25,7 +25,7 @@ import pytest
 from engine.store import Store
 from fsat_console.live import Overview
 from fsat_console.widgets.status import status_line
-from tests.helpers.processes import PROJECT, run_cli
+from tests.helpers.processes import env_with_project, process_alive, run_cli
 from tests.helpers.waiting import wait_for
 
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -43,8 +43,7 @@ def ray_address(tmp_path_factory) -> str:
     port = _free_port()
     log = open(tmp_path_factory.mktemp("ray") / "head.log", "wb")
     # Ray's workers run at nice 15 by default; on a machine shared with other work that only slows the tests.
-    env = dict(os.environ, PYTHONPATH=str(PROJECT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               RAY_worker_niceness="0")
+    env = env_with_project(RAY_worker_niceness="0")
     head = subprocess.Popen([RAY, "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=2",
                              "--include-dashboard=false", "--disable-usage-stats",
                              f"--object-store-memory={100 * 1024 * 1024}", "--block"],
@@ -225,13 +224,6 @@ def _epochs_of(store: Store, run_id: str | None, fold: int) -> list[int]:
     return [e["epoch"] for e in store.epochs(run_id) if e["fold"] == fold] if run_id else []
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
-
-
 def test_a_fold_process_that_dies_is_retried_from_its_last_checkpoint(tiny_demo: Path, db_path: Path,
                                                                      spawn_worker, ray_address: str):
     job_id = _queue_train(db_path, tiny_demo, "train.epochs=3", "train.folds=[0]", "cluster.max_retries=1")
@@ -261,7 +253,7 @@ def test_cancel_stops_every_fold_task_within_seconds(tiny_demo: Path, db_path: P
         what="both folds running")
     run_cli("cancel", str(job_id), db=db_path)
     wait_for(lambda: store.get_job(job_id).status == "cancelled", timeout=30, what="the job to be cancelled")
-    wait_for(lambda: not any(_alive(r["pid"]) for r in running), timeout=10, what="every fold process to exit")
+    wait_for(lambda: not any(process_alive(r["pid"]) for r in running), timeout=10, what="every fold process to exit")
     assert {r["status"] for r in store.fold_tasks(job_id)} == {"cancelled"}
     run_id = store.get_job(job_id).run_id
     epochs = len(store.epochs(run_id))
@@ -286,7 +278,7 @@ def test_a_dead_head_worker_requeues_and_the_resumed_job_trains_only_unfinished_
     pids = [r["pid"] for r in store.fold_tasks(job_id) if r["pid"]]
     os.kill(first.pid, signal.SIGKILL)  # the head worker dies; its job process follows it
     first.wait()
-    wait_for(lambda: not any(_alive(p) for p in pids), timeout=30, what="the killed attempt's fold tasks to end")
+    wait_for(lambda: not any(process_alive(p) for p in pids), timeout=30, what="the killed attempt's fold tasks to end")
     second = spawn_worker(db_path, "--executor", "ray", "--ray-address", ray_address, "--lease", "3", "--drain")
     assert second.wait(timeout=600) == 0
     job = store.get_job(job_id)
