@@ -26,9 +26,14 @@ def worker_cmd(db: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "engine.worker", "--db", str(db), "--poll", "0.2", *extra]
 
 
+def cli_cmd(*args: str, db: Path | None = None) -> list[str]:
+    """The command line of the real ``fsat`` program."""
+    return [sys.executable, "-m", "engine.cli"] + (["--db", str(db)] if db else []) + list(args)
+
+
 def run_cli(*args: str, db: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
     """Run the real ``fsat`` command line in a subprocess."""
-    cmd = [sys.executable, "-m", "engine.cli"] + (["--db", str(db)] if db else []) + list(args)
+    cmd = cli_cmd(*args, db=db)
     out = subprocess.run(cmd, capture_output=True, text=True, env=env_with_project(), timeout=600)
     if check and out.returncode != 0:
         raise AssertionError(f"{cmd} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
