@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -67,6 +68,12 @@ def copy_dataset(src: Path, dst: Path) -> Path:
     """A private copy of a dataset root (without its waveform cache) that a test may damage."""
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".fsat-cache"))
     return dst
+
+
+def file_digests(*folders: Path) -> dict[str, str]:
+    """sha1 of every file under the folders, by path: what a job that fails must leave as it was."""
+    return {str(p): hashlib.sha1(p.read_bytes()).hexdigest()
+            for folder in folders for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 class ArrayCache:

@@ -3,6 +3,7 @@ the console's preset folder and data root."""
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import time
 from dataclasses import dataclass
@@ -136,6 +137,13 @@ class InferredRuns:
 
 
 _BUILT: dict[str, InferredRuns] = {}
+
+
+def copy_db(src: Path, dst: Path) -> Path:
+    """A private copy of a database (SQLite's backup) that a test may add jobs and runs to; returns ``dst``."""
+    with sqlite3.connect(src) as a, sqlite3.connect(dst) as b:
+        a.backup(b)
+    return dst
 
 
 def inferred_runs(tiny_demo: Path, tmp_path_factory) -> InferredRuns:
