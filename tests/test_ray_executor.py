@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import ray
 from engine.executors import ClusterError, FoldFailed, FoldResources, FoldCall, StorageError
 from engine.executors.ray_executor import RayExecutor, check_reachable, cluster_status
 from engine.jobs.context import JobAborted
-from tests.helpers.processes import env_with_project, process_alive
+from tests.helpers.processes import RAY_CLI, env_with_project, process_alive, stop_ray_start
 from tests.helpers.waiting import wait_for
 
 
@@ -238,11 +237,10 @@ def test_storage_check_names_the_node_and_the_path_it_cannot_read(cluster, tmp_p
     # A second node that does not see the dataset: its own mount namespace hides the folder.
     address = ray.get_runtime_context().gcs_address
     env = env_with_project()
-    ray_cli = str(Path(sys.executable).with_name("ray"))
     node = subprocess.Popen(
         ["unshare", "-m", "--propagation", "private", "sh", "-c",
          f"mount -t tmpfs none {data} && mount --bind {runs} {runs} && mount -o remount,bind,ro {runs} && "
-         f"exec {ray_cli} start --address={address} --num-cpus=1 --num-gpus=0 --resources='{{\"blind\": 1}}' "
+         f"exec {RAY_CLI} start --address={address} --num-cpus=1 --num-gpus=0 --resources='{{\"blind\": 1}}' "
          "--block --disable-usage-stats"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -256,12 +254,5 @@ def test_storage_check_names_the_node_and_the_path_it_cannot_read(cluster, tmp_p
         cluster.check_storage(read=[data / "train_curated.csv"], write=[runs],
                               resources=FoldResources(gpus_per_fold=1))
     finally:
-        # SIGTERM to `ray start` alone (the shell exec'd it): it stops its raylet in seconds. Sent to the
-        # whole group, the raylet dies first and `ray start` then waits about 30 s for it.
-        node.send_signal(signal.SIGTERM)
-        try:
-            node.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(node.pid, signal.SIGKILL)
-            node.wait()
+        stop_ray_start(node)  # the shell exec'd `ray start`
     wait_for(lambda: cluster_status()["nodes"] == 1, timeout=60, what="the second node to leave")

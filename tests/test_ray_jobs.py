@@ -15,7 +15,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,10 +24,9 @@ import pytest
 from engine.store import Store
 from fsat_console.live import Overview
 from fsat_console.widgets.status import status_line
-from tests.helpers.processes import env_with_project, process_alive, run_cli
+from tests.helpers.processes import RAY_CLI, env_with_project, process_alive, run_cli, stop_ray_start
 from tests.helpers.waiting import wait_for
 
-RAY = str(Path(sys.executable).with_name("ray"))
 
 
 def _free_port() -> int:
@@ -44,7 +42,7 @@ def ray_address(tmp_path_factory) -> str:
     log = open(tmp_path_factory.mktemp("ray") / "head.log", "wb")
     # Ray's workers run at nice 15 by default; on a machine shared with other work that only slows the tests.
     env = env_with_project(RAY_worker_niceness="0")
-    head = subprocess.Popen([RAY, "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=2",
+    head = subprocess.Popen([RAY_CLI, "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=2",
                              "--include-dashboard=false", "--disable-usage-stats",
                              f"--object-store-memory={100 * 1024 * 1024}", "--block"],
                             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -53,14 +51,7 @@ def ray_address(tmp_path_factory) -> str:
         wait_for(lambda: _answers(port), timeout=60, what="the Ray head to listen")
         yield address
     finally:
-        # SIGTERM to `ray start` alone: it stops its raylet and GCS in seconds. Sent to the whole group,
-        # the GCS dies first and `ray start` then waits about 30 s for it before giving up.
-        head.send_signal(signal.SIGTERM)
-        try:
-            head.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait()
+        stop_ray_start(head)
         log.close()
 
 

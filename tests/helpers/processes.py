@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,9 @@ from pathlib import Path
 from tests.helpers.waiting import wait_for
 
 PROJECT = Path(__file__).resolve().parents[2]
+
+#: The ``ray`` command of this environment.
+RAY_CLI = str(Path(sys.executable).with_name("ray"))
 
 #: Libraries the console and the run layer must not load (they would slow its start; see the contracts).
 HEAVY_LIBRARIES = ("torch", "librosa", "sklearn", "scipy")
@@ -59,6 +63,21 @@ def heavy_modules_loaded_by(code: str) -> list[str]:
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return ast.literal_eval(out.stdout.strip().splitlines()[-1])
+
+
+def stop_ray_start(proc: subprocess.Popen) -> None:
+    """Stop a ``ray start --block`` process started in a session of its own.
+
+    SIGTERM to ``ray start`` alone: it stops its raylet (and a head's GCS) in
+    seconds. Sent to the whole group, those die first and ``ray start`` then
+    waits about 30 s for them. The group is killed if it has not ended in 30 s.
+    """
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 _READ_ONLY_MOUNT = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"'
