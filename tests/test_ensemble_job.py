@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from engine.metrics import lwlrap
 from engine.store import JOB_STATES, OOF, Store
 from engine.submission import read_sample_submission, validate_submission
 from tests.helpers.datasets import copy_dataset, file_digests
-from tests.helpers.processes import env_with_project as _env, run_cli, worker_cmd
+from tests.helpers.processes import drain, run_cli
 from tests.helpers.worlds import InferredRuns, copy_db, inferred_runs
 
 pytestmark = pytest.mark.slow
@@ -59,9 +58,7 @@ def blends(tiny_demo: Path, tmp_path_factory) -> Blends:
     i1, i2 = runs.infer_ids
     good = int(run_cli("ensemble", i1, i2, "--name", "two seeds", db=db).stdout)
     no_oof_job = int(run_cli("ensemble", i1, no_oof, db=db).stdout)
-    proc = subprocess.run(worker_cmd(db, "--drain"), cwd=root, capture_output=True, text=True, timeout=300,
-                          env=_env())
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    drain(db, timeout=300)
     return Blends(db=db, runs=runs, good_job=good, no_oof_job=no_oof_job, no_oof_run=no_oof)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from engine.store import OOF, Job, Store
 from engine.submission import read_sample_submission, validate_submission
 from engine.train.loop import Tagger
 from tests.helpers.datasets import copy_dataset, file_digests
-from tests.helpers.processes import env_with_project as _env, run_cli, worker_cmd
+from tests.helpers.processes import drain, run_cli
 from tests.helpers.worlds import InferredRuns, copy_db, inferred_runs
 
 # --------------------------------------------------------------------------- placements
@@ -470,9 +469,7 @@ def test_one_crop_inference_of_a_hop_160_cnn14_reproduces_its_short_clip_scores(
     train_id = f"train-{train:04d}"
     infer = int(run_cli("queue", "infer", train_id, "--set", "infer.tta_crops=1", "--set", 'splits=["oof"]',
                         db=db).stdout)
-    proc = subprocess.run(worker_cmd(db, "--drain"), cwd=tmp_path, capture_output=True, text=True, timeout=900,
-                          env=_env())
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    drain(db)
     store = Store(db)
     for job in store.list_jobs():
         assert job["status"] == "done", (job["id"], job["kind"], job["error"])

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from engine.store import Store
-from tests.helpers.processes import env_with_project, run_cli
+from tests.helpers.processes import drain, env_with_project, run_cli
 from tests.helpers.recording import record_run
 from tests.helpers.waiting import wait_for
 
@@ -39,10 +39,7 @@ def uninterrupted(tiny_demo: Path, tmp_path_factory) -> list[tuple[int, int, flo
     """Each epoch's val LWLRAP of the fold trained in one go (same spec, seed and device)."""
     db = tmp_path_factory.mktemp("reference") / "experiments.db"
     job = int(run_cli("queue", "train", "--data", str(tiny_demo), *FOLD_SETTINGS, db=db).stdout)
-    env = env_with_project()
-    proc = subprocess.run([sys.executable, "-m", "engine.worker", "--db", str(db), "--drain"], cwd=db.parent,
-                          env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    drain(db)
     store = Store(db)
     assert store.get_job(job).status == "done", store.get_job(job).error
     rows = _val_lwlrap(store, f"train-{job:04d}")

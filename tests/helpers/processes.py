@@ -44,6 +44,16 @@ def run_cli(*args: str, db: Path | None = None, check: bool = True) -> subproces
     return out
 
 
+def drain(db: Path, timeout: float = 900) -> None:
+    """Run a real worker in the foreground (``--drain``, in the database's folder) until the queue is empty.
+
+    It must exit 0; when it does not, the end of its error output fails the test.
+    """
+    proc = subprocess.run(worker_cmd(db, "--drain"), cwd=db.parent, capture_output=True, text=True, timeout=timeout,
+                          env=env_with_project())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 def process_alive(pid: int) -> bool:
     """True while process ``pid`` runs (a zombie has exited already)."""
     try:

@@ -4,7 +4,6 @@ the console's preset folder and data root."""
 from __future__ import annotations
 
 import sqlite3
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from tests.helpers.datasets import multi_hot_truth
-from tests.helpers.processes import env_with_project, run_cli, worker_cmd
+from tests.helpers.processes import drain, run_cli
 from tests.helpers.recording import finish_trained_run, record_run, record_trained_fold, stream_epochs, tagger_scores
 
 
@@ -169,9 +168,7 @@ def inferred_runs(tiny_demo: Path, tmp_path_factory) -> InferredRuns:
     job = int(run_cli("queue", "infer", train_ids[0], "--set", "infer.tta_crops=1", "--set", 'splits=["oof"]',
                       "--name", "one crop", db=db).stdout)
     single = f"infer-{job:04d}"
-    proc = subprocess.run(worker_cmd(db, "--drain"), cwd=root, capture_output=True, text=True, timeout=900,
-                          env=env_with_project())
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    drain(db)
     built = InferredRuns(db=db, dataset=tiny_demo, train_ids=train_ids, infer_ids=infer_ids,
                          single_crop_id=single, seconds=time.perf_counter() - t0)
     with Store(db) as store:
