@@ -30,7 +30,8 @@ from engine.models.panns import Cnn14, PannsTagger, repeat_pad_frames
 from engine.specs import TrainSpec, to_dict
 from engine.store import OOF, Store
 from engine.submission import score_submission, validate_submission
-from tests.conftest import copy_dataset, run_cli
+from tests.helpers.datasets import copy_dataset
+from tests.helpers.processes import run_cli
 
 SR = 32000
 PUBLISHED = "Cnn14_mAP=0.431.pth"

@@ -10,7 +10,8 @@ import soundfile as sf
 
 from engine.data.labels import FSD2019_CLASSES
 from engine.store import Store
-from tests.conftest import run_cli, wait_for
+from tests.helpers.processes import run_cli
+from tests.helpers.waiting import wait_for
 
 
 def test_demo_data_writes_the_layout_and_reports_it(tmp_path: Path):

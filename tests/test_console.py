@@ -12,8 +12,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -30,11 +28,12 @@ from fsat_console.screens.confirm import ConfirmScreen
 from fsat_console.screens.help import HelpScreen, help_table
 from fsat_console.screens.main import MainScreen
 from fsat_console.screens.queue import preset_about, split_overrides, train_presets
-from tests.conftest import (cell_text, finish_trained_run, multi_hot_truth, open_job_details, open_queue_dialog,
-                            record_run, record_trained_fold, screen_text, settle_workers, stream_epochs, table,
-                            tagger_scores, wait_until)
+from tests.helpers.console import cell_text, open_job_details, open_queue_dialog, screen_text, settle_workers, table
+from tests.helpers.datasets import multi_hot_truth
+from tests.helpers.processes import heavy_modules_loaded_by
+from tests.helpers.recording import finish_trained_run, record_run, record_trained_fold, stream_epochs, tagger_scores
+from tests.helpers.waiting import wait_until
 
-PROJECT = Path(__file__).resolve().parent.parent
 SIZE = (140, 45)
 
 
@@ -536,11 +535,7 @@ async def test_deleted_database_is_reported_not_raised(env: dict) -> None:
 
 
 def test_console_import_does_not_load_heavy_libraries() -> None:
-    code = ("import sys, fsat_console.app, fsat_console.screens.run; "
-            "print(sorted(m for m in ('torch', 'librosa', 'sklearn', 'scipy') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True,
-                         timeout=60, check=True)
-    assert out.stdout.strip() == "[]"
+    assert heavy_modules_loaded_by("import fsat_console.app, fsat_console.screens.run") == []
 
 
 # -- (g) the console starts a worker when none is alive ---------------------------------------------

@@ -12,7 +12,8 @@ from rich.console import Console
 
 from engine import cli
 from engine.store import OOF, Store
-from tests.conftest import record_run, run_cli
+from tests.helpers.processes import run_cli
+from tests.helpers.recording import record_run
 
 
 def many_runs(db: Path, n: int) -> Store:
@@ -88,7 +89,8 @@ def test_jobs_listing_is_cut_visibly_and_filters(db_path: Path) -> None:
 
 def test_compare_markdown_and_csv(db_path: Path) -> None:
     from engine.data.labels import FSD2019_CLASSES
-    from tests.conftest import multi_hot_truth, tagger_scores
+    from tests.helpers.datasets import multi_hot_truth
+    from tests.helpers.recording import tagger_scores
 
     store = Store(db_path)
     truth = multi_hot_truth(160, len(FSD2019_CLASSES), seed=3)

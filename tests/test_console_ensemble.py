@@ -10,10 +10,6 @@ with differences computed here from the scores the test wrote.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 from textual.notifications import Notify
 from textual.widgets import Checkbox, Digits, Input, Static
@@ -31,10 +27,12 @@ from fsat_console.screens.infer import BaselineScreen, InferScreen
 from fsat_console.screens.main import MainScreen
 from fsat_console.screens.run import RunScreen
 from fsat_console.widgets.live_table import LiveTable
-from tests.conftest import (ENSEMBLE_CLIPS, add_run, open_ensemble, record_run, screen_text, select_row,
-                            settle_workers, settled, wait_until)
+from tests.helpers.console import open_ensemble, screen_text, select_row, settle_workers, settled
+from tests.helpers.datasets import ENSEMBLE_CLIPS
+from tests.helpers.processes import heavy_modules_loaded_by
+from tests.helpers.recording import add_run, record_run
+from tests.helpers.waiting import wait_until
 
-PROJECT = Path(__file__).resolve().parent.parent
 SIZE = (140, 45)
 N_CLIPS = ENSEMBLE_CLIPS
 CLASSES = list(FSD2019_CLASSES)
@@ -529,11 +527,8 @@ found, datasets = find_candidates(store, store.list_runs(), {str(world["db"])!r}
 good = [c for c in found if c.run_id == "train-0001"]
 outcome = BlendBench().evaluate(datasets[good[0].dataset_id], good, method="rank", calibrate=True, key=())
 assert outcome.oof_lwlrap is not None, outcome
-print(sorted(m for m in ("torch", "librosa", "sklearn", "scipy") if m in sys.modules))
 """
-    out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
+    assert heavy_modules_loaded_by(code) == []
 
 
 def test_the_run_header_shows_a_saved_blends_warning(world: dict) -> None:

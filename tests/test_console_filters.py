@@ -8,7 +8,7 @@ import pytest
 
 from engine.filters import FilterError, compile_filter
 from engine.store import Store, StoreError
-from tests.conftest import record_run
+from tests.helpers.recording import record_run
 
 NOW = 1_800_000_000.0
 

@@ -12,7 +12,8 @@ from pathlib import Path
 from textual.widgets._footer import FooterKey
 
 from fsat_console.app import FsatConsole
-from tests.conftest import open_ensemble, select_row, settled, wait_until
+from tests.helpers.console import open_ensemble, select_row, settled
+from tests.helpers.waiting import wait_until
 
 SIZE = (160, 48)
 

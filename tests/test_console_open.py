@@ -18,14 +18,14 @@ from engine.store import Store
 from fsat_console.app import FsatConsole
 from fsat_console.widgets.chart import EpochChart
 from fsat_console.widgets.live_table import Cell, ColumnSpec, LiveTable, num_cell
-from tests.conftest import fixed_console_db, wait_until
+from tests.helpers.waiting import wait_until
+from tests.helpers.worlds import fixed_console_db
 
 
 @pytest.fixture
 def console_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, dict]:
     db = tmp_path / "experiments.db"
     ids = fixed_console_db(db, monkeypatch)
-    monkeypatch.setenv("FSAT_PANNS_DIR", "")
     return db, ids
 
 

@@ -26,8 +26,10 @@ from fsat_console.screens.job import JobScreen
 from fsat_console.screens.main import MainScreen
 from fsat_console.screens.queue import QueueScreen
 from fsat_console.widgets.live_table import LiveTable
-from tests.conftest import (finish_trained_run, multi_hot_truth, open_queue_dialog, record_run, record_trained_fold,
-                            screen_text, settle_workers, stream_epochs, table, tagger_scores, wait_for, wait_until)
+from tests.helpers.console import open_queue_dialog, screen_text, settle_workers, table
+from tests.helpers.datasets import multi_hot_truth
+from tests.helpers.recording import finish_trained_run, record_run, record_trained_fold, stream_epochs, tagger_scores
+from tests.helpers.waiting import wait_for, wait_until
 
 SIZE = (160, 48)
 

@@ -1,7 +1,7 @@
 """Snapshots of the main, run, job and ensemble screens at 80x24 and 160x48 (pytest-textual-snapshot).
 
 The data is recorded through the engine's own recording code at fixed times
-(``tests.conftest.fixed_console_db``), the console's clock is pinned and the
+(``tests.helpers.worlds.fixed_console_db``), the console's clock is pinned and the
 time zone is UTC, so nothing on screen depends on when the test runs. Update
 the snapshots after a deliberate change with ``pytest --snapshot-update``
 and look at them (``snapshot_report.html``).
@@ -15,7 +15,9 @@ import pytest
 
 from fsat_console.app import FsatConsole
 from fsat_console.screens.job import JobScreen
-from tests.conftest import fixed_console_db, screen_text, settle_workers, table, wait_until
+from tests.helpers.console import open_and_settle, screen_text, settle_workers, table
+from tests.helpers.waiting import wait_until
+from tests.helpers.worlds import fixed_console_db
 
 SIZES = [(80, 24), (160, 48)]
 
@@ -24,7 +26,6 @@ SIZES = [(80, 24), (160, 48)]
 def fixed_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     db = tmp_path / "experiments.db"
     ids = fixed_console_db(db, monkeypatch)
-    monkeypatch.setenv("FSAT_PANNS_DIR", "")
 
     def make() -> FsatConsole:
         return FsatConsole(db, poll_interval=0.1)
@@ -41,10 +42,19 @@ async def settle(pilot) -> None:
     await settle_workers(pilot, app)
 
 
-async def drawn(pilot, predicate, what: str) -> None:
-    """Until the opened screen has its data, and the workers that load it are done."""
-    await wait_until(pilot, predicate, what=what)
-    await settle_workers(pilot, pilot.app)
+def opened(open_screen, ready, what: str):
+    """A ``run_before``: the main screen settled, then the screen ``open_screen(app)`` opens drawn with its data."""
+
+    async def run_before(pilot) -> None:
+        await settle(pilot)
+        await open_and_settle(pilot, open_screen, ready, what)
+
+    return run_before
+
+
+def folds_drawn(app) -> bool:
+    """The run screen has its run and its folds table rows."""
+    return getattr(app.screen, "detail", None) is not None and table(app, "folds").row_count > 0
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
@@ -56,51 +66,30 @@ def test_main_screen(snap_compare, fixed_app, size) -> None:
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_run_screen_of_a_stopped_run(snap_compare, fixed_app, size) -> None:
     make, ids = fixed_app
-
-    async def open_run(pilot) -> None:
-        await settle(pilot)
-        pilot.app.open_run(ids["stopped"])
-        await drawn(pilot, lambda: getattr(pilot.app.screen, "detail", None) is not None
-                    and table(pilot.app, "folds").row_count > 0, "the run's folds")
-
+    open_run = opened(lambda app: app.open_run(ids["stopped"]), folds_drawn, "the run's folds")
     assert snap_compare(make(), terminal_size=size, run_before=open_run)
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_run_screen_of_an_ensemble(snap_compare, fixed_app, size) -> None:
     make, ids = fixed_app
-
-    async def open_run(pilot) -> None:
-        await settle(pilot)
-        pilot.app.open_run(ids["ensemble"])
-        await drawn(pilot, lambda: getattr(pilot.app.screen, "detail", None) is not None
-                    and table(pilot.app, "folds").row_count > 0, "the run's folds")
-
+    open_run = opened(lambda app: app.open_run(ids["ensemble"]), folds_drawn, "the run's folds")
     assert snap_compare(make(), terminal_size=size, run_before=open_run)
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_job_details_of_a_failed_job(snap_compare, fixed_app, size) -> None:
     make, ids = fixed_app
-
-    async def open_job(pilot) -> None:
-        await settle(pilot)
-        pilot.app.open_job(ids["failed_job"])
-        await drawn(pilot, lambda: isinstance(pilot.app.screen, JobScreen) and "no PANNs checkpoint configured"
-                    in screen_text(pilot.app), "the job's error")
-
+    open_job = opened(lambda app: app.open_job(ids["failed_job"]), lambda app: isinstance(app.screen, JobScreen)
+                      and "no PANNs checkpoint configured" in screen_text(app), "the job's error")
     assert snap_compare(make(), terminal_size=size, run_before=open_job)
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_ensemble_screen(snap_compare, fixed_app, size) -> None:
     make, _ = fixed_app
-
-    async def open_ensemble(pilot) -> None:
-        await settle(pilot)
-        pilot.app.open_ensemble()
-        await drawn(pilot, lambda: getattr(pilot.app.screen, "loaded", False), "the ensemble candidates")
-
+    open_ensemble = opened(lambda app: app.open_ensemble(), lambda app: getattr(app.screen, "loaded", False),
+                           "the ensemble candidates")
     assert snap_compare(make(), terminal_size=size, run_before=open_ensemble)
 
 
@@ -108,10 +97,9 @@ def test_ensemble_screen(snap_compare, fixed_app, size) -> None:
 def test_compare_screen(snap_compare, fixed_app, size) -> None:
     make, ids = fixed_app
 
-    async def open_compare(pilot) -> None:
-        await settle(pilot)
-        pilot.app.pin_run(ids["runs"][0], ids["cv"][ids["runs"][0]])
-        pilot.app.open_compare(ids["runs"])
-        await drawn(pilot, lambda: getattr(pilot.app.screen, "comp", None) is not None, "the comparison")
+    def open_compare(app) -> None:
+        app.pin_run(ids["runs"][0], ids["cv"][ids["runs"][0]])
+        app.open_compare(ids["runs"])
 
-    assert snap_compare(make(), terminal_size=size, run_before=open_compare)
+    run_before = opened(open_compare, lambda app: getattr(app.screen, "comp", None) is not None, "the comparison")
+    assert snap_compare(make(), terminal_size=size, run_before=run_before)

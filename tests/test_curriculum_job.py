@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,8 @@ import pytest
 
 from engine.errors import ConfigError
 from engine.store import OOF, Store
-from tests.conftest import PROJECT, run_cli, wait_for, wait_until, worker_cmd
+from tests.helpers.processes import drain, run_cli
+from tests.helpers.waiting import wait_for, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -26,13 +26,6 @@ LOW_THRESHOLDS = ("--set", "filter.keep_threshold=0.5", "--set", "filter.pseudo_
                   "--set", "filter.threshold_mode=\"per_class\"")
 
 
-def _drain(db: Path) -> None:
-    env = dict(os.environ, PYTHONPATH=str(PROJECT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    with open(db.parent / "worker-drain.log", "ab") as log:
-        subprocess.run(worker_cmd(db, "--drain"), check=True, env=env, stdout=log, stderr=subprocess.STDOUT,
-                       cwd=db.parent, timeout=900)
-
-
 @pytest.fixture(scope="module")
 def teacher(tiny_demo: Path, tmp_path_factory) -> tuple[Path, str]:
     """A finished two-fold train run on the tiny demo data: (database, run id)."""
@@ -41,7 +34,7 @@ def teacher(tiny_demo: Path, tmp_path_factory) -> tuple[Path, str]:
                       "--set", "train.epochs=2", "--set", "train.folds=[0, 1]",
                       # Short epochs keep the module quick; the students inherit them from the teacher's spec.
                       "--set", "train.steps_per_epoch=3", db=db).stdout)
-    _drain(db)
+    drain(db)
     with Store(db) as store:
         j = store.get_job(job)
         assert j.status == "done", j.error
@@ -58,7 +51,7 @@ def _queue_curriculum(db: Path, teacher_id: str, *sets: str) -> int:
 def test_student_run_records_stages_scores_gain_and_audit(teacher, tiny_demo: Path):
     db, teacher_id = teacher
     job_id = _queue_curriculum(db, teacher_id)
-    _drain(db)
+    drain(db)
     store = Store(db)
     job = store.get_job(job_id)
     assert job.status == "done", job.error
@@ -128,7 +121,7 @@ def test_student_run_records_stages_scores_gain_and_audit(teacher, tiny_demo: Pa
 
     # ...so a second curriculum does not predict again; fold_mean says its CV is optimistic.
     second = _queue_curriculum(db, teacher_id, "--set", 'teacher.predictions="fold_mean"', "--set", "folds=[0]")
-    _drain(db)
+    drain(db)
     job2 = store.get_job(second)
     assert job2.status == "done", job2.error
     log2 = (Path(store.get_run(job2.run_id)["run_dir"]) / "job.log").read_text()
@@ -138,7 +131,7 @@ def test_student_run_records_stages_scores_gain_and_audit(teacher, tiny_demo: Pa
     # The student is inferable like a train run.
     infer = int(run_cli("queue", "infer", job.run_id, "--set", "infer.tta_crops=1", "--set", "infer.tta_crops_long=1",
                         db=db).stdout)
-    _drain(db)
+    drain(db)
     assert store.get_job(infer).status == "done", store.get_job(infer).error
     store.close()
 
@@ -225,7 +218,7 @@ def test_a_stage_far_below_the_teacher_is_rerun_with_the_fallback_loss(teacher):
     wreck = '[{name = "A", epochs = 1, noisy_weight = 0.5, head_lr = 50.0, encoder_lr = 50.0}]'
     job_id = int(run_cli("queue", "curriculum", teacher_id, "--preset", "demo_curriculum", *LOW_THRESHOLDS,
                          "--set", f"stages={wreck}", "--set", "folds=[0]", "--set", "swap_tolerance=0.0", db=db).stdout)
-    _drain(db)
+    drain(db)
     store = Store(db)
     job = store.get_job(job_id)
     assert job.status == "done", job.error
@@ -337,7 +330,7 @@ def test_every_clip_filtered_out_fails_with_per_class_counts_and_keeps_the_audit
                          "filter.keep_threshold=1.0", "--set", "filter.pseudo_threshold=1.0", "--set", "folds=[0]",
                          "--set", 'filter.threshold_mode="global"',
                          db=db).stdout)
-    _drain(db)
+    drain(db)
     store = Store(db)
     job = store.get_job(job_id)
     assert job.status == "failed"

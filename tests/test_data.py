@@ -20,7 +20,7 @@ from engine.data.folds import make_folds
 from engine.data.labels import FSD2019_CLASSES, parse_label_csv, read_classes
 from engine.data.manifest import FolderSource, ZipSource, load_layout
 from engine.errors import DataError
-from tests.conftest import CURATED_ROWS, SR, TEST_FNAMES, sine, write_layout, write_text, write_wav
+from tests.helpers.datasets import CURATED_ROWS, SR, TEST_FNAMES, sine, write_layout, write_text, write_wav
 
 CLASSES = list(FSD2019_CLASSES)
 

@@ -10,7 +10,7 @@ import torch
 
 from engine.errors import ConfigError
 from engine.features.device_augment import BatchWaveAugment, batch_generator
-from tests.conftest import ArrayCache
+from tests.helpers.datasets import ArrayCache
 
 SR = 16000
 OFF = dict(gain_p=0.0, noise_p=0.0, shift_p=0.0, pitch_p=0.0, stretch_p=0.0)

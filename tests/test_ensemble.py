@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 from scipy.stats import rankdata
@@ -25,6 +21,7 @@ from engine.ensemble import (
     weights_from_cv,
 )
 from engine.metrics import lwlrap
+from tests.helpers.processes import heavy_modules_loaded_by
 
 # 4 clips x 2 classes; class 0 has a tie (0.4, 0.4).
 A = np.array([[0.1, 0.8],
@@ -446,12 +443,7 @@ def test_greedy_selection_picks_the_strongest_first_and_never_gets_worse():
 
 def test_ensemble_module_does_not_pull_in_torch_sklearn_scipy_or_librosa():
     # The console imports engine.ensemble and must start fast; check in a fresh interpreter.
-    code = ("import sys, engine.ensemble; "
-            "print(','.join(m for m in ('torch', 'sklearn', 'scipy', 'librosa') if m in sys.modules))")
-    root = Path(ensemble.__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
-                          check=True)
-    assert done.stdout.strip() == ""
+    assert heavy_modules_loaded_by("import engine.ensemble") == []
 
 
 # ------------------------------------------------------------------ quantile mapping, methods, auto

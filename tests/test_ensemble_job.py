@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
-import sqlite3
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +16,9 @@ from engine.ensemble import Member, blend
 from engine.metrics import lwlrap
 from engine.store import JOB_STATES, OOF, Store
 from engine.submission import read_sample_submission, validate_submission
-from tests.conftest import copy_dataset, run_cli, worker_cmd
-from tests.conftest import InferredRuns, env_with_project as _env, inferred_runs
+from tests.helpers.datasets import copy_dataset, file_digests
+from tests.helpers.processes import drain, run_cli
+from tests.helpers.worlds import InferredRuns, copy_db, inferred_runs
 
 pytestmark = pytest.mark.slow
 
@@ -34,12 +32,6 @@ class Blends:
     good_job: int
     no_oof_job: int
     no_oof_run: str
-
-
-def _copy_db(src: Path, dst: Path) -> Path:
-    with sqlite3.connect(src) as a, sqlite3.connect(dst) as b:
-        a.backup(b)
-    return dst
 
 
 def _fake_run(store: Store, run_id: str, run_dir: Path, dataset_id: int, *, oof: np.ndarray | None = None,
@@ -59,16 +51,14 @@ def _fake_run(store: Store, run_id: str, run_dir: Path, dataset_id: int, *, oof:
 def blends(tiny_demo: Path, tmp_path_factory) -> Blends:
     runs = inferred_runs(tiny_demo, tmp_path_factory)
     root = tmp_path_factory.mktemp("blends")
-    db = _copy_db(runs.db, root / "experiments.db")
+    db = copy_db(runs.db, root / "experiments.db")
     with Store(db) as store:
         dataset_id = store.get_run(runs.infer_ids[0])["dataset_id"]
         no_oof = _fake_run(store, "baseline-empty", root / "baseline-empty", dataset_id)
     i1, i2 = runs.infer_ids
     good = int(run_cli("ensemble", i1, i2, "--name", "two seeds", db=db).stdout)
     no_oof_job = int(run_cli("ensemble", i1, no_oof, db=db).stdout)
-    proc = subprocess.run(worker_cmd(db, "--drain"), cwd=root, capture_output=True, text=True, timeout=300,
-                          env=_env())
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    drain(db, timeout=300)
     return Blends(db=db, runs=runs, good_job=good, no_oof_job=no_oof_job, no_oof_run=no_oof)
 
 
@@ -320,15 +310,9 @@ def test_queue_ensemble_takes_members_as_arguments(blends: Blends):
     assert out.returncode == 2 and "--data" in out.stderr
 
 
-def _digests(*folders: Path) -> dict[str, str]:
-    """sha1 of every file under the folders: what a failed blend must leave as it was."""
-    return {str(p): hashlib.sha1(p.read_bytes()).hexdigest()
-            for folder in folders for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 def test_blends_of_unusable_members_fail_naming_member_and_file_and_change_nothing(
         blends: Blends, tmp_path: Path, layout, spawn_worker):
-    db = _copy_db(blends.runs.db, tmp_path / "experiments.db")
+    db = copy_db(blends.runs.db, tmp_path / "experiments.db")
     store = Store(db)
     i1, i2 = blends.runs.infer_ids
     dataset_id = store.get_run(i1)["dataset_id"]
@@ -364,7 +348,7 @@ def test_blends_of_unusable_members_fail_naming_member_and_file_and_change_nothi
         "nan": ([i1, "infer-nan"], [], ["infer-nan", str(nan_dir / "test.npy"), "NaN", "infer it again"]),
         "unfinished": ([i1, "infer-running"], [], ["infer-running", "running", "not finished"]),
     }
-    before = _digests(*source_dirs, tmp_path / "infer-other", nan_dir, tmp_path / "infer-running")
+    before = file_digests(*source_dirs, tmp_path / "infer-other", nan_dir, tmp_path / "infer-running")
     runs_before = {r["run_id"] for r in store.list_runs()}
 
     jobs = {name: int(run_cli("ensemble", *members, *extra, db=db).stdout)
@@ -397,5 +381,5 @@ def test_blends_of_unusable_members_fail_naming_member_and_file_and_change_nothi
     # Members are checked before anything is recorded: no run was made, no member's files changed.
     assert {r["run_id"] for r in store.list_runs()} == runs_before
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("oof.npy"))
-    assert _digests(*source_dirs, tmp_path / "infer-other", nan_dir, tmp_path / "infer-running") == before
+    assert file_digests(*source_dirs, tmp_path / "infer-other", nan_dir, tmp_path / "infer-running") == before
     assert store.get_run("infer-running")["status"] == "running"

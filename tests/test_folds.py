@@ -117,7 +117,7 @@ def test_read_groups_errors_name_file_row_and_column(tmp_path: Path):
 def test_queueing_a_run_with_another_fold_rule_is_refused_before_it_is_queued(tmp_path: Path):
     from engine.data.demo import write_demo_dataset
     from engine.store import Store
-    from tests.conftest import run_cli
+    from tests.helpers.processes import run_cli
 
     root = tmp_path / "demo"
     write_demo_dataset(root, seed=4, clips_per_class=2, noisy_per_class=1, test_per_class=1, max_seconds=0.6,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +22,9 @@ from engine.models.registry import build_model
 from engine.store import OOF, Job, Store
 from engine.submission import read_sample_submission, validate_submission
 from engine.train.loop import Tagger
-from tests.conftest import InferredRuns, env_with_project as _env, inferred_runs
-from tests.conftest import copy_dataset, run_cli, worker_cmd
+from tests.helpers.datasets import copy_dataset, file_digests
+from tests.helpers.processes import drain, run_cli
+from tests.helpers.worlds import InferredRuns, copy_db, inferred_runs
 
 # --------------------------------------------------------------------------- placements
 
@@ -314,9 +314,7 @@ def test_tta_command_shows_the_gain_overall_per_fold_and_per_class(runs: Inferre
 def test_infer_of_an_unknown_untrained_or_infer_run_fails_naming_it(runs: InferredRuns, tmp_path: Path, spawn_worker):
     import shutil
 
-    db = tmp_path / "experiments.db"
-    with sqlite3.connect(runs.db) as src, sqlite3.connect(db) as dst:
-        src.backup(dst)
+    db = copy_db(runs.db, tmp_path / "experiments.db")
     # A run that is not in the database is refused when queued.
     out = run_cli("queue", "infer", "train-9999", db=db, check=False)
     assert out.returncode == 2 and "train-9999" in out.stderr and "run_id" in out.stderr
@@ -355,18 +353,7 @@ def test_infer_of_an_unknown_untrained_or_infer_run_fails_naming_it(runs: Inferr
 
 def _private_db(runs: InferredRuns, tmp_path: Path) -> Path:
     """A copy of the inferred runs' database that a test may add jobs to (its new runs go to tmp_path/runs)."""
-    db = tmp_path / "experiments.db"
-    with sqlite3.connect(runs.db) as src, sqlite3.connect(db) as dst:
-        src.backup(dst)
-    return db
-
-
-def _digests(folder: Path) -> dict[str, str]:
-    """sha1 of every file under ``folder`` by relative path: what a failed job must leave as it was."""
-    import hashlib
-
-    return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return copy_db(runs.db, tmp_path / "experiments.db")
 
 
 def _runs_folder(runs: InferredRuns) -> Path:
@@ -392,7 +379,7 @@ def test_infer_fails_when_the_data_root_now_leads_to_another_dataset(runs: Infer
                                                                      spawn_worker):
     db = _private_db(runs, tmp_path)
     source = runs.train_ids[0]
-    before = _digests(_runs_folder(runs))
+    before = file_digests(_runs_folder(runs))
     # The run was trained through a link to its data; the link now points at another folder of clips,
     # which registers as a new dataset whose folds the checkpoints were not trained on.
     other = copy_dataset(runs.dataset, tmp_path / "other_demo")
@@ -411,7 +398,7 @@ def test_infer_fails_when_the_data_root_now_leads_to_another_dataset(runs: Infer
     # Nothing was made for the job, and no run's files changed.
     assert store.get_run(f"infer-{job_id:04d}") is None
     assert store.get_run(source)["status"] == "done"
-    assert _digests(_runs_folder(runs)) == before
+    assert file_digests(_runs_folder(runs)) == before
 
 
 @pytest.mark.slow
@@ -421,13 +408,13 @@ def test_infer_with_an_unreadable_checkpoint_fails_naming_it_and_keeps_the_finis
 
     db = _private_db(runs, tmp_path)
     source = runs.train_ids[1]
-    before = _digests(_runs_folder(runs))
+    before = file_digests(_runs_folder(runs))
     # A copy of the trained run whose fold-1 checkpoint was cut short (a full disk, an interrupted copy).
     copy = tmp_path / "damaged"
     shutil.copytree(Path(Store(runs.db).get_run(source)["run_dir"]), copy)
     ckpt = copy / "fold1" / "best.pt"
     ckpt.write_bytes(ckpt.read_bytes()[:4096])
-    damaged = _digests(copy)
+    damaged = file_digests(copy)
     with sqlite3.connect(db) as con:
         con.execute("UPDATE runs SET run_dir=? WHERE id=?", (str(copy), source))
     job_id = int(run_cli("queue", "infer", source, db=db).stdout)
@@ -446,15 +433,15 @@ def test_infer_with_an_unreadable_checkpoint_fails_naming_it_and_keeps_the_finis
     assert np.isfinite(oof[fold == 0]).all() and np.isnan(oof[fold != 0]).all()
     assert "cannot read the checkpoint" in (run_dir / "job.log").read_text()
     # The source files were only read.
-    assert _digests(copy) == damaged
-    assert _digests(_runs_folder(runs)) == before
+    assert file_digests(copy) == damaged
+    assert file_digests(_runs_folder(runs)) == before
 
 
 @pytest.mark.slow
 def test_infer_on_cuda_without_a_gpu_fails_naming_the_setting(runs: InferredRuns, tmp_path: Path, spawn_worker):
     db = _private_db(runs, tmp_path)
     source = runs.train_ids[0]
-    before = _digests(_runs_folder(runs))
+    before = file_digests(_runs_folder(runs))
     job_id = int(run_cli("queue", "infer", source, "--set", 'infer.device="cuda"', db=db).stdout)
     assert Store(db).get_job(job_id).spec["infer"]["device"] == "cuda"
     # No GPU is visible to the worker, whatever this machine has.
@@ -463,7 +450,7 @@ def test_infer_on_cuda_without_a_gpu_fails_naming_the_setting(runs: InferredRuns
         assert word in job.error, (word, job.error)
     assert store.get_run(f"infer-{job_id:04d}") is None
     assert not (tmp_path / "runs" / f"infer-{job_id:04d}" / "oof.npy").exists()
-    assert _digests(_runs_folder(runs)) == before
+    assert file_digests(_runs_folder(runs)) == before
 
 
 @pytest.mark.slow
@@ -482,9 +469,7 @@ def test_one_crop_inference_of_a_hop_160_cnn14_reproduces_its_short_clip_scores(
     train_id = f"train-{train:04d}"
     infer = int(run_cli("queue", "infer", train_id, "--set", "infer.tta_crops=1", "--set", 'splits=["oof"]',
                         db=db).stdout)
-    proc = subprocess.run(worker_cmd(db, "--drain"), cwd=tmp_path, capture_output=True, text=True, timeout=900,
-                          env=_env())
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    drain(db)
     store = Store(db)
     for job in store.list_jobs():
         assert job["status"] == "done", (job["id"], job["kind"], job["error"])

@@ -8,7 +8,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-from tests.conftest import PROJECT
+from tests.helpers.processes import PROJECT
 
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 

@@ -16,7 +16,7 @@ from engine.features.melstats import mel_statistics
 from engine.metrics import lwlrap
 from engine.store import Store
 from engine.submission import validate_submission
-from tests.conftest import run_cli
+from tests.helpers.processes import run_cli
 
 
 def test_mel_statistics_equal_each_clip_alone():

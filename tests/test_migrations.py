@@ -12,7 +12,7 @@ import pytest
 from engine.errors import FsatError
 from engine.store import DEFAULT_LEASE_SECONDS, MIGRATIONS, SCHEMA_VERSION, Store
 
-from tests.conftest import run_cli, run_read_only
+from tests.helpers.processes import run_cli, run_read_only
 
 V1_DUMP = Path(__file__).parent / "fixtures" / "experiments_v1.sql"
 

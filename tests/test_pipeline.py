@@ -12,7 +12,7 @@ from engine.data.cache import WaveformCache, decode_workers, host_cores
 from engine.data.dataset import CropDataset, MultiScaleBatchSampler, loader_settings
 from engine.errors import ConfigError
 from engine.specs import resolve_spec
-from tests.conftest import ArrayCache, write_layout
+from tests.helpers.datasets import ArrayCache, write_layout
 
 
 def test_torchaudio_compiled_ops_load_and_compute():

@@ -15,7 +15,7 @@ import pytest
 
 from engine.errors import QueueFull
 from engine.store import SCHEMA_VERSION, Store, StoreError
-from tests.conftest import wait_for
+from tests.helpers.waiting import wait_for
 
 
 def _open_store(path: str, barrier) -> int:

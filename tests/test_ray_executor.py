@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,7 +19,8 @@ import ray
 from engine.executors import ClusterError, FoldFailed, FoldResources, FoldCall, StorageError
 from engine.executors.ray_executor import RayExecutor, check_reachable, cluster_status
 from engine.jobs.context import JobAborted
-from tests.conftest import PROJECT, wait_for
+from tests.helpers.processes import RAY_CLI, env_with_project, process_alive, stop_ray_start
+from tests.helpers.waiting import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +191,7 @@ def test_cancel_stops_every_fold_process_within_seconds(cluster, tmp_path: Path)
                                resources=FoldResources(gpus_per_fold=1, max_retries=3)))
     pids = [kw["pid"] for f, s, kw in sink.placements if s == "running"]
     assert len(pids) == 2
-    wait_for(lambda: not any(_alive(p) for p in pids), timeout=10, what="fold processes to exit")
+    wait_for(lambda: not any(process_alive(p) for p in pids), timeout=10, what="fold processes to exit")
     stamps = [b.read_text() for b in beats]
     time.sleep(0.5)
     assert [b.read_text() for b in beats] == stamps  # nothing keeps training
@@ -199,18 +199,6 @@ def test_cancel_stops_every_fold_process_within_seconds(cluster, tmp_path: Path)
     # The cluster's resources are free again for the next job.
     wait_for(lambda: cluster_status()["cpus_free"] == 2 and cluster_status()["gpus_free"] == 2, timeout=10,
              what="resources to be released")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie has exited already.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 def test_a_fold_the_cluster_cannot_fit_is_a_named_error(cluster):
@@ -248,12 +236,11 @@ def test_storage_check_names_the_node_and_the_path_it_cannot_read(cluster, tmp_p
     cluster.check_storage(read=[data], write=[runs], resources=FoldResources(gpus_per_fold=0))
     # A second node that does not see the dataset: its own mount namespace hides the folder.
     address = ray.get_runtime_context().gcs_address
-    env = dict(os.environ, PYTHONPATH=str(PROJECT))
-    ray_cli = str(Path(sys.executable).with_name("ray"))
+    env = env_with_project()
     node = subprocess.Popen(
         ["unshare", "-m", "--propagation", "private", "sh", "-c",
          f"mount -t tmpfs none {data} && mount --bind {runs} {runs} && mount -o remount,bind,ro {runs} && "
-         f"exec {ray_cli} start --address={address} --num-cpus=1 --num-gpus=0 --resources='{{\"blind\": 1}}' "
+         f"exec {RAY_CLI} start --address={address} --num-cpus=1 --num-gpus=0 --resources='{{\"blind\": 1}}' "
          "--block --disable-usage-stats"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -267,12 +254,5 @@ def test_storage_check_names_the_node_and_the_path_it_cannot_read(cluster, tmp_p
         cluster.check_storage(read=[data / "train_curated.csv"], write=[runs],
                               resources=FoldResources(gpus_per_fold=1))
     finally:
-        # SIGTERM to `ray start` alone (the shell exec'd it): it stops its raylet in seconds. Sent to the
-        # whole group, the raylet dies first and `ray start` then waits about 30 s for it.
-        node.send_signal(signal.SIGTERM)
-        try:
-            node.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(node.pid, signal.SIGKILL)
-            node.wait()
+        stop_ray_start(node)  # the shell exec'd `ray start`
     wait_for(lambda: cluster_status()["nodes"] == 1, timeout=60, what="the second node to leave")

@@ -15,7 +15,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,9 +24,9 @@ import pytest
 from engine.store import Store
 from fsat_console.live import Overview
 from fsat_console.widgets.status import status_line
-from tests.conftest import PROJECT, run_cli, wait_for
+from tests.helpers.processes import RAY_CLI, env_with_project, process_alive, run_cli, stop_ray_start
+from tests.helpers.waiting import wait_for
 
-RAY = str(Path(sys.executable).with_name("ray"))
 
 
 def _free_port() -> int:
@@ -42,9 +41,8 @@ def ray_address(tmp_path_factory) -> str:
     port = _free_port()
     log = open(tmp_path_factory.mktemp("ray") / "head.log", "wb")
     # Ray's workers run at nice 15 by default; on a machine shared with other work that only slows the tests.
-    env = dict(os.environ, PYTHONPATH=str(PROJECT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               RAY_worker_niceness="0")
-    head = subprocess.Popen([RAY, "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=2",
+    env = env_with_project(RAY_worker_niceness="0")
+    head = subprocess.Popen([RAY_CLI, "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=2",
                              "--include-dashboard=false", "--disable-usage-stats",
                              f"--object-store-memory={100 * 1024 * 1024}", "--block"],
                             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -53,14 +51,7 @@ def ray_address(tmp_path_factory) -> str:
         wait_for(lambda: _answers(port), timeout=60, what="the Ray head to listen")
         yield address
     finally:
-        # SIGTERM to `ray start` alone: it stops its raylet and GCS in seconds. Sent to the whole group,
-        # the GCS dies first and `ray start` then waits about 30 s for it before giving up.
-        head.send_signal(signal.SIGTERM)
-        try:
-            head.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait()
+        stop_ray_start(head)
         log.close()
 
 
@@ -208,7 +199,8 @@ def test_train_infer_and_curriculum_folds_run_on_ray_with_the_same_scores_as_loc
 
 async def _console_shows_folds(db: Path, job_id: int, node: str) -> None:
     from fsat_console.app import FsatConsole
-    from tests.conftest import open_job_details, screen_text, wait_until
+    from tests.helpers.console import open_job_details, screen_text
+    from tests.helpers.waiting import wait_until
 
     app = FsatConsole(db, poll_interval=0.1)
     async with app.run_test(size=(140, 45)) as pilot:
@@ -221,13 +213,6 @@ async def _console_shows_folds(db: Path, job_id: int, node: str) -> None:
 
 def _epochs_of(store: Store, run_id: str | None, fold: int) -> list[int]:
     return [e["epoch"] for e in store.epochs(run_id) if e["fold"] == fold] if run_id else []
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 def test_a_fold_process_that_dies_is_retried_from_its_last_checkpoint(tiny_demo: Path, db_path: Path,
@@ -259,7 +244,7 @@ def test_cancel_stops_every_fold_task_within_seconds(tiny_demo: Path, db_path: P
         what="both folds running")
     run_cli("cancel", str(job_id), db=db_path)
     wait_for(lambda: store.get_job(job_id).status == "cancelled", timeout=30, what="the job to be cancelled")
-    wait_for(lambda: not any(_alive(r["pid"]) for r in running), timeout=10, what="every fold process to exit")
+    wait_for(lambda: not any(process_alive(r["pid"]) for r in running), timeout=10, what="every fold process to exit")
     assert {r["status"] for r in store.fold_tasks(job_id)} == {"cancelled"}
     run_id = store.get_job(job_id).run_id
     epochs = len(store.epochs(run_id))
@@ -284,7 +269,7 @@ def test_a_dead_head_worker_requeues_and_the_resumed_job_trains_only_unfinished_
     pids = [r["pid"] for r in store.fold_tasks(job_id) if r["pid"]]
     os.kill(first.pid, signal.SIGKILL)  # the head worker dies; its job process follows it
     first.wait()
-    wait_for(lambda: not any(_alive(p) for p in pids), timeout=30, what="the killed attempt's fold tasks to end")
+    wait_for(lambda: not any(process_alive(p) for p in pids), timeout=30, what="the killed attempt's fold tasks to end")
     second = spawn_worker(db_path, "--executor", "ray", "--ray-address", ray_address, "--lease", "3", "--drain")
     assert second.wait(timeout=600) == 0
     job = store.get_job(job_id)

@@ -13,7 +13,7 @@ from engine.models.checkpoint import save_panns_style
 from engine.models.panns import Cnn14
 from engine.specs import resolve_spec
 from engine.store import Store
-from tests.conftest import run_cli
+from tests.helpers.processes import PROJECT, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -296,7 +296,7 @@ def test_environment_record_names_the_audio_packages_without_importing_torch():
     code = ("import json, sys; from engine.jobs.context import environment_record; "
             "print(json.dumps({'versions': environment_record(), 'torch': 'torch' in sys.modules}))")
     out = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                                    cwd=Path(__file__).resolve().parents[1]).stdout)
+                                    cwd=PROJECT).stdout)
     assert out["torch"] is False
     for pkg in ("torch", "audiomentations", "torchlibrosa", "panns-inference"):
         try:

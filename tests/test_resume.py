@@ -20,7 +20,9 @@ import numpy as np
 import pytest
 
 from engine.store import Store
-from tests.conftest import PROJECT, record_run, run_cli, wait_for
+from tests.helpers.processes import drain, env_with_project, run_cli
+from tests.helpers.recording import record_run
+from tests.helpers.waiting import wait_for
 
 #: One fold of the demo preset, short: 4 epochs of 10 steps of 1 s crops, no early stop, no warmup.
 OVERRIDES = ["train.epochs=4", "train.patience=4", "train.folds=[0]", "audio.crop_seconds=1", "optim.warmup_epochs=0",
@@ -37,10 +39,7 @@ def uninterrupted(tiny_demo: Path, tmp_path_factory) -> list[tuple[int, int, flo
     """Each epoch's val LWLRAP of the fold trained in one go (same spec, seed and device)."""
     db = tmp_path_factory.mktemp("reference") / "experiments.db"
     job = int(run_cli("queue", "train", "--data", str(tiny_demo), *FOLD_SETTINGS, db=db).stdout)
-    env = dict(os.environ, PYTHONPATH=str(PROJECT))
-    proc = subprocess.run([sys.executable, "-m", "engine.worker", "--db", str(db), "--drain"], cwd=db.parent,
-                          env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    drain(db)
     store = Store(db)
     assert store.get_job(job).status == "done", store.get_job(job).error
     rows = _val_lwlrap(store, f"train-{job:04d}")
@@ -158,7 +157,7 @@ train_fold_task(task, KillBeforeRecording(store, run_id, log=lambda line: print(
 def test_a_kill_between_an_epoch_and_its_row_loses_no_epoch(tiny_demo: Path, tmp_path: Path, uninterrupted):
     """Through the fold seam in a real process: killed as epoch 1 is about to be recorded, then resumed."""
     db = tmp_path / "experiments.db"
-    env = dict(os.environ, PYTHONPATH=str(PROJECT))
+    env = env_with_project()
 
     def fold(run_id: str, marker: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-c", _SEAM_SCRIPT, str(db), str(tiny_demo), run_id, marker,

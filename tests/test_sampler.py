@@ -7,7 +7,7 @@ import pytest
 
 from engine.data.sampler import BalancedClassSampler, capped_probabilities
 from engine.errors import ConfigError, DataError
-from tests.conftest import ArrayCache
+from tests.helpers.datasets import ArrayCache
 
 
 def _long_tail(n: int = 200, seed: int = 0) -> np.ndarray:

@@ -12,21 +12,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from textual.widgets import OptionList
 
 from engine.store import SCHEMA_VERSION, Store
 from fsat_console.app import FsatConsole
 from fsat_console.screens.main import MainScreen
 from fsat_console.screens.queue import WAITING, QueueScreen
-from tests.conftest import console_world, env_with_project, run_cli, run_read_only, screen_text, wait_until
-
-
-def _fsat(db: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "engine.cli", "--db", str(db), *args]
-
-
-def _worker(db: Path) -> list[str]:
-    return [sys.executable, "-m", "engine.worker", "--db", str(db), "--drain"]
+from tests.helpers.console import open_queue_dialog, screen_text
+from tests.helpers.processes import cli_cmd, env_with_project, run_cli, run_read_only, worker_cmd
+from tests.helpers.waiting import wait_until
+from tests.helpers.worlds import console_world
 
 
 def _console(db: Path) -> list[str]:
@@ -74,9 +68,7 @@ async def test_console_starts_and_queues_without_freezing_while_the_lock_is_held
                          what="the console to show the queued job")
         assert holder.holding, "the console waited for the other process's write to end"
         # Queue a job: the write waits in a thread and the dialog says so; the interface keeps running.
-        await pilot.press("n")
-        await wait_until(pilot, lambda: isinstance(app.screen, QueueScreen)
-                         and app.focused is app.screen.query_one("#preset", OptionList), what="queue dialog")
+        await open_queue_dialog(pilot, app, timeout=10.0)
         await pilot.press("home", "enter")
         await wait_until(pilot, lambda: WAITING in screen_text(app), timeout=10, what="the waiting message")
         assert holder.holding and isinstance(app.screen, QueueScreen)
@@ -102,7 +94,8 @@ def test_a_bad_database_gets_one_line_and_status_2_from_every_program(db_path: P
         con.close()
         needles = [str(db_path), f"schema version {SCHEMA_VERSION + 1} is newer"]
     before = db_path.read_bytes()
-    for cmd in (_fsat(db_path, "jobs"), _fsat(db_path, "queue", "probe"), _worker(db_path), _console(db_path)):
+    for cmd in (cli_cmd("jobs", db=db_path), cli_cmd("queue", "probe", db=db_path), worker_cmd(db_path, "--drain"),
+                _console(db_path)):
         _one_line_error(run_cli_raw(cmd), *needles)
     assert db_path.read_bytes() == before, "a bad database must be left as it was"
 
@@ -119,7 +112,7 @@ def test_a_mistyped_path_is_reported_and_no_database_is_created(tmp_path: Path):
     typo = tmp_path / "experimnets.db"
     for args in (["jobs"], ["runs"], ["workers"], ["datasets"], ["show", "train-0001"], ["wait", "1"],
                  ["cancel", "1"]):
-        _one_line_error(run_cli_raw(_fsat(typo, *args)), str(typo), "no such database")
+        _one_line_error(run_cli_raw(cli_cmd(*args, db=typo)), str(typo), "no such database")
     assert not typo.exists()
 
 
@@ -129,10 +122,11 @@ def test_a_read_only_database_lists_but_refuses_writes(db_path: Path, what: str)
         store.enqueue("probe", {}, name="kept")
     assert not db_path.with_name(db_path.name + "-wal").exists()  # closed cleanly, as a copied file would be
     target = db_path.parent if what == "folder" else db_path
-    listed = run_read_only(target, _fsat(db_path, "jobs", "--json"))
+    listed = run_read_only(target, cli_cmd("jobs", "--json", db=db_path))
     assert listed.returncode == 0, listed.stderr
     assert [j["name"] for j in json.loads(listed.stdout)] == ["kept"]
-    for cmd in (_fsat(db_path, "queue", "probe"), _fsat(db_path, "cancel", "1"), _worker(db_path)):
+    for cmd in (cli_cmd("queue", "probe", db=db_path), cli_cmd("cancel", "1", db=db_path),
+                worker_cmd(db_path, "--drain")):
         _one_line_error(run_read_only(target, cmd), str(db_path), "read-only")
     with Store(db_path, readonly=True) as store:
         assert [(j["name"], j["status"]) for j in store.list_jobs()] == [("kept", "queued")]
@@ -141,19 +135,17 @@ def test_a_read_only_database_lists_but_refuses_writes(db_path: Path, what: str)
 _CONSOLE_ON_READ_ONLY = """
 import asyncio, sys
 from pathlib import Path
-from textual.widgets import OptionList, Static
+from textual.widgets import Static
 from fsat_console.app import FsatConsole
-from fsat_console.screens.queue import QueueScreen
-from tests.conftest import wait_until
+from tests.helpers.console import open_queue_dialog
+from tests.helpers.waiting import wait_until
 
 async def main(db, data):
     app = FsatConsole(Path(db), data_root=Path(data), poll_interval=0.1)
     async with app.run_test(size=(140, 45)) as pilot:
         await wait_until(pilot, lambda: app.overview is not None
                          and [j["name"] for j in app.overview.jobs] == ["kept"], timeout=30, what="the jobs")
-        await pilot.press("n")
-        await wait_until(pilot, lambda: isinstance(app.screen, QueueScreen)
-                         and app.focused is app.screen.query_one("#preset", OptionList), what="the dialog")
+        await open_queue_dialog(pilot, app, timeout=10.0)
         await pilot.press("home", "enter")
         error = lambda: str(app.screen.query_one("#queue-error", Static).render())
         await wait_until(pilot, lambda: "read-only" in error(), timeout=30, what="the refusal")

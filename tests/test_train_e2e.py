@@ -11,7 +11,8 @@ import pytest
 
 from engine.metrics import lwlrap
 from engine.store import OOF, Store, runs_root
-from tests.conftest import copy_dataset, run_cli
+from tests.helpers.datasets import copy_dataset
+from tests.helpers.processes import run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -131,7 +132,7 @@ def test_interrupted_training_resumes_from_its_checkpoint(tiny_demo: Path, tmp_p
     import os
     import signal
 
-    from tests.conftest import wait_for
+    from tests.helpers.waiting import wait_for
 
     db = tmp_path / "experiments.db"
     job_id = int(run_cli("queue", "train", "--data", str(tiny_demo), "--preset", "demo",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from engine.jobs.context import JobContext
 from engine.store import Store
-from tests.conftest import wait_for
+from tests.helpers.waiting import wait_for
 
 
 def _marker_lines(marker: Path) -> list[str]:

@@ -14,7 +14,7 @@ from engine.data.labels import parse_label_csv
 from engine.data.manifest import FolderSource
 from engine.errors import DataError
 from engine.store import JOB_STATES, Store
-from tests.conftest import run_cli
+from tests.helpers.processes import run_cli
 
 
 def _refused(db: Path, *args: str) -> str:
