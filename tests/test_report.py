@@ -1,7 +1,7 @@
 """``fsat report``: the HTML report of a run, a comparison, a curriculum run, an ensemble and an unsaved blend.
 
 Every report is written by the real CLI in a subprocess from a database whose
-runs the engine's own code recorded (``tests/report_world.py``); its numbers
+runs the engine's own code recorded (``tests/helpers/report_world.py``); its numbers
 are checked against the store, the ensemble job's dry run and a straightforward
 loop. That the pages render, show every figure and fetch nothing is
 ``tests/test_report_browser.py``.
@@ -20,8 +20,8 @@ import pytest
 
 from engine.reporting.confusion import outranking_counts, top_pairs
 from engine.store import OOF, Store
-from tests.conftest import env_with_project, run_cli, run_read_only
-from tests.report_world import ReportWorld, build_report_world, figure_names, page_tables
+from tests.helpers.processes import env_with_project, run_cli, run_read_only
+from tests.helpers.report_world import ReportWorld, build_report_world, figure_names, page_tables
 
 
 @pytest.fixture(scope="module")

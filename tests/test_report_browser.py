@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from engine.reporting.browser import PageRender, chromium_path, render_page
-from tests.conftest import run_cli
-from tests.report_world import build_report_world, figure_names
+from tests.helpers.processes import run_cli
+from tests.helpers.report_world import build_report_world, figure_names
 
 #: Height of the README's screenshot (the top of the page), in CSS pixels.
 SCREENSHOT_HEIGHT = 1450

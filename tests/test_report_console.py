@@ -1,6 +1,6 @@
 """``H`` in the console writes the HTML report of what is on screen: a run, a comparison, the blend being built.
 
-The real app under Pilot on a database of recorded runs (``tests/report_world.py``);
+The real app under Pilot on a database of recorded runs (``tests/helpers/report_world.py``);
 the report is written by the real ``python -m engine.reporting`` subprocess the
 key starts (the console never imports matplotlib: the import contract in pyproject.toml).
 """
@@ -17,8 +17,9 @@ from fsat_console.screens.compare import CompareScreen
 from fsat_console.screens.ensemble import EnsembleScreen
 from fsat_console.screens.main import MainScreen
 from fsat_console.screens.run import RunScreen
-from tests.conftest import select_row, settle_workers, wait_until
-from tests.report_world import ReportWorld, build_report_world, figure_names
+from tests.helpers.console import select_row, settle_workers
+from tests.helpers.waiting import wait_until
+from tests.helpers.report_world import ReportWorld, build_report_world, figure_names
 
 #: Seconds a report may take on a busy machine (it takes a few).
 REPORT_WAIT = 240.0

@@ -11,7 +11,7 @@ import pytest
 import engine.store
 from engine.store import MIGRATIONS, RunRow, RunSummary, Store
 
-from tests.conftest import run_cli
+from tests.helpers.processes import run_cli
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.conftest import (ENSEMBLE_CLASSES, finish_trained_run, multi_hot_truth, record_run, record_trained_fold,
-                            tagger_scores, write_dataset)
+from tests.helpers.datasets import ENSEMBLE_CLASSES, multi_hot_truth, write_dataset
+from tests.helpers.recording import finish_trained_run, record_run, record_trained_fold, tagger_scores
 
 #: Curated clips of the world's dataset (every class has positives).
 N_CLIPS = 240
