@@ -27,6 +27,10 @@ from engine.errors import ConfigError
 # --- sections --------------------------------------------------------------------
 
 
+#: What a spec without its dataset root is told.
+DATA_ROOT_REQUIRED = "the dataset root is required: a folder in the FSDKaggle2019 layout (on the command line, --data DIR)"
+
+
 @dataclass
 class DataSection:
     """Where the dataset is and which parts of it a job uses."""
@@ -40,8 +44,7 @@ class DataSection:
 
     def validate(self, path: str) -> None:
         if not self.root:
-            raise ConfigError("the dataset root is required: a folder in the FSDKaggle2019 layout "
-                              "(on the command line, --data DIR)", field=f"{path}.root")
+            raise ConfigError(DATA_ROOT_REQUIRED, field=f"{path}.root")
 
 
 #: The dataset row's ``fold_rule`` for folds made without groups (``engine.data.folds.make_folds``).

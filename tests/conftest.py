@@ -380,8 +380,9 @@ def record_run(store, runs_root: Path, run_id: str, *, kind: str = "train", data
     """
     import numpy as np
 
+    from engine.intake import FOLD_CHECKPOINT_KINDS
     from engine.runs.folder import RunFolder
-    from engine.runs.kinds import FOLD_CHECKPOINT_KINDS, model_label
+    from engine.runs.kinds import model_label
     from engine.runs.scores import covered_rows, record_fold_scores, record_oof_scores
     from engine.specs import resolve_spec, spec_hash, to_dict
 
@@ -594,6 +595,7 @@ def console_world(tmp_path: Path, monkeypatch) -> tuple[Path, Path]:
     data = tmp_path / "data"
     data.mkdir()
     (data / "train_curated.csv").write_text("fname,labels\n")
+    (data / "sample_submission.csv").write_text("fname\n")
     return tmp_path / "experiments.db", data
 
 

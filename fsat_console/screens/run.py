@@ -25,7 +25,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Header, Static
 
-from engine.runs.kinds import FOLD_CHECKPOINT_KINDS, can_embed_baseline
+from engine.intake import FOLD_CHECKPOINT_KINDS, can_embed_baseline
 from engine.store import OOF, StoreError
 from fsat_console.widgets.footer import KeyFooter
 from fsat_console.formatting import bar, fmt_duration, fmt_score, status_text
