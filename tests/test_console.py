@@ -29,7 +29,8 @@ from fsat_console.app import FsatConsole
 from fsat_console.screens.confirm import ConfirmScreen
 from fsat_console.screens.help import HelpScreen, help_table
 from fsat_console.screens.main import MainScreen
-from fsat_console.screens.queue import preset_about, split_overrides, train_presets
+from fsat_console.screens.dialogs import preset_about, split_overrides
+from fsat_console.screens.queue import train_presets
 from tests.conftest import (cell_text, finish_trained_run, multi_hot_truth, open_job_details, open_queue_dialog,
                             record_run, record_trained_fold, screen_text, settle_workers, stream_epochs, table,
                             tagger_scores, wait_until)

@@ -16,8 +16,9 @@ from textual.widgets import OptionList
 
 from engine.store import SCHEMA_VERSION, Store
 from fsat_console.app import FsatConsole
+from fsat_console.screens.dialogs import WAITING
 from fsat_console.screens.main import MainScreen
-from fsat_console.screens.queue import WAITING, QueueScreen
+from fsat_console.screens.queue import QueueScreen
 from tests.conftest import console_world, env_with_project, run_cli, run_read_only, screen_text, wait_until
 
 
