@@ -2,8 +2,9 @@
 
     fsat demo-data DIR [--seed N] [--clips-per-class N] [--clips-per-source N]
     fsat [--db PATH] register DIR [--n-folds 5] [--fold-seed 42] [--group-column COLUMN]
-    fsat [--db PATH] queue train|baseline|probe --data DIR [--preset NAME | --config FILE] [--set key=value ...]
-                                               [--name NAME] [--priority N]
+    fsat [--db PATH] queue train|baseline --data DIR [--preset NAME | --config FILE] [--set key=value ...]
+                                          [--name NAME] [--priority N]
+    fsat [--db PATH] queue probe [--set seconds=2 ...] [--name NAME] [--priority N]
     fsat [--db PATH] queue infer RUN_ID [--preset tta] [--set infer.tta_crops=5 ...] [--name NAME] [--priority N]
     fsat [--db PATH] queue curriculum TEACHER_RUN --preset curriculum [--set filter.keep_threshold=0.7 ...]
     fsat [--db PATH] queue ensemble RUN_ID RUN_ID ... [--set method="mean" ...] [--name NAME] [--priority N]
@@ -24,6 +25,10 @@
     fsat [--db PATH] datasets | presets   [--json]
     fsat [--db PATH] cancel JOB_ID
     fsat [--db PATH] wait JOB_ID [--timeout SECONDS]
+
+Every ``queue`` (and ``ensemble`` without ``--now``) goes through
+``engine.intake``: the console's dialogs make the same checks, in the same
+words, and name a job the same way when no ``--name`` is given.
 
 ``--db`` defaults to ``$FSAT_DB`` or ``./experiments.db``; run folders go to
 ``runs/`` beside it (``$FSAT_RUNS`` overrides). Scores, run folders and the
