@@ -2,8 +2,9 @@
 
     fsat demo-data DIR [--seed N] [--clips-per-class N] [--clips-per-source N]
     fsat [--db PATH] register DIR [--n-folds 5] [--fold-seed 42] [--group-column COLUMN]
-    fsat [--db PATH] queue train|baseline|probe --data DIR [--preset NAME | --config FILE] [--set key=value ...]
-                                               [--name NAME] [--priority N]
+    fsat [--db PATH] queue train|baseline --data DIR [--preset NAME | --config FILE] [--set key=value ...]
+                                          [--name NAME] [--priority N]
+    fsat [--db PATH] queue probe [--set seconds=2 ...] [--name NAME] [--priority N]
     fsat [--db PATH] queue infer RUN_ID [--preset tta] [--set infer.tta_crops=5 ...] [--name NAME] [--priority N]
     fsat [--db PATH] queue curriculum TEACHER_RUN --preset curriculum [--set filter.keep_threshold=0.7 ...]
     fsat [--db PATH] queue ensemble RUN_ID RUN_ID ... [--set method="mean" ...] [--name NAME] [--priority N]
@@ -25,6 +26,10 @@
     fsat [--db PATH] cancel JOB_ID
     fsat [--db PATH] wait JOB_ID [--timeout SECONDS]
     fsat [--db PATH] report RUN_ID ... --out FILE.html [--baseline RUN_ID] [--png DIR] [--blend ...]
+
+Every ``queue`` (and ``ensemble`` without ``--now``) goes through
+``engine.intake``: the console's dialogs make the same checks, in the same
+words, and name a job the same way when no ``--name`` is given.
 
 ``--db`` defaults to ``$FSAT_DB`` or ``./experiments.db``; run folders go to
 ``runs/`` beside it (``$FSAT_RUNS`` overrides). Scores, run folders and the
@@ -55,9 +60,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from engine import intake
 from engine.errors import FsatError
 from engine.reporting.cli import add_parser as add_report_parser
-from engine.runs.kinds import has_fold_checkpoints
 from engine.runs.reports import tta_gain_report
 from engine.specs import ENSEMBLE_METHODS
 from engine.store import FINISHED_STATES, JOB_STATES, OOF, Store, default_db_path
@@ -200,12 +205,8 @@ def cmd_register(args: argparse.Namespace) -> int:
     return 0
 
 
-#: Job kinds whose spec has a dataset section (``--data``).
-_DATA_KINDS = ("train", "baseline")
-
-
 def _queue_overrides(args: argparse.Namespace) -> list[str]:
-    """``--set`` overrides plus the positional run ids of ``queue infer`` / ``queue ensemble``."""
+    """``--set`` overrides plus the positional run ids of ``queue infer`` / ``queue ensemble`` / ``queue curriculum``."""
     overrides = list(args.set or [])
     targets = list(args.targets or [])
     if args.kind == "infer":
@@ -221,54 +222,20 @@ def _queue_overrides(args: argparse.Namespace) -> list[str]:
             raise FsatError(f"queue curriculum takes one teacher run id, got {len(targets)}: {' '.join(targets)}")
         if targets:
             overrides.append(f"teacher_run_id={json.dumps(targets[0])}")
-        if args.data:
-            overrides.append(f"data_root={json.dumps(str(Path(args.data).resolve()))}")
     elif targets:
         raise FsatError(f"queue {args.kind} takes no run ids (got {' '.join(targets)}); "
-                        "run ids are for infer and ensemble jobs")
-    if args.data and args.kind not in _DATA_KINDS + ("curriculum",):
-        raise FsatError(f"--data does not apply to {args.kind} jobs: they use the dataset of the runs they name")
+                        "run ids are for infer, ensemble and curriculum jobs")
     return overrides
 
 
 def cmd_queue(args: argparse.Namespace) -> int:
-    from engine.specs import resolve_spec, to_dict
-
-    if args.kind == "probe":
-        from engine.errors import ConfigError
-        from engine.jobs.probe import check_spec
-        from engine.specs import apply_overrides, override_for
-
-        spec_dict = apply_overrides({}, args.set or [])
-        try:
-            check_spec(spec_dict)
-        except ConfigError as err:
-            blamed = override_for(err.field, args.set or [])
-            raise ConfigError(err.reason, field=err.field, file=f"--set {blamed}" if blamed else None) from None
-        name = args.name or "probe"
-    else:
-        if args.data:
-            root = Path(args.data)
-            if not (root / "sample_submission.csv").exists():
-                raise FsatError(f"{root}: not a dataset root (no sample_submission.csv); "
-                                "expected the FSDKaggle2019 layout, or run `fsat demo-data DIR`")
-        overrides = _queue_overrides(args)
-        spec = resolve_spec(args.kind, preset=args.preset, config=args.config, overrides=overrides,
-                            data_root=args.data if args.kind in _DATA_KINDS else None)
-        if args.name:
-            spec.name = args.name
-        if args.kind in _DATA_KINDS:
-            _check_fold_rule(args, spec.data)
-        spec_dict = to_dict(spec)
-        name = spec.name or _default_name(args.kind, spec_dict, preset=args.preset)
+    """Queue a job through ``engine.intake``: every queue-time check, then the insert."""
+    overrides = _queue_overrides(args)
     with _open(args) as store:
-        _check_runs_exist(store, args.kind, spec_dict)
-        if args.kind == "curriculum":
-            from engine.curriculum import check_teacher
-
-            # Everything about the teacher that can be known now is refused now, not when the job runs.
-            check_teacher(store, spec)
-        job_id = store.enqueue(args.kind, spec_dict, name=name, priority=args.priority)
+        prepared = intake.prepare(store, args.kind, preset=args.preset, config=args.config, overrides=overrides,
+                                  data_root=args.data)
+        job_id = intake.submit(store, prepared, name=args.name, priority=args.priority)
+        name = store.get_job(job_id).name
     if args.json:
         print(json.dumps({"job_id": job_id, "kind": args.kind, "name": name}))
     else:
@@ -276,64 +243,9 @@ def cmd_queue(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_fold_rule(args: argparse.Namespace, data) -> None:
-    """Refuse at queue time a group column that disagrees with the dataset's stored folds."""
-    from engine.data.folds import fold_rule
-    from engine.errors import ConfigError
-
-    root = str(Path(data.root).resolve())
-    with _open(args) as store:
-        row = next((d for d in store.list_datasets() if d["root"] == root), None)
-    if row and row.get("fold_rule") and row["fold_rule"] != fold_rule(data.group_column):
-        raise ConfigError(f"the dataset's stored folds were made by {row['fold_rule']!r}, not "
-                          f"{fold_rule(data.group_column)!r}; every run on a dataset uses the same folds (register "
-                          "the folder as a new dataset to change them)", field="data.group_column")
-
-
-def _check_runs_exist(store: Store, kind: str, spec: dict) -> None:
-    """Refuse at queue time an infer of a run, or an ensemble of members, that will never exist.
-
-    A run counts when it is in the database or a queued or running job will
-    write it (jobs run in queue order, so a job may name the run of a job
-    queued before it).
-    """
-    if kind not in ("infer", "ensemble"):
-        return
-    from engine.worker import default_run_id
-
-    wanted = [spec["run_id"]] if kind == "infer" else list(spec.get("members", []))
-    pending = {r["run_id"] or default_run_id(r["kind"], r["id"]): r["kind"]
-               for status in ("queued", "running") for r in store.list_jobs(status=status, limit=10**9)}
-    missing = [r for r in wanted if r not in pending and store.get_run(r) is None]
-    if not missing:
-        if kind == "infer":
-            run = store.get_run(spec["run_id"])
-            run_kind = run["kind"] if run is not None else pending[spec["run_id"]]
-            if not has_fold_checkpoints(run_kind):
-                raise FsatError(f"run_id: {spec['run_id']!r} is {'an' if run_kind[0] in 'aeiou' else 'a'} "
-                                f"{run_kind} run; inference needs a train or curriculum run with fold checkpoints "
-                                "(see `fsat runs`)")
-        return
-    names = ", ".join(repr(m) for m in missing)
-    if kind == "infer":
-        raise FsatError(f"run_id: no run {names} to infer with, and no queued job makes it (see `fsat runs`)")
-    raise FsatError(f"members: no run {names} in the database, and no queued job makes it (see `fsat runs`)")
-
-
-def _default_name(kind: str, spec: dict, preset: str | None = None) -> str:
-    """A job's name in `fsat jobs` when none is given: an infer job names the run it infers."""
-    if kind == "infer":
-        return f"{preset or 'tta'} {spec.get('run_id', '')}".strip()
-    if kind == "ensemble":
-        return f"{spec.get('method', 'auto')} blend of {len(spec.get('members', []))}"
-    if kind == "curriculum":
-        return f"curriculum of {spec.get('teacher_run_id', '')}".strip()
-    return preset or kind
-
-
 def cmd_ensemble(args: argparse.Namespace) -> int:
     """Queue an ensemble job, or with ``--now`` blend in this process and record the run."""
-    from engine.specs import EnsembleSpec, from_dict, to_dict
+    from engine.specs import EnsembleSpec, from_dict
 
     data: dict = {"members": list(args.members), "method": args.method, "calibrate": not args.no_calibrate,
                   "greedy": args.greedy, "write_submission": not args.no_submission}
@@ -348,9 +260,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
         return _ensemble_dry_run(args, spec)
     if not args.now:
         with _open(args) as store:
-            _check_runs_exist(store, "ensemble", data)
-            job_id = store.enqueue("ensemble", to_dict(spec), name=spec.name or _default_name("ensemble", data),
-                                   priority=args.priority)
+            job_id = intake.submit(store, intake.prepare(store, "ensemble", spec=spec), priority=args.priority)
         if args.json:
             print(json.dumps({"job_id": job_id, "kind": "ensemble"}))
         else:
@@ -429,7 +339,7 @@ def cmd_submission(args: argparse.Namespace) -> int:
         dataset = store.get_dataset(run["dataset_id"]) if run["dataset_id"] is not None else None
     test_path = Path(run["run_dir"]) / "test.npy"
     if not test_path.is_file():
-        hint = (f"infer it first (`fsat queue infer {args.run_id}`)" if has_fold_checkpoints(run["kind"])
+        hint = (f"infer it first (`fsat queue infer {args.run_id}`)" if intake.has_fold_checkpoints(run["kind"])
                 else "its blend or inference had no test scores")
         raise FsatError(f"run {args.run_id!r} ({run['kind']}) has no test scores: {test_path} does not exist; {hint}")
     if dataset is None:
@@ -725,11 +635,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train_curated.csv column naming each clip's source recording: folds keep each in one fold")
 
     p = add("queue", cmd_queue, "queue a job from a preset or config file with overrides; prints the job id")
-    p.add_argument("kind", choices=["train", "infer", "ensemble", "baseline", "curriculum", "probe"])
+    p.add_argument("kind", choices=list(intake.KINDS))
     p.add_argument("targets", nargs="*", metavar="RUN_ID",
                    help="infer: the trained run; ensemble: the member runs; curriculum: the teacher run")
-    p.add_argument("--data", help="dataset root (Kaggle layout; train and baseline jobs; for a curriculum, "
-                   "the teacher's dataset, checked)")
+    p.add_argument("--data", help="dataset root (Kaggle layout) of the kinds that take one: "
+                   + ", ".join(k.name for k in intake.KINDS.values() if k.takes_data_root)
+                   + " (for a curriculum, the teacher's dataset, checked)")
     p.add_argument("--preset", help="preset name under configs/ (see `fsat presets`)")
     p.add_argument("--config", type=Path, help="a TOML config file")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. train.epochs=3")

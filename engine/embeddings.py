@@ -163,7 +163,8 @@ def run_encoder_embedder(store, run_id: str, *, device: torch.device | str = "cp
     """
     from engine.models.registry import frontend_from_spec
     from engine.runs.folder import RunFolder
-    from engine.runs.kinds import can_embed_baseline, run_arch
+    from engine.intake import can_embed_baseline
+    from engine.runs.kinds import run_arch
     from engine.specs import TrainSpec, from_dict
 
     run = store.get_run(run_id)

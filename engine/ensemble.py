@@ -39,6 +39,7 @@ from typing import Sequence
 import numpy as np
 
 from engine.metrics import lwlrap, per_class_lwlrap
+from engine.specs import ENSEMBLE_METHODS
 
 __all__ = [
     "AUTO",
@@ -567,18 +568,16 @@ def cross_fitted_quantile_map(ranks: np.ndarray, target: np.ndarray, folds: np.n
 
 # --------------------------------------------------------------------------- blends
 
-#: Blend methods that combine members. ``rank``: per-class rank average mapped
-#: onto the probability blend's OOF distribution (``QuantileMapper``);
-#: ``rank_minmax``: the plan's rank average, min-max and a temperature (and
-#: bias) per class (``RankCalibrator``); ``mean``: weighted mean of
-#: probabilities; ``logit_mean``: weighted mean of logits, then a sigmoid;
-#: ``geo_mean``: weighted geometric mean of probabilities.
-BLEND_METHODS = ("rank", "rank_minmax", "mean", "logit_mean", "geo_mean")
-#: ``best``: the best single member (by OOF LWLRAP) on its own.
-BEST = "best"
-#: ``auto``: every method above and the best member, scored by cross-fitted OOF LWLRAP; the highest wins.
-AUTO = "auto"
-METHODS = (AUTO, BEST) + BLEND_METHODS
+#: Every method, in the ensemble spec's order (``engine.specs.ENSEMBLE_METHODS``, the one list).
+#: ``auto``: every method below and the best member, scored by cross-fitted OOF LWLRAP; the highest
+#: wins. ``best``: the best single member (by OOF LWLRAP) on its own. Then the blends that combine
+#: members: ``rank``: per-class rank average mapped onto the probability blend's OOF distribution
+#: (``QuantileMapper``); ``rank_minmax``: the plan's rank average, min-max and a temperature (and
+#: bias) per class (``RankCalibrator``); ``mean``: weighted mean of probabilities; ``logit_mean``:
+#: weighted mean of logits, then a sigmoid; ``geo_mean``: weighted geometric mean of probabilities.
+METHODS = ENSEMBLE_METHODS
+AUTO, BEST = METHODS[:2]
+BLEND_METHODS = METHODS[2:]
 RANK_METHODS = ("rank", "rank_minmax")
 #: Probabilities are clipped this far from 0 and 1 before a log or logit (exact 0 and 1 stay finite).
 PROB_EPS = 1e-15

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from engine.errors import FsatError
+from engine.intake import KINDS, RUN_KINDS
 
 
 class FilterError(FsatError):
@@ -57,7 +58,7 @@ RUN_FIELDS: dict[str, Field] = {
     "id": Field("r.id", "ident", "run id"),
     "name": Field("r.name", "contains", "run name (contains)"),
     "model": Field("r.model", "model", "model: the architecture (cnn14) or the whole label (cnn14-64mel)"),
-    "kind": Field("r.kind", "text", "train, infer, baseline, ensemble, curriculum"),
+    "kind": Field("r.kind", "text", ", ".join(RUN_KINDS)),
     "status": Field("r.status", "text", "running, done, failed, cancelled, interrupted"),
     "cv": Field("r.cv_lwlrap", "number", "out-of-fold (CV) LWLRAP"),
     "test": Field("r.test_lwlrap", "number", "test LWLRAP"),
@@ -78,7 +79,7 @@ RUN_ALIASES = {"run": "id", "lwlrap": "cv", "cv_lwlrap": "cv", "oof": "cv", "tes
 #: Job fields, against ``jobs j``.
 JOB_FIELDS: dict[str, Field] = {
     "id": Field("j.id", "number", "job id"),
-    "kind": Field("j.kind", "text", "train, infer, baseline, ensemble, curriculum, probe"),
+    "kind": Field("j.kind", "text", ", ".join(KINDS)),
     "name": Field("j.name", "contains", "job name (contains)"),
     "status": Field("j.status", "text", "queued, running, done, failed, cancelled"),
     "run": Field("j.run_id", "ident", "the run it produces"),

@@ -20,11 +20,15 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
 from engine.errors import ConfigError
 
 # --- sections --------------------------------------------------------------------
+
+
+#: What a spec without its dataset root is told.
+DATA_ROOT_REQUIRED = "the dataset root is required: a folder in the FSDKaggle2019 layout (on the command line, --data DIR)"
 
 
 @dataclass
@@ -40,8 +44,18 @@ class DataSection:
 
     def validate(self, path: str) -> None:
         if not self.root:
-            raise ConfigError("the dataset root is required (pass --data DIR or set data.root)",
-                              field=f"{path}.root")
+            raise ConfigError(DATA_ROOT_REQUIRED, field=f"{path}.root")
+
+
+#: The dataset row's ``fold_rule`` for folds made without groups (``engine.data.folds.make_folds``).
+RULE_STRATIFIED = "multilabel-stratified"
+#: Prefix of the ``fold_rule`` for group-aware folds: ``group-multilabel-stratified:<column>``.
+RULE_GROUPED = "group-multilabel-stratified"
+
+
+def fold_rule(group_column: str = "") -> str:
+    """The rule that makes a dataset's folds, as recorded in its row (``datasets.fold_rule``)."""
+    return f"{RULE_GROUPED}:{group_column}" if group_column else RULE_STRATIFIED
 
 
 @dataclass
@@ -333,7 +347,28 @@ class ClusterSection:
 
 # --- job specs -------------------------------------------------------------------
 
+#: Kind -> spec class, filled by :func:`job_spec` as the classes below are defined. Which kinds can be
+#: queued, and how, is the table in ``engine.intake``; this only lets a kind's name find its class.
+_JOB_SPECS: dict[str, type] = {}
 
+
+def job_spec(cls: type) -> type:
+    """Class decorator: make a job's spec class known under its ``KIND`` (see :func:`spec_class`)."""
+    kind = getattr(cls, "KIND", "")
+    if not kind or _JOB_SPECS.get(kind, cls) is not cls:
+        raise TypeError(f"{cls.__name__}: a job spec needs a KIND of its own, got {kind!r}")
+    _JOB_SPECS[kind] = cls
+    return cls
+
+
+def spec_class(kind: str) -> type:
+    """The spec class of a job kind; ConfigError (field ``kind``) for a kind with none."""
+    if kind not in _JOB_SPECS:
+        raise ConfigError(f"unknown job kind {kind!r} (known: {', '.join(_JOB_SPECS)})", field="kind")
+    return _JOB_SPECS[kind]
+
+
+@job_spec
 @dataclass
 class TrainSpec:
     """A 5-fold cross-validated training run."""
@@ -376,6 +411,7 @@ class InferSection:
 INFER_SPLITS = ("oof", "test")
 
 
+@job_spec
 @dataclass
 class InferSpec:
     """Inference of a trained run with TTA and fold averaging, on curated out-of-fold clips and/or the test set."""
@@ -398,10 +434,12 @@ class InferSpec:
             _choice(split, INFER_SPLITS, f"splits[{i}]")
 
 
-#: Kept equal to ``engine.ensemble.METHODS`` (this module stays stdlib-only; tests check the two agree).
+#: How an ensemble blends its members: ``auto`` and ``best``, then the blends that combine members
+#: (``engine.ensemble`` implements them and reads this list: METHODS, AUTO, BEST, BLEND_METHODS).
 ENSEMBLE_METHODS = ("auto", "best", "rank", "rank_minmax", "mean", "logit_mean", "geo_mean")
 
 
+@job_spec
 @dataclass
 class EnsembleSpec:
     """A blend of runs that have out-of-fold (and test) predictions."""
@@ -444,6 +482,7 @@ class EnsembleSpec:
 BASELINE_VARIANTS = ("embedding", "mel_stats")
 
 
+@job_spec
 @dataclass
 class BaselineSpec:
     """Per-clip features, then a one-vs-rest logistic regression per fold.
@@ -563,6 +602,7 @@ def _plan_stages() -> list[StageSection]:
     return [StageSection(name="A", epochs=4, noisy_weight=0.5), StageSection(name="B", epochs=8, noisy_weight=1.0)]
 
 
+@job_spec
 @dataclass
 class CurriculumSpec:
     """A student run from a finished train run: filtered noisy labels, staged fine-tuning per teacher fold."""
@@ -610,14 +650,23 @@ class CurriculumSpec:
         _choice(self.device, DEVICES, "device")
 
 
-SPEC_TYPES: dict[str, type] = {"train": TrainSpec, "infer": InferSpec, "ensemble": EnsembleSpec,
-                               "baseline": BaselineSpec, "curriculum": CurriculumSpec}
+@job_spec
+@dataclass
+class ProbeSpec:
+    """A diagnostic that checks a worker setup without training (``engine.jobs.probe``)."""
 
+    KIND: typing.ClassVar[str] = "probe"
+    #: Seconds to run, reporting progress.
+    seconds: float = 0.0
+    #: A file to which one line ``<job id> <attempt>`` is appended.
+    marker: str = ""
+    #: Raise an error with this message (empty = succeed).
+    fail: str = ""
+    #: Exit the process abruptly with this code, as a crash would (none = exit normally).
+    exit_code: Optional[int] = None
 
-def register_spec(cls: type) -> type:
-    """Make a spec class known under its ``KIND`` (used by job modules that add kinds)."""
-    SPEC_TYPES[cls.KIND] = cls
-    return cls
+    def validate(self, path: str) -> None:
+        _nonneg(self.seconds, "seconds")
 
 
 # --- conversion, validation ---------------------------------------------------------
@@ -713,6 +762,10 @@ def _coerce(tp: Any, value: Any, path: str, source: object | None) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"expected a list of {_type_name(item_type)}, got {value!r}", field=path, file=source)
         return [_coerce(item_type, v, f"{path}[{i}]", source) for i, v in enumerate(value)]
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"expected none, got {value!r}", field=path, file=source)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -735,7 +788,7 @@ def _coerce(tp: Any, value: Any, path: str, source: object | None) -> Any:
 
 
 def _type_name(tp: Any) -> str:
-    return {int: "a whole number", float: "a number", str: "a string", bool: "true/false"}.get(
+    return {int: "a whole number", float: "a number", str: "a string", bool: "true/false", type(None): "none"}.get(
         tp, getattr(tp, "__name__", str(tp)))
 
 
@@ -883,9 +936,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 def resolve_spec(kind: str, *, preset: str | None = None, config: Path | str | None = None,
                  overrides: list[str] | None = None, data_root: str | None = None) -> Any:
     """Build a validated spec of ``kind`` from a preset or config file plus overrides."""
-    if kind not in SPEC_TYPES:
-        raise ConfigError(f"unknown job kind {kind!r} (known: {', '.join(SPEC_TYPES)})", field="kind")
-    cls = SPEC_TYPES[kind]
+    cls = spec_class(kind)
     source: Path | None = None
     data: dict = {}
     if preset and config:
@@ -923,6 +974,4 @@ def override_for(field: str | None, overrides: list[str]) -> str | None:
 
 def spec_from_json(kind: str, data: dict) -> Any:
     """Rebuild a spec stored in the jobs table."""
-    if kind not in SPEC_TYPES:
-        raise ConfigError(f"unknown job kind {kind!r}", field="kind")
-    return from_dict(SPEC_TYPES[kind], data)
+    return from_dict(spec_class(kind), data)

@@ -38,17 +38,13 @@ import uuid
 from pathlib import Path
 
 from engine.errors import FsatError
+from engine.intake import default_run_id
 from engine.store import DEFAULT_LEASE_SECONDS, Job, Store, default_db_path, runs_root
 
 
 def run_id_for(job: Job) -> str:
     """The run id a job writes to (stable across retries, so a requeued job resumes)."""
     return job.run_id or default_run_id(job.kind, job.id)
-
-
-def default_run_id(kind: str, job_id: int) -> str:
-    """The run id of a job that has not named its run yet: ``<kind>-<job id, 4 digits>``."""
-    return f"{kind}-{job_id:04d}"
 
 
 def _set_parent_death_signal() -> None:  # pragma: no cover - runs in the child before exec

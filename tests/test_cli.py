@@ -73,10 +73,11 @@ def test_infer_jobs_are_listed_under_the_run_they_infer(db_path: Path):
             store.create_run(run_id, kind="train")
             store.finish_run(run_id, status="done")
     run_cli("queue", "infer", "train-0007", "--preset", "tta", db=db_path)
-    run_cli("queue", "infer", "train-0009", db=db_path)
+    run_cli("queue", "infer", "train-0009", "--set", "infer.tta_crops=3", db=db_path)
     run_cli("queue", "infer", "train-0009", "--name", "mine", db=db_path)
     names = [j["name"] for j in json.loads(run_cli("jobs", "--json", db=db_path).stdout)]
-    assert sorted(names) == ["mine", "tta train-0007", "tta train-0009"]
+    # The run, then the crops per clip (engine.intake's rule, the console's too).
+    assert sorted(names) == ["mine", "train-0007 tta5", "train-0009 tta3"]
 
 
 def test_db_may_follow_the_command_as_well_as_precede_it(tmp_path: Path):

@@ -27,7 +27,8 @@ from fsat_console.app import FsatConsole
 from fsat_console.screens.confirm import ConfirmScreen
 from fsat_console.screens.help import HelpScreen, help_table
 from fsat_console.screens.main import MainScreen
-from fsat_console.screens.queue import preset_about, split_overrides, train_presets
+from fsat_console.screens.dialogs import preset_about, split_overrides
+from fsat_console.screens.queue import train_presets
 from tests.helpers.console import cell_text, open_job_details, open_queue_dialog, screen_text, settle_workers, table
 from tests.helpers.datasets import multi_hot_truth
 from tests.helpers.processes import heavy_modules_loaded_by

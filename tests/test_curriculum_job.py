@@ -283,7 +283,8 @@ def test_bad_teachers_and_settings_are_refused_at_queue_time(teacher, tiny_demo:
     # The dataset named is not the teacher's.
     other = tmp_path / "elsewhere"
     other.mkdir()
-    shutil.copyfile(tiny_demo / "sample_submission.csv", other / "sample_submission.csv")
+    for name in ("sample_submission.csv", "train_curated.csv"):  # a dataset root, but not the teacher's
+        shutil.copyfile(tiny_demo / name, other / name)
     err = _refused(db, teacher_id, "--preset", "demo_curriculum", "--data", str(other))
     assert "data_root" in err and "trained on" in err
     # Spec fields.

@@ -15,8 +15,9 @@ import pytest
 
 from engine.store import SCHEMA_VERSION, Store
 from fsat_console.app import FsatConsole
+from fsat_console.screens.dialogs import WAITING
 from fsat_console.screens.main import MainScreen
-from fsat_console.screens.queue import WAITING, QueueScreen
+from fsat_console.screens.queue import QueueScreen
 from tests.helpers.console import open_queue_dialog, screen_text
 from tests.helpers.processes import cli_cmd, env_with_project, run_cli, run_read_only, worker_cmd
 from tests.helpers.waiting import wait_until

@@ -19,18 +19,9 @@ import traceback
 from pathlib import Path
 
 from engine.errors import FsatError
+from engine.intake import KINDS
 from engine.jobs.context import JobAborted, JobContext
 from engine.store import Store
-
-#: job kind -> module with ``run(ctx) -> str | None``
-JOB_MODULES = {
-    "train": "engine.jobs.train",
-    "probe": "engine.jobs.probe",
-    "infer": "engine.jobs.infer",
-    "baseline": "engine.jobs.baseline",
-    "ensemble": "engine.jobs.ensemble",
-    "curriculum": "engine.jobs.curriculum",
-}
 
 
 def _terminate(signum: int, _frame: object) -> None:
@@ -60,9 +51,9 @@ def main(argv: list[str] | None = None) -> int:
                      run_dir=args.run_dir)
     try:
         ctx.check(every=0)
-        module = JOB_MODULES.get(job.kind)
-        if module is None:
+        if job.kind not in KINDS:
             raise FsatError(f"job kind {job.kind!r} is not supported by this worker")
+        module = KINDS[job.kind].module  # the module with ``run(ctx) -> str | None``
         try:
             runner = importlib.import_module(module)
         except ModuleNotFoundError as err:

@@ -35,12 +35,12 @@ import numpy as np
 from engine.data.manifest import DatasetLayout, load_layout
 from engine.ensemble import AUTO, RANK_METHODS, BlendResult, Member, blend, greedy_forward_selection
 from engine.errors import ConfigError, FsatError
+from engine.intake import has_fold_checkpoints
 from engine.jobs.context import JobContext, environment_record, git_commit
 from engine.metrics import lwlrap
 from engine.runs.members import (MemberProblem, calibration_folds, check_oof, check_test, fold_of_clips,
                                  read_scores)
 from engine.runs.folder import RunFolder
-from engine.runs.kinds import has_fold_checkpoints
 from engine.runs.scores import record_fold_scores, score_test
 from engine.specs import EnsembleSpec, spec_from_json, spec_hash, to_dict
 from engine.store import OOF, Store

@@ -36,6 +36,7 @@ import torch
 from engine.errors import CheckpointError, ConfigError, FsatError
 from engine.executors import FoldResources, executor_from_env
 from engine.infer import DEFAULT_SHORT_CLIPS, predict_tta_logits, sigmoid
+from engine.intake import FOLD_CHECKPOINT_KINDS
 from engine.jobs.common import build_cache, cache_dir_for, configure_threads, prepare_dataset
 from engine.jobs.context import JobContext, environment_record, git_commit
 from engine.jobs.train import RecorderProgress, dispatch_folds
@@ -43,7 +44,6 @@ from engine.models.registry import tagger_from_spec
 from engine.models.tagger import Tagger
 from engine.runs.atomic import DamagedFile, load_json
 from engine.runs.folder import RunFolder
-from engine.runs.kinds import FOLD_CHECKPOINT_KINDS
 from engine.runs.scores import record_fold_scores, record_oof_scores, score_test
 from engine.specs import InferSpec, TrainSpec, from_dict, spec_from_json, spec_hash, to_dict
 from engine.store import Store

@@ -12,20 +12,13 @@ import os
 import time
 from pathlib import Path
 
-from engine.errors import ConfigError
 from engine.jobs.context import JobContext
-
-_KNOWN = {"seconds", "marker", "fail", "exit_code"}
+from engine.specs import spec_from_json
 
 
 def check_spec(spec: dict) -> None:
-    """Refuse settings the probe does not know (at queue time and again when it runs)."""
-    unknown = set(spec) - _KNOWN
-    if unknown:
-        raise ConfigError(f"unknown setting (known here: {', '.join(sorted(_KNOWN))})",
-                          field=sorted(unknown)[0])
-    if not isinstance(spec.get("seconds", 0.0), (int, float)) or isinstance(spec.get("seconds"), bool):
-        raise ConfigError(f"expected a number, got {spec['seconds']!r}", field="seconds")
+    """Refuse settings the probe does not know or values of the wrong type (``engine.specs.ProbeSpec``)."""
+    spec_from_json("probe", spec)
 
 
 def run(ctx: JobContext) -> str:

@@ -12,7 +12,7 @@ score and read runs through here:
 - :mod:`engine.runs.recorder`: the fold seam's reporting interface;
 - :mod:`engine.runs.members`: ensemble members, their checks, CV weights and the console's blend bench;
 - :mod:`engine.runs.reports`: the TTA gain;
-- :mod:`engine.runs.kinds`: which run kinds hold fold checkpoints.
+- :mod:`engine.runs.kinds`: a run's architecture and model label.
 
 Submodules are imported where they are used (nothing is imported here), so a
 console screen that only needs :mod:`engine.runs.kinds` does not load numpy.

@@ -1,18 +1,10 @@
-"""Run kinds, by what their run folder holds."""
+"""What a run's row says about its model: the architecture it trained and its ``model`` label.
+
+Which run kinds hold fold checkpoints or test scores is the job kinds table's
+(``engine.intake``: ``FOLD_CHECKPOINT_KINDS``, ``has_fold_checkpoints``).
+"""
 
 from __future__ import annotations
-
-#: Run kinds whose run folder holds fold checkpoints ``fold<k>/best.pt`` and a training spec: they can
-#: be inferred, embed a baseline, start a curriculum stage. One definition for the jobs, CLI and console.
-FOLD_CHECKPOINT_KINDS: tuple[str, ...] = ("train", "curriculum")
-
-#: Run kinds that write ``test.npy`` (``sample_submission.csv`` order) beside their ``oof.npy``.
-TEST_SCORE_KINDS: tuple[str, ...] = ("infer", "baseline", "ensemble")
-
-
-def has_fold_checkpoints(kind: str | None) -> bool:
-    """Whether a run of this kind has fold checkpoints (see :data:`FOLD_CHECKPOINT_KINDS`)."""
-    return kind in FOLD_CHECKPOINT_KINDS
 
 
 def run_arch(run: dict | None) -> str | None:
@@ -25,11 +17,6 @@ def run_arch(run: dict | None) -> str | None:
         return None
     arch = ((run.get("config") or {}).get("model") or {}).get("arch")
     return str(arch) if arch else None
-
-
-def can_embed_baseline(run: dict | None) -> bool:
-    """Whether a run's fold-0 encoder can embed the baseline: a run with fold checkpoints of a cnn14."""
-    return bool(run) and has_fold_checkpoints(run.get("kind")) and run_arch(run) == "cnn14"
 
 
 def model_label(arch: str, n_mels: int) -> str:

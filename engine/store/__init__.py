@@ -28,14 +28,14 @@ def _now() -> float:
 
 from engine.store.connection import Connection, StoreError, default_db_path, runs_root  # noqa: E402
 from engine.store.listings import JOB_ORDER, RUN_ORDER, Listings  # noqa: E402
-from engine.store.queue import DEFAULT_MAX_QUEUED, JOB_KINDS, Queue  # noqa: E402
+from engine.store.queue import DEFAULT_MAX_QUEUED, Queue  # noqa: E402
 from engine.store.records import Records  # noqa: E402
 from engine.store.rows import Job, RunRow, RunSummary  # noqa: E402
 from engine.store.schema import (  # noqa: E402
     DEFAULT_LEASE_SECONDS, FINISHED_STATES, JOB_STATES, MIGRATIONS, OOF, SCHEMA_VERSION)
 
 __all__ = [
-    "DEFAULT_LEASE_SECONDS", "DEFAULT_MAX_QUEUED", "FINISHED_STATES", "JOB_KINDS", "JOB_ORDER", "JOB_STATES",
+    "DEFAULT_LEASE_SECONDS", "DEFAULT_MAX_QUEUED", "FINISHED_STATES", "JOB_ORDER", "JOB_STATES",
     "MIGRATIONS", "OOF", "RUN_ORDER", "SCHEMA_VERSION", "Job", "RunRow", "RunSummary", "Store", "StoreError",
     "default_db_path", "runs_root",
 ]

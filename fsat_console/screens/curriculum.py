@@ -2,8 +2,9 @@
 
 ``u`` on a train run's screen opens :class:`CurriculumDialog`: the preset, the
 keep and pseudo thresholds, the stages (TOML, as ``--set stages=...`` reads
-them), a job name. The engine's own ``resolve_spec`` and ``check_teacher``
-validate it, and each ConfigError lands under the field it names.
+them), a job name. ``engine.intake.prepare`` checks it as ``fsat queue
+curriculum`` is checked (the spec, then the teacher), and each ConfigError
+lands under the field it names.
 
 ``u`` on a curriculum run's screen opens :class:`CurriculumView`: one fold's
 validation LWLRAP per epoch with the stage boundaries marked and the
@@ -27,12 +28,12 @@ from textual.widgets import Header, Input, Label, Static
 from textual_plotext import PlotextPlot
 
 from engine import specs
-from engine.curriculum import audit_report, check_teacher
+from engine.curriculum import audit_report
 from engine.errors import ConfigError, FsatError
+from fsat_console.access import console
 from fsat_console.widgets.footer import KeyFooter
 from fsat_console.formatting import fmt_score
-from fsat_console.screens.infer import SpecDialog, run_line
-from fsat_console.screens.queue import preset_about
+from fsat_console.screens.dialogs import SpecDialog, preset_about, run_line, toml_value
 from fsat_console.widgets.live_table import Cell, ColumnSpec, LiveTable, num_cell
 
 #: The preset a dialog starts from: the demo's for the compact demo model, the plan's otherwise.
@@ -58,9 +59,10 @@ def stages_text(stages: list) -> str:
 class CurriculumDialog(SpecDialog):
     """Queue a curriculum with a train run as its teacher."""
 
+    KIND = "curriculum"
     FIELDS = ("preset", "keep", "pseudo", "stages", "name", "queue")
-    _FIELD_SLOTS = {"preset": "preset", "filter.keep_threshold": "keep", "filter.pseudo_threshold": "pseudo",
-                    "stages": "stages", "name": "name"}
+    FIELD_SLOTS = {"preset": "preset", "filter.keep_threshold": "keep", "filter.pseudo_threshold": "pseudo",
+                   "stages": "stages"}
 
     def __init__(self, run: dict) -> None:
         """``run`` is the teacher's row (``Store.get_run``)."""
@@ -72,7 +74,7 @@ class CurriculumDialog(SpecDialog):
         self.preset_problem = ""
         try:
             self.defaults = specs.resolve_spec("curriculum", preset=self.initial_preset,
-                                               overrides=[f"teacher_run_id={json.dumps(self.run_id)}"])
+                                               overrides=[f"teacher_run_id={toml_value(self.run_id)}"])
         except ConfigError as err:
             self.preset_problem = str(err)
 
@@ -132,26 +134,18 @@ class CurriculumDialog(SpecDialog):
                 ok = False
         return ok
 
-    def resolve(self) -> object:
-        """The curriculum spec: the preset, this teacher, the fields; then the teacher checks."""
+    def request(self) -> dict:
+        """The preset, this teacher, the thresholds and the stages."""
         preset = self._value("preset") or None
         if preset and preset not in specs.list_presets("curriculum"):
             raise ConfigError(f"no curriculum preset {preset!r} (known: "
                               f"{', '.join(sorted(specs.list_presets('curriculum')))})", field="preset")
-        overrides = [f"teacher_run_id={json.dumps(self.run_id)}"]
+        overrides = [f"teacher_run_id={toml_value(self.run_id)}"]
         for field, key in (("keep", "filter.keep_threshold"), ("pseudo", "filter.pseudo_threshold"),
                            ("stages", "stages")):
             if self._value(field):
                 overrides.append(f"{key}={self._value(field)}")
-        if self._value("name"):
-            overrides.append(f"name={json.dumps(self._value('name'))}")
-        spec = specs.resolve_spec("curriculum", preset=preset, overrides=overrides)
-        check_teacher(self.app.store, spec)  # type: ignore[attr-defined]
-        return spec
-
-    def job_name(self, spec: object) -> str:
-        """The typed name, else ``curriculum of <teacher>``."""
-        return spec.name or f"curriculum of {self.run_id}"  # type: ignore[attr-defined]
+        return {"preset": preset, "overrides": overrides}
 
 
 # --- the curriculum run's view --------------------------------------------------------------------
@@ -289,7 +283,7 @@ class CurriculumView(Screen):
     @work(thread=True, exclusive=True, exit_on_error=False, group="curriculum-view")
     def action_reload(self) -> None:
         """Read the run's report, epochs and the teacher's fold scores off the UI thread."""
-        store = self.app.store  # type: ignore[attr-defined]
+        store = console(self).store
         try:
             report = audit_report(store, self.run_id)
             epochs = store.epochs(self.run_id)

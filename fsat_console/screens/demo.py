@@ -18,14 +18,12 @@ from textual.screen import ModalScreen
 from textual.widgets import ProgressBar, Static
 
 from engine.errors import FsatError
-
-#: Files the FSDKaggle2019 layout needs before a training job can read it.
-REQUIRED = ("train_curated.csv", "sample_submission.csv")
+from engine.intake import missing_root_files
 
 
 def demo_state(root: Path) -> str:
-    """``ready`` (a dataset is there), ``missing`` (nothing there) or ``partial`` (an interrupted write)."""
-    if all((root / name).is_file() for name in REQUIRED):
+    """``ready`` (a dataset root, by the queue's rule), ``missing`` (nothing there) or ``partial`` (an interrupted write)."""
+    if not missing_root_files(root):
         return "ready"
     if not root.exists() or not any(root.iterdir()):
         return "missing"

@@ -49,7 +49,7 @@ from fsat_console.access import console
 from fsat_console.widgets.footer import KeyFooter
 from fsat_console.formatting import fmt_score, shorten
 from fsat_console.live import Overview, OverviewChanged
-from fsat_console.screens.queue import try_enqueue
+from fsat_console.screens.dialogs import try_enqueue
 from fsat_console.report import REPORT_KEY, write_report
 from fsat_console.widgets.live_table import Cell, ColumnSpec, LiveTable, num_cell
 from fsat_console.widgets.status import WorkerStatus
@@ -680,13 +680,12 @@ class EnsembleScreen(Screen):
         if not state.member_ids:
             self.notify("The blend has no members: press space on a run first.", severity="warning")
             return
-        name = f"{state.method} blend of {len(state.member_ids)}"
         try:
-            spec = ensemble_spec(state, name)
+            spec = ensemble_spec(state)
         except ConfigError as err:
             self.notify(str(err), title="Cannot save this blend", severity="error", markup=False)
             return
-        self._enqueue(specs.to_dict(spec), name)
+        self._enqueue(specs.to_dict(spec), "")  # listed under engine.intake's name rule for blends
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="ensemble-save")
     def _enqueue(self, spec: dict, name: str) -> None:

@@ -25,7 +25,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Header, Static
 
-from engine.runs.kinds import FOLD_CHECKPOINT_KINDS, can_embed_baseline
+from engine.intake import FOLD_CHECKPOINT_KINDS, can_embed_baseline
 from engine.store import OOF, StoreError
 from fsat_console.access import console
 from fsat_console.widgets.footer import KeyFooter

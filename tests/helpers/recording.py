@@ -26,8 +26,9 @@ def record_run(store, runs_root: Path, run_id: str, *, kind: str = "train", data
     replaces the computed CV LWLRAP (a run whose scores cannot be checked
     against ``truth``).
     """
+    from engine.intake import FOLD_CHECKPOINT_KINDS
     from engine.runs.folder import RunFolder
-    from engine.runs.kinds import FOLD_CHECKPOINT_KINDS, model_label
+    from engine.runs.kinds import model_label
     from engine.runs.scores import covered_rows, record_fold_scores, record_oof_scores
     from engine.specs import resolve_spec, spec_hash, to_dict
 

@@ -203,4 +203,5 @@ def console_world(tmp_path: Path, monkeypatch) -> tuple[Path, Path]:
     data = tmp_path / "data"
     data.mkdir()
     (data / "train_curated.csv").write_text("fname,labels\n")
+    (data / "sample_submission.csv").write_text("fname\n")
     return tmp_path / "experiments.db", data

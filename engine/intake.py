@@ -1,0 +1,299 @@
+"""The one way to queue a job: the table of job kinds and every check that can be made before a job runs.
+
+``fsat queue``, ``fsat ensemble`` and every console dialog go through here:
+
+- :func:`prepare` builds a job's spec (a preset or config file, ``key=value``
+  overrides, a dataset root) and runs every queue-time check: the spec's own
+  validation, the dataset root, the folds stored for that dataset and the CSV
+  column ``data.group_column`` names, the runs the job names (they must
+  exist, or be written by a queued job, and be of a kind that can serve), a
+  curriculum's teacher. A mistake is a :class:`~engine.errors.ConfigError`
+  naming the setting at fault, with the same words whichever front end asked.
+- :func:`submit` queues the prepared job under the one default name rule.
+
+:data:`KINDS` is the table of job kinds; every other list of kinds reads it
+(the worker's job modules, the CLI's ``--data`` and names, the console's
+trained-run checks, the filter help). A new kind is one row here, one spec
+class in ``engine.specs`` (``@job_spec``) and one job module under
+``engine/jobs/`` (docs/design.md, "Adding a job kind").
+
+This module imports the standard library, ``engine.errors`` and
+``engine.specs`` (``engine.curriculum``, numpy, only to check a teacher): the
+console imports it, and import-linter contracts (``pyproject.toml``) keep it
+below the worker, the jobs and every torch layer. The store is passed in,
+never imported, so the store can sit below it.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+from engine import specs
+from engine.errors import ConfigError
+from engine.runs.kinds import run_arch
+
+if TYPE_CHECKING:
+    from engine.store import Store
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """One kind of job: its spec, the module that runs it, and what its runs hold."""
+
+    #: The spec dataclass (``engine.specs``); its ``KIND`` is this kind's name.
+    spec: type
+    #: The module whose ``run(ctx)`` runs the job in the worker's job process (never imported here).
+    module: str
+    #: The setting that names a dataset root (``data.root``; a curriculum's ``data_root``, which is
+    #: checked against its teacher's), set by ``fsat queue --data`` and the dialogs' data root field.
+    #: Empty: the kind takes no dataset root; it uses the dataset of the runs it names.
+    root_setting: str
+    #: Its runs hold fold checkpoints ``fold<k>/best.pt`` and a training spec: they can be inferred,
+    #: embed a baseline (cnn14), teach a curriculum.
+    fold_checkpoints: bool
+    #: Its runs write ``test.npy`` (``sample_submission.csv`` order) beside their ``oof.npy``.
+    test_scores: bool
+    #: A job's name when none is given: ``(spec, preset) -> name``.
+    default_name: Callable[[Any, str | None], str]
+    #: Queue-time checks beyond the spec's own validation: ``(store, spec) -> None`` or ConfigError.
+    check: Callable[["Store", Any], None] | None = None
+
+    @property
+    def name(self) -> str:
+        """The kind's name (``train``), as the jobs and runs tables record it."""
+        return self.spec.KIND
+
+    @property
+    def takes_data_root(self) -> bool:
+        """Whether a dataset root is one of its settings (:attr:`root_setting`)."""
+        return bool(self.root_setting)
+
+
+def default_run_id(kind: str, job_id: int) -> str:
+    """The run id of a job that has not named its run: ``<kind>-<job id, 4 digits>`` (``train-0003``)."""
+    return f"{kind}-{job_id:04d}"
+
+
+def _an(word: str) -> str:
+    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
+
+
+# -- queue-time checks of the runs a job names ------------------------------------------------------
+
+
+def pending_runs(store: "Store") -> dict[str, str]:
+    """Run id -> kind of every run a queued or running job will write.
+
+    Jobs run in queue order, so a job may name the run of a job queued before it.
+    """
+    return {r["run_id"] or default_run_id(r["kind"], r["id"]): r["kind"]
+            for status in ("queued", "running") for r in store.list_jobs(status=status, limit=10**9)}
+
+
+def _missing_runs(store: "Store", run_ids: Iterable[str], pending: dict[str, str]) -> list[str]:
+    return [r for r in run_ids if r not in pending and store.get_run(r) is None]
+
+
+def _check_infer(store: "Store", spec: specs.InferSpec) -> None:
+    """The run to infer exists (or a queued job writes it) and has fold checkpoints."""
+    pending = pending_runs(store)
+    if _missing_runs(store, [spec.run_id], pending):
+        raise ConfigError(f"no run {spec.run_id!r} to infer with, and no queued job makes it (see `fsat runs`)",
+                          field="run_id")
+    run = store.get_run(spec.run_id)
+    run_kind = run["kind"] if run is not None else pending[spec.run_id]
+    if not has_fold_checkpoints(run_kind):
+        raise ConfigError(f"{spec.run_id!r} is {_an(run_kind)} run; inference needs "
+                          f"{' or '.join(_an(k) for k in FOLD_CHECKPOINT_KINDS)} run with fold checkpoints "
+                          "(see `fsat runs`)", field="run_id")
+
+
+def _check_ensemble(store: "Store", spec: specs.EnsembleSpec) -> None:
+    """Every member exists (or a queued job writes it)."""
+    missing = _missing_runs(store, spec.members, pending_runs(store))
+    if missing:
+        raise ConfigError(f"no run {', '.join(repr(m) for m in missing)} in the database, and no queued job "
+                          "makes it (see `fsat runs`)", field="members")
+
+
+def _check_curriculum(store: "Store", spec: specs.CurriculumSpec) -> None:
+    """The teacher (``engine.curriculum.check_teacher``): a finished train run with its fold checkpoints."""
+    from engine.curriculum import check_teacher
+
+    check_teacher(store, spec)
+
+
+# -- the table --------------------------------------------------------------------------------------
+
+#: Every job kind, by name. The jobs table, the worker, the CLI and the console know no other.
+KINDS: dict[str, JobKind] = {k.name: k for k in (
+    JobKind(specs.TrainSpec, "engine.jobs.train", root_setting="data.root", fold_checkpoints=True,
+            test_scores=False, default_name=lambda spec, preset: preset or "train"),
+    JobKind(specs.CurriculumSpec, "engine.jobs.curriculum", root_setting="data_root", fold_checkpoints=True,
+            test_scores=False, default_name=lambda spec, preset: f"curriculum of {spec.teacher_run_id}",
+            check=_check_curriculum),
+    JobKind(specs.InferSpec, "engine.jobs.infer", root_setting="", fold_checkpoints=False, test_scores=True,
+            default_name=lambda spec, preset: f"{spec.run_id} tta{spec.infer.tta_crops}", check=_check_infer),
+    JobKind(specs.BaselineSpec, "engine.jobs.baseline", root_setting="data.root", fold_checkpoints=False,
+            test_scores=True, default_name=lambda spec, preset: preset or "baseline"),
+    JobKind(specs.EnsembleSpec, "engine.jobs.ensemble", root_setting="", fold_checkpoints=False, test_scores=True,
+            default_name=lambda spec, preset: f"{spec.method} blend of {len(spec.members)}",
+            check=_check_ensemble),
+    JobKind(specs.ProbeSpec, "engine.jobs.probe", root_setting="", fold_checkpoints=False, test_scores=False,
+            default_name=lambda spec, preset: preset or "probe"),
+)}
+
+#: Kinds whose runs hold fold checkpoints and a training spec (they can be inferred, teach, embed).
+FOLD_CHECKPOINT_KINDS: tuple[str, ...] = tuple(k.name for k in KINDS.values() if k.fold_checkpoints)
+#: Kinds whose runs write ``test.npy`` beside their ``oof.npy``.
+TEST_SCORE_KINDS: tuple[str, ...] = tuple(k.name for k in KINDS.values() if k.test_scores)
+#: Kinds whose jobs record a run (every kind but the probe, which checks a worker and records nothing).
+RUN_KINDS: tuple[str, ...] = tuple(k.name for k in KINDS.values() if k.fold_checkpoints or k.test_scores)
+
+
+def job_kind(name: str) -> JobKind:
+    """The table's row of a kind; ConfigError (field ``kind``) naming the known kinds."""
+    if name not in KINDS:
+        raise ConfigError(f"unknown job kind {name!r} (known: {', '.join(KINDS)})", field="kind")
+    return KINDS[name]
+
+
+def has_fold_checkpoints(kind: str | None) -> bool:
+    """Whether a run of this kind has fold checkpoints (see :data:`FOLD_CHECKPOINT_KINDS`)."""
+    return kind in FOLD_CHECKPOINT_KINDS
+
+
+def can_embed_baseline(run: dict | None) -> bool:
+    """Whether a run's fold-0 encoder can embed the baseline: a run with fold checkpoints of a cnn14."""
+    return bool(run) and has_fold_checkpoints(run.get("kind")) and run_arch(run) == "cnn14"
+
+
+# -- the dataset root --------------------------------------------------------------------------------
+
+#: The files a dataset root holds before any job can read it: the class order and test clips, and the
+#: curated labels (the FSDKaggle2019 layout; ``engine.data.manifest.load_layout`` reads the rest).
+DATA_ROOT_FILES = ("sample_submission.csv", "train_curated.csv")
+
+
+def missing_root_files(root: Path | str) -> list[str]:
+    """Which of :data:`DATA_ROOT_FILES` ``root`` lacks (all of them when it is no folder)."""
+    root = Path(root).expanduser()
+    return [name for name in DATA_ROOT_FILES if not (root / name).is_file()]
+
+
+def check_data_root(root: Path | str, *, field: str = "data.root") -> Path:
+    """``root`` as an absolute path when it is a dataset root; else ConfigError naming ``field``."""
+    if not str(root).strip():
+        raise ConfigError(specs.DATA_ROOT_REQUIRED, field=field)
+    path = Path(str(root).strip()).expanduser().resolve()
+    if not path.is_dir():
+        raise ConfigError(f"no such folder: {path}", field=field)
+    missing = missing_root_files(path)
+    if missing:
+        raise ConfigError(f"{path} is not a dataset root: it has no {' and no '.join(missing)} (the FSDKaggle2019 "
+                          "layout; `fsat demo-data DIR` writes the demo dataset in it)", field=field)
+    return path
+
+
+def _check_data_section(store: "Store", data: specs.DataSection) -> None:
+    """The root, the column ``group_column`` names, and the folds the database holds for that root."""
+    root = check_data_root(data.root)
+    if data.group_column:
+        labels = root / "train_curated.csv"
+        try:
+            with labels.open(newline="", encoding="utf-8") as handle:
+                columns = next(csv.reader(handle), [])
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"cannot read the column names: {err}", field="data.group_column",
+                              file=labels) from None
+        if data.group_column not in columns:
+            raise ConfigError(f"no column {data.group_column!r} (columns: {', '.join(columns)}); name an existing "
+                              "column or leave it empty", field="data.group_column", file=labels)
+    row = next((d for d in store.list_datasets() if d["root"] == str(root)), None)
+    wanted = specs.fold_rule(data.group_column)
+    if row and row.get("fold_rule") and row["fold_rule"] != wanted:
+        raise ConfigError(f"the dataset's stored folds were made by {row['fold_rule']!r}, not {wanted!r}; every run "
+                          "on a dataset uses the same folds (register the folder as a new dataset to change them)",
+                          field="data.group_column")
+
+
+# -- prepare and submit ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PreparedJob:
+    """A job that passed every queue-time check: its kind, its validated spec, the preset it came from."""
+
+    kind: JobKind
+    spec: Any
+    preset: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The name the job is listed under unless one is given: the spec's, else the kind's rule."""
+        return getattr(self.spec, "name", "") or self.kind.default_name(self.spec, self.preset)
+
+
+def prepare(store: "Store", kind: str, *, preset: str | None = None, config: Path | str | None = None,
+            overrides: Iterable[str] = (), data_root: Path | str | None = None,
+            spec: Any = None) -> PreparedJob:
+    """Build a job's spec and run every queue-time check; ConfigError names the setting at fault.
+
+    The spec comes from ``spec`` (a spec object or its dict, as is), or from
+    ``preset`` or ``config`` with ``overrides`` laid over it and ``data_root``
+    (empty or None: the preset's) set at the kind's :attr:`JobKind.root_setting`
+    before the overrides. ``store`` is read only (runs, pending jobs,
+    datasets), so a held write lock never makes this wait.
+    """
+    row = job_kind(kind)
+    overrides = list(overrides)
+    root = str(data_root).strip() if data_root is not None else ""
+    if root and not row.takes_data_root:
+        raise ConfigError(f"{kind} jobs take no dataset root (--data): they use the dataset of the runs they name")
+    if spec is not None:
+        if preset or config or overrides or root:
+            raise ValueError("prepare() takes either a spec or a preset, config, overrides and data root")
+        typed = specs.from_dict(row.spec, spec if isinstance(spec, dict) else specs.to_dict(spec))
+    else:
+        root = str(Path(root).expanduser().resolve()) if root else ""
+        if root and row.root_setting == "data.root":
+            typed = specs.resolve_spec(kind, preset=preset, config=config, overrides=overrides, data_root=root)
+        else:
+            if root:
+                overrides.insert(0, f"{row.root_setting}={json.dumps(root)}")
+            typed = specs.resolve_spec(kind, preset=preset, config=config, overrides=overrides)
+    data = getattr(typed, "data", None)
+    if isinstance(data, specs.DataSection):
+        _check_data_section(store, data)
+    elif row.root_setting and getattr(typed, row.root_setting, ""):
+        check_data_root(getattr(typed, row.root_setting), field=row.root_setting)
+    if row.check is not None:
+        row.check(store, typed)
+    return PreparedJob(row, typed, preset)
+
+
+def submit(store: "Store", prepared: PreparedJob, *, name: str | None = None, priority: int = 0,
+           on_wait: Callable[[], None] | None = None) -> int:
+    """Queue a prepared job and return its id; raises QueueFull when the queue is full.
+
+    ``name`` (stripped; empty = none) becomes the spec's name (the run's, for
+    kinds whose spec has one) and the job's; without it the job is listed
+    under :attr:`PreparedJob.name`. ``on_wait`` is called when another process
+    holds the write lock (``Store.write``).
+    """
+    spec = prepared.spec
+    name = (name or "").strip()
+    if name and any(f.name == "name" for f in dataclasses.fields(spec)):
+        spec = dataclasses.replace(spec, name=name)
+    return store.enqueue(prepared.kind.name, specs.to_dict(spec), name=name or prepared.name, priority=priority,
+                         on_wait=on_wait)
+
+
+__all__ = ["DATA_ROOT_FILES", "FOLD_CHECKPOINT_KINDS", "KINDS", "RUN_KINDS", "TEST_SCORE_KINDS", "JobKind",
+           "PreparedJob", "can_embed_baseline", "check_data_root", "default_run_id", "has_fold_checkpoints",
+           "job_kind", "missing_root_files", "pending_runs", "prepare", "submit"]

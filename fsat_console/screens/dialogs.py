@@ -1,0 +1,280 @@
+"""The dialog family: a modal that queues one job through ``engine.intake``, and what its dialogs share.
+
+:class:`SpecDialog` is every queue dialog's base: the training queue dialog
+(``QueueScreen``, ``n``), inference with TTA and the baseline from a run
+(``InferScreen``, ``BaselineScreen``: ``i``, ``b``) and the curriculum
+(``CurriculumDialog``, ``u``). A dialog lays its fields over a preset; the
+checks are ``engine.intake.prepare``'s, the same as ``fsat queue``'s, so a
+mistake is refused with the same words in both. A ConfigError lands under the
+field it names, the field takes the focus, and the dialog stays open with
+everything as typed. Enter queues from any field, escape closes. The insert
+(``engine.intake.submit``) runs in a thread worker and says so while it waits
+for another process's write, so a busy database never freezes the console.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual import work
+from textual.binding import Binding
+from textual.screen import ModalScreen
+from textual.widgets import Input, Static
+
+from engine import intake
+from engine.errors import ConfigError, FsatError, QueueFull
+from fsat_console.access import console
+from fsat_console.formatting import fmt_score
+
+#: Shown under a dialog while its job waits for another process's write to end.
+WAITING = "Waiting for the database: another process is writing to it..."
+
+
+def split_overrides(text: str) -> list[str]:
+    """Split ``a=1 b=[0, 1] name="my run"`` on spaces outside brackets and quotes."""
+    tokens: list[str] = []
+    current: list[str] = []
+    depth = 0
+    quote: str | None = None
+    for ch in text:
+        if quote:
+            current.append(ch)
+            if ch == quote:
+                quote = None
+            continue
+        if ch in "\"'":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+        elif ch.isspace() and depth == 0:
+            if current:
+                tokens.append("".join(current))
+                current = []
+            continue
+        current.append(ch)
+    if current:
+        tokens.append("".join(current))
+    return tokens
+
+
+def override_keys(tokens: list[str]) -> list[str]:
+    """The dotted keys of ``key=value`` tokens."""
+    return [t.split("=", 1)[0].strip() for t in tokens if "=" in t]
+
+
+def toml_value(value: object) -> str:
+    """A value as TOML for an override (JSON strings, numbers, booleans and lists are valid TOML)."""
+    return json.dumps(value)
+
+
+def belongs_to(field: str, key: str) -> bool:
+    """Whether the spec field ``field`` is ``key`` or inside it (``train.lr`` in ``train``, ``stages[1]`` in ``stages``)."""
+    return field == key or field.startswith(key + ".") or field.startswith(key + "[")
+
+
+def preset_about(path: Path, limit: int = 240) -> str:
+    """The preset's opening comment block (what it is for), joined into one line."""
+    lines: list[str] = []
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                line = line.strip()
+                if not line.startswith("#"):
+                    break
+                lines.append(line.lstrip("#").strip())
+    except OSError:
+        return ""
+    text = " ".join(x for x in lines if x)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def run_line(run: dict) -> Text:
+    """``train-0003 · cnn14 · done · CV LWLRAP 0.8123`` for a dialog's subtitle."""
+    text = Text()
+    text.append(str(run.get("run_id") or "?"), style="bold")
+    for part in (run.get("name"), run.get("model"), run.get("status")):
+        if part:
+            text.append(f" · {part}", style="dim")
+    if run.get("cv_lwlrap") is not None:
+        text.append(" · CV LWLRAP ", style="dim")
+        text.append(fmt_score(run["cv_lwlrap"]), style="bold")
+    return text
+
+
+def try_submit(store, prepared: intake.PreparedJob, *, name: str = "", priority: int = 0,
+               on_wait=None) -> tuple[int | None, str]:
+    """Queue a prepared job: ``(job_id, "")``, or ``(None, message)`` when the queue is full or the write fails.
+
+    Call it from a thread worker: the write may wait for another process's
+    lock; ``on_wait`` is called (in that thread) when it does.
+    """
+    try:
+        return intake.submit(store, prepared, name=name, priority=priority, on_wait=on_wait), ""
+    except QueueFull as err:
+        return None, f"Queue full: {err}"
+    except (sqlite3.Error, FsatError) as err:
+        return None, f"Could not queue: {err}"
+
+
+def try_enqueue(store, kind: str, spec: Any, *, name: str = "", priority: int = 0,
+                on_wait=None) -> tuple[int | None, str]:
+    """Check and queue a spec built elsewhere (the ensemble screen's blend), as :func:`try_submit` answers."""
+    try:
+        prepared = intake.prepare(store, kind, spec=spec)
+    except (sqlite3.Error, FsatError) as err:
+        return None, f"Not queued: {err}"
+    return try_submit(store, prepared, name=name, priority=priority, on_wait=on_wait)
+
+
+class SpecDialog(ModalScreen[int | None]):
+    """A dialog that queues one job of kind :attr:`KIND`; dismisses with the new job id, or None when closed.
+
+    A dialog lists its error slots in :attr:`FIELDS` (each ``#<slot>-error``,
+    under the field ``#<slot>``), says what to queue in :meth:`request` (what
+    ``engine.intake.prepare`` takes: preset, overrides, data root) and where
+    a ConfigError's field goes in :attr:`FIELD_SLOTS`. A field the user typed
+    under "overrides" sends its errors there.
+    """
+
+    BINDINGS = [
+        Binding("escape", "close", "Close", tooltip="Close the dialog without queueing"),
+        # Not priority bindings: those would run before keys still queued in the focused field.
+        Binding("ctrl+s,enter", "submit", "Queue", tooltip="Queue the job (errors appear under the field at fault)"),
+    ]
+
+    #: The job kind (``engine.intake.KINDS``).
+    KIND: ClassVar[str] = ""
+    #: Error slots, in the order they appear.
+    FIELDS: ClassVar[tuple[str, ...]] = ()
+    #: ConfigError field (or the section it is in) -> error slot.
+    FIELD_SLOTS: ClassVar[dict[str, str]] = {}
+    #: The slot of an error naming no field of the dialog (its text says which file and setting).
+    FALLBACK: ClassVar[str] = "queue"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queued_job: int | None = None
+        self.priority = 0
+        self._submitting = False
+
+    def _value(self, field: str) -> str:
+        # A field in a nested row may be mounted a moment after the dialog itself.
+        found = self.query(f"#{field}")
+        return found.first(Input).value.strip() if found else ""
+
+    def set_error(self, field: str, text: str) -> None:
+        """Show ``text`` under ``field`` (empty text hides it) and mark the field invalid."""
+        error = self.query_one(f"#{field}-error", Static)
+        error.update(Text(text))  # plain text: messages may hold brackets such as [0]
+        error.display = bool(text)
+        for widget in self.query(f"#{field}"):
+            widget.set_class(bool(text), "-invalid")
+
+    def clear_errors(self) -> None:
+        """Hide every error line."""
+        for field in self.FIELDS:
+            self.set_error(field, "")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        """Enter in a text field queues."""
+        event.stop()
+        self.action_submit()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        """Editing a field clears its error."""
+        if event.input.id and event.input.id in self.FIELDS:
+            self.set_error(event.input.id, "")
+
+    def action_close(self) -> None:
+        """Close without queueing."""
+        self.dismiss(None)
+
+    # -- to be provided by a dialog -----------------------------------------------------
+
+    def check_fields(self) -> bool:
+        """Checks of the fields themselves before anything is built (True when all pass)."""
+        return True
+
+    def request(self) -> dict:
+        """What to queue: ``engine.intake.prepare``'s ``preset``, ``overrides``, ``data_root`` (may raise ConfigError)."""
+        raise NotImplementedError
+
+    def confirm(self, prepared: intake.PreparedJob) -> bool:
+        """A last look at the checked job before it is queued (False: not now, a warning is shown)."""
+        return True
+
+    def job_name(self) -> str:
+        """The name typed for the job (empty: the kind's default name)."""
+        return self._value("name")
+
+    # -- errors -----------------------------------------------------------------------
+
+    def field_for(self, err: ConfigError) -> str:
+        """The error slot of a ConfigError: the overrides that set it, a field of the dialog, else the fallback."""
+        field = err.field or ""
+        if "overrides" in self.FIELDS:
+            keys = override_keys(split_overrides(self._value("overrides")))
+            if field == "--set" or any(belongs_to(field, k) for k in keys):
+                return "overrides"
+        for key, slot in self.FIELD_SLOTS.items():
+            if belongs_to(field, key):
+                return slot
+        return self.FALLBACK
+
+    def show_config_error(self, err: ConfigError) -> None:
+        """Put a ConfigError under its field and focus that field."""
+        slot = self.field_for(err)
+        if slot == self.FALLBACK:
+            text = str(err)  # e.g. the preset file itself: name the file and the setting
+        elif slot == "overrides" and err.field and err.field != "--set":
+            text = f"{err.field}: {err.reason}"
+        else:
+            text = err.reason
+        self.set_error(slot, text)
+        for widget in self.query(f"#{slot}"):
+            if widget.focusable:
+                widget.focus()
+
+    # -- submit -----------------------------------------------------------------------
+
+    def action_submit(self) -> None:
+        """Check everything (``engine.intake.prepare``); queue when all is well, else show the problem."""
+        if self._submitting or self.queued_job is not None:
+            return
+        self.clear_errors()
+        if not self.check_fields():
+            return
+        try:
+            prepared = intake.prepare(console(self).store, self.KIND, **self.request())
+        except ConfigError as err:
+            self.show_config_error(err)
+            return
+        except (FsatError, sqlite3.Error) as err:
+            self.set_error("queue", f"Could not queue: {err}")
+            return
+        if not self.confirm(prepared):
+            return
+        self._submitting = True
+        self._submit(prepared, self.job_name(), self.priority)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="queue")
+    def _submit(self, prepared: intake.PreparedJob, name: str, priority: int) -> None:
+        """Insert the job (a short write transaction) off the UI thread."""
+        app = self.app
+        job_id, problem = try_submit(console(self).store, prepared, name=name, priority=priority,
+                                     on_wait=lambda: app.call_from_thread(self.set_error, "queue", WAITING))
+        if job_id is None:
+            app.call_from_thread(self._submit_failed, problem)
+            return
+        self.queued_job = job_id
+        app.call_from_thread(self.dismiss, job_id)
+
+    def _submit_failed(self, text: str) -> None:
+        self._submitting = False
+        self.set_error("queue", text)
