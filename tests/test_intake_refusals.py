@@ -23,7 +23,8 @@ from fsat_console.app import FsatConsole
 from fsat_console.screens.curriculum import CurriculumDialog, default_preset
 from fsat_console.screens.infer import BaselineScreen, InferScreen
 from fsat_console.screens.queue import QueueScreen
-from tests.conftest import console_world, wait_until
+from tests.helpers.waiting import wait_until
+from tests.helpers.worlds import console_world
 
 
 @dataclass
@@ -78,7 +79,7 @@ def _queue_dialog(overrides: str = "") -> Callable[[World, str], object]:
 
 
 def _infer_dialog(w: World, run_id: str) -> object:
-    return InferScreen(w.store.get_run(run_id) or {"id": run_id})
+    return InferScreen(w.store.get_run(run_id) or {"run_id": run_id})
 
 
 def _curriculum_dialog(w: World, run_id: str) -> object:
