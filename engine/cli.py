@@ -417,7 +417,7 @@ def _ensemble_dry_run(args: argparse.Namespace, spec) -> int:
 def cmd_submission(args: argparse.Namespace) -> int:
     """Write (and so validate) a submission CSV from a run's test scores."""
     from engine.data.manifest import load_layout
-    from engine.runs.atomic import load_npy
+    from engine.atomic import load_npy
     from engine.submission import score_submission, write_submission
 
     with _read(args) as store:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from engine.metrics import lwlrap, per_class_lwlrap
-from engine.runs.atomic import DamagedFile, atomic_write, load_json, load_npy, load_npz, save_json, save_npy
+from engine.atomic import DamagedFile, atomic_write, load_json, load_npy, load_npz, save_json, save_npy
 from engine.runs.folder import RunFolder
 from engine.runs.recorder import EpochRecord, ListRecorder, StoreRecorder
 from engine.runs.scores import record_fold_scores, record_oof_scores

@@ -45,7 +45,7 @@ from engine.embeddings import EmbeddingResult, embed_table, load_embedder
 from engine.errors import ConfigError
 from engine.jobs.common import build_cache, cache_dir_for, configure_threads, pick_device, prepare_dataset
 from engine.jobs.context import JobContext, environment_record, git_commit
-from engine.runs.atomic import save_npz
+from engine.atomic import save_npz
 from engine.runs.folder import RunFolder
 from engine.runs.scores import record_fold_scores, record_oof_scores, score_test
 from engine.specs import BaselineSpec, FeaturesSection, spec_from_json, spec_hash, to_dict

@@ -137,7 +137,7 @@ def git_commit() -> str:
 
 
 def write_json(path: Path, data: object) -> None:
-    """Write JSON atomically: the run layer's one writer (temp file, fsync, rename)."""
-    from engine.runs.atomic import save_json
+    """Write JSON atomically: the engine's one atomic writer (temp file, fsync, rename)."""
+    from engine.atomic import save_json
 
     save_json(path, data)

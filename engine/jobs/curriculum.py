@@ -60,7 +60,7 @@ from engine.jobs.infer import TrainedRun, load_fold_tagger, load_trained_run
 from engine.jobs.train import (ExtraClips, FoldOutcome, FoldTask, RecorderProgress, dispatch_folds, model_label,
                                prepare_fold_inputs, train_fold_task)
 from engine.metrics import lwlrap
-from engine.runs.atomic import atomic_write, load_npy, save_npy, save_npz
+from engine.atomic import atomic_write, load_npy, save_npy, save_npz
 from engine.runs.folder import RunFolder
 from engine.runs.recorder import StoreRecorder
 from engine.runs.scores import record_fold_scores, record_oof_scores

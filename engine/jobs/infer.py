@@ -41,7 +41,7 @@ from engine.jobs.context import JobContext, environment_record, git_commit
 from engine.jobs.train import RecorderProgress, dispatch_folds
 from engine.models.registry import tagger_from_spec
 from engine.models.tagger import Tagger
-from engine.runs.atomic import DamagedFile, load_json
+from engine.atomic import DamagedFile, load_json
 from engine.runs.folder import RunFolder
 from engine.runs.kinds import FOLD_CHECKPOINT_KINDS
 from engine.runs.scores import record_fold_scores, record_oof_scores, score_test

@@ -56,7 +56,7 @@ from engine.jobs.context import JobContext, environment_record, git_commit
 from engine.metrics import lwlrap
 from engine.models.registry import frontend_from_spec, model_from_spec, spec_augment_from_spec, tagger_from_spec
 from engine.models.tagger import Tagger
-from engine.runs.atomic import DamagedFile, save_npy
+from engine.atomic import DamagedFile, save_npy
 from engine.runs import kinds
 from engine.runs.folder import RunFolder
 from engine.runs.recorder import EpochRecord, FoldRecorder, StoreRecorder

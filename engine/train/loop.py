@@ -28,7 +28,7 @@ from engine.features.augment import mixup
 from engine.features.device_augment import batch_generator
 from engine.metrics import lwlrap
 from engine.models.tagger import Tagger
-from engine.runs.atomic import atomic_write, load_npy, save_npy
+from engine.atomic import atomic_write, load_npy, save_npy
 from engine.train.schedule import (EarlyStopping, autocast_context, build_optimizer, clip_gradients,
                                    make_grad_scaler, warmup_cosine)
 
@@ -64,7 +64,7 @@ class FoldResult:
 
 
 def save_atomic(obj: object, path: Path) -> None:
-    """``torch.save`` through the run layer's one atomic writer (temp file, fsync, rename)."""
+    """``torch.save`` through the engine's one atomic writer (temp file, fsync, rename)."""
     atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
