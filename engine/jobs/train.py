@@ -59,7 +59,7 @@ from engine.models.tagger import Tagger
 from engine.atomic import DamagedFile, save_npy
 from engine.runs import kinds
 from engine.runs.folder import RunFolder
-from engine.runs.recorder import EpochRecord, FoldRecorder, StoreRecorder
+from engine.runs.recorder import FoldRecorder, StoreRecorder
 from engine.runs.scores import record_fold_scores, record_oof_scores
 from engine.specs import LOADER_FIELDS, TrainSpec, from_dict, spec_from_json, spec_hash, to_dict
 from engine.train.losses import build_loss, class_weights_from_counts
@@ -413,11 +413,6 @@ def train_fold_task(task: FoldTask, recorder: FoldRecorder, *, inputs: FoldInput
     def on_step(step: int, total: int) -> None:
         recorder.progress(step / total, f"fold {fold}{f' [{task.tag}]' if task.tag else ''} step {step}/{total}")
 
-    def on_epoch(r) -> None:
-        recorder.epoch(EpochRecord(fold=fold, epoch=task.epoch_offset + r.epoch, train_loss=r.train_loss,
-                                   val_loss=r.val_loss, val_lwlrap=r.val_lwlrap, lr=r.lr, seconds=r.seconds,
-                                   clips_per_sec=r.clips_per_sec, is_best=r.is_best, tag=task.tag))
-
     o, a = spec.optim, spec.augment
     if spec.train.epochs == 0:
         result = score_untrained(tagger, val_loader, Y[val_idx], device, fold_dir)
@@ -428,9 +423,10 @@ def train_fold_task(task: FoldTask, recorder: FoldRecorder, *, inputs: FoldInput
                             weight_decay=o.weight_decay, betas=tuple(o.betas), warmup_epochs=o.warmup_epochs,
                             warmup_steps=o.warmup_steps, min_lr_ratio=o.min_lr_ratio, grad_clip=o.grad_clip,
                             amp=o.amp, cpu_bf16=o.cpu_bf16, mixup_p=a.mixup_p, mixup_alpha=a.mixup_alpha,
-                            seed=spec.train.seed + fold, on_epoch=on_epoch, on_step=on_step, log=recorder.log,
+                            seed=spec.train.seed + fold, on_epoch=recorder.epoch, on_step=on_step, log=recorder.log,
                             early_stopping=early_stopping, wave_augment=inputs.device_aug,
-                            augment_key=(spec.train.seed, fold))
+                            augment_key=(spec.train.seed, fold), fold=fold, tag=task.tag,
+                            epoch_offset=task.epoch_offset)
     return FoldOutcome(fold=fold, best_lwlrap=float(result.best_lwlrap), best_epoch=result.best_epoch,
                        val_idx=val_idx, val_pred=None if result.val_pred is None else np.asarray(result.val_pred),
                        epochs_run=result.epochs_run, tag=task.tag, stopped_early=result.stopped_early)

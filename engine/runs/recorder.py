@@ -22,6 +22,9 @@ __all__ = ["EpochRecord", "FoldRecorder", "ListRecorder", "StoreRecorder"]
 class EpochRecord:
     """One finished epoch of one fold: what the ``epochs`` table holds, plus whether it was the best so far.
 
+    The training loop (``engine.train.loop.train_fold``) makes one per epoch;
+    a recorder stores it, or carries it back from another process.
+
     ``tag`` names the stage the epoch belongs to (a curriculum stage; empty
     for plain training), so the stages of one fold can be told apart.
     """
