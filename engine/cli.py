@@ -182,7 +182,7 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
 
 def cmd_register(args: argparse.Namespace) -> int:
-    from engine.jobs.common import prepare_dataset
+    from engine.data.prepare import prepare_dataset
 
     with _open(args) as store:
         data = prepare_dataset(store, args.dir, n_folds=args.n_folds, fold_seed=args.fold_seed,

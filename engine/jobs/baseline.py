@@ -43,7 +43,9 @@ import numpy as np
 
 from engine.embeddings import EmbeddingResult, embed_table, load_embedder
 from engine.errors import ConfigError
-from engine.jobs.common import build_cache, cache_dir_for, configure_threads, pick_device, prepare_dataset
+from engine.data.cache import build_cache, cache_dir_for
+from engine.data.prepare import prepare_dataset
+from engine.train.runtime import configure_threads, pick_device
 from engine.jobs.context import JobContext, environment_record, git_commit
 from engine.atomic import save_npz
 from engine.runs.folder import RunFolder
@@ -141,8 +143,8 @@ def _mel_stats(ctx: JobContext, spec: BaselineSpec, layout, cache_dir) -> tuple[
                               win_length=f.win_length, n_mels=f.n_mels, fmin=f.fmin, fmax=f.fmax)
     out, summary = [], {}
     for table, start in ((layout.curated, 0.02), (layout.test, 0.42)):
-        cache = build_cache(ctx, table, sample_rate=spec.audio.sample_rate, cache_dir=cache_dir, start=start,
-                            span=0.2)
+        cache = build_cache(table, sample_rate=spec.audio.sample_rate, cache_dir=cache_dir, progress=ctx.progress,
+                            start=start, span=0.2)
         t0 = time.perf_counter()
 
         def progress(done: int, total: int, split: str = table.split, start: float = start) -> None:

@@ -54,10 +54,12 @@ from engine.data.labels import parse_label_csv
 from engine.errors import ConfigError, DataError
 from engine.executors import FoldResources, executor_from_env
 from engine.infer import predict_tta_logits, sigmoid
-from engine.jobs.common import build_cache, cache_dir_for, configure_threads, pick_device, prepare_dataset
+from engine.data.cache import build_cache, cache_dir_for
+from engine.data.prepare import prepare_dataset
+from engine.train.runtime import configure_threads, pick_device
 from engine.jobs.context import JobContext, environment_record, git_commit, write_json
 from engine.jobs.infer import TrainedRun, load_fold_tagger, load_trained_run
-from engine.jobs.train import (ExtraClips, FoldOutcome, FoldTask, RecorderProgress, dispatch_folds, model_label,
+from engine.jobs.train import (ExtraClips, FoldOutcome, FoldTask, dispatch_folds, model_label,
                                prepare_fold_inputs, train_fold_task)
 from engine.metrics import lwlrap
 from engine.atomic import atomic_write, load_npy, save_npy, save_npz
@@ -131,8 +133,9 @@ def teacher_fold_task(task: TeacherFoldTask, recorder, *, layout=None, caches: d
     caches = caches if caches is not None else {}
     if caches.get("noisy") is None:
         layout = layout if layout is not None else load_layout(task.data_root)
-        caches["noisy"] = build_cache(RecorderProgress(recorder), layout.noisy, sample_rate=sr,
-                                      cache_dir=cache_dir_for(task.data_root, tspec.data.cache_dir))
+        caches["noisy"] = build_cache(layout.noisy, sample_rate=sr,
+                                      cache_dir=cache_dir_for(task.data_root, tspec.data.cache_dir),
+                                      progress=recorder.progress)
     tagger = load_fold_tagger(task.trained, task.fold, task.n_classes)
     recorder.log(f"teacher fold {task.fold} predicting {len(task.fnames)} noisy clips ({task.tta_crops} crop(s) each)")
 
@@ -459,8 +462,10 @@ def _run(ctx: JobContext, executor) -> str:
 
     sr = tspec.audio.sample_rate
     cache_dir = cache_dir_for(check.dataset["root"], tspec.data.cache_dir)
-    curated_cache = build_cache(ctx, data.layout.curated, sample_rate=sr, cache_dir=cache_dir, start=0.0, span=0.02)
-    noisy_cache = build_cache(ctx, noisy_table, sample_rate=sr, cache_dir=cache_dir, start=0.02, span=0.02)
+    curated_cache = build_cache(data.layout.curated, sample_rate=sr, cache_dir=cache_dir, progress=ctx.progress,
+                                start=0.0, span=0.02)
+    noisy_cache = build_cache(noisy_table, sample_rate=sr, cache_dir=cache_dir, progress=ctx.progress, start=0.02,
+                              span=0.02)
     noisy_fnames = list(noisy_table.fnames)
     weak = noisy_table.Y > 0.5
     truth = load_noisy_truth(check.dataset["root"], noisy_fnames, classes)

@@ -36,9 +36,11 @@ import torch
 from engine.errors import CheckpointError, ConfigError, FsatError
 from engine.executors import FoldResources, executor_from_env
 from engine.infer import DEFAULT_SHORT_CLIPS, predict_tta_logits, sigmoid
-from engine.jobs.common import build_cache, cache_dir_for, configure_threads, prepare_dataset
+from engine.data.cache import build_cache, cache_dir_for
+from engine.data.prepare import prepare_dataset
+from engine.train.runtime import configure_threads
 from engine.jobs.context import JobContext, environment_record, git_commit
-from engine.jobs.train import RecorderProgress, dispatch_folds
+from engine.jobs.train import dispatch_folds
 from engine.models.registry import tagger_from_spec
 from engine.models.tagger import Tagger
 from engine.atomic import DamagedFile, load_json
@@ -219,7 +221,7 @@ def infer_fold_task(task: InferFoldTask, recorder, *, caches: dict | None = None
 
     def cache(split: str, table):
         if caches.get(split) is None:
-            caches[split] = build_cache(RecorderProgress(recorder), table, sample_rate=sr, cache_dir=cache_dir)
+            caches[split] = build_cache(table, sample_rate=sr, cache_dir=cache_dir, progress=recorder.progress)
         return caches[split]
 
     def predict(tagger: Tagger, clips, indices: np.ndarray, what: str) -> np.ndarray:
@@ -294,10 +296,10 @@ def run(ctx: JobContext) -> str:
 
     do_oof, do_test = "oof" in spec.splits, "test" in spec.splits
     cache_dir = cache_dir_for(tspec.data.root, tspec.data.cache_dir)
-    curated_cache = (build_cache(ctx, data.layout.curated, sample_rate=sr, cache_dir=cache_dir, start=0.0,
-                                 span=0.03) if do_oof else None)
-    test_cache = (build_cache(ctx, data.layout.test, sample_rate=sr, cache_dir=cache_dir, start=0.03,
-                              span=0.03) if do_test else None)
+    curated_cache = (build_cache(data.layout.curated, sample_rate=sr, cache_dir=cache_dir, progress=ctx.progress,
+                                 start=0.0, span=0.03) if do_oof else None)
+    test_cache = (build_cache(data.layout.test, sample_rate=sr, cache_dir=cache_dir, progress=ctx.progress,
+                              start=0.03, span=0.03) if do_test else None)
     n_test = len(data.layout.test.fnames)
 
     oof_path = folder.oof

@@ -43,15 +43,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
-from engine.data.cache import decode_workers, host_cores
+from engine.data.cache import build_cache, cache_dir_for, decode_workers, host_cores
 from engine.data.dataset import ConcatCache, CropDataset, LoaderSettings, MultiScaleBatchSampler, loader_settings
+from engine.data.prepare import prepare_dataset
 from engine.data.sampler import BalancedClassSampler
 from engine.errors import CheckpointError, ConfigError
 from engine.executors import FoldCall, FoldResources, executor_from_env
 from engine.features.augment import WaveAugment
 from engine.features.device_augment import BatchWaveAugment
 from engine.features.frontend import LogMelFrontend, compute_mel_stats
-from engine.jobs.common import build_cache, cache_dir_for, configure_threads, pick_device, prepare_dataset, seed_everything
 from engine.jobs.context import JobContext, environment_record, git_commit
 from engine.metrics import lwlrap
 from engine.models.registry import frontend_from_spec, model_from_spec, spec_augment_from_spec, tagger_from_spec
@@ -64,6 +64,7 @@ from engine.runs.scores import record_fold_scores, record_oof_scores
 from engine.specs import LOADER_FIELDS, TrainSpec, from_dict, spec_from_json, spec_hash, to_dict
 from engine.train.losses import build_loss, class_weights_from_counts
 from engine.train.loop import FoldResult, find_batch_size, predict, save_atomic, train_fold
+from engine.train.runtime import configure_threads, pick_device, seed_everything
 from engine.train.schedule import EarlyStopping
 
 def resolve_batch_size(spec: TrainSpec, frontend: LogMelFrontend, n_classes: int, device: torch.device, *,
@@ -295,16 +296,6 @@ def _loss(spec: TrainSpec, counts: np.ndarray, device: torch.device) -> torch.nn
                       focal_gamma=spec.loss.focal_gamma, lsoft_beta=spec.loss.lsoft_beta)
 
 
-class RecorderProgress:
-    """Adapts a fold's recorder to ``build_cache``'s ``ctx.progress`` (decoding fills the fold's first 5%)."""
-
-    def __init__(self, recorder: FoldRecorder) -> None:
-        self.recorder = recorder
-
-    def progress(self, fraction: float, message: str = "") -> None:
-        self.recorder.progress(fraction, message)
-
-
 def prepare_fold_inputs(task: FoldTask, recorder: FoldRecorder, *, layout=None, caches: dict | None = None) -> FoldInputs:
     """Load the dataset (and its waveform caches), the statistics, the loss and augmentation for a task.
 
@@ -322,11 +313,10 @@ def prepare_fold_inputs(task: FoldTask, recorder: FoldRecorder, *, layout=None, 
     device = torch.device(task.device)
     cache_dir = cache_dir_for(task.data_root, spec.data.cache_dir)
     sr = spec.audio.sample_rate
-    progress = RecorderProgress(recorder)
     n_decode = decode_workers(spec.train.decode_workers)
     if "curated" not in caches:
-        caches["curated"] = build_cache(progress, layout.curated, sample_rate=sr, cache_dir=cache_dir,
-                                        workers=n_decode)
+        caches["curated"] = build_cache(layout.curated, sample_rate=sr, cache_dir=cache_dir,
+                                        progress=recorder.progress, workers=n_decode)
     Y = layout.curated.Y
     noisy_table = layout.noisy
     if task.extra is not None:
@@ -335,14 +325,14 @@ def prepare_fold_inputs(task: FoldTask, recorder: FoldRecorder, *, layout=None, 
                               f"{'no noisy set' if noisy_table is None else 'no split ' + repr(task.extra.split)}",
                               field="extra")
         if "noisy" not in caches:
-            caches["noisy"] = build_cache(progress, noisy_table, sample_rate=sr, cache_dir=cache_dir,
-                                          workers=n_decode)
+            caches["noisy"] = build_cache(noisy_table, sample_rate=sr, cache_dir=cache_dir,
+                                          progress=recorder.progress, workers=n_decode)
         clips = TrainingClips.with_extra(caches["curated"], Y, caches["noisy"], noisy_table.fnames, task.extra)
     elif spec.loss.noisy_weight > 0:
         _require_noisy(layout, task.data_root)
         if "noisy" not in caches:
-            caches["noisy"] = build_cache(progress, noisy_table, sample_rate=sr, cache_dir=cache_dir,
-                                          workers=n_decode)
+            caches["noisy"] = build_cache(noisy_table, sample_rate=sr, cache_dir=cache_dir,
+                                          progress=recorder.progress, workers=n_decode)
         clips = TrainingClips.build(caches["curated"], Y, caches["noisy"], noisy_table.Y, spec.loss.noisy_weight)
     else:
         clips = TrainingClips.build(caches["curated"], Y)
@@ -634,11 +624,11 @@ def run(ctx: JobContext) -> str:
 
     cache_dir = cache_dir_for(spec.data.root, spec.data.cache_dir)
     n_decode = resolved.train.decode_workers
-    caches = {"curated": build_cache(ctx, data.layout.curated, sample_rate=spec.audio.sample_rate,
-                                     cache_dir=cache_dir, workers=n_decode)}
+    caches = {"curated": build_cache(data.layout.curated, sample_rate=spec.audio.sample_rate, cache_dir=cache_dir,
+                                     progress=ctx.progress, workers=n_decode)}
     if noisy_weight > 0:
-        caches["noisy"] = build_cache(ctx, data.layout.noisy, sample_rate=spec.audio.sample_rate,
-                                      cache_dir=cache_dir, start=0.05, span=0.02, workers=n_decode)
+        caches["noisy"] = build_cache(data.layout.noisy, sample_rate=spec.audio.sample_rate, cache_dir=cache_dir,
+                                      progress=ctx.progress, start=0.05, span=0.02, workers=n_decode)
         ctx.log(f"training on the {len(data.layout.noisy.fnames)} noisy clips too (loss weight {noisy_weight:g}), "
                 "never validating on them")
     stats = None
