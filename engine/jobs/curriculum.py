@@ -59,10 +59,11 @@ from engine.data.prepare import prepare_dataset
 from engine.train.runtime import configure_threads, pick_device
 from engine.jobs.context import JobContext, environment_record, git_commit, write_json
 from engine.jobs.infer import TrainedRun, load_fold_tagger, load_trained_run
-from engine.jobs.train import (ExtraClips, FoldOutcome, FoldTask, dispatch_folds, model_label,
+from engine.jobs.train import (ExtraClips, FoldOutcome, FoldTask, dispatch_folds,
                                prepare_fold_inputs, train_fold_task)
 from engine.metrics import lwlrap
 from engine.atomic import atomic_write, load_npy, save_npy, save_npz
+from engine.runs import kinds
 from engine.runs.folder import RunFolder
 from engine.runs.recorder import StoreRecorder
 from engine.runs.scores import record_fold_scores, record_oof_scores
@@ -446,8 +447,8 @@ def _run(ctx: JobContext, executor) -> str:
     student.name = spec.name or f"{tspec.name or spec.teacher_run_id} curriculum"
     config = to_dict(student)
     store.create_run(run_id, kind="curriculum", job_id=ctx.job.id, dataset_id=data.dataset_id, name=student.name,
-                     model=trained.run["model"] or model_label(tspec), config=config,
-                     config_hash=spec_hash(spec), seed=tspec.train.seed, device=str(device),
+                     model=trained.run["model"] or kinds.model_label(tspec.model.arch, tspec.features.n_mels),
+                     config=config, config_hash=spec_hash(spec), seed=tspec.train.seed, device=str(device),
                      versions=environment_record(), git_commit=git_commit(), run_dir=str(run_dir),
                      parent_run_id=spec.teacher_run_id)
     write_json(run_dir / "config.json", {"kind": "curriculum", "run_id": run_id, "config_hash": spec_hash(spec),

@@ -41,12 +41,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader
 
 from engine.data.cache import build_cache, cache_dir_for, decode_workers, host_cores
-from engine.data.dataset import ConcatCache, CropDataset, LoaderSettings, MultiScaleBatchSampler, loader_settings
+from engine.data.clips import ExtraClips, TrainingClips, require_noisy
 from engine.data.prepare import prepare_dataset
-from engine.data.sampler import BalancedClassSampler
 from engine.errors import CheckpointError, ConfigError
 from engine.executors import FoldCall, FoldResources, executor_from_env
 from engine.features.augment import WaveAugment
@@ -62,7 +61,7 @@ from engine.runs.folder import RunFolder
 from engine.runs.recorder import FoldRecorder, StoreRecorder
 from engine.runs.scores import record_fold_scores, record_oof_scores
 from engine.specs import LOADER_FIELDS, TrainSpec, from_dict, spec_from_json, spec_hash, to_dict
-from engine.train.losses import build_loss, class_weights_from_counts
+from engine.train.builders import augment_backend, loss_from_spec, make_loaders, resolve_loader, wave_augmenters
 from engine.train.loop import FoldResult, find_batch_size, predict, save_atomic, train_fold
 from engine.train.runtime import configure_threads, pick_device, seed_everything
 from engine.train.schedule import EarlyStopping
@@ -94,90 +93,6 @@ def resolve_batch_size(spec: TrainSpec, frontend: LogMelFrontend, n_classes: int
         torch.cuda.empty_cache()
     log(f"batch_size auto -> {size} (the largest batch of {longest:g} s crops that fits on {device})")
     return size
-
-
-@dataclass
-class TrainingClips:
-    """The clips a fold may train on: the curated cache, then (optionally) the noisy one.
-
-    Clip numbers ``0 .. n_curated - 1`` are the curated clips in CSV order (the
-    ones folds split); the noisy clips follow. ``weights`` is the per-clip loss
-    weight (curated 1, noisy ``loss.noisy_weight``), None without noisy clips.
-    """
-
-    cache: object
-    Y: np.ndarray
-    n_curated: int
-    weights: np.ndarray | None = None
-    #: Which of the clips after the curated ones train (clip numbers); None: all of them.
-    extra_rows: np.ndarray | None = None
-
-    @classmethod
-    def build(cls, curated_cache, curated_Y: np.ndarray, noisy_cache=None, noisy_Y: np.ndarray | None = None,
-              noisy_weight: float = 0.0) -> TrainingClips:
-        """Curated clips alone, or curated followed by noisy clips weighted ``noisy_weight``."""
-        n = len(curated_Y)
-        if noisy_cache is None or noisy_weight <= 0:
-            return cls(cache=curated_cache, Y=np.asarray(curated_Y, dtype=np.float32), n_curated=n)
-        noisy_Y = np.asarray(noisy_Y, dtype=np.float32)
-        weights = np.concatenate([np.ones(n, dtype=np.float32),
-                                  np.full(len(noisy_Y), noisy_weight, dtype=np.float32)])
-        return cls(cache=ConcatCache([curated_cache, noisy_cache]),
-                   Y=np.concatenate([np.asarray(curated_Y, dtype=np.float32), noisy_Y]), n_curated=n,
-                   weights=weights)
-
-    @classmethod
-    def with_extra(cls, curated_cache, curated_Y: np.ndarray, split_cache, split_fnames: list[str],
-                   extra: "ExtraClips") -> TrainingClips:
-        """Curated clips followed by the chosen clips of another split, with the labels and weights given.
-
-        Raises ConfigError naming the first fname the split does not hold, or
-        labels and weights that do not fit.
-        """
-        n, n_classes = len(curated_Y), np.asarray(curated_Y).shape[1]
-        row_of = {f: i for i, f in enumerate(split_fnames)}
-        unknown = [f for f in extra.fnames if f not in row_of]
-        if unknown:
-            raise ConfigError(f"extra clip {unknown[0]!r} is not in the {extra.split} set "
-                              f"({len(unknown)} unknown)", field="extra.fnames")
-        labels = np.asarray(extra.labels, dtype=np.float32)
-        weights = np.asarray(extra.weights, dtype=np.float32)
-        if labels.shape != (len(extra.fnames), n_classes) or weights.shape != (len(extra.fnames),):
-            raise ConfigError(f"extra clips: labels {labels.shape} and weights {weights.shape} do not fit "
-                              f"{len(extra.fnames)} clips of {n_classes} classes", field="extra")
-        rows = np.array([row_of[f] for f in extra.fnames], dtype=np.int64)
-        Y_split = np.zeros((len(split_fnames), n_classes), dtype=np.float32)
-        w_split = np.zeros(len(split_fnames), dtype=np.float32)
-        Y_split[rows], w_split[rows] = labels, weights
-        return cls(cache=ConcatCache([curated_cache, split_cache]),
-                   Y=np.concatenate([np.asarray(curated_Y, dtype=np.float32), Y_split]), n_curated=n,
-                   weights=np.concatenate([np.ones(n, dtype=np.float32), w_split]), extra_rows=n + rows)
-
-    @property
-    def n_noisy(self) -> int:
-        """Clips after the curated ones that train (noisy or other extra clips)."""
-        return len(self.Y) - self.n_curated if self.extra_rows is None else len(self.extra_rows)
-
-    def train_indices(self, curated_train_idx: np.ndarray) -> np.ndarray:
-        """A fold's training clips: its curated training clips, then every extra (noisy) clip."""
-        extra = (np.arange(self.n_curated, len(self.Y), dtype=np.int64) if self.extra_rows is None
-                 else np.asarray(self.extra_rows, dtype=np.int64))
-        return np.concatenate([np.asarray(curated_train_idx, dtype=np.int64), extra])
-
-
-@dataclass
-class ExtraClips:
-    """Clips of another split added to every fold's training set with their own labels and loss weights.
-
-    ``split`` is ``"noisy"`` (the dataset's ``train_noisy.csv``); ``fnames``
-    picks its clips, ``labels`` ``[n, classes]`` and ``weights`` ``[n]`` replace
-    their CSV labels and weight them in the loss. Never validated on.
-    """
-
-    split: str
-    fnames: list[str]
-    labels: np.ndarray
-    weights: np.ndarray
 
 
 @dataclass
@@ -254,48 +169,6 @@ class FoldInputs:
     device_aug: BatchWaveAugment | None = None
 
 
-def augment_backend(spec: TrainSpec, device: torch.device) -> str:
-    """Where the waveform augmentation runs: ``augment.backend``, ``"auto"`` resolved for ``device``.
-
-    Auto is the batched device path on CUDA and the per-clip audiomentations
-    path on a CPU, where it measured faster (benchmarks/bench_augment.py).
-    """
-    backend = spec.augment.backend
-    if backend == "auto":
-        return "device" if device.type == "cuda" else "cpu"
-    return backend
-
-
-def resolve_loader(spec: TrainSpec, device: torch.device) -> LoaderSettings:
-    """The spec's loader settings for ``device`` and this host, every ``"auto"`` resolved."""
-    t, a = spec.train, spec.augment
-    return loader_settings(num_workers=t.num_workers, pin_memory=t.pin_memory,
-                           persistent_workers=t.persistent_workers, prefetch_factor=t.prefetch_factor,
-                           device_type=device.type, cpu_augment=augment_backend(spec, device) == "cpu" and a.any_wave())
-
-
-def wave_augmenters(spec: TrainSpec, device: torch.device) -> tuple[WaveAugment | None, BatchWaveAugment | None]:
-    """``(per-clip, batched)`` waveform augmentation of a spec on ``device``: at most one is set."""
-    a = spec.augment
-    if not a.any_wave():
-        return None, None
-    kw = dict(sample_rate=spec.audio.sample_rate, gain_db=a.gain_db, gain_p=a.gain_p,
-              noise_snr_db=tuple(a.noise_snr_db), noise_p=a.noise_p, noise_colors=tuple(a.noise_colors),
-              shift_s=a.shift_s, shift_p=a.shift_p, pitch_semitones=a.pitch_semitones, pitch_p=a.pitch_p,
-              stretch=tuple(a.stretch), stretch_p=a.stretch_p)
-    if augment_backend(spec, device) == "cpu":
-        return WaveAugment(**kw), None
-    return None, BatchWaveAugment(**kw)
-
-
-def _loss(spec: TrainSpec, counts: np.ndarray, device: torch.device) -> torch.nn.Module:
-    weights = (torch.as_tensor(class_weights_from_counts(counts), dtype=torch.float32, device=device)
-               if spec.loss.class_weights else None)
-    return build_loss(spec.loss.name, label_smoothing=spec.loss.label_smoothing, class_weights=weights,
-                      gce_q=spec.loss.gce_q, sce_alpha=spec.loss.sce_alpha, sce_beta=spec.loss.sce_beta,
-                      focal_gamma=spec.loss.focal_gamma, lsoft_beta=spec.loss.lsoft_beta)
-
-
 def prepare_fold_inputs(task: FoldTask, recorder: FoldRecorder, *, layout=None, caches: dict | None = None) -> FoldInputs:
     """Load the dataset (and its waveform caches), the statistics, the loss and augmentation for a task.
 
@@ -329,7 +202,7 @@ def prepare_fold_inputs(task: FoldTask, recorder: FoldRecorder, *, layout=None, 
                                           progress=recorder.progress, workers=n_decode)
         clips = TrainingClips.with_extra(caches["curated"], Y, caches["noisy"], noisy_table.fnames, task.extra)
     elif spec.loss.noisy_weight > 0:
-        _require_noisy(layout, task.data_root)
+        require_noisy(layout, task.data_root)
         if "noisy" not in caches:
             caches["noisy"] = build_cache(noisy_table, sample_rate=sr, cache_dir=cache_dir,
                                           progress=recorder.progress, workers=n_decode)
@@ -347,15 +220,7 @@ def prepare_fold_inputs(task: FoldTask, recorder: FoldRecorder, *, layout=None, 
     wave_aug, device_aug = wave_augmenters(spec, device)
     return FoldInputs(classes=list(layout.classes), curated_Y=Y, clips=clips, mean=mean, std=std,
                       folds=np.asarray(task.folds, dtype=np.int64), wave_aug=wave_aug,
-                      loss_fn=_loss(spec, Y.sum(axis=0), device), device_aug=device_aug)
-
-
-def _require_noisy(layout, root) -> None:
-    """ConfigError unless the dataset has a noisy set (``loss.noisy_weight > 0`` trains on it)."""
-    if layout.noisy is None:
-        raise ConfigError(f"trains on the noisy set, but {root} has no train_noisy.csv with its audio "
-                          "(train_noisy/ or train_noisy.zip); add them or set loss.noisy_weight = 0",
-                          field="loss.noisy_weight")
+                      loss_fn=loss_from_spec(spec, Y.sum(axis=0), device), device_aug=device_aug)
 
 
 def _load_initial(model: torch.nn.Module, path: str) -> None:
@@ -587,7 +452,7 @@ def run(ctx: JobContext) -> str:
     classes, Y = data.classes, data.layout.curated.Y
     noisy_weight = spec.loss.noisy_weight
     if noisy_weight > 0:
-        _require_noisy(data.layout, spec.data.root)
+        require_noisy(data.layout, spec.data.root)
     frontend = frontend_from_spec(spec)
     previous = store.get_run(run_id)
     if spec.train.batch_size == "auto":
@@ -611,7 +476,7 @@ def run(ctx: JobContext) -> str:
     resolved.augment.backend = augment_backend(spec, device)
     config = to_dict(resolved)
     new = store.create_run(run_id, kind="train", job_id=ctx.job.id, dataset_id=data.dataset_id,
-                           name=spec.name or run_id, model=model_label(spec), config=config,
+                           name=spec.name or run_id, model=kinds.model_label(spec.model.arch, spec.features.n_mels), config=config,
                            config_hash=spec_hash(resolved), seed=spec.train.seed, device=str(device),
                            versions=environment_record(), git_commit=git_commit(), run_dir=str(folder.path))
     record = {"kind": "train", "run_id": run_id, "config_hash": spec_hash(resolved), "spec": config}
@@ -695,43 +560,3 @@ def score_untrained(tagger: Tagger, val_loader: DataLoader, val_truth: np.ndarra
     save_npy(fold_dir / "val_pred.npy", val_pred)
     return FoldResult(best_lwlrap=lwlrap(val_truth, val_pred), best_epoch=None, val_pred=val_pred, epochs_run=0)
 
-
-def model_label(spec: TrainSpec) -> str:
-    """The run's ``model`` column (``engine.runs.kinds.model_label``), e.g. ``cnn14-64mel``."""
-    return kinds.model_label(spec.model.arch, spec.features.n_mels)
-
-
-def make_loaders(spec: TrainSpec, clips: TrainingClips, train_idx: np.ndarray, val_idx: np.ndarray, crop: int,
-                 batch_size: int, wave_aug, device: torch.device, fold: int, *,
-                 loader: LoaderSettings | None = None) -> tuple[DataLoader, DataLoader]:
-    """A fold's training and validation loaders.
-
-    ``train_idx`` and ``val_idx`` are curated clip numbers; the training
-    loader adds every noisy clip of ``clips`` (with its loss weight), the
-    validation loader never does. Batches are ``(wave, labels, weights)``.
-    ``wave_aug`` is the per-clip (CPU) augmentation, or None; ``loader``
-    the resolved loader settings (default: resolved from the spec).
-    """
-    t = spec.train
-    seed = t.seed + fold
-    train_clips = clips.train_indices(train_idx)
-    train_ds = CropDataset(clips.cache, train_clips, clips.Y, crop_samples=crop, train=True,
-                           loop_pad_prob=spec.audio.loop_pad_prob, seed=seed, wave_augment=wave_aug,
-                           sample_weights=clips.weights)
-    val_ds = CropDataset(clips.cache, val_idx, clips.Y, crop_samples=crop, train=False)
-    n_draws = t.steps_per_epoch * batch_size if t.steps_per_epoch else len(train_clips)
-    if t.balanced_sampler:
-        sampler = BalancedClassSampler(clips.Y[train_clips], num_samples=n_draws, max_oversample=t.max_oversample,
-                                       seed=seed)
-    else:
-        generator = torch.Generator().manual_seed(seed)
-        sampler = RandomSampler(train_ds, replacement=bool(t.steps_per_epoch), num_samples=n_draws,
-                                generator=generator)
-    extra = [int(round(s * spec.audio.sample_rate)) for s in spec.audio.multiscale_crops]
-    batch_sampler = MultiScaleBatchSampler(sampler, batch_size, base_crop=crop, extra_crops=extra,
-                                           prob=spec.audio.multiscale_prob, seed=seed,
-                                           drop_last=len(train_clips) > batch_size)
-    loader_kw = (loader or resolve_loader(spec, device)).dataloader_kwargs()
-    train_loader = DataLoader(train_ds, batch_sampler=batch_sampler, **loader_kw)
-    val_loader = DataLoader(val_ds, batch_size=batch_size, shuffle=False, **loader_kw)
-    return train_loader, val_loader
