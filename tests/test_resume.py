@@ -119,7 +119,7 @@ import os, signal, sys
 from pathlib import Path
 from engine.data.prepare import prepare_dataset
 from engine.train.runtime import configure_threads
-from engine.jobs.train import FoldTask, train_fold_task
+from engine.jobs.folds import FoldTask, train_fold_task
 from engine.models.registry import frontend_from_spec
 from engine.features.frontend import compute_mel_stats
 from engine.data.cache import WaveformCache

@@ -81,7 +81,8 @@ def test_scores_are_recorded_the_one_way(tmp_path: Path):
 
 
 def test_fold_records_travel_between_processes_and_replay_into_the_store(tmp_path: Path):
-    from engine.jobs.train import ExtraClips, FoldTask
+    from engine.data.clips import ExtraClips
+    from engine.jobs.folds import FoldTask
 
     task = FoldTask(spec={"train": {"epochs": 2}}, fold=1, run_dir=str(tmp_path), data_root=str(tmp_path),
                     device="cpu", folds=[0, 1, 1], initial_checkpoint=str(tmp_path / "best.pt"),

@@ -16,7 +16,7 @@
    only. Early stopping and the best checkpoint run across stages; each stage
    starts from the best checkpoint so far. A student fold is one task of the
    fold seam (:class:`CurriculumFoldTask`, :func:`curriculum_fold_task`):
-   each stage is one ``engine.jobs.train.train_fold_task`` call, and the
+   each stage is one ``engine.jobs.folds.train_fold_task`` call, and the
    worker's executor runs the folds one after another here, or at once on a
    Ray cluster, while this process alone writes the store.
 4. A stage whose best validation LWLRAP is more than ``swap_tolerance`` below
@@ -50,6 +50,7 @@ import torch
 from engine.curriculum import (NoisyFilter, audit_per_class, check_teacher, clip_weights, filter_labels,
                                noisy_label_rows, overall_precision_recall)
 from engine.data.demo import NOISY_TRUTH_CSV
+from engine.data.clips import ExtraClips
 from engine.data.labels import parse_label_csv
 from engine.errors import ConfigError, DataError
 from engine.executors import FoldResources, executor_from_env
@@ -59,8 +60,7 @@ from engine.data.prepare import prepare_dataset
 from engine.train.runtime import configure_threads, pick_device
 from engine.jobs.context import JobContext, environment_record, git_commit, write_json
 from engine.jobs.infer import TrainedRun, load_fold_tagger, load_trained_run
-from engine.jobs.train import (ExtraClips, FoldOutcome, FoldTask, dispatch_folds,
-                               prepare_fold_inputs, train_fold_task)
+from engine.jobs.folds import FoldOutcome, FoldTask, dispatch_folds, prepare_fold_inputs, train_fold_task
 from engine.metrics import lwlrap
 from engine.atomic import atomic_write, load_npy, save_npy, save_npz
 from engine.runs import kinds
@@ -313,7 +313,7 @@ def _stage_task(task: CurriculumFoldTask, spec: CurriculumSpec, s_idx: int, atte
 def curriculum_fold_task(task: CurriculumFoldTask, recorder, *, layout=None, caches: dict | None = None) -> FoldOutcome:
     """Train one student fold through the stages, resuming where it stopped; report through ``recorder``.
 
-    Each stage attempt is one :func:`engine.jobs.train.train_fold_task` call
+    Each stage attempt is one :func:`engine.jobs.folds.train_fold_task` call
     in ``fold<k>/stage<s>-<attempt>/``, started from the best checkpoint so
     far, with one early stopping carried across the stages. A stage whose
     best validation LWLRAP is more than ``swap_tolerance`` below the

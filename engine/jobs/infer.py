@@ -40,7 +40,7 @@ from engine.data.cache import build_cache, cache_dir_for
 from engine.data.prepare import prepare_dataset
 from engine.train.runtime import configure_threads
 from engine.jobs.context import JobContext, environment_record, git_commit
-from engine.jobs.train import dispatch_folds
+from engine.jobs.folds import dispatch_folds
 from engine.models.registry import tagger_from_spec
 from engine.models.tagger import Tagger
 from engine.atomic import DamagedFile, load_json

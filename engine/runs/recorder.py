@@ -1,6 +1,6 @@
 """What a fold reports while it trains: epoch records, progress and log lines, through a small interface.
 
-The per-fold work (``engine.jobs.train.train_fold_task``) never writes the
+The per-fold work (``engine.jobs.folds.train_fold_task``) never writes the
 store itself: it calls a :class:`FoldRecorder`. Locally the train job passes
 :class:`StoreRecorder`, which writes each epoch row through the store and
 maps the fold's progress onto the job's. A fold run in another process or on
