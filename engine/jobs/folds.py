@@ -192,7 +192,8 @@ class FoldInputs:
     device_aug: BatchWaveAugment | None = None
 
 
-def prepare_fold_inputs(task: FoldTask, recorder: FoldRecorder, *, layout=None, caches: dict | None = None) -> FoldInputs:
+def prepare_fold_inputs(task: FoldTask, recorder: FoldRecorder, *, layout=None,
+                        caches: dict | None = None) -> FoldInputs:
     """Load the dataset (and its waveform caches), the statistics, the loss and augmentation for a task.
 
     ``layout`` and ``caches`` (split -> WaveformCache) reuse what the caller

@@ -37,10 +37,9 @@ import torch
 from engine.atomic import DamagedFile
 from engine.data.cache import build_cache, cache_dir_for, decode_workers, host_cores
 from engine.data.clips import require_noisy
-from engine.data.prepare import prepare_dataset
 from engine.executors import FoldResources, executor_from_env
 from engine.features.frontend import LogMelFrontend, compute_mel_stats
-from engine.jobs.context import JobContext, environment_record, git_commit
+from engine.jobs.context import JobContext
 from engine.jobs.folds import (FoldOutcome, FoldTask, dispatch_folds, prepare_fold_inputs, train_fold_on_node,
                                train_fold_task)
 from engine.models.registry import frontend_from_spec, model_from_spec, spec_augment_from_spec
@@ -49,10 +48,9 @@ from engine.runs import kinds
 from engine.runs.folder import RunFolder
 from engine.runs.recorder import StoreRecorder
 from engine.runs.scores import record_fold_scores, record_oof_scores
-from engine.specs import LOADER_FIELDS, TrainSpec, spec_from_json, spec_hash, to_dict
+from engine.specs import LOADER_FIELDS, TrainSpec, spec_hash, to_dict
 from engine.train.builders import augment_backend, resolve_loader
 from engine.train.loop import FoldResult, find_batch_size
-from engine.train.runtime import configure_threads, pick_device, seed_everything
 
 
 def resolve_batch_size(spec: TrainSpec, frontend: LogMelFrontend, n_classes: int, device: torch.device, *,
@@ -136,15 +134,12 @@ def run_fold_tasks(ctx: JobContext, tasks: list[FoldTask], spec: TrainSpec, reco
 
 def run(ctx: JobContext) -> str:
     """Train every requested fold, record scores, write artifacts; returns a summary message."""
-    spec: TrainSpec = spec_from_json("train", ctx.spec)
+    spec: TrainSpec = ctx.load_spec()
     store, run_id = ctx.store, ctx.run_id
-    folder = RunFolder(ctx.run_dir).create()
-    configure_threads()
-    device = pick_device(spec.train.device)
-    seed_everything(spec.train.seed)
-    ctx.progress(0.0, "loading dataset")
-    data = prepare_dataset(store, spec.data.root, n_folds=spec.train.n_folds, fold_seed=spec.train.fold_seed,
-                           group_column=spec.data.group_column)
+    opened = ctx.open_run(device=spec.train.device, device_field="train.device", seed=spec.train.seed,
+                          data_root=spec.data.root, n_folds=spec.train.n_folds, fold_seed=spec.train.fold_seed,
+                          group_column=spec.data.group_column)
+    folder, device, data = opened.folder, opened.device, opened.data
     classes, Y = data.classes, data.layout.curated.Y
     noisy_weight = spec.loss.noisy_weight
     if noisy_weight > 0:
@@ -171,15 +166,10 @@ def run(ctx: JobContext) -> str:
         requested["augment.backend"] = "auto"
     resolved.augment.backend = augment_backend(spec, device)
     config = to_dict(resolved)
-    new = store.create_run(run_id, kind="train", job_id=ctx.job.id, dataset_id=data.dataset_id,
-                           name=spec.name or run_id, model=kinds.model_label(spec.model.arch, spec.features.n_mels), config=config,
-                           config_hash=spec_hash(resolved), seed=spec.train.seed, device=str(device),
-                           versions=environment_record(), git_commit=git_commit(), run_dir=str(folder.path))
-    record = {"kind": "train", "run_id": run_id, "config_hash": spec_hash(resolved), "spec": config}
-    if requested:
-        record["requested"] = requested
-    record["loader"] = {**dataclasses.asdict(loader), "host_cores": host_cores(), "device": device.type}
-    folder.save_config(record)
+    extra = {"requested": requested} if requested else {}
+    extra["loader"] = {**dataclasses.asdict(loader), "host_cores": host_cores(), "device": device.type}
+    new = opened.record(name=spec.name or run_id, model=kinds.model_label(spec.model.arch, spec.features.n_mels),
+                        config=config, config_hash=spec_hash(resolved), seed=spec.train.seed, extra=extra)
     ctx.log(f"{'new run' if new else 'resuming run'} {run_id} on {device}; {len(Y)} curated clips, "
             f"{len(classes)} classes")
 

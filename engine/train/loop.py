@@ -24,12 +24,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from engine.atomic import atomic_write, load_npy, save_npy
 from engine.features.augment import mixup
 from engine.features.device_augment import batch_generator
 from engine.metrics import lwlrap
 from engine.models.tagger import Tagger
 from engine.runs.recorder import EpochRecord
-from engine.atomic import atomic_write, load_npy, save_npy
 from engine.train.schedule import (EarlyStopping, autocast_context, build_optimizer, clip_gradients,
                                    make_grad_scaler, warmup_cosine)
 
