@@ -189,7 +189,7 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
 
 def cmd_register(args: argparse.Namespace) -> int:
-    from engine.jobs.common import prepare_dataset
+    from engine.data.prepare import prepare_dataset
 
     with _open(args) as store:
         data = prepare_dataset(store, args.dir, n_folds=args.n_folds, fold_seed=args.fold_seed,
@@ -329,7 +329,7 @@ def _ensemble_dry_run(args: argparse.Namespace, spec) -> int:
 def cmd_submission(args: argparse.Namespace) -> int:
     """Write (and so validate) a submission CSV from a run's test scores."""
     from engine.data.manifest import load_layout
-    from engine.runs.atomic import load_npy
+    from engine.atomic import load_npy
     from engine.submission import score_submission, write_submission
 
     with _read(args) as store:

@@ -260,7 +260,7 @@ def embed_waves(embedder: ClipEmbedder, waves: Sequence[np.ndarray], *, crop_sam
 
 def _atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
     """The run layer's one atomic writer (temp file, fsync, rename)."""
-    from engine.runs.atomic import atomic_write
+    from engine.atomic import atomic_write
 
     atomic_write(path, write)
 

@@ -216,7 +216,7 @@ def write_submission(path: Path | str, fnames: Sequence[str], probs: np.ndarray,
     df.insert(0, FNAME_COLUMN, sample_fnames)
     validate_submission(df, sample_fnames, classes, file=path)
 
-    from engine.runs.atomic import atomic_write
+    from engine.atomic import atomic_write
 
     text = df.to_csv(index=False, float_format=None, lineterminator="\n")
     atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))

@@ -421,7 +421,7 @@ def test_folds_need_enough_clips():
 
 def test_folds_are_stored_once_per_dataset_and_other_splits_are_refused(tiny_demo, db_path):
     from engine.errors import ConfigError
-    from engine.jobs.common import prepare_dataset
+    from engine.data.prepare import prepare_dataset
     from engine.store import Store
 
     store = Store(db_path)

@@ -165,7 +165,7 @@ def test_frontend_output_stays_finite_and_float32_under_autocast(dtype):
 def test_auto_augment_backend_is_batched_on_cuda_and_per_clip_on_a_cpu():
     from engine.features.augment import WaveAugment
     from engine.features.device_augment import BatchWaveAugment
-    from engine.jobs.train import augment_backend, wave_augmenters
+    from engine.train.builders import augment_backend, wave_augmenters
 
     spec = resolve_spec("train", preset="cnn14", data_root="/data")
     cpu, cuda = torch.device("cpu"), torch.device("cuda")

@@ -219,7 +219,8 @@ def test_noisy_clips_join_training_only_and_carry_their_loss_weight(tiny_demo: P
     from engine.data.dataset import ConcatCache
     from engine.data.manifest import load_layout
     from engine.features.frontend import LogMelFrontend
-    from engine.jobs.train import TrainingClips, make_loaders
+    from engine.data.clips import TrainingClips
+    from engine.train.builders import make_loaders
     from engine.models.small import SmallTagger
     from engine.train.loop import Tagger, train_fold
     from engine.train.losses import BCEWithLogits

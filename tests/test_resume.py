@@ -116,8 +116,9 @@ def test_both_resume_files_damaged_restarts_the_fold(tiny_demo: Path, tmp_path: 
 _SEAM_SCRIPT = """
 import os, signal, sys
 from pathlib import Path
-from engine.jobs.common import configure_threads, prepare_dataset
-from engine.jobs.train import FoldTask, train_fold_task
+from engine.data.prepare import prepare_dataset
+from engine.train.runtime import configure_threads
+from engine.jobs.folds import FoldTask, train_fold_task
 from engine.models.registry import frontend_from_spec
 from engine.features.frontend import compute_mel_stats
 from engine.data.cache import WaveformCache
@@ -179,7 +180,7 @@ def test_a_kill_between_an_epoch_and_its_row_loses_no_epoch(tiny_demo: Path, tmp
 @pytest.mark.slow
 def test_an_unrecoverable_damaged_member_file_fails_the_blend_naming_it(tiny_demo: Path, tmp_path: Path,
                                                                         spawn_worker):
-    from engine.jobs.common import prepare_dataset
+    from engine.data.prepare import prepare_dataset
 
     db = tmp_path / "experiments.db"
     store = Store(db)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from engine.metrics import lwlrap, per_class_lwlrap
-from engine.runs.atomic import DamagedFile, atomic_write, load_json, load_npy, load_npz, save_json, save_npy
+from engine.atomic import DamagedFile, atomic_write, load_json, load_npy, load_npz, save_json, save_npy
 from engine.runs.folder import RunFolder
 from engine.runs.recorder import EpochRecord, ListRecorder, StoreRecorder
 from engine.runs.scores import record_fold_scores, record_oof_scores
@@ -81,7 +81,8 @@ def test_scores_are_recorded_the_one_way(tmp_path: Path):
 
 
 def test_fold_records_travel_between_processes_and_replay_into_the_store(tmp_path: Path):
-    from engine.jobs.train import ExtraClips, FoldTask
+    from engine.data.clips import ExtraClips
+    from engine.jobs.folds import FoldTask
 
     task = FoldTask(spec={"train": {"epochs": 2}}, fold=1, run_dir=str(tmp_path), data_root=str(tmp_path),
                     device="cpu", folds=[0, 1, 1], initial_checkpoint=str(tmp_path / "best.pt"),

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import engine.runs.atomic as atomic
+import engine.atomic as atomic
 import engine.submission as submission
 from engine.errors import DataError
 from engine.metrics import lwlrap

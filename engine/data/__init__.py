@@ -1,1 +1,1 @@
-"""Dataset layout, labels, folds, audio decoding and the demo dataset."""
+"""Dataset layout, labels, folds, registration, audio decoding and caches, training clips, the demo dataset."""

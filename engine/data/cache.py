@@ -260,3 +260,23 @@ class WaveformCache:
                     for future in pending:
                         future.cancel()
         return offsets
+
+
+def cache_dir_for(root: str | Path, cache_dir: str = "") -> Path:
+    """The waveform cache folder: the spec's, or ``<dataset root>/.fsat-cache``."""
+    return Path(cache_dir) if cache_dir else Path(root) / ".fsat-cache"
+
+
+def build_cache(table: ClipTable, *, sample_rate: int, cache_dir: Path,
+                progress: Callable[[float, str], None] | None = None, start: float = 0.0, span: float = 0.05,
+                workers: int | str = "auto") -> WaveformCache:
+    """Decode and resample a split once (or reuse the cache) in ``workers`` threads.
+
+    ``progress(fraction, message)`` is a job's or a fold's progress: the
+    decoded share of the split fills ``start .. start + span`` of its bar.
+    """
+    def decoded(done: int, total: int) -> None:
+        progress(start + span * done / max(total, 1), f"decoding {table.split} {done}/{total}")
+
+    return WaveformCache.build(table, sample_rate=sample_rate, cache_dir=cache_dir,
+                               progress=decoded if progress is not None else None, workers=workers)

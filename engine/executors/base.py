@@ -1,8 +1,8 @@
 """The executor seam: how a job's folds are run, one after another here or in parallel on a cluster.
 
 A job describes each unfinished fold as a :class:`FoldCall`: a module-level
-function and its picklable inputs (for training, ``engine.jobs.train``'s
-``train_fold_task`` and its ``FoldTask``). The function reports what it does (epoch
+function and its picklable inputs (for training,
+``engine.jobs.folds.train_fold_task`` and its ``FoldTask``). The function reports what it does (epoch
 records, progress, log lines) through the recorder it is given and returns a
 small result (scores, paths), never a checkpoint. An executor runs the tasks
 and yields ``(fold, result)`` in completion order; the job, on the head,

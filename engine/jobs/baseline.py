@@ -41,14 +41,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.atomic import save_npz
+from engine.data.cache import build_cache, cache_dir_for
 from engine.embeddings import EmbeddingResult, embed_table, load_embedder
 from engine.errors import ConfigError
-from engine.jobs.common import build_cache, cache_dir_for, configure_threads, pick_device, prepare_dataset
-from engine.jobs.context import JobContext, environment_record, git_commit
-from engine.runs.atomic import save_npz
-from engine.runs.folder import RunFolder
+from engine.jobs.context import JobContext
 from engine.runs.scores import record_fold_scores, record_oof_scores, score_test
-from engine.specs import BaselineSpec, FeaturesSection, spec_from_json, spec_hash, to_dict
+from engine.specs import BaselineSpec, FeaturesSection, spec_hash, to_dict
 
 MODEL_LABEL = "cnn14-emb+logreg"
 MEL_STATS_LABEL = "mel-stats+logreg"
@@ -141,8 +140,8 @@ def _mel_stats(ctx: JobContext, spec: BaselineSpec, layout, cache_dir) -> tuple[
                               win_length=f.win_length, n_mels=f.n_mels, fmin=f.fmin, fmax=f.fmax)
     out, summary = [], {}
     for table, start in ((layout.curated, 0.02), (layout.test, 0.42)):
-        cache = build_cache(ctx, table, sample_rate=spec.audio.sample_rate, cache_dir=cache_dir, start=start,
-                            span=0.2)
+        cache = build_cache(table, sample_rate=spec.audio.sample_rate, cache_dir=cache_dir, progress=ctx.progress,
+                            start=start, span=0.2)
         t0 = time.perf_counter()
 
         def progress(done: int, total: int, split: str = table.split, start: float = start) -> None:
@@ -157,14 +156,11 @@ def _mel_stats(ctx: JobContext, spec: BaselineSpec, layout, cache_dir) -> tuple[
 
 def run(ctx: JobContext) -> str:
     """Embed, fit per fold, record scores and write artifacts; returns a summary message."""
-    spec: BaselineSpec = spec_from_json("baseline", ctx.spec)
+    spec: BaselineSpec = ctx.load_spec()
     store, run_id = ctx.store, ctx.run_id
-    folder = RunFolder(ctx.run_dir).create()
-    configure_threads()
-    device = pick_device(spec.device, field="device")
-    ctx.progress(0.0, "loading dataset")
-    data = prepare_dataset(store, spec.data.root, n_folds=spec.n_folds, fold_seed=spec.fold_seed,
-                           folds_field="n_folds", group_column=spec.data.group_column)
+    opened = ctx.open_run(device=spec.device, device_field="device", data_root=spec.data.root, n_folds=spec.n_folds,
+                          fold_seed=spec.fold_seed, folds_field="n_folds", group_column=spec.data.group_column)
+    folder, device, data = opened.folder, opened.device, opened.data
     layout, classes = data.layout, data.classes
     Y = layout.curated.Y
     mel_stats = spec.variant == "mel_stats"
@@ -177,15 +173,10 @@ def run(ctx: JobContext) -> str:
     from_run = embedder is not None and embedder.identity.get("kind") == "run-encoder"
     identity = ({"kind": "mel-stats", "features": to_dict(spec.features), "sample_rate": spec.audio.sample_rate}
                 if embedder is None else embedder.identity)
-    new = store.create_run(run_id, kind="baseline", job_id=ctx.job.id, dataset_id=data.dataset_id,
-                           name=spec.name or run_id, model=MEL_STATS_LABEL if mel_stats else MODEL_LABEL,
-                           config=config,
-                           config_hash=spec_hash(spec), device=str(device), versions=environment_record(),
-                           git_commit=git_commit(), run_dir=str(folder.path),
-                           parent_run_id=spec.encoder_run_id if from_run else None)
-    folder.save_config({"kind": "baseline", "run_id": run_id, "config_hash": spec_hash(spec),
-                        "spec": config, "embedder": identity,
-                        "precision": "float32" if embedder is None else embedder.precision})
+    new = opened.record(name=spec.name or run_id, model=MEL_STATS_LABEL if mel_stats else MODEL_LABEL, config=config,
+                        config_hash=spec_hash(spec), parent_run_id=spec.encoder_run_id if from_run else None,
+                        extra={"embedder": identity,
+                               "precision": "float32" if embedder is None else embedder.precision})
     ctx.log(f"{'new run' if new else 'resuming run'} {run_id} on {device}; {len(Y)} curated and "
             f"{len(layout.test)} test clips, {len(classes)} classes; "
             + (f"mel statistics of {spec.features.n_mels} bins" if mel_stats else f"embedder {identity}"))

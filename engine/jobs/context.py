@@ -8,8 +8,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from engine.runs.folder import RunFolder
 from engine.store import Job, Store
+
+if TYPE_CHECKING:
+    import torch
+
+    from engine.data.prepare import PreparedData
 
 
 class JobAborted(Exception):
@@ -100,6 +107,89 @@ class JobContext:
         self.flush()
         print(f"{time.strftime('%H:%M:%S')} {text}", flush=True)
 
+    def load_spec(self) -> Any:
+        """The job's spec, typed and validated for its kind (``engine.specs.spec_from_json``)."""
+        from engine.specs import spec_from_json
+
+        return spec_from_json(self.job.kind, self.job.spec)
+
+    def open_run(self, *, device: str | None = None, device_field: str = "device", seed: int | None = None,
+                 data_root: str | Path | None = None, n_folds: int = 5, fold_seed: int = 42,
+                 folds_field: str = "train.n_folds", group_column: str = "") -> OpenRun:
+        """The prologue every job that runs torch shares, in this order.
+
+        The run folder is made; with ``device`` (a spec's ``"auto"``,
+        ``"cpu"`` or ``"cuda"``, named ``device_field`` in errors) torch's
+        threads are set and the device chosen, and with ``seed`` everything
+        is seeded; with ``data_root`` the job's progress says "loading
+        dataset" and the dataset is registered with its stored folds
+        (``engine.data.prepare.prepare_dataset``: ``n_folds``, ``fold_seed``,
+        ``folds_field``, ``group_column``). The run's row and ``config.json``
+        come after, from :meth:`OpenRun.record`, once the job knows what it
+        records.
+        """
+        folder = RunFolder(self.run_dir).create()
+        chosen = None
+        if device is not None:
+            from engine.train.runtime import configure_threads, pick_device, seed_everything
+
+            configure_threads()
+            chosen = pick_device(device, field=device_field)
+            if seed is not None:
+                seed_everything(seed)
+        data = None
+        if data_root is not None:
+            from engine.data.prepare import prepare_dataset
+
+            self.progress(0.0, "loading dataset")
+            data = prepare_dataset(self.store, data_root, n_folds=n_folds, fold_seed=fold_seed,
+                                   folds_field=folds_field, group_column=group_column)
+        return OpenRun(ctx=self, folder=folder, device=chosen, data=data)
+
+
+@dataclass
+class OpenRun:
+    """What :meth:`JobContext.open_run` opened: the run folder, the device and the dataset with its folds."""
+
+    ctx: JobContext
+    folder: RunFolder
+    device: torch.device | None = None
+    data: PreparedData | None = None
+
+    def record(self, *, name: str, model: str, config: dict, config_hash: str, seed: int | None = None,
+               parent_run_id: str | None = None, extra: dict | None = None) -> bool:
+        """Create the run's row (a resumed run's is marked running again) and write its ``config.json``.
+
+        The row is of the job's kind, on the opened device and dataset; see
+        :func:`record_run`. True when the run is new.
+        """
+        ctx = self.ctx
+        return record_run(ctx.store, ctx.run_id, self.folder, kind=ctx.job.kind, job_id=ctx.job.id,
+                          dataset_id=self.data.dataset_id if self.data is not None else None,
+                          device=str(self.device) if self.device is not None else "", name=name, model=model,
+                          config=config, config_hash=config_hash, seed=seed, parent_run_id=parent_run_id,
+                          extra=extra)
+
+
+def record_run(store: Store, run_id: str, folder: RunFolder, *, kind: str, job_id: int | None,
+               dataset_id: int | None, device: str, name: str, model: str, config: dict, config_hash: str,
+               seed: int | None = None, parent_run_id: str | None = None, extra: dict | None = None) -> bool:
+    """Create a run's row with what every run records, and write its ``config.json``; True when new.
+
+    The row carries the job, dataset, device, the package versions
+    (:func:`environment_record`), the git commit and the run folder; a run
+    that exists already (a resumed job) is marked running again.
+    ``config.json`` holds ``kind``, ``run_id``, ``config_hash``, ``spec``
+    (``config``, the row's config) and the job's ``extra`` keys.
+    """
+    new = store.create_run(run_id, kind=kind, job_id=job_id, dataset_id=dataset_id, parent_run_id=parent_run_id,
+                           name=name, model=model, config=config, config_hash=config_hash, seed=seed,
+                           device=device, versions=environment_record(), git_commit=git_commit(),
+                           run_dir=str(folder.path))
+    folder.save_config({"kind": kind, "run_id": run_id, "config_hash": config_hash, "spec": config,
+                        **(extra or {})})
+    return new
+
 
 def environment_record() -> dict:
     """Python's version and those of the installed packages that shape results, recorded with every run.
@@ -137,7 +227,7 @@ def git_commit() -> str:
 
 
 def write_json(path: Path, data: object) -> None:
-    """Write JSON atomically: the run layer's one writer (temp file, fsync, rename)."""
-    from engine.runs.atomic import save_json
+    """Write JSON atomically: the engine's one atomic writer (temp file, fsync, rename)."""
+    from engine.atomic import save_json
 
     save_json(path, data)

@@ -16,7 +16,7 @@
    only. Early stopping and the best checkpoint run across stages; each stage
    starts from the best checkpoint so far. A student fold is one task of the
    fold seam (:class:`CurriculumFoldTask`, :func:`curriculum_fold_task`):
-   each stage is one ``engine.jobs.train.train_fold_task`` call, and the
+   each stage is one ``engine.jobs.folds.train_fold_task`` call, and the
    worker's executor runs the folds one after another here, or at once on a
    Ray cluster, while this process alone writes the store.
 4. A stage whose best validation LWLRAP is more than ``swap_tolerance`` below
@@ -47,24 +47,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.atomic import atomic_write, load_npy, save_npy, save_npz
 from engine.curriculum import (NoisyFilter, audit_per_class, check_teacher, clip_weights, filter_labels,
                                noisy_label_rows, overall_precision_recall)
+from engine.data.cache import build_cache, cache_dir_for
+from engine.data.clips import ExtraClips
 from engine.data.demo import NOISY_TRUTH_CSV
 from engine.data.labels import parse_label_csv
 from engine.errors import ConfigError, DataError
 from engine.executors import FoldResources, executor_from_env
 from engine.infer import predict_tta_logits, sigmoid
-from engine.jobs.common import build_cache, cache_dir_for, configure_threads, pick_device, prepare_dataset
-from engine.jobs.context import JobContext, environment_record, git_commit, write_json
+from engine.jobs.context import JobContext, write_json
+from engine.jobs.folds import FoldOutcome, FoldTask, dispatch_folds, prepare_fold_inputs, train_fold_task
 from engine.jobs.infer import TrainedRun, load_fold_tagger, load_trained_run
-from engine.jobs.train import (ExtraClips, FoldOutcome, FoldTask, RecorderProgress, dispatch_folds, model_label,
-                               prepare_fold_inputs, train_fold_task)
 from engine.metrics import lwlrap
-from engine.runs.atomic import atomic_write, load_npy, save_npy, save_npz
+from engine.runs import kinds
 from engine.runs.folder import RunFolder
 from engine.runs.recorder import StoreRecorder
 from engine.runs.scores import record_fold_scores, record_oof_scores
-from engine.specs import CurriculumSpec, StageSection, TrainSpec, from_dict, spec_from_json, spec_hash, to_dict
+from engine.specs import CurriculumSpec, StageSection, TrainSpec, from_dict, spec_hash, to_dict
+from engine.train.runtime import configure_threads, pick_device
 from engine.train.schedule import EarlyStopping
 
 FOLD_MEAN_WARNING = ("teacher.predictions = \"fold_mean\": every student fold is filtered by the mean of all "
@@ -131,8 +133,9 @@ def teacher_fold_task(task: TeacherFoldTask, recorder, *, layout=None, caches: d
     caches = caches if caches is not None else {}
     if caches.get("noisy") is None:
         layout = layout if layout is not None else load_layout(task.data_root)
-        caches["noisy"] = build_cache(RecorderProgress(recorder), layout.noisy, sample_rate=sr,
-                                      cache_dir=cache_dir_for(task.data_root, tspec.data.cache_dir))
+        caches["noisy"] = build_cache(layout.noisy, sample_rate=sr,
+                                      cache_dir=cache_dir_for(task.data_root, tspec.data.cache_dir),
+                                      progress=recorder.progress)
     tagger = load_fold_tagger(task.trained, task.fold, task.n_classes)
     recorder.log(f"teacher fold {task.fold} predicting {len(task.fnames)} noisy clips ({task.tta_crops} crop(s) each)")
 
@@ -309,7 +312,7 @@ def _stage_task(task: CurriculumFoldTask, spec: CurriculumSpec, s_idx: int, atte
 def curriculum_fold_task(task: CurriculumFoldTask, recorder, *, layout=None, caches: dict | None = None) -> FoldOutcome:
     """Train one student fold through the stages, resuming where it stopped; report through ``recorder``.
 
-    Each stage attempt is one :func:`engine.jobs.train.train_fold_task` call
+    Each stage attempt is one :func:`engine.jobs.folds.train_fold_task` call
     in ``fold<k>/stage<s>-<attempt>/``, started from the best checkpoint so
     far, with one early stopping carried across the stages. A stage whose
     best validation LWLRAP is more than ``swap_tolerance`` below the
@@ -418,16 +421,14 @@ def run(ctx: JobContext) -> str:
 
 
 def _run(ctx: JobContext, executor) -> str:
-    spec: CurriculumSpec = spec_from_json("curriculum", ctx.spec)
+    spec: CurriculumSpec = ctx.load_spec()
     store, run_id, run_dir = ctx.store, ctx.run_id, ctx.run_dir
-    configure_threads()
     check = check_teacher(store, spec)
     trained = load_trained_run(store, spec.teacher_run_id, field="teacher_run_id")
     tspec: TrainSpec = trained.spec
-    device = pick_device(spec.device, field="device")
-    ctx.progress(0.0, "loading dataset")
-    data = prepare_dataset(store, check.dataset["root"], n_folds=tspec.train.n_folds,
-                           fold_seed=tspec.train.fold_seed)
+    opened = ctx.open_run(device=spec.device, device_field="device", data_root=check.dataset["root"],
+                          n_folds=tspec.train.n_folds, fold_seed=tspec.train.fold_seed)
+    device, data = opened.device, opened.data
     classes, Y = data.classes, data.layout.curated.Y
     noisy_table = data.layout.noisy
     if noisy_table is None:
@@ -442,14 +443,10 @@ def _run(ctx: JobContext, executor) -> str:
         student.train.batch_size = spec.batch_size
     student.name = spec.name or f"{tspec.name or spec.teacher_run_id} curriculum"
     config = to_dict(student)
-    store.create_run(run_id, kind="curriculum", job_id=ctx.job.id, dataset_id=data.dataset_id, name=student.name,
-                     model=trained.run["model"] or model_label(tspec), config=config,
-                     config_hash=spec_hash(spec), seed=tspec.train.seed, device=str(device),
-                     versions=environment_record(), git_commit=git_commit(), run_dir=str(run_dir),
-                     parent_run_id=spec.teacher_run_id)
-    write_json(run_dir / "config.json", {"kind": "curriculum", "run_id": run_id, "config_hash": spec_hash(spec),
-                                         "spec": config, "curriculum": to_dict(spec),
-                                         "teacher_run_id": spec.teacher_run_id})
+    model = trained.run["model"] or kinds.model_label(tspec.model.arch, tspec.features.n_mels)
+    opened.record(name=student.name, model=model, config=config, config_hash=spec_hash(spec), seed=tspec.train.seed,
+                  parent_run_id=spec.teacher_run_id,
+                  extra={"curriculum": to_dict(spec), "teacher_run_id": spec.teacher_run_id})
     if (trained.run_dir / "mel_stats.npz").is_file():
         shutil.copyfile(trained.run_dir / "mel_stats.npz", run_dir / "mel_stats.npz")
     ctx.log(f"curriculum {run_id} from teacher {spec.teacher_run_id} on {device}: folds {folds}, "
@@ -459,8 +456,10 @@ def _run(ctx: JobContext, executor) -> str:
 
     sr = tspec.audio.sample_rate
     cache_dir = cache_dir_for(check.dataset["root"], tspec.data.cache_dir)
-    curated_cache = build_cache(ctx, data.layout.curated, sample_rate=sr, cache_dir=cache_dir, start=0.0, span=0.02)
-    noisy_cache = build_cache(ctx, noisy_table, sample_rate=sr, cache_dir=cache_dir, start=0.02, span=0.02)
+    curated_cache = build_cache(data.layout.curated, sample_rate=sr, cache_dir=cache_dir, progress=ctx.progress,
+                                start=0.0, span=0.02)
+    noisy_cache = build_cache(noisy_table, sample_rate=sr, cache_dir=cache_dir, progress=ctx.progress, start=0.02,
+                              span=0.02)
     noisy_fnames = list(noisy_table.fnames)
     weak = noisy_table.Y > 0.5
     truth = load_noisy_truth(check.dataset["root"], noisy_fnames, classes)

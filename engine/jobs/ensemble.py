@@ -36,13 +36,13 @@ from engine.data.manifest import DatasetLayout, load_layout
 from engine.ensemble import AUTO, RANK_METHODS, BlendResult, Member, blend, greedy_forward_selection
 from engine.errors import ConfigError, FsatError
 from engine.intake import has_fold_checkpoints
-from engine.jobs.context import JobContext, environment_record, git_commit
+from engine.jobs.context import JobContext, record_run
 from engine.metrics import lwlrap
+from engine.runs.folder import RunFolder
 from engine.runs.members import (MemberProblem, calibration_folds, check_oof, check_test, fold_of_clips,
                                  read_scores)
-from engine.runs.folder import RunFolder
 from engine.runs.scores import record_fold_scores, score_test
-from engine.specs import EnsembleSpec, spec_from_json, spec_hash, to_dict
+from engine.specs import EnsembleSpec, spec_hash, to_dict
 from engine.store import OOF, Store
 
 
@@ -277,19 +277,16 @@ def build_ensemble(store: Store, spec: EnsembleSpec, *, run_id: str, run_dir: Pa
     step(0.6, "recording")
     folder = RunFolder(run_dir).create()
     dataset_id = loaded.dataset["id"]
-    store.create_run(run_id, kind="ensemble", job_id=job_id, dataset_id=dataset_id,
-                     name=spec.name or f"{result.method} blend of {len(members)}", model="ensemble",
-                     config=to_dict(spec), config_hash=spec_hash(spec), device="cpu",
-                     versions=environment_record(), git_commit=git_commit(), run_dir=str(run_dir))
     try:
+        record_run(store, run_id, folder, kind="ensemble", job_id=job_id, dataset_id=dataset_id, device="cpu",
+                   name=spec.name or f"{result.method} blend of {len(members)}", model="ensemble",
+                   config=to_dict(spec), config_hash=spec_hash(spec),
+                   extra={"weights": weight_of, "method": result.method, "raw_oof_lwlrap": result.raw_oof_lwlrap,
+                          "candidates": evaluation.candidates, "warning": result.warning,
+                          "best_member": result.best_member, "best_member_oof_lwlrap": result.best_member_lwlrap})
         store.set_run_members(run_id, list(weight_of.items()))
         store.record_ensemble_candidates(run_id, evaluation.candidates)
         store.set_run_warning(run_id, result.warning)
-        folder.save_config({"kind": "ensemble", "run_id": run_id, "config_hash": spec_hash(spec),
-                            "spec": to_dict(spec), "weights": weight_of, "method": result.method,
-                            "raw_oof_lwlrap": result.raw_oof_lwlrap, "candidates": evaluation.candidates,
-                            "warning": result.warning, "best_member": result.best_member,
-                            "best_member_oof_lwlrap": result.best_member_lwlrap})
         folder.save_array(folder.oof, result.oof)
         if stored_folds:
             for k in sorted(set(fold_of.tolist()) - {-1}):
@@ -328,7 +325,7 @@ def build_ensemble(store: Store, spec: EnsembleSpec, *, run_id: str, run_dir: Pa
 
 def run(ctx: JobContext) -> str:
     """The worker's entry point: build the ensemble the job's spec describes."""
-    spec: EnsembleSpec = spec_from_json("ensemble", ctx.spec)
+    spec: EnsembleSpec = ctx.load_spec()
     outcome = build_ensemble(ctx.store, spec, run_id=ctx.run_id, run_dir=ctx.run_dir, job_id=ctx.job.id,
                              log=ctx.log, progress=ctx.progress)
     return outcome.message

@@ -33,20 +33,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.atomic import DamagedFile, load_json
+from engine.data.cache import build_cache, cache_dir_for
 from engine.errors import CheckpointError, ConfigError, FsatError
 from engine.executors import FoldResources, executor_from_env
 from engine.infer import DEFAULT_SHORT_CLIPS, predict_tta_logits, sigmoid
 from engine.intake import FOLD_CHECKPOINT_KINDS
-from engine.jobs.common import build_cache, cache_dir_for, configure_threads, prepare_dataset
-from engine.jobs.context import JobContext, environment_record, git_commit
-from engine.jobs.train import RecorderProgress, dispatch_folds
+from engine.jobs.context import JobContext
+from engine.jobs.folds import dispatch_folds
 from engine.models.registry import tagger_from_spec
 from engine.models.tagger import Tagger
-from engine.runs.atomic import DamagedFile, load_json
 from engine.runs.folder import RunFolder
 from engine.runs.scores import record_fold_scores, record_oof_scores, score_test
-from engine.specs import InferSpec, TrainSpec, from_dict, spec_from_json, spec_hash, to_dict
+from engine.specs import InferSpec, TrainSpec, from_dict, spec_hash, to_dict
 from engine.store import Store
+from engine.train.runtime import configure_threads, pick_device
 
 #: Run kinds whose run directory holds fold checkpoints (kept under this name for callers).
 TRAINED_KINDS = FOLD_CHECKPOINT_KINDS
@@ -158,15 +159,6 @@ def _readable(folder: RunFolder, path: Path, shape: tuple[int, int], log) -> boo
     return ok
 
 
-def _device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("CUDA was asked for but no GPU is visible; use device = \"auto\" or \"cpu\"",
-                          field="infer.device")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 @dataclass
 class InferFoldTask:
     """One fold's inference as picklable data: its model, which clips, where the test logits go.
@@ -219,7 +211,7 @@ def infer_fold_task(task: InferFoldTask, recorder, *, caches: dict | None = None
 
     def cache(split: str, table):
         if caches.get(split) is None:
-            caches[split] = build_cache(RecorderProgress(recorder), table, sample_rate=sr, cache_dir=cache_dir)
+            caches[split] = build_cache(table, sample_rate=sr, cache_dir=cache_dir, progress=recorder.progress)
         return caches[split]
 
     def predict(tagger: Tagger, clips, indices: np.ndarray, what: str) -> np.ndarray:
@@ -251,22 +243,21 @@ def infer_fold_task(task: InferFoldTask, recorder, *, caches: dict | None = None
 def infer_fold_on_node(task: InferFoldTask, recorder) -> InferFoldOutcome:
     """:func:`infer_fold_task` in a process of its own (a Ray task): the device is chosen where it runs."""
     configure_threads()
-    return infer_fold_task(dataclasses.replace(task, device=str(_device(task.infer["device"]))), recorder)
+    device = pick_device(task.infer["device"], field="infer.device")
+    return infer_fold_task(dataclasses.replace(task, device=str(device)), recorder)
 
 
 def run(ctx: JobContext) -> str:
     """Infer with every fold model of the source run; record scores and write the artifacts."""
-    spec: InferSpec = spec_from_json("infer", ctx.spec)
+    spec: InferSpec = ctx.load_spec()
     store, run_id = ctx.store, ctx.run_id
-    folder = RunFolder(ctx.run_dir).create()
-    run_dir = folder.path
     trained = load_trained_run(store, spec.run_id)
     tspec = trained.spec
-    configure_threads()
-    device = _device(spec.infer.device)
-    ctx.progress(0.0, "loading dataset")
-    data = prepare_dataset(store, tspec.data.root, n_folds=tspec.train.n_folds, fold_seed=tspec.train.fold_seed,
-                           group_column=tspec.data.group_column)
+    opened = ctx.open_run(device=spec.infer.device, device_field="infer.device", data_root=tspec.data.root,
+                          n_folds=tspec.train.n_folds, fold_seed=tspec.train.fold_seed,
+                          group_column=tspec.data.group_column)
+    folder, device, data = opened.folder, opened.device, opened.data
+    run_dir = folder.path
     source_dataset = trained.run.get("dataset_id")
     if source_dataset is not None and source_dataset != data.dataset_id:
         # Datasets are keyed by resolved path: a data root that is a link now pointing elsewhere is
@@ -278,14 +269,9 @@ def run(ctx: JobContext) -> str:
                         "the dataset changed since training, so its folds no longer apply — retrain on the "
                         "current dataset")
     classes, Y = data.classes, data.layout.curated.Y
-    store.create_run(run_id, kind="infer", job_id=ctx.job.id, dataset_id=data.dataset_id,
-                     parent_run_id=spec.run_id, name=spec.name or f"{trained.run['name']} tta",
-                     model=trained.run["model"], config=to_dict(spec), config_hash=spec_hash(spec),
-                     seed=trained.run["seed"], device=str(device), versions=environment_record(),
-                     git_commit=git_commit(), run_dir=str(run_dir))
-    folder.save_config({"kind": "infer", "run_id": run_id, "config_hash": spec_hash(spec),
-                        "spec": to_dict(spec), "source_run_id": spec.run_id,
-                        "source_spec": to_dict(tspec), "short_clips": SHORT_CLIPS})
+    opened.record(name=spec.name or f"{trained.run['name']} tta", model=trained.run["model"], config=to_dict(spec),
+                  config_hash=spec_hash(spec), seed=trained.run["seed"], parent_run_id=spec.run_id,
+                  extra={"source_run_id": spec.run_id, "source_spec": to_dict(tspec), "short_clips": SHORT_CLIPS})
     inf = spec.infer
     sr = tspec.audio.sample_rate
     ctx.log(f"infer {run_id} from {spec.run_id} on {device}: splits {', '.join(spec.splits)}; "
@@ -294,10 +280,10 @@ def run(ctx: JobContext) -> str:
 
     do_oof, do_test = "oof" in spec.splits, "test" in spec.splits
     cache_dir = cache_dir_for(tspec.data.root, tspec.data.cache_dir)
-    curated_cache = (build_cache(ctx, data.layout.curated, sample_rate=sr, cache_dir=cache_dir, start=0.0,
-                                 span=0.03) if do_oof else None)
-    test_cache = (build_cache(ctx, data.layout.test, sample_rate=sr, cache_dir=cache_dir, start=0.03,
-                              span=0.03) if do_test else None)
+    curated_cache = (build_cache(data.layout.curated, sample_rate=sr, cache_dir=cache_dir, progress=ctx.progress,
+                                 start=0.0, span=0.03) if do_oof else None)
+    test_cache = (build_cache(data.layout.test, sample_rate=sr, cache_dir=cache_dir, progress=ctx.progress,
+                              start=0.03, span=0.03) if do_test else None)
     n_test = len(data.layout.test.fnames)
 
     oof_path = folder.oof

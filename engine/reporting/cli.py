@@ -119,7 +119,7 @@ def gather(store, args: argparse.Namespace, db: Path):
 def run(args: argparse.Namespace) -> int:
     """Write the report (and the PNGs); print where. Raises FsatError with one line for what the user can fix."""
     from engine.errors import FsatError
-    from engine.runs.atomic import save_text
+    from engine.atomic import save_text
     from engine.store import Store, default_db_path
 
     _check_args(args)

@@ -188,7 +188,7 @@ class _Truths:
 
 def _oof_of(run: dict, db_path: Path) -> Any:
     """A run's ``oof.npy``; FsatError says why it cannot be read."""
-    from engine.runs.atomic import load_npy
+    from engine.atomic import load_npy
     from engine.runs.folder import RunFolder
 
     folder = RunFolder.of(run, db_path)

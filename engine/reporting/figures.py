@@ -290,7 +290,7 @@ def svg_text(fig: MplFigure, prefix: str) -> str:
 
 def save_png(fig: MplFigure, path: Path, dpi: int = 120) -> Path:
     """The figure as a PNG file (written atomically)."""
-    from engine.runs.atomic import atomic_write
+    from engine.atomic import atomic_write
 
     with matplotlib.rc_context(STYLE):
         return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=dpi, metadata={"Software": None}))

@@ -6,8 +6,8 @@ imports it, and an import-linter contract (``pyproject.toml``) keeps torch,
 librosa, sklearn and soundfile out. Every job, the CLI and the console save,
 score and read runs through here:
 
-- :mod:`engine.runs.atomic`: the one atomic writer and the checked readers;
-- :mod:`engine.runs.folder`: :class:`~engine.runs.folder.RunFolder`, the paths of a run's artifacts;
+- :mod:`engine.runs.folder`: :class:`~engine.runs.folder.RunFolder`, the paths of a run's artifacts
+  (written and read through :mod:`engine.atomic`, the one atomic writer, which sits below this layer);
 - :mod:`engine.runs.scores`: recording fold, out-of-fold and test scores;
 - :mod:`engine.runs.recorder`: the fold seam's reporting interface;
 - :mod:`engine.runs.members`: ensemble members, their checks, CV weights and the console's blend bench;

@@ -6,7 +6,7 @@ spec), ``mel_stats.npz``, ``fold<k>/best.pt`` (the checkpoint used later),
 the one before), ``fold<k>/val_pred.npy``, ``oof.npy`` (curated CSV order),
 ``test.npy`` (``sample_submission.csv`` order), ``test_logits_fold<k>.npy``,
 ``submission.csv`` and ``job.log``. Every write goes through
-:mod:`engine.runs.atomic`. numpy and stdlib only: the console reads run
+:mod:`engine.atomic`. numpy and stdlib only: the console reads run
 folders through this class too.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.runs.atomic import load_json, load_npy, load_npz, save_json, save_npy, save_npz
+from engine.atomic import load_json, load_npy, load_npz, save_json, save_npy, save_npz
 
 __all__ = ["RunFolder"]
 
@@ -133,7 +133,7 @@ class RunFolder:
             return np.full(shape, np.nan, dtype=dtype)
         oof = self.load_array(self.oof)
         if oof.shape != tuple(shape):
-            from engine.runs.atomic import DamagedFile
+            from engine.atomic import DamagedFile
             raise DamagedFile(self.oof, f"shape {oof.shape}, expected {tuple(shape)}",
                               "delete it and queue the job again to recompute it")
         return oof

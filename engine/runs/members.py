@@ -53,7 +53,7 @@ def calibration_folds(fnames: Sequence[str], folds: dict[str, int] | None) -> "n
 
 def read_scores(path: Path) -> "np.ndarray":
     """A member's ``oof.npy`` or ``test.npy``; MemberProblem naming the file when it cannot be read."""
-    from engine.runs.atomic import DamagedFile, load_npy
+    from engine.atomic import DamagedFile, load_npy
 
     try:
         return load_npy(path, remedy="run that member again to rewrite it, or leave it out of the blend")

@@ -1,6 +1,6 @@
 """What a fold reports while it trains: epoch records, progress and log lines, through a small interface.
 
-The per-fold work (``engine.jobs.train.train_fold_task``) never writes the
+The per-fold work (``engine.jobs.folds.train_fold_task``) never writes the
 store itself: it calls a :class:`FoldRecorder`. Locally the train job passes
 :class:`StoreRecorder`, which writes each epoch row through the store and
 maps the fold's progress onto the job's. A fold run in another process or on
@@ -21,6 +21,9 @@ __all__ = ["EpochRecord", "FoldRecorder", "ListRecorder", "StoreRecorder"]
 @dataclass(frozen=True)
 class EpochRecord:
     """One finished epoch of one fold: what the ``epochs`` table holds, plus whether it was the best so far.
+
+    The training loop (``engine.train.loop.train_fold``) makes one per epoch;
+    a recorder stores it, or carries it back from another process.
 
     ``tag`` names the stage the epoch belongs to (a curriculum stage; empty
     for plain training), so the stages of one fold can be told apart.

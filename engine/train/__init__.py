@@ -1,1 +1,1 @@
-"""Losses, optimiser schedules and the per-fold training loop."""
+"""Losses, optimiser schedules, the per-fold training loop, the data side of a spec as objects, torch setup."""

@@ -24,27 +24,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from engine.atomic import atomic_write, load_npy, save_npy
 from engine.features.augment import mixup
 from engine.features.device_augment import batch_generator
 from engine.metrics import lwlrap
 from engine.models.tagger import Tagger
-from engine.runs.atomic import atomic_write, load_npy, save_npy
+from engine.runs.recorder import EpochRecord
 from engine.train.schedule import (EarlyStopping, autocast_context, build_optimizer, clip_gradients,
                                    make_grad_scaler, warmup_cosine)
-
-
-@dataclass
-class EpochResult:
-    """What one epoch of one fold produced."""
-
-    epoch: int
-    train_loss: float
-    val_loss: float
-    val_lwlrap: float
-    lr: float
-    seconds: float
-    clips_per_sec: float
-    is_best: bool
 
 
 @dataclass
@@ -64,7 +51,7 @@ class FoldResult:
 
 
 def save_atomic(obj: object, path: Path) -> None:
-    """``torch.save`` through the run layer's one atomic writer (temp file, fsync, rename)."""
+    """``torch.save`` through the engine's one atomic writer (temp file, fsync, rename)."""
     atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
@@ -168,12 +155,13 @@ def train_fold(tagger: Tagger, *, train_loader: DataLoader, val_loader: DataLoad
                head_lr: float, encoder_lr: float, weight_decay: float, betas: tuple[float, float],
                warmup_epochs: float, warmup_steps: int, min_lr_ratio: float, grad_clip: float,
                amp: bool, cpu_bf16: bool, mixup_p: float, mixup_alpha: float, seed: int,
-               on_epoch: Callable[[EpochResult], None] | None = None,
+               on_epoch: Callable[[EpochRecord], None] | None = None,
                on_step: Callable[[int, int], None] | None = None,
                log: Callable[[str], None] = print,
                early_stopping: EarlyStopping | None = None,
                wave_augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
-               augment_key: tuple[int, int] = (0, 0)) -> FoldResult:
+               augment_key: tuple[int, int] = (0, 0), fold: int = 0, tag: str = "",
+               epoch_offset: int = 0) -> FoldResult:
     """Train one fold to early stopping, resuming from ``fold_dir/last.pt`` when present.
 
     Resuming restores every state that decides what comes next (model,
@@ -193,6 +181,10 @@ def train_fold(tagger: Tagger, *, train_loader: DataLoader, val_loader: DataLoad
     device; its generator comes from ``(*augment_key, epoch, step)``
     (``augment_key`` = (seed, fold)), so a resumed epoch draws what an
     uninterrupted one would without any state to save.
+
+    ``on_epoch`` receives each finished epoch as the record the store keeps:
+    ``fold`` and ``tag`` (a curriculum stage) label it, and its epoch is
+    numbered on from ``epoch_offset`` (the fold's earlier stages).
     """
     fold_dir.mkdir(parents=True, exist_ok=True)
     tagger.to(device)
@@ -264,15 +256,15 @@ def train_fold(tagger: Tagger, *, train_loader: DataLoader, val_loader: DataLoad
                          "mel_mean": tagger.frontend.mel_mean.cpu(), "mel_std": tagger.frontend.mel_std.cpu()},
                         best_path)
             save_npy(fold_dir / "val_pred.npy", val_pred)
-        result = EpochResult(epoch=epoch, train_loss=running / max(seen, 1), val_loss=val_loss,
-                             val_lwlrap=score, lr=optimizer.param_groups[0]["lr"],
+        record = EpochRecord(fold=fold, epoch=epoch_offset + epoch, train_loss=running / max(seen, 1),
+                             val_loss=val_loss, val_lwlrap=score, lr=optimizer.param_groups[0]["lr"],
                              seconds=time.perf_counter() - t0,
                              clips_per_sec=seen / train_seconds if train_seconds > 0 else math.nan,
-                             is_best=is_best)
+                             is_best=is_best, tag=tag)
         # The epoch is recorded before its resume state is saved: a kill in between re-runs the
         # epoch, which (every random state being restored) recomputes and replaces the same row.
         if on_epoch is not None:
-            on_epoch(result)
+            on_epoch(record)
         state = {"model": tagger.model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                  "early_stopping": stopper.state_dict(), "epoch": epoch,

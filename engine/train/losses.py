@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from engine.errors import ConfigError
+# The spec validates the loss name against the same tuple (engine.specs sits below training).
+from engine.specs import LOSS_NAMES
 
 __all__ = [
     "LOSS_NAMES",
@@ -34,8 +36,6 @@ __all__ = [
     "class_weights_from_counts",
     "smooth_positive_labels",
 ]
-
-LOSS_NAMES = ("bce", "gce", "sce", "focal", "lsoft")
 
 #: The losses a curriculum stage falls back to, in order, when the noisy clips pull its
 #: validation LWLRAP below the teacher's: Lsoft first (what the competition's winner used

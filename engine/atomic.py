@@ -8,6 +8,10 @@ survives a power cut). A kill at any moment leaves either the old file or the
 new one, never a torn one. Torch checkpoints use the same writer with a
 ``torch.save`` callback, so this module stays stdlib + numpy.
 
+It sits at the bottom of the engine (it imports only ``engine.errors``): the
+run layer, ``engine.submission``, the training loop, the embedding cache and
+the jobs all write through it, and none of them has to import upward to do so.
+
 The readers raise :class:`DamagedFile` (an ``FsatError``) naming the file and
 saying what to do, instead of a raw numpy or JSON error.
 """

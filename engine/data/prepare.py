@@ -1,46 +1,19 @@
-"""Pieces every torch job shares: device choice, seeding, dataset registration and folds."""
+"""A dataset folder registered in the store, with the folds every run on it uses."""
 
 from __future__ import annotations
 
-import os
-import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from engine.data.cache import WaveformCache
 from engine.data.folds import fold_rule, make_folds, make_group_folds, read_groups
-from engine.data.manifest import ClipTable, DatasetLayout, load_layout
-from engine.jobs.context import JobContext
-from engine.store import Store
+from engine.data.manifest import DatasetLayout, load_layout
+from engine.errors import ConfigError, DataError
 
-
-def pick_device(name: str = "auto", field: str = "train.device") -> torch.device:
-    """``auto`` takes CUDA when present, else the CPU; ``field`` names the setting in errors."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        from engine.errors import ConfigError
-        raise ConfigError("CUDA was asked for but no GPU is visible; use device = \"auto\" or \"cpu\"",
-                          field=field)
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, numpy and torch (CPU and CUDA)."""
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-    if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
-
-
-def configure_threads() -> None:
-    """Use the machine's cores for intra-op work unless the user set OMP_NUM_THREADS."""
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+if TYPE_CHECKING:
+    from engine.store import Store
 
 
 @dataclass
@@ -85,36 +58,18 @@ def prepare_dataset(store: Store, root: str | Path, *, n_folds: int = 5, fold_se
         stored = store.get_folds(dataset_id)
     ds = store.get_dataset(dataset_id)
     if ds and ds.get("fold_rule") and ds["fold_rule"] != fold_rule(group_column):
-        from engine.errors import ConfigError
         raise ConfigError(f"the dataset's stored folds were made by {ds['fold_rule']!r}, not "
                           f"{fold_rule(group_column)!r}; every run on a dataset uses the same folds (register the "
                           "folder as a new dataset to change them)", field="data.group_column")
     if ds and ds["n_folds"] and (ds["n_folds"], ds["fold_seed"]) != (n_folds, fold_seed):
-        from engine.errors import ConfigError
         seed_field = folds_field.rsplit(".", 1)[0] + ".fold_seed" if "." in folds_field else "fold_seed"
         raise ConfigError(f"the dataset's stored folds are {ds['n_folds']}-fold with seed {ds['fold_seed']}, "
                           f"not {n_folds}-fold with seed {fold_seed}; every run on a dataset uses the same folds",
                           field=folds_field if ds["n_folds"] != n_folds else seed_field)
     missing = [f for f in layout.curated.fnames if f not in stored]
     if missing:
-        from engine.errors import DataError
         raise DataError(f"{len(missing)} curated clips (first: {missing[0]}) are not in the stored folds: "
                         "the curated list changed since the folds were made; register it as a new dataset",
                         file=layout.curated.csv_path)
     folds = np.array([stored[f] for f in layout.curated.fnames], dtype=np.int64)
     return PreparedData(layout=layout, dataset_id=dataset_id, folds=folds)
-
-
-def cache_dir_for(root: str | Path, cache_dir: str = "") -> Path:
-    """The waveform cache folder: the spec's, or ``<dataset root>/.fsat-cache``."""
-    return Path(cache_dir) if cache_dir else Path(root) / ".fsat-cache"
-
-
-def build_cache(ctx: JobContext, table: ClipTable, *, sample_rate: int, cache_dir: Path,
-                start: float = 0.0, span: float = 0.05, workers: int | str = "auto") -> WaveformCache:
-    """Decode and resample a split once (or reuse the cache) in ``workers`` threads, reporting progress."""
-    def progress(done: int, total: int) -> None:
-        ctx.progress(start + span * done / max(total, 1), f"decoding {table.split} {done}/{total}")
-
-    return WaveformCache.build(table, sample_rate=sample_rate, cache_dir=cache_dir, progress=progress,
-                               workers=workers)
