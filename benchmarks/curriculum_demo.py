@@ -52,7 +52,8 @@ def toml_inline(items: list[dict]) -> str:
 
 def resolve_stages(overrides: list[str]) -> list[dict]:
     """The stages of ``demo_curriculum`` with the benchmark's overrides."""
-    from engine.specs import resolve_spec, to_dict
+    from engine.specs import to_dict
+    from engine.presets import resolve_spec
 
     spec = resolve_spec("curriculum", preset="demo_curriculum", overrides=["teacher_run_id=x", *overrides])
     return [to_dict(s) for s in spec.stages]

@@ -536,7 +536,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
-    from engine.specs import list_presets
+    from engine.presets import list_presets
 
     rows = [{"name": k, "path": str(v)} for k, v in sorted(list_presets().items())]
     _emit(args, rows, "presets", ["name", "path"])

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from engine import specs
+from engine import presets, specs
 from engine.errors import ConfigError
 from engine.runs.kinds import run_arch
 
@@ -262,11 +262,11 @@ def prepare(store: "Store", kind: str, *, preset: str | None = None, config: Pat
     else:
         root = str(Path(root).expanduser().resolve()) if root else ""
         if root and row.root_setting == "data.root":
-            typed = specs.resolve_spec(kind, preset=preset, config=config, overrides=overrides, data_root=root)
+            typed = presets.resolve_spec(kind, preset=preset, config=config, overrides=overrides, data_root=root)
         else:
             if root:
                 overrides.insert(0, f"{row.root_setting}={json.dumps(root)}")
-            typed = specs.resolve_spec(kind, preset=preset, config=config, overrides=overrides)
+            typed = presets.resolve_spec(kind, preset=preset, config=config, overrides=overrides)
     data = getattr(typed, "data", None)
     if isinstance(data, specs.DataSection):
         _check_data_section(store, data)

@@ -1,9 +1,9 @@
-"""Typed job specifications: dataclasses, validation, TOML presets, ``--set`` overrides.
+"""Typed job specifications: dataclasses, validation, conversion and the config hash.
 
-A spec is plain data. It is loaded from a TOML preset under ``configs/``,
-patched with ``key=value`` overrides (dotted paths such as ``optim.head_lr``),
-validated with messages that name the bad field, and stored as JSON in the
-jobs table so the worker rebuilds exactly what the user asked for.
+A spec is plain data. It is loaded from a TOML preset under ``configs/`` and
+patched with ``key=value`` overrides (``engine.presets``), validated here with
+messages that name the bad field, and stored as JSON in the jobs table so the
+worker rebuilds exactly what the user asked for.
 
 This module imports only the standard library: the console uses it.
 """
@@ -13,16 +13,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import re
-import tomllib
-import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
+from typing import Any, Optional, Union
 
 from engine.errors import ConfigError
+from engine.typed import from_dict
 
 # --- sections --------------------------------------------------------------------
 
@@ -696,102 +692,6 @@ def spec_hash(spec: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def from_dict(cls: type, data: dict, *, path: str = "", source: object | None = None) -> Any:
-    """Build a (nested) spec dataclass from plain data, checking names and types.
-
-    Unknown keys and wrong types raise ConfigError naming the dotted field.
-    Section ``validate`` methods run afterwards.
-    """
-    obj = _build(cls, data, path, source)
-    validate(obj, source=source)
-    return obj
-
-
-def validate(spec: Any, *, source: object | None = None, path: str = "") -> None:
-    """Run every section's range checks; ConfigError names the field."""
-    for f in dataclasses.fields(spec):
-        value = getattr(spec, f.name)
-        sub = f"{path}.{f.name}" if path else f.name
-        if dataclasses.is_dataclass(value):
-            validate(value, source=source, path=sub)
-    if hasattr(spec, "validate"):
-        try:
-            spec.validate(path or spec.__class__.__name__)
-        except ConfigError as err:
-            if source is not None and err.file is None:
-                raise ConfigError(err.reason, field=err.field, file=source) from None
-            raise
-
-
-def _build(cls: type, data: Any, path: str, source: object | None) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"expected a table of settings, got {type(data).__name__}",
-                          field=path or None, file=source)
-    hints = get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in data.items():
-        sub = f"{path}.{key}" if path else key
-        if key == "kind" and not path:
-            kind = getattr(cls, "KIND", None)
-            if value != kind:
-                raise ConfigError(f"this preset is for {value!r} jobs, not {kind!r}", field="kind", file=source)
-            continue
-        if key not in fields:
-            known = ", ".join(sorted(fields))
-            raise ConfigError(f"unknown setting (known here: {known})", field=sub, file=source)
-        kwargs[key] = _coerce(hints[key], value, sub, source)
-    return cls(**kwargs)
-
-
-def _coerce(tp: Any, value: Any, path: str, source: object | None) -> Any:
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, path, source)
-    origin = get_origin(tp)
-    if origin in (Union, types.UnionType):
-        errors = []
-        for option in get_args(tp):
-            try:
-                return _coerce(option, value, path, source)
-            except ConfigError as err:
-                errors.append(str(err))
-        names = " or ".join(_type_name(a) for a in get_args(tp))
-        raise ConfigError(f"expected {names}, got {value!r}", field=path, file=source)
-    if origin is list:
-        (item_type,) = get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"expected a list of {_type_name(item_type)}, got {value!r}", field=path, file=source)
-        return [_coerce(item_type, v, f"{path}[{i}]", source) for i, v in enumerate(value)]
-    if tp is type(None):
-        if value is None:
-            return None
-        raise ConfigError(f"expected none, got {value!r}", field=path, file=source)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"expected true or false, got {value!r}", field=path, file=source)
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"expected a whole number, got {value!r}", field=path, file=source)
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"expected a number, got {value!r}", field=path, file=source)
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"expected a string, got {value!r}", field=path, file=source)
-    return value
-
-
-def _type_name(tp: Any) -> str:
-    return {int: "a whole number", float: "a number", str: "a string", bool: "true/false", type(None): "none"}.get(
-        tp, getattr(tp, "__name__", str(tp)))
-
-
 def _positive(v: float, path: str) -> None:
     if not v > 0:
         raise ConfigError(f"must be positive, got {v}", field=path)
@@ -815,161 +715,6 @@ def _auto(v: str, path: str, alternative: str) -> None:
 def _choice(v: str, options: tuple[str, ...], path: str) -> None:
     if v not in options:
         raise ConfigError(f"{v!r} is not one of {', '.join(options)}", field=path)
-
-
-# --- presets and overrides ------------------------------------------------------------
-
-
-def configs_dirs() -> list[Path]:
-    """Where presets are looked up: $FSAT_CONFIGS, ./configs, then the project's configs/."""
-    dirs = []
-    if os.environ.get("FSAT_CONFIGS"):
-        dirs.append(Path(os.environ["FSAT_CONFIGS"]))
-    dirs.append(Path.cwd() / "configs")
-    dirs.append(Path(__file__).resolve().parent.parent / "configs")
-    seen, out = set(), []
-    for d in dirs:
-        key = d.resolve() if d.exists() else d
-        if key not in seen:
-            seen.add(key)
-            out.append(d)
-    return out
-
-
-def list_presets(kind: str | None = None) -> dict[str, Path]:
-    """Preset name -> file, first directory wins; only presets of ``kind`` when given."""
-    found: dict[str, Path] = {}
-    for d in configs_dirs():
-        if d.is_dir():
-            for p in sorted(d.glob("*.toml")):
-                found.setdefault(p.stem, p)
-    if kind is not None:
-        found = {name: p for name, p in found.items() if preset_kind(p) == kind}
-    return found
-
-
-def preset_kind(path: Path | str) -> str:
-    """The job kind a preset file is for: its ``kind`` key, following ``extends``; default ``train``."""
-    try:
-        return str(load_preset_file(path).get("kind", "train"))
-    except ConfigError:
-        return "train"
-
-
-def read_toml(path: Path | str) -> dict:
-    """Read a TOML file; a syntax error names the file and line."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError("no such config file", file=path) from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"not valid TOML: {err}", file=path) from None
-
-
-def _deep_merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def load_preset_file(path: Path | str, _seen: tuple[str, ...] = ()) -> dict:
-    """Read a preset; ``extends = "NAME"`` first loads preset NAME and lays this file over it."""
-    path = Path(path)
-    data = read_toml(path)
-    parent = data.pop("extends", None)
-    if parent is None:
-        return data
-    if not isinstance(parent, str):
-        raise ConfigError(f"expected a preset name, got {parent!r}", field="extends", file=path)
-    if parent in _seen:
-        raise ConfigError(f"presets extend each other in a loop: {' -> '.join(_seen + (parent,))}",
-                          field="extends", file=path)
-    return _deep_merge(load_preset_file(preset_path(parent), _seen + (parent,)), data)
-
-
-def preset_path(name: str) -> Path:
-    """The file of a named preset; ConfigError lists the known names."""
-    presets = list_presets()
-    if name not in presets:
-        known = ", ".join(sorted(presets)) or "none found"
-        raise ConfigError(f"unknown preset {name!r} (known: {known})", field="preset")
-    return presets[name]
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """Parse ``a.b=value``; the value is read as TOML (numbers, booleans, lists) or else a string."""
-    if "=" not in text:
-        raise ConfigError(f"expected key=value, got {text!r}", field="--set")
-    key, raw = text.split("=", 1)
-    key = key.strip()
-    if not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"bad key in {text!r}", field="--set")
-    raw = raw.strip()
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw
-    return key.split("."), value
-
-
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Return a copy of ``data`` with ``key=value`` overrides applied at their dotted paths."""
-    out = json.loads(json.dumps(data))
-    for text in overrides:
-        parts, value = parse_override(text)
-        node = out
-        for part in parts[:-1]:
-            nxt = node.setdefault(part, {})
-            if not isinstance(nxt, dict):
-                raise ConfigError(f"{part!r} is a value, not a section", field=".".join(parts))
-            node = nxt
-        node[parts[-1]] = value
-    return out
-
-
-def resolve_spec(kind: str, *, preset: str | None = None, config: Path | str | None = None,
-                 overrides: list[str] | None = None, data_root: str | None = None) -> Any:
-    """Build a validated spec of ``kind`` from a preset or config file plus overrides."""
-    cls = spec_class(kind)
-    source: Path | None = None
-    data: dict = {}
-    if preset and config:
-        raise ConfigError("give either a preset or a config file, not both", field="preset")
-    if preset:
-        source = preset_path(preset)
-    elif config:
-        source = Path(config)
-    if source is not None:
-        data = load_preset_file(source)
-    if data_root:
-        data = apply_overrides(data, [f"data.root={json.dumps(str(Path(data_root).resolve()))}"])
-    data = apply_overrides(data, overrides or [])
-    try:
-        return from_dict(cls, data, source=source)
-    except ConfigError as err:
-        blamed = override_for(err.field, overrides or [])
-        if blamed is None:
-            raise
-        # The value came from the command line, not from the preset file.
-        raise ConfigError(err.reason, field=err.field, file=f"--set {blamed}") from None
-
-
-def override_for(field: str | None, overrides: list[str]) -> str | None:
-    """The last ``key=value`` override that set ``field`` (or a section holding it), else None."""
-    if not field:
-        return None
-    field = re.sub(r"\[\d+\]", "", field)
-    for text in reversed(overrides):
-        key = text.split("=", 1)[0].strip()
-        if field == key or field.startswith(key + ".") or key.startswith(field + "."):
-            return text
-    return None
 
 
 def spec_from_json(kind: str, data: dict) -> Any:

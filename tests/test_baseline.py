@@ -363,7 +363,7 @@ def test_a_zero_shot_encoder_run_is_fed_unstandardised_log_mel(tmp_path: Path, m
     """features.standardise = false (the zero-shot preset): the baseline embeds what the encoder was scored on."""
     from engine.features.frontend import LogMelFrontend
     from engine.runs.kinds import model_label
-    from engine.specs import resolve_spec
+    from engine.presets import resolve_spec
 
     monkeypatch.delenv("FSAT_PANNS_DIR", raising=False)
     store = Store(tmp_path / "experiments.db")

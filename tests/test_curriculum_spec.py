@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from engine.errors import ConfigError
-from engine.specs import CurriculumSpec, from_dict, list_presets, resolve_spec, spec_from_json, to_dict
+from engine.specs import CurriculumSpec, from_dict, spec_from_json, to_dict
+from engine.presets import list_presets, resolve_spec
 
 TEACHER = ["teacher_run_id=train-0001"]
 

@@ -11,7 +11,7 @@ import torch
 from engine.data.cache import WaveformCache, decode_workers, host_cores
 from engine.data.dataset import CropDataset, MultiScaleBatchSampler, loader_settings
 from engine.errors import ConfigError
-from engine.specs import resolve_spec
+from engine.presets import resolve_spec
 from tests.helpers.datasets import ArrayCache, write_layout
 
 

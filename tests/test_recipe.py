@@ -11,7 +11,7 @@ import torch
 from engine.errors import CheckpointError
 from engine.models.checkpoint import save_panns_style
 from engine.models.panns import Cnn14
-from engine.specs import resolve_spec
+from engine.presets import resolve_spec
 from engine.store import Store
 from tests.helpers.processes import PROJECT, run_cli
 

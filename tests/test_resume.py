@@ -124,7 +124,8 @@ from engine.features.frontend import compute_mel_stats
 from engine.data.cache import WaveformCache
 from engine.runs.folder import RunFolder
 from engine.runs.recorder import StoreRecorder
-from engine.specs import resolve_spec, to_dict
+from engine.specs import to_dict
+from engine.presets import resolve_spec
 from engine.store import Store
 
 db, root, run_id, marker = sys.argv[1:5]

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from engine.errors import ConfigError
-from engine.specs import (TrainSpec, apply_overrides, list_presets, parse_override, preset_kind, resolve_spec,
-                          spec_from_json, spec_hash, to_dict)
+from engine.specs import TrainSpec, spec_from_json, spec_hash, to_dict
+from engine.presets import apply_overrides, list_presets, parse_override, preset_kind, resolve_spec
 
 
 def test_every_shipped_preset_resolves():

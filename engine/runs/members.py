@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from engine import specs
+from engine import presets
 from engine.errors import DataError, FsatError
 
 if TYPE_CHECKING:
@@ -447,7 +447,7 @@ def ensemble_spec(state: BlendState, name: str = "") -> Any:
                  "greedy=false"]
     if name:
         overrides.append(f"name={_toml(name)}")
-    return specs.resolve_spec("ensemble", overrides=overrides)
+    return presets.resolve_spec("ensemble", overrides=overrides)
 
 
 def _toml(value: object) -> str:

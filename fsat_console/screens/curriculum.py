@@ -27,7 +27,7 @@ from textual.screen import Screen
 from textual.widgets import Header, Input, Label, Static
 from textual_plotext import PlotextPlot
 
-from engine import specs
+from engine import presets, specs
 from engine.curriculum import audit_report
 from engine.errors import ConfigError, FsatError
 from fsat_console.access import console
@@ -73,7 +73,7 @@ class CurriculumDialog(SpecDialog):
         self.defaults = specs.CurriculumSpec(teacher_run_id=self.run_id)
         self.preset_problem = ""
         try:
-            self.defaults = specs.resolve_spec("curriculum", preset=self.initial_preset,
+            self.defaults = presets.resolve_spec("curriculum", preset=self.initial_preset,
                                                overrides=[f"teacher_run_id={toml_value(self.run_id)}"])
         except ConfigError as err:
             self.preset_problem = str(err)
@@ -84,11 +84,11 @@ class CurriculumDialog(SpecDialog):
         with Vertical(id="curriculum-dialog", classes="dialog"):
             yield Static(f"Curriculum with teacher {self.run_id}", classes="dialog-title")
             yield Static(run_line(self.run), classes="dialog-subtitle")
-            presets = specs.list_presets("curriculum")
-            about = preset_about(presets[self.initial_preset]) if self.initial_preset in presets else ""
+            known = presets.list_presets("curriculum")
+            about = preset_about(known[self.initial_preset]) if self.initial_preset in known else ""
             yield Static(Text(about, style="italic"), id="preset-about")
             yield Static(Text(self.preset_problem), id="preset-error", classes="field-error")
-            yield Label(f"Preset ({', '.join(sorted(presets)) or 'none found'})", classes="field-label")
+            yield Label(f"Preset ({', '.join(sorted(known)) or 'none found'})", classes="field-label")
             yield Input(self.initial_preset, id="preset")
             yield Static("", id="preset-error-field", classes="field-error")
             with Horizontal(classes="field-row"):
@@ -137,9 +137,9 @@ class CurriculumDialog(SpecDialog):
     def request(self) -> dict:
         """The preset, this teacher, the thresholds and the stages."""
         preset = self._value("preset") or None
-        if preset and preset not in specs.list_presets("curriculum"):
+        if preset and preset not in presets.list_presets("curriculum"):
             raise ConfigError(f"no curriculum preset {preset!r} (known: "
-                              f"{', '.join(sorted(specs.list_presets('curriculum')))})", field="preset")
+                              f"{', '.join(sorted(presets.list_presets('curriculum')))})", field="preset")
         overrides = [f"teacher_run_id={toml_value(self.run_id)}"]
         for field, key in (("keep", "filter.keep_threshold"), ("pseudo", "filter.pseudo_threshold"),
                            ("stages", "stages")):

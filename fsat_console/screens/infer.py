@@ -20,7 +20,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Checkbox, Input, Label, Static
 
-from engine import intake, specs
+from engine import intake, presets, specs
 from engine.errors import ConfigError
 from fsat_console.screens.dialogs import SpecDialog, preset_about, run_line, split_overrides, toml_value
 
@@ -48,16 +48,16 @@ class InferScreen(SpecDialog):
         super().__init__()
         self.run = run
         self.run_id = str(run["run_id"])
-        self.preset = TTA_PRESET if TTA_PRESET in specs.list_presets() else None
+        self.preset = TTA_PRESET if TTA_PRESET in presets.list_presets() else None
         self.defaults = specs.InferSpec(run_id=self.run_id)
         self.preset_problem = ""
         try:
-            self.defaults = specs.resolve_spec("infer", preset=self.preset,
+            self.defaults = presets.resolve_spec("infer", preset=self.preset,
                                                overrides=[f"run_id={toml_value(self.run_id)}"])
         except ConfigError as err:
             self.preset_problem = str(err)
         if self.preset is None:
-            where = ", ".join(str(d) for d in specs.configs_dirs())
+            where = ", ".join(str(d) for d in presets.configs_dirs())
             self.preset_problem = (f"no preset named {TTA_PRESET!r} (looked in {where}); "
                                    "the built-in TTA defaults are used")
 
@@ -67,7 +67,7 @@ class InferScreen(SpecDialog):
         with Vertical(id="infer-dialog", classes="dialog"):
             yield Static(f"Infer run {self.run_id} with test-time augmentation", classes="dialog-title")
             yield Static(run_line(self.run), classes="dialog-subtitle")
-            about = preset_about(specs.list_presets()[self.preset]) if self.preset else ""
+            about = preset_about(presets.list_presets()[self.preset]) if self.preset else ""
             yield Static(Text(about, style="italic"), id="preset-about")
             yield Static(Text(self.preset_problem), id="preset-error", classes="field-error")
             with Horizontal(classes="field-row"):
@@ -178,17 +178,17 @@ class BaselineScreen(SpecDialog):
         self.root_problem = root_problem
         #: The missing-checkpoint warning was shown once; enter again queues anyway.
         self.checkpoint_warned = False
-        self.preset = BASELINE_PRESET if BASELINE_PRESET in specs.list_presets() else None
+        self.preset = BASELINE_PRESET if BASELINE_PRESET in presets.list_presets() else None
         self.defaults = specs.BaselineSpec()
         self.preset_problem = ""
         try:
             # The root only has to be non-empty here: this reads the preset's defaults.
-            self.defaults = specs.resolve_spec("baseline", preset=self.preset,
+            self.defaults = presets.resolve_spec("baseline", preset=self.preset,
                                                overrides=[f"data.root={toml_value(data_root or '-')}"])
         except ConfigError as err:
             self.preset_problem = str(err)
         if self.preset is None:
-            where = ", ".join(str(d) for d in specs.configs_dirs())
+            where = ", ".join(str(d) for d in presets.configs_dirs())
             self.preset_problem = (f"no preset named {BASELINE_PRESET!r} (looked in {where}); "
                                    "the built-in baseline defaults are used")
 
@@ -197,7 +197,7 @@ class BaselineScreen(SpecDialog):
         title = "Queue a baseline" + (f" on {self.dataset_name}" if self.dataset_name else "")
         with Vertical(id="baseline-dialog", classes="dialog"):
             yield Static(title, classes="dialog-title")
-            about = preset_about(specs.list_presets()[self.preset]) if self.preset else ""
+            about = preset_about(presets.list_presets()[self.preset]) if self.preset else ""
             yield Static(Text(about, style="italic"), id="preset-about")
             yield Static(Text(self.preset_problem), id="preset-error", classes="field-error")
             yield Label("Data root", classes="field-label")

@@ -17,7 +17,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
-from engine import specs
+from engine import presets, specs
 from engine.errors import FsatError
 from fsat_console.screens.dialogs import SpecDialog, preset_about, split_overrides
 
@@ -28,9 +28,9 @@ def train_presets() -> dict[str, Path]:
     A preset that cannot be read stays in the list, so choosing it shows why.
     """
     out: dict[str, Path] = {}
-    for name, path in specs.list_presets().items():
+    for name, path in presets.list_presets().items():
         try:
-            kind = specs.read_toml(path).get("kind", "train")
+            kind = presets.read_toml(path).get("kind", "train")
         except FsatError:
             kind = "train"
         if kind == "train":
@@ -109,7 +109,7 @@ class QueueScreen(SpecDialog):
         option_list = self.query_one("#preset", OptionList)
         names = list(self.presets)
         if not names:
-            where = ", ".join(str(d) for d in specs.configs_dirs())
+            where = ", ".join(str(d) for d in presets.configs_dirs())
             self.set_error("preset", f"no presets found (looked in {where}); add a TOML file there")
         else:
             wanted = self.initial_preset if self.initial_preset in names else (
@@ -157,7 +157,7 @@ class QueueScreen(SpecDialog):
     def _update_summary(self) -> None:
         summary = self.query_one("#spec-summary", Static)
         try:
-            text = spec_summary(specs.resolve_spec(self.KIND, **self.request()))
+            text = spec_summary(presets.resolve_spec(self.KIND, **self.request()))
         except (FsatError, ValueError):
             summary.update(Text("spec: fix the fields above and press enter to see what is wrong", style="dim"))
             return

@@ -30,7 +30,8 @@ def record_run(store, runs_root: Path, run_id: str, *, kind: str = "train", data
     from engine.runs.folder import RunFolder
     from engine.runs.kinds import model_label
     from engine.runs.scores import covered_rows, record_fold_scores, record_oof_scores
-    from engine.specs import resolve_spec, spec_hash, to_dict
+    from engine.specs import spec_hash, to_dict
+    from engine.presets import resolve_spec
 
     folder = RunFolder(runs_root / run_id).create()
     dataset = store.get_dataset(dataset_id) if dataset_id is not None else None
