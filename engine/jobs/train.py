@@ -65,6 +65,7 @@ from engine.specs import LOADER_FIELDS, TrainSpec, from_dict, spec_from_json, sp
 from engine.train.losses import build_loss, class_weights_from_counts
 from engine.train.loop import FoldResult, find_batch_size, predict, save_atomic, train_fold
 from engine.train.schedule import EarlyStopping
+from engine.train.system import system_fields
 
 def resolve_batch_size(spec: TrainSpec, frontend: LogMelFrontend, n_classes: int, device: torch.device, *,
                        recorded: dict | None = None, log=print) -> int:
@@ -416,7 +417,8 @@ def train_fold_task(task: FoldTask, recorder: FoldRecorder, *, inputs: FoldInput
     def on_epoch(r) -> None:
         recorder.epoch(EpochRecord(fold=fold, epoch=task.epoch_offset + r.epoch, train_loss=r.train_loss,
                                    val_loss=r.val_loss, val_lwlrap=r.val_lwlrap, lr=r.lr, seconds=r.seconds,
-                                   clips_per_sec=r.clips_per_sec, is_best=r.is_best, tag=task.tag))
+                                   clips_per_sec=r.clips_per_sec, is_best=r.is_best, tag=task.tag,
+                                   **system_fields(r.system)))
 
     o, a = spec.optim, spec.augment
     if spec.train.epochs == 0:
