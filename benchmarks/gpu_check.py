@@ -236,6 +236,7 @@ def memory_by_batch(spec: TrainSpec, device: torch.device, sizes: list[int]) -> 
     for size in sizes:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+        wave = None
         try:
             wave = torch.randn(size, crop, device=device) * 0.1
             with autocast_context(device, amp=o.amp, cpu_bf16=o.cpu_bf16):
