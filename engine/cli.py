@@ -1,6 +1,6 @@
 """``fsat``: the headless command line for everything the console does.
 
-    fsat demo-data DIR [--seed N] [--clips-per-class N] [--clips-per-source N]
+    fsat demo-data DIR [--seed N] [--clips-per-class N] [--clips-per-source N] [--size full|FRACTION]
     fsat [--db PATH] register DIR [--n-folds 5] [--fold-seed 42] [--group-column COLUMN]
     fsat [--db PATH] queue train|baseline --data DIR [--preset NAME | --config FILE] [--set key=value ...]
                                           [--name NAME] [--priority N]
@@ -166,6 +166,15 @@ def _read(args: argparse.Namespace) -> Store:
 # -- commands --------------------------------------------------------------------------
 
 
+def _size_arg(text: str) -> float:
+    from engine.data.demo import parse_size
+
+    try:
+        return parse_size(text)
+    except FsatError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def cmd_demo_data(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
@@ -176,6 +185,8 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
         kwargs["clips_per_class"] = args.clips_per_class
     if args.clips_per_source != 1:
         kwargs["clips_per_source"] = args.clips_per_source
+    if args.size is not None:
+        kwargs["size"] = args.size
     with Progress(console=err_console, transient=True) as progress:
         task = progress.add_task("writing demo clips", total=None)
         summary = write_demo_dataset(args.dir, progress=lambda d, t: progress.update(task, completed=d, total=t),
@@ -626,6 +637,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clips-per-source", type=int, default=1,
                    help="cut curated clips of a class in runs of N from one recording and write its id in a "
                         "freesound_id column (shared-source groups for data.group_column)")
+    p.add_argument("--size", type=_size_arg, default=None, metavar="full|FRACTION",
+                   help="FSDKaggle2019's dimensions instead of the small demo: 'full' (4,970 curated, 19,815 noisy, "
+                        "3,361 test clips, about 97 h and 31 GB of audio) or a fraction such as 0.25")
 
     p = add("register", cmd_register, "register a dataset root and compute its folds")
     p.add_argument("dir", type=Path)

@@ -92,6 +92,8 @@ class Overview:
     job_view: TableView = DEFAULT_JOB_VIEW
     #: Changes whenever any run is added, finishes or is rescored (the ensemble screen's cue).
     run_stamp: tuple = ()
+    #: Per run of a running job: its latest epoch's system figures (device, peak_gpu_mib, gpu_util, peak_rss_mib).
+    system: dict[str, dict] = field(default_factory=dict)
 
     def job(self, job_id: int | None) -> dict | None:
         """The job row with this id, if it is running or on the shown page."""
@@ -293,17 +295,18 @@ class Poller:
         job_matches = len(jobs) + job_view.offset if len(jobs) < job_view.limit else store.count_jobs_where(
             where=job_filter.sql, params=job_filter.params)
         stamp = store.run_stamp()
+        system = store.latest_epoch_system([j["run_id"] for j in running if j.get("run_id")])
         ended = self._ended_jobs(store)
         # Heartbeats alone must not repaint: compare without them.
         key = (repr(_strip(jobs, "heartbeat_at")), repr(runs), repr(_strip(workers, "heartbeat_at")),
                repr(_strip(running, "heartbeat_at")), run_matches, job_matches, repr(run_totals),
-               repr(job_counts), run_view, job_view, stamp)
+               repr(job_counts), run_view, job_view, stamp, repr(system))
         if key == self._overview_key and not force and not ended:
             return None
         self._overview_key = key
         return Overview(jobs=jobs, runs=runs, workers=workers, run_matches=run_matches, job_matches=job_matches,
                         run_totals=run_totals, job_counts=job_counts, running=running, ended=ended,
-                        run_view=run_view, job_view=job_view, run_stamp=stamp)
+                        run_view=run_view, job_view=job_view, run_stamp=stamp, system=system)
 
     def _ended_jobs(self, store: Store) -> list[dict]:
         """Jobs that finished or failed since the last look (none on the first look: old news)."""

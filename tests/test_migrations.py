@@ -183,3 +183,28 @@ def test_a_read_only_schema_1_database_is_named_with_what_to_do(v1_db: Path):
     assert "schema version 1 is older" in out.stderr and "cannot be upgraded" in out.stderr
     assert "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_step_8_adds_system_figures_to_epochs_of_a_schema_7_database(tmp_path: Path):
+    # A database as schema 7 wrote it: an epoch recorded with the columns of that version.
+    path = tmp_path / "experiments.db"
+    old = Store(path, schema_version=7)
+    old.create_run("train-0001", kind="train", name="old", model="small")
+    with old.write() as c:
+        c.execute("INSERT INTO epochs(run_id, fold, epoch, train_loss, val_loss, val_lwlrap, lr, seconds, "
+                  "clips_per_sec, stage) VALUES ('train-0001', 0, 0, 1.0, 1.0, 0.5, 0.001, 3.0, 12.0, NULL)")
+    assert "device" not in {r["name"] for r in old._query("PRAGMA table_info(epochs)")}
+    old.close()
+    store = Store(path)
+    assert store.schema_version() == SCHEMA_VERSION >= 8
+    (before,) = store.epochs("train-0001")
+    assert (before["val_lwlrap"], before["clips_per_sec"]) == (0.5, 12.0)
+    assert (before["device"], before["peak_gpu_mib"], before["gpu_util"], before["peak_rss_mib"]) == \
+        (None, None, None, None)
+    # An old run has no figures to show; a new epoch records them.
+    assert store.latest_epoch_system(["train-0001"]) == {}
+    store.record_epoch("train-0001", 0, 1, train_loss=0.9, val_loss=0.9, val_lwlrap=0.6, lr=1e-3, seconds=3.0,
+                       device="NVIDIA A100-SXM4-40GB", peak_gpu_mib=9000.5, gpu_util=91.0, peak_rss_mib=3100.0)
+    assert store.latest_epoch_system(["train-0001"]) == {"train-0001": {
+        "device": "NVIDIA A100-SXM4-40GB", "peak_gpu_mib": 9000.5, "gpu_util": 91.0, "peak_rss_mib": 3100.0}}
+    store.close()

@@ -17,6 +17,7 @@ not depend on one another): the same seed writes byte-identical files.
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 import textwrap
 import time
@@ -426,6 +427,134 @@ def plan_demo_dataset(*, seed: int = 0, clips_per_class: int = DEFAULT_CLIPS_PER
     return plan
 
 
+# --------------------------------------------------------------------------- full size
+
+# FSDKaggle2019's published dimensions (Fonseca et al., "Audio tagging with noisy labels and minimal
+# supervision", DCASE 2019 Task 2, arXiv:1906.02975, section 3; the test count is the Kaggle test set):
+#: Clips per split of the real dataset.
+FULL_SIZE_CLIPS = {"train_curated": 4970, "train_noisy": 19815, "test": 3361}
+# Curated: 5,752 labels on 4,970 clips (1.16 per clip), 10.5 h, clips of 0.3-30 s, most short (mean 7.6 s).
+# Noisy: about 24,000 labels on 19,815 clips (1.21 per clip), 80 h, clips of 1-15 s, most 15 s (mean 14.5 s).
+#: Mean labels per clip of each split (the test set taken as the curated one, its labelling).
+FULL_SIZE_LABELS_PER_CLIP = {"train_curated": 5752 / 4970, "train_noisy": 24000 / 19815,
+                             "test": 5752 / 4970}
+#: Share of noisy clips whose listed labels are wrong or incomplete (the task paper's rough estimate).
+FULL_SIZE_NOISY_ERROR_RATE = 0.6
+# Curated and test lengths: log-normal (median 4.9 s, sigma 1.0) clipped to [0.3, 30] s: mean 7.6 s.
+_CURATED_SECONDS = (4.9, 1.0, 0.3, 30.0)
+# Noisy lengths: 94 % exactly 15 s (the cap the YFCC clips were cut to), the rest log-uniform in [1, 15) s.
+_NOISY_FULL_SHARE = 0.94
+_NOISY_SECONDS = (1.0, 15.0)
+
+
+def parse_size(text: str) -> float:
+    """``full`` -> 1.0, else a fraction in (0, 1] of FSDKaggle2019's size; a ConfigError otherwise."""
+    if text.strip().lower() == "full":
+        return 1.0
+    try:
+        size = float(text)
+    except ValueError:
+        raise ConfigError(f"expected 'full' or a fraction in (0, 1], got {text!r}", field="size") from None
+    if not 0.0 < size <= 1.0:
+        raise ConfigError(f"expected 'full' or a fraction in (0, 1], got {text!r}", field="size")
+    return size
+
+
+def _extra_label_prob(mean_listed: float, drop_rate: float = 0.0) -> float:
+    """q giving ``mean_listed`` labels per clip as listed, a clip holding a second label with probability q
+    and a third with q**2 (1 + q + q**2 true labels), of which a share ``drop_rate`` of the multi-label
+    clips (probability q) list one fewer: solves q**2 + (1 - drop_rate) q = mean_listed - 1."""
+    b = 1.0 - drop_rate
+    return float((np.sqrt(b * b + 4.0 * (mean_listed - 1.0)) - b) / 2.0)
+
+
+def _multi_labels(primaries: np.ndarray, q: float, rng: np.random.Generator, n_classes: int
+                  ) -> list[tuple[int, ...]]:
+    """Each clip's primary class plus a second label with probability q and a third with q**2 (vectorised)."""
+    n = len(primaries)
+    extra = (rng.random(n) < q).astype(int)
+    extra += (extra == 1) & (rng.random(n) < q)
+    # Distinct others: offsets 1..n_classes-1 from the primary, the second offset differing from the first.
+    first = rng.integers(1, n_classes, n)
+    second = rng.integers(1, n_classes - 1, n)
+    second += second >= first
+    others = np.stack([(primaries + first) % n_classes, (primaries + second) % n_classes], axis=1)
+    return [(int(p),) + tuple(int(o) for o in others[i, :k]) for i, (p, k) in enumerate(zip(primaries, extra))]
+
+
+def _corrupt_many(label_sets: Sequence[tuple[int, ...]], rng: np.random.Generator, n_classes: int
+                  ) -> list[tuple[int, ...]]:
+    """``_corrupt`` for many clips at once: a multi-label clip loses one label half the time, else one
+    of its labels is swapped for a class it does not hold (random draws made as arrays)."""
+    n = len(label_sets)
+    drop = rng.random(n) < 0.5
+    pick = rng.random(n)
+    offsets = rng.integers(1, n_classes, (n, 4))
+    out = []
+    for i, labels in enumerate(label_sets):
+        k = int(pick[i] * len(labels))
+        if len(labels) > 1 and drop[i]:
+            out.append(labels[:k] + labels[k + 1:])
+            continue
+        # The first offset from the swapped label that lands outside the set (4 tries cover 3 labels).
+        new = next((labels[k] + int(o)) % n_classes for o in offsets[i]
+                   if (labels[k] + int(o)) % n_classes not in labels)
+        out.append(labels[:k] + (new,) + labels[k + 1:])
+    return out
+
+
+def _full_size_seconds(split: str, n: int, rng: np.random.Generator) -> np.ndarray:
+    if split == "train_noisy":
+        low, high = _NOISY_SECONDS
+        short = np.exp(rng.uniform(np.log(low), np.log(high), n))
+        seconds = np.where(rng.random(n) < _NOISY_FULL_SHARE, high, short)
+    else:
+        median, sigma, low, high = _CURATED_SECONDS
+        seconds = np.clip(median * rng.lognormal(0.0, sigma, n), low, high)
+    return np.round(seconds, 3)
+
+
+def plan_full_size_dataset(size: float = 1.0, *, seed: int = 0,
+                           noisy_error_rate: float = FULL_SIZE_NOISY_ERROR_RATE) -> list[DemoClip]:
+    """The clips of a synthetic dataset with FSDKaggle2019's dimensions scaled by ``size`` (1.0: full).
+
+    Counts are ``round(size * FULL_SIZE_CLIPS[split])`` (at least one per split);
+    primary classes are dealt evenly over the 80 classes; labels per clip,
+    lengths and the noisy label error rate follow the published figures above.
+    The plan is drawn with vectorised numpy from ``seed``; clips render as the
+    default demo's do (same sounds, same per-clip generators).
+    """
+    if not 0.0 < size <= 1.0:
+        raise ConfigError(f"must be in (0, 1], got {size}", field="size")
+    if not 0.0 <= noisy_error_rate <= 1.0:
+        raise ConfigError(f"must be in [0, 1], got {noisy_error_rate}", field="noisy_error_rate")
+    n_classes = len(FSD2019_CLASSES)
+    rng = np.random.default_rng((seed, 21))
+    counts = {split: max(1, int(round(size * full))) for split, full in FULL_SIZE_CLIPS.items()}
+    total = sum(counts.values())
+    ids = np.unique(rng.integers(0, 2 ** 32, 2 * total + 64, dtype=np.uint64))
+    ids = rng.permutation(ids)[:total]
+    plan: list[DemoClip] = []
+    cursor = 0
+    for split, n in counts.items():
+        primaries = rng.permutation(np.resize(rng.permutation(n_classes), n))
+        # A corrupted multi-label noisy clip loses a label half the time: the published mean is of listed labels.
+        drop_rate = 0.5 * noisy_error_rate if split == "train_noisy" else 0.0
+        q = _extra_label_prob(FULL_SIZE_LABELS_PER_CLIP[split], drop_rate)
+        labels = _multi_labels(primaries, q, rng, n_classes)
+        listed = list(labels)
+        if split == "train_noisy":
+            wrong = np.sort(rng.permutation(n)[:int(round(noisy_error_rate * n))])
+            for i, corrupted in zip(wrong, _corrupt_many([labels[i] for i in wrong], rng, n_classes)):
+                listed[i] = corrupted
+        seconds = _full_size_seconds(split, n, rng)
+        clips = [DemoClip(split=split, fname=f"{int(ids[cursor + i]):08x}.wav", index=i, labels=labels[i],
+                          listed=listed[i], seconds=float(seconds[i])) for i in range(n)]
+        cursor += n
+        plan.extend(sorted(clips, key=lambda clip: clip.fname))
+    return plan
+
+
 def _shared_sources(labels: list[tuple[int, ...]], lengths: list[float], clips_per_source: int, n_classes: int
                     ) -> tuple[list[tuple[int, float, float]], list[tuple[int, ...]]]:
     """Group clips of each primary class in runs of ``clips_per_source``, one recording per run.
@@ -490,7 +619,7 @@ def _readme(summary: dict) -> str:
         "  test_ground_truth.csv                true labels of the test clips (fname,labels)",
         "  train_noisy_truth.csv                true labels of the noisy clips (fname,labels)",
         "",
-        f"Audio: mono 16-bit PCM WAV at 44.1 kHz, {_MIN_SECONDS:g} to "
+        f"Audio: mono 16-bit PCM WAV at 44.1 kHz, {summary['min_seconds']:g} to "
         f"{summary['max_seconds']:g} s per clip (mostly short), "
         f"{summary['audio_seconds'] / 60:.1f} minutes in all.",
         f"Labels: {summary['curated_labels_per_clip']:.2f} per curated clip on average "
@@ -516,10 +645,11 @@ def _layout_entries(root: Path) -> list[Path]:
 def write_demo_dataset(root: Path | str, *, seed: int = 0,
                        clips_per_class: int = DEFAULT_CLIPS_PER_CLASS,
                        noisy_per_class: int | None = None, test_per_class: int | None = None,
-                       noisy_error_rate: float = 0.3,
+                       noisy_error_rate: float | None = None,
                        progress: Callable[[int, int], None] | None = None,
                        max_seconds: float = _MAX_SECONDS, overwrite: bool = False,
-                       workers: int = 2, clips_per_source: int = 1) -> dict:
+                       workers: int | None = None, clips_per_source: int = 1,
+                       size: float | None = None) -> dict:
     """Write a synthetic demo dataset in the FSDKaggle2019 layout into ``root``; return a summary.
 
     Writes ``train_curated.csv``, ``train_curated/``, ``train_noisy.csv``,
@@ -533,15 +663,25 @@ def write_demo_dataset(root: Path | str, *, seed: int = 0,
     adds a ``freesound_id`` column (the recording) to ``train_curated.csv``
     (``plan_demo_dataset``). An existing dataset in ``root`` is a
     DataError unless ``overwrite`` is set, which replaces it.
+    ``size`` (a fraction in (0, 1], 1.0 for the full size) writes instead the
+    clips of ``plan_full_size_dataset``: FSDKaggle2019's counts, lengths,
+    labels per clip and noisy error rate (``noisy_error_rate`` defaults to
+    0.6 there, 0.3 for the default demo). ``workers`` threads render the
+    clips (default: the host's cores, at most 8).
     The summary holds the clip counts, the achieved noisy error rate, the
     bytes written and the seconds taken.
     """
     started = time.perf_counter()
     root = Path(root).expanduser()
-    plan = plan_demo_dataset(seed=seed, clips_per_class=clips_per_class,
-                             noisy_per_class=noisy_per_class, test_per_class=test_per_class,
-                             noisy_error_rate=noisy_error_rate, max_seconds=max_seconds,
-                             clips_per_source=clips_per_source)
+    if size is not None:
+        plan = plan_full_size_dataset(size, seed=seed, noisy_error_rate=(
+            FULL_SIZE_NOISY_ERROR_RATE if noisy_error_rate is None else noisy_error_rate))
+    else:
+        plan = plan_demo_dataset(seed=seed, clips_per_class=clips_per_class,
+                                 noisy_per_class=noisy_per_class, test_per_class=test_per_class,
+                                 noisy_error_rate=0.3 if noisy_error_rate is None else noisy_error_rate,
+                                 max_seconds=max_seconds, clips_per_source=clips_per_source)
+    workers = min(8, os.cpu_count() or 1) if workers is None else workers
     existing = _layout_entries(root)
     if existing and not overwrite:
         raise DataError("a dataset is already here; choose an empty folder or overwrite it "
@@ -589,6 +729,8 @@ def write_demo_dataset(root: Path | str, *, seed: int = 0,
         + "\n", encoding="utf-8")
 
     wrong = sum(set(c.listed) != set(c.labels) for c in noisy)
+    plan_error_rate = (noisy_error_rate if noisy_error_rate is not None
+                       else FULL_SIZE_NOISY_ERROR_RATE if size is not None else 0.3)
     summary = {
         "root": str(root),
         "seed": seed,
@@ -597,10 +739,13 @@ def write_demo_dataset(root: Path | str, *, seed: int = 0,
         "noisy_clips": len(noisy),
         "test_clips": len(test),
         "curated_labels_per_clip": float(np.mean([len(c.labels) for c in curated])),
+        "noisy_labels_per_clip": float(np.mean([len(c.listed) for c in noisy])),
         "noisy_error_rate": wrong / len(noisy),
-        "noisy_error_rate_requested": noisy_error_rate,
+        "noisy_error_rate_requested": plan_error_rate,
         "audio_seconds": float(sum(c.seconds for c in plan)),
-        "max_seconds": max_seconds,
+        "min_seconds": float(min(c.seconds for c in plan)),
+        "max_seconds": float(max(c.seconds for c in plan)),
+        "size": size,
         "sample_rate": DEMO_SR,
         "clips_per_source": clips_per_source,
         "curated_sources": len({source_id(c) for c in curated}),

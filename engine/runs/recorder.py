@@ -39,6 +39,11 @@ class EpochRecord:
     clips_per_sec: float
     is_best: bool = False
     tag: str = ""
+    #: System figures: the device's name, its peak memory (MiB) and utilisation (%), the job's peak RSS (MiB).
+    device: str = ""
+    peak_gpu_mib: float | None = None
+    gpu_util: float | None = None
+    peak_rss_mib: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (pickles and serialises as JSON)."""
@@ -114,7 +119,9 @@ class StoreRecorder:
         self.store.record_epoch(self.run_id, record.fold, record.epoch, train_loss=record.train_loss,
                                 val_loss=record.val_loss, val_lwlrap=record.val_lwlrap, lr=record.lr,
                                 seconds=record.seconds, clips_per_sec=record.clips_per_sec,
-                                stage=record.tag or None)
+                                stage=record.tag or None, device=record.device or None,
+                                peak_gpu_mib=record.peak_gpu_mib, gpu_util=record.gpu_util,
+                                peak_rss_mib=record.peak_rss_mib)
         self._log(record.log_line())
 
     def progress(self, fraction: float, message: str) -> None:

@@ -136,18 +136,35 @@ class Records(Connection):
     def record_epoch(self, run_id: str, fold: int, epoch: int, *, train_loss: float | None,
                      val_loss: float | None, val_lwlrap: float | None, lr: float | None,
                      seconds: float | None, clips_per_sec: float | None = None,
-                     stage: str | None = None) -> None:
+                     stage: str | None = None, device: str | None = None, peak_gpu_mib: float | None = None,
+                     gpu_util: float | None = None, peak_rss_mib: float | None = None) -> None:
         """Record one epoch of one fold (replaces the row when an epoch is re-run after a resume).
 
         ``stage`` names the curriculum stage the epoch belongs to (None for train runs).
+        ``device``, ``peak_gpu_mib``, ``gpu_util`` (%) and ``peak_rss_mib`` are the
+        epoch's system figures (None where they do not apply).
         """
         with self.write() as c:
             c.execute("INSERT OR REPLACE INTO epochs(run_id, fold, epoch, train_loss, val_loss, val_lwlrap, "
-                      "lr, seconds, clips_per_sec, stage) VALUES (:run_id, :fold, :epoch, :train_loss, :val_loss, "
-                      ":val_lwlrap, :lr, :seconds, :clips_per_sec, :stage)",
+                      "lr, seconds, clips_per_sec, stage, device, peak_gpu_mib, gpu_util, peak_rss_mib) "
+                      "VALUES (:run_id, :fold, :epoch, :train_loss, :val_loss, :val_lwlrap, :lr, :seconds, "
+                      ":clips_per_sec, :stage, :device, :peak_gpu_mib, :gpu_util, :peak_rss_mib)",
                       {"run_id": run_id, "fold": fold, "epoch": epoch, "train_loss": _f(train_loss),
                        "val_loss": _f(val_loss), "val_lwlrap": _f(val_lwlrap), "lr": _f(lr),
-                       "seconds": _f(seconds), "clips_per_sec": _f(clips_per_sec), "stage": stage})
+                       "seconds": _f(seconds), "clips_per_sec": _f(clips_per_sec), "stage": stage,
+                       "device": device or None, "peak_gpu_mib": _f(peak_gpu_mib), "gpu_util": _f(gpu_util),
+                       "peak_rss_mib": _f(peak_rss_mib)})
+
+    def latest_epoch_system(self, run_ids: Sequence[str]) -> dict[str, dict]:
+        """Per run: the system figures of its most recently recorded epoch (runs without one are left out)."""
+        out: dict[str, dict] = {}
+        for run_id in dict.fromkeys(run_ids):
+            rows = self._query("SELECT device, peak_gpu_mib, gpu_util, peak_rss_mib FROM epochs "
+                               "WHERE run_id=:run_id AND device IS NOT NULL ORDER BY rowid DESC LIMIT 1",
+                               {"run_id": run_id})
+            if rows:
+                out[run_id] = rows[0]
+        return out
 
     def record_fold(self, run_id: str, fold: int, *, lwlrap: float, best_epoch: int | None,
                     n_val: int) -> None:

@@ -348,6 +348,15 @@ def _migrate_v7(c: sqlite3.Connection) -> None:
     )""")
 
 
+def _migrate_v8(c: sqlite3.Connection) -> None:
+    """System figures per epoch: the device, peak GPU memory, GPU utilisation and the job's peak RSS."""
+    # NULL for epochs recorded before this step, and where a figure does not apply (no GPU, no NVML).
+    c.execute("ALTER TABLE epochs ADD COLUMN device TEXT")            # 'NVIDIA H100 80GB HBM3', 'cpu'
+    c.execute("ALTER TABLE epochs ADD COLUMN peak_gpu_mib REAL")      # torch.cuda.max_memory_allocated, per epoch
+    c.execute("ALTER TABLE epochs ADD COLUMN gpu_util REAL")          # NVML utilisation, mean over the epoch, %
+    c.execute("ALTER TABLE epochs ADD COLUMN peak_rss_mib REAL")      # the job process's peak resident set
+
+
 #: Ordered schema migrations: ``(version, what it changes, function)``. A
 #: database at version N gets every step above N, in order, inside one
 #: ``BEGIN IMMEDIATE`` transaction, so a half-upgraded file is never left and
@@ -362,6 +371,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[sqlite3.Connection], None]]] = [
     (5, "curriculum: epoch stages, noisy-label audit, loss swaps, gain views", _migrate_v5),
     (6, "tags, notes and the archived flag on runs; indexes for paging and filters", _migrate_v6),
     (7, "executors: workers.executor and workers.cluster, fold_tasks", _migrate_v7),
+    (8, "system figures per epoch: epochs.device, peak_gpu_mib, gpu_util, peak_rss_mib", _migrate_v8),
 ]
 
 #: The schema version this code writes: the last migration's.

@@ -32,6 +32,7 @@ from engine.models.tagger import Tagger
 from engine.runs.recorder import EpochRecord
 from engine.train.schedule import (EarlyStopping, autocast_context, build_optimizer, clip_gradients,
                                    make_grad_scaler, warmup_cosine)
+from engine.train.system import EpochSystem, system_fields
 
 
 @dataclass
@@ -213,6 +214,7 @@ def train_fold(tagger: Tagger, *, train_loader: DataLoader, val_loader: DataLoad
         log(f"resuming at epoch {start_epoch} (best so far {stopper.best:.4f})")
 
     last_epoch = start_epoch - 1
+    system = EpochSystem(device)
     for epoch in range(start_epoch, epochs):
         if stopper.should_stop:
             break
@@ -221,6 +223,7 @@ def train_fold(tagger: Tagger, *, train_loader: DataLoader, val_loader: DataLoad
             if hasattr(obj, "set_epoch"):
                 obj.set_epoch(epoch)
         tagger.train()
+        system.start()
         t0 = time.perf_counter()
         running, seen = 0.0, 0
         for step, (wave, y, w) in enumerate(train_loader):
@@ -243,6 +246,7 @@ def train_fold(tagger: Tagger, *, train_loader: DataLoader, val_loader: DataLoad
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
+            system.tick()
             running += float(loss.detach()) * len(wave)
             seen += len(wave)
             if on_step is not None:
@@ -260,7 +264,7 @@ def train_fold(tagger: Tagger, *, train_loader: DataLoader, val_loader: DataLoad
                              val_loss=val_loss, val_lwlrap=score, lr=optimizer.param_groups[0]["lr"],
                              seconds=time.perf_counter() - t0,
                              clips_per_sec=seen / train_seconds if train_seconds > 0 else math.nan,
-                             is_best=is_best, tag=tag)
+                             is_best=is_best, tag=tag, **system_fields(system.finish()))
         # The epoch is recorded before its resume state is saved: a kill in between re-runs the
         # epoch, which (every random state being restored) recomputes and replaces the same row.
         if on_epoch is not None:

@@ -29,6 +29,7 @@ from engine.intake import FOLD_CHECKPOINT_KINDS, can_embed_baseline
 from engine.store import OOF, StoreError
 from fsat_console.access import console
 from fsat_console.widgets.footer import KeyFooter
+from fsat_console.widgets.status import epochs_system, system_text
 from fsat_console.formatting import bar, fmt_duration, fmt_score, status_text
 from fsat_console.live import OverviewChanged, RunDetail, RunDetailChanged, TtaComparison
 from fsat_console.screens.infer import BaselineScreen, InferScreen
@@ -241,6 +242,10 @@ def run_header(detail: RunDetail | None, run_id: str) -> Text:
         if (job.get("message") or "") != job["status"]:
             second.append(job.get("message") or "", style="dim")
     lines = [first, second]
+    figures = system_text(epochs_system(detail.epochs))
+    if figures is not None:
+        # Peaks over the recorded epochs (the job's process; GPU figures only on a GPU).
+        lines.append(Text.assemble(("system ", "dim"), figures))
     if run.get("warning"):
         # E.g. an ensemble whose cross-fitted OOF score is below its best member's.
         lines.append(Text.assemble(("warning: ", "bold yellow"), (str(run["warning"]), "yellow")))

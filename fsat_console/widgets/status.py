@@ -36,6 +36,10 @@ def status_line(overview: Overview | None, *, spawned_pid: int | None = None,
                 text.append(f" {job['progress'] * 100:3.0f}% ")
                 if job.get("message"):
                     text.append(shorten(job["message"], 36), style="dim")
+                figures = system_text(overview.system.get(job.get("run_id") or ""))
+                if figures is not None:
+                    text.append(" · ", style="dim")
+                    text.append_text(figures)
             else:
                 text.append(f"running job {busy[0].get('job_id')}", style="yellow")
             if len(busy) > 1:
@@ -73,6 +77,47 @@ def status_line(overview: Overview | None, *, spawned_pid: int | None = None,
             text.append("   │   ", style="dim")
             text.append(f"⚠ {shorten(problem, 70)}", style="bold red")
     return text
+
+
+def mib_text(mib: float | None) -> str:
+    """``812 MiB`` or ``12.3 GiB``; ``-`` when unknown."""
+    if mib is None:
+        return "-"
+    return f"{mib / 1024:.1f} GiB" if mib >= 1024 else f"{mib:.0f} MiB"
+
+
+def system_text(figures: dict | None) -> Text | None:
+    """``NVIDIA H100 · GPU 12.3 GiB · 87% · RSS 2.1 GiB`` from a run's latest epoch; ``cpu · RSS 812 MiB`` on a CPU.
+
+    Only what applies is shown (no GPU figures on a CPU, no utilisation
+    without NVML); None before the run's first epoch is recorded.
+    """
+    if not figures or not figures.get("device"):
+        return None
+    text = Text()
+    text.append(shorten(str(figures["device"]), 24), style="magenta")
+    if figures.get("peak_gpu_mib") is not None:
+        text.append(f" · GPU {mib_text(figures['peak_gpu_mib'])}")
+    if figures.get("gpu_util") is not None:
+        text.append(f" · {figures['gpu_util']:.0f}%")
+    if figures.get("peak_rss_mib") is not None:
+        text.append(f" · RSS {mib_text(figures['peak_rss_mib'])}")
+    return text
+
+
+def epochs_system(epochs: list[dict]) -> dict | None:
+    """A run's system figures over its recorded epochs: the latest device, the largest peaks, the mean utilisation."""
+    rows = [e for e in epochs if e.get("device")]
+    if not rows:
+        return None
+
+    def peak(key: str) -> float | None:
+        values = [float(e[key]) for e in rows if e.get(key) is not None]
+        return max(values) if values else None
+
+    util = [float(e["gpu_util"]) for e in rows if e.get("gpu_util") is not None]
+    return {"device": rows[-1]["device"], "peak_gpu_mib": peak("peak_gpu_mib"),
+            "gpu_util": sum(util) / len(util) if util else None, "peak_rss_mib": peak("peak_rss_mib")}
 
 
 def cluster_text(worker: dict) -> Text | None:
