@@ -65,6 +65,7 @@ from engine.errors import FsatError
 from engine.reporting.cli import add_parser as add_report_parser
 from engine.runs.reports import tta_gain_report
 from engine.specs import ENSEMBLE_METHODS
+from engine.sweep_cli import add_parser as add_sweep_parser
 from engine.store import FINISHED_STATES, JOB_STATES, OOF, Store, default_db_path
 
 console = Console()
@@ -740,6 +741,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("datasets", cmd_datasets, "list registered datasets", listing=True)
     add("presets", cmd_presets, "list presets", listing=True)
     add_report_parser(sub)
+    add_sweep_parser(sub)
     return ap
 
 

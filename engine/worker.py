@@ -39,6 +39,7 @@ from pathlib import Path
 
 from engine.errors import FsatError
 from engine.intake import default_run_id
+from engine.sweeps import advance as advance_sweep
 from engine.store import DEFAULT_LEASE_SECONDS, Job, Store, default_db_path, runs_root
 
 
@@ -115,6 +116,8 @@ class Worker:
                     self._sleep(min(self.poll, self.lease / 2))
                     continue
                 self.supervise(job)
+                for queued in advance_sweep(self.store, job.id):
+                    self.log(f"sweep: queued job {queued} (a point kept by screening)")
         finally:
             if self.cluster is not None:
                 self.cluster.close()
