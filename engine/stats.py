@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -22,13 +23,6 @@ from engine.metrics import clip_precisions
 
 #: Bootstrap resamples unless told otherwise.
 DEFAULT_RESAMPLES = 2000
-
-
-def plus_minus(mean: float | None, std: float | None, digits: int = 4) -> str:
-    """``0.8123 ± 0.0040`` (``-`` without a mean; the mean alone without a spread)."""
-    if mean is None:
-        return "-"
-    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
 
 
 @dataclass(frozen=True)
@@ -126,3 +120,52 @@ def seed_spread(scores_a: Sequence[float], scores_b: Sequence[float]) -> SeedSpr
     if std_a is not None and std_b is not None:
         noise = math.sqrt(std_a ** 2 / n_a + std_b ** 2 / n_b)
     return SeedSpread(diff=mean_a - mean_b, noise=noise, n_a=n_a, n_b=n_b)
+
+
+def compare_noise(store: Any, run_ids: Sequence[str], baseline: str, *, resamples: int = DEFAULT_RESAMPLES,
+                  seed: int = 0) -> list[dict]:
+    """For each run but the baseline: is its difference to the baseline larger than noise?
+
+    ``clips``: the paired bootstrap over the curated clips both runs scored
+    out of fold (their ``oof.npy``); ``seeds``: the seed spread of the two
+    runs' seed groups (``engine.seeds``). Each is a one-line verdict, or why it
+    cannot be told. ``fsat compare`` prints these rows.
+    """
+    from engine.data.labels import parse_label_csv
+    from engine.runs.atomic import load_npy
+    from engine.seeds import seed_groups
+    from engine.specs import seed_group_key
+
+    groups = seed_groups(store)
+    runs = {r: store.get_run(r) for r in run_ids}
+    base = runs[baseline]
+    rows = []
+    for run_id in run_ids:
+        if run_id == baseline:
+            continue
+        run = runs[run_id]
+        row = {"run_id": run_id, "vs": baseline}
+        try:
+            if run.get("dataset_id") != base.get("dataset_id") or base.get("dataset_id") is None:
+                raise ValueError("the runs were not scored on the same dataset")
+            dataset = store.get_dataset(base["dataset_id"])
+            _, truth = parse_label_csv(Path(dataset["root"]) / "train_curated.csv", list(dataset["classes"]))
+            a = load_npy(Path(run["run_dir"]) / "oof.npy")
+            b = load_npy(Path(base["run_dir"]) / "oof.npy")
+            if a.shape != truth.shape or b.shape != truth.shape:
+                raise ValueError("an oof.npy does not hold one row per curated clip")
+            both = np.isfinite(a).all(axis=1) & np.isfinite(b).all(axis=1) & truth.any(axis=1)
+            if not both.any():
+                raise ValueError("no clip was scored out of fold by both runs")
+            row["clips"] = paired_bootstrap(truth[both], a[both], b[both], resamples=resamples, seed=seed).verdict()
+        except Exception as err:  # noqa: BLE001 - any reason becomes the cell's text, never a traceback
+            row["clips"] = f"cannot tell: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+        key_a, key_b = seed_group_key(run.get("config") or {}), seed_group_key(base.get("config") or {})
+        if key_a == key_b:
+            row["seeds"] = "same configuration: the difference is seed noise"
+        elif not groups.get(key_a) or not groups.get(key_b) or not groups[key_a].cv or not groups[key_b].cv:
+            row["seeds"] = "cannot tell: a group has no run with every fold"
+        else:
+            row["seeds"] = seed_spread(groups[key_a].cv, groups[key_b].cv).verdict()
+        rows.append(row)
+    return rows

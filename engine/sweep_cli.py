@@ -16,7 +16,7 @@ from pathlib import Path
 
 from engine import sweeps
 from engine.errors import FsatError
-from engine.stats import plus_minus
+from engine.compare import pm_text
 
 _HELP = ("queue a grid or random search over spec fields times seeds as one sweep, screened on one fold "
          "(--screen-fold 0 --keep N); or show ID, complete ID POINT, cancel ID, list")
@@ -70,8 +70,8 @@ def _int(text: str, what: str) -> int:
 
 def display_rows(table: sweeps.SweepTable) -> list[dict]:
     """The table's rows with mean ± std in one cell each (terminal and Markdown)."""
-    return [{**r, "cv mean ± std": plus_minus(r["cv_mean"], r["cv_std"]),
-             "fold mean ± std": plus_minus(r["fold_mean"], r["fold_std"])} for r in table.rows]
+    return [{**r, "cv mean ± std": pm_text(r["cv_mean"], r["cv_std"]),
+             "fold mean ± std": pm_text(r["fold_mean"], r["fold_std"])} for r in table.rows]
 
 
 #: The columns a person reads (``--json`` and ``--csv`` have every number in its own column).

@@ -68,6 +68,32 @@ def test_the_seed_spread_equals_the_textbook_standard_error(a, b):
     assert result.significant == (abs(result.diff) > 2 * se)
 
 
-def test_plus_minus_writes_a_mean_and_its_spread():
-    assert stats.plus_minus(0.81234, 0.004) == "0.8123 ± 0.0040"
-    assert stats.plus_minus(0.8, None) == "0.8000" and stats.plus_minus(None, None) == "-"
+def test_seed_groups_gather_runs_that_differ_only_in_the_seed_with_mean_and_std_over_seeds(db_path):
+    from engine.seeds import group_columns, seed_groups
+    from engine.specs import TrainSpec, to_dict
+    from engine.store import Store
+
+    def config(seed: int, lr: float) -> dict:
+        spec = TrainSpec()
+        spec.train.seed, spec.optim.head_lr, spec.train.n_folds = seed, lr, 2
+        return to_dict(spec)
+
+    scored = {"a1": (1, 1e-3, [0.6, 0.7], 0.66), "a2": (2, 1e-3, [0.5, 0.6], 0.56), "a3": (3, 1e-3, [0.8], None),
+              "b1": (1, 3e-4, [0.4, 0.5], 0.45)}
+    with Store(db_path) as store:
+        for run_id, (seed, lr, folds, cv) in scored.items():
+            store.create_run(run_id, kind="train", config=config(seed, lr), seed=seed)
+            for fold, value in enumerate(folds):
+                store.record_fold(run_id, fold, lwlrap=value, best_epoch=1, n_val=5)
+            store.finish_run(run_id, cv_lwlrap=cv)
+        groups = seed_groups(store)
+    by_run = {r: g for g in groups.values() for r in g.run_ids}
+    a = by_run["a1"]
+    assert a is by_run["a2"] is by_run["a3"] and by_run["b1"] is not a and len(groups) == 2
+    # a3 trained one of its two folds: it counts in the fold means, not in the out-of-fold statistics.
+    assert a.cv_mean_std == pytest.approx((statistics.mean([0.66, 0.56]), statistics.stdev([0.66, 0.56])))
+    assert a.fold_mean_std == pytest.approx((statistics.mean([0.65, 0.55, 0.8]),
+                                             statistics.stdev([0.65, 0.55, 0.8])))
+    cells = group_columns(groups)
+    assert cells["a2"]["seeds"] == 3 and cells["a2"]["group_cv"] == "0.6100 ± 0.0707"
+    assert cells["b1"]["group_cv"] == "0.4500"

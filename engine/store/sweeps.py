@@ -180,6 +180,17 @@ class Sweeps(Connection):
             queued.append(job_id)
         return queued
 
+    def runs_for_seed_groups(self, kinds: Sequence[str] = ("train", "curriculum")) -> list[dict]:
+        """Every scored run of these kinds with its recorded config (decoded), seed, CV and fold mean."""
+        marks = ", ".join(f":k{i}" for i in range(len(kinds)))
+        rows = self._query(
+            "SELECT r.id AS run_id, r.kind, r.config, r.seed, r.cv_lwlrap, s.mean_fold_lwlrap, s.folds_done "
+            f"FROM runs r JOIN run_summary s ON s.run_id = r.id WHERE r.kind IN ({marks}) "
+            "AND s.folds_done > 0 ORDER BY r.id", {f"k{i}": k for i, k in enumerate(kinds)})
+        for row in rows:
+            row["config"] = json.loads(row["config"] or "{}")
+        return rows
+
     def cancel_sweep(self, sweep_id: int) -> int:
         """Cancel a sweep: its queued jobs are cancelled, nothing more is queued; returns how many jobs."""
         with self.write() as c:
