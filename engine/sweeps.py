@@ -147,10 +147,11 @@ def _override(key: str, value: Any) -> str:
 
 def describe(settings: dict[str, Any]) -> str:
     """``train.epochs=2 model.width=16``: a point's settings in one line."""
-    return " ".join(f"{k}={_value(v)}" for k, v in settings.items()) or "(the preset)"
+    return " ".join(f"{k}={format_value(v)}" for k, v in settings.items()) or "(the preset)"
 
 
-def _value(v: Any) -> str:
+def format_value(v: Any) -> str:
+    """A setting's value in a table cell: floats to 4 significant digits, lists as JSON."""
     return f"{v:.4g}" if isinstance(v, float) else json.dumps(v) if not isinstance(v, (int, str)) else str(v)
 
 

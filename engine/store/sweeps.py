@@ -113,6 +113,11 @@ class Sweeps(Connection):
         rows = self._query("SELECT sweep_id FROM sweep_jobs WHERE job_id = :j", {"j": job_id})
         return int(rows[0]["sweep_id"]) if rows else None
 
+    def sweep_of_run(self, run_id: str) -> int | None:
+        """The sweep a run belongs to, or None."""
+        rows = self._query("SELECT sweep_id FROM sweep_runs WHERE run_id = :r", {"r": run_id})
+        return int(rows[0]["sweep_id"]) if rows else None
+
     def advance_sweep(self, sweep_id: int,
                       decide: Callable[[dict, list[dict]], dict[int, tuple[str, float | None, str]]]) -> list[int]:
         """After a job of the sweep ends: when every screening job has ended, record the decisions and
