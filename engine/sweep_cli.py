@@ -137,4 +137,9 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"sweep {sweep['id']} {sweep['name']} ({sweep['stage']}) {screening}; "
                       f"seeds {', '.join(map(str, sweep['seeds']))}", highlight=False, markup=False)
     _emit(args, display_rows(table), f"sweep {sweep['id']}", display_columns(table))
+    if table.classes:
+        against = (f"point {table.default_point} (the preset's settings)" if table.default_point is not None
+                   else "nothing: the sweep does not hold the preset's own settings")
+        _emit(args, table.classes, f"per-class OOF LRAP of the best point {table.best_point} against {against}",
+              ["class_idx", "class_name", "best", "default", "delta"])
     return 0

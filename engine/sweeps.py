@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from engine import intake, specs
-from engine.compare import mean_std
+from engine.compare import flatten, mean_std
 from engine.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -269,6 +269,10 @@ class SweepTable:
     keys: list[str]
     rows: list[dict]
     best_point: int | None = None
+    #: The point whose settings are the preset's own (None: the sweep does not hold it).
+    default_point: int | None = None
+    #: Per class, the best point's out-of-fold LRAP (mean over seeds) against the default point's.
+    classes: list[dict] = field(default_factory=list)
 
     @property
     def columns(self) -> list[str]:
@@ -277,7 +281,8 @@ class SweepTable:
 
     def as_json(self) -> dict:
         """The sweep and its rows, for ``--json``."""
-        return {"sweep": self.sweep, "columns": self.columns, "rows": self.rows, "best_point": self.best_point}
+        return {"sweep": self.sweep, "columns": self.columns, "rows": self.rows, "best_point": self.best_point,
+                "default_point": self.default_point, "classes": self.classes}
 
 
 def _state(runs: list[dict], n_folds: int) -> str:
@@ -322,7 +327,33 @@ def sweep_table(store: "Store", sweep_id: int) -> SweepTable:
         if row["cv_mean"] is not None or row["screen"] is not None:
             row["rank"] = rank
     best = order[0]["point"] if order and order[0]["cv_mean"] is not None else None
-    return SweepTable(sweep=sweep, keys=keys, rows=rows, best_point=best)
+    flat = flatten(sweep["base"])
+    default = next((p["point"] for p in points if all(flat.get(k) == v for k, v in p["settings"].items())), None)
+    table = SweepTable(sweep=sweep, keys=keys, rows=rows, best_point=best, default_point=default)
+    if best is not None:
+        table.classes = _class_rows(store, [r for r in runs if r["point"] == best and r["folds_done"] >= n_folds],
+                                    [r for r in runs if r["point"] == default and r["folds_done"] >= n_folds])
+    return table
+
+
+def _class_rows(store: "Store", best: list[dict], default: list[dict]) -> list[dict]:
+    """Per class: mean out-of-fold LRAP over the best point's runs, the default point's, and the difference."""
+    def means(runs: list[dict]) -> tuple[dict[int, float], dict[int, str]]:
+        values: dict[int, list[float]] = {}
+        names: dict[int, str] = {}
+        for run in runs:
+            for c in store.class_scores(run["run_id"]):
+                names[c["class_idx"]] = c["class_name"]
+                if c["lrap"] is not None:
+                    values.setdefault(c["class_idx"], []).append(c["lrap"])
+        return {k: sum(v) / len(v) for k, v in values.items()}, names
+
+    best_lrap, names = means(best)
+    default_lrap, _ = means(default)
+    rows = [{"class_idx": k, "class_name": names[k], "best": best_lrap.get(k), "default": default_lrap.get(k),
+             "delta": None if k not in best_lrap or k not in default_lrap else best_lrap[k] - default_lrap[k]}
+            for k in sorted(names)]
+    return sorted(rows, key=lambda r: (r["delta"] is None, -(r["delta"] or 0.0), r["class_idx"]))
 
 
 def cancel_sweep(store: "Store", sweep_id: int) -> int:

@@ -221,6 +221,15 @@ def test_a_demo_sweep_of_two_points_and_two_seeds_screened_on_fold_0_runs_from_o
     assert rows[other]["cv_mean"] is None and rows[other]["folds_done"] == "2/10"
     assert rows[best]["folds_done"] == "10/10" and rows[best]["state"] == "done" and rows[best]["rank"] == 1
     assert table["best_point"] == best
+    # The preset's own width (16) is a point: the best point's classes are set against it.
+    assert table["default_point"] == 1
+    with Store(db, readonly=True) as store:
+        lrap = {r: {c["class_idx"]: c["lrap"] for c in store.class_scores(r)} for r in by_point[best]}
+    for row in table["classes"]:
+        values = [lrap[r][row["class_idx"]] for r in by_point[best] if lrap[r][row["class_idx"]] is not None]
+        assert row["best"] == pytest.approx(statistics.mean(values)) if values else row["best"] is None
+    # A sweep's runs are ordinary runs: they blend.
+    run_cli("ensemble", *by_point[best], "--dry-run", db=db)
     # Each run's config is what its point and seed say.
     for r in runs:
         config = recorded[r["run_id"]]["config"]

@@ -8,7 +8,8 @@ the point and the field, in the same words as the CLI.
 
 The view shows ``engine.sweeps.sweep_table`` (the table ``fsat sweep show``
 prints): the settings that vary, mean ± std over seeds, folds done, state,
-decision and rank; it reloads while the sweep runs (a thread worker, then the
+decision and rank, and under it the best point's per-class LRAP against the
+preset's own point; it reloads while the sweep runs (a thread worker, then the
 next poll is scheduled, so polls never overlap). ``c`` completes a
 screened-out point (the decision overridden), ``X`` cancels what has not
 started, ``escape`` goes back.
@@ -163,6 +164,8 @@ class SweepScreen(Screen):
         yield Static("", id="sweep-about")
         yield DataTable(id="sweep-points", cursor_type="row", zebra_stripes=True)
         yield Static("", id="sweep-message")
+        yield Static("", id="sweep-classes-title")
+        yield DataTable(id="sweep-classes", cursor_type="row", zebra_stripes=True)
         yield KeyFooter()
 
     def on_mount(self) -> None:
@@ -200,7 +203,27 @@ class SweepScreen(Screen):
             grid.add_row(*view_cells(table, row), key=str(row["point"]))
         if table.rows:
             grid.move_cursor(row=min(cursor, len(table.rows) - 1), animate=False)
+        self._show_classes(table)
         self.set_timer(POLL_SECONDS, self._load)
+
+    def _show_classes(self, table: sweeps.SweepTable) -> None:
+        """The best point's per-class LRAP against the preset's own point (the same rows as ``fsat sweep show``)."""
+        title = self.query_one("#sweep-classes-title", Static)
+        grid = self.query_one("#sweep-classes", DataTable)
+        if not grid.columns:
+            for header in ("class", "best", "default", "Δ"):
+                grid.add_column(header, key=header)
+        grid.clear()
+        if not table.classes:
+            title.update(Text("per-class LRAP: once a point has trained every fold"))
+            return
+        against = (f"point {table.default_point} (the preset's settings)" if table.default_point is not None
+                   else "- (the sweep does not hold the preset's settings)")
+        title.update(Text(f"per-class OOF LRAP of the best point {table.best_point} against {against}"))
+        for row in table.classes:
+            delta = "-" if row["delta"] is None else f"{row['delta']:+.4f}"
+            grid.add_row(row["class_name"], fmt_score(row["best"]), fmt_score(row["default"]), delta,
+                         key=str(row["class_idx"]))
 
     def say(self, text: str) -> None:
         """One line under the table."""
