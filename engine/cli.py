@@ -453,13 +453,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     """Two or more runs side by side: config differences, fold mean ± std, per-class LRAP and deltas."""
     from engine.compare import class_headers, compare_runs, comparison_markdown, pm_text, table_csv
 
-    from engine.seeds import group_columns, seed_groups
     from engine.stats import compare_noise
 
     with _open(args) as store:
         comp = compare_runs(store, args.runs, args.baseline)
         noise = compare_noise(store, comp.run_ids, comp.baseline)
-        groups = group_columns(seed_groups(store))
     if args.markdown:
         sys.stdout.write(comparison_markdown(comp))
         return 0
@@ -470,14 +468,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(json.dumps({"baseline": comp.baseline, "runs": comp.summary_rows(),
                           "config_diff": [{"key": k, "values": dict(zip(comp.run_ids, v))}
                                           for k, v in comp.config_diff()],
-                          "classes": comp.class_rows(), "noise": noise,
-                          "groups": {r: groups.get(r) for r in comp.run_ids}}, indent=2, default=str))
+                          "classes": comp.class_rows(), "noise": noise}, indent=2, default=str))
         return 0
     summary = comp.summary_rows()
     for r in summary:
         r["fold mean ± std"] = pm_text(r["fold_mean"], r["fold_std"])
         r["Δ OOF"] = _signed(r["delta_cv"]) if not r["baseline"] else "baseline"
-        r.update(groups.get(r["run_id"], {}))
     _emit(args, summary, "runs", ["run_id", "kind", "model", "cv_lwlrap", "fold mean ± std", "folds",
                                   "test_lwlrap", "Δ OOF", "seeds", "group_cv", "group_folds"])
     _emit(args, noise, f"larger than noise? (against {comp.baseline})", ["run_id", "clips", "seeds"])

@@ -60,3 +60,31 @@ async def test_the_dialog_refuses_a_bad_point_naming_it_and_queues_a_good_sweep_
         message = view.query_one("#sweep-message", Static)
         await wait_until(pilot, lambda: "to complete it" in str(message.content), what="the override")
         await wait_until(pilot, lambda: grid.get_row("0")[4] == "completed by hand", what="the new decision")
+
+
+async def test_compare_shows_the_seed_group_of_runs_that_have_two_or_more_seeds(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.specs import TrainSpec, to_dict
+    from fsat_console.screens.compare import CompareScreen
+    from fsat_console.widgets.live_table import LiveTable
+
+    db, data = console_world(tmp_path, monkeypatch)
+    with Store(db) as store:
+        for run_id, seed, width, cv in (("a1", 1, 8, 0.6), ("a2", 2, 8, 0.7), ("b1", 1, 16, 0.5)):
+            spec = TrainSpec()
+            spec.train.seed, spec.model.width, spec.train.n_folds = seed, width, 2
+            store.create_run(run_id, kind="train", config=to_dict(spec), seed=seed)
+            for fold in (0, 1):
+                store.record_fold(run_id, fold, lwlrap=cv, best_epoch=1, n_val=5)
+            store.finish_run(run_id, cv_lwlrap=cv)
+    app = FsatConsole(db, data_root=data, poll_interval=0.1)
+    async with app.run_test(size=(160, 45)) as pilot:
+        app.open_compare(["a1", "b1"])
+        await wait_until(pilot, lambda: isinstance(app.screen, CompareScreen) and app.screen.query("#compare-runs"),
+                         what="the compare screen")
+        table = app.screen.query_one("#compare-runs", LiveTable)
+        await wait_until(pilot, lambda: table.row_count == 2 and "group" in [c.key for c in table.specs],
+                         what="the seed-group column")
+        cells = [str(c) for c in table.get_row("a1")]
+        assert "2: 0.6500 ± 0.0707" in cells
+        assert "1: 0.5000" in [str(c) for c in table.get_row("b1")]

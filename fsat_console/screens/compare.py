@@ -79,9 +79,20 @@ def class_table_rows(comp: Comparison) -> list[tuple[str, list[Cell]]]:
     return rows
 
 
+#: Shown when a compared run has a seed group of two or more seeds: the group's OOF mean ± std over seeds.
+GROUP_COLUMN = ColumnSpec("group", "seeds: OOF mean ± std", descending_first=True)
+
+
+def summary_columns(comp: Comparison) -> tuple[ColumnSpec, ...]:
+    """The summary's columns: with the seed-group column when a compared run has two or more seeds."""
+    grouped = any((r.get("seeds") or 0) > 1 for r in comp.summary_rows())
+    return (*SUMMARY_COLUMNS, GROUP_COLUMN) if grouped else SUMMARY_COLUMNS
+
+
 def summary_rows(comp: Comparison) -> list[tuple[str, list[Cell]]]:
-    """One row per run: marker, OOF LWLRAP, fold mean ± std, delta against the baseline, test."""
+    """One row per run: marker, OOF LWLRAP, fold mean ± std, delta against the baseline, test (and its seed group)."""
     rows = []
+    grouped = GROUP_COLUMN in summary_columns(comp)
     for i, r in enumerate(comp.summary_rows()):
         marker = FOLD_MARKERS[i % len(FOLD_MARKERS)]
         delta = (Cell("baseline", style="bold cyan", justify="right", sort_key=0.0) if r["baseline"]
@@ -94,6 +105,8 @@ def summary_rows(comp: Comparison) -> list[tuple[str, list[Cell]]]:
             num_cell(pm_text(r["fold_mean"], r["fold_std"]) + f" ({r['folds']})", r["fold_mean"]),
             delta,
             num_cell(fmt_score(r["test_lwlrap"]), r["test_lwlrap"]),
+            *([Cell(f"{r['seeds'] or 1}: {r['group_cv'] or '—'}", justify="right", sort_key=r["group_cv"] or "")]
+              if grouped else []),
         ]))
     return rows
 
@@ -198,7 +211,11 @@ class CompareScreen(Screen):
             self.notify(message.problem, severity="error", markup=False)
             return
         comp = self.comp = message.comp
-        self.query_one("#compare-runs", LiveTable).sync(summary_rows(comp))
+        runs = self.query_one("#compare-runs", LiveTable)
+        if [c.key for c in runs.specs] != [c.key for c in summary_columns(comp)]:
+            runs.specs = list(summary_columns(comp))
+            runs.clear(columns=True)
+        runs.sync(summary_rows(comp))
         table = self.classes_table
         wanted = class_columns(comp)
         if [c.key for c in table.specs] != [c.key for c in wanted]:
