@@ -88,3 +88,9 @@ async def test_compare_shows_the_seed_group_of_runs_that_have_two_or_more_seeds(
         cells = [str(c) for c in table.get_row("a1")]
         assert "2: 0.6500 ± 0.0707" in cells
         assert "1: 0.5000" in [str(c) for c in table.get_row("b1")]
+        # n: is the difference larger than noise? (no oof.npy here: the clips cannot tell, the seeds can)
+        await pilot.press("n")
+        await wait_until(pilot, lambda: any("seeds" in str(n.message) and "b1" in str(n.message)
+                                            for n in app._notifications), what="the noise verdict")
+        said = next(str(n.message) for n in app._notifications if "seeds" in str(n.message))
+        assert "clips cannot tell" in said and "single seed" in said

@@ -147,6 +147,9 @@ class CompareScreen(Screen):
         Binding(REPORT_KEY, "report", "Report", show=False,
                 tooltip="Write the comparison as an HTML report with figures beside the database"),
         Binding("tab", "focus_next", "Next table", show=False),
+        Binding("n", "noise", "Noise", show=False,
+                tooltip="Is each run's difference to the baseline larger than noise? A paired bootstrap over "
+                        "clips, and the seed spread of the runs' seed groups (as fsat compare says)"),
     ]
 
     def __init__(self, run_ids: list[str], baseline: str) -> None:
@@ -168,6 +171,24 @@ class CompareScreen(Screen):
                 yield LiveTable([ColumnSpec("setting", "setting")], sort_column="setting", id="compare-diff")
                 yield EpochChart(id="compare-chart")
         yield KeyFooter(compact=True)
+
+    def action_noise(self) -> None:
+        """Tell, against the baseline, whether each difference is larger than clip noise and seed noise."""
+        self.notify("bootstrapping over clips...", title="Noise")
+        self._noise()
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="compare-noise")
+    def _noise(self) -> None:
+        from engine.stats import compare_noise
+
+        try:
+            rows = compare_noise(console(self).store, self.run_ids, self.baseline)
+        except (FsatError, sqlite3.Error) as err:
+            self.app.call_from_thread(self.notify, str(err), severity="error", markup=False)
+            return
+        text = "\n".join(f"{r['run_id']}: clips {r['clips']}; seeds {r['seeds']}" for r in rows)
+        self.app.call_from_thread(self.notify, text, title=f"Noise (against {self.baseline})", markup=False,
+                                  timeout=30)
 
     @property
     def classes_table(self) -> LiveTable:
