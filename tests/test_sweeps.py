@@ -234,3 +234,18 @@ def test_a_demo_sweep_of_two_points_and_two_seeds_screened_on_fold_0_runs_from_o
     for r in runs:
         config = recorded[r["run_id"]]["config"]
         assert (config["model"]["width"], config["train"]["seed"]) == ((8, 16)[r["point"]], r["seed"])
+
+
+@pytest.mark.parametrize("options, field", [
+    ({"screen_fold": 5}, "--screen-fold"),
+    ({"keep": 1}, "--keep"),
+    ({"screen_fold": 0, "keep": 3}, "--keep"),
+    ({"random_axes": ["model.width=choice([8,16])"]}, "--count"),
+])
+def test_screening_and_random_options_are_checked_before_anything_is_queued(store, tmp_path, options, field):
+    root = dataset_root(tmp_path / "data")
+    grid = [] if "random_axes" in options else ["model.width=[8,16]"]
+    with pytest.raises(ConfigError) as err:
+        sweeps.queue_sweep(store, preset="demo", data_root=root, grid=grid, **options)
+    assert err.value.field == field
+    assert store.list_jobs() == []
