@@ -94,3 +94,22 @@ async def test_compare_shows_the_seed_group_of_runs_that_have_two_or_more_seeds(
                                             for n in app._notifications), what="the noise verdict")
         said = next(str(n.message) for n in app._notifications if "seeds" in str(n.message))
         assert "clips cannot tell" in said and "single seed" in said
+
+
+async def test_the_command_palette_finds_a_sweep_and_opens_its_view(tmp_path: Path, monkeypatch) -> None:
+    db, data = console_world(tmp_path, monkeypatch)
+    with Store(db) as store:
+        sweep_id = sweeps.queue_sweep(store, preset="tiny", data_root=data, grid=["model.width=[8,16]"],
+                                      name="widths")
+    app = FsatConsole(db, data_root=data, poll_interval=0.1)
+    async with app.run_test(size=(160, 45)) as pilot:
+        await pilot.press("ctrl+p")
+        await pilot.pause()
+        for ch in "widths":
+            await pilot.press(ch)
+        await wait_until(pilot, lambda: "Sweep" in str(app.screen.query("CommandList").first().get_option_at_index(0).prompt)
+                         if app.screen.query("CommandList") and app.screen.query("CommandList").first().option_count
+                         else False, what="the sweep in the palette")
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, SweepScreen) and app.screen.sweep_id == sweep_id,
+                         what="the sweep view")

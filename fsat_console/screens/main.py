@@ -466,11 +466,9 @@ class MainScreen(Screen):
 
     def action_new_sweep(self) -> None:
         """Open the sweep dialog; a queued sweep opens its view."""
-        from fsat_console.screens.sweep import SweepDialog, SweepScreen
+        from fsat_console.screens.sweep import open_sweep_dialog
 
-        app = console(self)
-        app.push_screen(SweepDialog(preset="demo", data_root=str(app.default_data_root())),
-                        lambda sweep_id: sweep_id is not None and app.push_screen(SweepScreen(sweep_id)))
+        open_sweep_dialog(console(self))
 
     def action_open_sweep(self) -> None:
         """Open the sweep view of the selected run's sweep, else of the newest sweep."""

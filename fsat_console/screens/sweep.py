@@ -18,7 +18,10 @@ started, ``escape`` goes back.
 from __future__ import annotations
 
 from rich.text import Text
+import asyncio
+
 from textual import work
+from textual.command import Hit, Hits, Provider
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -257,3 +260,30 @@ class SweepScreen(Screen):
         except FsatError as err:
             text = str(err)
         self.app.call_from_thread(self.say, text)
+
+
+def open_sweep_dialog(app) -> None:
+    """Open the sweep dialog (the demo preset, the console's data root); a queued sweep opens its view."""
+    app.push_screen(SweepDialog(preset="demo", data_root=str(app.default_data_root())),
+                    lambda sweep_id: sweep_id is not None and app.push_screen(SweepScreen(sweep_id)))
+
+
+class SweepCommands(Provider):
+    """Every sweep in the command palette (``Sweep 3 demo sweep``): opens its view; and "New sweep"."""
+
+    async def search(self, query: str) -> Hits:
+        """Sweeps whose title holds the typed characters (the palette's matcher ranks them)."""
+        app = console(self)
+        matcher = self.matcher(query)
+        new = "New sweep"
+        if matcher.match(new) > 0:
+            yield Hit(matcher.match(new), matcher.highlight(new), lambda: open_sweep_dialog(app), text=new,
+                      help="a grid or random search times seeds, screened on one fold")
+        rows = await asyncio.to_thread(app.store.list_sweeps)
+        for sweep in rows:
+            title = f"Sweep {sweep['id']} {sweep['name']}"
+            score = matcher.match(title)
+            if score > 0:
+                yield Hit(score, matcher.highlight(title),
+                          lambda sweep_id=sweep["id"]: app.push_screen(SweepScreen(sweep_id)), text=title,
+                          help=f"{sweep['points']} points · {sweep['runs']} runs · {sweep['stage']}")
