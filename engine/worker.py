@@ -101,6 +101,7 @@ class Worker:
                 self.store.worker_heartbeat(self.worker_id)
                 for job_id in self.store.requeue_stale():
                     self.log(f"requeued job {job_id}: its worker stopped heartbeating")
+                    advance_sweep(self.store, job_id)  # a job out of attempts has ended: its sweep may go on
                 if self.cluster is not None and not self.cluster.ready():
                     # No cluster, no claim: jobs stay queued and the reason is on this worker's row.
                     self._sleep(self.poll)
