@@ -65,6 +65,7 @@ from engine.errors import FsatError
 from engine.reporting.cli import add_parser as add_report_parser
 from engine.runs.reports import tta_gain_report
 from engine.specs import ENSEMBLE_METHODS
+from engine.sweep_cli import add_parser as add_sweep_parser
 from engine.store import FINISHED_STATES, JOB_STATES, OOF, Store, default_db_path
 
 console = Console()
@@ -449,8 +450,12 @@ def cmd_runs(args: argparse.Namespace) -> int:
                                limit=limit, archived=archived)
         total = store.count_runs(where=flt.sql, params=flt.params, archived=archived) \
             if limit is not None else len(rows)
+        from engine.seeds import group_columns, seed_groups
+
+        groups = group_columns(seed_groups(store))
+    rows = [{**r, **groups.get(r["run_id"], {})} for r in rows]
     _emit(args, rows, "runs", ["run_id", "kind", "name", "model", "status", "folds_done", "cv_lwlrap",
-                               "mean_fold_lwlrap", "test_lwlrap", "tags", "created"])
+                               "mean_fold_lwlrap", "seeds", "group_cv", "test_lwlrap", "tags", "created"])
     _say_cut(len(rows), total, "runs")
     return 0
 
@@ -459,8 +464,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     """Two or more runs side by side: config differences, fold mean ± std, per-class LRAP and deltas."""
     from engine.compare import class_headers, compare_runs, comparison_markdown, pm_text, table_csv
 
+    from engine.stats import compare_noise
+
     with _open(args) as store:
         comp = compare_runs(store, args.runs, args.baseline)
+        noise = compare_noise(store, comp.run_ids, comp.baseline)
     if args.markdown:
         sys.stdout.write(comparison_markdown(comp))
         return 0
@@ -471,14 +479,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(json.dumps({"baseline": comp.baseline, "runs": comp.summary_rows(),
                           "config_diff": [{"key": k, "values": dict(zip(comp.run_ids, v))}
                                           for k, v in comp.config_diff()],
-                          "classes": comp.class_rows()}, indent=2, default=str))
+                          "classes": comp.class_rows(), "noise": noise}, indent=2, default=str))
         return 0
     summary = comp.summary_rows()
     for r in summary:
         r["fold mean ± std"] = pm_text(r["fold_mean"], r["fold_std"])
         r["Δ OOF"] = _signed(r["delta_cv"]) if not r["baseline"] else "baseline"
     _emit(args, summary, "runs", ["run_id", "kind", "model", "cv_lwlrap", "fold mean ± std", "folds",
-                                  "test_lwlrap", "Δ OOF"])
+                                  "test_lwlrap", "Δ OOF", "seeds", "group_cv", "group_folds"])
+    _emit(args, noise, f"larger than noise? (against {comp.baseline})", ["run_id", "clips", "seeds"])
     diff = [{"setting": k, **{r: json.dumps(v) if not isinstance(v, str) else v for r, v in zip(comp.run_ids, vals)}}
             for k, vals in comp.config_diff()]
     if diff:
@@ -754,6 +763,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("datasets", cmd_datasets, "list registered datasets", listing=True)
     add("presets", cmd_presets, "list presets", listing=True)
     add_report_parser(sub)
+    add_sweep_parser(sub)
     return ap
 
 

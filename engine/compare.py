@@ -56,6 +56,10 @@ def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
 
 
+#: A run's seed-group cells in a comparison's summary rows (``engine.seeds.group_columns``).
+GROUP_KEYS = ("seeds", "group_cv", "group_folds")
+
+
 @dataclass
 class RunSide:
     """One run of a comparison."""
@@ -79,6 +83,8 @@ class Comparison:
     sides: list[RunSide]
     baseline: str
     class_names: dict[int, str] = field(default_factory=dict)
+    #: run id -> its seed group's cells (``engine.seeds.group_columns``: seeds, group_cv, group_folds).
+    groups: dict[str, dict] = field(default_factory=dict)
 
     @property
     def run_ids(self) -> list[str]:
@@ -104,7 +110,8 @@ class Comparison:
                          "name": s.run.get("name"), "cv_lwlrap": cv, "fold_mean": mean, "fold_std": std,
                          "folds": len(s.folds), "test_lwlrap": s.run.get("test_lwlrap"),
                          "delta_cv": None if cv is None or base is None else cv - base,
-                         "baseline": s.run_id == self.baseline})
+                         "baseline": s.run_id == self.baseline,
+                         **{k: (self.groups.get(s.run_id) or {}).get(k) for k in GROUP_KEYS}})
         return rows
 
     def class_rows(self) -> list[dict]:
@@ -158,7 +165,10 @@ def compare_runs(store: Any, run_ids: Sequence[str], baseline: str | None = None
         for idx, c in classes.items():
             names.setdefault(idx, c["class_name"])
         sides.append(RunSide(run_id, run, store.fold_scores(run_id), classes, store.epochs(run_id)))
-    return Comparison(sides=sides, baseline=baseline, class_names=names)
+    from engine.seeds import group_columns, seed_groups
+
+    return Comparison(sides=sides, baseline=baseline, class_names=names,
+                      groups=group_columns(seed_groups(store)))
 
 
 # -- learning curves -----------------------------------------------------------------------------

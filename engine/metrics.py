@@ -108,6 +108,16 @@ def per_class_lwlrap(truth: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray,
     return per_class, weights
 
 
+def clip_precisions(truth: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per clip: the summed precision of its positive labels and its number of positives.
+
+    LWLRAP over any multiset of clips is ``sums[idx].sum() / counts[idx].sum()``,
+    so a bootstrap over clips (``engine.stats``) resamples these two vectors.
+    """
+    truth, scores = _check(truth, scores)
+    return _positive_precisions(truth, scores).sum(axis=1), truth.sum(axis=1).astype(np.float64)
+
+
 def lwlrap(truth: np.ndarray, scores: np.ndarray) -> float:
     """Label-weighted label-ranking average precision (the FSDKaggle2019 metric).
 

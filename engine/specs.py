@@ -680,8 +680,24 @@ LOADER_FIELDS = ("num_workers", "pin_memory", "persistent_workers", "prefetch_fa
 
 def spec_hash(spec: Any) -> str:
     """A short hash of everything that changes results (the name is left out)."""
-    d = to_dict(spec)
+    return config_hash(to_dict(spec))
+
+
+def seed_group_key(config: Any) -> str:
+    """The key of a run's seed group: the hash of its config (a spec, or a run's recorded config) without the seed.
+
+    Runs with the same key differ only in ``train.seed``: their spread is seed noise
+    (``engine.stats``, the sweep view, the runs table's group columns).
+    """
+    return config_hash(config if isinstance(config, dict) else to_dict(config), without_seed=True)
+
+
+def config_hash(config: dict, *, without_seed: bool = False) -> str:
+    """:func:`spec_hash` of a spec's dict (a run's recorded config); ``without_seed`` drops ``train.seed`` too."""
+    d = json.loads(json.dumps(config))
     d.pop("name", None)
+    if without_seed and isinstance(d.get("train"), dict):
+        d["train"].pop("seed", None)
     # Where the folds run changes no result, nor how the clips are loaded: each item's random draws come
     # from (seed, epoch, clip), whichever process decodes it.
     d.pop("cluster", None)

@@ -39,6 +39,7 @@ from pathlib import Path
 
 from engine.errors import FsatError
 from engine.intake import default_run_id
+from engine.sweeps import advance as advance_sweep
 from engine.store import DEFAULT_LEASE_SECONDS, Job, Store, default_db_path, runs_root
 
 
@@ -100,6 +101,7 @@ class Worker:
                 self.store.worker_heartbeat(self.worker_id)
                 for job_id in self.store.requeue_stale():
                     self.log(f"requeued job {job_id}: its worker stopped heartbeating")
+                    advance_sweep(self.store, job_id)  # a job out of attempts has ended: its sweep may go on
                 if self.cluster is not None and not self.cluster.ready():
                     # No cluster, no claim: jobs stay queued and the reason is on this worker's row.
                     self._sleep(self.poll)
@@ -115,6 +117,8 @@ class Worker:
                     self._sleep(min(self.poll, self.lease / 2))
                     continue
                 self.supervise(job)
+                for queued in advance_sweep(self.store, job.id):
+                    self.log(f"sweep: queued job {queued} (a point kept by screening)")
         finally:
             if self.cluster is not None:
                 self.cluster.close()

@@ -35,6 +35,7 @@ from textual.worker import Worker, WorkerState
 from engine.errors import FsatError
 from engine.store import Store, StoreError, default_db_path, runs_root
 from fsat_console.commands import JobCommands, RunCommands
+from fsat_console.screens.sweep import SweepCommands
 from fsat_console.key_pump import KeyPump
 from fsat_console.live import (DEFAULT_JOB_VIEW, DEFAULT_RUN_VIEW, LiveError, LiveUpdate, Overview, OverviewChanged,
                                Poller, RunDetailChanged, TableView, describe_error)
@@ -80,7 +81,7 @@ class FsatConsole(App):
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
     VERTICAL_BREAKPOINTS = [(0, "-short"), (36, "-tall")]
     #: The palette also searches every run and job in the database (in SQL, as the user types).
-    COMMANDS = App.COMMANDS | {RunCommands, JobCommands}
+    COMMANDS = App.COMMANDS | {RunCommands, JobCommands, SweepCommands}
 
     BINDINGS = [
         Binding("q", "quit", "Quit", show=False, tooltip="Quit the console (a busy worker keeps its job going; an idle one this "

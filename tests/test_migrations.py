@@ -170,6 +170,22 @@ def test_step_7_gives_old_workers_the_local_executor_and_adds_fold_placements(v1
     store.close()
 
 
+def test_step_9_adds_sweeps_and_old_jobs_train_every_fold(tmp_path: Path):
+    path = tmp_path / "experiments.db"
+    old = Store(path, schema_version=8)
+    job_id = old.enqueue("train", {"name": "before"})
+    assert old.schema_version() == 8
+    old.close()
+    store = Store(path)
+    assert store.schema_version() >= 9
+    assert store.job_folds(job_id) is None and store.sweep_of_job(job_id) is None and store.list_sweeps() == []
+    sweep_id = store.create_sweep(name="s", kind="train", preset="demo", base={}, axes={"grid": {}}, seeds=[1],
+                                  points=[({"model.width": 8}, [(1, {"name": ""})])], screen_fold=0, keep=1)
+    (run,) = store.sweep_runs(sweep_id)
+    assert run["run_id"] == f"sweep-{sweep_id:04d}-p0-s1" and run["job_status"] == "queued"
+    store.close()
+
+
 def test_a_listing_of_a_schema_1_database_upgrades_it_first(v1_db: Path):
     out = run_cli("runs", "--json", db=v1_db)
     assert [r["run_id"] for r in json.loads(out.stdout)] == ["train-0001"]

@@ -169,3 +169,17 @@ def test_baseline_variant_and_group_column_are_checked_and_the_mel_stats_preset_
     assert resolve_spec("baseline", preset="baseline", data_root="/data/fsd").variant == "embedding"
     with pytest.raises(ConfigError, match=r"variant: 'mfcc' is not one of embedding, mel_stats"):
         resolve_spec("baseline", data_root="/data/fsd", overrides=['variant="mfcc"'])
+
+
+def test_the_seed_is_in_the_config_hash_and_out_of_the_seed_group_key():
+    from engine.specs import TrainSpec, seed_group_key, spec_hash, to_dict
+
+    one, two, other = TrainSpec(), TrainSpec(), TrainSpec()
+    two.train.seed = 7
+    other.optim.head_lr = 1e-4
+    assert spec_hash(one) != spec_hash(two)
+    assert seed_group_key(one) == seed_group_key(two) == seed_group_key(to_dict(two))
+    assert seed_group_key(one) != seed_group_key(other)
+    # Loader settings and the name stay out of both.
+    two.train.num_workers, two.name = 3, "renamed"
+    assert seed_group_key(one) == seed_group_key(two)

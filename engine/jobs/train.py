@@ -195,7 +195,8 @@ def run(ctx: JobContext) -> str:
         stats = compute_mel_stats(frontend, (cache.get(i) for i in range(len(cache))), device=str(device))
         folder.save_mel_stats(*stats)
 
-    folds_to_run = spec.train.fold_list()
+    # A sweep's screening job trains its screening fold only; the same run completes later (engine.sweeps).
+    folds_to_run = store.job_folds(ctx.job.id) or spec.train.fold_list()
     oof = np.full((len(Y), len(classes)), np.nan, dtype=np.float32)
     done_folds = {r["fold"] for r in store.fold_scores(run_id)}
     t_run = time.perf_counter()

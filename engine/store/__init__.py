@@ -12,6 +12,7 @@ callers, :class:`Store`, built from one part per concern:
 - ``records``: datasets, folds, runs and their scores, written and read back;
 - ``listings``: the paged, filtered and sorted listings the console and
   ``fsat runs`` / ``fsat jobs`` read, totals and change cues;
+- ``sweeps``: a sweep's points, runs and jobs, the folds a sweep's job trains, the screening step;
 - ``rows``: :class:`Job`, and the run rows :class:`RunRow` and
   :class:`RunSummary`, both keyed ``run_id``.
 """
@@ -31,6 +32,7 @@ from engine.store.listings import JOB_ORDER, RUN_ORDER, Listings  # noqa: E402
 from engine.store.queue import DEFAULT_MAX_QUEUED, Queue  # noqa: E402
 from engine.store.records import Records  # noqa: E402
 from engine.store.rows import Job, RunRow, RunSummary  # noqa: E402
+from engine.store.sweeps import Sweeps  # noqa: E402
 from engine.store.schema import (  # noqa: E402
     DEFAULT_LEASE_SECONDS, FINISHED_STATES, JOB_STATES, MIGRATIONS, OOF, SCHEMA_VERSION)
 
@@ -41,7 +43,7 @@ __all__ = [
 ]
 
 
-class Store(Queue, Records, Listings, Connection):
+class Store(Queue, Records, Listings, Sweeps, Connection):
     """A connection to ``experiments.db`` with the queue and score operations.
 
     Three ways to open it:

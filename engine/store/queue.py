@@ -40,6 +40,25 @@ def _first_line(text: str) -> str:
     return (text or "").strip().splitlines()[0][:200] if (text or "").strip() else ""
 
 
+def insert_job(c, kind: str, payload: str, *, name: str = "", priority: int = 0, max_attempts: int = 3,
+               run_id: str | None = None) -> int:
+    """Insert a queued job inside the caller's write transaction; returns its id (``run_id``: the run it writes)."""
+    cur = c.execute(
+        "INSERT INTO jobs(kind, name, spec, priority, max_attempts, run_id, created_at) "
+        "VALUES (:kind, :name, :spec, :priority, :max_attempts, :run_id, :now)",
+        {"kind": kind, "name": name, "spec": payload, "priority": priority, "max_attempts": max_attempts,
+         "run_id": run_id, "now": _now()})
+    return int(cur.lastrowid)
+
+
+def check_room(c, adding: int, max_queued: int) -> None:
+    """QueueFull when adding ``adding`` jobs would leave more than ``max_queued`` queued."""
+    waiting = c.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued'").fetchone()[0]
+    if waiting + adding > max_queued:
+        raise QueueFull(f"the queue already holds {waiting} queued jobs (limit {max_queued}); "
+                        "wait for some to finish or cancel some")
+
+
 class Queue(Connection):
     """The job queue, the workers' rows and where each fold of a job runs (part of :class:`engine.store.Store`).
 
@@ -61,16 +80,8 @@ class Queue(Connection):
         """
         payload = json.dumps(spec, sort_keys=True)
         with self.write(on_wait=on_wait) as c:
-            waiting = c.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued'").fetchone()[0]
-            if waiting >= max_queued:
-                raise QueueFull(f"the queue already holds {waiting} queued jobs (limit {max_queued}); "
-                                "wait for some to finish or cancel some")
-            cur = c.execute(
-                "INSERT INTO jobs(kind, name, spec, priority, max_attempts, created_at) "
-                "VALUES (:kind, :name, :spec, :priority, :max_attempts, :now)",
-                {"kind": kind, "name": name, "spec": payload, "priority": priority,
-                 "max_attempts": max_attempts, "now": _now()})
-            return int(cur.lastrowid)
+            check_room(c, 1, max_queued)
+            return insert_job(c, kind, payload, name=name, priority=priority, max_attempts=max_attempts)
 
     def claim(self, worker_id: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> Job | None:
         """Atomically take the highest-priority queued job for ``worker_id``.

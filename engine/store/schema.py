@@ -357,6 +357,53 @@ def _migrate_v8(c: sqlite3.Connection) -> None:
     c.execute("ALTER TABLE epochs ADD COLUMN peak_rss_mib REAL")      # the job process's peak resident set
 
 
+def _migrate_v9(c: sqlite3.Connection) -> None:
+    """Sweeps: one row per sweep, per point (its settings and screening decision), per run (point x seed).
+
+    ``sweep_jobs`` links each job a sweep queued to its run and names the folds that job trains
+    (NULL: every fold of the spec), so a screening job and the job that completes it write the
+    same run, and the run's config hash does not depend on which folds a job was asked for.
+    """
+    c.execute("""CREATE TABLE IF NOT EXISTS sweeps (
+        id           INTEGER PRIMARY KEY,
+        name         TEXT NOT NULL DEFAULT '',
+        kind         TEXT NOT NULL DEFAULT 'train',
+        preset       TEXT NOT NULL DEFAULT '',
+        base         TEXT NOT NULL,                 -- JSON: the spec every point starts from
+        axes         TEXT NOT NULL,                 -- JSON: the settings that vary and how
+        seeds        TEXT NOT NULL,                 -- JSON list of train.seed values
+        screen_fold  INTEGER,                       -- NULL: no screening, every run trains all folds
+        keep         INTEGER,                       -- points that complete after screening
+        stage        TEXT NOT NULL DEFAULT 'screening',  -- screening | completing | cancelled
+        created_at   REAL NOT NULL
+    )""")
+    c.execute("""CREATE TABLE IF NOT EXISTS sweep_points (
+        sweep_id       INTEGER NOT NULL REFERENCES sweeps(id) ON DELETE CASCADE,
+        point          INTEGER NOT NULL,
+        settings       TEXT NOT NULL,               -- JSON {"train.lr": 0.001, ...}: this point's values
+        decision       TEXT,                        -- NULL until screened: kept | screened out | completed by hand
+        screen_lwlrap  REAL,                        -- mean over seeds of the screening fold's LWLRAP
+        reason         TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (sweep_id, point)
+    )""")
+    c.execute("""CREATE TABLE IF NOT EXISTS sweep_runs (
+        sweep_id  INTEGER NOT NULL,
+        point     INTEGER NOT NULL,
+        seed      INTEGER NOT NULL,
+        run_id    TEXT NOT NULL UNIQUE,
+        PRIMARY KEY (sweep_id, point, seed),
+        FOREIGN KEY (sweep_id, point) REFERENCES sweep_points(sweep_id, point) ON DELETE CASCADE
+    )""")
+    c.execute("""CREATE TABLE IF NOT EXISTS sweep_jobs (
+        job_id    INTEGER PRIMARY KEY REFERENCES jobs(id) ON DELETE CASCADE,
+        sweep_id  INTEGER NOT NULL REFERENCES sweeps(id) ON DELETE CASCADE,
+        run_id    TEXT NOT NULL,
+        stage     TEXT NOT NULL,                    -- screen | complete | full
+        folds     TEXT                              -- JSON list of the folds this job trains; NULL: all
+    )""")
+    c.execute("CREATE INDEX IF NOT EXISTS sweep_jobs_sweep ON sweep_jobs(sweep_id, stage)")
+
+
 #: Ordered schema migrations: ``(version, what it changes, function)``. A
 #: database at version N gets every step above N, in order, inside one
 #: ``BEGIN IMMEDIATE`` transaction, so a half-upgraded file is never left and
@@ -372,6 +419,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[sqlite3.Connection], None]]] = [
     (6, "tags, notes and the archived flag on runs; indexes for paging and filters", _migrate_v6),
     (7, "executors: workers.executor and workers.cluster, fold_tasks", _migrate_v7),
     (8, "system figures per epoch: epochs.device, peak_gpu_mib, gpu_util, peak_rss_mib", _migrate_v8),
+    (9, "sweeps: sweeps, sweep_points, sweep_runs, sweep_jobs (the folds a job trains)", _migrate_v9),
 ]
 
 #: The schema version this code writes: the last migration's.

@@ -79,9 +79,20 @@ def class_table_rows(comp: Comparison) -> list[tuple[str, list[Cell]]]:
     return rows
 
 
+#: Shown when a compared run has a seed group of two or more seeds: the group's OOF mean ± std over seeds.
+GROUP_COLUMN = ColumnSpec("group", "seeds: OOF mean ± std", descending_first=True)
+
+
+def summary_columns(comp: Comparison) -> tuple[ColumnSpec, ...]:
+    """The summary's columns: with the seed-group column when a compared run has two or more seeds."""
+    grouped = any((r.get("seeds") or 0) > 1 for r in comp.summary_rows())
+    return (*SUMMARY_COLUMNS, GROUP_COLUMN) if grouped else SUMMARY_COLUMNS
+
+
 def summary_rows(comp: Comparison) -> list[tuple[str, list[Cell]]]:
-    """One row per run: marker, OOF LWLRAP, fold mean ± std, delta against the baseline, test."""
+    """One row per run: marker, OOF LWLRAP, fold mean ± std, delta against the baseline, test (and its seed group)."""
     rows = []
+    grouped = GROUP_COLUMN in summary_columns(comp)
     for i, r in enumerate(comp.summary_rows()):
         marker = FOLD_MARKERS[i % len(FOLD_MARKERS)]
         delta = (Cell("baseline", style="bold cyan", justify="right", sort_key=0.0) if r["baseline"]
@@ -94,6 +105,8 @@ def summary_rows(comp: Comparison) -> list[tuple[str, list[Cell]]]:
             num_cell(pm_text(r["fold_mean"], r["fold_std"]) + f" ({r['folds']})", r["fold_mean"]),
             delta,
             num_cell(fmt_score(r["test_lwlrap"]), r["test_lwlrap"]),
+            *([Cell(f"{r['seeds'] or 1}: {r['group_cv'] or '—'}", justify="right", sort_key=r["group_cv"] or "")]
+              if grouped else []),
         ]))
     return rows
 
@@ -134,6 +147,9 @@ class CompareScreen(Screen):
         Binding(REPORT_KEY, "report", "Report", show=False,
                 tooltip="Write the comparison as an HTML report with figures beside the database"),
         Binding("tab", "focus_next", "Next table", show=False),
+        Binding("n", "noise", "Noise", show=False,
+                tooltip="Is each run's difference to the baseline larger than noise? A paired bootstrap over "
+                        "clips, and the seed spread of the runs' seed groups (as fsat compare says)"),
     ]
 
     def __init__(self, run_ids: list[str], baseline: str) -> None:
@@ -155,6 +171,24 @@ class CompareScreen(Screen):
                 yield LiveTable([ColumnSpec("setting", "setting")], sort_column="setting", id="compare-diff")
                 yield EpochChart(id="compare-chart")
         yield KeyFooter(compact=True)
+
+    def action_noise(self) -> None:
+        """Tell, against the baseline, whether each difference is larger than clip noise and seed noise."""
+        self.notify("bootstrapping over clips...", title="Noise")
+        self._noise()
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="compare-noise")
+    def _noise(self) -> None:
+        from engine.stats import compare_noise
+
+        try:
+            rows = compare_noise(console(self).store, self.run_ids, self.baseline)
+        except (FsatError, sqlite3.Error) as err:
+            self.app.call_from_thread(self.notify, str(err), severity="error", markup=False)
+            return
+        text = "\n".join(f"{r['run_id']}: clips {r['clips']}; seeds {r['seeds']}" for r in rows)
+        self.app.call_from_thread(self.notify, text, title=f"Noise (against {self.baseline})", markup=False,
+                                  timeout=30)
 
     @property
     def classes_table(self) -> LiveTable:
@@ -198,7 +232,11 @@ class CompareScreen(Screen):
             self.notify(message.problem, severity="error", markup=False)
             return
         comp = self.comp = message.comp
-        self.query_one("#compare-runs", LiveTable).sync(summary_rows(comp))
+        runs = self.query_one("#compare-runs", LiveTable)
+        if [c.key for c in runs.specs] != [c.key for c in summary_columns(comp)]:
+            runs.specs = list(summary_columns(comp))
+            runs.clear(columns=True)
+        runs.sync(summary_rows(comp))
         table = self.classes_table
         wanted = class_columns(comp)
         if [c.key for c in table.specs] != [c.key for c in wanted]:

@@ -194,6 +194,10 @@ class MainScreen(Screen):
         Binding("a", "archive", "Archive", show=False, tooltip="Archive the selected run (hidden, kept), or unarchive it"),
         Binding("A", "show_archived", "Archived", show=False, tooltip="Show the archived runs instead of the others"),
         Binding("e", "ensemble", "Ensemble", tooltip="Blend runs' out-of-fold scores and save the blend as a job"),
+        Binding("g", "new_sweep", "Sweep", show=False, tooltip="Queue a sweep: a grid or random search times seeds, "
+                                                             "screened on one fold (engine.sweeps)"),
+        Binding("G", "open_sweep", "Sweep view", show=False,
+                tooltip="The sweep of the selected run (else the newest sweep): one row per point, live"),
         Binding("E", "export", "Export", show=False, tooltip="Write the table in view (every matching row) as .csv or .md"),
         Binding("s", "cycle_sort", "Sort", show=False, tooltip="Sort the focused table by its next column"),
         Binding("S", "reverse_sort", "Reverse", show=False, tooltip="Reverse the sort of the focused table"),
@@ -459,6 +463,24 @@ class MainScreen(Screen):
     def action_ensemble(self) -> None:
         """Open the ensemble screen."""
         console(self).open_ensemble()
+
+    def action_new_sweep(self) -> None:
+        """Open the sweep dialog; a queued sweep opens its view."""
+        from fsat_console.screens.sweep import open_sweep_dialog
+
+        open_sweep_dialog(console(self))
+
+    def action_open_sweep(self) -> None:
+        """Open the sweep view of the selected run's sweep, else of the newest sweep."""
+        from fsat_console.screens.sweep import SweepScreen
+
+        store, run = console(self).store, self._selected_run()
+        sweep_id = store.sweep_of_run(run["run_id"]) if run else None
+        sweep_id = sweep_id or next((s["id"] for s in store.list_sweeps()), None)
+        if sweep_id is None:
+            self.notify("No sweep yet: g queues one.", severity="warning")
+            return
+        console(self).push_screen(SweepScreen(sweep_id))
 
     def action_cancel_job(self) -> None:
         """Cancel the selected job of the jobs table (the confirmation names it, its state and progress)."""
