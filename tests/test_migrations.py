@@ -183,3 +183,22 @@ def test_a_read_only_schema_1_database_is_named_with_what_to_do(v1_db: Path):
     assert "schema version 1 is older" in out.stderr and "cannot be upgraded" in out.stderr
     assert "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_step_8_adds_job_dependencies_and_plans_to_a_version_7_database(tmp_path: Path):
+    path = tmp_path / "experiments.db"
+    old = Store(path, schema_version=7)
+    queued = old.enqueue("probe", {"seconds": 1})
+    old.close()
+    con = sqlite3.connect(path)
+    assert not con.execute("SELECT 1 FROM sqlite_master WHERE name IN ('job_deps', 'plans', 'plan_steps')").fetchall()
+    con.close()
+    store = Store(path)
+    assert store.schema_version() >= 8
+    # A job queued before the step has no parents: it is claimed as before, and can be a parent.
+    assert store.job_parents(queued) == [] and store.job_waits() == {}
+    child = store.enqueue("probe", {}, after=(queued,))
+    assert store.job_waits()[child]["state"] == "waiting"
+    assert store.claim("w").id == queued and store.claim("w2") is None
+    assert store.list_plans() == []
+    store.close()
