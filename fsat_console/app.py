@@ -469,6 +469,22 @@ class FsatConsole(App):
         self.select_job = job_id
         self.request_refresh()
 
+    def open_plan(self, plan_id: int | None = None) -> None:
+        """Show a plan as a tree; without one, the plan dialog first (the queued plan is shown)."""
+        from fsat_console.screens.plan import PlanDialog, PlanScreen
+
+        if plan_id is not None:
+            self.push_screen(PlanScreen(plan_id))
+            return
+
+        def queued(new_plan: int | None) -> None:
+            if new_plan is not None:
+                self.notify(f"queued plan {new_plan}", title="Queue")
+                self.request_refresh()
+                self.push_screen(PlanScreen(new_plan))
+
+        self.push_screen(PlanDialog(data_root=str(self.default_data_root())), queued)
+
     def open_ensemble(self) -> None:
         """Show the ensemble screen (unless it is already shown)."""
         if not isinstance(self.screen, EnsembleScreen):

@@ -194,6 +194,8 @@ class MainScreen(Screen):
         Binding("a", "archive", "Archive", show=False, tooltip="Archive the selected run (hidden, kept), or unarchive it"),
         Binding("A", "show_archived", "Archived", show=False, tooltip="Show the archived runs instead of the others"),
         Binding("e", "ensemble", "Ensemble", tooltip="Blend runs' out-of-fold scores and save the blend as a job"),
+        Binding("P", "plan", "Plan", show=False, tooltip="Queue a plan preset (teacher → … → submission); on a job "
+                "of a plan (jobs table): show the plan as a tree"),
         Binding("E", "export", "Export", show=False, tooltip="Write the table in view (every matching row) as .csv or .md"),
         Binding("s", "cycle_sort", "Sort", show=False, tooltip="Sort the focused table by its next column"),
         Binding("S", "reverse_sort", "Reverse", show=False, tooltip="Reverse the sort of the focused table"),
@@ -459,6 +461,12 @@ class MainScreen(Screen):
     def action_ensemble(self) -> None:
         """Open the ensemble screen."""
         console(self).open_ensemble()
+
+    def action_plan(self) -> None:
+        """Show the plan of the selected job, or open the plan dialog."""
+        job = self._selected_job()
+        plan_id = console(self).store.plan_of_job(int(job["id"])) if job else None
+        console(self).open_plan(plan_id)
 
     def action_cancel_job(self) -> None:
         """Cancel the selected job of the jobs table (the confirmation names it, its state and progress)."""
