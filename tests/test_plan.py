@@ -93,7 +93,7 @@ def test_plan_demo_runs_from_one_command_to_a_valid_submission_with_two_workers(
     db = tmp_path / "experiments.db"
     stages = '[{name = "A", epochs = 1, noisy_weight = 0.5}, {name = "B", epochs = 1, noisy_weight = 1.0}]'
     out = run_cli("queue", "plan", "plan_demo", "--data", str(tiny_demo), "--json",
-                  "--set", "train:train.epochs=2", "--set", "train:train.folds=[0, 1]",
+                  "--set", "train:train.epochs=2", "--set", "train:train.n_folds=2",
                   "--set", "train:train.steps_per_epoch=3", "--set", "train:audio.crop_seconds=2.0",
                   "--set", f"curriculum:stages={stages}", "--set", "curriculum:swap_tolerance=1.0",
                   "--set", "curriculum:filter.keep_threshold=0.5", "--set", "curriculum:filter.pseudo_threshold=0.99",

@@ -20,14 +20,14 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import Screen
-from textual.widgets import Input, Label, OptionList, Static, Tree
+from textual.widgets import Input, OptionList, Static, Tree
 from textual.widgets.option_list import Option
 
 from engine.errors import ConfigError, FsatError
 from engine.plan import load_plan, plan_presets, prepare_plan, queue_plan
 from fsat_console.access import console
 from fsat_console.formatting import STATUS_STYLES, bar
-from fsat_console.screens.dialogs import WAITING, SpecDialog, preset_about, split_overrides
+from fsat_console.screens.dialogs import DATA_ROOT_HINT, SpecDialog, labelled, preset_about, split_overrides
 from fsat_console.widgets.footer import KeyFooter
 
 #: Styles of the derived states (the stored ones use :data:`STATUS_STYLES`).
@@ -50,18 +50,11 @@ class PlanDialog(SpecDialog):
         """The plan presets, the data root and the overrides, with an error line under each."""
         with Vertical(id="plan-dialog", classes="dialog"):
             yield Static("Queue a plan", classes="dialog-title")
-            yield Label("Plan", classes="field-label")
-            yield OptionList(*[Option(name, id=name) for name in self.presets], id="plan")
-            yield Static("", id="plan-about")
-            yield Static("", id="plan-error", classes="field-error")
-            yield Label("Data root", classes="field-label")
-            yield Input(self.initial_data_root, placeholder="folder with sample_submission.csv and train_curated.csv",
-                        id="data-root")
-            yield Static("", id="data-root-error", classes="field-error")
-            yield Label("Overrides", classes="field-label")
-            yield Input("", placeholder="STEP:key=value or KIND:key=value …  e.g. train:train.epochs=3",
-                        id="overrides")
-            yield Static("", id="overrides-error", classes="field-error")
+            yield from labelled("Plan", OptionList(*[Option(name, id=name) for name in self.presets], id="plan"),
+                                Static("", id="plan-about"))
+            yield from labelled("Data root", Input(self.initial_data_root, placeholder=DATA_ROOT_HINT, id="data-root"))
+            yield from labelled("Overrides", Input("", id="overrides", placeholder="STEP:key=value or KIND:key=value …  "
+                                                   "e.g. train:train.epochs=3"))
             yield Static("", id="queue-error", classes="field-error")
             yield Static("[b]enter[/b] queue   [b]tab[/b] next field   [b]↑↓[/b] plan   [b]esc[/b] close",
                          classes="dialog-keys")
@@ -110,33 +103,20 @@ class PlanDialog(SpecDialog):
         super().show_config_error(err)
         self.set_error(self.field_for(err), str(err))
 
-    def action_submit(self) -> None:
-        """Check every step of the plan; queue it when all is well, else show the step and field at fault."""
-        if self._submitting or self.queued_job is not None:
-            return
-        self.clear_errors()
-        if self.preset is None:
-            self.set_error("plan", "choose a plan")
-            return
+    def prepare(self) -> dict:
+        """Every step of the plan through ``engine.intake.prepare`` (ConfigError names the step); what to queue."""
         store = console(self).store
-        try:
-            prepare_plan(store, load_plan(self.preset), first_id=store.next_job_id(), **self.request())
-        except ConfigError as err:
-            self.show_config_error(err)
-            return
-        except (FsatError, sqlite3.Error) as err:
-            self.set_error("queue", f"Could not queue: {err}")
-            return
-        self._submitting = True
-        self._queue(self.preset, self.request())
+        if self.preset is None:
+            raise ConfigError("choose a plan", field="plan")
+        prepare_plan(store, load_plan(self.preset), first_id=store.next_job_id(), **self.request())
+        return {"preset": self.preset, **self.request()}
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="queue")
-    def _queue(self, preset: str, request: dict) -> None:
-        """Queue the plan (one write transaction) off the UI thread."""
+    def _submit(self, prepared: dict, name: str, priority: int) -> None:
+        """Queue the plan (one write transaction) off the UI thread; dismiss with its id."""
         app = self.app
-        app.call_from_thread(self.set_error, "queue", WAITING)
         try:
-            plan_id = queue_plan(console(self).store, preset, **request)
+            plan_id = queue_plan(console(self).store, **prepared)
         except (FsatError, sqlite3.Error) as err:
             app.call_from_thread(self._submit_failed, f"Could not queue: {err}")
             return
