@@ -467,8 +467,11 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         rows = store.page_jobs(where=flt.sql, params=flt.params, order=args.sort, descending=not args.asc,
                                limit=limit)
         total = store.count_jobs_where(where=flt.sql, params=flt.params) if limit is not None else len(rows)
+        waits = store.job_waits([r["id"] for r in rows if r["status"] == "queued"])
     for r in rows:
         r["progress"] = round(r["progress"], 4)
+        if r["id"] in waits:  # a queued job that waits for its parents, or is held by a failed one
+            r["status"], r["message"] = waits[r["id"]]["state"], waits[r["id"]]["reason"]
     _emit(args, rows, "jobs", ["id", "kind", "name", "status", "progress", "message", "attempts", "run_id"])
     _say_cut(len(rows), total, "jobs")
     return 0

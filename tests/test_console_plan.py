@@ -8,7 +8,9 @@ from textual.widgets import Input, Tree
 
 from engine.store import Store
 from fsat_console.app import FsatConsole
+from fsat_console.screens.main import MainScreen
 from fsat_console.screens.plan import PlanDialog, PlanScreen
+from tests.helpers.console import cell_text, table
 from tests.helpers.waiting import wait_until
 
 SIZE = (160, 45)
@@ -24,7 +26,9 @@ def _tree_lines(screen: PlanScreen) -> dict[str, str]:
             lines[text.split()[0]] = text
             walk(child)
 
-    walk(screen.query_one("#plan-tree", Tree).root)
+    trees = screen.query("#plan-tree")  # none until the screen has composed
+    if trees:
+        walk(trees.first(Tree).root)
     return lines
 
 
@@ -60,6 +64,17 @@ async def test_a_plan_is_queued_from_the_dialog_and_shown_as_a_live_tree(tmp_pat
         await wait_until(pilot, lambda: "held: job" in _tree_lines(screen)["curriculum"], timeout=10,
                          what="the curriculum held")
         assert "failed" in _tree_lines(screen)["teacher"] and "held" in _tree_lines(screen)["blend"]
+        # The jobs table says so too, with the reason.
+        await pilot.press("escape")
+        curriculum = str(store.plan_steps(1)[1]["job_id"])
+        await wait_until(pilot, lambda: isinstance(app.screen, MainScreen) and curriculum in table(app, "jobs").rows
+                         and cell_text(table(app, "jobs"), curriculum, "progress").strip() == "held", timeout=10,
+                         what="the curriculum held in the jobs table")
+        assert cell_text(table(app, "jobs"), curriculum, "message").startswith("held: job")
+        app.push_screen(PlanScreen(1))
+        await wait_until(pilot, lambda: isinstance(app.screen, PlanScreen), what="the plan tree again")
+        screen = app.screen
+        await wait_until(pilot, lambda: len(_tree_lines(screen)) == 8, what="eight steps")
         await pilot.press("c")
         await wait_until(pilot, lambda: "cancelled" in _tree_lines(screen)["blend"], what="the plan cancelled")
         assert store.count_jobs("queued") == 0 and store.count_jobs("cancelled") == 7

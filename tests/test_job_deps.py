@@ -129,3 +129,29 @@ def test_two_workers_never_start_a_dependent_job_before_its_parent_is_done(db_pa
         for parent in parents:
             assert jobs[child].started_at >= jobs[parent].finished_at, (child, parent)
     assert store.count_jobs("done") == 7
+
+
+def test_fsat_jobs_shows_a_waiting_and_a_held_job_with_the_reason(db_path: Path):
+    import json
+
+    from tests.helpers.processes import run_cli
+
+    store = Store(db_path)
+    parent = store.enqueue("probe", {}, name="teacher")
+    child = store.enqueue("probe", {}, after=(parent,))
+    rows = {r["id"]: r for r in json.loads(run_cli("jobs", "--json", db=db_path).stdout)}
+    assert (rows[parent]["status"], rows[child]["status"]) == ("queued", "waiting")
+    assert rows[child]["message"] == f"waiting for job {parent}"
+    job = store.claim("w")
+    store.fail_job(parent, "boom", worker_id="w", attempt=job.attempts)
+    rows = {r["id"]: r for r in json.loads(run_cli("jobs", "--json", db=db_path).stdout)}
+    assert rows[child]["status"] == "held" and rows[child]["message"] == f"held: job {parent} 'teacher' failed"
+
+
+def test_a_reader_of_a_file_older_than_the_dependencies_sees_no_waits(tmp_path: Path):
+    path = tmp_path / "experiments.db"
+    old = Store(path, schema_version=7)
+    old.enqueue("probe", {})
+    old.close()
+    reader = Store(path, readonly=True)
+    assert reader.job_waits() == {} and reader.list_plans() == [] and reader.plan_of_job(1) is None

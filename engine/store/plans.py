@@ -60,6 +60,10 @@ def insert_deps(c, job_id: int, parents: Iterable[int]) -> None:
 class Plans(Connection):
     """Job dependencies, their derived waiting/held state, and plans (part of :class:`engine.store.Store`)."""
 
+    def _has_plans(self) -> bool:
+        """Whether the file has the dependency tables (a reader may hold a file older than schema 8)."""
+        return bool(self._query("SELECT 1 AS x FROM sqlite_master WHERE type='table' AND name='job_deps'"))
+
     def next_job_id(self) -> int:
         """The id the next job queued will get (the table's largest id plus one)."""
         return int(self._query("SELECT COALESCE(MAX(id), 0) + 1 AS n FROM jobs")[0]["n"])
@@ -110,6 +114,8 @@ class Plans(Connection):
         ``job_ids`` limits it to those jobs (default: every queued job).
         """
         wanted = None if job_ids is None else {int(j) for j in job_ids}
+        if wanted == set() or not self._has_plans():
+            return {}
         rows = self._query(
             "WITH RECURSIVE up(job_id, anc, depth) AS ("
             "  SELECT d.job_id, d.parent_id, 1 FROM job_deps d JOIN jobs j ON j.id = d.job_id "
@@ -144,6 +150,8 @@ class Plans(Connection):
 
     def list_plans(self, *, limit: int = 50) -> list[dict]:
         """Plans, newest first, with how many of their jobs are in each state."""
+        if not self._has_plans():
+            return []
         plans = self._query("SELECT * FROM plans ORDER BY id DESC LIMIT :limit", {"limit": limit})
         for plan in plans:
             counts = self._query("SELECT j.status, COUNT(*) AS n FROM plan_steps s JOIN jobs j ON j.id = s.job_id "
@@ -178,6 +186,8 @@ class Plans(Connection):
 
     def plan_of_job(self, job_id: int) -> int | None:
         """The plan a job belongs to, if any."""
+        if not self._has_plans():
+            return None
         rows = self._query("SELECT plan_id FROM plan_steps WHERE job_id = :id", {"id": job_id})
         return int(rows[0]["plan_id"]) if rows else None
 

@@ -134,6 +134,8 @@ def job_rows(jobs: list[dict], at: float | None = None) -> list[tuple[str, list[
         else:
             progress_text = f"{bar(progress, 10)} {progress * 100:4.0f}%"
         message = j.get("error") if j["status"] == "failed" and j.get("error") else j.get("message")
+        if j.get("wait"):
+            progress_text, message = j["wait"]["state"].ljust(16), j["wait"]["reason"]
         if j.get("cancel_requested") and j["status"] == "running":
             message = "cancelling…"
         elapsed, eta = job_times(j, moment)
