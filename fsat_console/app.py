@@ -410,6 +410,7 @@ class FsatConsole(App):
         """Show every key and where the data lives."""
         from engine.filters import field_help
         from fsat_console.screens.compare import CompareScreen
+        from fsat_console.screens.plan import PlanScreen
         from fsat_console.screens.run import RunScreen
 
         sections = [
@@ -421,6 +422,9 @@ class FsatConsole(App):
                      "id or name; time fields take 2026-11-30 or an age: created<2h")]),
             ("Run", binding_rows(self, RunScreen.BINDINGS)),
             ("Compare", binding_rows(self, CompareScreen.BINDINGS)),
+            ("Plan (P)", binding_rows(self, PlanScreen.BINDINGS)
+             + [("", "Each step under the first step whose run it uses: its state (waiting, held with the reason, "
+                     "running with its progress), message and run")]),
             ("Ensemble", binding_rows(self, EnsembleScreen.BINDINGS)
              + [("↑ ↓", "Move between runs"), ("", "The score is the blend's out-of-fold LWLRAP against "
                                                    "the curated labels, recomputed after every change")]),
