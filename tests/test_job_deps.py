@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.store import Store, StoreError
+from engine.store import MIGRATIONS, Store, StoreError
 from engine.store.plans import PlanJob, ReservationMoved
 from tests.helpers.processes import env_with_project, worker_cmd
 
@@ -150,7 +150,7 @@ def test_fsat_jobs_shows_a_waiting_and_a_held_job_with_the_reason(db_path: Path)
 
 def test_a_reader_of_a_file_older_than_the_dependencies_sees_no_waits(tmp_path: Path):
     path = tmp_path / "experiments.db"
-    old = Store(path, schema_version=7)
+    old = Store(path, schema_version=max(v for v, _what, _fn in MIGRATIONS if v < 12))
     old.enqueue("probe", {})
     old.close()
     reader = Store(path, readonly=True)

@@ -185,16 +185,17 @@ def test_a_read_only_schema_1_database_is_named_with_what_to_do(v1_db: Path):
     assert len(out.stderr.strip().splitlines()) == 1
 
 
-def test_step_8_adds_job_dependencies_and_plans_to_a_version_7_database(tmp_path: Path):
+def test_step_12_adds_job_dependencies_and_plans_to_a_database_of_the_version_before(tmp_path: Path):
     path = tmp_path / "experiments.db"
-    old = Store(path, schema_version=7)
+    before = max(v for v, _what, _fn in MIGRATIONS if v < 12)
+    old = Store(path, schema_version=before)
     queued = old.enqueue("probe", {"seconds": 1})
     old.close()
     con = sqlite3.connect(path)
     assert not con.execute("SELECT 1 FROM sqlite_master WHERE name IN ('job_deps', 'plans', 'plan_steps')").fetchall()
     con.close()
     store = Store(path)
-    assert store.schema_version() >= 8
+    assert store.schema_version() >= 12
     # A job queued before the step has no parents: it is claimed as before, and can be a parent.
     assert store.job_parents(queued) == [] and store.job_waits() == {}
     child = store.enqueue("probe", {}, after=(queued,))

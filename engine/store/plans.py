@@ -61,7 +61,7 @@ class Plans(Connection):
     """Job dependencies, their derived waiting/held state, and plans (part of :class:`engine.store.Store`)."""
 
     def _has_plans(self) -> bool:
-        """Whether the file has the dependency tables (a reader may hold a file older than schema 8)."""
+        """Whether the file has the dependency tables (a reader may hold a file older than schema 12)."""
         return bool(self._query("SELECT 1 AS x FROM sqlite_master WHERE type='table' AND name='job_deps'"))
 
     def next_job_id(self) -> int:

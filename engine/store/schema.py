@@ -351,7 +351,7 @@ def _migrate_v7(c: sqlite3.Connection) -> None:
     )""")
 
 
-def _migrate_v8(c: sqlite3.Connection) -> None:
+def _migrate_v12(c: sqlite3.Connection) -> None:
     """Plans and dependencies: a job waits for the jobs whose runs it needs (``engine.store.plans``)."""
     c.execute("""CREATE TABLE IF NOT EXISTS job_deps (
         job_id     INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
@@ -388,7 +388,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[sqlite3.Connection], None]]] = [
     (5, "curriculum: epoch stages, noisy-label audit, loss swaps, gain views", _migrate_v5),
     (6, "tags, notes and the archived flag on runs; indexes for paging and filters", _migrate_v6),
     (7, "executors: workers.executor and workers.cluster, fold_tasks", _migrate_v7),
-    (8, "plans: job_deps (a job waits for its parents), plans and plan_steps", _migrate_v8),
+    (12, "plans: job_deps (a job waits for its parents), plans and plan_steps", _migrate_v12),
 ]
 
 #: The schema version this code writes: the last migration's.
