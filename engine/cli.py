@@ -8,6 +8,8 @@
     fsat [--db PATH] queue infer RUN_ID [--preset tta] [--set infer.tta_crops=5 ...] [--name NAME] [--priority N]
     fsat [--db PATH] queue curriculum TEACHER_RUN --preset curriculum [--set filter.keep_threshold=0.7 ...]
     fsat [--db PATH] queue ensemble RUN_ID RUN_ID ... [--set method="mean" ...] [--name NAME] [--priority N]
+    fsat [--db PATH] queue plan PLAN_PRESET [--data DIR] [--set STEP:key=value | KIND:key=value ...]
+    fsat [--db PATH] plans [PLAN_ID] [--cancel]
     fsat [--db PATH] ensemble RUN_ID RUN_ID ... [--weights W ...] [--method auto|best|rank|...] [--no-calibrate]
                                                [--greedy] [--greedy-steps N] [--no-submission]
                                                [--name NAME] [--priority N] [--now | --dry-run]
@@ -242,6 +244,8 @@ def _queue_overrides(args: argparse.Namespace) -> list[str]:
 
 def cmd_queue(args: argparse.Namespace) -> int:
     """Queue a job through ``engine.intake``: every queue-time check, then the insert."""
+    if args.kind == "plan":
+        return cmd_queue_plan(args)
     overrides = _queue_overrides(args)
     with _open(args) as store:
         prepared = intake.prepare(store, args.kind, preset=args.preset, config=args.config, overrides=overrides,
@@ -252,6 +256,49 @@ def cmd_queue(args: argparse.Namespace) -> int:
         print(json.dumps({"job_id": job_id, "kind": args.kind, "name": name}))
     else:
         print(job_id)
+    return 0
+
+
+def cmd_queue_plan(args: argparse.Namespace) -> int:
+    """Queue a plan preset (``engine.plan``): every step checked, then all queued in one transaction."""
+    from engine.plan import queue_plan
+
+    presets = [*(args.targets or []), *([args.preset] if args.preset else [])]
+    if len(presets) != 1 or args.config:
+        raise FsatError("queue plan takes one plan preset (see `fsat presets`), e.g. `fsat queue plan plan_demo`")
+    with _open(args) as store:
+        plan_id = queue_plan(store, presets[0], data_root=args.data, overrides=args.set or [])
+        steps = store.plan_steps(plan_id)
+    if args.json:
+        print(json.dumps({"plan_id": plan_id, "jobs": {s["step"]: s["job_id"] for s in steps}}))
+    else:
+        print(plan_id)
+    return 0
+
+
+def cmd_plans(args: argparse.Namespace) -> int:
+    """List plans, or one plan's steps (``--cancel``: cancel what has not started)."""
+    if args.plan_id is None:
+        with _read(args) as store:
+            rows = store.list_plans()
+        for r in rows:
+            r["jobs"] = ", ".join(f"{n} {s}" for s, n in sorted(r.pop("counts").items()))
+        _emit(args, rows, "plans", ["id", "name", "preset", "jobs"])
+        return 0
+    if args.cancel:
+        with _open(args, create=False) as store:
+            done = store.cancel_plan(args.plan_id)
+        print(f"plan {args.plan_id}: {done['cancelled']} job(s) cancelled, {done['stopping']} running job(s) stopping")
+        return 0
+    with _read(args) as store:
+        store.get_plan(args.plan_id)
+        rows = store.plan_steps(args.plan_id)
+    for r in rows:
+        r["progress"] = round(r["progress"], 4)
+        r["parents"] = ", ".join(r["parents"])
+        r["message"] = r["reason"] or r["message"]
+    _emit(args, rows, f"plan {args.plan_id}", ["step", "job_id", "kind", "state", "progress", "parents", "message",
+                                               "run_id"])
     return 0
 
 
@@ -432,8 +479,11 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         rows = store.page_jobs(where=flt.sql, params=flt.params, order=args.sort, descending=not args.asc,
                                limit=limit)
         total = store.count_jobs_where(where=flt.sql, params=flt.params) if limit is not None else len(rows)
+        waits = store.job_waits([r["id"] for r in rows if r["status"] == "queued"])
     for r in rows:
         r["progress"] = round(r["progress"], 4)
+        if r["id"] in waits:  # a queued job that waits for its parents, or is held by a failed one
+            r["status"], r["message"] = waits[r["id"]]["state"], waits[r["id"]]["reason"]
     _emit(args, rows, "jobs", ["id", "kind", "name", "status", "progress", "message", "attempts", "run_id"])
     _say_cut(len(rows), total, "jobs")
     return 0
@@ -658,9 +708,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train_curated.csv column naming each clip's source recording: folds keep each in one fold")
 
     p = add("queue", cmd_queue, "queue a job from a preset or config file with overrides; prints the job id")
-    p.add_argument("kind", choices=list(intake.KINDS))
+    p.add_argument("kind", choices=[*intake.KINDS, "plan"])
     p.add_argument("targets", nargs="*", metavar="RUN_ID",
-                   help="infer: the trained run; ensemble: the member runs; curriculum: the teacher run")
+                   help="infer: the trained run; ensemble: the member runs; curriculum: the teacher run; "
+                        "plan: the plan preset")
     p.add_argument("--data", help="dataset root (Kaggle layout) of the kinds that take one: "
                    + ", ".join(k.name for k in intake.KINDS.values() if k.takes_data_root)
                    + " (for a curriculum, the teacher's dataset, checked)")
@@ -753,6 +804,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("cancel", cmd_cancel, "cancel a queued or running job")
     p.add_argument("job_id", type=int)
+
+    p = add("plans", cmd_plans, "list plans, or one plan's steps and their states", listing=True)
+    p.add_argument("plan_id", type=int, nargs="?")
+    p.add_argument("--cancel", action="store_true", help="cancel the plan's jobs that have not started")
 
     p = add("wait", cmd_wait, "wait for a job to end (exit 0 when done)")
     p.add_argument("job_id", type=int)

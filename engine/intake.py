@@ -60,8 +60,12 @@ class JobKind:
     test_scores: bool
     #: A job's name when none is given: ``(spec, preset) -> name``.
     default_name: Callable[[Any, str | None], str]
-    #: Queue-time checks beyond the spec's own validation: ``(store, spec) -> None`` or ConfigError.
-    check: Callable[["Store", Any], None] | None = None
+    #: Queue-time checks beyond the spec's own validation: ``(store, spec, planned) -> None`` or ConfigError;
+    #: ``planned`` maps the run ids a plan being queued will write to their kinds (``engine.plan``).
+    check: Callable[["Store", Any, dict[str, str]], None] | None = None
+    #: The settings that name runs the job reads (a run id, or a list of them): a queued or running job
+    #: that writes one of them becomes the job's parent (``engine.store.plans``), and a plan's steps set them.
+    run_settings: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -89,19 +93,39 @@ def _an(word: str) -> str:
 def pending_runs(store: "Store") -> dict[str, str]:
     """Run id -> kind of every run a queued or running job will write.
 
-    Jobs run in queue order, so a job may name the run of a job queued before it.
+    A job may name such a run: it waits for that job (:func:`submit` records the dependency).
     """
-    return {r["run_id"] or default_run_id(r["kind"], r["id"]): r["kind"]
+    return {run_id: kind for run_id, (kind, _job) in _pending_jobs(store).items()}
+
+
+def _pending_jobs(store: "Store") -> dict[str, tuple[str, int]]:
+    """Run id -> (kind, job id) of every run a queued or running job will write."""
+    return {r["run_id"] or default_run_id(r["kind"], r["id"]): (r["kind"], int(r["id"]))
             for status in ("queued", "running") for r in store.list_jobs(status=status, limit=10**9)}
+
+
+def named_runs(kind: "JobKind", spec: Any) -> list[str]:
+    """The run ids a spec's :attr:`JobKind.run_settings` name, in order."""
+    out: list[str] = []
+    for setting in kind.run_settings:
+        value = getattr(spec, setting, "") or ""
+        out.extend([value] if isinstance(value, str) else list(value))
+    return [r for r in out if r]
+
+
+def parent_jobs(store: "Store", prepared: "PreparedJob") -> tuple[int, ...]:
+    """The queued or running jobs that write a run the prepared job names: it waits for them."""
+    pending = _pending_jobs(store)
+    return tuple(sorted({pending[r][1] for r in named_runs(prepared.kind, prepared.spec) if r in pending}))
 
 
 def _missing_runs(store: "Store", run_ids: Iterable[str], pending: dict[str, str]) -> list[str]:
     return [r for r in run_ids if r not in pending and store.get_run(r) is None]
 
 
-def _check_infer(store: "Store", spec: specs.InferSpec) -> None:
-    """The run to infer exists (or a queued job writes it) and has fold checkpoints."""
-    pending = pending_runs(store)
+def _check_infer(store: "Store", spec: specs.InferSpec, planned: dict[str, str]) -> None:
+    """The run to infer exists (or a queued job or the plan writes it) and has fold checkpoints."""
+    pending = {**pending_runs(store), **planned}
     if _missing_runs(store, [spec.run_id], pending):
         raise ConfigError(f"no run {spec.run_id!r} to infer with, and no queued job makes it (see `fsat runs`)",
                           field="run_id")
@@ -113,18 +137,26 @@ def _check_infer(store: "Store", spec: specs.InferSpec) -> None:
                           "(see `fsat runs`)", field="run_id")
 
 
-def _check_ensemble(store: "Store", spec: specs.EnsembleSpec) -> None:
-    """Every member exists (or a queued job writes it)."""
-    missing = _missing_runs(store, spec.members, pending_runs(store))
+def _check_ensemble(store: "Store", spec: specs.EnsembleSpec, planned: dict[str, str]) -> None:
+    """Every member exists (or a queued job or the plan writes it)."""
+    missing = _missing_runs(store, spec.members, {**pending_runs(store), **planned})
     if missing:
         raise ConfigError(f"no run {', '.join(repr(m) for m in missing)} in the database, and no queued job "
                           "makes it (see `fsat runs`)", field="members")
 
 
-def _check_curriculum(store: "Store", spec: specs.CurriculumSpec) -> None:
-    """The teacher (``engine.curriculum.check_teacher``): a finished train run with its fold checkpoints."""
-    from engine.curriculum import check_teacher
+def _check_curriculum(store: "Store", spec: specs.CurriculumSpec, planned: dict[str, str]) -> None:
+    """The teacher (``engine.curriculum.check_teacher``): a finished train run with its fold checkpoints.
 
+    A teacher the plan being queued trains is checked by kind here and in full when the curriculum starts.
+    """
+    from engine.curriculum import TEACHER_KINDS, check_teacher
+
+    if spec.teacher_run_id in planned:
+        if planned[spec.teacher_run_id] not in TEACHER_KINDS:
+            raise ConfigError(f"the plan's run {spec.teacher_run_id!r} is {_an(planned[spec.teacher_run_id])} run; "
+                              "a curriculum's teacher is a train run", field="teacher_run_id")
+        return
     check_teacher(store, spec)
 
 
@@ -136,14 +168,15 @@ KINDS: dict[str, JobKind] = {k.name: k for k in (
             test_scores=False, default_name=lambda spec, preset: preset or "train"),
     JobKind(specs.CurriculumSpec, "engine.jobs.curriculum", root_setting="data_root", fold_checkpoints=True,
             test_scores=False, default_name=lambda spec, preset: f"curriculum of {spec.teacher_run_id}",
-            check=_check_curriculum),
+            check=_check_curriculum, run_settings=("teacher_run_id",)),
     JobKind(specs.InferSpec, "engine.jobs.infer", root_setting="", fold_checkpoints=False, test_scores=True,
-            default_name=lambda spec, preset: f"{spec.run_id} tta{spec.infer.tta_crops}", check=_check_infer),
+            default_name=lambda spec, preset: f"{spec.run_id} tta{spec.infer.tta_crops}", check=_check_infer,
+            run_settings=("run_id",)),
     JobKind(specs.BaselineSpec, "engine.jobs.baseline", root_setting="data.root", fold_checkpoints=False,
             test_scores=True, default_name=lambda spec, preset: preset or "baseline"),
     JobKind(specs.EnsembleSpec, "engine.jobs.ensemble", root_setting="", fold_checkpoints=False, test_scores=True,
             default_name=lambda spec, preset: f"{spec.method} blend of {len(spec.members)}",
-            check=_check_ensemble),
+            check=_check_ensemble, run_settings=("members",)),
     JobKind(specs.ProbeSpec, "engine.jobs.probe", root_setting="", fold_checkpoints=False, test_scores=False,
             default_name=lambda spec, preset: preset or "probe"),
 )}
@@ -241,14 +274,15 @@ class PreparedJob:
 
 def prepare(store: "Store", kind: str, *, preset: str | None = None, config: Path | str | None = None,
             overrides: Iterable[str] = (), data_root: Path | str | None = None,
-            spec: Any = None) -> PreparedJob:
+            spec: Any = None, planned: dict[str, str] | None = None) -> PreparedJob:
     """Build a job's spec and run every queue-time check; ConfigError names the setting at fault.
 
     The spec comes from ``spec`` (a spec object or its dict, as is), or from
     ``preset`` or ``config`` with ``overrides`` laid over it and ``data_root``
     (empty or None: the preset's) set at the kind's :attr:`JobKind.root_setting`
     before the overrides. ``store`` is read only (runs, pending jobs,
-    datasets), so a held write lock never makes this wait.
+    datasets), so a held write lock never makes this wait. ``planned``: run id ->
+    kind of the runs a plan being queued writes before this job (``engine.plan``).
     """
     row = job_kind(kind)
     overrides = list(overrides)
@@ -273,7 +307,7 @@ def prepare(store: "Store", kind: str, *, preset: str | None = None, config: Pat
     elif row.root_setting and getattr(typed, row.root_setting, ""):
         check_data_root(getattr(typed, row.root_setting), field=row.root_setting)
     if row.check is not None:
-        row.check(store, typed)
+        row.check(store, typed, dict(planned or {}))
     return PreparedJob(row, typed, preset)
 
 
@@ -284,16 +318,17 @@ def submit(store: "Store", prepared: PreparedJob, *, name: str | None = None, pr
     ``name`` (stripped; empty = none) becomes the spec's name (the run's, for
     kinds whose spec has one) and the job's; without it the job is listed
     under :attr:`PreparedJob.name`. ``on_wait`` is called when another process
-    holds the write lock (``Store.write``).
+    holds the write lock (``Store.write``). A queued or running job that writes
+    a run this job names becomes its parent: it is claimed once that job is done.
     """
     spec = prepared.spec
     name = (name or "").strip()
     if name and any(f.name == "name" for f in dataclasses.fields(spec)):
         spec = dataclasses.replace(spec, name=name)
     return store.enqueue(prepared.kind.name, specs.to_dict(spec), name=name or prepared.name, priority=priority,
-                         on_wait=on_wait)
+                         on_wait=on_wait, after=parent_jobs(store, prepared))
 
 
 __all__ = ["DATA_ROOT_FILES", "FOLD_CHECKPOINT_KINDS", "KINDS", "RUN_KINDS", "TEST_SCORE_KINDS", "JobKind",
-           "PreparedJob", "can_embed_baseline", "check_data_root", "default_run_id", "has_fold_checkpoints",
+           "PreparedJob", "can_embed_baseline", "named_runs", "parent_jobs", "check_data_root", "default_run_id", "has_fold_checkpoints",
            "job_kind", "missing_root_files", "pending_runs", "prepare", "submit"]

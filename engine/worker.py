@@ -4,7 +4,7 @@
 [--executor local|ray] [--ray-address ADDRESS]``
 
 - ``--db``: the database (default ``$FSAT_DB`` or ``./experiments.db``);
-- ``--drain``: exit once no job is queued or running (default: keep polling);
+- ``--drain``: exit once no job is queued or running, held jobs aside (default: keep polling);
 - ``--poll``: seconds between queue polls while idle (default 1);
 - ``--lease``: seconds without a heartbeat after which a running job counts
   as abandoned and is requeued (default ``$FSAT_LEASE`` or the store's
@@ -109,8 +109,9 @@ class Worker:
                 job = self.store.claim(self.worker_id, lease_seconds=self.lease)
                 if job is None:
                     # A running job may still come back (its worker may die), so
-                    # --drain waits until nothing is queued or running.
-                    if self.drain and not self.store.count_jobs("queued", "running"):
+                    # --drain waits until nothing is queued or running (a job held by a
+                    # failed parent does not count: only a requeue releases it).
+                    if self.drain and not self.store.count_startable_jobs():
                         self.log("queue empty, exiting (--drain)")
                         break
                     # Heartbeat within our own lease even when told to poll slowly.

@@ -411,6 +411,7 @@ class FsatConsole(App):
         """Show every key and where the data lives."""
         from engine.filters import field_help
         from fsat_console.screens.compare import CompareScreen
+        from fsat_console.screens.plan import PlanScreen
         from fsat_console.screens.run import RunScreen
 
         sections = [
@@ -422,6 +423,9 @@ class FsatConsole(App):
                      "id or name; time fields take 2026-11-30 or an age: created<2h")]),
             ("Run", binding_rows(self, RunScreen.BINDINGS)),
             ("Compare", binding_rows(self, CompareScreen.BINDINGS)),
+            ("Plan (P)", binding_rows(self, PlanScreen.BINDINGS)
+             + [("", "Each step under the first step whose run it uses: its state (waiting, held with the reason, "
+                     "running with its progress), message and run")]),
             ("Ensemble", binding_rows(self, EnsembleScreen.BINDINGS)
              + [("↑ ↓", "Move between runs"), ("", "The score is the blend's out-of-fold LWLRAP against "
                                                    "the curated labels, recomputed after every change")]),
@@ -469,6 +473,22 @@ class FsatConsole(App):
         self.notify(f"queued job {job_id}", title="Queue")
         self.select_job = job_id
         self.request_refresh()
+
+    def open_plan(self, plan_id: int | None = None) -> None:
+        """Show a plan as a tree; without one, the plan dialog first (the queued plan is shown)."""
+        from fsat_console.screens.plan import PlanDialog, PlanScreen
+
+        if plan_id is not None:
+            self.push_screen(PlanScreen(plan_id))
+            return
+
+        def queued(new_plan: int | None) -> None:
+            if new_plan is not None:
+                self.notify(f"queued plan {new_plan}", title="Queue")
+                self.request_refresh()
+                self.push_screen(PlanScreen(new_plan))
+
+        self.push_screen(PlanDialog(data_root=str(self.default_data_root())), queued)
 
     def open_ensemble(self) -> None:
         """Show the ensemble screen (unless it is already shown)."""

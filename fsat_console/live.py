@@ -285,6 +285,9 @@ class Poller:
                                archived=run_view.archived)
         jobs = store.page_jobs(where=job_filter.sql, params=job_filter.params, order=job_view.order,
                                descending=job_view.descending, limit=job_view.limit, offset=job_view.offset)
+        waits = store.job_waits([j["id"] for j in jobs if j["status"] == "queued"])
+        for j in jobs:
+            j["wait"] = waits.get(j["id"])  # waiting for its parents, or held by a failed one (engine.store.plans)
         running = store.page_jobs(where="j.status = 'running'", limit=None)
         workers = store.live_workers(self.worker_max_age)
         run_totals = store.run_totals()

@@ -223,4 +223,23 @@ def test_step_8_adds_system_figures_to_epochs_of_a_schema_7_database(tmp_path: P
                        device="NVIDIA A100-SXM4-40GB", peak_gpu_mib=9000.5, gpu_util=91.0, peak_rss_mib=3100.0)
     assert store.latest_epoch_system(["train-0001"]) == {"train-0001": {
         "device": "NVIDIA A100-SXM4-40GB", "peak_gpu_mib": 9000.5, "gpu_util": 91.0, "peak_rss_mib": 3100.0}}
+
+
+def test_step_10_adds_job_dependencies_and_plans_to_a_database_of_the_version_before(tmp_path: Path):
+    path = tmp_path / "experiments.db"
+    before = max(v for v, _what, _fn in MIGRATIONS if v < 10)
+    old = Store(path, schema_version=before)
+    queued = old.enqueue("probe", {"seconds": 1})
+    old.close()
+    con = sqlite3.connect(path)
+    assert not con.execute("SELECT 1 FROM sqlite_master WHERE name IN ('job_deps', 'plans', 'plan_steps')").fetchall()
+    con.close()
+    store = Store(path)
+    assert store.schema_version() >= 10
+    # A job queued before the step has no parents: it is claimed as before, and can be a parent.
+    assert store.job_parents(queued) == [] and store.job_waits() == {}
+    child = store.enqueue("probe", {}, after=(queued,))
+    assert store.job_waits()[child]["state"] == "waiting"
+    assert store.claim("w").id == queued and store.claim("w2") is None
+    assert store.list_plans() == []
     store.close()

@@ -10,6 +10,8 @@ callers, :class:`Store`, built from one part per concern:
 - ``queue``: enqueue, claim, heartbeat, the end of a job, leases, workers
   and fold tasks;
 - ``records``: datasets, folds, runs and their scores, written and read back;
+- ``plans``: dependencies between jobs (a job waits for its parents) and
+  the plans that queue them together;
 - ``listings``: the paged, filtered and sorted listings the console and
   ``fsat runs`` / ``fsat jobs`` read, totals and change cues;
 - ``sweeps``: a sweep's points, runs and jobs, the folds a sweep's job trains, the screening step;
@@ -29,6 +31,7 @@ def _now() -> float:
 
 from engine.store.connection import Connection, StoreError, default_db_path, runs_root  # noqa: E402
 from engine.store.listings import JOB_ORDER, RUN_ORDER, Listings  # noqa: E402
+from engine.store.plans import Plans  # noqa: E402
 from engine.store.queue import DEFAULT_MAX_QUEUED, Queue  # noqa: E402
 from engine.store.records import Records  # noqa: E402
 from engine.store.rows import Job, RunRow, RunSummary  # noqa: E402
@@ -43,7 +46,7 @@ __all__ = [
 ]
 
 
-class Store(Queue, Records, Listings, Sweeps, Connection):
+class Store(Queue, Plans, Records, Listings, Sweeps, Connection):
     """A connection to ``experiments.db`` with the queue and score operations.
 
     Three ways to open it:

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from engine.errors import QueueFull
 from engine.store.connection import Connection, StoreError, now as _now
+from engine.store.plans import READY, insert_deps
 from engine.store.rows import Job
 from engine.store.schema import DEFAULT_LEASE_SECONDS
 
@@ -71,8 +72,10 @@ class Queue(Connection):
 
     def enqueue(self, kind: str, spec: dict, *, name: str = "", priority: int = 0,
                 max_attempts: int = 3, max_queued: int = DEFAULT_MAX_QUEUED,
-                on_wait: Callable[[], None] | None = None) -> int:
+                on_wait: Callable[[], None] | None = None, after: tuple[int, ...] = ()) -> int:
         """Add a job and return its id; raises QueueFull when ``max_queued`` jobs wait.
+
+        ``after``: jobs it waits for (``engine.store.plans``): it is claimed once they are all done.
 
         ``on_wait`` is called when another process holds the write lock (see :meth:`write`).
         Which kinds exist and what a spec must hold is ``engine.intake``'s to check (it sits above
@@ -81,10 +84,12 @@ class Queue(Connection):
         payload = json.dumps(spec, sort_keys=True)
         with self.write(on_wait=on_wait) as c:
             check_room(c, 1, max_queued)
-            return insert_job(c, kind, payload, name=name, priority=priority, max_attempts=max_attempts)
+            job_id = insert_job(c, kind, payload, name=name, priority=priority, max_attempts=max_attempts)
+            insert_deps(c, job_id, after)
+            return job_id
 
     def claim(self, worker_id: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> Job | None:
-        """Atomically take the highest-priority queued job for ``worker_id``.
+        """Atomically take the highest-priority queued job whose parents are all done for ``worker_id``.
 
         One ``UPDATE ... RETURNING`` inside ``BEGIN IMMEDIATE``: two workers can
         never both get the same job. ``lease_seconds`` is stored on the job:
@@ -96,7 +101,7 @@ class Queue(Connection):
             row = c.execute(
                 "UPDATE jobs SET status='running', worker_id=:worker_id, started_at=COALESCE(started_at, :now), "
                 "heartbeat_at=:now, attempts=attempts+1, lease_seconds=:lease, message='starting' "
-                "WHERE id = (SELECT id FROM jobs WHERE status='queued' "
+                f"WHERE id = (SELECT id FROM jobs WHERE status='queued' AND {READY} "
                 "            ORDER BY priority DESC, id LIMIT 1) "
                 "RETURNING *", {"worker_id": worker_id, "now": now, "lease": float(lease_seconds)}).fetchone()
             if row is None:

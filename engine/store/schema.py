@@ -15,7 +15,10 @@ from typing import Callable
 #: Every state a job can be in, in the order a job moves through them:
 #: ``queued -> running -> done | failed | cancelled`` (a running job whose
 #: worker died goes back to ``queued``). The jobs table's CHECK constraint
-#: holds exactly these (tests/test_queue.py checks the two agree).
+#: holds exactly these (tests/test_queue.py checks the two agree). A queued
+#: job with parents (``job_deps``) is shown *waiting* until they are done and
+#: *held* while one failed or was cancelled: both are derived from its
+#: parents' states (``engine.store.plans``), never stored.
 JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
 #: The states a job never leaves.
 FINISHED_STATES = ("done", "failed", "cancelled")
@@ -404,6 +407,29 @@ def _migrate_v9(c: sqlite3.Connection) -> None:
     c.execute("CREATE INDEX IF NOT EXISTS sweep_jobs_sweep ON sweep_jobs(sweep_id, stage)")
 
 
+def _migrate_v10(c: sqlite3.Connection) -> None:
+    """Plans and dependencies: a job waits for the jobs whose runs it needs (``engine.store.plans``)."""
+    c.execute("""CREATE TABLE IF NOT EXISTS job_deps (
+        job_id     INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        parent_id  INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        PRIMARY KEY (job_id, parent_id)
+    )""")
+    c.execute("CREATE INDEX IF NOT EXISTS job_deps_parent ON job_deps(parent_id)")
+    c.execute("""CREATE TABLE IF NOT EXISTS plans (
+        id          INTEGER PRIMARY KEY,
+        name        TEXT NOT NULL,
+        preset      TEXT NOT NULL DEFAULT '',   -- the plan preset or file it was queued from
+        created_at  REAL NOT NULL
+    )""")
+    c.execute("""CREATE TABLE IF NOT EXISTS plan_steps (
+        plan_id   INTEGER NOT NULL REFERENCES plans(id) ON DELETE CASCADE,
+        step      TEXT NOT NULL,                -- the step's name in the plan preset
+        position  INTEGER NOT NULL,             -- the step's place in the preset
+        job_id    INTEGER NOT NULL UNIQUE REFERENCES jobs(id) ON DELETE CASCADE,
+        PRIMARY KEY (plan_id, step)
+    )""")
+
+
 #: Ordered schema migrations: ``(version, what it changes, function)``. A
 #: database at version N gets every step above N, in order, inside one
 #: ``BEGIN IMMEDIATE`` transaction, so a half-upgraded file is never left and
@@ -420,6 +446,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[sqlite3.Connection], None]]] = [
     (7, "executors: workers.executor and workers.cluster, fold_tasks", _migrate_v7),
     (8, "system figures per epoch: epochs.device, peak_gpu_mib, gpu_util, peak_rss_mib", _migrate_v8),
     (9, "sweeps: sweeps, sweep_points, sweep_runs, sweep_jobs (the folds a job trains)", _migrate_v9),
+    (10, "plans: job_deps (a job waits for its parents), plans and plan_steps", _migrate_v10),
 ]
 
 #: The schema version this code writes: the last migration's.

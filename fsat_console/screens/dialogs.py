@@ -23,7 +23,8 @@ from rich.text import Text
 from textual import work
 from textual.binding import Binding
 from textual.screen import ModalScreen
-from textual.widgets import Input, Static
+from textual.widget import Widget
+from textual.widgets import Input, Label, Static
 
 from engine import intake
 from engine.errors import ConfigError, FsatError, QueueFull
@@ -32,6 +33,8 @@ from fsat_console.formatting import fmt_score
 
 #: Shown under a dialog while its job waits for another process's write to end.
 WAITING = "Waiting for the database: another process is writing to it..."
+#: The placeholder of a data root field.
+DATA_ROOT_HINT = "folder with sample_submission.csv and train_curated.csv"
 
 
 def split_overrides(text: str) -> list[str]:
@@ -105,6 +108,11 @@ def run_line(run: dict) -> Text:
         text.append(" · CV LWLRAP ", style="dim")
         text.append(fmt_score(run["cv_lwlrap"]), style="bold")
     return text
+
+
+def labelled(label: str, field: Widget, *more: Widget) -> list[Widget]:
+    """A dialog's field: its label, the widget (its id names the error slot), ``more``, then its error line."""
+    return [Label(label, classes="field-label"), field, *more, Static("", id=f"{field.id}-error", classes="field-error")]
 
 
 def try_submit(store, prepared: intake.PreparedJob, *, name: str = "", priority: int = 0,
@@ -205,6 +213,10 @@ class SpecDialog(ModalScreen[int | None]):
         """What to queue: ``engine.intake.prepare``'s ``preset``, ``overrides``, ``data_root`` (may raise ConfigError)."""
         raise NotImplementedError
 
+    def prepare(self) -> Any:
+        """Every queue-time check of what to queue (``engine.intake.prepare``); raises ConfigError."""
+        return intake.prepare(console(self).store, self.KIND, **self.request())
+
     def confirm(self, prepared: intake.PreparedJob) -> bool:
         """A last look at the checked job before it is queued (False: not now, a warning is shown)."""
         return True
@@ -251,7 +263,7 @@ class SpecDialog(ModalScreen[int | None]):
         if not self.check_fields():
             return
         try:
-            prepared = intake.prepare(console(self).store, self.KIND, **self.request())
+            prepared = self.prepare()
         except ConfigError as err:
             self.show_config_error(err)
             return

@@ -134,6 +134,8 @@ def job_rows(jobs: list[dict], at: float | None = None) -> list[tuple[str, list[
         else:
             progress_text = f"{bar(progress, 10)} {progress * 100:4.0f}%"
         message = j.get("error") if j["status"] == "failed" and j.get("error") else j.get("message")
+        if j.get("wait"):
+            progress_text, message = j["wait"]["state"].ljust(16), j["wait"]["reason"]
         if j.get("cancel_requested") and j["status"] == "running":
             message = "cancelling…"
         elapsed, eta = job_times(j, moment)
@@ -198,6 +200,8 @@ class MainScreen(Screen):
                                                              "screened on one fold (engine.sweeps)"),
         Binding("G", "open_sweep", "Sweep view", show=False,
                 tooltip="The sweep of the selected run (else the newest sweep): one row per point, live"),
+        Binding("P", "plan", "Plan", show=False, tooltip="Queue a plan preset (teacher → … → submission); on a job "
+                "of a plan (jobs table): show the plan as a tree"),
         Binding("E", "export", "Export", show=False, tooltip="Write the table in view (every matching row) as .csv or .md"),
         Binding("s", "cycle_sort", "Sort", show=False, tooltip="Sort the focused table by its next column"),
         Binding("S", "reverse_sort", "Reverse", show=False, tooltip="Reverse the sort of the focused table"),
@@ -481,6 +485,12 @@ class MainScreen(Screen):
             self.notify("No sweep yet: g queues one.", severity="warning")
             return
         console(self).push_screen(SweepScreen(sweep_id))
+
+    def action_plan(self) -> None:
+        """Show the plan of the selected job, or open the plan dialog."""
+        job = self._selected_job()
+        plan_id = console(self).store.plan_of_job(int(job["id"])) if job else None
+        console(self).open_plan(plan_id)
 
     def action_cancel_job(self) -> None:
         """Cancel the selected job of the jobs table (the confirmation names it, its state and progress)."""

@@ -19,7 +19,7 @@ from textual.widgets.option_list import Option
 
 from engine import presets, specs
 from engine.errors import FsatError
-from fsat_console.screens.dialogs import SpecDialog, preset_about, split_overrides
+from fsat_console.screens.dialogs import DATA_ROOT_HINT, SpecDialog, labelled, preset_about, split_overrides
 
 
 def train_presets() -> dict[str, Path]:
@@ -83,14 +83,9 @@ class QueueScreen(SpecDialog):
             yield OptionList(*[Option(name, id=name) for name in self.presets], id="preset")
             yield Static("", id="preset-about")
             yield Static("", id="preset-error", classes="field-error")
-            yield Label("Data root", classes="field-label")
-            yield Input(self.initial_data_root, placeholder="folder with sample_submission.csv and train_curated.csv",
-                        id="data-root")
-            yield Static("", id="data-root-error", classes="field-error")
-            yield Label("Overrides", classes="field-label")
-            yield Input(self.initial_overrides, placeholder="key=value …  e.g. train.epochs=3 train.folds=[0]",
-                        id="overrides")
-            yield Static("", id="overrides-error", classes="field-error")
+            yield from labelled("Data root", Input(self.initial_data_root, placeholder=DATA_ROOT_HINT, id="data-root"))
+            yield from labelled("Overrides", Input(self.initial_overrides, id="overrides",
+                                                   placeholder="key=value …  e.g. train.epochs=3 train.folds=[0]"))
             with Horizontal(id="queue-row"):
                 with Vertical(id="priority-box"):
                     yield Label("Priority", classes="field-label")
