@@ -31,8 +31,9 @@ from __future__ import annotations
 import datetime as _dt
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 from engine.errors import FsatError
 
@@ -97,6 +98,14 @@ JOB_ALIASES = {"job": "id", "run_id": "run", "state": "status"}
 #: What a word without a field matches (contains), per table.
 _BARE = {"runs": ("r.id", "r.name"), "jobs": ("j.name", "j.kind", "CAST(j.id AS TEXT)")}
 
+#: Bounds on a query. SQLite's parser holds about 30 nested groups (its stack is 100 entries deep), far
+#: less than Python's recursion limit: the costliest nesting, ``(tag:a OR model:b (...))``, fails there at
+#: 15 levels (measured, SQLite 3.40). So a filter nested past MAX_DEPTH (parentheses, NOT and ``-`` each
+#: count one) is refused first, as are more terms (SQLite's expression depth is 1000) or a longer text.
+MAX_DEPTH = 10
+MAX_TERMS = 200
+MAX_LENGTH = 4000
+
 _OPS = ("!=", ">=", "<=", ":", "=", ">", "<")
 _TOKEN = re.compile(r"""\s*(?:(?P<lp>\()|(?P<rp>\))|(?P<word>(?:"[^"]*"|'[^']*'|[^\s()"'])+))""")
 _AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -155,6 +164,7 @@ class _Compiler:
         self.params: dict[str, object] = {}
         self.toks: list[_Tok] = []
         self.i = 0
+        self.depth = 0
 
     def param(self, value: object) -> str:
         name = f"f{len(self.params)}"
@@ -203,10 +213,12 @@ class _Compiler:
             self.i += 1
             if self.peek() is None:
                 raise FilterError(f"filter: NOT at column {tok.col} has nothing to negate")
-            return f"NOT ({self.unary()})"
+            with self.nested(tok):
+                return f"NOT ({self.unary()})"
         if tok.kind == "(":
             self.i += 1
-            inner = self.or_expr()
+            with self.nested(tok):
+                inner = self.or_expr()
             close = self.peek()
             if close is None or close.kind != ")":
                 raise FilterError(f"filter: the parenthesis at column {tok.col} is never closed")
@@ -216,8 +228,21 @@ class _Compiler:
             raise FilterError(f"filter: unexpected ')' at column {tok.col}")
         self.i += 1
         if tok.text.startswith("-") and len(tok.text) > 1 and not _is_number(tok.text):
-            return f"NOT ({self.term(_Tok('word', tok.text[1:], tok.col + 1))})"
+            with self.nested(tok):
+                return f"NOT ({self.term(_Tok('word', tok.text[1:], tok.col + 1))})"
         return self.term(tok)
+
+    @contextmanager
+    def nested(self, tok: _Tok) -> Iterator[None]:
+        """One level deeper (a parenthesis, NOT or ``-``); past MAX_DEPTH the filter is refused."""
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise FilterError(f"filter: nested too deeply at column {tok.col}: at most {MAX_DEPTH} levels of "
+                              "parentheses, NOT and '-'")
+        try:
+            yield
+        finally:
+            self.depth -= 1
 
     def term(self, tok: _Tok) -> str:
         text = tok.text
@@ -333,8 +358,14 @@ def compile_filter(text: str, table: str = "runs", *, now: Callable[[], float] =
     if not text.strip():
         return Compiled("1", {}, text)
     fields, aliases = (RUN_FIELDS, RUN_ALIASES) if table == "runs" else (JOB_FIELDS, JOB_ALIASES)
+    if len(text) > MAX_LENGTH:
+        raise FilterError(f"filter: {len(text)} characters; at most {MAX_LENGTH}")
+    toks = _tokens(text)
+    terms = sum(1 for t in toks if t.kind == "word" and t.text.upper() not in ("AND", "OR", "NOT"))
+    if terms > MAX_TERMS:
+        raise FilterError(f"filter: {terms} terms; at most {MAX_TERMS}")
     compiler = _Compiler(fields, aliases, _BARE[table], now)
-    sql = compiler.parse(_tokens(text))
+    sql = compiler.parse(toks)
     return Compiled(sql, compiler.params, text)
 
 
