@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sqlite3
 import sys
 import time
@@ -60,8 +61,46 @@ from engine.runs.reports import tta_gain_report
 from engine.specs import ENSEMBLE_METHODS
 from engine.store import FINISHED_STATES, JOB_STATES, OOF, Store, default_db_path
 
-console = Console()
-err_console = Console(stderr=True)
+
+class _Console(Console):
+    """rich's console, but a closed pipe reaches :func:`main` (rich would exit with status 1 itself)."""
+
+    def on_broken_pipe(self) -> None:
+        """Stop writing and let ``main`` end the command as a closed pipe ends one."""
+        self.quiet = True
+        raise BrokenPipeError
+
+
+console = _Console()
+err_console = _Console(stderr=True)
+
+
+#: The largest integer SQLite stores: an id, limit, priority or fold past it can only be a typo.
+SQLITE_MAX_INT = 2**63 - 1
+
+
+def _whole(text: str) -> int:
+    """An integer argument within SQLite's range (argparse reports anything else as a usage error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not -SQLITE_MAX_INT - 1 <= value <= SQLITE_MAX_INT:
+        raise argparse.ArgumentTypeError(f"{text} is past the largest integer SQLite holds ({SQLITE_MAX_INT})")
+    return value
+
+
+def _seed(text: str) -> int:
+    """A seed argument: numpy takes 0..2**32-1."""
+    from engine.specs import SEED_MAX
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"a seed is a whole number in 0..{SEED_MAX}, got {text}")
+    return value
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -709,7 +748,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("demo-data", cmd_demo_data, "write the synthetic demo dataset in the FSDKaggle2019 layout")
     p.add_argument("dir", type=Path)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--clips-per-class", type=int, default=None, help="curated clips per class (small for tests)")
     p.add_argument("--clips-per-source", type=int, default=1,
                    help="cut curated clips of a class in runs of N from one recording and write its id in a "
@@ -718,7 +757,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("register", cmd_register, "register a dataset root and compute its folds")
     p.add_argument("dir", type=Path)
     p.add_argument("--n-folds", type=int, default=5)
-    p.add_argument("--fold-seed", type=int, default=42)
+    p.add_argument("--fold-seed", type=_seed, default=42)
     p.add_argument("--group-column", default="",
                    help="train_curated.csv column naming each clip's source recording: folds keep each in one fold")
 
@@ -732,7 +771,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="a TOML config file")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. train.epochs=3")
     p.add_argument("--name", help="run name")
-    p.add_argument("--priority", type=int, default=0, help="higher runs first")
+    p.add_argument("--priority", type=_whole, default=0, help="higher runs first")
 
     p = add("ensemble", cmd_ensemble, "blend runs' out-of-fold and test scores: queue the job (prints its id) "
             "or, with --now, blend here and save the run; --dry-run prints every method's scores and saves nothing", listing=True)
@@ -743,10 +782,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto (default): every method and the best member, scored by cross-fitted OOF lwlrap")
     p.add_argument("--no-calibrate", action="store_true", help="keep blended ranks, no rank-to-probability map")
     p.add_argument("--greedy", action="store_true", help="greedy forward selection of members by OOF lwlrap")
-    p.add_argument("--greedy-steps", type=int, default=None)
+    p.add_argument("--greedy-steps", type=_whole, default=None)
     p.add_argument("--no-submission", action="store_true", help="do not write submission.csv")
     p.add_argument("--name", help="run name")
-    p.add_argument("--priority", type=int, default=0, help="higher runs first (queued job)")
+    p.add_argument("--priority", type=_whole, default=0, help="higher runs first (queued job)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--now", action="store_true", help="blend in this process and save the run instead of "
                       "queueing a job")
@@ -769,7 +808,7 @@ def build_parser() -> argparse.ArgumentParser:
     def listing_flags(p: argparse.ArgumentParser, sort: str, sorts: Sequence[str]) -> None:
         p.add_argument("filter", nargs="*", metavar="FILTER",
                        help="filter, e.g. model:cnn14 cv>0.8 status:done tag:best (OR, NOT, parentheses)")
-        p.add_argument("--limit", type=int, default=None,
+        p.add_argument("--limit", type=_whole, default=None,
                        help=f"at most N rows (default {DEFAULT_LISTING} in a terminal, all for --json/--csv)")
         p.add_argument("--all", action="store_true", help="every matching row")
         p.add_argument("--sort", choices=list(sorts), default=sort, help=f"sort column (default {sort})")
@@ -809,17 +848,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--undo", action="store_true", help="unarchive")
 
     p = add("requeue", cmd_requeue, "queue a failed or cancelled job again (a training run resumes)")
-    p.add_argument("job_id", type=int)
+    p.add_argument("job_id", type=_whole)
 
     p = add("show", cmd_show, "show a run: folds, per-class LRAP (out-of-fold or one fold)", listing=True)
     p.add_argument("run_id")
-    p.add_argument("--fold", type=int, default=None, help="per-class scores of this fold instead of out-of-fold")
+    p.add_argument("--fold", type=_whole, default=None, help="per-class scores of this fold instead of out-of-fold")
 
     p = add("cancel", cmd_cancel, "cancel a queued or running job")
-    p.add_argument("job_id", type=int)
+    p.add_argument("job_id", type=_whole)
 
     p = add("wait", cmd_wait, "wait for a job to end (exit 0 when done)")
-    p.add_argument("job_id", type=int)
+    p.add_argument("job_id", type=_whole)
     p.add_argument("--timeout", type=float, default=0)
 
     p = add("workers", cmd_workers, "list live workers", listing=True)
@@ -834,6 +873,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except BrokenPipeError:
+        # The reader went away (`fsat runs | head`): stop quietly, with the status of a command that SIGPIPE
+        # ended (128 + 13). What is still buffered goes to devnull, so the flush at exit cannot raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except FsatError as err:
         err_console.print(Text.assemble(("error:", "bold red"), f" {err}"), highlight=False, soft_wrap=True)
         return 2
