@@ -18,6 +18,13 @@ fields (name, note, message, error) match ``:`` as "contains". On a number
 an age (``started<2h``: less than two hours ago; ``d``, ``h``, ``m``, ``s``).
 A word without a field matches the id or the name (contains).
 
+Case is ignored for every letter, not only A-Z: SQLite's ``NOCASE`` and
+``LIKE`` fold ASCII alone, so a value with other letters (``tag:ÉTÉ``) is
+compared through :func:`fold` (Unicode case folding), which every connection
+of ``engine.store`` registers as the SQL function ``fsat_fold``. Nothing in
+the schema uses it, so the file stays readable by any SQLite client; an ASCII
+value keeps the indexed ``NOCASE`` comparison.
+
 The compiler is plain text-to-SQL over a fixed table of fields: it returns a
 ``WHERE`` fragment with named parameters (``:f0``, ``:f1``…) that
 ``engine.store`` executes; values never enter the SQL text. Every field
@@ -30,7 +37,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
+import sqlite3
 import time
+import unicodedata
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -110,6 +119,22 @@ _OPS = ("!=", ">=", "<=", ":", "=", ">", "<")
 _TOKEN = re.compile(r"""\s*(?:(?P<lp>\()|(?P<rp>\))|(?P<word>(?:"[^"]*"|'[^']*'|[^\s()"'])+))""")
 _AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _AGE_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+#: The SQL name of :func:`fold` on the store's connections.
+FOLD_FUNCTION = "fsat_fold"
+
+
+def fold(text: str | None) -> str | None:
+    """Text for matching ignoring case: Unicode case folding of its composed form (``ÉTÉ``, ``été`` -> ``été``)."""
+    if text is None:
+        return None
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", str(text)).casefold())
+
+
+def register_functions(conn: sqlite3.Connection) -> None:
+    """Make :func:`fold` callable as ``fsat_fold(text)`` on ``conn`` (the filters use it for non-ASCII values)."""
+    conn.create_function(FOLD_FUNCTION, 1, fold, deterministic=True)
 
 
 @dataclass
@@ -252,8 +277,7 @@ class _Compiler:
             break
         if match is None or text.startswith(("'", '"')):
             value = _unquote(text)
-            like = self.param(f"%{_escape_like(value)}%")
-            return "(" + " OR ".join(f"{col} LIKE {like} ESCAPE '\\'" for col in self.bare) + ")"
+            return "(" + " OR ".join(self.contains(col, value) for col in self.bare) + ")"
         name, op, raw = text[:match.start()].lower(), match.group(), text[match.end():]
         if not name:
             raise FilterError(f"filter: {text!r} at column {tok.col} has no field before {op!r}")
@@ -300,11 +324,11 @@ class _Compiler:
             sql = spec.sql.format(cmp=cmp)
             return f"NOT ({sql})" if op == "!=" else sql
         if spec.kind == "contains" and "*" not in value:
-            cmp = f"{spec.sql} LIKE {self.param('%' + _escape_like(value) + '%')} ESCAPE '\\'"
+            cmp = self.contains(spec.sql, value)
         elif spec.kind == "ident" and "*" not in value:
             # Ids are compared exactly, so the primary key or its index answers.
             cmp = f"{spec.sql} = {self.param(value)}"
-        elif spec.kind == "model" and "*" not in value:
+        elif spec.kind == "model" and "*" not in value and value.isascii():
             # Runs record labels such as cnn14-64mel: the word matches the label or its architecture.
             # A range on the NOCASE index ('-' is followed by '.') keeps the lookup indexed.
             col = spec.sql
@@ -315,11 +339,26 @@ class _Compiler:
         return f"NOT ({cmp})" if op == "!=" else cmp
 
     def text_cmp(self, column: str, value: str) -> str:
+        column, value = self.folded(column, value)
         if "*" in value:
             pattern = _escape_like(value).replace("*", "%")
             return f"{column} LIKE {self.param(pattern)} ESCAPE '\\'"
-        # Equality ignoring case; COLLATE NOCASE keeps an index on the column usable for '='.
-        return f"{column} = {self.param(value)} COLLATE NOCASE"
+        if value.isascii():
+            # Equality ignoring case; COLLATE NOCASE keeps an index on the column usable for '='.
+            return f"{column} = {self.param(value)} COLLATE NOCASE"
+        return f"{column} = {self.param(value)}"
+
+    def contains(self, column: str, value: str) -> str:
+        """``column`` contains ``value``, ignoring case."""
+        column, value = self.folded(column, value)
+        return f"{column} LIKE {self.param('%' + _escape_like(value) + '%')} ESCAPE '\\'"
+
+    @staticmethod
+    def folded(column: str, value: str) -> tuple[str, str]:
+        """An ASCII value as it is (NOCASE and LIKE fold A-Z); another through :func:`fold` on both sides."""
+        if value.isascii():
+            return column, value
+        return f"{FOLD_FUNCTION}({column})", fold(value) or ""
 
     def moment(self, value: str, where: str) -> tuple[float, bool]:
         age = _AGE.match(value.lower())
@@ -375,4 +414,5 @@ def field_help(table: str = "runs") -> list[tuple[str, str]]:
     return [(name, spec.about) for name, spec in fields.items()]
 
 
-__all__ = ["Compiled", "FilterError", "JOB_FIELDS", "RUN_FIELDS", "compile_filter", "field_help"]
+__all__ = ["Compiled", "FOLD_FUNCTION", "FilterError", "JOB_FIELDS", "RUN_FIELDS", "compile_filter", "field_help", "fold",
+           "register_functions"]

@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator, Sequence
 from urllib.parse import quote
 
 from engine.errors import FsatError, QueueFull
+from engine.filters import register_functions
 
 
 #: Job kinds the worker knows how to run (``probe`` is a diagnostic that checks a worker setup).
@@ -507,6 +508,7 @@ class Store:
             conn = sqlite3.connect(f"file:{resolved}?{flags}", uri=True, isolation_level=None,
                                    timeout=self.timeout, check_same_thread=False)
             conn.row_factory = sqlite3.Row
+            register_functions(conn)
             conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
             conn.execute("PRAGMA query_only = ON")
             version = self._check_version(conn)
@@ -546,6 +548,7 @@ class Store:
             conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=self.timeout,
                                    check_same_thread=False)
             conn.row_factory = sqlite3.Row
+            register_functions(conn)
             conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
             conn.execute("PRAGMA foreign_keys = ON")
             version = self._check_version(conn)
