@@ -584,7 +584,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         sys.stdout.write(table_csv(comp.class_rows(), comp.class_columns(), class_headers(comp)))
         return 0
     if args.json:
-        print(json.dumps({"baseline": comp.baseline, "runs": comp.summary_rows(),
+        print(json.dumps({"baseline": comp.baseline, "clips": comp.basis.as_dict(), "runs": comp.summary_rows(),
                           "config_diff": [{"key": k, "values": dict(zip(comp.run_ids, v))}
                                           for k, v in comp.config_diff()],
                           "classes": comp.class_rows()}, indent=2, default=str))
@@ -593,8 +593,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for r in summary:
         r["fold mean ± std"] = pm_text(r["fold_mean"], r["fold_std"])
         r["Δ OOF"] = _signed(r["delta_cv"]) if not r["baseline"] else "baseline"
-    _emit(args, summary, "runs", ["run_id", "kind", "model", "cv_lwlrap", "fold mean ± std", "folds",
+    _emit(args, summary, "runs", ["run_id", "kind", "model", "cv_lwlrap", "fold mean ± std", "folds", "clips",
                                   "test_lwlrap", "Δ OOF"])
+    console.print(comp.basis.text(), highlight=False, markup=False)
     diff = [{"setting": k, **{r: json.dumps(v) if not isinstance(v, str) else v for r, v in zip(comp.run_ids, vals)}}
             for k, vals in comp.config_diff()]
     if diff:

@@ -194,7 +194,10 @@ class CompareScreen(Screen):
             self.notify(message.problem, severity="error", markup=False)
             return
         comp = self.comp = message.comp
-        self.query_one("#compare-runs", LiveTable).sync(summary_rows(comp))
+        runs = self.query_one("#compare-runs", LiveTable)
+        runs.sync(summary_rows(comp))
+        # Which clips the OOF and per-class numbers are on: all the same, or recomputed on the common ones.
+        runs.border_subtitle = comp.basis.short()
         table = self.classes_table
         wanted = class_columns(comp)
         if [c.key for c in table.specs] != [c.key for c in wanted]:
