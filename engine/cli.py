@@ -71,7 +71,8 @@ class _Console(Console):
         raise BrokenPipeError
 
 
-console = _Console()
+# Piped or in a file, a line is never wrapped at an assumed 80 columns.
+console = _Console(soft_wrap=not sys.stdout.isatty())
 err_console = _Console(stderr=True)
 
 
@@ -111,29 +112,51 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-#: Columns whose values are free text: the only ones a narrow terminal may shorten.
-_FREE_TEXT = ("name", "message", "note", "root", "path", "error", "class_name")
+#: Columns whose values are free text: the only ones a narrow terminal may narrow (their cells wrap).
+_FREE_TEXT = ("name", "message", "note", "root", "path", "error", "class_name", "tags", "setting")
+#: Columns a narrow terminal never leaves out (nor the first column, which names the row).
+_KEPT = ("kind", "status", "cv_lwlrap")
 
 
 def _table(title: str, rows: Sequence[dict], columns: Sequence[str], width: int | None = None) -> Table:
-    """A rich table whose ids, kinds, states and numbers never shrink or wrap; free text takes the rest."""
+    """A rich table that fits ``width`` the way the console's tables do (``engine.tables.fit_columns``).
+
+    Ids, kinds, states and numbers never shrink or wrap; free text narrows
+    first and wraps; a column that still does not fit is left out, and the
+    caption names it.
+    """
+    from engine.tables import FitColumn, fit_columns
+
     width = width or console.width
-    table = Table(title=title, header_style="bold cyan")
-    fixed = {c: max([len(c)] + [len(_fmt(r.get(c))) for r in rows]) for c in columns if c not in _FREE_TEXT}
-    free = [c for c in columns if c in _FREE_TEXT]
-    # Each column costs its width plus 3 cells of border and padding; what is left goes to free text.
-    left = width - 1 - sum(w + 3 for w in fixed.values()) - 3 * len(free)
-    for c in columns:
+    cells = {c: [_fmt(r.get(c)) for r in rows] for c in columns}
+    natural = {c: max([len(c)] + [len(v) for v in cells[c]]) for c in columns}
+    fit = [FitColumn(c, natural[c], shrink=c in _FREE_TEXT, keep=i == 0 or c in _KEPT)
+           for i, c in enumerate(columns)]
+    # A column costs its width plus 3 cells (padding and its border); the table's left border 1 more.
+    layout = dict(fit_columns(fit, width - 1, 3))
+    shown = [c for c in columns if c in layout]
+    left_out = [c for c in columns if c not in layout]
+    caption = (f"left out for width: {', '.join(left_out)} (a wider terminal, a pipe or --json shows them)"
+               if left_out else None)
+    table = Table(title=title, header_style="bold cyan", caption=caption)
+    for c in shown:
         numeric = bool(rows) and isinstance(rows[0].get(c), (int, float))
-        if c in free:
-            longest = max([len(c)] + [len(_fmt(r.get(c))) for r in rows])
-            table.add_column(c, overflow="ellipsis", no_wrap=True,
-                             max_width=max(8, min(longest, left // max(1, len(free)))))
+        if c in _FREE_TEXT:
+            table.add_column(c, width=layout[c], overflow="fold")
         else:
-            table.add_column(c, justify="right" if numeric else "left", no_wrap=True, min_width=fixed[c])
-    for r in rows:
-        table.add_row(*[_fmt(r.get(c)) for c in columns])
+            table.add_column(c, justify="right" if numeric else "left", no_wrap=True, width=layout[c])
+    for i in range(len(rows)):
+        table.add_row(*[cells[c][i] for c in shown])
     return table
+
+
+def _print_table(title: str, rows: Sequence[dict], columns: Sequence[str]) -> None:
+    """A report's table: fitted in a terminal; piped or in a file, its title and every value in full."""
+    if sys.stdout.isatty():
+        console.print(_table(title, rows, columns))
+    else:
+        print(f"{title}:")
+        print(_plain_table(rows, columns))
 
 
 def _plain_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
@@ -496,11 +519,11 @@ def cmd_tta(args: argparse.Namespace) -> int:
                   f"(centre crop): OOF lwlrap {_fmt(report['with_tta'])} with TTA, {_fmt(report['without_tta'])} "
                   f"without, gain [bold]{_signed(report['gain'])}[/]", highlight=False)
     folds = [dict(r, gain=_signed(r["gain"])) for r in report["folds"]]
-    console.print(_table("per fold", folds, ["fold", "with_tta", "without_tta", "gain"]))
+    _print_table("per fold", folds, ["fold", "with_tta", "without_tta", "gain"])
     ranked = sorted(report["classes"], key=lambda r: (r["gain"] is None, -(r["gain"] or 0)))
     ranked = [dict(r, gain=_signed(r["gain"])) for r in ranked]
-    console.print(_table("per class (out-of-fold LRAP, by gain)", ranked,
-                         ["class_idx", "class_name", "with_tta", "without_tta", "gain", "n_pos"]))
+    _print_table("per class (out-of-fold LRAP, by gain)", ranked,
+                 ["class_idx", "class_name", "with_tta", "without_tta", "gain", "n_pos"])
     return 0
 
 
@@ -521,17 +544,17 @@ def cmd_audit(args: argparse.Namespace) -> int:
                   f"[{report['status']}]", highlight=False)
     gain = [{"fold": "oof" if g["fold"] == OOF else g["fold"], **{k: g[k] for k in
              ("student_lwlrap", "teacher_lwlrap", "gain")}} for g in report["gain"]]
-    console.print(_table("student vs teacher lwlrap", gain, ["fold", "student_lwlrap", "teacher_lwlrap", "gain"]))
+    _print_table("student vs teacher lwlrap", gain, ["fold", "student_lwlrap", "teacher_lwlrap", "gain"])
     columns = ["class_name", "n_labelled", "n_kept", "n_dropped", "share_dropped", "n_added", "mean_weight"]
     if report["truth_known"]:
         columns += ["wrong_dropped", "right_lost", "weak_precision", "precision", "recall"]
-    console.print(_table("noisy-label audit per class (mean per fold), by share dropped", report["audit"], columns))
+    _print_table("noisy-label audit per class (mean per fold), by share dropped", report["audit"], columns)
     classes = sorted(report["classes"], key=lambda r: -(r["gain"] if r["gain"] is not None else -9))
-    console.print(_table("out-of-fold LRAP per class, by gain", classes,
-                         ["class_name", "student_lrap", "teacher_lrap", "gain", "weight"]))
+    _print_table("out-of-fold LRAP per class, by gain", classes,
+                 ["class_name", "student_lrap", "teacher_lrap", "gain", "weight"])
     if report["swaps"]:
-        console.print(_table("loss swaps", report["swaps"], ["fold", "stage", "attempt", "loss_from", "loss_to",
-                                                              "stage_lwlrap", "teacher_lwlrap", "tolerance"]))
+        _print_table("loss swaps", report["swaps"], ["fold", "stage", "attempt", "loss_from", "loss_to",
+                                                     "stage_lwlrap", "teacher_lwlrap", "tolerance"])
     return 0
 
 
@@ -691,19 +714,18 @@ def cmd_show(args: argparse.Namespace) -> int:
                   f"seed {run['seed']}  device {run['device']}  config {run['config_hash']}")
     for f in folds:
         f["epochs"] = sum(1 for e in epochs if e["fold"] == f["fold"])
-    console.print(_table("folds", folds, ["fold", "lwlrap", "best_epoch", "n_val", "epochs"]))
+    _print_table("folds", folds, ["fold", "lwlrap", "best_epoch", "n_val", "epochs"])
     if members:
-        console.print(_table("members", members, ["member_run_id", "weight"]))
+        _print_table("members", members, ["member_run_id", "weight"])
     if candidates:
-        console.print(_table("methods scored (* = used)", [{**c, "method": c["method"] + (" *" if c["chosen"] else "")}
-                                                           for c in candidates],
-                             ["method", "oof_lwlrap", "raw_oof_lwlrap", "test_lwlrap", "note"]))
+        _print_table("methods scored (* = used)", [{**c, "method": c["method"] + (" *" if c["chosen"] else "")}
+                                                   for c in candidates],
+                     ["method", "oof_lwlrap", "raw_oof_lwlrap", "test_lwlrap", "note"])
     if run.get("warning"):
         console.print(f"[bold yellow]warning:[/] {run['warning']}", highlight=False)
     scope = "out-of-fold" if fold == OOF else f"fold {fold}"
     ranked = sorted(classes, key=lambda r: (r["lrap"] is None, -(r["lrap"] or 0)))
-    console.print(_table(f"classes ({scope}, by LRAP)", ranked, ["class_idx", "class_name", "lrap", "weight",
-                                                                 "n_pos"]))
+    _print_table(f"classes ({scope}, by LRAP)", ranked, ["class_idx", "class_name", "lrap", "weight", "n_pos"])
     return 0
 
 
