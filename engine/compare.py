@@ -106,8 +106,9 @@ class ClipBasis:
         if self.problem:
             counts = {n for n in self.scored.values()}
             said = "; " + ", ".join(f"{r} scored {n}" for r, n in self.scored.items() if n is not None) \
-                if len(counts) > 1 and None not in counts else ""
-            return f"clip sets not checked ({self.problem}): out-of-fold numbers are each run's own{said}"
+                if len(counts) > 1 and None not in counts and self.common is None else ""
+            what = f"clip sets not checked ({self.problem})" if self.common is None else self.problem
+            return f"{what}: out-of-fold numbers are each run's own{said}"
         if not self.recomputed:
             return f"every run scored the same {self.common} curated clips"
         each = ", ".join(f"{r} scored {n}" for r, n in self.scored.items())
@@ -117,7 +118,8 @@ class ClipBasis:
     def short(self) -> str:
         """A few words for the compare screen's border."""
         if self.problem:
-            return f"clips not checked ({self.problem_short}): each run's own OOF"
+            what = f"clips not checked ({self.problem_short})" if self.common is None else self.problem_short
+            return f"{what}: each run's own OOF"
         if not self.recomputed:
             return f"every run scored the same {self.common} curated clips"
         return f"OOF on the {self.common} of {self.total} curated clips every run scored"
@@ -205,7 +207,7 @@ def compare_runs(store: Any, run_ids: Sequence[str], baseline: str | None = None
     recomputed from their ``oof.npy`` on the clips every run scored;
     :attr:`Comparison.basis` says which. Raises FsatError naming an unknown
     run, a baseline that is not among the runs, runs whose datasets list other
-    classes or label a clip differently, or runs that share no scored clip.
+    classes or label a clip differently.
     """
     run_ids = [str(r) for r in run_ids]
     if len(run_ids) < 2:
@@ -320,10 +322,13 @@ def _clip_basis(store: Any, comp: Comparison, datasets: dict[int, dict | None]) 
     scored = {run_id: len(frame[3]) for run_id, frame in frames.items()}
     total = max(len(loaded[r][0]) for r in loaded)
     same_dataset = len({s.run.get("dataset_id") for s in comp.sides}) == 1
-    if not common:
-        raise FsatError("compare: no curated clip was scored by every run ("
-                        + ", ".join(f"{r} scored {n}" for r, n in scored.items()) + ")")
     truth_common = base_truth[[base_index[f] for f in common]]
+    if not common or not truth_common.sum():
+        # A run that has scored nothing yet (still training), or runs of disjoint folds: nothing to recompute on.
+        return ClipBasis(scored, total=total, common=len(common),
+                         problem="no labelled clip was scored by every run (" +
+                                 ", ".join(f"{r} scored {n}" for r, n in scored.items()) + ")",
+                         problem_short="no clip scored by every run")
     if not same_dataset:
         for run_id, (index, truth, _, _) in frames.items():
             differ = int((truth[[index[f] for f in common]] != truth_common).any(axis=1).sum())

@@ -183,6 +183,18 @@ def test_a_missing_oof_file_is_said_not_hidden(five_and_two: dict) -> None:
     assert "not checked" in " ".join(out.split())
 
 
+def test_a_run_that_has_scored_nothing_yet_is_compared_on_its_own_numbers(five_and_two: dict) -> None:
+    w = five_and_two
+    with Store(w["db"]) as store:
+        ds = store.get_run("train-0001")["dataset_id"]
+        record_run(store, w["tmp"] / "runs", "train-0003", dataset_id=ds, status="running",
+                   oof=np.full_like(w["full"], np.nan))
+        comp = compare_runs(store, ["train-0001", "train-0003"])
+    assert comp.basis.common == 0 and not comp.basis.recomputed
+    assert "no labelled clip was scored by every run" in comp.basis.text()
+    assert comp.summary_rows()[1]["cv_lwlrap"] is None
+
+
 async def test_the_compare_screen_compares_on_the_clips_both_scored(five_and_two: dict, monkeypatch) -> None:
     from fsat_console.app import FsatConsole
     from fsat_console.screens.compare import CompareScreen
