@@ -62,13 +62,22 @@ class Sink:
         self.placements.append((fold, status, kw))
 
 
-def timed_fold(fold: int, seconds: float, done: str = "", *, recorder) -> dict:
-    """Report two epochs and some progress, take ``seconds``, return a small result (and touch ``done``)."""
+def timed_fold(fold: int, seconds: float, done: str = "", after: str = "", *, recorder) -> dict:
+    """Report two epochs and some progress, take ``seconds``, return a small result (and touch ``done``).
+
+    With ``after``, the fold ends only once that file exists (at most 300 s: on a busy machine Ray may take
+    seconds to start the process of another fold).
+    """
     for epoch in range(2):
         for step in range(5):
             recorder.progress(fold, (epoch * 5 + step + 1) / 10)
         recorder.epoch(fold, epoch, 0.5 + fold / 10 + epoch / 100)
         time.sleep(seconds / 2)
+    deadline = time.monotonic() + 300
+    while after and not Path(after).exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{after} did not appear in 300 s")
+        time.sleep(0.05)
     recorder.log(f"fold {fold} done in pid {os.getpid()}")
     if done:
         Path(done).touch()
@@ -103,11 +112,18 @@ def trains_forever(fold: int, beat: str, *, recorder) -> None:
         time.sleep(0.1)
 
 
-def test_results_come_in_completion_order_with_every_record(cluster):
+def test_results_come_in_completion_order_with_every_record(cluster, tmp_path: Path):
     sink = Sink()
-    tasks = [FoldCall(0, timed_fold, (0, 3.0)), FoldCall(1, timed_fold, (1, 0.2))]
-    got = list(cluster.run_folds(tasks, lambda fold: sink, check=lambda: None, placement=sink.place,
-                                 resources=FoldResources(cpus_per_fold=1, gpus_per_fold=1, max_retries=0)))
+    # Fold 0 ends only once the head holds fold 1's result: the order is made by the folds, not by durations,
+    # which a busy machine stretches (a second fold's process may take seconds to start).
+    head_has_fold1 = tmp_path / "head-has-fold1"
+    tasks = [FoldCall(0, timed_fold, (0, 0.2, "", str(head_has_fold1))), FoldCall(1, timed_fold, (1, 0.2))]
+    got = []
+    for fold, result in cluster.run_folds(tasks, lambda fold: sink, check=lambda: None, placement=sink.place,
+                                          resources=FoldResources(cpus_per_fold=1, gpus_per_fold=1, max_retries=0)):
+        got.append((fold, result))
+        if fold == 1:
+            head_has_fold1.touch()
     assert [fold for fold, _ in got] == [1, 0]
     # Both ran at once, in different processes, and every epoch record reached the head in order.
     assert got[0][1]["pid"] != got[1][1]["pid"]
