@@ -52,6 +52,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sqlite3
 import sys
 import time
@@ -70,8 +71,47 @@ from engine.specs import ENSEMBLE_METHODS
 from engine.sweep_cli import add_parser as add_sweep_parser
 from engine.store import FINISHED_STATES, JOB_STATES, OOF, Store, default_db_path
 
-console = Console()
-err_console = Console(stderr=True)
+
+class _Console(Console):
+    """rich's console, but a closed pipe reaches :func:`main` (rich would exit with status 1 itself)."""
+
+    def on_broken_pipe(self) -> None:
+        """Stop writing and let ``main`` end the command as a closed pipe ends one."""
+        self.quiet = True
+        raise BrokenPipeError
+
+
+# Piped or in a file, a line is never wrapped at an assumed 80 columns.
+console = _Console(soft_wrap=not sys.stdout.isatty())
+err_console = _Console(stderr=True)
+
+
+#: The largest integer SQLite stores: an id, limit, priority or fold past it can only be a typo.
+SQLITE_MAX_INT = 2**63 - 1
+
+
+def _whole(text: str) -> int:
+    """An integer argument within SQLite's range (argparse reports anything else as a usage error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not -SQLITE_MAX_INT - 1 <= value <= SQLITE_MAX_INT:
+        raise argparse.ArgumentTypeError(f"{text} is past the largest integer SQLite holds ({SQLITE_MAX_INT})")
+    return value
+
+
+def _seed(text: str) -> int:
+    """A seed argument: numpy takes 0..2**32-1."""
+    from engine.specs import SEED_MAX
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"a seed is a whole number in 0..{SEED_MAX}, got {text}")
+    return value
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -82,29 +122,51 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-#: Columns whose values are free text: the only ones a narrow terminal may shorten.
-_FREE_TEXT = ("name", "message", "note", "root", "path", "error", "class_name")
+#: Columns whose values are free text: the only ones a narrow terminal may narrow (their cells wrap).
+_FREE_TEXT = ("name", "message", "note", "root", "path", "error", "class_name", "tags", "setting")
+#: Columns a narrow terminal never leaves out (nor the first column, which names the row).
+_KEPT = ("kind", "status", "cv_lwlrap")
 
 
 def _table(title: str, rows: Sequence[dict], columns: Sequence[str], width: int | None = None) -> Table:
-    """A rich table whose ids, kinds, states and numbers never shrink or wrap; free text takes the rest."""
+    """A rich table that fits ``width`` the way the console's tables do (``engine.tables.fit_columns``).
+
+    Ids, kinds, states and numbers never shrink or wrap; free text narrows
+    first and wraps; a column that still does not fit is left out, and the
+    caption names it.
+    """
+    from engine.tables import FitColumn, fit_columns
+
     width = width or console.width
-    table = Table(title=title, header_style="bold cyan")
-    fixed = {c: max([len(c)] + [len(_fmt(r.get(c))) for r in rows]) for c in columns if c not in _FREE_TEXT}
-    free = [c for c in columns if c in _FREE_TEXT]
-    # Each column costs its width plus 3 cells of border and padding; what is left goes to free text.
-    left = width - 1 - sum(w + 3 for w in fixed.values()) - 3 * len(free)
-    for c in columns:
+    cells = {c: [_fmt(r.get(c)) for r in rows] for c in columns}
+    natural = {c: max([len(c)] + [len(v) for v in cells[c]]) for c in columns}
+    fit = [FitColumn(c, natural[c], shrink=c in _FREE_TEXT, keep=i == 0 or c in _KEPT)
+           for i, c in enumerate(columns)]
+    # A column costs its width plus 3 cells (padding and its border); the table's left border 1 more.
+    layout = dict(fit_columns(fit, width - 1, 3))
+    shown = [c for c in columns if c in layout]
+    left_out = [c for c in columns if c not in layout]
+    caption = (f"left out for width: {', '.join(left_out)} (a wider terminal, a pipe or --json shows them)"
+               if left_out else None)
+    table = Table(title=title, header_style="bold cyan", caption=caption)
+    for c in shown:
         numeric = bool(rows) and isinstance(rows[0].get(c), (int, float))
-        if c in free:
-            longest = max([len(c)] + [len(_fmt(r.get(c))) for r in rows])
-            table.add_column(c, overflow="ellipsis", no_wrap=True,
-                             max_width=max(8, min(longest, left // max(1, len(free)))))
+        if c in _FREE_TEXT:
+            table.add_column(c, width=layout[c], overflow="fold")
         else:
-            table.add_column(c, justify="right" if numeric else "left", no_wrap=True, min_width=fixed[c])
-    for r in rows:
-        table.add_row(*[_fmt(r.get(c)) for c in columns])
+            table.add_column(c, justify="right" if numeric else "left", no_wrap=True, width=layout[c])
+    for i in range(len(rows)):
+        table.add_row(*[cells[c][i] for c in shown])
     return table
+
+
+def _print_table(title: str, rows: Sequence[dict], columns: Sequence[str]) -> None:
+    """A report's table: fitted in a terminal; piped or in a file, its title and every value in full."""
+    if sys.stdout.isatty():
+        console.print(_table(title, rows, columns))
+    else:
+        print(f"{title}:")
+        print(_plain_table(rows, columns))
 
 
 def _plain_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
@@ -428,11 +490,11 @@ def cmd_tta(args: argparse.Namespace) -> int:
                   f"(centre crop): OOF lwlrap {_fmt(report['with_tta'])} with TTA, {_fmt(report['without_tta'])} "
                   f"without, gain [bold]{_signed(report['gain'])}[/]", highlight=False)
     folds = [dict(r, gain=_signed(r["gain"])) for r in report["folds"]]
-    console.print(_table("per fold", folds, ["fold", "with_tta", "without_tta", "gain"]))
+    _print_table("per fold", folds, ["fold", "with_tta", "without_tta", "gain"])
     ranked = sorted(report["classes"], key=lambda r: (r["gain"] is None, -(r["gain"] or 0)))
     ranked = [dict(r, gain=_signed(r["gain"])) for r in ranked]
-    console.print(_table("per class (out-of-fold LRAP, by gain)", ranked,
-                         ["class_idx", "class_name", "with_tta", "without_tta", "gain", "n_pos"]))
+    _print_table("per class (out-of-fold LRAP, by gain)", ranked,
+                 ["class_idx", "class_name", "with_tta", "without_tta", "gain", "n_pos"])
     return 0
 
 
@@ -453,17 +515,17 @@ def cmd_audit(args: argparse.Namespace) -> int:
                   f"[{report['status']}]", highlight=False)
     gain = [{"fold": "oof" if g["fold"] == OOF else g["fold"], **{k: g[k] for k in
              ("student_lwlrap", "teacher_lwlrap", "gain")}} for g in report["gain"]]
-    console.print(_table("student vs teacher lwlrap", gain, ["fold", "student_lwlrap", "teacher_lwlrap", "gain"]))
+    _print_table("student vs teacher lwlrap", gain, ["fold", "student_lwlrap", "teacher_lwlrap", "gain"])
     columns = ["class_name", "n_labelled", "n_kept", "n_dropped", "share_dropped", "n_added", "mean_weight"]
     if report["truth_known"]:
         columns += ["wrong_dropped", "right_lost", "weak_precision", "precision", "recall"]
-    console.print(_table("noisy-label audit per class (mean per fold), by share dropped", report["audit"], columns))
+    _print_table("noisy-label audit per class (mean per fold), by share dropped", report["audit"], columns)
     classes = sorted(report["classes"], key=lambda r: -(r["gain"] if r["gain"] is not None else -9))
-    console.print(_table("out-of-fold LRAP per class, by gain", classes,
-                         ["class_name", "student_lrap", "teacher_lrap", "gain", "weight"]))
+    _print_table("out-of-fold LRAP per class, by gain", classes,
+                 ["class_name", "student_lrap", "teacher_lrap", "gain", "weight"])
     if report["swaps"]:
-        console.print(_table("loss swaps", report["swaps"], ["fold", "stage", "attempt", "loss_from", "loss_to",
-                                                              "stage_lwlrap", "teacher_lwlrap", "tolerance"]))
+        _print_table("loss swaps", report["swaps"], ["fold", "stage", "attempt", "loss_from", "loss_to",
+                                                     "stage_lwlrap", "teacher_lwlrap", "tolerance"])
     return 0
 
 
@@ -526,7 +588,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         sys.stdout.write(table_csv(comp.class_rows(), comp.class_columns(), class_headers(comp)))
         return 0
     if args.json:
-        print(json.dumps({"baseline": comp.baseline, "runs": comp.summary_rows(),
+        print(json.dumps({"baseline": comp.baseline, "clips": comp.basis.as_dict(), "runs": comp.summary_rows(),
                           "config_diff": [{"key": k, "values": dict(zip(comp.run_ids, v))}
                                           for k, v in comp.config_diff()],
                           "classes": comp.class_rows(), "noise": noise}, indent=2, default=str))
@@ -535,8 +597,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for r in summary:
         r["fold mean ± std"] = pm_text(r["fold_mean"], r["fold_std"])
         r["Δ OOF"] = _signed(r["delta_cv"]) if not r["baseline"] else "baseline"
-    _emit(args, summary, "runs", ["run_id", "kind", "model", "cv_lwlrap", "fold mean ± std", "folds",
+    _emit(args, summary, "runs", ["run_id", "kind", "model", "cv_lwlrap", "fold mean ± std", "folds", "clips",
                                   "test_lwlrap", "Δ OOF", "seeds", "group_cv", "group_folds"])
+    console.print(comp.basis.text(), highlight=False, markup=False)
     _emit(args, noise, f"larger than noise? (against {comp.baseline})", ["run_id", "clips", "seeds"])
     diff = [{"setting": k, **{r: json.dumps(v) if not isinstance(v, str) else v for r, v in zip(comp.run_ids, vals)}}
             for k, vals in comp.config_diff()]
@@ -633,19 +696,18 @@ def cmd_show(args: argparse.Namespace) -> int:
                   f"seed {run['seed']}  device {run['device']}  config {run['config_hash']}")
     for f in folds:
         f["epochs"] = sum(1 for e in epochs if e["fold"] == f["fold"])
-    console.print(_table("folds", folds, ["fold", "lwlrap", "best_epoch", "n_val", "epochs"]))
+    _print_table("folds", folds, ["fold", "lwlrap", "best_epoch", "n_val", "epochs"])
     if members:
-        console.print(_table("members", members, ["member_run_id", "weight"]))
+        _print_table("members", members, ["member_run_id", "weight"])
     if candidates:
-        console.print(_table("methods scored (* = used)", [{**c, "method": c["method"] + (" *" if c["chosen"] else "")}
-                                                           for c in candidates],
-                             ["method", "oof_lwlrap", "raw_oof_lwlrap", "test_lwlrap", "note"]))
+        _print_table("methods scored (* = used)", [{**c, "method": c["method"] + (" *" if c["chosen"] else "")}
+                                                   for c in candidates],
+                     ["method", "oof_lwlrap", "raw_oof_lwlrap", "test_lwlrap", "note"])
     if run.get("warning"):
         console.print(f"[bold yellow]warning:[/] {run['warning']}", highlight=False)
     scope = "out-of-fold" if fold == OOF else f"fold {fold}"
     ranked = sorted(classes, key=lambda r: (r["lrap"] is None, -(r["lrap"] or 0)))
-    console.print(_table(f"classes ({scope}, by LRAP)", ranked, ["class_idx", "class_name", "lrap", "weight",
-                                                                 "n_pos"]))
+    _print_table(f"classes ({scope}, by LRAP)", ranked, ["class_idx", "class_name", "lrap", "weight", "n_pos"])
     return 0
 
 
@@ -691,7 +753,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("demo-data", cmd_demo_data, "write the synthetic demo dataset in the FSDKaggle2019 layout")
     p.add_argument("dir", type=Path)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--clips-per-class", type=int, default=None, help="curated clips per class (small for tests)")
     p.add_argument("--clips-per-source", type=int, default=1,
                    help="cut curated clips of a class in runs of N from one recording and write its id in a "
@@ -703,7 +765,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("register", cmd_register, "register a dataset root and compute its folds")
     p.add_argument("dir", type=Path)
     p.add_argument("--n-folds", type=int, default=5)
-    p.add_argument("--fold-seed", type=int, default=42)
+    p.add_argument("--fold-seed", type=_seed, default=42)
     p.add_argument("--group-column", default="",
                    help="train_curated.csv column naming each clip's source recording: folds keep each in one fold")
 
@@ -719,7 +781,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="a TOML config file")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. train.epochs=3")
     p.add_argument("--name", help="run name")
-    p.add_argument("--priority", type=int, default=0, help="higher runs first")
+    p.add_argument("--priority", type=_whole, default=0, help="higher runs first")
 
     p = add("ensemble", cmd_ensemble, "blend runs' out-of-fold and test scores: queue the job (prints its id) "
             "or, with --now, blend here and save the run; --dry-run prints every method's scores and saves nothing", listing=True)
@@ -730,10 +792,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto (default): every method and the best member, scored by cross-fitted OOF lwlrap")
     p.add_argument("--no-calibrate", action="store_true", help="keep blended ranks, no rank-to-probability map")
     p.add_argument("--greedy", action="store_true", help="greedy forward selection of members by OOF lwlrap")
-    p.add_argument("--greedy-steps", type=int, default=None)
+    p.add_argument("--greedy-steps", type=_whole, default=None)
     p.add_argument("--no-submission", action="store_true", help="do not write submission.csv")
     p.add_argument("--name", help="run name")
-    p.add_argument("--priority", type=int, default=0, help="higher runs first (queued job)")
+    p.add_argument("--priority", type=_whole, default=0, help="higher runs first (queued job)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--now", action="store_true", help="blend in this process and save the run instead of "
                       "queueing a job")
@@ -756,7 +818,7 @@ def build_parser() -> argparse.ArgumentParser:
     def listing_flags(p: argparse.ArgumentParser, sort: str, sorts: Sequence[str]) -> None:
         p.add_argument("filter", nargs="*", metavar="FILTER",
                        help="filter, e.g. model:cnn14 cv>0.8 status:done tag:best (OR, NOT, parentheses)")
-        p.add_argument("--limit", type=int, default=None,
+        p.add_argument("--limit", type=_whole, default=None,
                        help=f"at most N rows (default {DEFAULT_LISTING} in a terminal, all for --json/--csv)")
         p.add_argument("--all", action="store_true", help="every matching row")
         p.add_argument("--sort", choices=list(sorts), default=sort, help=f"sort column (default {sort})")
@@ -796,21 +858,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--undo", action="store_true", help="unarchive")
 
     p = add("requeue", cmd_requeue, "queue a failed or cancelled job again (a training run resumes)")
-    p.add_argument("job_id", type=int)
+    p.add_argument("job_id", type=_whole)
 
     p = add("show", cmd_show, "show a run: folds, per-class LRAP (out-of-fold or one fold)", listing=True)
     p.add_argument("run_id")
-    p.add_argument("--fold", type=int, default=None, help="per-class scores of this fold instead of out-of-fold")
+    p.add_argument("--fold", type=_whole, default=None, help="per-class scores of this fold instead of out-of-fold")
 
     p = add("cancel", cmd_cancel, "cancel a queued or running job")
-    p.add_argument("job_id", type=int)
+    p.add_argument("job_id", type=_whole)
 
     p = add("plans", cmd_plans, "list plans, or one plan's steps and their states", listing=True)
     p.add_argument("plan_id", type=int, nargs="?")
     p.add_argument("--cancel", action="store_true", help="cancel the plan's jobs that have not started")
 
     p = add("wait", cmd_wait, "wait for a job to end (exit 0 when done)")
-    p.add_argument("job_id", type=int)
+    p.add_argument("job_id", type=_whole)
     p.add_argument("--timeout", type=float, default=0)
 
     p = add("workers", cmd_workers, "list live workers", listing=True)
@@ -827,6 +889,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except BrokenPipeError:
+        # The reader went away (`fsat runs | head`): stop quietly, with the status of a command that SIGPIPE
+        # ended (128 + 13). What is still buffered goes to devnull, so the flush at exit cannot raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except FsatError as err:
         err_console.print(Text.assemble(("error:", "bold red"), f" {err}"), highlight=False, soft_wrap=True)
         return 2

@@ -1,7 +1,9 @@
 """Runs side by side: what differs in their configs, fold mean ± std next to out-of-fold LWLRAP,
 learning curves, and the 80 classes with each run's per-class LRAP and its delta against a baseline.
 
-Standard library only (the console imports it). ``fsat compare A B`` and the
+The standard library at import (the console imports it); numpy and the run
+folders only when the runs scored different clips must be checked, which the
+console does in a worker thread. ``fsat compare A B`` and the
 console's compare screen both build a :class:`Comparison` here, so they show
 the same numbers; :func:`table_csv` and :func:`table_markdown` write any table
 of rows (the console's export key and ``fsat runs --csv`` use them too).
@@ -14,6 +16,7 @@ import io
 import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 from engine.errors import FsatError
@@ -62,13 +65,19 @@ GROUP_KEYS = ("seeds", "group_cv", "group_folds")
 
 @dataclass
 class RunSide:
-    """One run of a comparison."""
+    """One run of a comparison.
+
+    ``classes`` maps class name to its per-class row (``lrap``, ``weight``,
+    ``n_pos``); ``oof_lwlrap`` is the run's OOF LWLRAP on the comparison's
+    clips (its recorded CV LWLRAP unless the runs scored different clips).
+    """
 
     run_id: str
     run: dict
     folds: list[dict]
-    classes: dict[int, dict]
+    classes: dict[str, dict]
     epochs: list[dict]
+    oof_lwlrap: float | None = None
 
     @property
     def fold_mean_std(self) -> tuple[float | None, float | None]:
@@ -77,12 +86,66 @@ class RunSide:
 
 
 @dataclass
+class ClipBasis:
+    """The curated clips a comparison's out-of-fold numbers are computed on.
+
+    ``scored`` is how many clips each run scored (from its ``oof.npy``, or
+    from its recorded folds when the file could not be read); ``common`` how
+    many every run scored (None when that could not be checked, ``problem``
+    says why). ``recomputed``: the runs scored different clips, so OOF
+    LWLRAP, per-class LRAP, weights and fold statistics are recomputed on the
+    common ones.
+    """
+
+    scored: dict[str, int | None]
+    total: int | None = None
+    common: int | None = None
+    recomputed: bool = False
+    problem: str = ""
+    #: A few words of ``problem`` for a table's border.
+    problem_short: str = ""
+
+    def text(self) -> str:
+        """One line saying which clips the numbers are on."""
+        if self.problem:
+            counts = {n for n in self.scored.values()}
+            said = "; " + ", ".join(f"{r} scored {n}" for r, n in self.scored.items() if n is not None) \
+                if len(counts) > 1 and None not in counts and self.common is None else ""
+            what = f"clip sets not checked ({self.problem})" if self.common is None else self.problem
+            return f"{what}: out-of-fold numbers are each run's own{said}"
+        if not self.recomputed:
+            return f"every run scored the same {self.common} curated clips"
+        each = ", ".join(f"{r} scored {n}" for r, n in self.scored.items())
+        return (f"compared on the {self.common} of {self.total} curated clips every run scored ({each}): "
+                "OOF LWLRAP, per-class LRAP and fold statistics are recomputed on them")
+
+    def short(self) -> str:
+        """A few words for the compare screen's border."""
+        if self.problem:
+            what = f"clips not checked ({self.problem_short})" if self.common is None else self.problem_short
+            return f"{what}: each run's own OOF"
+        if not self.recomputed:
+            return f"every run scored the same {self.common} curated clips"
+        return f"OOF on the {self.common} of {self.total} curated clips every run scored"
+
+    def as_dict(self) -> dict:
+        """For ``fsat compare --json``."""
+        return {"common": self.common, "total": self.total, "scored": dict(self.scored),
+                "recomputed": self.recomputed, "problem": self.problem or None, "note": self.text()}
+
+
+@dataclass
 class Comparison:
-    """Two or more runs and a baseline (one of them) to take deltas against."""
+    """Two or more runs and a baseline (one of them) to take deltas against.
+
+    Classes are paired by name (``class_names``, in the baseline's dataset
+    order), never by column index: two datasets may list them in another order.
+    """
 
     sides: list[RunSide]
     baseline: str
-    class_names: dict[int, str] = field(default_factory=dict)
+    class_names: list[str] = field(default_factory=list)
+    basis: ClipBasis = field(default_factory=lambda: ClipBasis(scored={}))
     #: run id -> its seed group's cells (``engine.seeds.group_columns``: seeds, group_cv, group_folds).
     groups: dict[str, dict] = field(default_factory=dict)
 
@@ -100,15 +163,16 @@ class Comparison:
         return config_diff([s.run.get("config") or {} for s in self.sides])
 
     def summary_rows(self) -> list[dict]:
-        """Per run: kind, model, OOF (CV) LWLRAP, fold mean ± std, folds, test, delta CV vs the baseline."""
-        base = self.side(self.baseline).run.get("cv_lwlrap")
+        """Per run: kind, model, OOF (CV) LWLRAP, fold mean ± std, folds, clips, test, delta CV vs the baseline."""
+        base = self.side(self.baseline).oof_lwlrap
         rows = []
         for s in self.sides:
             mean, std = s.fold_mean_std
-            cv = s.run.get("cv_lwlrap")
+            cv = s.oof_lwlrap
             rows.append({"run_id": s.run_id, "kind": s.run.get("kind"), "model": s.run.get("model"),
                          "name": s.run.get("name"), "cv_lwlrap": cv, "fold_mean": mean, "fold_std": std,
-                         "folds": len(s.folds), "test_lwlrap": s.run.get("test_lwlrap"),
+                         "folds": len(s.folds), "clips": self.basis.scored.get(s.run_id),
+                         "test_lwlrap": s.run.get("test_lwlrap"),
                          "delta_cv": None if cv is None or base is None else cv - base,
                          "baseline": s.run_id == self.baseline,
                          **{k: (self.groups.get(s.run_id) or {}).get(k) for k in GROUP_KEYS}})
@@ -118,13 +182,14 @@ class Comparison:
         """One row per class: ``lrap:<run>`` for each run and ``delta:<run>`` for each non-baseline run."""
         base = self.side(self.baseline).classes
         rows = []
-        for idx in sorted(self.class_names):
-            row: dict[str, Any] = {"class_idx": idx, "class_name": self.class_names[idx]}
-            weight = next((s.classes[idx]["weight"] for s in self.sides if idx in s.classes), None)
+        for idx, name in enumerate(self.class_names):
+            row: dict[str, Any] = {"class_idx": idx, "class_name": name}
+            weight = next((s.classes[name]["weight"] for s in [self.side(self.baseline), *self.sides]
+                           if name in s.classes), None)
             row["weight"] = weight
-            b = (base.get(idx) or {}).get("lrap")
+            b = (base.get(name) or {}).get("lrap")
             for s in self.sides:
-                value = (s.classes.get(idx) or {}).get("lrap")
+                value = (s.classes.get(name) or {}).get("lrap")
                 row[f"lrap:{s.run_id}"] = value
                 if s.run_id != self.baseline:
                     row[f"delta:{s.run_id}"] = None if value is None or b is None else value - b
@@ -141,11 +206,15 @@ class Comparison:
         return cols + ["weight"]
 
 
-def compare_runs(store: Any, run_ids: Sequence[str], baseline: str | None = None, *,
-                 class_fold: int = OOF) -> Comparison:
+def compare_runs(store: Any, run_ids: Sequence[str], baseline: str | None = None) -> Comparison:
     """Load two or more runs for comparison; ``baseline`` defaults to the first.
 
-    Raises FsatError naming an unknown run or a baseline that is not among the runs.
+    Classes are paired by name. When the runs scored different curated clips
+    (a run of 2 of 5 folds beside a 5-fold run), the out-of-fold numbers are
+    recomputed from their ``oof.npy`` on the clips every run scored;
+    :attr:`Comparison.basis` says which. Raises FsatError naming an unknown
+    run, a baseline that is not among the runs, runs whose datasets list other
+    classes or label a clip differently.
     """
     run_ids = [str(r) for r in run_ids]
     if len(run_ids) < 2:
@@ -156,19 +225,145 @@ def compare_runs(store: Any, run_ids: Sequence[str], baseline: str | None = None
     if baseline not in run_ids:
         raise FsatError(f"compare: the baseline {baseline!r} is not one of the compared runs")
     sides = []
-    names: dict[int, str] = {}
     for run_id in run_ids:
         run = store.get_run(run_id)
         if run is None:
             raise FsatError(f"no run {run_id!r} (see `fsat runs`)")
-        classes = {int(c["class_idx"]): c for c in store.class_scores(run_id, class_fold)}
-        for idx, c in classes.items():
-            names.setdefault(idx, c["class_name"])
-        sides.append(RunSide(run_id, run, store.fold_scores(run_id), classes, store.epochs(run_id)))
+        classes = {c["class_name"]: c for c in store.class_scores(run_id, OOF)}
+        sides.append(RunSide(run_id, run, store.fold_scores(run_id), classes, store.epochs(run_id),
+                             oof_lwlrap=run.get("cv_lwlrap")))
+    datasets = {int(s.run["dataset_id"]): store.get_dataset(int(s.run["dataset_id"]))
+                for s in sides if s.run.get("dataset_id") is not None}
+    comp = Comparison(sides=sides, baseline=baseline, class_names=_class_order(sides, baseline, datasets))
+    comp.basis = _clip_basis(store, comp, datasets)
     from engine.seeds import group_columns, seed_groups
 
-    return Comparison(sides=sides, baseline=baseline, class_names=names,
-                      groups=group_columns(seed_groups(store)))
+    comp.groups = group_columns(seed_groups(store))
+    return comp
+
+
+def _class_list(side: RunSide, datasets: dict[int, dict | None]) -> list[str]:
+    """A run's classes in its dataset's order (its recorded class rows' order without a dataset)."""
+    dataset = datasets.get(int(side.run["dataset_id"])) if side.run.get("dataset_id") is not None else None
+    if dataset is not None:
+        return list(dataset["classes"])
+    return [name for name, _ in sorted(side.classes.items(), key=lambda kv: kv[1]["class_idx"])]
+
+
+def _class_order(sides: list[RunSide], baseline: str, datasets: dict[int, dict | None]) -> list[str]:
+    """The classes in the baseline's order; FsatError when two runs were scored on other class lists."""
+    lists = {s.run_id: _class_list(s, datasets) for s in sides}
+    base = lists[baseline]
+    for run_id, names in lists.items():
+        if not names or not base or set(names) == set(base):
+            continue
+        only_base = [c for c in base if c not in set(names)]
+        only_run = [c for c in names if c not in set(base)]
+        example = "; ".join(part for part in (
+            f"{only_base[0]!r} only in {baseline}'s" if only_base else "",
+            f"{only_run[0]!r} only in {run_id}'s" if only_run else "") if part)
+        raise FsatError(f"compare: {baseline} and {run_id} were scored on different class lists "
+                        f"({len(only_base) + len(only_run)} classes differ: {example}); compare runs of "
+                        "datasets with the same classes")
+    order = list(base)
+    for names in lists.values():
+        order += [c for c in names if c not in set(order)]
+    return order
+
+
+def _curated_labels(dataset: dict) -> tuple[list[str], Any]:
+    """A dataset's curated clip names and label matrix (columns in its class order)."""
+    from engine.data.labels import parse_label_csv
+
+    path = Path(dataset["root"]) / "train_curated.csv"
+    if not path.is_file():
+        raise FsatError(f"{path} is missing: the dataset folder moved or was deleted")
+    fnames, truth = parse_label_csv(path, list(dataset["classes"]))
+    return list(fnames), truth
+
+
+def _recorded_clips(side: RunSide) -> int | None:
+    """Clips a run scored by its recorded folds (None when it recorded none)."""
+    return sum(int(f.get("n_val") or 0) for f in side.folds) or None
+
+
+def _clip_basis(store: Any, comp: Comparison, datasets: dict[int, dict | None]) -> ClipBasis:
+    """Which clips every run scored; recompute the OOF numbers on them when the runs scored different ones."""
+    import numpy as np
+
+    from engine.runs.folder import RunFolder
+    from engine.runs.members import MemberProblem, read_scores
+    from engine.runs.scores import covered_rows
+
+    recorded = {s.run_id: _recorded_clips(s) for s in comp.sides}
+    labels: dict[int, tuple[list[str], Any]] = {}
+    loaded: dict[str, tuple[list[str], Any, Any, list[str]]] = {}
+    for s in comp.sides:
+        dataset = datasets.get(int(s.run["dataset_id"])) if s.run.get("dataset_id") is not None else None
+        if dataset is None:
+            return ClipBasis(recorded, problem=f"run {s.run_id} is linked to no dataset",
+                             problem_short=f"{s.run_id}: no dataset")
+        oof_path = RunFolder.of(s.run, getattr(store, "path", None)).oof
+        try:
+            if int(dataset["id"]) not in labels:
+                labels[int(dataset["id"])] = _curated_labels(dataset)
+            fnames, truth = labels[int(dataset["id"])]
+            oof = read_scores(oof_path)
+        except MemberProblem as err:
+            return ClipBasis(recorded, problem=f"run {s.run_id}: {err}", problem_short=f"{s.run_id}: {err.short}")
+        except FsatError as err:
+            return ClipBasis(recorded, problem=f"run {s.run_id}'s dataset: {err}",
+                             problem_short=f"{s.run_id}: labels unreadable")
+        if oof.shape != truth.shape:
+            return ClipBasis(recorded, problem=f"{oof_path} has shape {tuple(oof.shape)}, its dataset "
+                                               f"{truth.shape[0]}×{truth.shape[1]}",
+                             problem_short=f"{s.run_id}: oof.npy of another shape")
+        loaded[s.run_id] = (fnames, truth, oof, list(dataset["classes"]))
+    names = comp.class_names
+    frames = {}
+    for run_id, (fnames, truth, oof, classes) in loaded.items():
+        cols = [classes.index(c) for c in names]
+        covered = covered_rows(oof)
+        frames[run_id] = ({f: i for i, f in enumerate(fnames)}, truth[:, cols], oof[:, cols],
+                          {f for f, c in zip(fnames, covered) if c})
+    base_index, base_truth, _, _ = frames[comp.baseline]
+    base_fnames = list(loaded[comp.baseline][0])
+    common = [f for f in base_fnames if all(f in frame[3] for frame in frames.values())]
+    scored = {run_id: len(frame[3]) for run_id, frame in frames.items()}
+    total = max(len(loaded[r][0]) for r in loaded)
+    same_dataset = len({s.run.get("dataset_id") for s in comp.sides}) == 1
+    truth_common = base_truth[[base_index[f] for f in common]]
+    if not common or not truth_common.sum():
+        # A run that has scored nothing yet (still training), or runs of disjoint folds: nothing to recompute on.
+        return ClipBasis(scored, total=total, common=len(common),
+                         problem="no labelled clip was scored by every run (" +
+                                 ", ".join(f"{r} scored {n}" for r, n in scored.items()) + ")",
+                         problem_short="no clip scored by every run")
+    if not same_dataset:
+        for run_id, (index, truth, _, _) in frames.items():
+            differ = int((truth[[index[f] for f in common]] != truth_common).any(axis=1).sum())
+            if differ:
+                raise FsatError(f"compare: the datasets of {comp.baseline} and {run_id} label {differ} of the "
+                                f"{len(common)} clips both scored differently; compare runs of one dataset")
+    if all(len(frame[3]) == len(common) for frame in frames.values()):
+        return ClipBasis(scored, total=total, common=len(common))
+    from engine.metrics import lwlrap, per_class_lwlrap
+
+    n_pos = truth_common.sum(axis=0)
+    for s in comp.sides:
+        index, _, oof, _ = frames[s.run_id]
+        pred = oof[[index[f] for f in common]]
+        s.oof_lwlrap = float(lwlrap(truth_common, pred))
+        per_class, weights = per_class_lwlrap(truth_common, pred)
+        s.classes = {name: {"class_idx": j, "class_name": name,
+                            "lrap": None if np.isnan(per_class[j]) else float(per_class[j]),
+                            "weight": float(weights[j]), "n_pos": int(n_pos[j])} for j, name in enumerate(names)}
+    if same_dataset:
+        # The same folds hold the same clips: fold statistics over the folds every run scored.
+        shared = set.intersection(*({f["fold"] for f in s.folds} for s in comp.sides))
+        for s in comp.sides:
+            s.folds = [f for f in s.folds if f["fold"] in shared]
+    return ClipBasis(scored, total=total, common=len(common), recomputed=True)
 
 
 # -- learning curves -----------------------------------------------------------------------------
@@ -254,15 +449,16 @@ def table_markdown(rows: Sequence[dict], columns: Sequence[str], headers: Sequen
 
 def comparison_markdown(comp: Comparison) -> str:
     """The whole comparison as Markdown: summary, config differences, per-class LRAP and deltas."""
-    parts = [f"# Comparison of {', '.join(comp.run_ids)} (baseline {comp.baseline})", "", "## Runs", ""]
+    parts = [f"# Comparison of {', '.join(comp.run_ids)} (baseline {comp.baseline})", "",
+             comp.basis.text()[0].upper() + comp.basis.text()[1:] + ".", "", "## Runs", ""]
     summary = comp.summary_rows()
     for r in summary:
         r["fold_mean_std"] = _pm(r["fold_mean"], r["fold_std"])
         r["delta_cv"] = "baseline" if r["baseline"] else signed(r["delta_cv"])
     parts.append(table_markdown(summary, ["run_id", "kind", "model", "cv_lwlrap", "fold_mean_std", "folds",
-                                          "test_lwlrap", "delta_cv"],
-                                ["run", "kind", "model", "OOF LWLRAP", "fold mean ± std", "folds", "test",
-                                 "Δ OOF vs baseline"]))
+                                          "clips", "test_lwlrap", "delta_cv"],
+                                ["run", "kind", "model", "OOF LWLRAP", "fold mean ± std", "folds", "clips scored",
+                                 "test", "Δ OOF vs baseline"]))
     parts += ["## Config differences", ""]
     diff = comp.config_diff()
     if diff:

@@ -18,6 +18,13 @@ fields (name, note, message, error) match ``:`` as "contains". On a number
 an age (``started<2h``: less than two hours ago; ``d``, ``h``, ``m``, ``s``).
 A word without a field matches the id or the name (contains).
 
+Case is ignored for every letter, not only A-Z: SQLite's ``NOCASE`` and
+``LIKE`` fold ASCII alone, so a value with other letters (``tag:ÉTÉ``) is
+compared through :func:`fold` (Unicode case folding), which every connection
+of ``engine.store`` registers as the SQL function ``fsat_fold``. Nothing in
+the schema uses it, so the file stays readable by any SQLite client; an ASCII
+value keeps the indexed ``NOCASE`` comparison.
+
 The compiler is plain text-to-SQL over a fixed table of fields: it returns a
 ``WHERE`` fragment with named parameters (``:f0``, ``:f1``…) that
 ``engine.store`` executes; values never enter the SQL text. Every field
@@ -31,11 +38,13 @@ from __future__ import annotations
 import datetime as _dt
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 from engine.errors import FsatError
 from engine.intake import KINDS, RUN_KINDS
+from engine.store.functions import FOLD_FUNCTION, fold, register_functions
 
 
 class FilterError(FsatError):
@@ -98,6 +107,14 @@ JOB_ALIASES = {"job": "id", "run_id": "run", "state": "status"}
 #: What a word without a field matches (contains), per table.
 _BARE = {"runs": ("r.id", "r.name"), "jobs": ("j.name", "j.kind", "CAST(j.id AS TEXT)")}
 
+#: Bounds on a query. SQLite's parser holds about 30 nested groups (its stack is 100 entries deep), far
+#: less than Python's recursion limit: the costliest nesting, ``(tag:a OR model:b (...))``, fails there at
+#: 15 levels (measured, SQLite 3.40). So a filter nested past MAX_DEPTH (parentheses, NOT and ``-`` each
+#: count one) is refused first, as are more terms (SQLite's expression depth is 1000) or a longer text.
+MAX_DEPTH = 10
+MAX_TERMS = 200
+MAX_LENGTH = 4000
+
 _OPS = ("!=", ">=", "<=", ":", "=", ">", "<")
 _TOKEN = re.compile(r"""\s*(?:(?P<lp>\()|(?P<rp>\))|(?P<word>(?:"[^"]*"|'[^']*'|[^\s()"'])+))""")
 _AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -156,6 +173,7 @@ class _Compiler:
         self.params: dict[str, object] = {}
         self.toks: list[_Tok] = []
         self.i = 0
+        self.depth = 0
 
     def param(self, value: object) -> str:
         name = f"f{len(self.params)}"
@@ -204,10 +222,12 @@ class _Compiler:
             self.i += 1
             if self.peek() is None:
                 raise FilterError(f"filter: NOT at column {tok.col} has nothing to negate")
-            return f"NOT ({self.unary()})"
+            with self.nested(tok):
+                return f"NOT ({self.unary()})"
         if tok.kind == "(":
             self.i += 1
-            inner = self.or_expr()
+            with self.nested(tok):
+                inner = self.or_expr()
             close = self.peek()
             if close is None or close.kind != ")":
                 raise FilterError(f"filter: the parenthesis at column {tok.col} is never closed")
@@ -217,8 +237,21 @@ class _Compiler:
             raise FilterError(f"filter: unexpected ')' at column {tok.col}")
         self.i += 1
         if tok.text.startswith("-") and len(tok.text) > 1 and not _is_number(tok.text):
-            return f"NOT ({self.term(_Tok('word', tok.text[1:], tok.col + 1))})"
+            with self.nested(tok):
+                return f"NOT ({self.term(_Tok('word', tok.text[1:], tok.col + 1))})"
         return self.term(tok)
+
+    @contextmanager
+    def nested(self, tok: _Tok) -> Iterator[None]:
+        """One level deeper (a parenthesis, NOT or ``-``); past MAX_DEPTH the filter is refused."""
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise FilterError(f"filter: nested too deeply at column {tok.col}: at most {MAX_DEPTH} levels of "
+                              "parentheses, NOT and '-'")
+        try:
+            yield
+        finally:
+            self.depth -= 1
 
     def term(self, tok: _Tok) -> str:
         text = tok.text
@@ -228,8 +261,7 @@ class _Compiler:
             break
         if match is None or text.startswith(("'", '"')):
             value = _unquote(text)
-            like = self.param(f"%{_escape_like(value)}%")
-            return "(" + " OR ".join(f"{col} LIKE {like} ESCAPE '\\'" for col in self.bare) + ")"
+            return "(" + " OR ".join(self.contains(col, value) for col in self.bare) + ")"
         name, op, raw = text[:match.start()].lower(), match.group(), text[match.end():]
         if not name:
             raise FilterError(f"filter: {text!r} at column {tok.col} has no field before {op!r}")
@@ -276,11 +308,11 @@ class _Compiler:
             sql = spec.sql.format(cmp=cmp)
             return f"NOT ({sql})" if op == "!=" else sql
         if spec.kind == "contains" and "*" not in value:
-            cmp = f"{spec.sql} LIKE {self.param('%' + _escape_like(value) + '%')} ESCAPE '\\'"
+            cmp = self.contains(spec.sql, value)
         elif spec.kind == "ident" and "*" not in value:
             # Ids are compared exactly, so the primary key or its index answers.
             cmp = f"{spec.sql} = {self.param(value)}"
-        elif spec.kind == "model" and "*" not in value:
+        elif spec.kind == "model" and "*" not in value and value.isascii():
             # Runs record labels such as cnn14-64mel: the word matches the label or its architecture.
             # A range on the NOCASE index ('-' is followed by '.') keeps the lookup indexed.
             col = spec.sql
@@ -291,11 +323,26 @@ class _Compiler:
         return f"NOT ({cmp})" if op == "!=" else cmp
 
     def text_cmp(self, column: str, value: str) -> str:
+        column, value = self.folded(column, value)
         if "*" in value:
             pattern = _escape_like(value).replace("*", "%")
             return f"{column} LIKE {self.param(pattern)} ESCAPE '\\'"
-        # Equality ignoring case; COLLATE NOCASE keeps an index on the column usable for '='.
-        return f"{column} = {self.param(value)} COLLATE NOCASE"
+        if value.isascii():
+            # Equality ignoring case; COLLATE NOCASE keeps an index on the column usable for '='.
+            return f"{column} = {self.param(value)} COLLATE NOCASE"
+        return f"{column} = {self.param(value)}"
+
+    def contains(self, column: str, value: str) -> str:
+        """``column`` contains ``value``, ignoring case."""
+        column, value = self.folded(column, value)
+        return f"{column} LIKE {self.param('%' + _escape_like(value) + '%')} ESCAPE '\\'"
+
+    @staticmethod
+    def folded(column: str, value: str) -> tuple[str, str]:
+        """An ASCII value as it is (NOCASE and LIKE fold A-Z); another through :func:`fold` on both sides."""
+        if value.isascii():
+            return column, value
+        return f"{FOLD_FUNCTION}({column})", fold(value) or ""
 
     def moment(self, value: str, where: str) -> tuple[float, bool]:
         age = _AGE.match(value.lower())
@@ -334,8 +381,14 @@ def compile_filter(text: str, table: str = "runs", *, now: Callable[[], float] =
     if not text.strip():
         return Compiled("1", {}, text)
     fields, aliases = (RUN_FIELDS, RUN_ALIASES) if table == "runs" else (JOB_FIELDS, JOB_ALIASES)
+    if len(text) > MAX_LENGTH:
+        raise FilterError(f"filter: {len(text)} characters; at most {MAX_LENGTH}")
+    toks = _tokens(text)
+    terms = sum(1 for t in toks if t.kind == "word" and t.text.upper() not in ("AND", "OR", "NOT"))
+    if terms > MAX_TERMS:
+        raise FilterError(f"filter: {terms} terms; at most {MAX_TERMS}")
     compiler = _Compiler(fields, aliases, _BARE[table], now)
-    sql = compiler.parse(_tokens(text))
+    sql = compiler.parse(toks)
     return Compiled(sql, compiler.params, text)
 
 
@@ -345,4 +398,5 @@ def field_help(table: str = "runs") -> list[tuple[str, str]]:
     return [(name, spec.about) for name, spec in fields.items()]
 
 
-__all__ = ["Compiled", "FilterError", "JOB_FIELDS", "RUN_FIELDS", "compile_filter", "field_help"]
+__all__ = ["Compiled", "FOLD_FUNCTION", "FilterError", "JOB_FIELDS", "RUN_FIELDS", "compile_filter", "field_help", "fold",
+           "register_functions"]

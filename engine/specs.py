@@ -257,6 +257,8 @@ class TrainSection:
         if self.max_oversample < 1:
             raise ConfigError(f"must be at least 1, got {self.max_oversample}", field=f"{path}.max_oversample")
         _nonneg(self.steps_per_epoch, f"{path}.steps_per_epoch")
+        _seed(self.seed, f"{path}.seed")
+        _seed(self.fold_seed, f"{path}.fold_seed")
 
     def fold_list(self) -> list[int]:
         """The folds to train, in order."""
@@ -514,6 +516,7 @@ class BaselineSpec:
             raise ConfigError(f"need at least 2 folds, got {self.n_folds}", field="n_folds")
         _positive(self.batch_size, "batch_size")
         _choice(self.device, DEVICES, "device")
+        _seed(self.fold_seed, "fold_seed")
 
 
 TEACHER_PREDICTIONS = ("per_fold", "fold_mean")
@@ -716,6 +719,15 @@ def _positive(v: float, path: str) -> None:
 def _nonneg(v: float, path: str) -> None:
     if not v >= 0:
         raise ConfigError(f"must not be negative, got {v}", field=path)
+
+
+#: numpy's and torch's seeds are 32-bit: a larger or negative seed fails in the job, so it is refused here.
+SEED_MAX = 2**32 - 1
+
+
+def _seed(v: int, path: str) -> None:
+    if not 0 <= v <= SEED_MAX:
+        raise ConfigError(f"a seed is a whole number in 0..{SEED_MAX}, got {v}", field=path)
 
 
 def _prob(v: float, path: str) -> None:

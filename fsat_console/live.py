@@ -131,7 +131,12 @@ class RunDetail:
 
     @property
     def planned_epochs(self) -> int | None:
-        """Epochs per fold from the run's (or else its job's) spec."""
+        """Epochs per fold from the run's (or else its job's) spec; a curriculum's, its stages' together."""
+        # A curriculum stores its teacher's train spec as its config: its epochs are its stages'.
+        stages = ((self.job or {}).get("spec") or {}).get("stages") if (self.run or {}).get("kind") == "curriculum" \
+            else None
+        if stages:
+            return sum(int(stage.get("epochs") or 0) for stage in stages) or None
         for spec in (self.run or {}).get("config") or {}, (self.job or {}).get("spec") or {}:
             epochs = (spec.get("train") or {}).get("epochs")
             if epochs:

@@ -240,9 +240,17 @@ def test_a_killed_curriculum_resumes_at_its_fold_stage_and_epoch(teacher, spawn_
                          db=db).stdout)
     store = Store(db)
     first = spawn_worker(db, "--lease", "3")
-    wait_for(lambda: store.get_job(job_id).run_id and any(
-        e["fold"] == 1 and e["stage"] == "B" for e in store.epochs(store.get_job(job_id).run_id)),
-        timeout=600, what="fold 1 stage B to record an epoch")
+
+    def stage_b_saved() -> bool:
+        # An epoch is recorded, then its resume file saved: killed in between, the epoch runs again (and
+        # replaces its row with the same values). Killed once stage B's first epoch has its resume file, the
+        # resumed fold goes on after it. On a busy machine the save takes long enough to be hit, so wait for it.
+        run_id = store.get_job(job_id).run_id
+        if not run_id or not any(e["fold"] == 1 and e["stage"] == "B" for e in store.epochs(run_id)):
+            return False
+        return (Path(store.get_run(run_id)["run_dir"]) / "fold1" / "stage1-0" / "last.pt").exists()
+
+    wait_for(stage_b_saved, timeout=600, what="fold 1 stage B to record an epoch and save its resume file")
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     run_id = store.get_job(job_id).run_id

@@ -62,13 +62,22 @@ class Sink:
         self.placements.append((fold, status, kw))
 
 
-def timed_fold(fold: int, seconds: float, done: str = "", *, recorder) -> dict:
-    """Report two epochs and some progress, take ``seconds``, return a small result (and touch ``done``)."""
+def timed_fold(fold: int, seconds: float, done: str = "", after: str = "", *, recorder) -> dict:
+    """Report two epochs and some progress, take ``seconds``, return a small result (and touch ``done``).
+
+    With ``after``, the fold ends only once that file exists (at most 300 s: on a busy machine Ray may take
+    seconds to start the process of another fold).
+    """
     for epoch in range(2):
         for step in range(5):
             recorder.progress(fold, (epoch * 5 + step + 1) / 10)
         recorder.epoch(fold, epoch, 0.5 + fold / 10 + epoch / 100)
         time.sleep(seconds / 2)
+    deadline = time.monotonic() + 300
+    while after and not Path(after).exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{after} did not appear in 300 s")
+        time.sleep(0.05)
     recorder.log(f"fold {fold} done in pid {os.getpid()}")
     if done:
         Path(done).touch()
@@ -103,11 +112,18 @@ def trains_forever(fold: int, beat: str, *, recorder) -> None:
         time.sleep(0.1)
 
 
-def test_results_come_in_completion_order_with_every_record(cluster):
+def test_results_come_in_completion_order_with_every_record(cluster, tmp_path: Path):
     sink = Sink()
-    tasks = [FoldCall(0, timed_fold, (0, 3.0)), FoldCall(1, timed_fold, (1, 0.2))]
-    got = list(cluster.run_folds(tasks, lambda fold: sink, check=lambda: None, placement=sink.place,
-                                 resources=FoldResources(cpus_per_fold=1, gpus_per_fold=1, max_retries=0)))
+    # Fold 0 ends only once the head holds fold 1's result: the order is made by the folds, not by durations,
+    # which a busy machine stretches (a second fold's process may take seconds to start).
+    head_has_fold1 = tmp_path / "head-has-fold1"
+    tasks = [FoldCall(0, timed_fold, (0, 0.2, "", str(head_has_fold1))), FoldCall(1, timed_fold, (1, 0.2))]
+    got = []
+    for fold, result in cluster.run_folds(tasks, lambda fold: sink, check=lambda: None, placement=sink.place,
+                                          resources=FoldResources(cpus_per_fold=1, gpus_per_fold=1, max_retries=0)):
+        got.append((fold, result))
+        if fold == 1:
+            head_has_fold1.touch()
     assert [fold for fold, _ in got] == [1, 0]
     # Both ran at once, in different processes, and every epoch record reached the head in order.
     assert got[0][1]["pid"] != got[1][1]["pid"]
@@ -122,24 +138,36 @@ def test_results_come_in_completion_order_with_every_record(cluster):
     assert [(f, s) for f, s, _ in sink.placements if s == "done"] == [(1, "done"), (0, "done")]
 
 
-def spans_fold(fold: int, seconds: float, *, recorder) -> tuple[float, float]:
-    """Report progress for ``seconds``; return when it started and ended (wall clock)."""
-    start = time.time()
-    while time.time() - start < seconds:
-        recorder.progress(fold, (time.time() - start) / seconds)
-        time.sleep(0.05)
-    return start, time.time()
+def spans_fold(fold: int, seconds: float, running: str, *, recorder) -> list[int]:
+    """Report progress for ``seconds`` while marked running in the folder ``running``; return the other folds
+    seen marked running meanwhile.
+
+    Overlap is judged by what each fold sees, not by comparing clock readings
+    taken in two processes: on a busy machine the wall clock can be stepped.
+    """
+    mine = Path(running) / f"fold{fold}"
+    mine.touch()
+    seen: set[int] = set()
+    start = time.monotonic()
+    try:
+        while True:
+            seen |= {int(p.name[4:]) for p in Path(running).iterdir() if p != mine}
+            if time.monotonic() - start >= seconds:
+                return sorted(seen)
+            recorder.progress(fold, (time.monotonic() - start) / seconds)
+            time.sleep(0.05)
+    finally:
+        mine.unlink()  # before the function returns, so before Ray may free the fold's CPUs
 
 
-def test_a_fold_holds_its_cpus_for_its_whole_run(cluster):
+def test_a_fold_holds_its_cpus_for_its_whole_run(cluster, tmp_path: Path):
     # Two CPUs per fold on a two-CPU cluster: the second fold starts only when the first has ended.
     # (A task blocked in ray.get lends its CPUs to other tasks, so a fold task must never block.)
     sink = Sink()
-    tasks = [FoldCall(0, spans_fold, (0, 2.0)), FoldCall(1, spans_fold, (1, 2.0))]
+    tasks = [FoldCall(0, spans_fold, (0, 2.0, str(tmp_path))), FoldCall(1, spans_fold, (1, 2.0, str(tmp_path)))]
     got = dict(cluster.run_folds(tasks, lambda fold: sink, check=lambda: None, placement=sink.place,
                                  resources=FoldResources(cpus_per_fold=2, gpus_per_fold=0, max_retries=0)))
-    (first, second) = sorted(got.values())
-    assert second[0] >= first[1], f"the folds overlapped by {first[1] - second[0]:.2f} s"
+    assert got == {0: [], 1: []}, f"a fold ran while another held the CPUs: {got}"
     assert [c[2] for c in sink.calls if c[0] == "progress" and c[1] == 0][-1] > 0.9
 
 

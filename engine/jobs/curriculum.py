@@ -189,7 +189,8 @@ def teacher_noisy_logits(ctx: JobContext, executor, trained: TrainedRun, folds: 
     (trained.run_dir / "noisy_pred").mkdir(parents=True, exist_ok=True)
     dispatch_folds(ctx, executor, tasks, teacher_fold_task, teacher_fold_on_node, record, resources=resources,
                    n_folds=len(folds), read=read, write=[trained.run_dir / "noisy_pred"],
-                   local_kwargs={"layout": layout, "caches": {"noisy": noisy_cache}}, start=0.04, width=0.05)
+                   local_kwargs={"layout": layout, "caches": {"noisy": noisy_cache}}, start=0.04, width=0.05,
+                   stage="teacher predictions")
     for k in missing:
         with np.load(paths[k]) as saved:
             logits[k] = saved["logits"].astype(np.float32)

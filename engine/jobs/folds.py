@@ -49,7 +49,8 @@ from engine.train.schedule import EarlyStopping
 
 def dispatch_folds(ctx: JobContext, executor, tasks: list, local_fn, node_fn, record, *, resources: FoldResources,
                    n_folds: int, read: list[Path], write: list[Path], local_kwargs: dict | None = None,
-                   start: float = 0.08, width: float = 0.9, recorder_cls: type = StoreRecorder) -> None:
+                   start: float = 0.08, width: float = 0.9, recorder_cls: type = StoreRecorder,
+                   stage: str = "") -> None:
     """Run per-fold ``tasks`` (each with a ``fold``) on ``executor``; ``record`` each outcome as it arrives.
 
     Locally ``local_fn(task, recorder, **local_kwargs)`` runs in this process;
@@ -60,7 +61,8 @@ def dispatch_folds(ctx: JobContext, executor, tasks: list, local_fn, node_fn, re
     state is recorded for the job details. ``start`` and ``width`` are the
     part of the job's progress bar that the folds fill. ``recorder_cls``
     (a :class:`StoreRecorder`, or a subclass with more reports) receives
-    every fold's reports here.
+    every fold's reports here. ``stage`` names work that is not the fold's
+    training (``teacher predictions``) in the job details' fold rows.
     """
     local = executor.name == "local"
     if not local:
@@ -76,6 +78,8 @@ def dispatch_folds(ctx: JobContext, executor, tasks: list, local_fn, node_fn, re
     job = ctx.job
 
     def placement(fold: int, status: str, **where) -> None:
+        if stage:
+            where["message"] = f"{stage}: {where['message']}" if where.get("message") else stage
         ctx.store.record_fold_task(job.id, job.attempts, fold, status=status, **where)
 
     for _fold, outcome in executor.run_folds(calls, recorders.__getitem__, check=ctx.check, resources=resources,

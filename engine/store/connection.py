@@ -23,6 +23,7 @@ from urllib.parse import quote
 
 import engine.store as _package
 from engine.errors import FsatError
+from engine.store.functions import register_functions
 from engine.store.schema import SCHEMA_VERSION, migrate, read_schema_version
 
 
@@ -94,6 +95,7 @@ class Connection:
             conn = sqlite3.connect(f"file:{resolved}?{flags}", uri=True, isolation_level=None,
                                    timeout=self.timeout, check_same_thread=False)
             conn.row_factory = sqlite3.Row
+            register_functions(conn)
             conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
             conn.execute("PRAGMA query_only = ON")
             version = self._check_version(conn)
@@ -133,6 +135,7 @@ class Connection:
             conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=self.timeout,
                                    check_same_thread=False)
             conn.row_factory = sqlite3.Row
+            register_functions(conn)
             conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
             conn.execute("PRAGMA foreign_keys = ON")
             version = self._check_version(conn)

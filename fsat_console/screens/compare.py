@@ -57,7 +57,7 @@ def class_columns(comp: Comparison) -> list[ColumnSpec]:
     """class, then per run its LRAP and (not for the baseline) its delta, then the class weight."""
     # Runs are named by their marker (the runs table above is the legend), so 80 columns hold 3 runs.
     # The deltas against the baseline come first: they are what the table is for.
-    cols = [ColumnSpec("class", "class", width=22)]
+    cols = [ColumnSpec("class", "class", width=22, shrink=True)]
     markers = {run_id: FOLD_MARKERS[i % len(FOLD_MARKERS)] for i, run_id in enumerate(comp.run_ids)}
     cols += [ColumnSpec(f"delta:{r}", f"{markers[r]} Δ", descending_first=True)
              for r in comp.run_ids if r != comp.baseline]
@@ -237,6 +237,8 @@ class CompareScreen(Screen):
             runs.specs = list(summary_columns(comp))
             runs.clear(columns=True)
         runs.sync(summary_rows(comp))
+        # Which clips the OOF and per-class numbers are on: all the same, or recomputed on the common ones.
+        runs.border_subtitle = comp.basis.short()
         table = self.classes_table
         wanted = class_columns(comp)
         if [c.key for c in table.specs] != [c.key for c in wanted]:
@@ -248,7 +250,7 @@ class CompareScreen(Screen):
         table.sync(class_table_rows(comp))
         table.border_subtitle = f"{table.row_count} classes · Δ vs {comp.baseline} · sorted by {table.sort_description}"
         diff = self.query_one("#compare-diff", LiveTable)
-        diff_specs = [ColumnSpec("setting", "setting")] + [ColumnSpec(f"v{i}", FOLD_MARKERS[i % len(FOLD_MARKERS)],
+        diff_specs = [ColumnSpec("setting", "setting", shrink=True)] + [ColumnSpec(f"v{i}", FOLD_MARKERS[i % len(FOLD_MARKERS)],
                                                                       sortable=False)
                                                            for i in range(len(comp.run_ids))]
         if [c.key for c in diff.specs] != [c.key for c in diff_specs]:

@@ -151,7 +151,7 @@ class CurriculumDialog(SpecDialog):
 # --- the curriculum run's view --------------------------------------------------------------------
 
 GAIN_COLUMNS = (
-    ColumnSpec("class", "class"),
+    ColumnSpec("class", "class", shrink=True),
     ColumnSpec("gain", "gain", descending_first=True),
     ColumnSpec("student", "student", descending_first=True),
     ColumnSpec("teacher", "teacher", descending_first=True),
@@ -159,7 +159,7 @@ GAIN_COLUMNS = (
 )
 
 AUDIT_COLUMNS = (
-    ColumnSpec("class", "class"),
+    ColumnSpec("class", "class", shrink=True),
     ColumnSpec("share_dropped", "dropped %", descending_first=True),
     ColumnSpec("n_labelled", "labelled", descending_first=True),
     ColumnSpec("n_kept", "kept", descending_first=True),

@@ -65,7 +65,7 @@ METHOD_LABELS = {"auto": "auto (best by cross-fitted OOF)", "best": "best member
 MEMBER_COLUMNS = (
     ColumnSpec("in", "in", descending_first=True),
     ColumnSpec("run", "run"),
-    ColumnSpec("name", "name"),
+    ColumnSpec("name", "name", shrink=True),
     ColumnSpec("kind", "kind"),
     ColumnSpec("model", "model"),
     ColumnSpec("cv", "CV LWLRAP", descending_first=True),
@@ -73,7 +73,7 @@ MEMBER_COLUMNS = (
     ColumnSpec("weight", "weight", descending_first=True),
     ColumnSpec("share", "share", descending_first=True),
     ColumnSpec("test", "test"),
-    ColumnSpec("note", "note", sortable=False),
+    ColumnSpec("note", "note", sortable=False, shrink=True),
 )
 
 

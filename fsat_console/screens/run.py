@@ -52,7 +52,7 @@ FOLD_COLUMNS = (
 
 CLASS_COLUMNS = (
     ColumnSpec("lrap", "LRAP", descending_first=True),
-    ColumnSpec("class", "class"),
+    ColumnSpec("class", "class", shrink=True),
     ColumnSpec("bar", "", sortable=False),
     ColumnSpec("weight", "weight", descending_first=True),
     ColumnSpec("n_pos", "n_pos", descending_first=True),

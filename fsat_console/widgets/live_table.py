@@ -9,6 +9,14 @@ the row it was on, by key, wherever that row now sits.
 Each cell is a ``Cell``: rich ``Text`` that also carries the raw value its
 column sorts by, so a score column sorts numerically and "—" (missing) always
 sorts last, whichever direction.
+
+A table never shows a column in part (``engine.tables.fit_columns``, as the
+CLI's tables): when its columns are wider than the table, free-text columns
+(``ColumnSpec.shrink``: names, notes, messages) narrow first, down to their
+``min_width``, with an ellipsis; then whole columns are hidden from the right,
+never the first labelled one (it names the row) nor the one the table sorts
+by. An id, a state or a number is never cut. The table keeps every cell of a
+hidden column and shows it again when there is room.
 """
 
 from __future__ import annotations
@@ -18,8 +26,11 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from rich.text import Text
 from textual.coordinate import Coordinate
+from textual import events
 from textual.widgets import DataTable
-from textual.widgets.data_table import ColumnKey
+from textual.widgets.data_table import ColumnKey, RowKey
+
+from engine.tables import FitColumn, fit_columns
 
 if TYPE_CHECKING:
     from rich.console import JustifyMethod
@@ -30,7 +41,8 @@ class Cell(Text):
 
     def __init__(self, text: str = "", *, sort_key: Any = None, style: str = "",
                  justify: JustifyMethod | None = None) -> None:
-        super().__init__(text, style=style, justify=justify)
+        # A free-text cell narrowed to its column ends in an ellipsis, not mid-word.
+        super().__init__(text, style=style, justify=justify, no_wrap=True, overflow="ellipsis")
         self.sort_key = sort_key
 
     def same_as(self, other: object) -> bool:
@@ -53,6 +65,9 @@ class ColumnSpec:
     descending_first: bool = False
     sortable: bool = True
     width: int | None = None
+    #: Free text (a name, a note, a message): the one kind of column a narrow table narrows, down to ``min_width``.
+    shrink: bool = False
+    min_width: int = 8
 
 
 class LiveTable(DataTable):
@@ -69,16 +84,104 @@ class LiveTable(DataTable):
         self.sort_reverse = reverse
         self.rank_column = rank_column
         self._rank: dict[str, int] | None = None
+        #: Every row's cells in ``specs`` order, shown or not (a hidden column keeps its data).
+        self._cells: dict[str, list[Cell]] = {}
+        #: The widest cell (or label) seen per column: a column's natural width only grows.
+        self._natural: dict[str, int] = {}
+        #: The columns shown and their widths, as last laid out.
+        self._layout: list[tuple[str, int]] = []
 
     def on_mount(self) -> None:
         """Add the columns (labels keep a slot for the sort arrow so widths never jump)."""
         self._ensure_columns()
 
+    def on_resize(self, event: events.Resize) -> None:
+        """Lay the columns out again for the new width."""
+        self._relayout()
+
     def _ensure_columns(self) -> None:
         # Data may arrive before this widget's Mount handler has run.
         if not self.columns:
-            for spec in self.specs:
-                self.add_column(self._label(spec), key=spec.key, width=spec.width)
+            self._layout = self._fit()
+            specs = {spec.key: spec for spec in self.specs}
+            for key, width in self._layout:
+                self.add_column(self._label(specs[key]), key=key, width=width)
+
+    # -- fitting the width ----------------------------------------------------------
+
+    def _natural_width(self, spec: ColumnSpec) -> int:
+        if spec.width is not None:
+            return spec.width
+        return max(len(spec.label) + 2, self._natural.get(spec.key, 0))
+
+    def _room(self) -> int | None:
+        """Cells the columns may take: the table's width less a vertical scrollbar (shown or to come)."""
+        region = self.scrollable_content_region
+        if region.width <= 0:
+            return None
+        scrollbar = 0 if self.show_vertical_scrollbar else self.styles.scrollbar_size_vertical
+        return region.width - scrollbar
+
+    def _fit(self) -> list[tuple[str, int]]:
+        """The columns to show, left to right, with their widths (``engine.tables.fit_columns``)."""
+        # Never hidden: the first labelled column (it names the row; a marker column has no label) and the sort.
+        names = next((spec.key for spec in self.specs if spec.label.strip()), None)
+        keep = {names, self.sort_column, self.rank_column}
+        columns = [FitColumn(spec.key, self._natural_width(spec), shrink=spec.shrink, least=spec.min_width,
+                             keep=spec.key in keep) for spec in self.specs]
+        return fit_columns(columns, self._room(), 2 * self.cell_padding)
+
+    def _relayout(self) -> None:
+        """Apply :meth:`_fit`: new widths in place; a changed set of columns rebuilds the table from its cells."""
+        if not self.columns:
+            return
+        layout = self._fit()
+        if layout == self._layout:
+            return
+        if [k for k, _ in layout] == [k for k, _ in self._layout]:
+            for key, width in layout:
+                column = self.columns[ColumnKey(key)]
+                column.width, column.auto_width = width, False
+            self._layout = layout
+            self._require_update_dimensions = True
+            self.refresh()
+            return
+        order = self.keys_in_order()
+        keep = self.selected_key()
+        super().clear(columns=True)
+        self._ensure_columns()
+        for key in order:
+            self.add_row(*self._shown_cells(self._cells[key]), key=key)
+        self._apply_sort()
+        self._restore_cursor(keep)
+
+    def _shown_cells(self, cells: Sequence[Cell]) -> list[Cell]:
+        index = {spec.key: i for i, spec in enumerate(self.specs)}
+        return [cells[index[key]] for key, _ in self._layout]
+
+    @property
+    def hidden_columns(self) -> list[str]:
+        """Keys of the columns hidden for want of width."""
+        shown = {key for key, _ in self._layout}
+        return [spec.key for spec in self.specs if spec.key not in shown]
+
+    def clear(self, columns: bool = False) -> "LiveTable":
+        """Drop every row (and, with ``columns``, the columns: ``specs`` may have changed)."""
+        super().clear(columns=columns)
+        self._cells.clear()
+        if columns:
+            self._natural.clear()
+            self._layout = []
+        return self
+
+    def get_cell(self, row_key: RowKey | str, column_key: ColumnKey | str) -> Any:
+        """A cell by row and column key, whether its column is shown or hidden."""
+        row = row_key.value if isinstance(row_key, RowKey) else row_key
+        column = column_key.value if isinstance(column_key, ColumnKey) else column_key
+        index = next((i for i, spec in enumerate(self.specs) if spec.key == column), None)
+        if row in self._cells and index is not None:
+            return self._cells[row][index]
+        return super().get_cell(row_key, column_key)
 
     # -- sorting ------------------------------------------------------------------
 
@@ -103,6 +206,7 @@ class LiveTable(DataTable):
         self.sort_column = column
         self.sort_reverse = reverse
         self._rank = None  # until the rows sorted by the database arrive
+        self._relayout()  # the sort column is always shown
         for spec in self.specs:
             if ColumnKey(spec.key) in self.columns:
                 self.columns[ColumnKey(spec.key)].label = self._label(spec)
@@ -195,29 +299,29 @@ class LiveTable(DataTable):
             self._rank = {key: i for i, (key, _) in enumerate(rows)}
         for key in [k.value for k in self.rows if k.value not in wanted]:
             self.remove_row(key)
+            self._cells.pop(key, None)
+        # Columns only grow: DataTable re-measured a whole column whenever an updated cell got narrower
+        # (rows x changed cells per poll), and widths that jump back and forth are hard to read.
+        grown = False
         for key, cells in rows:
-            if key in self.rows:
-                current = self.get_row(key)
-                for spec, old, new in zip(self.specs, current, cells):
-                    if not (isinstance(old, Cell) and old.same_as(new)):
-                        # DataTable re-measures a whole column whenever an updated cell got
-                        # narrower (rows x changed cells per poll). Columns only grow here: a
-                        # fixed-width column never changes, an automatic one widens when needed.
-                        self.update_cell(key, spec.key, new, update_width=False)
-                        if spec.width is None:
-                            self._grow_column(spec.key, new)
-            else:
-                self.add_row(*cells, key=key)
+            cells = list(cells)
+            for spec, cell in zip(self.specs, cells):
+                if spec.width is None and cell.cell_len > self._natural.get(spec.key, 0):
+                    self._natural[spec.key] = cell.cell_len
+                    grown = True
+            current = self._cells.get(key)
+            self._cells[key] = cells
+            if current is None:
+                self.add_row(*self._shown_cells(cells), key=key)
+                continue
+            shown = {k for k, _ in self._layout}
+            for spec, old, new in zip(self.specs, current, cells):
+                if spec.key in shown and not (isinstance(old, Cell) and old.same_as(new)):
+                    self.update_cell(key, spec.key, new, update_width=False)
+        if grown:
+            self._relayout()
         self._apply_sort()
         self._restore_cursor(keep)
-
-    def _grow_column(self, column: str, cell: Cell) -> None:
-        width = max((len(line) for line in cell.plain.splitlines()), default=0)
-        col = self.columns.get(ColumnKey(column))
-        if col is not None and width > col.content_width:
-            col.content_width = width
-            self._require_update_dimensions = True
-            self.refresh()
 
     def keys_in_order(self) -> list[str]:
         """Row keys top to bottom (what the user sees)."""
@@ -226,4 +330,4 @@ class LiveTable(DataTable):
 
     def column_texts(self, column: str) -> list[str]:
         """The plain text of one column, top to bottom (handy in tests and exports)."""
-        return [str(getattr(c, "plain", c)) for c in self.get_column(column)]
+        return [str(getattr(self.get_cell(key, column), "plain", "")) for key in self.keys_in_order()]
