@@ -7,16 +7,22 @@ standardises per fold). They need no pretrained weights and take seconds for
 the demo set on a CPU, and they see a clip differently from a CNN (no time
 structure, the whole clip's level and spectrum), which is what a blend member
 needs to add something.
+
+It also holds :func:`cache_mel_stats`, the training job's standardisation
+statistics over a whole waveform cache.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
 
-from engine.features.frontend import LogMelFrontend
+from engine.features.frontend import LogMelFrontend, compute_mel_stats
+
+if TYPE_CHECKING:
+    from engine.data.cache import WaveformCache
 
 #: Clips per batch: the frontend pads a batch to its longest clip, so batches
 #: are formed from clips sorted by length.
@@ -43,3 +49,19 @@ def mel_statistics(frontend: LogMelFrontend, waves: Sequence[np.ndarray],
             if progress is not None:
                 progress(min(start + BATCH_CLIPS, n), n)
     return out
+
+
+def cache_mel_stats(frontend: LogMelFrontend, cache: WaveformCache, *, batch_size: int = 16,
+                    device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """:func:`~engine.features.frontend.compute_mel_stats` over every clip of ``cache``, shortest clips first.
+
+    The frontend pads a batch to its longest clip, so batches of clips in
+    cache order (0.3-30 s side by side) spend most of their FFTs on padding;
+    batches of clips of similar length do not, which made the pass about 2.5x
+    faster on the demo set (about as fast as building the cache:
+    benchmarks/README.md, "Log-mel statistics"). Every frame still counts once,
+    so the result is the cache-order result up to float64 summation order
+    (tested against it).
+    """
+    order = np.argsort(cache.lengths, kind="stable")
+    return compute_mel_stats(frontend, (cache.get(int(i)) for i in order), batch_size=batch_size, device=device)

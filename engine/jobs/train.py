@@ -50,7 +50,8 @@ from engine.errors import CheckpointError, ConfigError
 from engine.executors import FoldCall, FoldResources, executor_from_env
 from engine.features.augment import WaveAugment
 from engine.features.device_augment import BatchWaveAugment
-from engine.features.frontend import LogMelFrontend, compute_mel_stats
+from engine.features.frontend import LogMelFrontend
+from engine.features.melstats import cache_mel_stats
 from engine.jobs.common import build_cache, cache_dir_for, configure_threads, pick_device, prepare_dataset, seed_everything
 from engine.jobs.context import JobContext, environment_record, git_commit
 from engine.metrics import lwlrap
@@ -655,7 +656,7 @@ def run(ctx: JobContext) -> str:
         # Statistics over all curated clips: label-free, so no leakage across folds.
         ctx.progress(0.07, "computing log-mel statistics")
         cache = caches["curated"]
-        stats = compute_mel_stats(frontend, (cache.get(i) for i in range(len(cache))), device=str(device))
+        stats = cache_mel_stats(frontend, cache, device=str(device))
         folder.save_mel_stats(*stats)
 
     folds_to_run = spec.train.fold_list()
