@@ -12,12 +12,16 @@ every repeat, a fresh cache folder each time. Reports seconds of audio
 decoded per second (median of repeats), the speed-up of each count over the
 first, the cache size per hour of audio, and the projected build time and
 disk of the curated (10.5 h) and noisy (80 h) sets at the measured rates.
+
+After each build it times the training job's log-mel statistics pass over the
+new cache, alternating the way the job runs it (``cache_mel_stats``: clips
+batched by length) with the former pass (``compute_mel_stats`` over the clips
+in cache order), and reports both against the build.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import sys
@@ -25,13 +29,20 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import soundfile as sf
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import fair  # noqa: E402
+
+fair.job_environment()  # before torch loads OpenMP
+
+import numpy as np  # noqa: E402
+import soundfile as sf  # noqa: E402
+import torch  # noqa: E402
 
 from engine.data.cache import WaveformCache, host_cores  # noqa: E402
 from engine.data.manifest import ClipTable, FolderSource  # noqa: E402
+from engine.features.frontend import LogMelFrontend, compute_mel_stats  # noqa: E402
+from engine.features.melstats import cache_mel_stats  # noqa: E402
 
 SOURCE_SR, TARGET_SR = 44100, 32000
 # FSDKaggle2019: 4,970 curated clips (about 10.5 h) and 19,815 noisy clips (about 80 h).
@@ -63,8 +74,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     counts = args.workers or sorted({1, host_cores()})
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"{os.cpu_count()} CPUs ({host_cores()} usable), load average {load:.1f}; decode threads compared: {counts}")
+    fair.header("bench_cache")
+    print(f"{host_cores()} cores usable; decode threads compared: {counts}")
+    frontend = LogMelFrontend()
     with tempfile.TemporaryDirectory(prefix="bench_cache_") as tmp:
         src = Path(tmp) / "train_noisy"
         src.mkdir()
@@ -76,6 +88,9 @@ def main(argv: list[str] | None = None) -> None:
         rates: dict[int, list[float]] = {c: [] for c in counts}
         busy: dict[int, list[float]] = {c: [] for c in counts}
         cpu_cost: list[float] = []
+        stats_new: list[float] = []
+        stats_old: list[float] = []
+        builds: list[float] = []
         size = 0
         for rep in range(args.repeats):
             for c in counts:
@@ -88,6 +103,15 @@ def main(argv: list[str] | None = None) -> None:
                 busy[c].append(cpu / wall)
                 cpu_cost.append(cpu / seconds)
                 size = sum(f.stat().st_size for f in cache.path.iterdir())
+                if c == host_cores():
+                    # The statistics pass as the job runs it, after the build with the job's threads.
+                    builds.append(wall)
+                    passes = [("new", lambda: cache_mel_stats(frontend, cache)),
+                              ("old", lambda: compute_mel_stats(frontend, (cache.get(i) for i in range(len(cache)))))]
+                    for name, fn in (passes if rep % 2 == 0 else passes[::-1]):
+                        start = time.perf_counter()
+                        fn()
+                        (stats_new if name == "new" else stats_old).append(time.perf_counter() - start)
                 shutil.rmtree(out)
         base = counts[0]
         for c in counts:
@@ -95,9 +119,19 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  {c} decode thread(s): median {statistics.median(rates[c]):6.0f} s of audio per s "
                   f"(repeats: {', '.join(f'{r:.0f}' for r in rates[c])}); {ratio:.2f}x of {base}; "
                   f"{statistics.median(busy[c]):.2f} CPU-s per s")
+        fair.figure("cache.threads_ratio", statistics.median(r / b for r, b in zip(rates[counts[-1]], rates[base])))
         per_core = 1.0 / statistics.median(cpu_cost)
         print(f"decode cost: {statistics.median(cpu_cost) * 1e3:.2f} ms of CPU per s of audio, i.e. "
               f"{per_core:.0f} s of audio per s per free core")
+        fair.figure("cache.cpu_ms_per_audio_s", statistics.median(cpu_cost) * 1e3)
+        n = args.clips
+        print(f"log-mel statistics pass ({torch.get_num_threads()} torch threads), per clip: "
+              f"{statistics.median(stats_new) / n * 1e3:.2f} ms batched by length (as the job runs it), "
+              f"{statistics.median(stats_old) / n * 1e3:.2f} ms in cache order (before); "
+              f"the cache build {statistics.median(builds) / n * 1e3:.2f} ms")
+        fair.figure("melstats.speedup", statistics.median(o / w for o, w in zip(stats_old, stats_new)))
+        fair.figure("melstats.per_build", statistics.median(w / b for w, b in zip(stats_new, builds)))
+        fair.figure("melstats.before_per_build", statistics.median(o / b for o, b in zip(stats_old, builds)))
         gb_per_hour = size / seconds * 3600 / 1e9
         print(f"cache size: {gb_per_hour:.3f} GB per hour of audio (int16 at {TARGET_SR} Hz)")
         best = max(counts, key=lambda c: statistics.median(rates[c]))
