@@ -61,6 +61,36 @@ def test_cache_mel_stats_equal_the_statistics_in_cache_order(tmp_path: Path, top
     np.testing.assert_allclose(std, np.maximum(frames.std(0), 1e-3), rtol=1e-5, atol=1e-4)
 
 
+def test_cache_mel_stats_are_computed_once_per_cache_and_setting(tmp_path: Path, monkeypatch):
+    import engine.features.melstats as melstats
+
+    root = write_layout(tmp_path / "data")
+    cache = WaveformCache.build(load_layout(root).curated, sample_rate=32000, cache_dir=tmp_path / "cache")
+    frontend = LogMelFrontend()
+    first = cache_mel_stats(frontend, cache)
+    kept = melstats.sums_file(frontend, cache)
+    assert kept.parent == cache.path and kept.is_file()
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("the per-clip sums were computed again")
+
+    with monkeypatch.context() as m:
+        m.setattr(melstats, "clip_mel_sums", no_pass)
+        again = cache_mel_stats(LogMelFrontend(), WaveformCache.build(load_layout(root).curated, sample_rate=32000,
+                                                                      cache_dir=tmp_path / "cache"))
+        np.testing.assert_array_equal(again[0], first[0])
+        np.testing.assert_array_equal(again[1], first[1])
+        # Another setting is another file, computed (here: refused).
+        other = LogMelFrontend(n_mels=32)
+        assert melstats.sums_file(other, cache) != kept
+        with pytest.raises(AssertionError, match="computed again"):
+            cache_mel_stats(other, cache)
+    kept.write_bytes(b"damaged")
+    mean, std = cache_mel_stats(frontend, cache)  # a damaged file is computed again and replaced
+    np.testing.assert_array_equal(mean, first[0])
+    assert np.load(kept).shape == (len(cache), 1 + 2 * 64)
+
+
 @pytest.fixture(scope="module")
 def grouped_demo(tmp_path_factory) -> Path:
     """A small demo set whose curated clips come in pairs cut from one recording (two recordings a class)."""

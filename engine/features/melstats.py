@@ -9,17 +9,23 @@ structure, the whole clip's level and spectrum), which is what a blend member
 needs to add something.
 
 It also holds :func:`cache_mel_stats`, the training job's standardisation
-statistics over a whole waveform cache.
+statistics over a whole waveform cache, computed once per cache and frontend
+setting and kept beside the cache.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
 
-from engine.features.frontend import LogMelFrontend, compute_mel_stats
+from engine.features.frontend import LogMelFrontend, mel_stats_from_sums
 
 if TYPE_CHECKING:
     from engine.data.cache import WaveformCache
@@ -51,17 +57,71 @@ def mel_statistics(frontend: LogMelFrontend, waves: Sequence[np.ndarray],
     return out
 
 
-def cache_mel_stats(frontend: LogMelFrontend, cache: WaveformCache, *, batch_size: int = 16,
-                    device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
-    """:func:`~engine.features.frontend.compute_mel_stats` over every clip of ``cache``, shortest clips first.
+#: Bumped when the per-clip sums file changes meaning.
+SUMS_FORMAT = 1
 
-    The frontend pads a batch to its longest clip, so batches of clips in
-    cache order (0.3-30 s side by side) spend most of their FFTs on padding;
-    batches of clips of similar length do not, which made the pass about 2.5x
-    faster on the demo set (about as fast as building the cache:
-    benchmarks/README.md, "Log-mel statistics"). Every frame still counts once,
-    so the result is the cache-order result up to float64 summation order
-    (tested against it).
+
+def sums_file(frontend: LogMelFrontend, cache: WaveformCache) -> Path:
+    """Where the per-clip log-mel sums of ``cache`` under ``frontend``'s settings are kept: in the cache's folder."""
+    settings = {"format": SUMS_FORMAT, "sample_rate": cache.sample_rate, "n_fft": frontend.n_fft,
+                "hop_length": frontend.hop_length, "win_length": frontend.win_length, "n_mels": frontend.n_mels,
+                "fmin": frontend.fmin, "fmax": frontend.fmax, "amin": frontend.amin, "top_db": frontend.top_db}
+    key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(cache.path) / f"melsums-{key}.npy"
+
+
+def clip_mel_sums(frontend: LogMelFrontend, cache: WaveformCache, *, batch_size: int = BATCH_CLIPS,
+                  device: str | torch.device = "cpu") -> np.ndarray:
+    """``[n_clips, 1 + 2 * n_mels]`` float64: per clip its frame count, the sums of its dB log-mel and of its square.
+
+    Clips run in batches of similar length (shortest first): the frontend pads
+    a batch to its longest clip, so batches in cache order (0.3-30 s side by
+    side) spend much of their FFTs on padding. Each clip's frames are its own
+    (``log_mel_clips``), as in :func:`~engine.features.frontend.compute_mel_stats`.
     """
+    local = copy.deepcopy(frontend).to(device).eval()
+    out = np.zeros((len(cache), 1 + 2 * local.n_mels), dtype=np.float64)
     order = np.argsort(cache.lengths, kind="stable")
-    return compute_mel_stats(frontend, (cache.get(int(i)) for i in order), batch_size=batch_size, device=device)
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            for i, db in zip(idx, local.log_mel_clips([cache.get(int(i)) for i in idx])):
+                db = db.double()
+                out[i, 0] = db.shape[0]
+                out[i, 1:1 + local.n_mels] = db.sum(dim=0).cpu().numpy()
+                out[i, 1 + local.n_mels:] = db.square().sum(dim=0).cpu().numpy()
+    return out
+
+
+def cache_mel_stats(frontend: LogMelFrontend, cache: WaveformCache, *, batch_size: int = BATCH_CLIPS,
+                    device: str | torch.device = "cpu", min_std: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
+    """The training job's standardisation statistics: per-mel-bin ``(mean, std)`` over every frame of ``cache``.
+
+    The same statistics as :func:`~engine.features.frontend.compute_mel_stats`
+    over the cache's clips (up to float64 summation order: tested), computed
+    once per cache and frontend setting: the per-clip sums
+    (:func:`clip_mel_sums`) are kept in the cache's folder (:func:`sums_file`),
+    so every later run on the same data and settings reads them instead of
+    computing the log-mel of every clip again. A cache folder that cannot be
+    written only loses that reuse.
+    """
+    path = sums_file(frontend, cache)
+    sums = None
+    try:
+        sums = np.load(path)
+    except (OSError, ValueError):
+        pass
+    if sums is None or sums.shape != (len(cache), 1 + 2 * frontend.n_mels):
+        sums = clip_mel_sums(frontend, cache, batch_size=batch_size, device=device)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with tmp.open("wb") as fh:
+                np.save(fh, sums)
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+    frames = int(sums[:, 0].sum())
+    if frames == 0:
+        raise ValueError(f"{cache.path}: no clips: mel statistics need at least one clip")
+    n = frontend.n_mels
+    return mel_stats_from_sums(sums[:, 1:1 + n].sum(axis=0), sums[:, 1 + n:].sum(axis=0), frames, min_std=min_std)
