@@ -101,12 +101,7 @@ def reference_features(paths: list[Path]) -> list[np.ndarray]:
     """librosa, one clip at a time: load + resample, mel power, dB; [frames, n_mels]."""
     import librosa
 
-    out = []
-    for path in paths:
-        y, _ = librosa.load(path, sr=TARGET_SR)
-        mel = librosa.feature.melspectrogram(y=y, sr=TARGET_SR, **MEL_KW)
-        out.append(librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None).T)
-    return out
+    return [librosa_mel(librosa.load(path, sr=TARGET_SR)[0]) for path in paths]
 
 
 def our_features(paths: list[Path], frontend: LogMelFrontend, batch_size: int) -> list[np.ndarray]:

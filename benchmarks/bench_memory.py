@@ -20,6 +20,11 @@ reading, reads every clip once in a random order and takes a 10 s crop as
 - ``pread``: ``WaveformCache.get`` as it reads now, ``os.pread`` of the clip's
   bytes into a new buffer (page cache only, never mapped).
 
+``--job N …`` also runs the real train job (``demo`` preset, fold 0, one
+epoch, through the CLI and a worker) on the demo dataset with N curated clips
+per class, samples the job process's memory every 0.1 s and reports its peak
+``VmRSS``, ``RssAnon`` and ``RssFile``.
+
 None of the three changes what the page cache holds: the kernel keeps the
 file's pages cached and reclaims them under memory pressure, as it does for
 the mapped ones, which are clean and need no write-back. A container limit
@@ -118,14 +123,67 @@ def read_epoch(path: Path, mode: str, crop_seconds: float, seed: int) -> dict:
             "rss_anon_growth_mib": after["RssAnon"] - before["RssAnon"], **after}
 
 
+def _job_processes(db: Path) -> list[int]:
+    """Pids of the job processes working on ``db`` (``python -m engine.jobs --db DB …``)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"engine.jobs" in cmd and str(db).encode() in cmd:
+            pids.append(int(entry.name))
+    return pids
+
+
+def _process_mib(pid: int) -> dict[str, float]:
+    out = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "RssAnon", "RssFile"):
+                out[key] = int(rest.split()[0]) / 1024
+    except (OSError, ValueError):
+        return {}
+    return out
+
+
+def job_peak(folder: Path, per_class: int, env: dict) -> dict:
+    """Write a demo set with ``per_class`` curated clips a class, run one train job on it, return its peak memory."""
+    from engine.data.demo import write_demo_dataset
+
+    root, db = folder / f"demo-{per_class}", folder / f"jobs-{per_class}.db"
+    write_demo_dataset(root, seed=0, clips_per_class=per_class, noisy_per_class=1, test_per_class=1)
+    cli = [sys.executable, "-m", "engine.cli", "--db", str(db)]
+    subprocess.run([*cli, "queue", "train", "--data", str(root), "--preset", "demo", "--set", "train.epochs=1",
+                    "--set", "train.folds=[0]", "--name", f"memory-{per_class}"], env=env, check=True,
+                   capture_output=True)
+    worker = subprocess.Popen([sys.executable, "-m", "engine.worker", "--db", str(db), "--drain", "--poll", "0.2"],
+                              env=env, cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peak = {"VmRSS": 0.0, "RssAnon": 0.0, "RssFile": 0.0}
+    while worker.poll() is None:
+        for pid in _job_processes(db):
+            for key, value in _process_mib(pid).items():
+                peak[key] = max(peak[key], value)
+        time.sleep(0.1)
+    if worker.returncode != 0:
+        raise RuntimeError(f"the worker exited {worker.returncode}")
+    cache = sum(f.stat().st_size for f in (root / ".fsat-cache").rglob("waves.int16")) / 2**20
+    return {"clips": per_class * 80, "cache_mib": cache, **peak}
+
+
 def main(argv: list[str] | None = None) -> None:
     """Write each cache, read it in a fresh process per way of reading, alternating, and report."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cache-mib", type=int, nargs="+", default=[256, 1024])
+    ap.add_argument("--cache-mib", type=int, nargs="*", default=[256, 1024], help="cache sizes to read (none: only --job)")
     ap.add_argument("--clip-seconds", type=float, default=10.0)
     ap.add_argument("--crop", type=float, default=10.0)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--job", type=int, nargs="*", default=[], metavar="N",
+                    help="also run the train job on the demo set with N curated clips per class")
     ap.add_argument("--child", nargs=2, metavar=("CACHE", "MODE"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -159,6 +217,15 @@ def main(argv: list[str] | None = None) -> None:
                 fair.figure("memory.pread_time_ratio", statistics.median(
                     p["ms_per_item"] / m["ms_per_item"] for p, m in zip(rows["pread"], rows["mmap"])))
             (path / "waves.int16").unlink()
+        jobs = [job_peak(Path(tmp), n, env) for n in args.job]
+        for r in jobs:
+            print(f"train job, {r['clips']} curated clips (cache {r['cache_mib']:.0f} MiB): peak VmRSS "
+                  f"{r['VmRSS']:.0f} MiB, RssAnon {r['RssAnon']:.0f} MiB, RssFile {r['RssFile']:.0f} MiB")
+        if len(jobs) >= 2:
+            first, last = jobs[0], jobs[-1]
+            fair.figure("memory.job_rss_mib_small", first["VmRSS"])
+            fair.figure("memory.job_rss_growth_per_cache",
+                        (last["VmRSS"] - first["VmRSS"]) / max(last["cache_mib"] - first["cache_mib"], 1e-9))
 
 
 if __name__ == "__main__":
