@@ -70,30 +70,47 @@ def sums_file(frontend: LogMelFrontend, cache: WaveformCache) -> Path:
     return Path(cache.path) / f"melsums-{key}.npy"
 
 
-def clip_mel_sums(frontend: LogMelFrontend, cache: WaveformCache, *, batch_size: int = BATCH_CLIPS,
+#: Padded frames per batch of the statistics pass (16 ten-second clips): batches of similar-length
+#: clips up to this size, so short clips go many at a time and long ones a few.
+BATCH_FRAMES = 16_384
+
+
+def clip_mel_sums(frontend: LogMelFrontend, cache: WaveformCache, *, batch_frames: int = BATCH_FRAMES,
                   device: str | torch.device = "cpu") -> np.ndarray:
     """``[n_clips, 1 + 2 * n_mels]`` float64: per clip its frame count, the sums of its dB log-mel and of its square.
 
-    Clips run in batches of similar length (shortest first): the frontend pads
-    a batch to its longest clip, so batches in cache order (0.3-30 s side by
-    side) spend much of their FFTs on padding. Each clip's frames are its own
+    Clips run shortest first, in batches of at most ``batch_frames`` padded
+    frames: the frontend pads a batch to its longest clip, so batches in cache
+    order (0.3-30 s side by side) spend much of their FFTs on padding, and
+    neighbours in length waste little. Each clip's frames are its own
     (``log_mel_clips``), as in :func:`~engine.features.frontend.compute_mel_stats`.
     """
     local = copy.deepcopy(frontend).to(device).eval()
     out = np.zeros((len(cache), 1 + 2 * local.n_mels), dtype=np.float64)
     order = np.argsort(cache.lengths, kind="stable")
+    batches: list[list[int]] = [[]]
+    for i in order:
+        # Sorted ascending: this clip is the batch's longest, so the batch pads to its frames.
+        if batches[-1] and (len(batches[-1]) + 1) * local.num_frames(cache.length(int(i))) > batch_frames:
+            batches.append([])
+        batches[-1].append(int(i))
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            for i, db in zip(idx, local.log_mel_clips([cache.get(int(i)) for i in idx])):
-                db = db.double()
-                out[i, 0] = db.shape[0]
-                out[i, 1:1 + local.n_mels] = db.sum(dim=0).cpu().numpy()
-                out[i, 1 + local.n_mels:] = db.square().sum(dim=0).cpu().numpy()
+        for idx in batches:
+            if not idx:
+                continue
+            clips = local.log_mel_clips([cache.get(i) for i in idx])
+            # One copy out of torch per batch, the per-clip sums in numpy: a torch op per clip
+            # would wake torch's thread pool for every clip, which costs more than the sums.
+            db = torch.cat(clips).double().cpu().numpy()
+            frames = np.array([len(c) for c in clips])
+            starts = np.concatenate([[0], np.cumsum(frames)[:-1]])
+            out[idx, 0] = frames
+            out[idx, 1:1 + local.n_mels] = np.add.reduceat(db, starts, axis=0)
+            out[idx, 1 + local.n_mels:] = np.add.reduceat(np.square(db), starts, axis=0)
     return out
 
 
-def cache_mel_stats(frontend: LogMelFrontend, cache: WaveformCache, *, batch_size: int = BATCH_CLIPS,
+def cache_mel_stats(frontend: LogMelFrontend, cache: WaveformCache, *, batch_frames: int = BATCH_FRAMES,
                     device: str | torch.device = "cpu", min_std: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
     """The training job's standardisation statistics: per-mel-bin ``(mean, std)`` over every frame of ``cache``.
 
@@ -112,7 +129,7 @@ def cache_mel_stats(frontend: LogMelFrontend, cache: WaveformCache, *, batch_siz
     except (OSError, ValueError):
         pass
     if sums is None or sums.shape != (len(cache), 1 + 2 * frontend.n_mels):
-        sums = clip_mel_sums(frontend, cache, batch_size=batch_size, device=device)
+        sums = clip_mel_sums(frontend, cache, batch_frames=batch_frames, device=device)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             with tmp.open("wb") as fh:
