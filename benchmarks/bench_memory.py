@@ -224,8 +224,10 @@ def main(argv: list[str] | None = None) -> None:
         if len(jobs) >= 2:
             first, last = jobs[0], jobs[-1]
             fair.figure("memory.job_rss_mib_small", first["VmRSS"])
-            fair.figure("memory.job_rss_growth_per_cache",
-                        (last["VmRSS"] - first["VmRSS"]) / max(last["cache_mib"] - first["cache_mib"], 1e-9))
+            # The file-backed part is where a mapped cache showed up (1 MiB per MiB read); the peak of the
+            # whole RSS moves by more than that with the phase the 0.1 s sampling catches.
+            fair.figure("memory.job_file_growth_per_cache",
+                        (last["RssFile"] - first["RssFile"]) / max(last["cache_mib"] - first["cache_mib"], 1e-9))
 
 
 if __name__ == "__main__":
