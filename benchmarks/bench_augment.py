@@ -20,14 +20,14 @@ p 0.2, stretch p 0.2, with the preset's ranges) on a batch of 10 s clips at
 
 plus each transform alone at p = 1 for (a) and (b), which says where the
 time goes. Reports medians over the repeats and the median of the per-repeat
-ratios.
+ratios, for (a) against (b) in both thread settings of ``benchmarks/fair.py``
+(``one``: one thread for both; ``default``: torch's threads and
+``OMP_WAIT_POLICY=PASSIVE`` as jobs run; (a) runs in one thread either way).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import time
@@ -35,11 +35,15 @@ import tomllib
 import warnings
 from pathlib import Path
 
-import numpy as np
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks import fair  # noqa: E402
+
+fair.job_environment()  # before torch loads OpenMP
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from engine.features.augment import WaveAugment  # noqa: E402
 from engine.features.device_augment import BatchWaveAugment, batch_generator  # noqa: E402
@@ -135,11 +139,9 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     kw = cnn14_settings()
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     import audiomentations
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average {load:.1f}, "
-          f"{torch.get_num_threads()} torch threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}")
+    fair.header("bench_augment")
     print(f"torch {torch.__version__}, audiomentations {audiomentations.__version__}, batched path on {device}")
     print(f"batch {args.batch} x {args.seconds:g} s at {SR} Hz; cnn14 settings: "
           + ", ".join(f"{k}={kw[k]}" for k in PROBS))
@@ -155,26 +157,32 @@ def main(argv: list[str] | None = None) -> None:
         ta_side[1](wave_t[:2, None].cpu(), sample_rate=SR)
 
     times: dict[str, list[float]] = {"a": [], "b": [], "c": [], "b_nostretch": []}
+    one: dict[str, list[float]] = {"a": [], "b": []}
     # CPU seconds of this process per item: the cost on a free core, whatever the machine's load.
     cpu: dict[str, list[float]] = {"a": [], "b": []}
     for rep in range(args.repeats):
-        start = time.process_time()
-        times["a"].append(per_clip(item, waves, rep))
-        cpu["a"].append((time.process_time() - start) / len(waves))
-        start = time.process_time()
-        times["b"].append(batched(batch, wave_t, rep, device))
-        cpu["b"].append((time.process_time() - start) / len(waves))
-        if ta_side is not None:
-            torch.manual_seed(rep)  # torch-audiomentations draws from torch's global generator
-            x = wave_t[:, None]
-            sync(device)
-            start = time.perf_counter()
-            ta_side[1](x, sample_rate=SR)
-            sync(device)
-            times["c"].append(time.perf_counter() - start)
-            times["b_nostretch"].append(batched(no_stretch, wave_t, rep, device))
+        with fair.threads("one"):
+            one["a"].append(per_clip(item, waves, rep))
+            one["b"].append(batched(batch, wave_t, rep, device))
+        with fair.threads("default"):
+            start = time.process_time()
+            times["a"].append(per_clip(item, waves, rep))
+            cpu["a"].append((time.process_time() - start) / len(waves))
+            start = time.process_time()
+            times["b"].append(batched(batch, wave_t, rep, device))
+            cpu["b"].append((time.process_time() - start) / len(waves))
+            if ta_side is not None:
+                torch.manual_seed(rep)  # torch-audiomentations draws from torch's global generator
+                x = wave_t[:, None]
+                sync(device)
+                start = time.perf_counter()
+                ta_side[1](x, sample_rate=SR)
+                sync(device)
+                times["c"].append(time.perf_counter() - start)
+                times["b_nostretch"].append(batched(no_stretch, wave_t, rep, device))
     n = args.batch
     rate = {k: [n / t for t in v] for k, v in times.items() if v}
+    print(f"default: {fair.MODES['default']}")
     print(f"(a) per clip, audiomentations     : median {statistics.median(rate['a']):7.1f} items/s  "
           f"(repeats: {', '.join(f'{r:.1f}' for r in rate['a'])})")
     print(f"(b) batched on {device.type:4s}               : median {statistics.median(rate['b']):7.1f} items/s  "
@@ -185,11 +193,18 @@ def main(argv: list[str] | None = None) -> None:
     ratios = [a / b for a, b in zip(times["a"], times["b"])]
     print(f"    (b)/(a), median of per-repeat ratios: {statistics.median(ratios):.2f}x "
           f"(range {min(ratios):.2f}-{max(ratios):.2f})")
+    fair.figure("augment.batched_vs_per_clip_default", statistics.median(ratios))
+    ratios_one = [a / b for a, b in zip(one["a"], one["b"])]
+    print(f"one: {fair.MODES['one']}")
+    print(f"    (a) {n / statistics.median(one['a']):.1f} items/s, (b) {n / statistics.median(one['b']):.1f} items/s; "
+          f"(b)/(a) {statistics.median(ratios_one):.2f}x (range {min(ratios_one):.2f}-{max(ratios_one):.2f})")
+    fair.figure("augment.batched_vs_per_clip_one", statistics.median(ratios_one))
     if ta_side is not None:
         print(f"(c) torch-audiomentations {ta_side[0]} (no stretch): median {statistics.median(rate['c']):7.1f} items/s")
         print(f"    (b) without stretch            : median {statistics.median(rate['b_nostretch']):7.1f} items/s")
         r = [c / b for c, b in zip(times["c"], times["b_nostretch"])]
         print(f"    (b)/(c), median of per-repeat ratios: {statistics.median(r):.2f}x")
+        fair.figure("augment.ours_vs_torch_audiomentations", statistics.median(r))
     else:
         print("(c) torch-audiomentations is not installed: skipped")
 

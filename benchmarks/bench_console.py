@@ -40,6 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.fair import figure  # noqa: E402
 from engine.data.labels import FSD2019_CLASSES  # noqa: E402
 from engine.store import OOF, Store  # noqa: E402
 from fsat_console.app import FsatConsole  # noqa: E402
@@ -193,6 +194,10 @@ def main() -> int:
         f = [x[i] for x in results["ref"]]
         print(f"{what:24}{statistics.median(b):10.3f}{max(b):10.3f}{statistics.median(f):12.3f}"
               f"{statistics.median(b) / statistics.median(f):8.2f}")
+        key = ("first_paint", "new_run_visible", "open_run")[i]
+        figure(f"console.{key}_median_s", statistics.median(b))
+        figure(f"console.{key}_worst_s", max(b))
+        figure(f"console.{key}_ratio", statistics.median(b) / statistics.median(f))
     over, detail = data_layer(big, args.repeats, args.runs)
     print(f"\ndata layer on {args.runs} runs: overview load {over * 1000:.1f} ms, run detail {detail * 1000:.1f} ms")
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")

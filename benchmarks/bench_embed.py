@@ -16,8 +16,12 @@ a temporary directory, then times, alternating the paths in every repeat:
     loop-padding, and one ``panns_inference.AudioTagging.inference`` call per
     clip (PANNs' reference package, its own model and log-mel).
 
-Every path embeds the same clips to the same crop length. Reported: clips/s
-(best of R passes), the ratios, and how far the embeddings of (a) and (c)
+Every path embeds the same clips to the same crop length, in both thread
+settings of ``benchmarks/fair.py`` (``one``: one torch and BLAS thread for every
+path, though (a) and (b) still decode in two threads of their own; ``default``:
+torch's threads, ``OMP_WAIT_POLICY=PASSIVE`` as jobs run), the paths and the
+settings alternating in every repeat. Reported: clips/s (median of R passes),
+the median per-repeat ratios, and how far the embeddings of (a) and (c)
 differ, both end to end and with (c)'s network fed our decoded crops (the
 network parity alone). panns_inference reads ``~/panns_data/class_labels_indices.csv``
 at import, so HOME points at a temporary folder holding a 527-row file; it
@@ -30,17 +34,21 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import platform
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import soundfile as sf
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import fair  # noqa: E402
+
+fair.job_environment()  # before torch loads OpenMP
+
+import numpy as np  # noqa: E402
+import soundfile as sf  # noqa: E402
+import torch  # noqa: E402
 
 from engine.data.manifest import ClipTable, FolderSource  # noqa: E402
 from engine.embeddings import embed_table, panns_embedder  # noqa: E402
@@ -49,17 +57,6 @@ from engine.models.panns import Cnn14  # noqa: E402
 
 SOURCE_SR = 44100
 TARGET_SR = 32000
-
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo where there is one."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def write_clips(folder: Path, n: int, seed: int) -> list[str]:
@@ -112,11 +109,8 @@ def main() -> None:
     ap.add_argument("--crop", type=float, default=10.0, help="crop length in seconds")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     crop_samples = int(round(args.crop * TARGET_SR))
 
     with tempfile.TemporaryDirectory(prefix="bench-embed-") as tmp_name:
@@ -158,13 +152,16 @@ def main() -> None:
         paths = {"(a) ours, batch %d" % args.batch_size: lambda: ours(args.batch_size),
                  "(b) ours, batch 1": lambda: ours(1),
                  "(c) per clip, panns_inference": per_clip}
-        best = {name: float("inf") for name in paths}
+        seconds = {(mode, name): [] for mode in fair.MODES for name in paths}
         outputs: dict[str, np.ndarray] = {}
-        for _ in range(args.repeats):
-            for name, fn in paths.items():
-                t = time.perf_counter()
-                outputs[name] = fn()
-                best[name] = min(best[name], time.perf_counter() - t)
+        for rep in range(args.repeats):
+            for mode in fair.MODES:
+                with fair.threads(mode):
+                    for name in (list(paths) if rep % 2 == 0 else list(paths)[::-1]):
+                        t = time.perf_counter()
+                        outputs[name] = paths[name]()
+                        seconds[mode, name].append(time.perf_counter() - t)
+            print(f"  repeat {rep} done, load average {fair.load_average():.1f}")
 
         # Network parity: the reference model on exactly the crops our extractor embedded.
         from engine.data.audio import decode
@@ -174,15 +171,20 @@ def main() -> None:
         same_input = np.stack([tagger.inference(c[None, :])[1][0] for c in ours_crops])
 
     a, b, c = (outputs[name] for name in paths)
-    print(f"machine: {cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}; "
-          f"load average {os.getloadavg()[0]:.1f}")
-    print(f"{args.clips} clips, {total_seconds:.1f} s of 44.1 kHz audio, crop {args.crop:g} s; "
-          f"best of {args.repeats}; model load: ours {load_ours:.1f} s, panns_inference {load_ref:.1f} s")
-    for name in paths:
-        print(f"  {name:32s} {args.clips / best[name]:7.2f} clips/s  ({best[name]:.1f} s)")
+    fair.header("bench_embed")
+    print(f"torch {torch.__version__}; {args.clips} clips, {total_seconds:.1f} s of 44.1 kHz audio, crop {args.crop:g} s; "
+          f"median of {args.repeats}; model load: ours {load_ours:.1f} s, panns_inference {load_ref:.1f} s")
     names = list(paths)
-    print(f"  ratio (a)/(c): {best[names[2]] / best[names[0]]:.2f}x   (a)/(b): {best[names[1]] / best[names[0]]:.2f}x")
+    for mode, text in fair.MODES.items():
+        print(f"{mode}: {text}")
+        for name in paths:
+            median = statistics.median(seconds[mode, name])
+            print(f"  {name:32s} {args.clips / median:7.2f} clips/s  ({median:.1f} s)")
+        per_clip = statistics.median(c / a for a, c in zip(seconds[mode, names[0]], seconds[mode, names[2]]))
+        batch1 = statistics.median(b / a for a, b in zip(seconds[mode, names[0]], seconds[mode, names[1]]))
+        print(f"  ratio (a)/(c): {per_clip:.2f}x   (a)/(b): {batch1:.2f}x")
+        fair.figure(f"embed.batch_vs_per_clip_{mode}", per_clip)
+        fair.figure(f"embed.batch_vs_batch1_{mode}", batch1)
     scale = np.abs(c).max()
     print(f"agreement (a) vs (c), end to end: max |diff| {np.abs(a - c).max():.2e} "
           f"(largest value {scale:.2e}); min cosine {min_cosine(a, c):.6f}")

@@ -1,52 +1,51 @@
-"""Log-mel feature extraction throughput: librosa per clip versus soxr + batched LogMelFrontend.
+"""Log-mel features: librosa against soxr + LogMelFrontend, per clip and per batch, at equal thread settings.
 
 Usage::
 
-    python benchmarks/bench_frontend.py [--clips N] [--batch-size B] [--threads T] [--torch-defaults]
-
-By default it measures with the settings a training job runs with: the
-worker starts every job with ``OMP_WAIT_POLICY=PASSIVE`` and torch keeps its
-default of one intra-op thread per core. ``--torch-defaults`` leaves
-``OMP_WAIT_POLICY`` unset (what a script run outside the worker gets);
-an ``OMP_WAIT_POLICY`` already in the environment is kept either way.
+    python benchmarks/bench_frontend.py [--clips N] [--batch-size B] [--repeats R]
 
 Writes N mono 16-bit WAVs at 44.1 kHz (2-12 s, like the FSDKaggle2019 curated
-clips) to a temporary directory, then times in one run:
+clips) to a temporary directory, then times, alternating the two sides in every
+repeat and in both thread settings of ``benchmarks/fair.py`` (``one``: one
+thread for both; ``default``: the libraries' defaults, ``OMP_WAIT_POLICY=PASSIVE``
+as jobs run):
 
-(a) reference: per clip ``librosa.load(path, sr=32000)`` + ``melspectrogram``
-    + ``power_to_db`` (the notebook way);
-(b) ours: ``engine.data.audio.decode`` (soundfile + soxr HQ) per clip, then
-    ``LogMelFrontend.log_mel_clips`` on batches of B clips, on the CPU;
+- **end to end**, per clip from the file: (a) ``librosa.load(path, sr=32000)``
+  + ``melspectrogram`` + ``power_to_db``; (b) ``engine.data.audio.decode``
+  (soundfile + soxr HQ) + ``LogMelFrontend.log_mel_clips`` on batches of B;
+- **features per clip**, from the decoded waves: (a) librosa's
+  ``melspectrogram`` + ``power_to_db`` of one clip; (b) ``LogMelFrontend.log_mel``
+  of one clip;
+- **features per batch**: the same clips, (b) ``log_mel_clips`` on batches of B
+  clips of different lengths against (a) librosa clip by clip;
+- **a training batch**: ``[B, 320000]`` (B ten-second crops), (a) librosa's
+  ``melspectrogram`` on the 2-D array (it frames every row), (b) the frontend's
+  ``log_mel``;
+- resampling 44.1 -> 32 kHz alone: soxr HQ against ``torchaudio.functional.resample``.
 
-and reports clips/s for both, their ratio and how far the two feature sets
-differ. It also times resampling 44.1 -> 32 kHz alone (soxr HQ versus
-``torchaudio.functional.resample``) and the frontend alone on fixed 10 s
-crops, as training feeds it. (a) and (b) alternate in every repeat and
-report medians and the median per-repeat ratio; the other timings are the
-best of ``--repeats`` passes.
+Each figure is the median of the per-repeat ratios (b)/(a) (speed of (b) over
+speed of (a)); it also compares the two feature sets frame by frame.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-# Before torch loads OpenMP: the job's setting (engine/worker.py sets it for every job).
-if "--torch-defaults" not in sys.argv:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import fair  # noqa: E402
+
+fair.job_environment()  # before torch loads OpenMP
 
 import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 import soxr  # noqa: E402
 import torch  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.features.frontend import LogMelFrontend  # noqa: E402
 
@@ -63,17 +62,6 @@ SOURCE_SR = 44100
 TARGET_SR = 32000
 MEL_KW = dict(n_fft=1024, hop_length=320, win_length=1024, window="hann", center=True,
               pad_mode="reflect", power=2.0, n_mels=64, fmin=50, fmax=16000)
-
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo where there is one."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def write_clips(folder: Path, n: int, seed: int) -> list[Path]:
@@ -94,26 +82,26 @@ def write_clips(folder: Path, n: int, seed: int) -> list[Path]:
     return paths
 
 
-def best_of(repeats: int, fn):
-    """Run fn repeats times; return (best seconds, last result)."""
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
+def timed(fn):
+    """(seconds, result) of one call."""
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def librosa_mel(y: np.ndarray) -> np.ndarray:
+    """librosa's log-mel of a clip ``[frames, n_mels]`` (or of rows, ``[..., frames, n_mels]``)."""
+    import librosa
+
+    mel = librosa.feature.melspectrogram(y=y, sr=TARGET_SR, **MEL_KW)
+    return np.swapaxes(librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None), -1, -2)
 
 
 def reference_features(paths: list[Path]) -> list[np.ndarray]:
     """librosa, one clip at a time: load + resample, mel power, dB; [frames, n_mels]."""
     import librosa
 
-    out = []
-    for path in paths:
-        y, _ = librosa.load(path, sr=TARGET_SR)
-        mel = librosa.feature.melspectrogram(y=y, sr=TARGET_SR, **MEL_KW)
-        out.append(librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None).T)
-    return out
+    return [librosa_mel(librosa.load(path, sr=TARGET_SR)[0]) for path in paths]
 
 
 def our_features(paths: list[Path], frontend: LogMelFrontend, batch_size: int) -> list[np.ndarray]:
@@ -131,56 +119,92 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=64, help="number of WAV clips to write (default 64)")
     parser.add_argument("--batch-size", type=int, default=16, help="clips per frontend batch (default 16)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads (default: torch's own choice)")
-    parser.add_argument("--repeats", type=int, default=2, help="passes per timing; the best counts")
+    parser.add_argument("--repeats", type=int, default=3, help="alternated repeats per setting; medians count")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--torch-defaults", action="store_true",
-                        help="leave OMP_WAIT_POLICY unset instead of the jobs' PASSIVE")
     args = parser.parse_args(argv)
     if args.clips < 1 or args.batch_size < 1 or args.repeats < 1:
         parser.error("--clips, --batch-size and --repeats must be at least 1")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
 
     import librosa  # imported here so its import time stays out of the timings
     import torchaudio.functional as AF
 
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs, load average {load:.1f}, "
-          f"{torch.get_num_threads()} torch threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}")
-    print(f"python {platform.python_version()}, torch {torch.__version__}, librosa {librosa.__version__}, "
-          f"soxr {soxr.__version__}, numpy {np.__version__}")
+    fair.header("bench_frontend")
+    print(f"torch {torch.__version__}, librosa {librosa.__version__}, soxr {soxr.__version__}, numpy {np.__version__}")
     with tempfile.TemporaryDirectory(prefix="bench_frontend_") as tmp:
         paths = write_clips(Path(tmp), args.clips, args.seed)
         audio_seconds = sum(sf.info(p).duration for p in paths)
         print(f"{args.clips} clips, {audio_seconds:.0f} s of 44.1 kHz 16-bit mono audio, batch size {args.batch_size}")
 
         frontend = LogMelFrontend().eval()
-        reference_features(paths[:2])  # warm-up: librosa's first call builds caches
-        our_features(paths[:2], frontend, args.batch_size)
+        waves = [decode(p, name=p.name, target_sr=TARGET_SR) for p in paths]
+        crops = np.random.default_rng(args.seed).standard_normal((args.batch_size, 10 * TARGET_SR)).astype(np.float32)
+        crops *= 0.1
+        raw = [sf.read(p, dtype="float32")[0] for p in paths]
+        raw_t = [torch.from_numpy(w) for w in raw]
 
-        # The two sides alternate in every repeat, so a change in machine load hits both.
-        t_refs, t_ourss = [], []
-        for _ in range(args.repeats):
-            t, ref = best_of(1, lambda: reference_features(paths))
-            t_refs.append(t)
-            t, ours = best_of(1, lambda: our_features(paths, frontend, args.batch_size))
-            t_ourss.append(t)
-        t_ref, t_ours = statistics.median(t_refs), statistics.median(t_ourss)
-        ratios = [r / o for r, o in zip(t_refs, t_ourss)]
-        print(f"(a) librosa per clip       : {args.clips / t_ref:8.1f} clips/s  (median of {args.repeats}: "
-              f"{', '.join(f'{args.clips / t:.1f}' for t in t_refs)})")
-        print(f"(b) soxr + LogMelFrontend  : {args.clips / t_ours:8.1f} clips/s  (median of {args.repeats}: "
-              f"{', '.join(f'{args.clips / t:.1f}' for t in t_ourss)})")
-        print(f"    speed-up (b)/(a)       : {statistics.median(ratios):8.2f}x (median of per-repeat ratios, "
-              f"range {min(ratios):.2f}-{max(ratios):.2f})")
+        def ours_per_clip():
+            return [frontend.log_mel(torch.from_numpy(w)[None])[0, 0].numpy() for w in waves]
+
+        def ours_per_batch():
+            out = []
+            for start in range(0, len(waves), args.batch_size):
+                out.extend(c.numpy() for c in frontend.log_mel_clips(waves[start:start + args.batch_size]))
+            return out
+
+        # (name, reference, ours, units per call, unit)
+        pairs = [
+            ("e2e", lambda: reference_features(paths), lambda: our_features(paths, frontend, args.batch_size),
+             args.clips, "clips"),
+            ("clip", lambda: [librosa_mel(w) for w in waves], ours_per_clip, args.clips, "clips"),
+            ("batch", lambda: [librosa_mel(w) for w in waves], ours_per_batch, args.clips, "clips"),
+            ("crops", lambda: librosa_mel(crops), lambda: frontend.log_mel(torch.from_numpy(crops)),
+             args.batch_size, "10 s crops"),
+            ("resample", lambda: [soxr.resample(w, SOURCE_SR, TARGET_SR, quality="HQ") for w in raw],
+             lambda: [AF.resample(w, SOURCE_SR, TARGET_SR) for w in raw_t], audio_seconds, "s of audio"),
+        ]
+        labels = {"e2e": "end to end: file -> log-mel, (b) decode + batched frontend",
+                  "clip": "features per clip: (b) LogMelFrontend.log_mel of one clip",
+                  "batch": f"features per batch: (b) log_mel_clips on {args.batch_size} clips",
+                  "crops": f"a [{args.batch_size}, 320000] training batch",
+                  "resample": "resample 44.1 -> 32 kHz: soxr HQ (a) against torchaudio (b)"}
+        with torch.inference_mode():
+            for mode in fair.MODES:  # warm-up: librosa's caches, FFT plans, resampling kernels
+                with fair.threads(mode):
+                    for _, ref_fn, ours_fn, _, _ in pairs:
+                        ref_fn(), ours_fn()
+            times = {(mode, name): ([], []) for mode in fair.MODES for name, *_ in pairs}
+            for rep in range(args.repeats):
+                for mode in fair.MODES:
+                    with fair.threads(mode):
+                        for name, ref_fn, ours_fn, _, _ in pairs:
+                            # Alternate which side goes first, so a change in load hits both alike.
+                            first, second = (ref_fn, ours_fn) if rep % 2 == 0 else (ours_fn, ref_fn)
+                            t1, _ = timed(first)
+                            t2, _ = timed(second)
+                            t_ref, t_ours = (t1, t2) if rep % 2 == 0 else (t2, t1)
+                            times[mode, name][0].append(t_ref)
+                            times[mode, name][1].append(t_ours)
+                print(f"  repeat {rep} done, load average {fair.load_average():.1f}")
+            for mode, text in fair.MODES.items():
+                print(f"\n{mode}: {text}")
+                for name, _, _, units, unit in pairs:
+                    t_ref, t_ours = times[mode, name]
+                    ratios = [r / o for r, o in zip(t_ref, t_ours)]
+                    if name == "resample":  # soxr is the side we use: its speed over torchaudio's
+                        ratios = [o / r for r, o in zip(t_ref, t_ours)]
+                    ratio = statistics.median(ratios)
+                    print(f"  {labels[name]:58s}: (a) {units / statistics.median(t_ref):8.1f} {unit}/s, "
+                          f"(b) {units / statistics.median(t_ours):8.1f} {unit}/s, ratio {ratio:5.2f}x "
+                          f"({min(ratios):.2f}-{max(ratios):.2f})")
+                    fair.figure(f"frontend.{name}_{mode}", ratio)
 
         # librosa.load fixes the resampled length to ceil(n * 32000 / 44100),
         # soxr rounds, so some clips differ by one final sample; the frames
         # whose window reaches the clip end then see different reflections and
         # are left out of the comparison.
-        lengths = [(len(librosa.load(p, sr=TARGET_SR)[0]), len(decode(p, name=p.name))) for p in paths]
+        ref = reference_features(paths)
+        ours = our_features(paths, frontend, args.batch_size)
+        lengths = [(len(librosa.load(p, sr=TARGET_SR)[0]), len(w)) for p, w in zip(paths, waves)]
         diffs, near_peak = [], []
         for (n_ref, n_ours), r, o in zip(lengths, ref, ours):
             keep = min(len(r), len(o))
@@ -190,31 +214,10 @@ def main(argv: list[str] | None = None) -> None:
             near_peak.append((r[:keep] > r[:keep].max(axis=1, keepdims=True) - 60.0).ravel())
         diff, near = np.concatenate(diffs), np.concatenate(near_peak)
         n_unequal = sum(a != b for a, b in lengths)
-        print(f"    feature agreement      : max |diff| {diff.max():.2e} dB overall, "
+        print(f"\nfeature agreement: max |diff| {diff.max():.2e} dB overall, "
               f"{diff[near].max():.2e} dB within 60 dB of each frame's peak, mean {diff.mean():.1e} dB "
               f"({n_unequal}/{len(paths)} clips differ by one resampled sample: their last frames are not compared)")
-
-        # Resampling alone, per clip as a loader does it.
-        raw = [sf.read(p, dtype="float32")[0] for p in paths]
-        t_soxr, by_soxr = best_of(args.repeats, lambda: [soxr.resample(w, SOURCE_SR, TARGET_SR, quality="HQ")
-                                                         for w in raw])
-        raw_t = [torch.from_numpy(w) for w in raw]
-        AF.resample(raw_t[0], SOURCE_SR, TARGET_SR)  # warm-up: kernel construction
-        with torch.inference_mode():
-            t_ta, by_ta = best_of(args.repeats, lambda: [AF.resample(w, SOURCE_SR, TARGET_SR) for w in raw_t])
-        lengths_equal = all(len(a) == len(b) for a, b in zip(by_soxr, by_ta))
-        print(f"resample 44.1->32 kHz soxr HQ     : {audio_seconds / t_soxr:8.0f} s of audio per s")
-        print(f"resample 44.1->32 kHz torchaudio  : {audio_seconds / t_ta:8.0f} s of audio per s")
-        print(f"    soxr speed-up          : {t_ta / t_soxr:8.2f}x (same output lengths: {lengths_equal})")
-
-        # The frontend alone on fixed 10 s crops, as a training batch sees it.
-        crops = torch.randn(args.batch_size, 10 * TARGET_SR) * 0.1
-        frontend.set_stats(np.full(64, -40.0), np.full(64, 15.0))
-        with torch.inference_mode():
-            frontend(crops)
-            t_fe, _ = best_of(max(args.repeats, 3), lambda: frontend(crops))
-        print(f"frontend only, [{args.batch_size}, 320000] batch: {args.batch_size / t_fe:8.1f} clips/s "
-              f"({t_fe * 1000:.0f} ms per batch)")
+        fair.figure("frontend.agreement_db", float(diff.max()))
 
 
 if __name__ == "__main__":

@@ -23,28 +23,34 @@ over the N clips per measurement, alternating the sides in every repeat:
     on the batch in the training step;
 (d) ours without waveform augmentation: the loop's own ceiling.
 
-Reports training clips per second (each side's median over the repeats, and
-the median per-repeat ratio to (a)), the one-off cache build, and the
-training loader alone (no model), which is its ceiling per process.
+Every repeat runs the four sides in both thread settings of
+``benchmarks/fair.py``: ``one`` (one thread for every side: torch and the BLAS
+librosa's mel projection uses) and ``default`` (the libraries' defaults,
+``OMP_WAIT_POLICY=PASSIVE`` as jobs run). Reports training clips per second
+(each side's median over the repeats, and the median per-repeat ratio to (a))
+in each setting, the one-off cache build, and the training loader alone (no
+model), which is its ceiling per process.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import soundfile as sf
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks import fair  # noqa: E402
+
+fair.job_environment()  # before torch loads OpenMP
+
+import numpy as np  # noqa: E402
+import soundfile as sf  # noqa: E402
+import torch  # noqa: E402
 
 from benchmarks.bench_augment import cnn14_settings  # noqa: E402
 from engine.data.cache import WaveformCache  # noqa: E402
@@ -143,10 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     crop = int(args.seconds * SR)
     kw = cnn14_settings()
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average {load:.1f}, "
-          f"{torch.get_num_threads()} torch threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}, "
-          f"device {device}")
+    fair.header(f"bench_pipeline on {device}")
     with tempfile.TemporaryDirectory(prefix="bench_pipeline_") as tmp:
         folder = Path(tmp) / "train_curated"
         folder.mkdir()
@@ -199,22 +202,32 @@ def main(argv: list[str] | None = None) -> None:
 
         # Warm-up of every side on a few items (librosa and FFT plan caches).
         ref_ds[0]
-        rates: dict[str, list[float]] = {"a": [], "b": [], "c": [], "d": []}
+        rates = {mode: {"a": [], "b": [], "c": [], "d": []} for mode in fair.MODES}
         for rep in range(args.repeats):
-            ref_ds.epoch = rep
-            m = model()
-            rates["a"].append(reference_epoch(m, ref_loader, torch.optim.AdamW(m.parameters(), lr=1e-3)))
-            rates["b"].append(ours_epoch("cpu", rep))
-            rates["c"].append(ours_epoch("device", rep))
-            rates["d"].append(ours_epoch("none", rep))
-            print(f"  repeat {rep}: " + ", ".join(f"({k}) {v[-1]:.2f}" for k, v in rates.items()) + " clips/s")
+            for mode in fair.MODES:
+                with fair.threads(mode):
+                    ref_ds.epoch = rep
+                    m = model()
+                    sides = {"a": lambda: reference_epoch(m, ref_loader, torch.optim.AdamW(m.parameters(), lr=1e-3)),
+                             "b": lambda: ours_epoch("cpu", rep), "c": lambda: ours_epoch("device", rep),
+                             "d": lambda: ours_epoch("none", rep)}
+                    # The reference goes first in even repeats, last in odd ones.
+                    for k in (sides if rep % 2 == 0 else reversed(list(sides))):
+                        rates[mode][k].append(sides[k]())
+                print(f"  repeat {rep}, {mode}: " + ", ".join(f"({k}) {v[-1]:.2f}" for k, v in rates[mode].items())
+                      + f" clips/s, load average {fair.load_average():.1f}")
         labels = {"a": "reference: librosa + audiomentations per item",
                   "b": "ours, augment.backend = cpu (per clip)",
                   "c": "ours, augment.backend = device (batched)",
                   "d": "ours, no waveform augmentation"}
-        for k, label in labels.items():
-            ratio = statistics.median(r / a for r, a in zip(rates[k], rates["a"]))
-            print(f"({k}) {label:46s}: median {statistics.median(rates[k]):6.2f} clips/s, {ratio:.2f}x (a)")
+        for mode, text in fair.MODES.items():
+            print(f"\n{mode}: {text}")
+            for k, label in labels.items():
+                ratio = statistics.median(r / a for r, a in zip(rates[mode][k], rates[mode]["a"]))
+                print(f"({k}) {label:46s}: median {statistics.median(rates[mode][k]):6.2f} clips/s, {ratio:.2f}x (a)")
+                if k != "a":
+                    fair.figure(f"pipeline.{k}_{mode}", ratio)
+        print()
 
         # The training loader alone: what one loading process can deliver.
         for backend in ("none", "cpu"):

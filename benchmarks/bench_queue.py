@@ -41,6 +41,7 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
+from benchmarks.fair import figure  # noqa: E402
 from engine.jobs.context import JobContext  # noqa: E402
 from engine.store import JOB_STATES, Store  # noqa: E402
 
@@ -105,6 +106,11 @@ def bench_progress(args: argparse.Namespace) -> None:
         overhead = (secs / steps - args.step_ms / 1000.0) * 1e6
         print(f"| {name} | {steps / secs:.0f} | {writes / len(rows):.0f} | {writes / steps * 1000:.1f} | "
               f"{writes / secs:.1f} | {lines / len(rows):.0f} | {lines / secs * 60:.1f} | {overhead:.0f} us |")
+        if name == "throttled" and args.step_ms > 0:
+            figure("queue.throttled_writes_per_s", writes / secs)
+    per_step = {name: sum(r["writes"] for r in rows) for name, rows in results.items()}
+    if args.step_ms > 0:
+        figure("queue.write_reduction", per_step["unthrottled"] / max(per_step["throttled"], 1))
 
 
 def _env() -> dict:
@@ -162,6 +168,9 @@ def bench_queue(args: argparse.Namespace) -> None:
     print(f"  {seconds:.1f} s, {args.jobs / seconds:.2f} jobs/s; double runs {double}; lost jobs {lost}; "
           f"'database is locked' in worker/job output {locked}; reader: {reads['ok']} listings, "
           f"{reads['locked']} locked, {reads['error']} other errors")
+    figure("queue.jobs_per_s", args.jobs / seconds)
+    figure("queue.double_or_lost", double + lost)
+    figure("queue.locked_errors", locked + reads["locked"])
 
 
 def main() -> None:

@@ -38,6 +38,8 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
+from benchmarks.fair import figure  # noqa: E402
+
 
 def _env() -> dict:
     return dict(os.environ, PYTHONPATH=str(PROJECT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -145,6 +147,7 @@ def main() -> int:
           f"load average {os.getloadavg()[0]:.1f}")
     print(f"job time   local {mean['local']:.1f} s, ray {mean['ray']:.1f} s: "
           f"speed-up x{mean['local'] / mean['ray']:.2f}")
+    figure("ray.speed_vs_local", mean["local"] / mean["ray"])
     print(f"fold time  local {fold_mean['local']:.1f} s, ray {fold_mean['ray']:.1f} s: "
           f"speed-up x{fold_mean['local'] / max(fold_mean['ray'], 1e-9):.2f}")
     return 0

@@ -11,7 +11,9 @@ Measures, in one run and on the same random batch of 10 s clips at 32 kHz:
 
 Each model runs ``--warmup`` untimed steps; then ``--steps`` timed steps per
 model, alternating between the models so that a change in machine load
-affects them alike.
+affects them alike. Both sides are torch models in one process, so they run
+with the same thread settings (torch's default threads, ``OMP_WAIT_POLICY=PASSIVE``
+as jobs run; ``--threads`` changes both).
 Usage::
 
     .venv/bin/python benchmarks/bench_train.py --batch 4 --steps 3 --warmup 1
@@ -23,17 +25,20 @@ import argparse
 import contextlib
 import csv
 import os
-import platform
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import fair  # noqa: E402
+
+fair.job_environment()  # before torch loads OpenMP
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 SAMPLE_RATE = 32000
 N_CLASSES = 80
@@ -144,8 +149,8 @@ def main(argv: list[str] | None = None) -> None:
     wave = 0.1 * torch.randn(args.batch, int(args.seconds * SAMPLE_RATE))
     targets = (torch.rand(args.batch, N_CLASSES) < 0.02).float()
     targets[:, 0] = 1.0
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
-          f"batch {args.batch} x {args.seconds:g} s at {SAMPLE_RATE} Hz, {args.warmup} warm-up + {args.steps} timed "
+    fair.header("bench_train (same thread settings for every model)")
+    print(f"torch {torch.__version__}, batch {args.batch} x {args.seconds:g} s at {SAMPLE_RATE} Hz, {args.warmup} warm-up + {args.steps} timed "
           f"steps (forward + backward + AdamW)")
 
     steps: dict[str, Callable[[], None]] = {}
@@ -187,8 +192,10 @@ def main(argv: list[str] | None = None) -> None:
 
     if "a" in results:
         print(f"ratio (a)/(b): {results['a'] / results['b']:.2f}  (ours vs reference CNN14)")
+        fair.figure("train.cnn14_vs_reference", results["a"] / results["b"])
     if "c" in results:
         print(f"ratio (c)/(a): {results['c'] / results['a']:.1f}  (compact model vs CNN14 tagger)")
+        fair.figure("train.small_vs_cnn14", results["c"] / results["a"])
 
 
 if __name__ == "__main__":

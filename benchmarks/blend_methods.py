@@ -104,7 +104,7 @@ def _fmt(x: float | None) -> str:
 
 def methods(args: argparse.Namespace) -> None:
     from engine.data.manifest import load_layout
-    from engine.ensemble import (BEST, BLEND_METHODS, Member, blend, cross_fitted_quantile_map,
+    from engine.ensemble import (Member, blend, cross_fitted_quantile_map,
                                  rank_against)
     from engine.metrics import lwlrap
     from engine.store import Store

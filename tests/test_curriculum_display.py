@@ -14,8 +14,9 @@ from types import SimpleNamespace
 
 from engine.executors.base import FoldResources, LocalExecutor
 from engine.jobs.context import JobContext
-from engine.jobs.train import dispatch_folds
-from engine.specs import resolve_spec, to_dict
+from engine.jobs.folds import dispatch_folds
+from engine.presets import resolve_spec
+from engine.specs import to_dict
 from engine.store import Store
 from fsat_console.app import FsatConsole
 from tests.helpers.console import screen_text, table

@@ -485,6 +485,41 @@ def test_cache_build_matches_decode_and_is_reused(tmp_path, monkeypatch):
     assert other.path != cache.path and abs(other.length(0) - cache.length(0) / 2) <= 1
 
 
+def test_cache_reads_clips_without_mapping_them(tmp_path):
+    """get() reads each clip's bytes (pread), equal to the file's, in threads, pickled copies and
+    after a fork; the cache file is never mapped by get(); a cut-short file is a clear error."""
+    import pickle
+    from concurrent.futures import ThreadPoolExecutor
+
+    root = write_layout(tmp_path / "d")
+    cache = WaveformCache.build(load_layout(root).curated, sample_rate=32000, cache_dir=tmp_path / "cache")
+    waves_file = str(cache.path / cache_module.WAVES_FILE)
+    samples = np.fromfile(waves_file, dtype=np.int16)
+    mapped = [samples[cache.offsets[i]:cache.offsets[i + 1]].astype(np.float32) / 32768 for i in range(len(cache))]
+    fresh = WaveformCache._open(cache.path, cache.fnames, 32000)
+    for i in range(len(cache)):
+        np.testing.assert_array_equal(fresh.get(i), mapped[i])
+        np.testing.assert_array_equal(fresh.get(i - len(cache)), mapped[i])
+    maps = Path("/proc/self/maps")
+    if maps.exists():
+        assert waves_file not in maps.read_text()  # fresh has only read with get(): nothing mapped
+    with ThreadPoolExecutor(4) as pool:
+        for i, got in enumerate(pool.map(fresh.get, [i % len(cache) for i in range(40)])):
+            np.testing.assert_array_equal(got, mapped[i % len(cache)])
+    copy = pickle.loads(pickle.dumps(fresh))
+    np.testing.assert_array_equal(copy.get(3), mapped[3])
+    if hasattr(os, "fork"):
+        pid = os.fork()
+        if pid == 0:  # the child reads through the inherited file, as a forked loader worker does
+            os._exit(0 if np.array_equal(fresh.get(2), mapped[2]) else 1)
+        assert os.waitpid(pid, 0)[1] == 0
+
+    with open(waves_file, "r+b") as fh:
+        fh.truncate(int(cache.offsets[-2]) * 2 + 10)
+    with pytest.raises(OSError, match=r"clip 3 is cut short .*delete the cache folder"):
+        WaveformCache(cache.path, cache.fnames, cache.offsets, 32000, reused=True).get(3)
+
+
 def test_cache_is_rebuilt_when_a_wav_changes(tmp_path):
     root = write_layout(tmp_path / "d")
     table = load_layout(root).curated

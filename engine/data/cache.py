@@ -2,7 +2,11 @@
 
 Decoding and resampling every clip at every epoch costs more CPU than a small
 model's forward pass, so each split is decoded once into a single int16 file
-(all clips concatenated) plus an offsets index, and memory-mapped afterwards.
+(all clips concatenated) plus an offsets index. Clips are read back with
+``pread`` rather than through a memory map, so what an epoch reads stays in the
+page cache without adding to the process's resident set (a mapped cache's
+pages count in RSS until the kernel reclaims them: benchmarks/README.md,
+"Memory that grows with the data").
 The cache directory is ``<cache_dir>/<split>-<sr>-<key>/`` where the key hashes
 the file list, the files' sizes and versions (modification time or zip CRC)
 and the sample rate: a changed file gives a new key, so a stale cache is never
@@ -96,7 +100,7 @@ def _remove_dead_builds(cache_dir: Path) -> None:
 
 
 class WaveformCache:
-    """Memory-mapped waveforms of one split at one sample rate, indexed like its ClipTable.
+    """Cached waveforms of one split at one sample rate, indexed like its ClipTable.
 
     Build (or reuse) with :meth:`build`; read with :meth:`get`. ``reused`` says
     whether the last build found a valid cache instead of decoding.
@@ -110,6 +114,7 @@ class WaveformCache:
         self.sample_rate = int(sample_rate)
         self.reused = reused
         self._waves: np.ndarray | None = None
+        self._file = None
 
     def __repr__(self) -> str:
         return f"WaveformCache({str(self.path)!r}, clips={len(self)}, sr={self.sample_rate})"
@@ -118,6 +123,7 @@ class WaveformCache:
         # Pickling a memmap copies its whole contents; workers reopen the file instead.
         state = self.__dict__.copy()
         state["_waves"] = None
+        state["_file"] = None
         return state
 
     def __len__(self) -> int:
@@ -146,8 +152,16 @@ class WaveformCache:
         if not -len(self) <= i < len(self):
             raise IndexError(f"clip index {i} out of range for {len(self)} clips")
         i %= len(self)
-        raw = self.waves[self.offsets[i]:self.offsets[i + 1]]
-        return raw.astype(np.float32) / np.float32(_SCALE)
+        start, end = int(self.offsets[i]) * 2, int(self.offsets[i + 1]) * 2
+        if self._file is None:
+            self._file = (self.path / WAVES_FILE).open("rb", buffering=0)
+        # pread: no shared file offset (safe across threads and forked loader workers), and the
+        # pages stay in the page cache instead of the process's resident set.
+        data = os.pread(self._file.fileno(), end - start, start)
+        if len(data) != end - start:
+            raise OSError(f"{self.path / WAVES_FILE}: clip {i} is cut short ({len(data)} of {end - start} bytes); "
+                          "delete the cache folder to rebuild it")
+        return np.frombuffer(data, dtype=np.int16).astype(np.float32) / np.float32(_SCALE)
 
     @classmethod
     def _open(cls, path: Path, fnames: list[str], sample_rate: int) -> WaveformCache | None:

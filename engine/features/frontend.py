@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["LogMelFrontend", "compute_mel_stats", "slaney_mel_filterbank"]
+__all__ = ["LogMelFrontend", "compute_mel_stats", "mel_stats_from_sums", "slaney_mel_filterbank"]
 
 # Spectrogram frames computed at once on a CPU (about 2 MB of spectrum).
 _CPU_CHUNK_FRAMES = 1024
@@ -309,6 +309,13 @@ def compute_mel_stats(frontend: LogMelFrontend, waves: Iterable[np.ndarray], bat
             accumulate(batch, first)
     if frames == 0:
         raise ValueError("no waveforms given: mel statistics need at least one clip")
+    return mel_stats_from_sums(total, total_sq, frames, min_std=min_std)
+
+
+def mel_stats_from_sums(total: np.ndarray | torch.Tensor, total_sq: np.ndarray | torch.Tensor, frames: int,
+                        min_std: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
+    """Per-mel-bin float32 ``(mean, std)`` from float64 sums of the dB log-mel and of its square over ``frames``."""
+    total, total_sq = torch.as_tensor(total, dtype=torch.float64), torch.as_tensor(total_sq, dtype=torch.float64)
     mean = total / frames
     var = torch.clamp(total_sq / frames - mean.square(), min=0.0)
     std = torch.clamp(var.sqrt(), min=min_std)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -29,6 +30,11 @@ PROGRESS_WRITES_PER_SECOND = 4.0
 PROGRESS_LOG_EVERY = 15.0
 
 
+def progress_stage(message: str) -> str:
+    """The stage a progress message names: its text before the first digit ("decoding train_curated")."""
+    return re.split(r"\d", message, maxsplit=1)[0].strip()
+
+
 @dataclass
 class JobContext:
     """Handed to every job's ``run(ctx)``.
@@ -37,7 +43,8 @@ class JobContext:
     writes the database at most :data:`PROGRESS_WRITES_PER_SECOND` times a
     second and a line to ``job.log`` at most every :data:`PROGRESS_LOG_EVERY`
     seconds. The latest value held back is written by ``flush``, which runs
-    at fraction 1, before every ``log`` line and when the job ends.
+    at fraction 1, before every ``log`` line and when the job ends. A message
+    naming a new stage (:func:`progress_stage`) is always written and logged.
     """
 
     store: Store
@@ -53,6 +60,7 @@ class JobContext:
     _last_write: float = float("-inf")
     _last_line: float = float("-inf")
     _pending: tuple[float, str] | None = None
+    _stage: str | None = None
 
     def __post_init__(self) -> None:
         if self.attempt is None:
@@ -67,7 +75,11 @@ class JobContext:
         """Report progress in [0, 1]; also checks that the job should go on."""
         self.check()
         now = time.monotonic()
-        final = fraction >= 1.0
+        stage = progress_stage(message)
+        # A new stage is always written: the throttle would otherwise keep the last stage's count
+        # on screen for as long as the new one runs without calling again.
+        final = fraction >= 1.0 or stage != self._stage
+        self._stage = stage
         if final or now - self._last_line >= self.log_interval:
             self._last_line = now
             print(f"{time.strftime('%H:%M:%S')} {fraction * 100:5.1f}% {message}", flush=True)

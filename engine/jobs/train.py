@@ -38,7 +38,8 @@ from engine.atomic import DamagedFile
 from engine.data.cache import build_cache, cache_dir_for, decode_workers, host_cores
 from engine.data.clips import require_noisy
 from engine.executors import FoldResources, executor_from_env
-from engine.features.frontend import LogMelFrontend, compute_mel_stats
+from engine.features.frontend import LogMelFrontend
+from engine.features.melstats import cache_mel_stats
 from engine.jobs.context import JobContext
 from engine.jobs.folds import (FoldOutcome, FoldTask, dispatch_folds, prepare_fold_inputs, train_fold_on_node,
                                train_fold_task)
@@ -192,7 +193,7 @@ def run(ctx: JobContext) -> str:
         # Statistics over all curated clips: label-free, so no leakage across folds.
         ctx.progress(0.07, "computing log-mel statistics")
         cache = caches["curated"]
-        stats = compute_mel_stats(frontend, (cache.get(i) for i in range(len(cache))), device=str(device))
+        stats = cache_mel_stats(frontend, cache, device=str(device))
         folder.save_mel_stats(*stats)
 
     # A sweep's screening job trains its screening fold only; the same run completes later (engine.sweeps).
