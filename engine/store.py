@@ -351,6 +351,54 @@ def _migrate_v7(c: sqlite3.Connection) -> None:
     )""")
 
 
+# -- schema 10: Kaggle submissions, leaderboard scores and run file hashes (engine.kaggle) -----------
+# Versions 8 and 9 are kept for other steps; this one is self-contained (it creates only its own
+# tables and view), so it applies on top of any of them.
+_SCHEMA_V10 = """
+CREATE TABLE IF NOT EXISTS run_files (
+    run_id       TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    path         TEXT NOT NULL,             -- relative to the run folder, or '<dataset>' for the dataset's file list
+    sha256       TEXT NOT NULL,
+    bytes        INTEGER,                   -- the file's size (for '<dataset>': the number of files listed)
+    recorded_at  REAL NOT NULL,
+    PRIMARY KEY (run_id, path)
+);
+CREATE TABLE IF NOT EXISTS submissions (
+    id                 INTEGER PRIMARY KEY,
+    run_id             TEXT NOT NULL REFERENCES runs(id),
+    pack_sha256        TEXT NOT NULL,       -- of the pack's manifest, which lists every packed file's sha256
+    pack_dir           TEXT NOT NULL DEFAULT '',
+    submission_sha256  TEXT,                -- of the submission.csv the rehearsed kernel wrote
+    members            TEXT NOT NULL DEFAULT '[]',  -- JSON: run_id, weight, source_run_id, teacher_run_id
+    teacher_run_id     TEXT,
+    cv_lwlrap          REAL,                -- the packed run's out-of-fold LWLRAP
+    projected_seconds  REAL,                -- the rehearsal's projection to the private test size
+    created_at         REAL NOT NULL,
+    UNIQUE (pack_sha256)
+);
+CREATE INDEX IF NOT EXISTS submissions_by_run ON submissions(run_id);
+CREATE TABLE IF NOT EXISTS leaderboard_scores (
+    id              INTEGER PRIMARY KEY,
+    submission_id   INTEGER NOT NULL REFERENCES submissions(id) ON DELETE CASCADE,
+    public_lwlrap   REAL,
+    private_lwlrap  REAL,
+    recorded_at     REAL NOT NULL
+);
+CREATE VIEW IF NOT EXISTS cv_vs_lb AS
+SELECT s.id AS submission_id, s.run_id, s.cv_lwlrap, l.public_lwlrap, l.private_lwlrap,
+       l.public_lwlrap - s.cv_lwlrap AS public_gap, l.private_lwlrap - s.cv_lwlrap AS private_gap,
+       s.submission_sha256, s.pack_sha256, s.teacher_run_id, s.members, l.recorded_at
+FROM submissions s
+LEFT JOIN leaderboard_scores l ON l.id = (SELECT max(id) FROM leaderboard_scores WHERE submission_id = s.id);
+"""
+
+
+def _migrate_v10(c: sqlite3.Connection) -> None:
+    """Kaggle lineage: run file hashes, submissions (pack -> submission -> run -> members), leaderboard scores."""
+    for stmt in _split_sql(_SCHEMA_V10):
+        c.execute(stmt)
+
+
 #: Ordered schema migrations: ``(version, what it changes, function)``. A
 #: database at version N gets every step above N, in order, inside one
 #: ``BEGIN IMMEDIATE`` transaction, so a half-upgraded file is never left and
@@ -384,6 +432,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[sqlite3.Connection], None]]] = [
     (5, "curriculum: epoch stages, noisy-label audit, loss swaps, gain views", _migrate_v5),
     (6, "tags, notes and the archived flag on runs; indexes for paging and filters", _migrate_v6),
     (7, "executors: workers.executor and workers.cluster, fold_tasks", _migrate_v7),
+    (10, "Kaggle lineage: run_files, submissions, leaderboard_scores, cv_vs_lb", _migrate_v10),
 ]
 
 #: The schema version this code writes: the last migration's.
@@ -1405,6 +1454,70 @@ class Store:
             c.execute("UPDATE runs SET status='interrupted', finished_at=NULL WHERE job_id=:id "
                       "AND status IN ('failed', 'cancelled')", {"id": job_id})
         return self.get_job(job_id)
+
+    # -- Kaggle lineage (schema 10): run file hashes, submissions, leaderboard scores --------------------
+    # One block, with _migrate_v10, for engine.kaggle and engine.runs.lineage.
+
+    def record_run_files(self, run_id: str, rows: Sequence[tuple[str, str, int | None]]) -> None:
+        """Record ``(path, sha256, bytes)`` of a run's files, replacing the run's earlier rows."""
+        with self.write() as c:
+            c.execute("DELETE FROM run_files WHERE run_id=:run_id", {"run_id": run_id})
+            c.executemany("INSERT INTO run_files(run_id, path, sha256, bytes, recorded_at) "
+                          "VALUES (:run_id, :path, :sha256, :bytes, :now)",
+                          [{"run_id": run_id, "path": p, "sha256": h, "bytes": n, "now": _now()}
+                           for p, h, n in rows])
+
+    def run_files(self, run_id: str) -> list[dict]:
+        """A run's recorded file hashes (path, sha256, bytes, recorded_at), by path."""
+        return self._query("SELECT path, sha256, bytes, recorded_at FROM run_files WHERE run_id=:run_id "
+                           "ORDER BY path", {"run_id": run_id})
+
+    def record_submission(self, *, run_id: str, pack_sha256: str, pack_dir: str, members: Sequence[dict],
+                          teacher_run_id: str | None, cv_lwlrap: float | None) -> int:
+        """Record a pack of ``run_id`` (or find the one with the same manifest hash); returns its id."""
+        with self.write() as c:
+            row = c.execute("SELECT id FROM submissions WHERE pack_sha256=:h", {"h": pack_sha256}).fetchone()
+            values = {"run_id": run_id, "h": pack_sha256, "dir": pack_dir,
+                      "members": json.dumps(list(members), sort_keys=True), "teacher": teacher_run_id,
+                      "cv": _f(cv_lwlrap), "now": _now()}
+            if row:
+                c.execute("UPDATE submissions SET pack_dir=:dir WHERE pack_sha256=:h", values)
+                return int(row[0])
+            return int(c.execute("INSERT INTO submissions(run_id, pack_sha256, pack_dir, members, teacher_run_id, "
+                                 "cv_lwlrap, created_at) VALUES (:run_id, :h, :dir, :members, :teacher, :cv, :now) "
+                                 "RETURNING id", values).fetchone()[0])
+
+    def set_submission_rehearsal(self, pack_sha256: str, *, submission_sha256: str,
+                                 projected_seconds: float | None) -> int | None:
+        """Record what the rehearsal of a pack wrote (its submission's hash) and its projected time."""
+        with self.write() as c:
+            row = c.execute("UPDATE submissions SET submission_sha256=:s, projected_seconds=:t "
+                            "WHERE pack_sha256=:h RETURNING id",
+                            {"s": submission_sha256, "t": _f(projected_seconds), "h": pack_sha256}).fetchone()
+            return None if row is None else int(row[0])
+
+    def find_submissions(self, key: str) -> list[dict]:
+        """Submissions whose id, run id, pack or submission hash (or a prefix of 8+ hex digits) is ``key``."""
+        params = {"key": key, "prefix": key + "%" if len(key) >= 8 else key}
+        return self._query("SELECT * FROM submissions WHERE CAST(id AS TEXT)=:key OR run_id=:key "
+                           "OR pack_sha256 LIKE :prefix OR submission_sha256 LIKE :prefix ORDER BY id", params)
+
+    def record_leaderboard(self, submission_id: int, *, public_lwlrap: float | None,
+                           private_lwlrap: float | None) -> int:
+        """Record a submission's public (and private) leaderboard LWLRAP; the newest row is the one shown."""
+        with self.write() as c:
+            if c.execute("SELECT 1 FROM submissions WHERE id=:id", {"id": submission_id}).fetchone() is None:
+                raise StoreError(f"no submission {submission_id}; see `fsat lb`")
+            return int(c.execute("INSERT INTO leaderboard_scores(submission_id, public_lwlrap, private_lwlrap, "
+                                 "recorded_at) VALUES (:id, :pub, :priv, :now) RETURNING id",
+                                 {"id": submission_id, "pub": _f(public_lwlrap), "priv": _f(private_lwlrap),
+                                  "now": _now()}).fetchone()[0])
+
+    def cv_vs_lb(self) -> list[dict]:
+        """Every submission with its CV and newest leaderboard scores and the gaps (the ``cv_vs_lb`` view)."""
+        return self._query("SELECT * FROM cv_vs_lb ORDER BY submission_id")
+
+    # -- end of the Kaggle lineage block ---------------------------------------------------------------
 
 
 #: Sort keys of :meth:`Store.page_runs` -> SQL expression (over ``_RUN_SELECT``'s columns).
