@@ -826,6 +826,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-age", type=float, default=10.0)
     add("datasets", cmd_datasets, "list registered datasets", listing=True)
     add("presets", cmd_presets, "list presets", listing=True)
+
+    from engine.kaggle.cli import add_parser as add_kaggle_parsers
+
+    add_kaggle_parsers(sub, db_help)   # fsat kaggle pack|rehearse|push, fsat lb
     return ap
 
 
