@@ -168,11 +168,12 @@ def cmd_lb(args: argparse.Namespace) -> int:
     def gap(x) -> str:
         return "-" if x is None else f"{x:+.4f}"
 
-    print(f"{'id':>4s}  {'run':24s} {'CV':>7s} {'public':>7s} {'gap':>8s} {'private':>8s} {'gap':>8s}  submission")
+    w = max(len("run"), *(len(r["run_id"]) for r in rows))
+    print(f"{'id':>4s}  {'run':{w}s} {'CV':>7s} {'public':>7s} {'gap':>8s} {'private':>8s} {'gap':>8s}  submission")
     for r in rows:
-        print(f"{r['submission_id']:>4d}  {r['run_id']:24s} {f(r['cv_lwlrap']):>7s} {f(r['public_lwlrap']):>7s} "
+        print(f"{r['submission_id']:>4d}  {r['run_id']:{w}s} {f(r['cv_lwlrap']):>7s} {f(r['public_lwlrap']):>7s} "
               f"{gap(r['public_gap']):>8s} {f(r['private_lwlrap']):>8s} {gap(r['private_gap']):>8s}  "
-              f"{(r['submission_sha256'] or 'not rehearsed')[:12]}")
+              f"{(r['submission_sha256'] or '')[:12] or 'not rehearsed'}")
     return 0
 
 

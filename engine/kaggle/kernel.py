@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -228,10 +230,22 @@ def run_pack(pack_dir: Path | str, data_dir: Path | str, out_dir: Path | str, *,
         raise KernelError(f"{data_dir / 'sample_submission.csv'}: its class columns differ from the "
                           "classes the models were trained on")
     extra = [] if extra_line is None else sorted(set(table.source.names()) - set(table.fnames))
+    # Decoded clips go to the temporary folder, not the kernel's output folder (Kaggle keeps that one).
+    cache_dir = Path(tempfile.mkdtemp(prefix="fsat-cache-"))
+    try:
+        return _predict_and_write(manifest, pack_dir, data_dir, out_dir, table, classes, extra, cache_dir,
+                                  device_name, timer)
+    finally:
+        shutil.rmtree(cache_dir, ignore_errors=True)
+
+
+def _predict_and_write(manifest: dict, pack_dir: Path, data_dir: Path, out_dir: Path, table: ClipTable,
+                       classes: list[str], extra: list[str], cache_dir: Path, device_name: str,
+                       timer: StageTimer) -> Path:
     caches = {}
     for rate in sorted({m["spec"]["audio"]["sample_rate"] for m in manifest["members"]}):
         caches[rate] = timer.run(f"decode {rate} Hz", "clips",
-                                 lambda r=rate: _decode(table, r, out_dir / "fsat-cache", data_dir, extra))
+                                 lambda r=rate: _decode(table, r, cache_dir, data_dir, extra))
     tests = {}
     for m in manifest["members"]:
         cache = caches[m["spec"]["audio"]["sample_rate"]]

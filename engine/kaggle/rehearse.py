@@ -189,6 +189,8 @@ def build_env(target: Path) -> Path:
 def _clean_env() -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON") and k != "VIRTUAL_ENV"}
     env["PYTHONNOUSERSITE"] = "1"
+    # The pack is uploaded as it is: no __pycache__ may be written into its src/.
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
     return env
 
 
@@ -344,12 +346,16 @@ def rehearse(pack: Path | str, test_dir: Path | str, *, store=None, n_target: in
         out_dir = work / "out"
         cmd = [str(python), str(kernel), "--pack", str(dataset_dir.resolve()), "--data", str(test_dir.resolve()),
                "--out", str(out_dir), "--device", device]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_clean_env(),
-                                cwd=work)
-        for line in proc.stdout:
-            log("kernel: " + line.rstrip())
-        stderr = proc.stderr.read()
-        if proc.wait() != 0:
+        # stderr goes to a file: a pipe nobody reads while stdout is followed could fill and stall the kernel.
+        with open(work / "kernel.stderr", "w+") as err_file:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err_file, text=True, env=_clean_env(),
+                                    cwd=work)
+            for line in proc.stdout:
+                log("kernel: " + line.rstrip())
+            proc.wait()
+            err_file.seek(0)
+            stderr = err_file.read()
+        if proc.returncode != 0:
             lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
             last = lines[-1] if lines else f"exit status {proc.returncode}"
             raise RehearsalError(f"the kernel failed: {last.removeprefix('error: ')}")
