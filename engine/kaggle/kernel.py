@@ -230,18 +230,19 @@ def run_pack(pack_dir: Path | str, data_dir: Path | str, out_dir: Path | str, *,
         raise KernelError(f"{data_dir / 'sample_submission.csv'}: its class columns differ from the "
                           "classes the models were trained on")
     extra = [] if extra_line is None else sorted(set(table.source.names()) - set(table.fnames))
+    notes = [] if extra_line is None else [extra_line]
     # Decoded clips go to the temporary folder, not the kernel's output folder (Kaggle keeps that one).
     cache_dir = Path(tempfile.mkdtemp(prefix="fsat-cache-"))
     try:
         return _predict_and_write(manifest, pack_dir, data_dir, out_dir, table, classes, extra, cache_dir,
-                                  device_name, timer)
+                                  device_name, timer, notes)
     finally:
         shutil.rmtree(cache_dir, ignore_errors=True)
 
 
 def _predict_and_write(manifest: dict, pack_dir: Path, data_dir: Path, out_dir: Path, table: ClipTable,
                        classes: list[str], extra: list[str], cache_dir: Path, device_name: str,
-                       timer: StageTimer) -> Path:
+                       timer: StageTimer, notes: list[str]) -> Path:
     caches = {}
     for rate in sorted({m["spec"]["audio"]["sample_rate"] for m in manifest["members"]}):
         caches[rate] = timer.run(f"decode {rate} Hz", "clips",
@@ -266,7 +267,7 @@ def _predict_and_write(manifest: dict, pack_dir: Path, data_dir: Path, out_dir: 
 
     path = timer.run("write", "clips", write)
     (out_dir / TIMINGS_FILE).write_text(json.dumps({"n_clips": len(table.fnames), "device": device_name,
-                                                    "stages": timer.stages}, indent=1))
+                                                    "stages": timer.stages, "notes": notes}, indent=1))
     print(f"wrote {path} ({len(table.fnames)} clips) in {sum(s['seconds'] for s in timer.stages):.1f} s",
           flush=True)
     return path

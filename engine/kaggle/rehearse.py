@@ -381,7 +381,7 @@ def rehearse(pack: Path | str, test_dir: Path | str, *, store=None, n_target: in
                                  device=timings["device"], submission=submission,
                                  submission_sha256=sha256_file(submission), stages=timings["stages"],
                                  projection=projection, env=env_info, max_abs_diff=diff, compared_with=compared,
-                                 valid=True, notes=notes)
+                                 valid=True, notes=timings.get("notes", []) + notes)
         if not projection["fits"]:
             if store is None:
                 report.notes.append("the projection does not fit: give --db to rank the member subsets that do")
