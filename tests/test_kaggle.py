@@ -21,7 +21,8 @@ from engine.runs.lineage import DATASET_ENTRY, dataset_list_hash
 from engine.store import Store
 from tests.conftest import copy_dataset, inferred_runs, run_cli
 
-pytestmark = pytest.mark.slow
+# The module's first test also builds the trained and inferred runs and a rehearsal: minutes on a busy machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 @dataclass

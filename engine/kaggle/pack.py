@@ -38,7 +38,7 @@ from engine.errors import CheckpointError, ConfigError, FsatError
 from engine.kaggle.kernel import PACK_MANIFEST
 from engine.kaggle.sources import KERNEL_MODULE, PROJECT_ROOT, module_closure, module_path, pinned_requirements
 from engine.runs.atomic import load_json
-from engine.runs.lineage import record_run_lineage, sha256_file
+from engine.runs.lineage import sha256_file
 from engine.specs import InferSection, to_dict
 from engine.store import Store
 
