@@ -881,6 +881,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("presets", cmd_presets, "list presets", listing=True)
     add_report_parser(sub)
     add_sweep_parser(sub)
+
+    from engine.kaggle.cli import add_parser as add_kaggle_parsers
+
+    add_kaggle_parsers(sub, db_help)   # fsat kaggle pack|rehearse|push, fsat lb
     return ap
 
 

@@ -53,6 +53,7 @@ __all__ = [
     "DEFAULT_SHORT_CLIPS",
     "SHORT_CLIP_MODES",
     "TTACropDataset",
+    "fold_average",
     "predict_tta",
     "predict_tta_logits",
     "sigmoid",
@@ -257,3 +258,12 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     """Probabilities from logits in float64, so confident scores near 1 stay distinct (no overflow)."""
     x = np.asarray(logits, dtype=np.float64)
     return np.exp(-np.logaddexp(0.0, -x))
+
+
+def fold_average(fold_logits: Sequence[np.ndarray]) -> np.ndarray:
+    """Test probabilities of a run from its folds' mean TTA logits: the sigmoid of their mean (float64).
+
+    Folds are averaged in logit space, the rule used for the crops, so each
+    fold counts equally. The infer job and the Kaggle kernel both call this.
+    """
+    return sigmoid(np.stack([np.asarray(x) for x in fold_logits]).astype(np.float64).mean(axis=0))

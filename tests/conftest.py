@@ -21,12 +21,12 @@ from tests.helpers.recording import add_run
 from tests.helpers.worlds import console_world
 
 #: Modules whose tests share the session's trained-and-inferred runs (``tests.helpers.worlds.inferred_runs``).
-_INFERRED_RUNS_MODULES = {"test_infer", "test_ensemble_job"}
+_INFERRED_RUNS_MODULES = {"test_infer", "test_ensemble_job", "test_kaggle"}
 
 #: The longest groups (each a minute or more on two cores), longest first. They start first, so the
 #: short modules fill the other test process meanwhile instead of one long group running alone at the end.
-_LONG_GROUPS = ["test_ray_jobs", "inferred_runs", "test_train_e2e", "test_baseline", "test_recipe", "test_resume",
-                "test_curriculum_job"]
+_LONG_GROUPS = ["inferred_runs", "test_plan", "test_ray_jobs", "test_sweeps", "test_report", "test_train_e2e",
+                "test_baseline", "test_recipe", "test_resume", "test_curriculum_job", "test_report_browser"]
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups

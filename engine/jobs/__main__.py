@@ -21,6 +21,7 @@ from pathlib import Path
 from engine.errors import FsatError
 from engine.intake import KINDS
 from engine.jobs.context import JobAborted, JobContext
+from engine.runs.lineage import record_run_lineage
 from engine.store import Store
 
 
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise FsatError(f"job kind {job.kind!r} is not available in this version") from None
             raise
         message = runner.run(ctx) or "done"
+        record_run_lineage(store, ctx.run_id)
         ctx.flush()
         if not store.finish_job(job.id, message=message, **owner):
             raise JobAborted("the job is no longer this attempt's; its outcome is not recorded")

@@ -41,6 +41,7 @@ from engine.metrics import lwlrap
 from engine.runs.folder import RunFolder
 from engine.runs.members import (MemberProblem, calibration_folds, check_oof, check_test, fold_of_clips,
                                  read_scores)
+from engine.runs.lineage import record_run_lineage
 from engine.runs.scores import record_fold_scores, score_test
 from engine.specs import EnsembleSpec, spec_hash, to_dict
 from engine.store import OOF, Store
@@ -317,6 +318,8 @@ def build_ensemble(store: Store, spec: EnsembleSpec, *, run_id: str, run_dir: Pa
         if job_id is None:
             store.finish_run(run_id, status="failed")
         raise
+    if job_id is None:
+        record_run_lineage(store, run_id)   # a queued job's are recorded by engine.jobs.__main__
     step(1.0, "done")
     return EnsembleOutcome(run_id=run_id, run_dir=run_dir, weights=weight_of, cv_lwlrap=result.oof_lwlrap,
                            raw_cv_lwlrap=result.raw_oof_lwlrap, test_lwlrap=test_score, submission=submission,

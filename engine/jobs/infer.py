@@ -37,7 +37,7 @@ from engine.atomic import DamagedFile, load_json
 from engine.data.cache import build_cache, cache_dir_for
 from engine.errors import CheckpointError, ConfigError, FsatError
 from engine.executors import FoldResources, executor_from_env
-from engine.infer import DEFAULT_SHORT_CLIPS, predict_tta_logits, sigmoid
+from engine.infer import DEFAULT_SHORT_CLIPS, fold_average, predict_tta_logits, sigmoid
 from engine.intake import FOLD_CHECKPOINT_KINDS
 from engine.jobs.context import JobContext
 from engine.jobs.folds import dispatch_folds
@@ -346,8 +346,7 @@ def run(ctx: JobContext) -> str:
     test_score = None
     if do_test:
         ctx.progress(0.98, "averaging folds")
-        fold_logits = np.stack([folder.load_array(folder.test_logits(k)) for k in trained.folds])
-        test = sigmoid(fold_logits.astype(np.float64).mean(axis=0))
+        test = fold_average([folder.load_array(folder.test_logits(k)) for k in trained.folds])
         folder.save_array(folder.test, test)
         test_score, _ = score_test(data.layout, test, submission=folder.submission if spec.write_submission else None,
                                    log=ctx.log)

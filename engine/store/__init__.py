@@ -30,6 +30,7 @@ def _now() -> float:
 
 
 from engine.store.connection import Connection, StoreError, default_db_path, runs_root  # noqa: E402
+from engine.store.lineage import Lineage  # noqa: E402
 from engine.store.listings import JOB_ORDER, RUN_ORDER, Listings  # noqa: E402
 from engine.store.plans import Plans  # noqa: E402
 from engine.store.queue import DEFAULT_MAX_QUEUED, Queue  # noqa: E402
@@ -46,7 +47,7 @@ __all__ = [
 ]
 
 
-class Store(Queue, Plans, Records, Listings, Sweeps, Connection):
+class Store(Queue, Plans, Records, Listings, Sweeps, Lineage, Connection):
     """A connection to ``experiments.db`` with the queue and score operations.
 
     Three ways to open it:

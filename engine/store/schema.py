@@ -430,6 +430,52 @@ def _migrate_v10(c: sqlite3.Connection) -> None:
     )""")
 
 
+# -- schema 11: Kaggle submissions, leaderboard scores and run file hashes (engine.kaggle) -----------
+_SCHEMA_V11 = """
+CREATE TABLE IF NOT EXISTS run_files (
+    run_id       TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    path         TEXT NOT NULL,             -- relative to the run folder, or '<dataset>' for the dataset's file list
+    sha256       TEXT NOT NULL,
+    bytes        INTEGER,                   -- the file's size (for '<dataset>': the number of files listed)
+    recorded_at  REAL NOT NULL,
+    PRIMARY KEY (run_id, path)
+);
+CREATE TABLE IF NOT EXISTS submissions (
+    id                 INTEGER PRIMARY KEY,
+    run_id             TEXT NOT NULL REFERENCES runs(id),
+    pack_sha256        TEXT NOT NULL,       -- of the pack's manifest, which lists every packed file's sha256
+    pack_dir           TEXT NOT NULL DEFAULT '',
+    submission_sha256  TEXT,                -- of the submission.csv the rehearsed kernel wrote
+    members            TEXT NOT NULL DEFAULT '[]',  -- JSON: run_id, weight, source_run_id, teacher_run_id
+    teacher_run_id     TEXT,
+    cv_lwlrap          REAL,                -- the packed run's out-of-fold LWLRAP
+    projected_seconds  REAL,                -- the rehearsal's projection to the private test size
+    created_at         REAL NOT NULL,
+    UNIQUE (pack_sha256)
+);
+CREATE INDEX IF NOT EXISTS submissions_by_run ON submissions(run_id);
+CREATE TABLE IF NOT EXISTS leaderboard_scores (
+    id              INTEGER PRIMARY KEY,
+    submission_id   INTEGER NOT NULL REFERENCES submissions(id) ON DELETE CASCADE,
+    public_lwlrap   REAL,
+    private_lwlrap  REAL,
+    recorded_at     REAL NOT NULL
+);
+CREATE VIEW IF NOT EXISTS cv_vs_lb AS
+SELECT s.id AS submission_id, s.run_id, s.cv_lwlrap, l.public_lwlrap, l.private_lwlrap,
+       l.public_lwlrap - s.cv_lwlrap AS public_gap, l.private_lwlrap - s.cv_lwlrap AS private_gap,
+       s.submission_sha256, s.pack_sha256, s.teacher_run_id, s.members, l.recorded_at
+FROM submissions s
+LEFT JOIN leaderboard_scores l ON l.id = (SELECT max(id) FROM leaderboard_scores WHERE submission_id = s.id);
+"""
+
+
+def _migrate_v11(c: sqlite3.Connection) -> None:
+    """Kaggle lineage: run file hashes, submissions (pack -> submission -> run -> members), leaderboard scores."""
+    for stmt in _split_sql(_SCHEMA_V11):
+        c.execute(stmt)
+
+
 #: Ordered schema migrations: ``(version, what it changes, function)``. A
 #: database at version N gets every step above N, in order, inside one
 #: ``BEGIN IMMEDIATE`` transaction, so a half-upgraded file is never left and
@@ -447,6 +493,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[sqlite3.Connection], None]]] = [
     (8, "system figures per epoch: epochs.device, peak_gpu_mib, gpu_util, peak_rss_mib", _migrate_v8),
     (9, "sweeps: sweeps, sweep_points, sweep_runs, sweep_jobs (the folds a job trains)", _migrate_v9),
     (10, "plans: job_deps (a job waits for its parents), plans and plan_steps", _migrate_v10),
+    (11, "Kaggle lineage: run_files, submissions, leaderboard_scores, cv_vs_lb", _migrate_v11),
 ]
 
 #: The schema version this code writes: the last migration's.

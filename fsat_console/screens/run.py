@@ -17,6 +17,7 @@ screen shows the same against its parent. ``i`` queues such an inference,
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -274,6 +275,10 @@ class RunScreen(Screen):
                 "teacher; curriculum run: its stages, gain over the teacher and noisy-label audit"),
         Binding(REPORT_KEY, "report", "Report", show=False,
                 tooltip="Write this run's HTML report (figures inline, readable offline) beside the database"),
+        Binding("K", "kaggle_pack", "Kaggle pack", show=False,
+                tooltip="Pack this run as an offline Kaggle kernel and rehearse it: size, time projection, trimming"),
+        Binding("L", "kaggle_lb", "CV vs LB", show=False,
+                tooltip="This run's Kaggle submissions: CV against the public and private leaderboard"),
     ]
 
     def __init__(self, run_id: str) -> None:
@@ -539,6 +544,41 @@ class RunScreen(Screen):
         if action == "cycle_fold":
             return bool(detail and (detail.folds or detail.classes))
         return True
+
+    def action_kaggle_pack(self) -> None:
+        """Pack this run for Kaggle and rehearse it in a subprocess; the result comes back as a notification."""
+        from fsat_console.kaggle import PACKABLE_KINDS, pack_folder
+
+        run = self.detail.run if self.detail else None
+        if run is None or run.get("kind") not in PACKABLE_KINDS or run.get("status") != "done":
+            self.notify(f"Run {self.run_id}: only a finished train, curriculum, infer or ensemble run can be packed.",
+                        severity="warning", markup=False)
+            return
+        dataset = console(self).store.get_dataset(int(run["dataset_id"])) if run.get("dataset_id") is not None else None
+        if dataset is None:
+            self.notify(f"Run {self.run_id} has no dataset to rehearse on.", severity="warning", markup=False)
+            return
+        out = pack_folder(console(self).db_path, self.run_id)
+        self.notify(f"Packing {self.run_id} into {out} and rehearsing it…", markup=False)
+        self.run_worker(lambda: self._kaggle_pack(out, Path(dataset["root"])), thread=True, exclusive=True,
+                        group="kaggle", exit_on_error=False)
+
+    def _kaggle_pack(self, out: Path, test_root: Path) -> None:
+        from fsat_console.kaggle import pack_and_rehearse, summary_text
+
+        try:
+            pack, rehearsal = pack_and_rehearse(console(self).db_path, self.run_id, out, test_root)
+        except Exception as err:  # noqa: BLE001 - the command's own one-line message is shown
+            self.app.call_from_thread(self.notify, f"Kaggle pack of {self.run_id}: {err}", severity="error",
+                                      markup=False, timeout=20)
+            return
+        self.app.call_from_thread(self.notify, summary_text(pack, rehearsal), markup=False, timeout=60)
+
+    def action_kaggle_lb(self) -> None:
+        """This run's submissions with CV and leaderboard scores (``fsat lb``)."""
+        from fsat_console.kaggle import cv_vs_lb_text
+
+        self.notify(cv_vs_lb_text(console(self).store.cv_vs_lb(), self.run_id), markup=False, timeout=30)
 
     def action_resume(self) -> None:
         """Queue this run's job again (asks first)."""
