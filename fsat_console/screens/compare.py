@@ -133,7 +133,7 @@ class CompareScreen(Screen):
         Binding("E", "export", "Export .md", tooltip="Write the whole comparison as Markdown beside the database"),
         Binding(REPORT_KEY, "report", "Report", show=False,
                 tooltip="Write the comparison as an HTML report with figures beside the database"),
-        Binding("tab", "focus_next", "Next table", show=False),
+        Binding("tab", "app.focus_next", "Next table", show=False),
     ]
 
     def __init__(self, run_ids: list[str], baseline: str) -> None:
