@@ -155,6 +155,7 @@ class FsatConsole(App):
                         "Quit and start with --db PATH (or set FSAT_DB) to use another.",
                         title="New database", timeout=12, markup=False)
         self._start_poll()
+        self.adopt_left_worker()
         if self.start_worker_on_mount:
             self.ensure_worker()
         if self.demo:
@@ -362,6 +363,16 @@ class FsatConsole(App):
             self.call_from_thread(self._worker_started)
         elif announce:
             self.call_from_thread(self.notify, not_started)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="adopt")
+    def adopt_left_worker(self) -> None:
+        """Take over a worker an earlier console left busy, and say so."""
+        try:
+            told = self.engine_worker.adopt_left(self.store)
+        except sqlite3.Error:
+            return  # the poller reports an unreadable database
+        if told:
+            self.call_from_thread(self.notify, told, title="Worker", timeout=10, markup=False)
 
     def _worker_started(self) -> None:
         self.notify(f"Started a worker (pid {self.engine_worker.pid}); its log is {self.worker_log}",

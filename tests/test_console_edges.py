@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 from fsat_console.app import FsatConsole
 from fsat_console.screens.compare import CompareScreen
 from fsat_console.widgets.live_table import LiveTable
@@ -83,3 +86,78 @@ async def test_job_details_follow_the_log_after_a_requeue_and_the_status_line_st
         # The status line of the screen behind the details follows the polls too.
         store.enqueue("probe", {}, name="another")
         await wait_until(pilot, lambda: "1 queued" in str(status.render()), what="status line updated")
+
+
+def pid_alive(pid: int) -> bool:
+    """True while a process with this pid exists and is not a zombie (the console's child exits into one)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(") ", 1)[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def kill_left(pids) -> None:
+    """Whatever a test left running is killed."""
+    for pid in pids:
+        if pid and pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+async def quit_while_busy(env: dict, seconds: float) -> int:
+    """Start a console with its worker, queue a probe of ``seconds``, quit while it runs; returns the worker pid."""
+    store = env["store"]
+    app = FsatConsole(env["db"], data_root=env["data"], start_worker=True, poll_interval=0.1)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await wait_until(pilot, lambda: app.worker_process is not None, what="worker spawn")
+        pid = app.worker_process.pid
+        job = store.enqueue("probe", {"seconds": seconds}, name="slow")
+        # Worker start-up imports the engine: a minute on a busy two-core machine.
+        await wait_until(pilot, lambda: store.get_job(job).status == "running", timeout=90, what="job running")
+        await pilot.press("q")
+    assert "keeps running" in app.exit_note
+    return pid
+
+
+async def test_a_worker_left_busy_by_quit_stops_once_its_work_is_done(env: dict) -> None:
+    from tests.helpers.waiting import wait_for
+
+    pid = None
+    try:
+        pid = await quit_while_busy(env, 3.0)
+        assert env["store"].count_jobs("running", "queued") == 1
+        wait_for(lambda: env["store"].count_jobs("running", "queued") == 0, timeout=90, what="the probe to finish")
+        # Once nothing is queued or running, it goes (bounded by the watcher's polls on a busy machine).
+        wait_for(lambda: not pid_alive(pid), timeout=60, what="the idle worker to stop")
+        assert env["store"].live_workers() == []
+    finally:
+        kill_left([pid])
+
+
+async def test_a_later_console_mentions_the_left_worker_and_stops_it_on_quit_once_idle(env: dict) -> None:
+    from tests.helpers.waiting import wait_for
+
+    pid = None
+    store = env["store"]
+    try:
+        pid = await quit_while_busy(env, 600.0)
+        later = FsatConsole(env["db"], data_root=env["data"], start_worker=True, poll_interval=0.1)
+        async with later.run_test(size=(160, 48)) as pilot:
+            await wait_until(pilot, lambda: any(str(pid) in n.message and "earlier console" in n.message
+                                                for n in later._notifications), timeout=20,
+                             what="the left worker mentioned")
+            # Busy: quitting leaves it running its job.
+            await pilot.press("q")
+        assert "keeps running" in later.exit_note and pid_alive(pid)
+        (job,) = store.list_jobs()
+        store.request_cancel(job["id"])
+        wait_for(lambda: store.count_jobs("running", "queued") == 0, timeout=60, what="the probe cancelled")
+        last = FsatConsole(env["db"], data_root=env["data"], start_worker=True, poll_interval=0.1)
+        async with last.run_test(size=(160, 48)) as pilot:
+            await wait_until(pilot, lambda: any(str(pid) in n.message for n in last._notifications), timeout=20,
+                             what="the left worker mentioned")
+            await pilot.press("q")
+        assert f"stopped the idle worker (pid {pid})" in last.exit_note
+        wait_for(lambda: not pid_alive(pid), timeout=30, what="the worker gone")
+    finally:
+        kill_left([pid])
