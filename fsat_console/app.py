@@ -36,7 +36,7 @@ from engine.errors import FsatError
 from engine.store import Store, StoreError, default_db_path, runs_root
 from fsat_console.commands import JobCommands, RunCommands
 from fsat_console.key_pump import KeyPump
-from fsat_console.live import (DEFAULT_JOB_VIEW, DEFAULT_RUN_VIEW, LiveError, LiveUpdate, Overview, OverviewChanged,
+from fsat_console.live import (LiveError, LiveUpdate, Overview, OverviewChanged,
                                Poller, RunDetailChanged, TableView, describe_error)
 from fsat_console.screens.confirm import ConfirmScreen
 from fsat_console.screens.demo import DemoScreen, demo_state
@@ -48,6 +48,7 @@ from fsat_console.screens.job import JobScreen
 from fsat_console.screens.main import MainScreen
 from fsat_console.screens.queue import QueueScreen
 from fsat_console.widgets.status import WorkerStatus
+from fsat_console.state import ConsoleState, load_state, state_path
 from fsat_console.worker_process import WorkerProcess, worker_log_path
 
 if TYPE_CHECKING:
@@ -103,12 +104,14 @@ class FsatConsole(App):
         self.db_path = Path(db_path).expanduser().resolve()
         #: True when this console created the database file (it says where, once it is up).
         self.created_db = not self.db_path.exists()
-        self.run_view: TableView = DEFAULT_RUN_VIEW
-        self.job_view: TableView = DEFAULT_JOB_VIEW
+        # The tables' views, the pinned and the marked runs: as the last console on this database left them.
+        kept = load_state(state_path(self.db_path))
+        self.run_view: TableView = kept.run_view
+        self.job_view: TableView = kept.job_view
         #: The run deltas are taken against (``p`` pins it), and the runs marked for comparison.
-        self.pinned_run: str | None = None
-        self.pinned_cv: float | None = None
-        self.marked_runs: list[str] = []
+        self.pinned_run: str | None = kept.pinned_run
+        self.pinned_cv: float | None = kept.pinned_cv
+        self.marked_runs: list[str] = kept.marked_runs
         #: A job just queued: the jobs table moves its cursor there once it shows it.
         self.select_job: int | None = None
         #: What quitting did to the worker this console started (printed after the console closes).
@@ -174,6 +177,11 @@ class FsatConsole(App):
     def on_unmount(self) -> None:
         """Close the connections; a busy worker the console started keeps running."""
         self._unmounted = True
+        try:
+            ConsoleState(self.pinned_run, self.pinned_cv, list(self.marked_runs), self.run_view,
+                         self.job_view).save(state_path(self.db_path))
+        except OSError:
+            pass  # a read-only folder: the next console starts from the defaults
         if self._frozen:
             import gc
 
