@@ -8,7 +8,8 @@ import signal
 from fsat_console.app import FsatConsole
 from fsat_console.screens.compare import CompareScreen
 from fsat_console.widgets.live_table import LiveTable
-from tests.helpers.console import table
+from tests.helpers.console import screen_text, table
+from tests.helpers.processes import process_alive, run_cli
 from tests.helpers.waiting import wait_until
 
 
@@ -88,19 +89,10 @@ async def test_job_details_follow_the_log_after_a_requeue_and_the_status_line_st
         await wait_until(pilot, lambda: "1 queued" in str(status.render()), what="status line updated")
 
 
-def pid_alive(pid: int) -> bool:
-    """True while a process with this pid exists and is not a zombie (the console's child exits into one)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(") ", 1)[1][0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
-
-
 def kill_left(pids) -> None:
     """Whatever a test left running is killed."""
     for pid in pids:
-        if pid and pid_alive(pid):
+        if pid and process_alive(pid):
             os.kill(pid, signal.SIGKILL)
 
 
@@ -128,7 +120,7 @@ async def test_a_worker_left_busy_by_quit_stops_once_its_work_is_done(env: dict)
         assert env["store"].count_jobs("running", "queued") == 1
         wait_for(lambda: env["store"].count_jobs("running", "queued") == 0, timeout=90, what="the probe to finish")
         # Once nothing is queued or running, it goes (bounded by the watcher's polls on a busy machine).
-        wait_for(lambda: not pid_alive(pid), timeout=60, what="the idle worker to stop")
+        wait_for(lambda: not process_alive(pid), timeout=60, what="the idle worker to stop")
         assert env["store"].live_workers() == []
     finally:
         kill_left([pid])
@@ -148,7 +140,7 @@ async def test_a_later_console_mentions_the_left_worker_and_stops_it_on_quit_onc
                              what="the left worker mentioned")
             # Busy: quitting leaves it running its job.
             await pilot.press("q")
-        assert "keeps running" in later.exit_note and pid_alive(pid)
+        assert "keeps running" in later.exit_note and process_alive(pid)
         (job,) = store.list_jobs()
         store.request_cancel(job["id"])
         wait_for(lambda: store.count_jobs("running", "queued") == 0, timeout=60, what="the probe cancelled")
@@ -158,6 +150,110 @@ async def test_a_later_console_mentions_the_left_worker_and_stops_it_on_quit_onc
                              what="the left worker mentioned")
             await pilot.press("q")
         assert f"stopped the idle worker (pid {pid})" in last.exit_note
-        wait_for(lambda: not pid_alive(pid), timeout=30, what="the worker gone")
+        wait_for(lambda: not process_alive(pid), timeout=30, what="the worker gone")
     finally:
         kill_left([pid])
+
+
+async def test_pinned_baseline_marks_sorts_and_filters_outlive_a_restart(world: dict) -> None:
+    from dataclasses import replace
+
+    first = FsatConsole(world["db"], poll_interval=0.1)
+    async with first.run_test(size=(160, 48)) as pilot:
+        runs = table(first, "runs")
+        await wait_until(pilot, lambda: "train-0002" in runs.rows, what="runs")
+        runs.move_cursor(row=runs.get_row_index("train-0002"))
+        await pilot.press("p", "down", "space")
+        marked = list(first.marked_runs)
+        assert first.pinned_run == "train-0002" and len(marked) == 1
+        first.set_views(runs=replace(first.run_view, filter="cv>0.1", order="cv", descending=False),
+                        jobs=replace(first.job_view, filter="status:failed", order="kind", descending=False))
+        await pilot.press("q")
+    again = FsatConsole(world["db"], poll_interval=0.1)
+    async with again.run_test(size=(160, 48)) as pilot:
+        runs = table(again, "runs")
+        await wait_until(pilot, lambda: again.overview is not None and runs.row_count > 0, what="runs")
+        assert (again.pinned_run, again.marked_runs) == ("train-0002", marked)
+        assert again.pinned_cv == world["store"].get_run("train-0002")["cv_lwlrap"]
+        assert (again.run_view.filter, again.run_view.order, again.run_view.descending) == ("cv>0.1", "cv", False)
+        assert (again.job_view.filter, again.job_view.order, again.job_view.descending) == (
+            "status:failed", "kind", False)
+        assert (runs.sort_column, runs.sort_reverse) == ("cv", False)
+        assert (table(again, "jobs").sort_column, table(again, "jobs").sort_reverse) == ("kind", False)
+        assert "filter: cv>0.1" in str(runs.border_title)
+
+
+async def test_a_runs_full_config_shows_on_the_run_screen_and_in_fsat_show(env: dict) -> None:
+    from tests.helpers.recording import record_run
+
+    store = env["store"]
+    record_run(store, env["tmp"] / "runs", "train-0001", dataset_id=None, cv=0.5,
+               overrides=('model.arch="cnn14"', "train.epochs=17", "optim.head_lr=0.00042"))
+    config = store.get_run("train-0001")["config"]
+    assert config["train"]["epochs"] == 17
+    shown = run_cli("show", "train-0001", db=env["db"]).stdout
+    assert "train.epochs = 17" in shown and "optim.head_lr = 0.00042" in shown and 'model.arch = "cnn14"' in shown
+    app = FsatConsole(env["db"], data_root=env["data"], poll_interval=0.1)
+    async with app.run_test(size=(160, 48)) as pilot:
+        app.open_run("train-0001")
+        await wait_until(pilot, lambda: getattr(app.screen, "detail", None) is not None, what="run screen")
+        pane = app.screen.query_one("#run-config")
+        assert not pane.display and "audio.crop_seconds" not in screen_text(app)
+        await pilot.press("g")
+        # Every setting, sorted; the first ones on screen, the rest a scroll away.
+        await wait_until(pilot, lambda: "audio.crop_seconds = 10.0" in screen_text(app), what="the config pane")
+        text = str(app.screen.query_one("#run-config-text").render())
+        assert "optim.head_lr = 0.00042" in text and "train.epochs = 17" in text and 'model.arch = "cnn14"' in text
+        await pilot.press("g")
+        await wait_until(pilot, lambda: "audio.crop_seconds" not in screen_text(app), what="the pane hidden")
+        assert app.screen.query_one("#classes").display
+
+
+async def test_notes_and_the_time_column_are_on_screen_at_160_columns(tmp_path, monkeypatch) -> None:
+    from tests.helpers.worlds import fixed_console_db
+
+    db = tmp_path / "experiments.db"
+    fixed_console_db(db, monkeypatch)
+    app = FsatConsole(db, poll_interval=0.1)
+    async with app.run_test(size=(160, 48)) as pilot:
+        runs = table(app, "runs")
+        await wait_until(pilot, lambda: app.overview is not None and runs.row_count == len(app.overview.runs),
+                         what="runs")
+        await wait_until(pilot, lambda: "the reference" in screen_text(app), timeout=5, what="the note on screen")
+        header = next(line for line in screen_text(app).splitlines() if "CV LWLRAP" in line)
+        assert " time " in header and "note" in header
+        assert runs.columns["name"].get_render_width(runs) <= 20
+
+
+def test_fsat_wait_follow_prints_progress_and_log_lines_until_the_job_ends(db_path, spawn_worker) -> None:
+    import subprocess
+
+    from tests.helpers.processes import cli_cmd, env_with_project
+
+    job = int(run_cli("queue", "probe", "--set", "seconds=4", "--name", "followed", db=db_path).stdout)
+    follow = subprocess.Popen(cli_cmd("wait", "--follow", str(job), db=db_path), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env_with_project())
+    spawn_worker(db_path)
+    # Worker start-up and the probe: generous on a busy two-core machine.
+    out, err = follow.communicate(timeout=180)
+    assert follow.returncode == 0, err
+    lines = out.splitlines()
+    assert any(line.startswith(f"=== job {job} attempt 1") for line in lines)  # the worker's line in job.log
+    assert any(f"job {job}: running" in line and "%" in line and "probe" in line for line in lines)
+    assert lines[-1] == f"job {job}: done probe ok"
+
+
+def test_fsat_wait_follow_into_a_closed_pipe_ends_quietly(db_path, spawn_worker) -> None:
+    import subprocess
+
+    from tests.helpers.processes import cli_cmd, env_with_project
+
+    job = int(run_cli("queue", "probe", "--set", "seconds=60", "--name", "long", db=db_path).stdout)
+    follow = subprocess.Popen(cli_cmd("wait", "--follow", str(job), db=db_path), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, env=env_with_project())
+    spawn_worker(db_path)
+    assert follow.stdout.readline()  # the first line, as `| head -1` reads it
+    follow.stdout.close()
+    err = follow.stderr.read().decode()
+    assert follow.wait(timeout=120) != 0
+    assert "Traceback" not in err and "BrokenPipe" not in err
