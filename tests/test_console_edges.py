@@ -257,3 +257,42 @@ def test_fsat_wait_follow_into_a_closed_pipe_ends_quietly(db_path, spawn_worker)
     err = follow.stderr.read().decode()
     assert follow.wait(timeout=120) != 0
     assert "Traceback" not in err and "BrokenPipe" not in err
+
+
+async def test_the_inference_dialog_and_the_ensemble_screen_queue_with_a_priority(world: dict) -> None:
+    from textual.widgets import Input
+
+    from fsat_console.screens.infer import InferScreen
+    from tests.helpers.console import open_ensemble, select_row, settled
+
+    store = world["store"]
+    app = FsatConsole(world["db"], poll_interval=0.1)
+    async with app.run_test(size=(160, 48)) as pilot:
+        app.open_run("train-0001")
+        await wait_until(pilot, lambda: getattr(app.screen, "detail", None) is not None, what="run screen")
+        await pilot.press("i")
+        await wait_until(pilot, lambda: isinstance(app.screen, InferScreen) and bool(app.screen.query("#priority")),
+                         what="infer dialog with a priority field")
+        dialog = app.screen
+        dialog.query_one("#priority", Input).value = "x"
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: "whole number" in str(dialog.query_one("#priority-error").render()),
+                         what="the priority error")
+        dialog.query_one("#priority", Input).value = "7"
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: len(store.list_jobs()) == 1, what="the infer job")
+        (infer_job,) = store.list_jobs()
+        assert (infer_job["kind"], infer_job["priority"]) == ("infer", 7)
+
+        app.pop_screen()
+        screen = await open_ensemble(pilot, app)
+        await select_row(pilot, screen.table, "train-0001")
+        await pilot.press("space")
+        await settled(pilot, screen)
+        await pilot.press("P")
+        await wait_until(pilot, lambda: "queued at priority 10" in str(screen.query_one("#blend-about").render()),
+                         what="the priority shown")
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: len(store.list_jobs()) == 2, what="the ensemble job")
+    blend = next(j for j in store.list_jobs() if j["kind"] == "ensemble")
+    assert blend["priority"] == 10

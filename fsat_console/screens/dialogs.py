@@ -21,9 +21,11 @@ from typing import Any, ClassVar
 
 from rich.text import Text
 from textual import work
+from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Input, Static
+from textual.widgets import Input, Label, Static
 
 from engine import intake
 from engine.errors import ConfigError, FsatError, QueueFull
@@ -163,6 +165,29 @@ class SpecDialog(ModalScreen[int | None]):
         self.priority = 0
         self._submitting = False
 
+    def priority_row(self, name_placeholder: str) -> ComposeResult:
+        """The priority (higher runs first) beside the job name, with the priority's error line under them."""
+        with Horizontal(classes="field-row"):
+            with Vertical(classes="field-box narrow"):
+                yield Label("Priority (higher first)", classes="field-label")
+                yield Input("0", type="integer", id="priority")
+            with Vertical(classes="field-box"):
+                yield Label("Job name", classes="field-label")
+                yield Input("", placeholder=name_placeholder, id="name")
+        yield Static("", id="priority-error", classes="field-error")
+
+    def check_priority(self) -> bool:
+        """Read the priority field, when the dialog has one: a whole number (empty = 0)."""
+        if "priority" not in self.FIELDS:
+            return True
+        text = self._value("priority") or "0"
+        try:
+            self.priority = int(text)
+        except ValueError:
+            self.set_error("priority", f"priority must be a whole number, got {text!r}")
+            return False
+        return True
+
     def _value(self, field: str) -> str:
         # A field in a nested row may be mounted a moment after the dialog itself.
         found = self.query(f"#{field}")
@@ -248,7 +273,8 @@ class SpecDialog(ModalScreen[int | None]):
         if self._submitting or self.queued_job is not None:
             return
         self.clear_errors()
-        if not self.check_fields():
+        fields_ok = self.check_fields()
+        if not (self.check_priority() and fields_ok):
             return
         try:
             prepared = intake.prepare(console(self).store, self.KIND, **self.request())

@@ -39,7 +39,7 @@ class InferScreen(SpecDialog):
     """Queue inference of a trained run with test-time augmentation, over the ``tta`` preset."""
 
     KIND = "infer"
-    FIELDS = ("tta-crops", "tta-crops-long", "long-seconds", "splits", "name", "queue")
+    FIELDS = ("tta-crops", "tta-crops-long", "long-seconds", "splits", "priority", "name", "queue")
     FIELD_SLOTS = {"infer.tta_crops": "tta-crops", "infer.tta_crops_long": "tta-crops-long",
                    "infer.long_seconds": "long-seconds", "splits": "splits"}
 
@@ -89,8 +89,7 @@ class InferScreen(SpecDialog):
                                id="split-oof")
                 yield SplitBox("test (submission)", "test" in self.defaults.splits, id="split-test")
             yield Static("", id="splits-error", classes="field-error")
-            yield Label("Job name", classes="field-label")
-            yield Input("", placeholder=f"default: {self.run_id} tta<K>", id="name")
+            yield from self.priority_row(f"default: {self.run_id} tta<K>")
             yield Static("", id="name-error", classes="field-error")
             yield Static("", id="queue-error", classes="field-error")
             yield Static("[b]enter[/b] queue   [b]tab[/b] next field   [b]space[/b] toggle a split   "
@@ -165,7 +164,7 @@ class BaselineScreen(SpecDialog):
     """Queue the embeddings + logistic-regression baseline on a dataset, over the ``baseline`` preset."""
 
     KIND = "baseline"
-    FIELDS = ("data-root", "c", "encoder", "overrides", "queue")
+    FIELDS = ("data-root", "c", "encoder", "overrides", "priority", "queue")
     FIELD_SLOTS = {"data.root": "data-root", "C": "c", "encoder_run_id": "encoder"}
 
     def __init__(self, *, data_root: str, dataset_name: str = "", encoder_run_id: str = "",
@@ -217,6 +216,7 @@ class BaselineScreen(SpecDialog):
             yield Label("Overrides", classes="field-label")
             yield Input("", placeholder="key=value …  e.g. batch_size=8 device=\"cpu\"", id="overrides")
             yield Static("", id="overrides-error", classes="field-error")
+            yield from self.priority_row("optional")
             yield Static("", id="queue-error", classes="field-error")
             yield Static("[b]enter[/b] queue   [b]tab[/b] next field   [b]esc[/b] close", classes="dialog-keys")
 
