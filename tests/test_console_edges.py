@@ -296,3 +296,37 @@ async def test_the_inference_dialog_and_the_ensemble_screen_queue_with_a_priorit
         await wait_until(pilot, lambda: len(store.list_jobs()) == 2, what="the ensemble job")
     blend = next(j for j in store.list_jobs() if j["kind"] == "ensemble")
     assert blend["priority"] == 10
+
+
+async def test_greedy_scores_with_auto_skips_runs_without_test_and_a_train_run_beside_its_tta_run(world: dict) -> None:
+    import numpy as np
+
+    from engine.ensemble import Member, greedy_forward_selection
+    from tests.helpers.console import open_ensemble, settled
+    from tests.helpers.recording import add_run
+
+    store, truth, tmp = world["store"], world["truth"], world["tmp"]
+    rng = np.random.default_rng(3)
+    strong = 1.0 / (1.0 + np.exp(-(truth * 2.5 + rng.normal(size=truth.shape))))
+    tta = 1.0 / (1.0 + np.exp(-(truth * 1.8 + rng.normal(size=truth.shape))))
+    # The strongest run has no test predictions: a blend with it could write no submission.
+    add_run(store, tmp, "train-0006", strong, dataset_id=world["ds"], truth=truth, name="no test", test=False)
+    # The TTA run of train-0001 stands for it.
+    add_run(store, tmp, "infer-0007", tta, kind="infer", parent="train-0001", dataset_id=world["ds"], truth=truth,
+            name="tta of good")
+    app = FsatConsole(world["db"], poll_interval=0.1)
+    async with app.run_test(size=(160, 48)) as pilot:
+        screen = await open_ensemble(pilot, app)
+        await wait_until(pilot, lambda: {"train-0006", "infer-0007"} <= set(screen.candidates), what="new runs")
+        screen.state.method = "mean"  # whatever was chosen before: greedy scores with auto
+        await pilot.press("g")
+        await settled(pilot, screen)
+        chosen = set(screen.state.weights)
+        assert "train-0006" not in chosen and "test.npy" in screen.notes["train-0006"]
+        assert "train-0001" not in chosen and "infer-0007" in screen.notes["train-0001"]
+        assert screen.state.method == "auto"
+        names = ["infer-0007", "train-0002"]
+        oofs = {"infer-0007": tta, "train-0002": world["oofs"]["train-0002"]}
+        picks, _, _ = greedy_forward_selection([Member(m, oofs[m]) for m in names], truth, max_steps=20,
+                                               method="auto", folds=world["folds"])
+        assert screen.state.weights == {names[k]: float(picks.count(k)) for k in set(picks)}

@@ -158,7 +158,8 @@ class EnsembleScreen(Screen):
         Binding("k", "toggle_calibrate", "Calibrate",
                 tooltip="Map the blend to probabilities with a per-class temperature and bias (on/off)"),
         Binding("g", "greedy", "Greedy",
-                tooltip=f"Greedy forward selection over all runs listed (up to {GREEDY_STEPS} picks)"),
+                tooltip=f"Greedy forward selection over all runs listed (up to {GREEDY_STEPS} picks), scored with "
+                "auto; runs without test.npy and a trained run beside its TTA run are left out"),
         Binding("ctrl+s,enter", "save", "Save",
                 tooltip="Queue an ensemble job with these members, weights, method and calibration"),
         Binding("P", "toggle_priority", "Priority", show=False,
@@ -648,16 +649,15 @@ class EnsembleScreen(Screen):
             return
         self.greedy_running = True
         self._render_panel()
-        self._greedy(self.dataset, sorted(candidates, key=lambda c: c.run_id), self.state.method)
+        self._greedy(self.dataset, sorted(candidates, key=lambda c: c.run_id))
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="ensemble-greedy")
-    def _greedy(self, dataset: dict, candidates: list[Candidate], method: str) -> None:
+    def _greedy(self, dataset: dict, candidates: list[Candidate]) -> None:
         """Run greedy selection in a thread (one at a time; the screen takes no changes meanwhile)."""
         bench = self.bench
         with bench.lock:
             try:
-                selection, history, problems = bench.greedy(dataset, candidates, method=method,
-                                                            calibrate=self.state.calibrate,
+                selection, history, problems = bench.greedy(dataset, candidates, calibrate=self.state.calibrate,
                                                             folds=self._stored_folds(dataset["id"]))
             except Exception as err:  # shown in the panel, never a traceback
                 self.post_message(GreedyDone({}, [], {}, error=f"greedy selection failed: {err}"))
@@ -675,6 +675,7 @@ class EnsembleScreen(Screen):
             self._changed()
             return
         self.state.set_weights(message.selection)
+        self.state.method = "auto"  # what the picks were scored with (BlendBench.greedy)
         picks = int(sum(message.selection.values()))
         self.notify(f"{picks} picks → {len(message.selection)} members; OOF LWLRAP of the picks' blend "
                     f"{message.history[-1]:.4f}", title="Greedy selection", markup=False)
