@@ -330,3 +330,20 @@ async def test_greedy_scores_with_auto_skips_runs_without_test_and_a_train_run_b
         picks, _, _ = greedy_forward_selection([Member(m, oofs[m]) for m in names], truth, max_steps=20,
                                                method="auto", folds=world["folds"])
         assert screen.state.weights == {names[k]: float(picks.count(k)) for k in set(picks)}
+
+
+async def test_an_unknown_override_section_is_reported_under_the_overrides_naming_the_key(env: dict) -> None:
+    from textual.widgets import Static
+
+    from tests.helpers.console import open_queue_dialog, settle_workers
+
+    app = FsatConsole(env["db"], data_root=env["data"], poll_interval=0.1)
+    async with app.run_test(size=(120, 40)) as pilot:
+        queue = await open_queue_dialog(pilot, app)
+        await pilot.press("home", "tab", "tab", *"train.epochs=3 trian.epochs=1", "enter")
+        await settle_workers(pilot, app)
+        assert not queue.query_one("#preset-error", Static).display
+        error = queue.query_one("#overrides-error", Static)
+        assert error.display and str(error.content).startswith("trian.epochs: ")
+        assert "unknown setting" in str(error.content)
+        assert env["store"].list_jobs() == []

@@ -243,14 +243,19 @@ class SpecDialog(ModalScreen[int | None]):
     def field_for(self, err: ConfigError) -> str:
         """The error slot of a ConfigError: the overrides that set it, a field of the dialog, else the fallback."""
         field = err.field or ""
-        if "overrides" in self.FIELDS:
-            keys = override_keys(split_overrides(self._value("overrides")))
-            if field == "--set" or any(belongs_to(field, k) for k in keys):
-                return "overrides"
+        if "overrides" in self.FIELDS and (field == "--set" or self._override_key(field) is not None):
+            return "overrides"
         for key, slot in self.FIELD_SLOTS.items():
             if belongs_to(field, key):
                 return slot
         return self.FALLBACK
+
+    def _override_key(self, field: str) -> str | None:
+        """The key typed under "overrides" that set ``field``, or lies inside it (an unknown section), else None."""
+        for key in reversed(override_keys(split_overrides(self._value("overrides")))):
+            if belongs_to(field, key) or belongs_to(key, field):
+                return key
+        return None
 
     def show_config_error(self, err: ConfigError) -> None:
         """Put a ConfigError under its field and focus that field."""
@@ -258,7 +263,9 @@ class SpecDialog(ModalScreen[int | None]):
         if slot == self.FALLBACK:
             text = str(err)  # e.g. the preset file itself: name the file and the setting
         elif slot == "overrides" and err.field and err.field != "--set":
-            text = f"{err.field}: {err.reason}"
+            # Name the key as typed: an unknown section (``trian`` of ``trian.epochs``) is only part of it.
+            key = self._override_key(err.field)
+            text = f"{key if key and not belongs_to(err.field, key) else err.field}: {err.reason}"
         else:
             text = err.reason
         self.set_error(slot, text)
