@@ -347,3 +347,21 @@ async def test_an_unknown_override_section_is_reported_under_the_overrides_namin
         assert error.display and str(error.content).startswith("trian.epochs: ")
         assert "unknown setting" in str(error.content)
         assert env["store"].list_jobs() == []
+
+
+def test_an_unknown_state_in_a_filter_is_an_error_listing_the_valid_ones(db_path) -> None:
+    import pytest
+
+    from engine.filters import FilterError, compile_filter
+    from engine.store import JOB_STATES
+
+    with pytest.raises(FilterError, match="status is one of .*done.*interrupted"):
+        compile_filter("status:dne", "runs")
+    with pytest.raises(FilterError, match="status is one of " + ", ".join(JOB_STATES)):
+        compile_filter("priority>0 status!=finished", "jobs")
+    compile_filter("status:DONE status:run*", "runs")  # any case, and wildcards stay free
+    from engine.store import Store
+
+    Store(db_path).close()
+    out = run_cli("runs", "status:dne", db=db_path, check=False)
+    assert out.returncode == 2 and "status is one of" in out.stderr and "Traceback" not in out.stderr
