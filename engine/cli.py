@@ -208,7 +208,7 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 def _queue_overrides(args: argparse.Namespace) -> list[str]:
     """``--set`` overrides plus the positional run ids of ``queue infer`` / ``queue ensemble`` / ``queue curriculum``."""
-    overrides = list(args.set or [])
+    overrides = [token for text in (args.set or []) for token in intake.split_overrides(text)]
     targets = list(args.targets or [])
     if args.kind == "infer":
         if len(targets) > 1:
@@ -537,10 +537,11 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
-    from engine.specs import list_presets
+    from engine.specs import list_presets, preset_kind
 
-    rows = [{"name": k, "path": str(v)} for k, v in sorted(list_presets().items())]
-    _emit(args, rows, "presets", ["name", "path"])
+    rows = [{"name": k, "kind": preset_kind(v), "about": intake.preset_about(v), "path": str(v)}
+            for k, v in sorted(list_presets().items())]
+    _emit(args, rows, "presets", ["name", "kind", "about", "path"])
     return 0
 
 
@@ -697,7 +698,8 @@ def build_parser() -> argparse.ArgumentParser:
                    + " (for a curriculum, the teacher's dataset, checked)")
     p.add_argument("--preset", help="preset name under configs/ (see `fsat presets`)")
     p.add_argument("--config", type=Path, help="a TOML config file")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. train.epochs=3")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override settings, e.g. train.epochs=3; several in one value are split on spaces "
+                        "outside quotes and brackets, as the console's overrides field does")
     p.add_argument("--name", help="run name")
     p.add_argument("--priority", type=int, default=0, help="higher runs first")
 

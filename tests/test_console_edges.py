@@ -365,3 +365,27 @@ def test_an_unknown_state_in_a_filter_is_an_error_listing_the_valid_ones(db_path
     Store(db_path).close()
     out = run_cli("runs", "status:dne", db=db_path, check=False)
     assert out.returncode == 2 and "status is one of" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_fsat_presets_shows_each_presets_kind_and_description(db_path) -> None:
+    import json
+
+    from engine.intake import preset_about
+    from engine.specs import list_presets
+
+    rows = {r["name"]: r for r in json.loads(run_cli("presets", "--json", db=db_path).stdout)}
+    melstats = list_presets()["baseline_melstats"]
+    assert rows["baseline_melstats"]["kind"] == "baseline" and rows["tta"]["kind"] == "infer"
+    assert rows["baseline_melstats"]["about"] == preset_about(melstats) != ""
+    shown = run_cli("presets", db=db_path).stdout
+    assert "kind" in shown and "baseline" in shown
+
+
+def test_the_cli_takes_overrides_space_separated_as_the_console_does(db_path) -> None:
+    from engine.store import Store
+
+    job = int(run_cli("queue", "probe", "--set", 'seconds=2 marker="a b"', "--set", "fail=\"no\"",
+                      db=db_path).stdout)
+    with Store(db_path) as store:
+        spec = store.get_job(job).spec
+    assert (spec["seconds"], spec["marker"], spec["fail"]) == (2, "a b", "no")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from pathlib import Path
 from typing import Any, ClassVar
 
 from rich.text import Text
@@ -28,41 +27,13 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label, Static
 
 from engine import intake
+from engine.intake import preset_about, split_overrides  # noqa: F401 (the dialogs' names for them)
 from engine.errors import ConfigError, FsatError, QueueFull
 from fsat_console.access import console
 from fsat_console.formatting import fmt_score
 
 #: Shown under a dialog while its job waits for another process's write to end.
 WAITING = "Waiting for the database: another process is writing to it..."
-
-
-def split_overrides(text: str) -> list[str]:
-    """Split ``a=1 b=[0, 1] name="my run"`` on spaces outside brackets and quotes."""
-    tokens: list[str] = []
-    current: list[str] = []
-    depth = 0
-    quote: str | None = None
-    for ch in text:
-        if quote:
-            current.append(ch)
-            if ch == quote:
-                quote = None
-            continue
-        if ch in "\"'":
-            quote = ch
-        elif ch in "[{":
-            depth += 1
-        elif ch in "]}":
-            depth = max(0, depth - 1)
-        elif ch.isspace() and depth == 0:
-            if current:
-                tokens.append("".join(current))
-                current = []
-            continue
-        current.append(ch)
-    if current:
-        tokens.append("".join(current))
-    return tokens
 
 
 def override_keys(tokens: list[str]) -> list[str]:
@@ -78,22 +49,6 @@ def toml_value(value: object) -> str:
 def belongs_to(field: str, key: str) -> bool:
     """Whether the spec field ``field`` is ``key`` or inside it (``train.lr`` in ``train``, ``stages[1]`` in ``stages``)."""
     return field == key or field.startswith(key + ".") or field.startswith(key + "[")
-
-
-def preset_about(path: Path, limit: int = 240) -> str:
-    """The preset's opening comment block (what it is for), joined into one line."""
-    lines: list[str] = []
-    try:
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                line = line.strip()
-                if not line.startswith("#"):
-                    break
-                lines.append(line.lstrip("#").strip())
-    except OSError:
-        return ""
-    text = " ".join(x for x in lines if x)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def run_line(run: dict) -> Text:
