@@ -389,3 +389,36 @@ def test_the_cli_takes_overrides_space_separated_as_the_console_does(db_path) ->
     with Store(db_path) as store:
         spec = store.get_job(job).spec
     assert (spec["seconds"], spec["marker"], spec["fail"]) == (2, "a b", "no")
+
+
+async def test_the_baseline_dialog_queues_the_mel_statistics_baseline_without_a_panns_warning(env: dict,
+                                                                                              monkeypatch) -> None:
+    from textual.widgets import Checkbox, Input, Static
+
+    from engine.data.labels import FSD2019_CLASSES
+    from fsat_console.screens.infer import BaselineScreen
+    from tests.helpers.recording import record_run
+
+    monkeypatch.delenv("FSAT_PANNS_DIR", raising=False)
+    store = env["store"]
+    ds = store.register_dataset(env["data"], name="data", classes=FSD2019_CLASSES, n_curated=1)
+    record_run(store, env["tmp"] / "runs", "train-0001", dataset_id=ds, overrides=('model.arch="small"',), cv=0.5)
+    app = FsatConsole(env["db"], data_root=env["data"], poll_interval=0.1)
+    async with app.run_test(size=(120, 48)) as pilot:
+        app.open_run("train-0001")
+        await wait_until(pilot, lambda: getattr(app.screen, "detail", None) is not None, what="run screen")
+        await pilot.press("b")
+        await wait_until(pilot, lambda: isinstance(app.screen, BaselineScreen) and bool(app.screen.query("#melstats")),
+                         what="baseline dialog")
+        dialog = app.screen
+        warning = dialog.query_one("#encoder-error", Static)
+        assert warning.display  # the PANNs baseline has no encoder here
+        dialog.query_one("#melstats", Checkbox).focus()
+        await pilot.press("space")
+        await wait_until(pilot, lambda: not warning.display, what="no PANNs warning for mel statistics")
+        assert dialog.query_one("#c", Input).value == "0.3"  # the baseline_melstats preset's C
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: not isinstance(app.screen, BaselineScreen), what="queued at the first enter")
+    (job,) = store.list_jobs()
+    spec = store.get_job(job["id"]).spec
+    assert (job["kind"], spec["variant"], spec["C"]) == ("baseline", "mel_stats", 0.3)
