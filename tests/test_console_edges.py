@@ -422,3 +422,23 @@ async def test_the_baseline_dialog_queues_the_mel_statistics_baseline_without_a_
     (job,) = store.list_jobs()
     spec = store.get_job(job["id"]).spec
     assert (job["kind"], spec["variant"], spec["C"]) == ("baseline", "mel_stats", 0.3)
+
+
+def test_the_readme_sql_examples_name_no_run_and_print_rows_in_any_project(tmp_path, monkeypatch) -> None:
+    import re
+    import sqlite3
+    from pathlib import Path
+
+    from tests.helpers.worlds import fixed_console_db
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    block = next(b for b in readme.split("```bash")[1:] if "Runs by out-of-fold LWLRAP" in b).split("```")[0]
+    queries = re.findall(r'experiments\.db \\\n\s+"(.*?)"', block, flags=re.S)
+    assert len(queries) >= 8
+    assert not [q for q in queries if re.search(r"'[a-z]+-\d{4}'", q)]  # no run id of one project
+    db = tmp_path / "experiments.db"
+    fixed_console_db(db, monkeypatch)  # finished train runs with scores and epochs, one tagged best; no curriculum
+    with sqlite3.connect(db) as conn:
+        for query in queries:
+            rows = conn.execute(query).fetchall()
+            assert rows or "curriculum" in query, query
