@@ -11,6 +11,17 @@ from fsat_console.widgets.live_table import LiveTable
 from tests.helpers.console import screen_text, table
 from tests.helpers.processes import process_alive, run_cli
 from tests.helpers.waiting import wait_until
+from tests.test_console import append
+
+
+async def open_dialog_from_run(pilot, app, run_id: str, key: str, dialog_type, field: str):
+    """Open the run screen of ``run_id``, press ``key``, wait until the dialog shows ``#field``; returns it."""
+    app.open_run(run_id)
+    await wait_until(pilot, lambda: getattr(app.screen, "detail", None) is not None, what="run screen")
+    await pilot.press(key)
+    await wait_until(pilot, lambda: isinstance(app.screen, dialog_type) and bool(app.screen.query(f"#{field}")),
+                     what=f"dialog with #{field}")
+    return app.screen
 
 
 async def open_compare(pilot, app, run_ids: list[str]) -> CompareScreen:
@@ -39,13 +50,6 @@ async def test_tab_on_the_compare_screen_reaches_the_runs_table_so_p_pins_a_base
         await pilot.press("p")
         await wait_until(pilot, lambda: screen.comp.baseline == "train-0002", what="new baseline")
         assert app.pinned_run == "train-0002"
-
-
-def append(path, text: str) -> None:
-    """Append as the worker does: its own handle, flushed."""
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
 
 
 async def test_job_details_follow_the_log_after_a_requeue_and_the_status_line_stays_live(env: dict) -> None:
@@ -268,12 +272,7 @@ async def test_the_inference_dialog_and_the_ensemble_screen_queue_with_a_priorit
     store = world["store"]
     app = FsatConsole(world["db"], poll_interval=0.1)
     async with app.run_test(size=(160, 48)) as pilot:
-        app.open_run("train-0001")
-        await wait_until(pilot, lambda: getattr(app.screen, "detail", None) is not None, what="run screen")
-        await pilot.press("i")
-        await wait_until(pilot, lambda: isinstance(app.screen, InferScreen) and bool(app.screen.query("#priority")),
-                         what="infer dialog with a priority field")
-        dialog = app.screen
+        dialog = await open_dialog_from_run(pilot, app, "train-0001", "i", InferScreen, "priority")
         dialog.query_one("#priority", Input).value = "x"
         await pilot.press("enter")
         await wait_until(pilot, lambda: "whole number" in str(dialog.query_one("#priority-error").render()),
@@ -405,12 +404,7 @@ async def test_the_baseline_dialog_queues_the_mel_statistics_baseline_without_a_
     record_run(store, env["tmp"] / "runs", "train-0001", dataset_id=ds, overrides=('model.arch="small"',), cv=0.5)
     app = FsatConsole(env["db"], data_root=env["data"], poll_interval=0.1)
     async with app.run_test(size=(120, 48)) as pilot:
-        app.open_run("train-0001")
-        await wait_until(pilot, lambda: getattr(app.screen, "detail", None) is not None, what="run screen")
-        await pilot.press("b")
-        await wait_until(pilot, lambda: isinstance(app.screen, BaselineScreen) and bool(app.screen.query("#melstats")),
-                         what="baseline dialog")
-        dialog = app.screen
+        dialog = await open_dialog_from_run(pilot, app, "train-0001", "b", BaselineScreen, "melstats")
         warning = dialog.query_one("#encoder-error", Static)
         assert warning.display  # the PANNs baseline has no encoder here
         dialog.query_one("#melstats", Checkbox).focus()
