@@ -69,7 +69,7 @@ from engine.reporting.cli import add_parser as add_report_parser
 from engine.runs.reports import tta_gain_report
 from engine.specs import ENSEMBLE_METHODS
 from engine.sweep_cli import add_parser as add_sweep_parser
-from engine.store import FINISHED_STATES, JOB_STATES, OOF, Store, default_db_path
+from engine.store import FINISHED_STATES, JOB_STATES, OOF, Store, default_db_path, runs_root
 
 
 class _Console(Console):
@@ -283,7 +283,7 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 def _queue_overrides(args: argparse.Namespace) -> list[str]:
     """``--set`` overrides plus the positional run ids of ``queue infer`` / ``queue ensemble`` / ``queue curriculum``."""
-    overrides = list(args.set or [])
+    overrides = [token for text in (args.set or []) for token in intake.split_overrides(text)]
     targets = list(args.targets or [])
     if args.kind == "infer":
         if len(targets) > 1:
@@ -669,10 +669,11 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
-    from engine.presets import list_presets
+    from engine.presets import list_presets, preset_kind
 
-    rows = [{"name": k, "path": str(v)} for k, v in sorted(list_presets().items())]
-    _emit(args, rows, "presets", ["name", "path"])
+    rows = [{"name": k, "kind": preset_kind(v), "about": intake.preset_about(v), "path": str(v)}
+            for k, v in sorted(list_presets().items())]
+    _emit(args, rows, "presets", ["name", "kind", "about", "path"])
     return 0
 
 
@@ -705,6 +706,11 @@ def cmd_show(args: argparse.Namespace) -> int:
                      ["method", "oof_lwlrap", "raw_oof_lwlrap", "test_lwlrap", "note"])
     if run.get("warning"):
         console.print(f"[bold yellow]warning:[/] {run['warning']}", highlight=False)
+    from engine.compare import config_lines
+
+    console.print("[bold]config[/] (runs/<id>/config.json)", highlight=False)
+    console.print("\n".join("  " + line for line in config_lines(run.get("config") or {})), highlight=False,
+                  markup=False, soft_wrap=True)
     scope = "out-of-fold" if fold == OOF else f"fold {fold}"
     ranked = sorted(classes, key=lambda r: (r["lrap"] is None, -(r["lrap"] or 0)))
     _print_table(f"classes ({scope}, by LRAP)", ranked, ["class_idx", "class_name", "lrap", "weight", "n_pos"])
@@ -722,18 +728,66 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_wait(args: argparse.Namespace) -> int:
-    """Wait until a job ends; exit 0 when done, 1 otherwise."""
+    """Wait until a job ends; exit 0 when done, 1 otherwise. ``--follow`` prints its progress and job.log meanwhile.
+
+    Output that goes nowhere any more (``| head``) ends the command quietly, exit 1.
+    """
+    try:
+        return _wait(args)
+    except BrokenPipeError:
+        # Python would complain again when it flushes stdout at exit: point stdout at /dev/null first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _wait(args: argparse.Namespace) -> int:
+    from engine.worker import run_id_for
+
     with _read(args) as store:
         deadline = time.monotonic() + args.timeout if args.timeout else None
+        log = _LogFollower() if args.follow else None
+        shown = None
         while True:
             job = store.get_job(args.job_id)
+            if log is not None:
+                # The worker writes job.log in the run folder it names after the job (engine.worker).
+                log.path = runs_root(store.path) / run_id_for(job) / "job.log"
+                for line in log.new_lines():
+                    print(line, flush=True)
+                progress = (job.status, round(job.progress * 100), job.message)
+                if job.status not in FINISHED_STATES and progress != shown:
+                    shown = progress
+                    print(f"job {job.id}: {job.status} {progress[1]}% {job.message or ''}".rstrip(), flush=True)
             if job.status in FINISHED_STATES:
-                print(f"job {job.id}: {job.status} {job.error or job.message}")
+                print(f"job {job.id}: {job.status} {job.error or job.message}", flush=True)
                 return 0 if job.status == "done" else 1
             if deadline and time.monotonic() > deadline:
-                print(f"job {job.id}: still {job.status} after {args.timeout}s")
+                print(f"job {job.id}: still {job.status} after {args.timeout}s", flush=True)
                 return 1
-            time.sleep(1.0)
+            time.sleep(0.5 if log is not None else 1.0)
+
+
+class _LogFollower:
+    """The complete lines appended to a file since the last look (the file may appear later)."""
+
+    def __init__(self) -> None:
+        self.path: Path | None = None
+        self.offset = 0
+        self.partial = b""
+
+    def new_lines(self) -> list[str]:
+        """Lines written since the last call; a line without its newline yet waits for the next."""
+        try:
+            with open(self.path, "rb") as fh:
+                if os.fstat(fh.fileno()).st_size < self.offset:
+                    self.offset, self.partial = 0, b""  # truncated: from its start again
+                fh.seek(self.offset)
+                data = fh.read()
+        except (OSError, TypeError):
+            return []
+        self.offset += len(data)
+        *complete, self.partial = (self.partial + data).split(b"\n")
+        return [line.decode("utf-8", errors="replace").rstrip("\r").rsplit("\r", 1)[-1] for line in complete]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -779,7 +833,8 @@ def build_parser() -> argparse.ArgumentParser:
                    + " (for a curriculum, the teacher's dataset, checked)")
     p.add_argument("--preset", help="preset name under configs/ (see `fsat presets`)")
     p.add_argument("--config", type=Path, help="a TOML config file")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting, e.g. train.epochs=3")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override settings, e.g. train.epochs=3; several in one value are split on spaces "
+                        "outside quotes and brackets, as the console's overrides field does")
     p.add_argument("--name", help="run name")
     p.add_argument("--priority", type=_whole, default=0, help="higher runs first")
 
@@ -873,6 +928,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("wait", cmd_wait, "wait for a job to end (exit 0 when done)")
     p.add_argument("job_id", type=_whole)
+    p.add_argument("--follow", "-f", action="store_true",
+                   help="meanwhile print the job's progress when it changes and each new line of its job.log")
     p.add_argument("--timeout", type=float, default=0)
 
     p = add("workers", cmd_workers, "list live workers", listing=True)

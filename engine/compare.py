@@ -36,6 +36,11 @@ def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def config_lines(config: dict) -> list[str]:
+    """A run's whole config, one ``key = value`` line per setting, sorted: the ``--set`` form of each."""
+    return [f"{key} = {json.dumps(value)}" for key, value in sorted(flatten(config or {}).items())]
+
+
 def config_diff(configs: Sequence[dict]) -> list[tuple[str, list[Any]]]:
     """``(key, [value per run])`` for the settings that differ between runs (missing = None), sorted by key."""
     flat = [flatten(c or {}) for c in configs]

@@ -60,6 +60,8 @@ class Field:
     #: architecture before its "-"), "contains" (substring), "number", "time", "tag"
     kind: str
     about: str = ""
+    #: The only values a text field holds (compared ignoring case); another is an error naming them.
+    choices: tuple[str, ...] = ()
 
 
 #: Run fields, against ``runs r`` (the store's run queries alias the table as ``r``).
@@ -68,7 +70,8 @@ RUN_FIELDS: dict[str, Field] = {
     "name": Field("r.name", "contains", "run name (contains)"),
     "model": Field("r.model", "model", "model: the architecture (cnn14) or the whole label (cnn14-64mel)"),
     "kind": Field("r.kind", "text", ", ".join(RUN_KINDS)),
-    "status": Field("r.status", "text", "running, done, failed, cancelled, interrupted"),
+    "status": Field("r.status", "text", "running, done, failed, cancelled, interrupted",
+                    ("running", "done", "failed", "cancelled", "interrupted")),
     "cv": Field("r.cv_lwlrap", "number", "out-of-fold (CV) LWLRAP"),
     "test": Field("r.test_lwlrap", "number", "test LWLRAP"),
     "seed": Field("r.seed", "number", "seed"),
@@ -90,7 +93,8 @@ JOB_FIELDS: dict[str, Field] = {
     "id": Field("j.id", "number", "job id"),
     "kind": Field("j.kind", "text", ", ".join(KINDS)),
     "name": Field("j.name", "contains", "job name (contains)"),
-    "status": Field("j.status", "text", "queued, running, done, failed, cancelled"),
+    "status": Field("j.status", "text", "queued, running, done, failed, cancelled",
+                    ("queued", "running", "done", "failed", "cancelled")),
     "run": Field("j.run_id", "ident", "the run it produces"),
     "priority": Field("j.priority", "number", "priority"),
     "progress": Field("j.progress", "number", "progress 0-1"),
@@ -303,6 +307,8 @@ class _Compiler:
             return f"{spec.sql} {sql_op} {self.param(moment)}"
         if op in (">", ">=", "<", "<="):
             raise FilterError(f"filter: {where}: {key} is text; use ':' or '!='")
+        if spec.choices and "*" not in value and value.lower() not in spec.choices:
+            raise FilterError(f"filter: {where}: {key} is one of {', '.join(spec.choices)}")
         if spec.kind == "tag":
             cmp = self.text_cmp("t.tag", value)
             sql = spec.sql.format(cmp=cmp)

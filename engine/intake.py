@@ -332,3 +332,52 @@ def submit(store: "Store", prepared: PreparedJob, *, name: str | None = None, pr
 __all__ = ["DATA_ROOT_FILES", "FOLD_CHECKPOINT_KINDS", "KINDS", "RUN_KINDS", "TEST_SCORE_KINDS", "JobKind",
            "PreparedJob", "can_embed_baseline", "named_runs", "parent_jobs", "check_data_root", "default_run_id", "has_fold_checkpoints",
            "job_kind", "missing_root_files", "pending_runs", "prepare", "submit"]
+
+
+def split_overrides(text: str) -> list[str]:
+    """Split ``a=1 b=[0, 1] name="my run"`` on spaces outside brackets and quotes.
+
+    The one rule for overrides typed as text: the console's overrides field and
+    each ``fsat queue --set`` value (so ``--set "a=1 b=2"`` is two overrides).
+    """
+    tokens: list[str] = []
+    current: list[str] = []
+    depth = 0
+    quote: str | None = None
+    for ch in text:
+        if quote:
+            current.append(ch)
+            if ch == quote:
+                quote = None
+            continue
+        if ch in "\"'":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+        elif ch.isspace() and depth == 0:
+            if current:
+                tokens.append("".join(current))
+                current = []
+            continue
+        current.append(ch)
+    if current:
+        tokens.append("".join(current))
+    return tokens
+
+
+def preset_about(path: Path, limit: int = 240) -> str:
+    """The preset's opening comment block (what it is for), joined into one line."""
+    lines: list[str] = []
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                line = line.strip()
+                if not line.startswith("#"):
+                    break
+                lines.append(line.lstrip("#").strip())
+    except OSError:
+        return ""
+    text = " ".join(x for x in lines if x)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -37,7 +37,7 @@ from engine.store import Store, StoreError, default_db_path, runs_root
 from fsat_console.commands import JobCommands, RunCommands
 from fsat_console.screens.sweep import SweepCommands
 from fsat_console.key_pump import KeyPump
-from fsat_console.live import (DEFAULT_JOB_VIEW, DEFAULT_RUN_VIEW, LiveError, LiveUpdate, Overview, OverviewChanged,
+from fsat_console.live import (LiveError, LiveUpdate, Overview, OverviewChanged,
                                Poller, RunDetailChanged, TableView, describe_error)
 from fsat_console.screens.confirm import ConfirmScreen
 from fsat_console.screens.demo import DemoScreen, demo_state
@@ -49,6 +49,7 @@ from fsat_console.screens.job import JobScreen
 from fsat_console.screens.main import MainScreen
 from fsat_console.screens.queue import QueueScreen
 from fsat_console.widgets.status import WorkerStatus
+from fsat_console.state import ConsoleState, load_state, state_path
 from fsat_console.worker_process import WorkerProcess, worker_log_path
 
 if TYPE_CHECKING:
@@ -104,12 +105,14 @@ class FsatConsole(App):
         self.db_path = Path(db_path).expanduser().resolve()
         #: True when this console created the database file (it says where, once it is up).
         self.created_db = not self.db_path.exists()
-        self.run_view: TableView = DEFAULT_RUN_VIEW
-        self.job_view: TableView = DEFAULT_JOB_VIEW
+        # The tables' views, the pinned and the marked runs: as the last console on this database left them.
+        kept = load_state(state_path(self.db_path))
+        self.run_view: TableView = kept.run_view
+        self.job_view: TableView = kept.job_view
         #: The run deltas are taken against (``p`` pins it), and the runs marked for comparison.
-        self.pinned_run: str | None = None
-        self.pinned_cv: float | None = None
-        self.marked_runs: list[str] = []
+        self.pinned_run: str | None = kept.pinned_run
+        self.pinned_cv: float | None = kept.pinned_cv
+        self.marked_runs: list[str] = kept.marked_runs
         #: A job just queued: the jobs table moves its cursor there once it shows it.
         self.select_job: int | None = None
         #: What quitting did to the worker this console started (printed after the console closes).
@@ -156,6 +159,7 @@ class FsatConsole(App):
                         "Quit and start with --db PATH (or set FSAT_DB) to use another.",
                         title="New database", timeout=12, markup=False)
         self._start_poll()
+        self.adopt_left_worker()
         if self.start_worker_on_mount:
             self.ensure_worker()
         if self.demo:
@@ -174,6 +178,11 @@ class FsatConsole(App):
     def on_unmount(self) -> None:
         """Close the connections; a busy worker the console started keeps running."""
         self._unmounted = True
+        try:
+            ConsoleState(self.pinned_run, self.pinned_cv, list(self.marked_runs), self.run_view,
+                         self.job_view).save(state_path(self.db_path))
+        except OSError:
+            pass  # a read-only folder: the next console starts from the defaults
         if self._frozen:
             import gc
 
@@ -363,6 +372,16 @@ class FsatConsole(App):
             self.call_from_thread(self._worker_started)
         elif announce:
             self.call_from_thread(self.notify, not_started)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="adopt")
+    def adopt_left_worker(self) -> None:
+        """Take over a worker an earlier console left busy, and say so."""
+        try:
+            told = self.engine_worker.adopt_left(self.store)
+        except sqlite3.Error:
+            return  # the poller reports an unreadable database
+        if told:
+            self.call_from_thread(self.notify, told, title="Worker", timeout=10, markup=False)
 
     def _worker_started(self) -> None:
         self.notify(f"Started a worker (pid {self.engine_worker.pid}); its log is {self.worker_log}",

@@ -106,6 +106,8 @@ class Candidate:
     dataset_id: int | None
     run_dir: Path
     has_test: bool
+    #: The run it was made from (a TTA run's trained run), if any.
+    parent: str | None = None
 
     @property
     def oof_path(self) -> Path:
@@ -153,7 +155,8 @@ def find_candidates(store: Any, runs: Sequence[dict], db_path: Path,
         found.append(Candidate(run_id=run_id, name=r.get("name") or "", kind=r.get("kind") or "",
                                model=r.get("model") or "", cv_lwlrap=r.get("cv_lwlrap"),
                                dataset_id=None if dataset_id is None else int(dataset_id),
-                               run_dir=run_dir, has_test=(run_dir / "test.npy").is_file()))
+                               run_dir=run_dir, has_test=(run_dir / "test.npy").is_file(),
+                               parent=r.get("parent_run_id")))
     return found, datasets
 
 
@@ -404,22 +407,35 @@ class BlendBench:
         outcome.seconds = time.perf_counter() - t0
         return outcome
 
-    def greedy(self, dataset: dict, candidates: Sequence[Candidate], *, method: str, calibrate: bool = True,
+    def greedy(self, dataset: dict, candidates: Sequence[Candidate], *, calibrate: bool = True,
                folds: dict[str, int] | None = None,
                max_steps: int = GREEDY_STEPS) -> tuple[dict[str, float], list[float], dict[str, str]]:
-        """Greedy forward selection (with replacement) over every usable candidate.
+        """Greedy forward selection (with replacement) over every usable candidate, scored with ``auto``.
 
-        Returns member -> pick count (the weights), the OOF LWLRAP after each
-        pick (the blend's own score, cross-fitted over ``folds``, as the
-        ensemble job scores it; ``best`` selects as ``auto``), and the
+        Every step takes the best blend method (``auto``), whatever method was
+        shown before, so the picks do not depend on an earlier choice; the
+        blend of the picks is then an ``auto`` blend. Left out: runs without
+        ``test.npy`` (their blend could write no submission) and a trained run
+        whose TTA run is a candidate too (the two are nearly the same scores;
+        the TTA run stands for it). Returns member -> pick count (the
+        weights), the OOF LWLRAP after each pick (the blend's own score,
+        cross-fitted over ``folds``, as the ensemble job scores it), and the
         candidates left out with why (in a few words).
         """
-        from engine.ensemble import Member, greedy_forward_selection
+        from engine.ensemble import AUTO, Member, greedy_forward_selection
 
         truth = self.truth(dataset)
         usable: list[tuple[Candidate, Any]] = []
         problems: dict[str, str] = {}
+        ids = {c.run_id for c in candidates}
+        tta_of = {c.parent: c.run_id for c in candidates if c.kind == "infer" and c.parent in ids}
         for candidate in candidates:
+            if not candidate.has_test:
+                problems[candidate.run_id] = "no test.npy: no submission"
+                continue
+            if candidate.run_id in tta_of:
+                problems[candidate.run_id] = f"its TTA run {tta_of[candidate.run_id]} stands for it"
+                continue
             try:
                 usable.append((candidate, self.member_oof(candidate, dataset, truth)[0]))
             except MemberProblem as problem:
@@ -428,7 +444,7 @@ class BlendBench:
             return {}, [], problems
         picks, _, history = greedy_forward_selection(
             [Member(c.run_id, a, None, c.cv_lwlrap) for c, a in usable], truth, max_steps=max_steps,
-            method="auto" if method == "best" else method, calibrate=calibrate,
+            method=AUTO, calibrate=calibrate,
             folds=self.fold_rows(dataset, folds))
         counts = Counter(usable[k][0].run_id for k in picks)
         return {run_id: float(n) for run_id, n in counts.items()}, history, problems

@@ -146,7 +146,7 @@ class CompareScreen(Screen):
         Binding("E", "export", "Export .md", tooltip="Write the whole comparison as Markdown beside the database"),
         Binding(REPORT_KEY, "report", "Report", show=False,
                 tooltip="Write the comparison as an HTML report with figures beside the database"),
-        Binding("tab", "focus_next", "Next table", show=False),
+        Binding("tab", "app.focus_next", "Next table", show=False),
         Binding("n", "noise", "Noise", show=False,
                 tooltip="Is each run's difference to the baseline larger than noise? A paired bootstrap over "
                         "clips, and the seed spread of the runs' seed groups (as fsat compare says)"),

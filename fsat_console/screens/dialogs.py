@@ -16,17 +16,19 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from pathlib import Path
 from typing import Any, ClassVar
 
 from rich.text import Text
 from textual import work
+from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widget import Widget
 from textual.widgets import Input, Label, Static
 
 from engine import intake
+from engine.intake import preset_about, split_overrides  # noqa: F401 (the dialogs' names for them)
 from engine.errors import ConfigError, FsatError, QueueFull
 from fsat_console.access import console
 from fsat_console.formatting import fmt_score
@@ -35,35 +37,6 @@ from fsat_console.formatting import fmt_score
 WAITING = "Waiting for the database: another process is writing to it..."
 #: The placeholder of a data root field.
 DATA_ROOT_HINT = "folder with sample_submission.csv and train_curated.csv"
-
-
-def split_overrides(text: str) -> list[str]:
-    """Split ``a=1 b=[0, 1] name="my run"`` on spaces outside brackets and quotes."""
-    tokens: list[str] = []
-    current: list[str] = []
-    depth = 0
-    quote: str | None = None
-    for ch in text:
-        if quote:
-            current.append(ch)
-            if ch == quote:
-                quote = None
-            continue
-        if ch in "\"'":
-            quote = ch
-        elif ch in "[{":
-            depth += 1
-        elif ch in "]}":
-            depth = max(0, depth - 1)
-        elif ch.isspace() and depth == 0:
-            if current:
-                tokens.append("".join(current))
-                current = []
-            continue
-        current.append(ch)
-    if current:
-        tokens.append("".join(current))
-    return tokens
 
 
 def override_keys(tokens: list[str]) -> list[str]:
@@ -79,22 +52,6 @@ def toml_value(value: object) -> str:
 def belongs_to(field: str, key: str) -> bool:
     """Whether the spec field ``field`` is ``key`` or inside it (``train.lr`` in ``train``, ``stages[1]`` in ``stages``)."""
     return field == key or field.startswith(key + ".") or field.startswith(key + "[")
-
-
-def preset_about(path: Path, limit: int = 240) -> str:
-    """The preset's opening comment block (what it is for), joined into one line."""
-    lines: list[str] = []
-    try:
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                line = line.strip()
-                if not line.startswith("#"):
-                    break
-                lines.append(line.lstrip("#").strip())
-    except OSError:
-        return ""
-    text = " ".join(x for x in lines if x)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def run_line(run: dict) -> Text:
@@ -171,6 +128,29 @@ class SpecDialog(ModalScreen[int | None]):
         self.priority = 0
         self._submitting = False
 
+    def priority_row(self, name_placeholder: str) -> ComposeResult:
+        """The priority (higher runs first) beside the job name, with the priority's error line under them."""
+        with Horizontal(classes="field-row"):
+            with Vertical(classes="field-box narrow"):
+                yield Label("Priority (higher first)", classes="field-label")
+                yield Input("0", type="integer", id="priority")
+            with Vertical(classes="field-box"):
+                yield Label("Job name", classes="field-label")
+                yield Input("", placeholder=name_placeholder, id="name")
+        yield Static("", id="priority-error", classes="field-error")
+
+    def check_priority(self) -> bool:
+        """Read the priority field, when the dialog has one: a whole number (empty = 0)."""
+        if "priority" not in self.FIELDS:
+            return True
+        text = self._value("priority") or "0"
+        try:
+            self.priority = int(text)
+        except ValueError:
+            self.set_error("priority", f"priority must be a whole number, got {text!r}")
+            return False
+        return True
+
     def _value(self, field: str) -> str:
         # A field in a nested row may be mounted a moment after the dialog itself.
         found = self.query(f"#{field}")
@@ -230,14 +210,19 @@ class SpecDialog(ModalScreen[int | None]):
     def field_for(self, err: ConfigError) -> str:
         """The error slot of a ConfigError: the overrides that set it, a field of the dialog, else the fallback."""
         field = err.field or ""
-        if "overrides" in self.FIELDS:
-            keys = override_keys(split_overrides(self._value("overrides")))
-            if field == "--set" or any(belongs_to(field, k) for k in keys):
-                return "overrides"
+        if "overrides" in self.FIELDS and (field == "--set" or self._override_key(field) is not None):
+            return "overrides"
         for key, slot in self.FIELD_SLOTS.items():
             if belongs_to(field, key):
                 return slot
         return self.FALLBACK
+
+    def _override_key(self, field: str) -> str | None:
+        """The key typed under "overrides" that set ``field``, or lies inside it (an unknown section), else None."""
+        for key in reversed(override_keys(split_overrides(self._value("overrides")))):
+            if belongs_to(field, key) or belongs_to(key, field):
+                return key
+        return None
 
     def show_config_error(self, err: ConfigError) -> None:
         """Put a ConfigError under its field and focus that field."""
@@ -245,7 +230,9 @@ class SpecDialog(ModalScreen[int | None]):
         if slot == self.FALLBACK:
             text = str(err)  # e.g. the preset file itself: name the file and the setting
         elif slot == "overrides" and err.field and err.field != "--set":
-            text = f"{err.field}: {err.reason}"
+            # Name the key as typed: an unknown section (``trian`` of ``trian.epochs``) is only part of it.
+            key = self._override_key(err.field)
+            text = f"{key if key and not belongs_to(err.field, key) else err.field}: {err.reason}"
         else:
             text = err.reason
         self.set_error(slot, text)
@@ -260,7 +247,8 @@ class SpecDialog(ModalScreen[int | None]):
         if self._submitting or self.queued_job is not None:
             return
         self.clear_errors()
-        if not self.check_fields():
+        fields_ok = self.check_fields()
+        if not (self.check_priority() and fields_ok):
             return
         try:
             prepared = self.prepare()

@@ -137,6 +137,10 @@ class MemberTable(LiveTable, inherit_bindings=False):
     BINDINGS = [b for b in DataTable.BINDINGS if not (isinstance(b, Binding) and b.key == "enter")]
 
 
+#: The priority ``P`` queues a blend at: a blend takes seconds, so it need not wait behind a long training.
+URGENT_PRIORITY = 10
+
+
 class EnsembleScreen(Screen):
     """Blend runs' out-of-fold scores from the keyboard and queue the result as an ensemble job."""
 
@@ -154,9 +158,12 @@ class EnsembleScreen(Screen):
         Binding("k", "toggle_calibrate", "Calibrate",
                 tooltip="Map the blend to probabilities with a per-class temperature and bias (on/off)"),
         Binding("g", "greedy", "Greedy",
-                tooltip=f"Greedy forward selection over all runs listed (up to {GREEDY_STEPS} picks)"),
+                tooltip=f"Greedy forward selection over all runs listed (up to {GREEDY_STEPS} picks), scored with "
+                "auto; runs without test.npy and a trained run beside its TTA run are left out"),
         Binding("ctrl+s,enter", "save", "Save",
                 tooltip="Queue an ensemble job with these members, weights, method and calibration"),
+        Binding("P", "toggle_priority", "Priority", show=False,
+                tooltip=f"Queue the blend at priority {URGENT_PRIORITY} (ahead of jobs at 0) or at 0 again"),
         Binding("d", "next_dataset", "Dataset", tooltip="Show the runs of the next dataset (clears the blend)"),
         Binding("s", "cycle_sort", "Sort", show=False, tooltip="Sort the runs by their next column"),
         Binding("S", "reverse_sort", "Reverse", show=False, tooltip="Reverse the sort of the runs"),
@@ -174,6 +181,8 @@ class EnsembleScreen(Screen):
         self.loaded = False
         self.list_problem: str | None = None
         self.greedy_running = False
+        #: The priority the blend is queued at (``P``).
+        self.priority = 0
         self._runs_key: str | None = None
         self._row_cache: dict[str, dict] = {}
         self._pending_key: tuple | None = None
@@ -361,6 +370,8 @@ class EnsembleScreen(Screen):
         if state.method == "auto" and outcome is not None and outcome.method:
             text.append(f" → {outcome.method}", style="bold cyan")
         text.append(f" · {'mapped to probabilities' if state.calibrate else 'ranks not mapped'}", style="cyan")
+        if self.priority:
+            text.append(f" · queued at priority {self.priority}", style="bold cyan")
         n = len(state.member_ids)
         if self.dataset:
             clips = f" ({outcome.n_clips} curated clips)" if outcome and outcome.n_clips else ""
@@ -638,16 +649,15 @@ class EnsembleScreen(Screen):
             return
         self.greedy_running = True
         self._render_panel()
-        self._greedy(self.dataset, sorted(candidates, key=lambda c: c.run_id), self.state.method)
+        self._greedy(self.dataset, sorted(candidates, key=lambda c: c.run_id))
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="ensemble-greedy")
-    def _greedy(self, dataset: dict, candidates: list[Candidate], method: str) -> None:
+    def _greedy(self, dataset: dict, candidates: list[Candidate]) -> None:
         """Run greedy selection in a thread (one at a time; the screen takes no changes meanwhile)."""
         bench = self.bench
         with bench.lock:
             try:
-                selection, history, problems = bench.greedy(dataset, candidates, method=method,
-                                                            calibrate=self.state.calibrate,
+                selection, history, problems = bench.greedy(dataset, candidates, calibrate=self.state.calibrate,
                                                             folds=self._stored_folds(dataset["id"]))
             except Exception as err:  # shown in the panel, never a traceback
                 self.post_message(GreedyDone({}, [], {}, error=f"greedy selection failed: {err}"))
@@ -665,12 +675,18 @@ class EnsembleScreen(Screen):
             self._changed()
             return
         self.state.set_weights(message.selection)
+        self.state.method = "auto"  # what the picks were scored with (BlendBench.greedy)
         picks = int(sum(message.selection.values()))
         self.notify(f"{picks} picks → {len(message.selection)} members; OOF LWLRAP of the picks' blend "
                     f"{message.history[-1]:.4f}", title="Greedy selection", markup=False)
         self._changed()
 
     # -- save -----------------------------------------------------------------------------------
+
+    def action_toggle_priority(self) -> None:
+        """Queue the blend ahead of jobs at priority 0, or at 0 again."""
+        self.priority = 0 if self.priority else URGENT_PRIORITY
+        self._render_panel()
 
     def action_save(self) -> None:
         """Queue an ensemble job with exactly this blend."""
@@ -690,7 +706,7 @@ class EnsembleScreen(Screen):
     @work(thread=True, exclusive=True, exit_on_error=False, group="ensemble-save")
     def _enqueue(self, spec: dict, name: str) -> None:
         """Insert the job (a short write transaction) off the UI thread."""
-        job_id, problem = try_enqueue(console(self).store, "ensemble", spec, name=name)
+        job_id, problem = try_enqueue(console(self).store, "ensemble", spec, name=name, priority=self.priority)
         if job_id is None:
             self.post_message(EnsembleQueued(None, error=f"Ensemble not queued. {problem}"))
             return

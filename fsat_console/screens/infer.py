@@ -27,6 +27,8 @@ from fsat_console.screens.dialogs import SpecDialog, preset_about, run_line, spl
 #: The presets these dialogs start from.
 TTA_PRESET = "tta"
 BASELINE_PRESET = "baseline"
+#: The baseline that needs no pretrained encoder: mean, std and max of each log-mel bin.
+MELSTATS_PRESET = "baseline_melstats"
 
 
 class SplitBox(Checkbox, inherit_bindings=False):
@@ -39,7 +41,7 @@ class InferScreen(SpecDialog):
     """Queue inference of a trained run with test-time augmentation, over the ``tta`` preset."""
 
     KIND = "infer"
-    FIELDS = ("tta-crops", "tta-crops-long", "long-seconds", "splits", "name", "queue")
+    FIELDS = ("tta-crops", "tta-crops-long", "long-seconds", "splits", "priority", "name", "queue")
     FIELD_SLOTS = {"infer.tta_crops": "tta-crops", "infer.tta_crops_long": "tta-crops-long",
                    "infer.long_seconds": "long-seconds", "splits": "splits"}
 
@@ -89,8 +91,7 @@ class InferScreen(SpecDialog):
                                id="split-oof")
                 yield SplitBox("test (submission)", "test" in self.defaults.splits, id="split-test")
             yield Static("", id="splits-error", classes="field-error")
-            yield Label("Job name", classes="field-label")
-            yield Input("", placeholder=f"default: {self.run_id} tta<K>", id="name")
+            yield from self.priority_row(f"default: {self.run_id} tta<K>")
             yield Static("", id="name-error", classes="field-error")
             yield Static("", id="queue-error", classes="field-error")
             yield Static("[b]enter[/b] queue   [b]tab[/b] next field   [b]space[/b] toggle a split   "
@@ -165,7 +166,7 @@ class BaselineScreen(SpecDialog):
     """Queue the embeddings + logistic-regression baseline on a dataset, over the ``baseline`` preset."""
 
     KIND = "baseline"
-    FIELDS = ("data-root", "c", "encoder", "overrides", "queue")
+    FIELDS = ("data-root", "c", "encoder", "overrides", "priority", "queue")
     FIELD_SLOTS = {"data.root": "data-root", "C": "c", "encoder_run_id": "encoder"}
 
     def __init__(self, *, data_root: str, dataset_name: str = "", encoder_run_id: str = "",
@@ -178,19 +179,49 @@ class BaselineScreen(SpecDialog):
         self.root_problem = root_problem
         #: The missing-checkpoint warning was shown once; enter again queues anyway.
         self.checkpoint_warned = False
-        self.preset = BASELINE_PRESET if BASELINE_PRESET in presets.list_presets() else None
+        self._read_preset(BASELINE_PRESET)
+
+    def _read_preset(self, name: str) -> None:
+        """Take the preset ``name`` (``baseline`` or ``baseline_melstats``) and its defaults."""
+        self.preset = name if name in presets.list_presets() else None
         self.defaults = specs.BaselineSpec()
         self.preset_problem = ""
         try:
             # The root only has to be non-empty here: this reads the preset's defaults.
             self.defaults = presets.resolve_spec("baseline", preset=self.preset,
-                                               overrides=[f"data.root={toml_value(data_root or '-')}"])
+                                               overrides=[f"data.root={toml_value(self.initial_root or '-')}"])
         except ConfigError as err:
             self.preset_problem = str(err)
         if self.preset is None:
             where = ", ".join(str(d) for d in presets.configs_dirs())
-            self.preset_problem = (f"no preset named {BASELINE_PRESET!r} (looked in {where}); "
+            self.preset_problem = (f"no preset named {name!r} (looked in {where}); "
                                    "the built-in baseline defaults are used")
+
+    @property
+    def needs_encoder(self) -> bool:
+        """Whether the chosen baseline embeds clips with a pretrained encoder (mel statistics do not)."""
+        return getattr(self.defaults, "variant", "") != "mel_stats"
+
+    def _encoder_warning(self) -> None:
+        """Warn at once when the chosen baseline needs an encoder and none is configured."""
+        missing = panns_checkpoint_problem(str(getattr(self.defaults, "checkpoint", "") or ""),
+                                           self._value("encoder") if self.is_mounted else self.initial_encoder)
+        self.set_error("encoder", missing.replace(" Enter again queues anyway.", "")
+                       if missing and self.needs_encoder else "")
+
+    def on_checkbox_changed(self, event: Checkbox.Changed) -> None:
+        """The mel-statistics box switches between the two baseline presets (C follows the preset)."""
+        if event.checkbox.id != "melstats":
+            return
+        self._read_preset(MELSTATS_PRESET if event.value else BASELINE_PRESET)
+        self.query_one("#c", Input).value = f"{self.defaults.C:g}"
+        about = self.query_one("#preset-about", Static)
+        about.update(Text(preset_about(presets.list_presets()[self.preset]) if self.preset else "", style="italic"))
+        problem = self.query_one("#preset-error", Static)
+        problem.update(Text(self.preset_problem))
+        problem.display = bool(self.preset_problem)
+        self.checkpoint_warned = False
+        self._encoder_warning()
 
     def compose(self) -> ComposeResult:
         """Title, the dataset root, C, the fallback encoder run, overrides."""
@@ -200,6 +231,8 @@ class BaselineScreen(SpecDialog):
             about = preset_about(presets.list_presets()[self.preset]) if self.preset else ""
             yield Static(Text(about, style="italic"), id="preset-about")
             yield Static(Text(self.preset_problem), id="preset-error", classes="field-error")
+            yield SplitBox(f"mel statistics: no pretrained encoder needed ({MELSTATS_PRESET})", False,
+                           id="melstats")
             yield Label("Data root", classes="field-label")
             yield Input(self.initial_root, placeholder="folder with sample_submission.csv and train_curated.csv",
                         id="data-root")
@@ -217,13 +250,15 @@ class BaselineScreen(SpecDialog):
             yield Label("Overrides", classes="field-label")
             yield Input("", placeholder="key=value …  e.g. batch_size=8 device=\"cpu\"", id="overrides")
             yield Static("", id="overrides-error", classes="field-error")
+            yield from self.priority_row("optional")
             yield Static("", id="queue-error", classes="field-error")
             yield Static("[b]enter[/b] queue   [b]tab[/b] next field   [b]esc[/b] close", classes="dialog-keys")
 
     def confirm(self, prepared: intake.PreparedJob) -> bool:
         """Without any encoder (no PANNs checkpoint, no encoder run), warn once before queueing."""
         spec = prepared.spec
-        missing = panns_checkpoint_problem(spec.checkpoint, spec.encoder_run_id)
+        needs_encoder = getattr(spec, "variant", "") != "mel_stats"  # the spec as queued: overrides count
+        missing = panns_checkpoint_problem(spec.checkpoint, spec.encoder_run_id) if needs_encoder else None
         if missing and not self.checkpoint_warned:
             self.checkpoint_warned = True
             self.set_error("encoder", missing)
@@ -236,9 +271,7 @@ class BaselineScreen(SpecDialog):
         self.query_one("#preset-error", Static).display = bool(self.preset_problem)
         if self.root_problem:
             self.set_error("data-root", self.root_problem)
-        missing = panns_checkpoint_problem(str(getattr(self.defaults, "checkpoint", "") or ""), self.initial_encoder)
-        if missing:
-            self.set_error("encoder", missing.replace(" Enter again queues anyway.", ""))
+        self._encoder_warning()
         self.query_one("#data-root", Input).focus()
 
     def request(self) -> dict:

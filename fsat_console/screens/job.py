@@ -18,6 +18,7 @@ from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
+from engine.errors import FsatError
 from fsat_console.access import console
 from fsat_console.formatting import fmt_duration, job_times, status_text
 from fsat_console.live import OverviewChanged
@@ -106,6 +107,14 @@ class FoldsLoaded(Message, bubble=False):
         self.rows = rows
 
 
+class JobRowLoaded(Message, bubble=False):
+    """The job's row read from the database, for a job that is off the jobs table's page."""
+
+    def __init__(self, row: dict) -> None:
+        super().__init__()
+        self.row = row
+
+
 class JobScreen(ModalScreen[str | None]):
     """Dismisses with the job's run id when the user asks to open it (``o``).
 
@@ -190,12 +199,36 @@ class JobScreen(ModalScreen[str | None]):
         self._load_folds(int(self.job["id"]))
 
     def on_overview_changed(self, message: OverviewChanged) -> None:
-        """A poll's job row: refresh the summary, and find the log once the job has a run."""
+        """A poll's job row: refresh the summary, and find the log once the job has a run.
+
+        The status line of the screen behind stays live too (only the top screen hears of polls).
+        A job off the jobs table's page (a filter, a requeue that moved it) is read on its own.
+        """
         if not self.is_mounted:
             return
+        if len(self.app.screen_stack) > 1:
+            console(self).refresh_status(self.app.screen_stack[-2])
         row = message.overview.job(self.job["id"])
         if row is None:
+            self._load_row(int(self.job["id"]))
             return
+        self._show_row(row)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="job-row")
+    def _load_row(self, job_id: int) -> None:
+        """Read the job's row off the UI thread."""
+        try:
+            row = dict(vars(console(self).store.get_job(job_id)))
+        except (FsatError, sqlite3.Error):
+            return  # deleted, or a busy moment: the next poll tries again
+        self.post_message(JobRowLoaded(row))
+
+    def on_job_row_loaded(self, message: JobRowLoaded) -> None:
+        """Show the row read on its own."""
+        if self.is_mounted:
+            self._show_row(message.row)
+
+    def _show_row(self, row: dict) -> None:
         self.job.update(row)
         self.query_one("#job-summary", Static).update(job_summary(self.job))
         self.query_one("#job-keys", Static).update(self._keys())

@@ -35,20 +35,21 @@ from fsat_console.widgets.live_table import Cell, ColumnSpec, LiveTable, num_cel
 from fsat_console.widgets.status import WorkerStatus
 
 RUN_COLUMNS = (
+    # At 160 columns everything up to the note is on screen; tags and the mean fold are a scroll away.
     ColumnSpec("mark", " ", sortable=False, width=2),
     ColumnSpec("run_id", "run"),
-    ColumnSpec("name", "name", width=22, shrink=True),
+    ColumnSpec("name", "name", width=16, shrink=True),
     ColumnSpec("status", "status", width=13),
     ColumnSpec("cv", "CV LWLRAP", descending_first=True, width=9),
-    ColumnSpec("delta", "Δ base", descending_first=True, width=8),
+    ColumnSpec("delta", "Δ base", descending_first=True, width=7),
+    ColumnSpec("test", "test", descending_first=True, width=6),
     ColumnSpec("folds", "folds", descending_first=True, width=5),
     ColumnSpec("model", "model"),
-    ColumnSpec("tags", "tags", width=16, shrink=True),
-    ColumnSpec("test", "test LWLRAP", descending_first=True, width=11),
-    ColumnSpec("mean_fold", "mean fold", descending_first=True, width=9),
     ColumnSpec("created", "started", descending_first=True, width=11),
     ColumnSpec("duration", "time", descending_first=True, width=7),
-    ColumnSpec("note", "note", sortable=False, width=30, shrink=True),
+    ColumnSpec("note", "note", sortable=False, width=20, shrink=True),
+    ColumnSpec("tags", "tags", width=16, shrink=True),
+    ColumnSpec("mean_fold", "mean fold", descending_first=True, width=9),
 )
 
 JOB_COLUMNS = (
@@ -106,18 +107,18 @@ def run_rows(runs: list[dict], *, pinned: str | None = None, pinned_cv: float | 
         rows.append((run_id, [
             Cell(mark, style="bold cyan"),
             Cell(run_id, sort_key=run_id),
-            Cell(shorten(r.get("name"), 22), sort_key=(r.get("name") or "").lower()),
+            Cell(shorten(r.get("name"), 16), sort_key=(r.get("name") or "").lower()),
             Cell(status.plain, style=str(status.style), sort_key=_STATUS_ORDER.get(r["status"], 9)),
             num_cell(fmt_score(cv), cv, cv_style),
             delta_cell,
+            num_cell(fmt_score(r.get("test_lwlrap")), r.get("test_lwlrap")),
             num_cell(str(r.get("folds_done") or 0), r.get("folds_done") or 0),
             Cell(r.get("model") or "—", sort_key=r.get("model") or ""),
-            Cell(shorten(r.get("tags"), 16), style="magenta", sort_key=r.get("tags")),
-            num_cell(fmt_score(r.get("test_lwlrap")), r.get("test_lwlrap")),
-            num_cell(fmt_score(r.get("mean_fold_lwlrap")), r.get("mean_fold_lwlrap")),
             Cell(local_stamp(created), sort_key=created),
             num_cell(fmt_duration(duration), duration),
-            Cell(shorten(r.get("note"), 30), style="italic"),
+            Cell(shorten(r.get("note"), 20), style="italic"),
+            Cell(shorten(r.get("tags"), 16), style="magenta", sort_key=r.get("tags")),
+            num_cell(fmt_score(r.get("mean_fold_lwlrap")), r.get("mean_fold_lwlrap")),
         ]))
     return rows
 
@@ -242,6 +243,7 @@ class MainScreen(Screen):
         app = console(self)
         self.runs_table.sort_column, self.runs_table.sort_reverse = self._column_for(app.run_view, RUN_SORT,
                                                                                      "created")
+        self.jobs_table.sort_column, self.jobs_table.sort_reverse = self._column_for(app.job_view, JOB_SORT, "id")
         self.runs_table.focus()
         # Forced: a poll may have filled the tables before this handler set their plain titles.
         self.show_overview(console(self).overview, force=True)

@@ -161,18 +161,11 @@ class QueueScreen(SpecDialog):
     # -- what to queue ----------------------------------------------------------------
 
     def check_fields(self) -> bool:
-        """A preset is chosen and the priority is a whole number."""
-        ok = True
+        """A preset is chosen (the priority is read by ``SpecDialog.check_priority``)."""
         if self.preset is None:
             self.set_error("preset", "choose a preset")
-            ok = False
-        priority_text = self._value("priority") or "0"
-        try:
-            self.priority = int(priority_text)
-        except ValueError:
-            self.set_error("priority", f"priority must be a whole number, got {priority_text!r}")
-            ok = False
-        return ok
+            return False
+        return True
 
     def request(self) -> dict:
         """The highlighted preset, the overrides as typed, the data root."""

@@ -22,10 +22,11 @@ from pathlib import Path
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Header, Static
 
+from engine.compare import config_lines
 from engine.intake import FOLD_CHECKPOINT_KINDS, can_embed_baseline
 from engine.store import OOF, StoreError
 from fsat_console.access import console
@@ -273,6 +274,8 @@ class RunScreen(Screen):
         Binding("tab", "switch_table", "Folds/Classes", show=False, tooltip="Move between the fold and the class table"),
         Binding("u", "curriculum", "Curriculum", tooltip="Train run: queue a noisy-label curriculum with it as "
                 "teacher; curriculum run: its stages, gain over the teacher and noisy-label audit"),
+        Binding("g", "toggle_config", "Config", show=False,
+                tooltip="Show the run's whole config (runs/<id>/config.json) in place of the class table, or hide it"),
         Binding(REPORT_KEY, "report", "Report", show=False,
                 tooltip="Write this run's HTML report (figures inline, readable offline) beside the database"),
         Binding("K", "kaggle_pack", "Kaggle pack", show=False,
@@ -301,6 +304,8 @@ class RunScreen(Screen):
                 yield LiveTable(MEMBER_COLUMNS, sort_column="weight", reverse=True, id="members")
                 yield EpochChart(id="chart")
             yield LiveTable(CLASS_COLUMNS, sort_column="lrap", reverse=True, id="classes")
+            with VerticalScroll(id="run-config"):
+                yield Static("", id="run-config-text", markup=False)
         yield KeyFooter(compact=True)
 
     def on_mount(self) -> None:
@@ -311,6 +316,9 @@ class RunScreen(Screen):
         tta.border_title = "Test-time augmentation"
         tta.display = False
         self.query_one("#folds", LiveTable).border_title = "Folds"
+        config = self.query_one("#run-config")
+        config.border_title = "Config (runs/<id>/config.json)"
+        config.display = False
         members = self.query_one("#members", LiveTable)
         members.border_title = "Ensemble members"
         members.display = False
@@ -366,6 +374,9 @@ class RunScreen(Screen):
             return  # an answer to an earlier request (before f was pressed)
         self.detail = detail
         self.query_one("#run-header", Static).update(run_header(detail, self.run_id))
+        lines = config_lines((detail.run or {}).get("config") or {})
+        self.query_one("#run-config-text", Static).update("\n".join(lines) or "no config recorded")
+        self.query_one("#run-config").border_subtitle = f"{len(lines)} settings · g: back to the classes"
         folds = self.query_one("#folds", LiveTable)
         folds.sync(fold_rows(detail))
         done = len(detail.folds)
@@ -433,6 +444,13 @@ class RunScreen(Screen):
         self.query_one("#classes", LiveTable).sync([])
         self._class_title()
         console(self).follow_run(self.watch_key)
+
+    def action_toggle_config(self) -> None:
+        """Show the whole config in place of the class table, or the class table again."""
+        pane = self.query_one("#run-config")
+        pane.display = not pane.display
+        self.query_one("#classes", LiveTable).display = not pane.display
+        (pane if pane.display else self.query_one("#classes", LiveTable)).focus()
 
     def action_cycle_metric(self) -> None:
         """Chart the next per-epoch metric."""
