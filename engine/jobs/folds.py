@@ -295,7 +295,7 @@ def train_fold_task(task: FoldTask, recorder: FoldRecorder, *, inputs: FoldInput
                             seed=spec.train.seed + fold, on_epoch=recorder.epoch, on_step=on_step, log=recorder.log,
                             early_stopping=early_stopping, wave_augment=inputs.device_aug,
                             augment_key=(spec.train.seed, fold), fold=fold, tag=task.tag,
-                            epoch_offset=task.epoch_offset)
+                            epoch_offset=task.epoch_offset, owner=folder.owner())
     return FoldOutcome(fold=fold, best_lwlrap=float(result.best_lwlrap), best_epoch=result.best_epoch,
                        val_idx=val_idx, val_pred=None if result.val_pred is None else np.asarray(result.val_pred),
                        epochs_run=result.epochs_run, tag=task.tag, stopped_early=result.stopped_early)

@@ -10,6 +10,7 @@ here too.
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from typing import Callable
 
 #: Every state a job can be in, in the order a job moves through them:
@@ -348,6 +349,11 @@ def _migrate_v7(c: sqlite3.Connection) -> None:
     )""")
 
 
+def _migrate_v12(c: sqlite3.Connection) -> None:
+    """The database's id: a random UUID in ``meta.database_id``, which every run folder's marker names."""
+    c.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('database_id', :id)", {"id": uuid.uuid4().hex})
+
+
 #: Ordered schema migrations: ``(version, what it changes, function)``. A
 #: database at version N gets every step above N, in order, inside one
 #: ``BEGIN IMMEDIATE`` transaction, so a half-upgraded file is never left and
@@ -362,6 +368,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[sqlite3.Connection], None]]] = [
     (5, "curriculum: epoch stages, noisy-label audit, loss swaps, gain views", _migrate_v5),
     (6, "tags, notes and the archived flag on runs; indexes for paging and filters", _migrate_v6),
     (7, "executors: workers.executor and workers.cluster, fold_tasks", _migrate_v7),
+    (12, "meta.database_id: the id every run folder's owner.json names", _migrate_v12),
 ]
 
 #: The schema version this code writes: the last migration's.
