@@ -39,7 +39,7 @@ from engine.metrics import lwlrap
 from engine.models.registry import tagger_from_spec
 from engine.models.tagger import Tagger
 from engine.runs.folder import RunFolder
-from engine.runs.recorder import FoldRecorder, StoreRecorder
+from engine.runs.recorder import FoldRecorder, StoreRecorder, read_epoch_journal
 from engine.specs import TrainSpec, from_dict
 from engine.train.builders import loss_from_spec, make_loaders, resolve_loader, wave_augmenters
 from engine.train.loop import FoldResult, predict, save_atomic, train_fold
@@ -77,6 +77,8 @@ def dispatch_folds(ctx: JobContext, executor, tasks: list, local_fn, node_fn, re
 
     def placement(fold: int, status: str, **where) -> None:
         ctx.store.record_fold_task(job.id, job.attempts, fold, status=status, **where)
+        if status == "running" and where.get("message"):
+            ctx.log(f"fold {fold}: {where['message']}")  # a retry, or a fold submitted again
 
     for _fold, outcome in executor.run_folds(calls, recorders.__getitem__, check=ctx.check, resources=resources,
                                              placement=placement):
@@ -278,6 +280,12 @@ def train_fold_task(task: FoldTask, recorder: FoldRecorder, *, inputs: FoldInput
     train_loader, val_loader = make_loaders(spec, inputs.clips, train_idx, val_idx, crop,
                                             int(spec.train.batch_size), inputs.wave_aug, device, fold,
                                             loader=resolve_loader(spec, device))
+
+    # Epochs an earlier attempt finished whose rows its head may never have written (it died first).
+    recovered = getattr(recorder, "recovered", None)
+    if recovered is not None:
+        for earlier in read_epoch_journal(fold_dir):
+            recovered(earlier)
 
     def on_step(step: int, total: int) -> None:
         recorder.progress(step / total, f"fold {fold}{f' [{task.tag}]' if task.tag else ''} step {step}/{total}")

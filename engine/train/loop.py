@@ -6,7 +6,8 @@ frontend on the device -> SpecAugment -> MixUp -> model -> loss (smoothing, clas
 weights) -> AdamW step under autocast with gradient clipping -> warmup-cosine
 schedule. Validation uses centre crops. The best epoch (by validation
 LWLRAP) is saved as ``best.pt``; ``last.pt`` holds everything needed to
-resume the fold after an interruption.
+resume the fold after an interruption, and ``epochs.jsonl`` every finished
+epoch's record (written before ``last.pt`` moves past it).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from engine.features.device_augment import batch_generator
 from engine.metrics import lwlrap
 from engine.models.tagger import Tagger
 from engine.runs.folder import FolderNotOwned, RunOwner
-from engine.runs.recorder import EpochRecord
+from engine.runs.recorder import EpochRecord, journal_epoch
 from engine.train.schedule import (EarlyStopping, autocast_context, build_optimizer, clip_gradients,
                                    make_grad_scaler, warmup_cosine)
 
@@ -290,6 +291,9 @@ def train_fold(tagger: Tagger, *, train_loader: DataLoader, val_loader: DataLoad
         # epoch, which (every random state being restored) recomputes and replaces the same row.
         if on_epoch is not None:
             on_epoch(record)
+        # A record sent to a head that dies before writing it would be lost once last.pt moves past the
+        # epoch: the fold's journal keeps it, and a resumed fold sends it again (recorder.recovered).
+        journal_epoch(fold_dir, record)
         state = {"model": tagger.model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                  "early_stopping": stopper.state_dict(), "epoch": epoch,
