@@ -86,20 +86,31 @@ def test_a_folder_without_marker_is_adopted_only_when_the_database_knows_that_ru
     RunFolder(lone).claim(RunOwner(database_id="a" * 32, run_id="train-0002"))
 
 
+def _queue_tiny(db: Path, data: Path, *overrides: str) -> int:
+    """Queue the tiny training job (with ``--set`` overrides); its job id."""
+    return int(run_cli("queue", "train", "--data", str(data), *TINY,
+                       *[arg for item in overrides for arg in ("--set", item)], db=db).stdout)
+
+
+def _trained(db: Path, data: Path) -> tuple[Store, int]:
+    """A tiny training job queued and run to its end; the store and the job id."""
+    job = _queue_tiny(db, data)
+    drain(db)
+    store = Store(db)
+    assert store.get_job(job).status == "done", store.get_job(job).error
+    return store, job
+
+
 @pytest.mark.slow
 def test_a_second_database_beside_the_first_never_touches_its_runs(tiny_demo: Path, tmp_path: Path):
-    first = tmp_path / "experiments.db"
-    job = int(run_cli("queue", "train", "--data", str(tiny_demo), *TINY, db=first).stdout)
-    drain(first)
-    store = Store(first)
-    assert store.get_job(job).status == "done", store.get_job(job).error
+    store, job = _trained(tmp_path / "experiments.db", tiny_demo)
     run_dir = tmp_path / "runs" / f"train-{job:04d}"
     kept = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != "job.log"}
     log_before = (run_dir / "job.log").read_bytes()
 
     # The typo: experiment.db beside experiments.db, a job of another config, the same run id.
     second = tmp_path / "experiment.db"
-    other = int(run_cli("queue", "train", "--data", str(tiny_demo), *TINY, "--set", "train.seed=7", db=second).stdout)
+    other = _queue_tiny(second, tiny_demo, "train.seed=7")
     assert other == job
     drain(second)
     failed = Store(second).get_job(other)
@@ -115,11 +126,9 @@ def test_a_second_database_beside_the_first_never_touches_its_runs(tiny_demo: Pa
 @pytest.mark.slow
 def test_a_resume_refuses_a_checkpoint_of_another_run(tiny_demo: Path, tmp_path: Path):
     db = tmp_path / "experiments.db"
-    a = int(run_cli("queue", "train", "--data", str(tiny_demo), *TINY, db=db).stdout)
-    drain(db)
-    store = Store(db)
+    store, a = _trained(db, tiny_demo)
     # A fold checkpoint of run a, copied into run b's folder before b starts.
-    b = int(run_cli("queue", "train", "--data", str(tiny_demo), *TINY, "--set", "train.seed=7", db=db).stdout)
+    b = _queue_tiny(db, tiny_demo, "train.seed=7")
     b_dir = tmp_path / "runs" / f"train-{b:04d}"
     RunFolder(b_dir).claim(RunOwner(database_id=store.database_id(), run_id=f"train-{b:04d}"))
     (b_dir / "fold0").mkdir(parents=True)
