@@ -151,6 +151,12 @@ def test_a_new_database_beside_an_existing_one_is_announced(tmp_path: Path, prog
     out = subprocess.run(cmd, capture_output=True, text=True, env=env_with_project(), timeout=120, cwd=tmp_path)
     said = out.stdout + out.stderr
     assert "new database" in said and str(typo) in said and "experiments.db" in said, said
-    # An existing database opens silently.
+    # An existing database opens silently, and so is a first database created in an empty folder.
     again = subprocess.run(cmd, capture_output=True, text=True, env=env_with_project(), timeout=120, cwd=tmp_path)
     assert "new database" not in again.stdout + again.stderr
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    first = subprocess.run(worker_cmd(alone / "experiments.db", "--drain") if program == "worker" else
+                           cli_cmd("queue", "probe", db=alone / "experiments.db"), capture_output=True, text=True,
+                           env=env_with_project(), timeout=120, cwd=alone)
+    assert first.returncode == 0 and "new database" not in first.stdout + first.stderr

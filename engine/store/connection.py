@@ -53,11 +53,11 @@ def runs_root(db_path: Path | str) -> Path:
 
 
 def new_database_notice(db_path: Path | str) -> str:
-    """What to say when ``db_path`` does not exist yet and is about to be created ('' when it exists).
+    """What to say when ``db_path`` is about to be created beside other databases ('' otherwise).
 
     Names the SQLite databases already in that folder (``experiments.db``
-    beside a mistyped ``experiment.db``), since a second database there
-    is most often a typo.
+    beside a mistyped ``experiment.db``), since a second database there is
+    most often a typo; a first database in a folder is created quietly.
     """
     path = Path(db_path)
     if path.exists():
@@ -73,11 +73,11 @@ def new_database_notice(db_path: Path | str) -> str:
                             neighbours.append(other.name)
             except OSError:
                 continue
-    text = f"no database at {path}: creating a new database there"
-    if neighbours:
-        text += (f"; this folder already holds {', '.join(neighbours)} (use --db or $FSAT_DB to open "
-                 f"{'it' if len(neighbours) == 1 else 'one of them'} instead)")
-    return text
+    if not neighbours:
+        return ""
+    return (f"no database at {path}: creating a new database there; this folder already holds "
+            f"{', '.join(neighbours)} (use --db or $FSAT_DB to open {'it' if len(neighbours) == 1 else 'one of them'}"
+            " instead)")
 
 
 class Connection:
