@@ -18,6 +18,7 @@ saying what to do, instead of a raw numpy or JSON error.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import uuid
@@ -30,7 +31,7 @@ import numpy as np
 
 from engine.errors import FsatError
 
-__all__ = ["DamagedFile", "atomic_write", "load_json", "load_npy", "load_npz", "save_json", "save_npy",
+__all__ = ["DamagedFile", "DiskFull", "atomic_write", "load_json", "load_npy", "load_npz", "save_json", "save_npy",
            "save_npz", "save_text"]
 
 
@@ -40,6 +41,15 @@ class DamagedFile(FsatError):
     def __init__(self, path: Path | str, detail: str, remedy: str) -> None:
         self.path = Path(path)
         super().__init__(f"{self.path}: damaged or unreadable ({detail}); {remedy}")
+
+
+class DiskFull(FsatError):
+    """A write that failed because the filesystem holding the file is full (or over its quota)."""
+
+    def __init__(self, path: Path | str, detail: str) -> None:
+        self.path = Path(path)
+        super().__init__(f"{self.path}: no space left on device ({detail}); free some space there and "
+                         "queue the job again (it resumes from its last saved checkpoint)")
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -71,11 +81,44 @@ def atomic_write(path: Path | str, write: Callable[[IO[bytes]], Any]) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if isinstance(err, Exception) and _disk_full(err, path.parent):
+            raise DiskFull(path, _free_space(path.parent)) from err
         raise
     _fsync_dir(path.parent)
     return path
+
+
+#: Below this many free bytes, a failed write is taken for a full disk whatever the writer said
+#: (torch.save reports ENOSPC as "RuntimeError: [enforce fail at inline_container.cc] unexpected pos").
+_NEARLY_FULL = 1 << 20
+
+
+def _disk_full(err: BaseException, folder: Path) -> bool:
+    """Whether a failed write failed for want of space: ENOSPC/EDQUOT in its chain, or a nearly full disk."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    if isinstance(err, (OSError, RuntimeError)):
+        try:
+            stat = os.statvfs(folder)
+        except OSError:
+            return False
+        return stat.f_bavail * stat.f_frsize < _NEARLY_FULL
+    return False
+
+
+def _free_space(folder: Path) -> str:
+    """What is free on the filesystem holding ``folder``, for the message."""
+    try:
+        stat = os.statvfs(folder)
+    except OSError:
+        return "the write failed"
+    return (f"{stat.f_bavail * stat.f_frsize / 2**20:.1f} MiB free of "
+            f"{stat.f_blocks * stat.f_frsize / 2**20:.1f} MiB on the filesystem holding {folder}")
 
 
 def save_npy(path: Path | str, array: np.ndarray) -> Path:

@@ -69,7 +69,7 @@ from engine.reporting.cli import add_parser as add_report_parser
 from engine.runs.reports import tta_gain_report
 from engine.specs import ENSEMBLE_METHODS
 from engine.sweep_cli import add_parser as add_sweep_parser
-from engine.store import FINISHED_STATES, JOB_STATES, OOF, Store, default_db_path, runs_root
+from engine.store import FINISHED_STATES, JOB_STATES, OOF, Store, default_db_path, new_database_notice, runs_root
 
 
 class _Console(Console):
@@ -219,8 +219,13 @@ def _say_cut(shown: int, total: int, what: str) -> None:
 
 
 def _open(args: argparse.Namespace, *, create: bool = True) -> Store:
-    """Open the database for writing (creating it unless ``create`` is False)."""
-    return Store(args.db or default_db_path(), create=create)
+    """Open the database for writing (creating it unless ``create`` is False; a new one is announced)."""
+    path = args.db or default_db_path()
+    notice = new_database_notice(path) if create else ""
+    store = Store(path, create=create)
+    if notice:
+        err_console.print(f"fsat: {notice}", highlight=False, soft_wrap=True, markup=False)
+    return store
 
 
 def _read(args: argparse.Namespace) -> Store:

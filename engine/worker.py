@@ -39,8 +39,9 @@ from pathlib import Path
 
 from engine.errors import FsatError
 from engine.intake import default_run_id
+from engine.runs.folder import RunFolder
 from engine.sweeps import advance as advance_sweep
-from engine.store import DEFAULT_LEASE_SECONDS, Job, Store, default_db_path, runs_root
+from engine.store import DEFAULT_LEASE_SECONDS, Job, Store, default_db_path, new_database_notice, runs_root
 
 
 def run_id_for(job: Job) -> str:
@@ -72,7 +73,10 @@ class Worker:
         self.lease = lease
         self.grace = grace
         self.worker_id = worker_id or f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        notice = new_database_notice(self.db_path)
         self.store = Store(self.db_path)
+        if notice:
+            self.log(notice)
         self.stopping = False
         self.child: subprocess.Popen | None = None
         #: Where job processes run their folds (engine.executors); a Ray worker holds a cluster link.
@@ -137,7 +141,13 @@ class Worker:
         """Run one job in a child process and record how it ended."""
         run_id = run_id_for(job)
         run_dir = runs_root(self.db_path) / run_id
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            # Not even the log goes into a folder that is another run's (another database's, say).
+            RunFolder(run_dir).claim_for(self.store, run_id)
+        except FsatError as err:
+            if self.store.fail_job(job.id, str(err), None, worker_id=self.worker_id, attempt=job.attempts):
+                self.log(f"job {job.id} failed: {err}")
+            return
         log_path = run_dir / "job.log"
         self.log(f"job {job.id} ({job.kind} {job.name!r}) attempt {job.attempts} -> {run_dir}")
         cmd = [sys.executable, "-m", "engine.jobs", "--db", str(self.db_path), "--job", str(job.id),

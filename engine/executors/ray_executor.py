@@ -38,6 +38,8 @@ STARTED = "__started__"
 DELIVERED = "__delivered__"
 #: Seconds the head waits, once a fold's result is ready, for that fold's last records.
 DELIVERY_SECONDS = 30.0
+#: How many times one job attempt makes its record stream again after losing it, before it gives up.
+STREAM_RESTARTS = 2
 #: Seconds between two batches a fold task sends to the head (records are buffered meanwhile).
 FLUSH_SECONDS = 0.5
 #: Seconds one ``ray.wait`` on the head waits before draining records and checking for cancel.
@@ -349,51 +351,99 @@ class RayExecutor(Executor):
     def run_folds(self, tasks: Sequence[FoldCall], recorder_for: Callable[[int], Any], *,
                   check: Callable[[], None], resources: FoldResources | None = None,
                   placement: Placement = _no_placement) -> Iterator[tuple[int, Any]]:
-        """Submit every fold at once; yield results in completion order; stop them all on error or cancel."""
+        """Submit every fold at once; yield results in completion order; stop them all on error or cancel.
+
+        A record stream that dies (its actor lost with its node, say) is
+        made again and the folds still out are stopped and submitted again
+        on it, at most :data:`STREAM_RESTARTS` times: they resume from their
+        last checkpoints, and the epochs whose records died with the stream
+        come back from the folds' journals (``recorder.recovered``).
+        """
         resources = resources or FoldResources()
         cpus, gpus = self.fold_request(resources)
-        stream = RecordStream.remote()
+        by_fold = {task.fold: task for task in tasks}
+        streams = [RecordStream.remote()]
         refs: dict[Any, int] = {}
-        for task in tasks:
-            ref = _fold_task.options(num_cpus=cpus, num_gpus=gpus, max_retries=resources.max_retries,
-                                     retry_exceptions=False).remote(task.fn, task.args, task.fold, stream)
-            refs[ref] = task.fold
-            placement(task.fold, "submitted", message=f"{cpus:g} CPUs, {gpus:g} GPUs")
         starts: dict[int, int] = {}
         tokens: dict[int, str] = {}  # the latest run of each fold's task
         delivered: set[str] = set()
+        notes: dict[int, str] = {}  # what a fold's next "running" placement says (why it was submitted again)
 
-        def drain() -> None:
-            for fold, method, args, kwargs in ray.get(stream.drain.remote()):
+        def submit(folds: Sequence[int], message: str = "") -> None:
+            for fold in folds:
+                task = by_fold[fold]
+                ref = _fold_task.options(num_cpus=cpus, num_gpus=gpus, max_retries=resources.max_retries,
+                                         retry_exceptions=False).remote(task.fn, task.args, task.fold, streams[-1])
+                refs[ref] = task.fold
+                placement(task.fold, "submitted", message=message or f"{cpus:g} CPUs, {gpus:g} GPUs")
+
+        def restart(err: BaseException, also: Sequence[int] = ()) -> None:
+            """The stream died: a new one, and every fold still out (and ``also``) submitted again on it."""
+            if len(streams) > STREAM_RESTARTS:
+                raise ClusterError(f"the record stream of the fold tasks was lost {len(streams)} times "
+                                   f"({type(err).__name__}); queue the job again: its folds resume from their "
+                                   "last checkpoints and no finished epoch is lost") from None
+            out = sorted(set(refs.values()) | set(also))
+            for ref in refs:
+                ray.cancel(ref, force=True)
+            if refs:
+                ray.wait(list(refs), num_returns=len(refs), timeout=DELIVERY_SECONDS)
+            refs.clear()
+            note = f"submitted again: the record stream was lost ({type(err).__name__})"
+            for fold in out:
+                tokens.pop(fold, None)
+                starts.pop(fold, None)  # a new run of the fold, not a retry after its process died
+                notes[fold] = note
+            streams.append(RecordStream.remote())
+            submit(out, message=note)
+
+        def drain(also: Sequence[int] = ()) -> bool:
+            """Replay what the folds sent; False when the stream was lost (the folds out, and ``also``, resubmitted)."""
+            try:
+                items = ray.get(streams[-1].drain.remote())
+            except ray.exceptions.RayActorError as err:
+                restart(err, also)
+                return False
+            for fold, method, args, kwargs in items:
                 if method == DELIVERED:
                     delivered.add(kwargs["token"])
                 elif method == STARTED:
                     tokens[fold] = kwargs["token"]
                     starts[fold] = starts.get(fold, 0) + 1
                     placement(fold, "running", node=kwargs["node"], pid=kwargs["pid"], task_attempt=starts[fold],
-                              message="" if starts[fold] == 1 else
+                              message=notes.pop(fold, "") if starts[fold] == 1 else
                               f"retry {starts[fold] - 1} of {resources.max_retries}: its process died")
                 else:
                     getattr(recorder_for(fold), method)(*args, **kwargs)
+            return True
 
+        submit([task.fold for task in tasks])
         with _signals_between_ray_calls() as deliver_signal:
             idle_since = time.monotonic()
             try:
                 while refs:
                     ready, _ = ray.wait(list(refs), num_returns=1, timeout=WAIT_SECONDS)
                     deliver_signal()
-                    drain()
+                    if not drain():
+                        continue
                     check()
                     for ref in ready:
                         fold = refs.pop(ref)
                         result = self._result(ref, fold, starts.get(fold, 0), resources)
                         deadline = time.monotonic() + DELIVERY_SECONDS
+                        lost = False
                         while tokens.get(fold) not in delivered:
                             if time.monotonic() > deadline:
                                 raise ClusterError(f"fold {fold} finished but its last records did not reach "
                                                    f"the head in {DELIVERY_SECONDS:g} s")
                             time.sleep(0.02)
-                            drain()
+                            # A stream lost now took the fold's last records with it: the fold runs again
+                            # (it resumes at its end and sends its journal), with every fold still out.
+                            if not drain(also=[fold]):
+                                lost = True
+                                break
+                        if lost:
+                            break
                         placement(fold, "done")
                         yield fold, result
                     running = [f for f in refs.values() if f in starts]
@@ -407,7 +457,11 @@ class RayExecutor(Executor):
                             f"GPUs free; folds {sorted(refs.values())} are still waiting")
             finally:
                 self._stop(refs, placement)
-                ray.kill(stream)
+                for stream in streams:
+                    try:
+                        ray.kill(stream)
+                    except Exception:  # noqa: BLE001 - a stream already gone needs no stopping
+                        pass
 
     @staticmethod
     def _result(ref: Any, fold: int, starts: int, resources: FoldResources) -> Any:

@@ -130,7 +130,9 @@ class JobContext:
                  folds_field: str = "train.n_folds", group_column: str = "") -> OpenRun:
         """The prologue every job that runs torch shares, in this order.
 
-        The run folder is made; with ``device`` (a spec's ``"auto"``,
+        The run folder is made and claimed for this run of this database
+        (:meth:`RunFolder.claim_for`; a folder that is another's is refused
+        before anything is written there); with ``device`` (a spec's ``"auto"``,
         ``"cpu"`` or ``"cuda"``, named ``device_field`` in errors) torch's
         threads are set and the device chosen, and with ``seed`` everything
         is seeded; with ``data_root`` the job's progress says "loading
@@ -140,7 +142,8 @@ class JobContext:
         come after, from :meth:`OpenRun.record`, once the job knows what it
         records.
         """
-        folder = RunFolder(self.run_dir).create()
+        # Before anything is written or resumed: the folder must be this run's, of this database.
+        folder = RunFolder(self.run_dir).claim_for(self.store, self.run_id)
         chosen = None
         if device is not None:
             from engine.train.runtime import configure_threads, pick_device, seed_everything
@@ -188,12 +191,15 @@ def record_run(store: Store, run_id: str, folder: RunFolder, *, kind: str, job_i
                seed: int | None = None, parent_run_id: str | None = None, extra: dict | None = None) -> bool:
     """Create a run's row with what every run records, and write its ``config.json``; True when new.
 
-    The row carries the job, dataset, device, the package versions
+    The folder is claimed first (:meth:`RunFolder.claim_for`: a folder of
+    another database, run or config hash is refused before anything is
+    written). The row carries the job, dataset, device, the package versions
     (:func:`environment_record`), the git commit and the run folder; a run
     that exists already (a resumed job) is marked running again.
     ``config.json`` holds ``kind``, ``run_id``, ``config_hash``, ``spec``
     (``config``, the row's config) and the job's ``extra`` keys.
     """
+    folder.claim_for(store, run_id, config_hash)
     new = store.create_run(run_id, kind=kind, job_id=job_id, dataset_id=dataset_id, parent_run_id=parent_run_id,
                            name=name, model=model, config=config, config_hash=config_hash, seed=seed,
                            device=device, versions=environment_record(), git_commit=git_commit(),

@@ -39,7 +39,7 @@ from engine.metrics import lwlrap
 from engine.models.registry import tagger_from_spec
 from engine.models.tagger import Tagger
 from engine.runs.folder import RunFolder
-from engine.runs.recorder import FoldRecorder, StoreRecorder
+from engine.runs.recorder import FoldRecorder, StoreRecorder, read_epoch_journal
 from engine.specs import TrainSpec, from_dict
 from engine.train.builders import loss_from_spec, make_loaders, resolve_loader, wave_augmenters
 from engine.train.loop import FoldResult, predict, save_atomic, train_fold
@@ -81,6 +81,8 @@ def dispatch_folds(ctx: JobContext, executor, tasks: list, local_fn, node_fn, re
         if stage:
             where["message"] = f"{stage}: {where['message']}" if where.get("message") else stage
         ctx.store.record_fold_task(job.id, job.attempts, fold, status=status, **where)
+        if status == "running" and where.get("message"):
+            ctx.log(f"fold {fold}: {where['message']}")  # a retry, or a fold submitted again
 
     for _fold, outcome in executor.run_folds(calls, recorders.__getitem__, check=ctx.check, resources=resources,
                                              placement=placement):
@@ -283,6 +285,12 @@ def train_fold_task(task: FoldTask, recorder: FoldRecorder, *, inputs: FoldInput
                                             int(spec.train.batch_size), inputs.wave_aug, device, fold,
                                             loader=resolve_loader(spec, device))
 
+    # Epochs an earlier attempt finished whose rows its head may never have written (it died first).
+    recovered = getattr(recorder, "recovered", None)
+    if recovered is not None:
+        for earlier in read_epoch_journal(fold_dir):
+            recovered(earlier)
+
     def on_step(step: int, total: int) -> None:
         recorder.progress(step / total, f"fold {fold}{f' [{task.tag}]' if task.tag else ''} step {step}/{total}")
 
@@ -299,7 +307,7 @@ def train_fold_task(task: FoldTask, recorder: FoldRecorder, *, inputs: FoldInput
                             seed=spec.train.seed + fold, on_epoch=recorder.epoch, on_step=on_step, log=recorder.log,
                             early_stopping=early_stopping, wave_augment=inputs.device_aug,
                             augment_key=(spec.train.seed, fold), fold=fold, tag=task.tag,
-                            epoch_offset=task.epoch_offset)
+                            epoch_offset=task.epoch_offset, owner=folder.owner())
     return FoldOutcome(fold=fold, best_lwlrap=float(result.best_lwlrap), best_epoch=result.best_epoch,
                        val_idx=val_idx, val_pred=None if result.val_pred is None else np.asarray(result.val_pred),
                        epochs_run=result.epochs_run, tag=task.tag, stopped_early=result.stopped_early)

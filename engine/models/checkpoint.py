@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from engine.atomic import atomic_write
 from engine.errors import CheckpointError, ConfigError
 
 __all__ = [
@@ -296,9 +297,8 @@ def load_panns_checkpoint(model: nn.Module, path: str | os.PathLike, *, strict_e
 
 
 def save_panns_style(model: nn.Module, path: str | os.PathLike) -> Path:
-    """Write ``{'model': state_dict}`` the way PANNs does (tensors moved to the CPU)."""
+    """Write ``{'model': state_dict}`` the way PANNs does (tensors moved to the CPU), atomically."""
     path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"model": state}, path)
-    return path
+    # The engine's atomic writer: never a torn file, and a full disk is named as such.
+    return atomic_write(path, lambda fh: torch.save({"model": state}, fh))

@@ -7,15 +7,29 @@ maps the fold's progress onto the job's. A fold run in another process or on
 another machine (a Ray task, say) gets a :class:`ListRecorder` and returns
 its records to the head node, which replays them into a ``StoreRecorder``;
 SQLite keeps a single writer.
+
+What the head has not written yet must survive the head: the training loop
+appends each finished epoch to the fold's ``epochs.jsonl`` (beside the
+``last.pt`` it describes, before ``last.pt`` is replaced), and a resumed fold
+sends that journal to :meth:`FoldRecorder.recovered`, which writes only the
+epochs the store lacks (``StoreRecorder.recovered``).
 """
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any, Callable, Protocol, runtime_checkable
 
-__all__ = ["EpochRecord", "FoldRecorder", "ListRecorder", "StoreRecorder"]
+from engine.atomic import save_text
+
+__all__ = ["EPOCH_JOURNAL", "EpochRecord", "FoldRecorder", "ListRecorder", "StoreRecorder", "journal_epoch",
+           "read_epoch_journal"]
+
+#: A fold folder's journal of finished epochs (one JSON record a line), written before ``last.pt``.
+EPOCH_JOURNAL = "epochs.jsonl"
 
 
 @dataclass(frozen=True)
@@ -70,6 +84,33 @@ class FoldRecorder(Protocol):
     def log(self, line: str) -> None:
         """A line for the job log."""
 
+    def recovered(self, record: EpochRecord) -> None:
+        """An epoch finished by an earlier attempt (from the fold's journal); stored if the store lacks it."""
+
+
+def journal_epoch(fold_dir: Path | str, record: EpochRecord) -> Path:
+    """Add ``record`` to the fold's ``epochs.jsonl`` (replacing an earlier line of the same epoch), atomically."""
+    path = Path(fold_dir) / EPOCH_JOURNAL
+    kept = [r for r in read_epoch_journal(fold_dir) if r.epoch != record.epoch]
+    text = "".join(json.dumps(r.to_dict(), sort_keys=True) + "\n" for r in [*kept, record])
+    return save_text(path, text)
+
+
+def read_epoch_journal(fold_dir: Path | str) -> list[EpochRecord]:
+    """The epochs in a fold's ``epochs.jsonl``, in order; [] when there is none (a line it cannot read is skipped)."""
+    path = Path(fold_dir) / EPOCH_JOURNAL
+    if not path.exists():
+        return []
+    names = {f.name for f in fields(EpochRecord)}
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            data = json.loads(line)
+            records.append(EpochRecord(**{k: v for k, v in data.items() if k in names}))
+        except (ValueError, TypeError):
+            continue
+    return records
+
 
 @dataclass
 class ListRecorder:
@@ -80,6 +121,9 @@ class ListRecorder:
     last_progress: tuple[float, str] | None = None
 
     def epoch(self, record: EpochRecord) -> None:
+        self.epochs.append(record)
+
+    def recovered(self, record: EpochRecord) -> None:
         self.epochs.append(record)
 
     def progress(self, fraction: float, message: str) -> None:
@@ -123,6 +167,14 @@ class StoreRecorder:
                                 peak_gpu_mib=record.peak_gpu_mib, gpu_util=record.gpu_util,
                                 peak_rss_mib=record.peak_rss_mib)
         self._log(record.log_line())
+
+    def recovered(self, record: EpochRecord) -> None:
+        """Store an epoch of an earlier attempt that never reached the store (its head died first)."""
+        if any(r["fold"] == record.fold and r["epoch"] == record.epoch for r in self.store.epochs(self.run_id)):
+            return
+        self.epoch(record)
+        self._log(f"fold {record.fold} epoch {record.epoch}: recorded from {EPOCH_JOURNAL} (the attempt "
+                  "that trained it ended before its row was written)")
 
     def progress(self, fraction: float, message: str) -> None:
         if self._progress is not None:

@@ -29,7 +29,8 @@ def _now() -> float:
     return time.time()
 
 
-from engine.store.connection import Connection, StoreError, default_db_path, runs_root  # noqa: E402
+from engine.store.connection import (Connection, StoreError, default_db_path, new_database_notice,  # noqa: E402
+                                     runs_root)
 from engine.store.lineage import Lineage  # noqa: E402
 from engine.store.listings import JOB_ORDER, RUN_ORDER, Listings  # noqa: E402
 from engine.store.plans import Plans  # noqa: E402
@@ -43,7 +44,7 @@ from engine.store.schema import (  # noqa: E402
 __all__ = [
     "DEFAULT_LEASE_SECONDS", "DEFAULT_MAX_QUEUED", "FINISHED_STATES", "JOB_ORDER", "JOB_STATES",
     "MIGRATIONS", "OOF", "RUN_ORDER", "SCHEMA_VERSION", "Job", "RunRow", "RunSummary", "Store", "StoreError",
-    "default_db_path", "runs_root",
+    "default_db_path", "new_database_notice", "runs_root",
 ]
 
 

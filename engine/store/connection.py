@@ -53,6 +53,34 @@ def runs_root(db_path: Path | str) -> Path:
     return Path(db_path).resolve().parent / "runs"
 
 
+def new_database_notice(db_path: Path | str) -> str:
+    """What to say when ``db_path`` is about to be created beside other databases ('' otherwise).
+
+    Names the SQLite databases already in that folder (``experiments.db``
+    beside a mistyped ``experiment.db``), since a second database there is
+    most often a typo; a first database in a folder is created quietly.
+    """
+    path = Path(db_path)
+    if path.exists():
+        return ""
+    folder = path.resolve().parent
+    neighbours = []
+    if folder.is_dir():
+        for other in sorted(folder.iterdir()):
+            try:
+                if other.is_file() and other.suffix in (".db", ".sqlite", ".sqlite3"):
+                    with open(other, "rb") as fh:
+                        if fh.read(16) == b"SQLite format 3\x00":
+                            neighbours.append(other.name)
+            except OSError:
+                continue
+    if not neighbours:
+        return ""
+    return (f"no database at {path}: creating a new database there; this folder already holds "
+            f"{', '.join(neighbours)} (use --db or $FSAT_DB to open {'it' if len(neighbours) == 1 else 'one of them'}"
+            " instead)")
+
+
 class Connection:
     """The connections of one :class:`engine.store.Store`: a reader, a writer (or one for both), their locks.
 
@@ -302,6 +330,11 @@ class Connection:
         """The schema version recorded in the database."""
         row = self._query("SELECT value FROM meta WHERE key='schema_version'")
         return int(row[0]["value"]) if row else 0
+
+    def database_id(self) -> str:
+        """The database's id (``meta.database_id``, set when the schema reached version 12); '' before."""
+        row = self._query("SELECT value FROM meta WHERE key='database_id'")
+        return str(row[0]["value"]) if row else ""
 
     def data_version(self) -> int:
         """``PRAGMA data_version``: changes whenever another connection commits."""

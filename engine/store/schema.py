@@ -10,6 +10,7 @@ here too.
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from typing import Callable
 
 #: Every state a job can be in, in the order a job moves through them:
@@ -476,6 +477,11 @@ def _migrate_v11(c: sqlite3.Connection) -> None:
         c.execute(stmt)
 
 
+def _migrate_v12(c: sqlite3.Connection) -> None:
+    """The database's id: a random UUID in ``meta.database_id``, which every run folder's marker names."""
+    c.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('database_id', :id)", {"id": uuid.uuid4().hex})
+
+
 #: Ordered schema migrations: ``(version, what it changes, function)``. A
 #: database at version N gets every step above N, in order, inside one
 #: ``BEGIN IMMEDIATE`` transaction, so a half-upgraded file is never left and
@@ -494,6 +500,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[sqlite3.Connection], None]]] = [
     (9, "sweeps: sweeps, sweep_points, sweep_runs, sweep_jobs (the folds a job trains)", _migrate_v9),
     (10, "plans: job_deps (a job waits for its parents), plans and plan_steps", _migrate_v10),
     (11, "Kaggle lineage: run_files, submissions, leaderboard_scores, cv_vs_lb", _migrate_v11),
+    (12, "meta.database_id: the id every run folder's owner.json names", _migrate_v12),
 ]
 
 #: The schema version this code writes: the last migration's.

@@ -6,7 +6,8 @@ frontend on the device -> SpecAugment -> MixUp -> model -> loss (smoothing, clas
 weights) -> AdamW step under autocast with gradient clipping -> warmup-cosine
 schedule. Validation uses centre crops. The best epoch (by validation
 LWLRAP) is saved as ``best.pt``; ``last.pt`` holds everything needed to
-resume the fold after an interruption.
+resume the fold after an interruption, and ``epochs.jsonl`` every finished
+epoch's record (written before ``last.pt`` moves past it).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from engine.features.augment import mixup
 from engine.features.device_augment import batch_generator
 from engine.metrics import lwlrap
 from engine.models.tagger import Tagger
-from engine.runs.recorder import EpochRecord
+from engine.runs.folder import FolderNotOwned, RunOwner
+from engine.runs.recorder import EpochRecord, journal_epoch
 from engine.train.schedule import (EarlyStopping, autocast_context, build_optimizer, clip_gradients,
                                    make_grad_scaler, warmup_cosine)
 from engine.train.system import EpochSystem, system_fields
@@ -108,13 +110,17 @@ def restore_random_state(state: dict, loader: DataLoader, generator: torch.Gener
         torch.cuda.set_rng_state_all(state["cuda_rng"])
 
 
-def read_resume_state(fold_dir: Path, log: Callable[[str], None] = print) -> dict | None:
+def read_resume_state(fold_dir: Path, log: Callable[[str], None] = print,
+                      owner: RunOwner | None = None) -> dict | None:
     """The newest readable resume state of a fold: ``last.pt``, else ``last.prev.pt``, else None (restart).
 
     A damaged file is named in the log with what is done instead. The files
     hold optimiser and random states (Python objects), so they are loaded with
     ``weights_only=False``; they are only ever written by this code, into the
-    run's own folder.
+    run's own folder. With ``owner`` (the run folder's marker), a state saved
+    for another database, run or config hash is refused
+    (:class:`~engine.runs.folder.FolderNotOwned` naming the file and both);
+    one saved before checkpoints carried an owner is taken as the folder's.
     """
     for name in ("last.pt", PREVIOUS_LAST):
         path = fold_dir / name
@@ -124,13 +130,29 @@ def read_resume_state(fold_dir: Path, log: Callable[[str], None] = print) -> dic
             state = torch.load(path, map_location="cpu", weights_only=False)
             if not isinstance(state, dict) or "epoch" not in state or "model" not in state:
                 raise ValueError("not a resume state")
-            return state
         except Exception as err:  # noqa: BLE001 - any unreadable resume file is handled the same way
             fallback = fold_dir / PREVIOUS_LAST
             then = (f"resuming from {fallback}" if name == "last.pt" and fallback.exists()
                     else "restarting the fold from its first epoch")
             log(f"{path}: damaged resume file ({type(err).__name__}: {str(err).splitlines()[0][:120]}); {then}")
+            continue
+        check_owner(state, owner, path)
+        return state
     return None
+
+
+def check_owner(state: dict, owner: RunOwner | None, path: Path) -> None:
+    """Refuse a checkpoint whose ``owner`` (database, run, config hash) is not ``owner``, naming both."""
+    if owner is None or not isinstance(state.get("owner"), dict):
+        return
+    found = RunOwner.from_dict(state["owner"])
+    problem = found.mismatch(owner)
+    if problem:
+        raise FolderNotOwned(f"{path}: this checkpoint was saved by {found.describe()}"
+                             f"{f', config hash {found.config_hash}' if found.config_hash else ''}, not by "
+                             f"{owner.describe()}{f', config hash {owner.config_hash}' if owner.config_hash else ''}"
+                             f" ({problem}); refusing to resume from it. Delete it to train the fold from its "
+                             "first epoch, or queue a new job")
 
 
 @torch.no_grad()
@@ -162,7 +184,7 @@ def train_fold(tagger: Tagger, *, train_loader: DataLoader, val_loader: DataLoad
                early_stopping: EarlyStopping | None = None,
                wave_augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
                augment_key: tuple[int, int] = (0, 0), fold: int = 0, tag: str = "",
-               epoch_offset: int = 0) -> FoldResult:
+               epoch_offset: int = 0, owner: RunOwner | None = None) -> FoldResult:
     """Train one fold to early stopping, resuming from ``fold_dir/last.pt`` when present.
 
     Resuming restores every state that decides what comes next (model,
@@ -186,6 +208,9 @@ def train_fold(tagger: Tagger, *, train_loader: DataLoader, val_loader: DataLoad
     ``on_epoch`` receives each finished epoch as the record the store keeps:
     ``fold`` and ``tag`` (a curriculum stage) label it, and its epoch is
     numbered on from ``epoch_offset`` (the fold's earlier stages).
+
+    ``owner`` (the run folder's marker) is saved in ``last.pt`` and
+    ``best.pt``; a resume state saved for another owner is refused.
     """
     fold_dir.mkdir(parents=True, exist_ok=True)
     tagger.to(device)
@@ -202,7 +227,8 @@ def train_fold(tagger: Tagger, *, train_loader: DataLoader, val_loader: DataLoad
     start_epoch = 0
 
     last_path, best_path = fold_dir / "last.pt", fold_dir / "best.pt"
-    state = read_resume_state(fold_dir, log=log)
+    state = read_resume_state(fold_dir, log=log, owner=owner)
+    stamp = {"owner": owner.to_dict()} if owner is not None else {}
     if state is not None:
         tagger.model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -257,7 +283,7 @@ def train_fold(tagger: Tagger, *, train_loader: DataLoader, val_loader: DataLoad
         is_best = stopper.step(score)
         if is_best:
             save_atomic({"model": tagger.model.state_dict(), "epoch": epoch, "val_lwlrap": score,
-                         "mel_mean": tagger.frontend.mel_mean.cpu(), "mel_std": tagger.frontend.mel_std.cpu()},
+                         "mel_mean": tagger.frontend.mel_mean.cpu(), "mel_std": tagger.frontend.mel_std.cpu(), **stamp},
                         best_path)
             save_npy(fold_dir / "val_pred.npy", val_pred)
         record = EpochRecord(fold=fold, epoch=epoch_offset + epoch, train_loss=running / max(seen, 1),
@@ -269,10 +295,13 @@ def train_fold(tagger: Tagger, *, train_loader: DataLoader, val_loader: DataLoad
         # epoch, which (every random state being restored) recomputes and replaces the same row.
         if on_epoch is not None:
             on_epoch(record)
+        # A record sent to a head that dies before writing it would be lost once last.pt moves past the
+        # epoch: the fold's journal keeps it, and a resumed fold sends it again (recorder.recovered).
+        journal_epoch(fold_dir, record)
         state = {"model": tagger.model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                  "early_stopping": stopper.state_dict(), "epoch": epoch,
-                 **random_state(train_loader, generator)}
+                 **random_state(train_loader, generator), **stamp}
         if last_path.exists():
             os.replace(last_path, fold_dir / PREVIOUS_LAST)
         save_atomic(state, last_path)
