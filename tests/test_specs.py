@@ -24,6 +24,11 @@ def test_every_shipped_preset_resolves():
         elif kind == "curriculum":
             spec = resolve_spec(kind, preset=name, overrides=["teacher_run_id=train-0001"])
             assert spec.teacher_run_id == "train-0001" and spec.stages
+        elif kind == "plan":
+            # A plan preset is a list of steps, each a job preset of its own (engine.plan).
+            from engine.plan import load_plan
+
+            assert load_plan(name).steps
         else:
             spec = resolve_spec(kind, preset=name, data_root="/data/fsd")
             assert spec.data.root == str(Path("/data/fsd").resolve())

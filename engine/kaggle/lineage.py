@@ -35,14 +35,14 @@ def manifest_sha256(pack: Path | str) -> str:
 
 def record_pack(store: Store, run: dict, manifest: dict, out: Path, pack_sha256: str) -> int:
     """Record the lineage of a new pack (file hashes of its runs when missing) and return its submission id."""
-    packed = [run["id"]] + [m["run_id"] for m in manifest["members"]] + [m["source_run_id"] for m in manifest["members"]]
+    packed = [run["run_id"]] + [m["run_id"] for m in manifest["members"]] + [m["source_run_id"] for m in manifest["members"]]
     for run_id in dict.fromkeys(packed):
         if not store.run_files(run_id):
             record_run_lineage(store, run_id)
     members = [{"run_id": m["run_id"], "weight": m["weight"], "source_run_id": m["source_run_id"],
                 "teacher_run_id": m["teacher_run_id"]} for m in manifest["members"]]
     teachers = [m["teacher_run_id"] for m in manifest["members"] if m["teacher_run_id"]]
-    return store.record_submission(run_id=run["id"], pack_sha256=pack_sha256, pack_dir=str(Path(out).resolve()),
+    return store.record_submission(run_id=run["run_id"], pack_sha256=pack_sha256, pack_dir=str(Path(out).resolve()),
                                    members=members, teacher_run_id=teachers[0] if teachers else None,
                                    cv_lwlrap=run.get("cv_lwlrap"))
 

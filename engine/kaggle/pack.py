@@ -83,7 +83,7 @@ def _slug(text: str) -> str:
 
 def _member_plan(store: Store, run: dict) -> tuple[list[dict], dict | None]:
     """The members to pack (run rows with weight and infer settings) and the blend, or a PackError."""
-    rid, kind = run["id"], run["kind"]
+    rid, kind = run["run_id"], run["kind"]
     if run["status"] != "done":
         raise PackError(f"run {rid!r} is {run['status']}, not finished; pack it once it is done")
     if kind in ("train", "curriculum"):
@@ -218,17 +218,17 @@ def pack_run(store: Store, run_id: str, out: Path | str, *, owner: str = OWNER_P
     shutil.rmtree(tmp, ignore_errors=True)
     data_dir = tmp / DATASET_DIR
     (data_dir / "members").mkdir(parents=True)
-    report = PackReport(out=out, run_id=run_id, kind=run["kind"], members=[m["run"]["id"] for m in plan],
+    report = PackReport(out=out, run_id=run_id, kind=run["kind"], members=[m["run"]["run_id"] for m in plan],
                         precision="fp16" if fp16 else "fp32")
     try:
         manifest_members = []
         for m in plan:
             member, source = m["run"], m["source"]
             try:
-                trained = load_trained_run(store, source["id"])
+                trained = load_trained_run(store, source["run_id"])
             except (ConfigError, CheckpointError) as err:
                 raise PackError(f"run {run_id!r}: {err}") from None
-            folder = data_dir / "members" / member["id"]
+            folder = data_dir / "members" / member["run_id"]
             folder.mkdir()
             checkpoints, states = [], []
             for k in trained.folds:
@@ -246,11 +246,11 @@ def pack_run(store: Store, run_id: str, out: Path | str, *, owner: str = OWNER_P
                 halved = [torch.load(data_dir / c, weights_only=True) for c in checkpoints]
                 before = _oof_lwlrap_with(store, trained, states, len(classes), m["infer"])
                 after = _oof_lwlrap_with(store, trained, halved, len(classes), m["infer"])
-                report.fp16_check.append({"member": member["id"], "oof_lwlrap_fp32": before,
+                report.fp16_check.append({"member": member["run_id"], "oof_lwlrap_fp32": before,
                                           "oof_lwlrap_fp16": after, "change": after - before})
                 log(f"fp16 {member['id']}: OOF lwlrap (centre crop) {before:.6f} -> {after:.6f} "
                     f"({after - before:+.6f})")
-            entry = {"run_id": member["id"], "source_run_id": source["id"], "teacher_run_id": _teacher(store, source),
+            entry = {"run_id": member["run_id"], "source_run_id": source["run_id"], "teacher_run_id": _teacher(store, source),
                      "kind": member["kind"], "weight": m["weight"], "spec": to_dict(trained.spec),
                      "infer": m["infer"], "folds": trained.folds, "checkpoints": checkpoints,
                      "cv_lwlrap": member.get("cv_lwlrap")}
