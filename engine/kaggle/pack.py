@@ -102,7 +102,7 @@ def _member_plan(store: Store, run: dict) -> tuple[list[dict], dict | None]:
         for m in members:
             member_test = Path(m["run"]["run_dir"]) / "test.npy"
             if not member_test.is_file():
-                raise PackError(f"run {rid!r}: member {m['run']['id']!r} has no test predictions "
+                raise PackError(f"run {rid!r}: member {m['run']['run_id']!r} has no test predictions "
                                 f"({member_test} is missing); infer it on the test set first")
         if not test_path.is_file():
             raise PackError(f"run {rid!r}: {test_path} is missing; only a blend with test scores can be packed")
@@ -120,11 +120,11 @@ def _member_run(store: Store, rid: str, member_id: str) -> dict:
 
 def _infer_member(store: Store, member: dict, rid: str, weight: float) -> dict:
     if member["kind"] != "infer":
-        raise PackError(f"run {rid!r}: member {member['id']!r} is a {member['kind']} run; the kernel runs fold "
+        raise PackError(f"run {rid!r}: member {member['run_id']!r} is a {member['kind']} run; the kernel runs fold "
                         "checkpoints, so members must be infer runs of train or curriculum runs")
     source = store.get_run(member.get("parent_run_id") or "")
     if source is None:
-        raise PackError(f"run {rid!r}: member {member['id']!r} names no trained run "
+        raise PackError(f"run {rid!r}: member {member['run_id']!r} names no trained run "
                         f"({member.get('parent_run_id')!r} is not in the database)")
     infer = (member.get("config") or {}).get("infer") or to_dict(InferSection())
     return {"run": member, "source": source, "infer": infer, "weight": weight}
@@ -239,7 +239,7 @@ def pack_run(store: Store, run_id: str, out: Path | str, *, owner: str = OWNER_P
                 state = tagger.state_dict()
                 states.append(state)
                 _save_state(state, folder / f"fold{k}.pt", fp16)
-                checkpoints.append(f"members/{member['id']}/fold{k}.pt")
+                checkpoints.append(f"members/{member['run_id']}/fold{k}.pt")
             if fp16:
                 import torch
 
@@ -248,7 +248,7 @@ def pack_run(store: Store, run_id: str, out: Path | str, *, owner: str = OWNER_P
                 after = _oof_lwlrap_with(store, trained, halved, len(classes), m["infer"])
                 report.fp16_check.append({"member": member["run_id"], "oof_lwlrap_fp32": before,
                                           "oof_lwlrap_fp16": after, "change": after - before})
-                log(f"fp16 {member['id']}: OOF lwlrap (centre crop) {before:.6f} -> {after:.6f} "
+                log(f"fp16 {member['run_id']}: OOF lwlrap (centre crop) {before:.6f} -> {after:.6f} "
                     f"({after - before:+.6f})")
             entry = {"run_id": member["run_id"], "source_run_id": source["run_id"], "teacher_run_id": _teacher(store, source),
                      "kind": member["kind"], "weight": m["weight"], "spec": to_dict(trained.spec),
@@ -256,7 +256,7 @@ def pack_run(store: Store, run_id: str, out: Path | str, *, owner: str = OWNER_P
                      "cv_lwlrap": member.get("cv_lwlrap")}
             if blend is not None:
                 shutil.copyfile(Path(member["run_dir"]) / "oof.npy", folder / "oof.npy")
-                entry["oof"] = f"members/{member['id']}/oof.npy"
+                entry["oof"] = f"members/{member['run_id']}/oof.npy"
             manifest_members.append(entry)
         if blend is not None:
             (data_dir / "blend").mkdir()
