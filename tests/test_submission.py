@@ -146,7 +146,8 @@ def test_a_failed_replace_removes_the_temporary_file_and_keeps_the_old_one(tmp_p
 
     # The submission goes through the run layer's one atomic writer.
     monkeypatch.setattr(atomic.os, "replace", disk_full)
-    with pytest.raises(OSError):
+    # A full disk is said as such, naming the file (engine.atomic.DiskFull), not as a bare OSError.
+    with pytest.raises(atomic.DiskFull, match="no space left on device"):
         write_submission(target, fnames, probabilities(len(fnames), seed=5), sample_submission=sample)
     assert target.read_bytes() == good
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sample_submission.csv", "submission.csv"]
