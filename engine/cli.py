@@ -173,7 +173,8 @@ def cmd_queue_plan(args: argparse.Namespace) -> int:
     if len(presets) != 1 or args.config:
         raise FsatError("queue plan takes one plan preset (see `fsat presets`), e.g. `fsat queue plan plan_demo`")
     with _open(args) as store:
-        plan_id = queue_plan(store, presets[0], data_root=args.data, overrides=args.set or [])
+        plan_id = queue_plan(store, presets[0], data_root=args.data, overrides=args.set or [], name=args.name,
+                             priority=args.priority)
         steps = store.plan_steps(plan_id)
     if args.json:
         print(json.dumps({"plan_id": plan_id, "jobs": {s["step"]: s["job_id"] for s in steps}}))
@@ -617,8 +618,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="a TOML config file")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override settings, e.g. train.epochs=3; several in one value are split on spaces "
                         "outside quotes and brackets, as the console's overrides field does")
-    p.add_argument("--name", help="run name")
-    p.add_argument("--priority", type=_whole, default=0, help="higher runs first")
+    p.add_argument("--name", help="run name (plan: the plan's name)")
+    p.add_argument("--priority", type=_whole, default=0, help="higher runs first (plan: every step's priority)")
 
     p = add("ensemble", cmd_ensemble, "blend runs' out-of-fold and test scores: queue the job (prints its id) "
             "or, with --now, blend here and save the run; --dry-run prints every method's scores and saves nothing", listing=True)

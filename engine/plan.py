@@ -170,8 +170,11 @@ def prepare_plan(store: "Store", plan: Plan, *, first_id: int, data_root: str | 
 
 
 def queue_plan(store: "Store", preset: str | Path, *, data_root: str | None = None,
-               overrides: Iterable[str] = ()) -> int:
-    """Check every step, then queue the plan in one transaction; return the plan's id."""
+               overrides: Iterable[str] = (), name: str | None = None, priority: int = 0) -> int:
+    """Check every step, then queue the plan in one transaction; return the plan's id.
+
+    ``name`` names the plan (default: the preset's ``name``); ``priority`` is every step's job priority.
+    """
     from engine.store.plans import ReservationMoved
 
     plan = load_plan(preset)
@@ -180,7 +183,7 @@ def queue_plan(store: "Store", preset: str | Path, *, data_root: str | None = No
         first_id = store.next_job_id()
         jobs = prepare_plan(store, plan, first_id=first_id, data_root=data_root, overrides=overrides)
         try:
-            return store.enqueue_plan(plan.name, str(preset), jobs, first_id=first_id)
+            return store.enqueue_plan(name or plan.name, str(preset), jobs, first_id=first_id, priority=priority)
         except ReservationMoved:
             continue
     raise ConfigError("other jobs kept taking the plan's job ids; queue it again", field="preset")

@@ -75,6 +75,19 @@ def test_queueing_a_plan_names_each_parent_run_by_its_reserved_id(tmp_path: Path
     assert steps["teacher"]["state"] == "queued" and steps["blend"]["state"] == "waiting"
 
 
+def test_a_plan_takes_the_name_and_priority_given_on_the_command_line(tmp_path: Path, tiny_demo: Path):
+    db = tmp_path / "experiments.db"
+    other = int(run_cli("queue", "train", "--data", str(tiny_demo), "--preset", "demo", db=db).stdout)
+    out = run_cli("queue", "plan", "plan_demo", "--data", str(tiny_demo), "--name", "night run", "--priority", "5",
+                  "--json", db=db)
+    plan = json.loads(out.stdout)
+    store = Store(db)
+    assert store.get_plan(plan["plan_id"])["name"] == "night run"
+    assert {store.get_job(j).priority for j in plan["jobs"].values()} == {5}
+    assert store.claim("w").id == plan["jobs"]["teacher"]  # its priority puts its first step before the other job
+    assert store.get_job(other).status == "queued"
+
+
 def test_inferring_a_queued_run_waits_for_its_training_job(tmp_path: Path, tiny_demo: Path):
     db = tmp_path / "experiments.db"
     train = int(run_cli("queue", "train", "--data", str(tiny_demo), "--preset", "demo", db=db).stdout)

@@ -69,13 +69,13 @@ class Plans(Connection):
         return int(self._query("SELECT COALESCE(MAX(id), 0) + 1 AS n FROM jobs")[0]["n"])
 
     def enqueue_plan(self, name: str, preset: str, steps: Sequence[PlanJob], *, first_id: int,
-                     max_queued: int | None = None) -> int:
+                     max_queued: int | None = None, priority: int = 0) -> int:
         """Queue every step as one job, in order, in one transaction; return the plan's id.
 
         The steps' specs name their parents' runs by the run ids their jobs
         will get (``<kind>-<job id>``), reserved from ``first_id`` on: when
         another job took that id meanwhile, :class:`ReservationMoved` is raised
-        and nothing is queued.
+        and nothing is queued. ``priority`` is every step's job priority.
         """
         from engine.store.queue import DEFAULT_MAX_QUEUED
 
@@ -94,8 +94,9 @@ class Plans(Connection):
             ids: dict[str, int] = {}
             for position, step in enumerate(steps):
                 job_id = int(c.execute(
-                    "INSERT INTO jobs(id, kind, name, spec, created_at) VALUES (:id, :kind, :name, :spec, :now)",
-                    {"id": first_id + position, "kind": step.kind, "name": step.name,
+                    "INSERT INTO jobs(id, kind, name, spec, created_at, priority) "
+                    "VALUES (:id, :kind, :name, :spec, :now, :priority)",
+                    {"id": first_id + position, "kind": step.kind, "name": step.name, "priority": priority,
                      "spec": json.dumps(step.spec, sort_keys=True), "now": now}).lastrowid)
                 insert_deps(c, job_id, [ids[p] for p in step.parents] + list(step.after))
                 c.execute("INSERT INTO plan_steps(plan_id, step, position, job_id) VALUES (:plan, :step, :pos, :job)",
