@@ -233,7 +233,7 @@ def check_data_root(root: Path | str, *, field: str = "data.root") -> Path:
     return path
 
 
-def _check_data_section(store: "Store", data: specs.DataSection) -> None:
+def _check_data_section(store: "Store", data: specs.DataSection, typed: Any) -> None:
     """The root, the column ``group_column`` names, and the folds the database holds for that root."""
     root = check_data_root(data.root)
     if data.group_column:
@@ -248,11 +248,19 @@ def _check_data_section(store: "Store", data: specs.DataSection) -> None:
             raise ConfigError(f"no column {data.group_column!r} (columns: {', '.join(columns)}); name an existing "
                               "column or leave it empty", field="data.group_column", file=labels)
     row = next((d for d in store.list_datasets() if d["root"] == str(root)), None)
-    wanted = specs.fold_rule(data.group_column)
-    if row and row.get("fold_rule") and row["fold_rule"] != wanted:
-        raise ConfigError(f"the dataset's stored folds were made by {row['fold_rule']!r}, not {wanted!r}; every run "
-                          "on a dataset uses the same folds (register the folder as a new dataset to change them)",
-                          field="data.group_column")
+    mismatch = specs.stored_folds_mismatch(row, group_column=data.group_column, **_fold_settings(typed))
+    if mismatch is not None:
+        raise mismatch
+
+
+def _fold_settings(typed: Any) -> dict:
+    """The spec's fold count and seed and the field that names them (a train spec's ``train.*``, a baseline's)."""
+    train = getattr(typed, "train", None)
+    if train is not None and hasattr(train, "n_folds"):
+        return {"n_folds": train.n_folds, "fold_seed": train.fold_seed, "folds_field": "train.n_folds"}
+    if hasattr(typed, "n_folds"):
+        return {"n_folds": typed.n_folds, "fold_seed": typed.fold_seed, "folds_field": "n_folds"}
+    return {}
 
 
 # -- prepare and submit ------------------------------------------------------------------------------
@@ -303,7 +311,7 @@ def prepare(store: "Store", kind: str, *, preset: str | None = None, config: Pat
             typed = presets.resolve_spec(kind, preset=preset, config=config, overrides=overrides)
     data = getattr(typed, "data", None)
     if isinstance(data, specs.DataSection):
-        _check_data_section(store, data)
+        _check_data_section(store, data, typed)
     elif row.root_setting and getattr(typed, row.root_setting, ""):
         check_data_root(getattr(typed, row.root_setting), field=row.root_setting)
     if row.check is not None:

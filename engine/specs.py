@@ -54,6 +54,29 @@ def fold_rule(group_column: str = "") -> str:
     return f"{RULE_GROUPED}:{group_column}" if group_column else RULE_STRATIFIED
 
 
+def stored_folds_mismatch(dataset: dict | None, *, group_column: str, n_folds: int | None = None,
+                          fold_seed: int | None = None, folds_field: str = "train.n_folds") -> ConfigError | None:
+    """Why a run with these fold settings may not use ``dataset``'s stored folds (its row), or None.
+
+    Every run on a dataset uses the same folds: the rule (``data.group_column``),
+    the count and the seed recorded when they were made. Checked when a job is
+    queued (``engine.intake``) and again when it prepares its data. ``n_folds``
+    None: the count and seed are not checked.
+    """
+    if not dataset:
+        return None
+    if dataset.get("fold_rule") and dataset["fold_rule"] != fold_rule(group_column):
+        return ConfigError(f"the dataset's stored folds were made by {dataset['fold_rule']!r}, not "
+                           f"{fold_rule(group_column)!r}; every run on a dataset uses the same folds (register the "
+                           "folder as a new dataset to change them)", field="data.group_column")
+    if n_folds is not None and dataset.get("n_folds") and (dataset["n_folds"], dataset["fold_seed"]) != (n_folds, fold_seed):
+        seed_field = folds_field.rsplit(".", 1)[0] + ".fold_seed" if "." in folds_field else "fold_seed"
+        return ConfigError(f"the dataset's stored folds are {dataset['n_folds']}-fold with seed {dataset['fold_seed']}, "
+                           f"not {n_folds}-fold with seed {fold_seed}; every run on a dataset uses the same folds",
+                           field=folds_field if dataset["n_folds"] != n_folds else seed_field)
+    return None
+
+
 @dataclass
 class AudioSection:
     """Decoding and cropping (PANNs-aligned: 32 kHz, 10 s crops)."""

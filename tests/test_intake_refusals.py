@@ -65,6 +65,12 @@ def _stored_group_folds(w: World) -> str:
     return str(w.data)
 
 
+def _stored_five_folds(w: World) -> str:
+    dataset = w.store.register_dataset(w.data, name="data", classes=["Bark"], n_curated=0)
+    w.store.save_folds(dataset, [], [], seed=42, n_folds=5, rule=specs.fold_rule(""))
+    return str(w.data)
+
+
 def _run(kind: str, run_id: str, *, done: bool = True) -> Callable[[World], str]:
     def setup(w: World) -> str:
         w.store.create_run(run_id, kind=kind, model="small-64mel")
@@ -99,6 +105,10 @@ MISTAKES = {
         _queue_dialog('data.group_column="source"'), "overrides", "no column 'source' (columns: fname, labels)"),
     "other folds than the stored ones": Mistake(_stored_group_folds, ["train", "--data", "{x}", "--preset", "tiny"],
                                                 _queue_dialog(), "preset", "the dataset's stored folds were made by"),
+    "a fold count other than the stored one": Mistake(
+        _stored_five_folds, ["train", "--data", "{x}", "--preset", "tiny", "--set", "train.n_folds=3"],
+        _queue_dialog("train.n_folds=3"), "overrides",
+        "train.n_folds: the dataset's stored folds are 5-fold with seed 42, not 3-fold with seed 42"),
     "a dataset root for the baseline": Mistake(
         _half_root, ["baseline", "--data", "{x}", "--preset", "baseline"],
         lambda w, x: BaselineScreen(data_root=x, encoder_run_id="train-0001"), "data-root", "is not a dataset root"),

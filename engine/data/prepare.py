@@ -10,7 +10,8 @@ import numpy as np
 
 from engine.data.folds import fold_rule, make_folds, make_group_folds, read_groups
 from engine.data.manifest import DatasetLayout, load_layout
-from engine.errors import ConfigError, DataError
+from engine.errors import DataError
+from engine.specs import stored_folds_mismatch
 
 if TYPE_CHECKING:
     from engine.store import Store
@@ -57,15 +58,10 @@ def prepare_dataset(store: Store, root: str | Path, *, n_folds: int = 5, fold_se
                          rule=fold_rule(group_column))
         stored = store.get_folds(dataset_id)
     ds = store.get_dataset(dataset_id)
-    if ds and ds.get("fold_rule") and ds["fold_rule"] != fold_rule(group_column):
-        raise ConfigError(f"the dataset's stored folds were made by {ds['fold_rule']!r}, not "
-                          f"{fold_rule(group_column)!r}; every run on a dataset uses the same folds (register the "
-                          "folder as a new dataset to change them)", field="data.group_column")
-    if ds and ds["n_folds"] and (ds["n_folds"], ds["fold_seed"]) != (n_folds, fold_seed):
-        seed_field = folds_field.rsplit(".", 1)[0] + ".fold_seed" if "." in folds_field else "fold_seed"
-        raise ConfigError(f"the dataset's stored folds are {ds['n_folds']}-fold with seed {ds['fold_seed']}, "
-                          f"not {n_folds}-fold with seed {fold_seed}; every run on a dataset uses the same folds",
-                          field=folds_field if ds["n_folds"] != n_folds else seed_field)
+    mismatch = stored_folds_mismatch(ds, group_column=group_column, n_folds=n_folds, fold_seed=fold_seed,
+                                     folds_field=folds_field)
+    if mismatch is not None:
+        raise mismatch
     missing = [f for f in layout.curated.fnames if f not in stored]
     if missing:
         raise DataError(f"{len(missing)} curated clips (first: {missing[0]}) are not in the stored folds: "
