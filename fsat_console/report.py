@@ -1,4 +1,4 @@
-"""``H``: write the HTML report of what a screen shows (a run, a comparison, a blend) beside the database.
+"""``H``: write the HTML report of what a screen shows (a run, a comparison, a blend, a sweep) beside the database.
 
 The console never imports matplotlib or the report's modules (an import
 contract says so): the report is written by ``python -m engine.reporting``,
@@ -22,7 +22,7 @@ from fsat_console.access import console
 
 __all__ = ["REPORT_KEY", "report_path", "write_report"]
 
-#: The key, on the run, compare and ensemble screens.
+#: The key, on the run, compare, ensemble and sweep screens.
 REPORT_KEY = "H"
 #: Seconds a report may take before the console gives up on it.
 REPORT_TIMEOUT = 600

@@ -1,4 +1,4 @@
-"""Reports you can share: one self-contained HTML file of a run, a comparison or a blend, with its figures.
+"""Reports you can share: one self-contained HTML file of a run, a comparison, a blend or a sweep, with its figures.
 
 - :mod:`engine.reporting.model` is what a report is made of: sections, tables, each figure's numbers;
 - :mod:`engine.reporting.data` gathers the numbers (through ``engine.compare``, ``engine.runs``,
@@ -11,8 +11,9 @@
 - :mod:`engine.reporting.browser` renders a page in headless Chromium and records what it asked the
   network for (the browser test, and the screenshot in the README).
 
-A target is a ``gather_*`` function in :mod:`engine.reporting.data` returning a ``Report``; a sweep
-target is one more such function (one :class:`~engine.reporting.model.Spread` per configuration, its
-seeds as the spread) and one more argument of the CLI. Nothing is imported here, so
+A target is a ``gather_*`` function in :mod:`engine.reporting.data` returning a ``Report``: a run,
+a comparison, a blend, and a sweep (``fsat report ID --sweep``: one
+:class:`~engine.reporting.model.SweepPoint` per configuration, mean ± std over its seeds, drawn by
+:func:`engine.reporting.figures.sweep_points`). Nothing is imported here, so
 ``import engine.reporting.cli`` does not load numpy or matplotlib.
 """

@@ -1,14 +1,20 @@
-"""``fsat report``: write the self-contained HTML report of a run, a comparison or a blend.
+"""``fsat report``: write the self-contained HTML report of a run, a comparison, a blend or a sweep.
 
     fsat [--db PATH] report RUN_ID --out FILE.html [--png DIR]
     fsat [--db PATH] report RUN_ID RUN_ID ... [--baseline RUN_ID] --out FILE.html [--png DIR]
     fsat [--db PATH] report RUN_ID RUN_ID ... --blend [--weights W ...] [--method M] [--no-calibrate] --out FILE.html
+    fsat [--db PATH] report SWEEP_ID --sweep --out FILE.html [--png DIR]
 
 One run id: that run's report (a curriculum run gets its curriculum section,
 an ensemble run its blend section). Several: their comparison, with deltas
 against ``--baseline`` (default the first). ``--blend``: the blend of those
 runs as the ensemble job would make it, without saving it (the console's
-ensemble screen). ``python -m engine.reporting`` takes the same arguments.
+ensemble screen). ``--sweep``: the target is a sweep id (the number ``fsat
+sweep list`` shows), reported as one point per configuration with seed error
+bars. A sweep is named by the flag rather than guessed from the id: ``3``
+is sweep 3 only when asked, so a report never silently changes kind, and a
+bare number given without the flag, which no run id is, gets an error that
+says to add ``--sweep``. ``python -m engine.reporting`` takes the same arguments.
 
 Only :func:`run` imports the report's modules (and matplotlib with them), so
 ``fsat`` starts as fast as before for every other command. A missing run, a
@@ -29,14 +35,15 @@ from typing import Callable
 
 __all__ = ["add_parser", "build_parser", "main", "run"]
 
-_HELP = "write a self-contained HTML report (figures inline, nothing fetched) of a run, a comparison or a blend"
+_HELP = ("write a self-contained HTML report (figures inline, nothing fetched) of a run, a comparison, a blend "
+         "or a sweep (--sweep)")
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
     from engine.specs import ENSEMBLE_METHODS
 
     p.add_argument("targets", nargs="+", metavar="RUN_ID",
-                   help="one run, or several to compare (or to blend with --blend)")
+                   help="one run, or several to compare (or to blend with --blend); with --sweep, one sweep id")
     p.add_argument("--out", type=Path, required=True, metavar="FILE.html", help="where to write the report")
     p.add_argument("--baseline", metavar="RUN_ID", help="comparison: the run deltas are taken against "
                    "(default: the first)")
@@ -47,6 +54,8 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                    "(default: CV weights)")
     p.add_argument("--method", choices=list(ENSEMBLE_METHODS), default="auto", help="--blend: the blend method")
     p.add_argument("--no-calibrate", action="store_true", help="--blend: keep blended ranks")
+    p.add_argument("--sweep", action="store_true", help="the target is a sweep id (see `fsat sweep list`): one point "
+                   "per configuration with seed error bars")
     p.add_argument("--json", action="store_true", help="print what was written as JSON")
 
 
@@ -74,6 +83,8 @@ def _command(args: argparse.Namespace) -> str:
     words = ["fsat", "report", *args.targets]
     if args.baseline:
         words += ["--baseline", args.baseline]
+    if args.sweep:
+        words.append("--sweep")
     if args.blend:
         words.append("--blend")
         if args.weights:
@@ -89,6 +100,12 @@ def _command(args: argparse.Namespace) -> str:
 def _check_args(args: argparse.Namespace) -> None:
     from engine.errors import FsatError
 
+    if args.sweep:
+        if args.blend or args.baseline:
+            raise FsatError("--sweep reports one sweep: it takes no --blend or --baseline")
+        if len(args.targets) != 1 or not args.targets[0].isdigit():
+            raise FsatError(f"--sweep takes one sweep id, a whole number (see `fsat sweep list`), got "
+                            f"{' '.join(args.targets)!r}")
     if args.baseline and (args.blend or len(args.targets) < 2):
         raise FsatError("--baseline applies to a comparison of two or more runs")
     if not args.blend and (args.weights or args.method != "auto" or args.no_calibrate):
@@ -106,8 +123,10 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def gather(store, args: argparse.Namespace, db: Path):
     """The report's numbers for the target the arguments name."""
-    from engine.reporting.data import gather_blend, gather_comparison, gather_run
+    from engine.reporting.data import gather_blend, gather_comparison, gather_run, gather_sweep
 
+    if args.sweep:
+        return gather_sweep(store, int(args.targets[0]), db)
     if args.blend:
         return gather_blend(store, args.targets, weights=args.weights, method=args.method,
                             calibrate=not args.no_calibrate)

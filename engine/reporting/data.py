@@ -8,11 +8,11 @@ curated truth), ``engine.curriculum.audit_report`` and
 the ensemble job would). A part the target lacks (an ensemble has no epochs,
 a run no test scores) is left out and named in ``Report.absent``.
 
-Targets: :func:`gather_run`, :func:`gather_comparison`, :func:`gather_blend`.
-A new target (a sweep: one point per configuration with seed error bars) is
-one more ``gather_*`` function returning a :class:`~engine.reporting.model.Report`;
-its spread of scores is a :class:`~engine.reporting.model.ScoreSpreads` with one
-:class:`~engine.reporting.model.Spread` per configuration.
+Targets: :func:`gather_run`, :func:`gather_comparison`, :func:`gather_blend`,
+:func:`gather_sweep` (the table of ``engine.sweeps.sweep_table``, what ``fsat
+sweep show`` prints, drawn as one :class:`~engine.reporting.model.SweepPoint`
+per configuration). A new target is one more ``gather_*`` function returning a
+:class:`~engine.reporting.model.Report`.
 """
 
 from __future__ import annotations
@@ -26,11 +26,12 @@ from typing import Any, Sequence
 from engine.compare import METRICS, Comparison, best_points, compare_runs, fold_series, flatten, mean_series, mean_std
 from engine.errors import FsatError
 from engine.reporting.model import (AuditBars, ClassBars, Curve, CurvePanel, Figure, LearningCurves, MemberScores,
-                                    MethodScores, OutrankingBars, Report, ScoreSpreads, Section, Spread, Table)
+                                    MethodScores, OutrankingBars, Report, ScoreSpreads, Section, Spread, SweepPoint,
+                                    SweepPoints, Table)
 from engine.runs.reports import tta_comparison
 from engine.store import OOF
 
-__all__ = ["BlendFacts", "gather_blend", "gather_comparison", "gather_run"]
+__all__ = ["BlendFacts", "gather_blend", "gather_comparison", "gather_run", "gather_sweep"]
 
 #: The learning-curve panels of a report: val LWLRAP, val loss, train loss (METRICS order).
 CURVE_METRICS = METRICS[:3]
@@ -154,6 +155,25 @@ def class_lrap_section(classes: list[dict], title: str = "Classes") -> Section:
                                 [[c["class_name"], c.get("lrap"), c.get("weight"), c.get("n_pos")] for c in ranked],
                                 folded=True))
     return section
+
+
+def class_lrap_figures(names: list[str], lrap: list[tuple[str, list[float | None]]], baseline: int,
+                       deltas: Sequence[tuple[str, list[float | None]]] = (),
+                       delta_colors: list[int] | None = None) -> list[Figure]:
+    """Per-class out-of-fold LRAP of each series sorted by the baseline series', and each delta series against it.
+
+    A comparison's runs against its baseline; a sweep's best point against the preset's own point.
+    """
+    base = lrap[baseline][0]
+    figures = [Figure("class-lrap", "Out-of-fold LRAP per class",
+                      ClassBars(names, list(lrap), "LRAP", sort_by=baseline),
+                      f"Sorted by the baseline ({base}), best first.")]
+    if deltas:
+        figures.append(Figure("class-delta", f"LRAP against the baseline {base}",
+                              ClassBars(names, list(deltas), f"LRAP − LRAP of {base}", signed=True,
+                                        colors=delta_colors),
+                              f"Sorted by {deltas[0][0]}'s delta, biggest gain first."))
+    return figures
 
 
 def outranking_figure(run_id: str, truth: Any, scores: Any, classes: list[str], name: str) -> Figure:
@@ -426,7 +446,9 @@ def _signed(value: float | None) -> str:
 def _run_or_fail(store: Any, run_id: str) -> dict:
     run = store.get_run(run_id)
     if run is None:
-        raise FsatError(f"no run {run_id!r} (see `fsat runs`)")
+        # Sweep ids are whole numbers, run ids never are: say how to report the sweep.
+        hint = f"; the report of sweep {run_id} is `fsat report {run_id} --sweep`" if run_id.isdigit() else ""
+        raise FsatError(f"no run {run_id!r} (see `fsat runs`{hint})")
     return run
 
 
@@ -591,16 +613,11 @@ def _comparison_classes(comp: Comparison, db_path: Path, store: Any, report: Rep
         names = [r["class_name"] for r in rows]
         base = comp.baseline
         runs = comp.run_ids
-        section.figures.append(Figure("class-lrap", "Out-of-fold LRAP per class",
-                                      ClassBars(names, [(r, [row[f"lrap:{r}"] for row in rows]) for r in runs], "LRAP",
-                                                sort_by=runs.index(base)),
-                                      f"Sorted by the baseline ({base}), best first."))
         others = [r for r in runs if r != base]
-        section.figures.append(Figure("class-delta", f"LRAP against the baseline {base}",
-                                      ClassBars(names, [(r, [row[f"delta:{r}"] for row in rows]) for r in others],
-                                                f"LRAP − LRAP of {base}", signed=True,
-                                                colors=[runs.index(r) for r in others]),
-                                      f"Sorted by {others[0]}'s delta, biggest gain first."))
+        section.figures += class_lrap_figures(names, [(r, [row[f"lrap:{r}"] for row in rows]) for r in runs],
+                                              runs.index(base),
+                                              [(r, [row[f"delta:{r}"] for row in rows]) for r in others],
+                                              [runs.index(r) for r in others])
         section.tables.append(Table("Per-class LRAP and deltas", ["class"] + [c for c in comp.class_columns()[2:]],
                                     [[r["class_name"]] + [r[c] for c in comp.class_columns()[2:]] for r in rows],
                                     note="delta:<run> is that run's LRAP minus the baseline's.", folded=True))
@@ -686,4 +703,165 @@ def gather_blend(store: Any, members: Sequence[str], *, weights: Sequence[float]
         Table("Blend settings", ["setting", "value"], [[k, _value(v)] for k, v in sorted(data.items())]),
         Table("Lineage", ["relation", "run", "kind", "out-of-fold"],
               [["member", m, (store.get_run(m) or {}).get("kind"), member_oof.get(m)] for m in ev.weights])]))
+    return report
+
+
+# -- sweeps -------------------------------------------------------------------------------------------
+
+
+def _sweep_header(sweep: dict) -> str:
+    """Preset, grid or random settings, seeds, screening: the line under a sweep report's title."""
+    from engine.sweeps import format_value
+
+    axes = sweep.get("axes") or {}
+    parts = [f"preset {sweep['preset']}" if sweep.get("preset") else "a config file"]
+    parts += [f"grid {k}=[{', '.join(format_value(v) for v in values)}]"
+              for k, values in (axes.get("grid") or {}).items()]
+    randoms = axes.get("random") or {}
+    parts += [f"random {k}={dist}({', '.join(format_value(a) for a in args)})" for k, (dist, args) in randoms.items()]
+    if randoms:
+        parts.append(f"{axes.get('count')} points drawn with random seed {axes.get('random_seed')}")
+    parts.append(f"seed{'s' if len(sweep['seeds']) != 1 else ''} {', '.join(map(str, sweep['seeds']))}")
+    parts.append(f"screened on fold {sweep['screen_fold']}, keep {sweep['keep']}"
+                 if sweep.get("screen_fold") is not None else "no screening")
+    parts += [f"stage {sweep['stage']}", f"created {when(sweep.get('created_at'))}"]
+    return " · ".join(parts)
+
+
+def _point_label(keys: list[str], row: dict) -> str:
+    from engine.sweeps import format_value
+
+    return "\n".join([f"point {row['point']}", *(f"{k}={format_value(row[k])}" for k in keys if row[k] is not None)])
+
+
+def _sweep_points_section(table: Any) -> Section:
+    """One point per configuration with seed error bars, and the sweep's table (``fsat sweep show``'s)."""
+    from engine.sweeps import describe, format_value
+
+    sweep, rows = table.sweep, table.rows
+    section = Section("points", "Points")
+    section.lines.append(f"{len(rows)} point{'s' if len(rows) != 1 else ''} × {len(sweep['seeds'])} "
+                         f"seed{'s' if len(sweep['seeds']) != 1 else ''}: one run per point and seed.")
+    if sweep.get("screen_fold") is not None:
+        section.lines.append(f"Every point trained fold {sweep['screen_fold']} first; the {sweep['keep']} best by that "
+                             "fold's LWLRAP (mean over seeds) went on to train every fold, the others stopped there "
+                             "(`fsat sweep complete` overrides a decision).")
+    best = next((r for r in rows if r["point"] == table.best_point), None)
+    if best is not None:
+        settings = {k: best[k] for k in table.keys if best[k] is not None}
+        section.lines.append(f"Best point {best['point']} ({describe(settings)}): out-of-fold LWLRAP "
+                             f"{_score(best['cv_mean'])}" + (f" ± {best['cv_std']:.4f}" if best["cv_std"] is not None
+                                                             else "") + f" over its seeds.")
+    if any(r["cv_mean"] is not None or r["screen"] is not None for r in rows):
+        points = [SweepPoint(_point_label(table.keys, r), r["cv_mean"], r["cv_std"], r["screen"],
+                             screened_out=r["decision"] == "screened out",
+                             best=r["point"] == table.best_point, preset=r["point"] == table.default_point)
+                  for r in rows]
+        section.figures.append(Figure(
+            "sweep-points", "One point per configuration", SweepPoints(points, sweep.get("screen_fold")),
+            "Filled: the mean over seeds of the out-of-fold LWLRAP of the point's runs that trained every fold, the "
+            "bar ± their standard deviation (the star is the best point). Hollow: a point screened out, at its "
+            "screening score (the screening fold's LWLRAP, mean over seeds), which is not an out-of-fold score."))
+    section.tables.append(Table(
+        f"Sweep {sweep['id']}", [*table.keys, "point", "rank", "state", "decision", "screen", "OOF mean", "OOF std",
+                                 "fold mean", "fold std", "seeds", "folds done", "reason", "runs"],
+        [[*(None if r[k] is None else format_value(r[k]) for k in table.keys), r["point"], r["rank"], r["state"],
+          r["decision"], r["screen"], r["cv_mean"], r["cv_std"], r["fold_mean"], r["fold_std"], r["seeds"],
+          r["folds_done"], r["reason"] or "", r["runs"]] for r in rows],
+        note="OOF mean and std: over the seeds whose run trained every fold. Fold mean and std: over the seeds, of "
+             "each run's mean fold LWLRAP (the folds it trained). Screen: the screening fold's LWLRAP, mean over "
+             "seeds. The same numbers as `fsat sweep show`."))
+    return section
+
+
+def _sweep_classes_section(store: Any, table: Any, runs: list[dict]) -> Section:
+    """The best point's per-class LRAP (mean over its seeds) against the preset's own point, when both trained."""
+    best, default, classes = table.best_point, table.default_point, table.classes
+    names = [c["class_name"] for c in classes]
+    if default is not None and default != best and any(c["default"] is not None for c in classes):
+        section = Section("classes", "Classes: the best point against the preset's")
+        section.lines.append(f"Out-of-fold LRAP per class, mean over seeds, of the best point {best} and of point "
+                             f"{default}, the preset's own settings.")
+        best_label, preset_label = f"best point {best}", f"preset point {default}"
+        section.figures += class_lrap_figures(names, [(best_label, [c["best"] for c in classes]),
+                                                      (preset_label, [c["default"] for c in classes])], 1,
+                                              [(best_label, [c["delta"] for c in classes])], [0])
+        section.tables.append(Table("Per-class LRAP: the best point against the preset's",
+                                    ["class", best_label, preset_label, "Δ best − preset"],
+                                    [[c["class_name"], c["best"], c["default"], c["delta"]] for c in classes],
+                                    folded=True))
+        return section
+    # The best point alone, with each class's weight and positives as its runs recorded them.
+    recorded = next((store.class_scores(str(r["run_id"])) for r in runs if r["point"] == best), [])
+    facts = {c["class_idx"]: c for c in recorded}
+    section = class_lrap_section([{"class_name": c["class_name"], "lrap": c["best"],
+                                   "weight": facts.get(c["class_idx"], {}).get("weight"),
+                                   "n_pos": facts.get(c["class_idx"], {}).get("n_pos")} for c in classes],
+                                 title="Classes: the best point")
+    why = ("the best point is the preset's own settings" if default == best else
+           "the sweep does not hold the preset's own settings" if default is None else
+           f"the preset's point {default} has not trained every fold")
+    section.lines.append(f"Out-of-fold LRAP per class of the best point {best}, mean over its seeds; alone: {why}.")
+    return section
+
+
+def _sweep_provenance(store: Any, table: Any, runs: list[dict], db_path: Path, report: Report) -> Section:
+    """The sweep's settings, its runs, and the environment and device of one run (the best point's first)."""
+    sweep = table.sweep
+    axes = sweep.get("axes") or {}
+    settings = [["sweep", sweep["id"]], ["name", sweep.get("name") or ""], ["preset", sweep.get("preset") or ""]]
+    settings += [[f"grid {k}", _value(v)] for k, v in (axes.get("grid") or {}).items()]
+    settings += [[f"random {k}", _value(v)] for k, v in (axes.get("random") or {}).items()]
+    if axes.get("random"):
+        settings += [["count", axes.get("count")], ["random seed", axes.get("random_seed")]]
+    settings += [["seeds", ", ".join(map(str, sweep["seeds"]))], ["screening fold", sweep.get("screen_fold")],
+                 ["keep", sweep.get("keep")], ["stage", sweep.get("stage")], ["created", when(sweep.get("created_at"))]]
+    tables = [Table("Sweep settings", ["setting", "value"], settings),
+              Table("Runs", ["run", "point", "seed", "job", "run status", "out-of-fold", "folds done", "config hash"],
+                    [[r["run_id"], r["point"], r["seed"], r["job_status"] or "", r["run_status"] or "not started",
+                      r["cv_lwlrap"], r["folds_done"], r["config_hash"] or ""] for r in runs],
+                    note="A screened-out run's out-of-fold score covers its screening fold only.")]
+    started = [r for r in runs if r["run_status"] is not None]
+    chosen = next((r for r in started if r["point"] == table.best_point), started[0] if started else None)
+    base = flatten(sweep.get("base") or {})
+    config = Table("Configuration every point starts from (the preset with the sweep's shared settings)",
+                   ["setting", "value"], [[k, _value(v)] for k, v in sorted(base.items())], folded=True)
+    if chosen is None:
+        section = Section("provenance", "Provenance", tables=[*tables, config])
+        report.absent.append("environment and device: no run of the sweep has started yet")
+        return section
+    run = store.get_run(str(chosen["run_id"]))
+    section = provenance_section(store, run, db_path)
+    section.lines.append(f"Environment, lineage and device of {chosen['run_id']}"
+                         + (" (the best point's first seed)" if chosen["point"] == table.best_point else
+                            " (the first run started)") + "; every run of the sweep is in the Runs table.")
+    section.tables = [*tables, *(t for t in section.tables if t.title != "Configuration"), config]
+    return section
+
+
+def gather_sweep(store: Any, sweep_id: int, db_path: Path | str) -> Report:
+    """The report of a sweep: its points with seed error bars, its table, the best point's classes, provenance.
+
+    The numbers are ``engine.sweeps.sweep_table``'s (``fsat sweep show``), read as recorded: a screening
+    that ended with no worker to decide it shows its points undecided until ``fsat sweep show`` decides it.
+    """
+    from engine.sweeps import sweep_table
+
+    db_path = Path(db_path)
+    table = sweep_table(store, sweep_id)
+    sweep = table.sweep
+    runs = store.sweep_runs(sweep_id)
+    report = Report("sweep", f"Sweep {sweep['id']}" + (f" — {sweep['name']}" if sweep.get("name") else ""),
+                    _sweep_header(sweep), [])
+    points = _sweep_points_section(table)
+    report.add(points)
+    if not points.figures:
+        report.absent.append("the points figure: no point has a score yet")
+    if table.best_point is None:
+        report.absent.append("per-class LRAP: no point has trained every fold yet")
+    elif not table.classes:
+        report.absent.append(f"per-class LRAP: the best point {table.best_point}'s runs recorded none")
+    else:
+        report.add(_sweep_classes_section(store, table, runs))
+    report.add(_sweep_provenance(store, table, runs, db_path, report))
     return report

@@ -25,7 +25,7 @@ matplotlib.use("Agg")
 from matplotlib.figure import Figure as MplFigure  # noqa: E402  (after the backend is chosen)
 
 from engine.reporting.model import (AuditBars, ClassBars, Figure, LearningCurves, MemberScores,  # noqa: E402
-                                   MethodScores, OutrankingBars, ScoreSpreads)
+                                   MethodScores, OutrankingBars, ScoreSpreads, SweepPoints)
 
 __all__ = ["draw", "save_png", "svg_text"]
 
@@ -249,6 +249,49 @@ def audit_bars(data: AuditBars) -> MplFigure:
     return fig
 
 
+def sweep_points(data: SweepPoints) -> MplFigure:
+    """One column per configuration: a filled dot at the mean out-of-fold LWLRAP over seeds with a ± std bar;
+    a point without that (screened out, or still completing) as a hollow dot at its screening score, labelled;
+    a point not scored yet, said so."""
+    n = len(data.points)
+    fig, (ax,) = _new(4.2 if n <= 8 else 5.2)
+    xs = list(range(n))
+    done = [(x, p) for x, p in zip(xs, data.points) if p.mean is not None]
+    out = [(x, p) for x, p in zip(xs, data.points) if p.mean is None and p.screen is not None]
+    for x, p in done:
+        ax.errorbar([x], [p.mean], yerr=[p.std or 0.0], fmt="*" if p.best else "o", markersize=13 if p.best else 8,
+                    color=COLORS[4], ecolor="black", elinewidth=1.2, capsize=6, zorder=4,
+                    label=("out-of-fold LWLRAP, mean ± std over seeds" if x == done[0][0] else None))
+        ax.annotate(f"{p.mean:.4f}" + (f" ± {p.std:.4f}" if p.std is not None else "") + ("\nbest" if p.best else ""),
+                    (x, p.mean),
+                    xytext=(9, 0), textcoords="offset points", va="center", fontsize=7)
+    where = f"fold {data.screen_fold}" if data.screen_fold is not None else "the screening fold"
+    for x, p in out:
+        ax.scatter([x], [p.screen], marker="o", s=70, facecolors="white", edgecolors=COLORS[5], linewidths=1.6,
+                   zorder=4, label=(f"screening score: {where}'s LWLRAP, mean over seeds" if x == out[0][0] else None))
+        ax.annotate(("screened out" if p.screened_out else "screened, not complete yet") + f"\n{where}: {p.screen:.4f}",
+                    (x, p.screen), xytext=(9, 0), textcoords="offset points", va="center", fontsize=7,
+                    color=COLORS[5])
+    for x, p in zip(xs, data.points):
+        if p.mean is None and p.screen is None:
+            ax.annotate("not scored yet", (x, 0.0), xycoords=("data", "axes fraction"), xytext=(0, 6),
+                        textcoords="offset points", ha="center", fontsize=7, color="#777777")
+    values = [v for _, p in done for v in (p.mean - (p.std or 0.0), p.mean + (p.std or 0.0))]
+    values += [p.screen for _, p in out]
+    if values:
+        low, high = min(values), max(values)
+        pad = max(0.01, (high - low) * 0.35)
+        ax.set_ylim(max(0.0, low - pad), min(1.0, high + pad))
+    labels = [p.label + ("\n(the preset's)" if p.preset else "") for p in data.points]
+    ax.set_xticks(xs, labels, fontsize=7, rotation=0 if n <= 8 else 60, ha="center" if n <= 8 else "right")
+    ax.set_xlim(-0.6, n - 0.4 + (0.3 if n <= 8 else 0.0))
+    ax.set_ylabel("LWLRAP")
+    ax.grid(axis="x", visible=False)
+    if done or out:
+        ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0, 1.0), ncols=2, frameon=False)
+    return fig
+
+
 _DRAW: dict[type, Callable[[Any], MplFigure]] = {
     LearningCurves: learning_curves,
     ScoreSpreads: score_spreads,
@@ -257,6 +300,7 @@ _DRAW: dict[type, Callable[[Any], MplFigure]] = {
     MethodScores: method_scores,
     MemberScores: member_scores,
     AuditBars: audit_bars,
+    SweepPoints: sweep_points,
 }
 
 

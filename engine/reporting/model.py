@@ -4,7 +4,7 @@ A :class:`Report` is a title and an ordered list of :class:`Section` s, each
 with lines of text, :class:`Table` s and :class:`Figure` s. A figure holds the
 numbers of one plot in a dataclass per kind of plot (:class:`LearningCurves`,
 :class:`ScoreSpreads`, :class:`ClassBars`, :class:`OutrankingBars`,
-:class:`MethodScores`, :class:`MemberScores`, :class:`AuditBars`):
+:class:`MethodScores`, :class:`MemberScores`, :class:`AuditBars`, :class:`SweepPoints`):
 ``engine.reporting.data`` fills them, ``engine.reporting.figures`` draws them
 and ``engine.reporting.html`` lays out the page. Standard library only.
 """
@@ -17,7 +17,8 @@ from typing import Any
 from engine.compare import mean_std
 
 __all__ = ["AuditBars", "ClassBars", "Curve", "CurvePanel", "Figure", "LearningCurves", "MemberScores",
-           "MethodScores", "OutrankingBars", "Report", "ScoreSpreads", "Section", "Spread", "Table"]
+           "MethodScores", "OutrankingBars", "Report", "ScoreSpreads", "Section", "Spread", "SweepPoint",
+           "SweepPoints", "Table"]
 
 
 @dataclass
@@ -60,7 +61,7 @@ class LearningCurves:
 
 @dataclass
 class Spread:
-    """One run (or, for a sweep, one configuration): its fold scores, out-of-fold and test LWLRAP."""
+    """One run: its fold scores, out-of-fold and test LWLRAP."""
 
     label: str
     folds: list[float]
@@ -135,7 +136,30 @@ class AuditBars:
     weak_precision: list[float | None] | None = None
 
 
-FigureData = (LearningCurves | ScoreSpreads | ClassBars | OutrankingBars | MethodScores | MemberScores | AuditBars)
+@dataclass
+class SweepPoint:
+    """One configuration of a sweep: the mean ± std over seeds of its runs' out-of-fold LWLRAP, or, until one of
+    its runs has trained every fold, its screening score (the screening fold's LWLRAP, mean over seeds)."""
+
+    label: str
+    mean: float | None
+    std: float | None = None
+    screen: float | None = None
+    screened_out: bool = False
+    best: bool = False
+    preset: bool = False
+
+
+@dataclass
+class SweepPoints:
+    """One point per configuration of a sweep, in point order; ``screen_fold``: the fold points were screened on."""
+
+    points: list[SweepPoint]
+    screen_fold: int | None = None
+
+
+FigureData = (LearningCurves | ScoreSpreads | ClassBars | OutrankingBars | MethodScores | MemberScores | AuditBars
+              | SweepPoints)
 
 
 @dataclass
@@ -166,7 +190,7 @@ class Section:
 class Report:
     """What ``fsat report`` writes: the target, its sections and what it lacks."""
 
-    kind: str                     # "run" | "compare" | "blend"
+    kind: str                     # "run" | "compare" | "blend" | "sweep"
     title: str
     subtitle: str
     sections: list[Section]

@@ -12,7 +12,8 @@ decision and rank, and under it the best point's per-class LRAP against the
 preset's own point; it reloads while the sweep runs (a thread worker, then the
 next poll is scheduled, so polls never overlap). ``c`` completes a
 screened-out point (the decision overridden), ``X`` cancels what has not
-started, ``escape`` goes back.
+started, ``H`` writes the sweep's HTML report beside the database
+(``fsat report ID --sweep``, ``fsat_console.report``), ``escape`` goes back.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from engine.compare import pm_text
 from engine.errors import FsatError
 from fsat_console.access import console
 from fsat_console.formatting import fmt_score
+from fsat_console.report import REPORT_KEY, write_report
 from fsat_console.screens.dialogs import split_overrides
 from fsat_console.widgets.footer import KeyFooter
 
@@ -154,6 +156,9 @@ class SweepScreen(Screen):
         Binding("escape", "app.pop_screen", "Back", tooltip="Back to the runs and jobs"),
         Binding("c", "complete", "Complete point", tooltip="Complete the selected screened-out point (every fold)"),
         Binding("X", "cancel_sweep", "Cancel sweep", tooltip="Cancel the sweep's jobs that have not started"),
+        Binding(REPORT_KEY, "report", "Report", show=False,
+                tooltip="Write the sweep's HTML report (one point per configuration with seed error bars) beside "
+                        "the database"),
     ]
 
     def __init__(self, sweep_id: int) -> None:
@@ -243,6 +248,10 @@ class SweepScreen(Screen):
         point = self._selected_point()
         if point is not None:
             self._write("complete", point)
+
+    def action_report(self) -> None:
+        """Write the sweep's HTML report (``fsat report ID --sweep``) to ``report-sweep-<id>.html``."""
+        write_report(self, f"sweep-{self.sweep_id}", [str(self.sweep_id), "--sweep"])
 
     def action_cancel_sweep(self) -> None:
         """Cancel what has not started."""

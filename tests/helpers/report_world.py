@@ -196,3 +196,45 @@ def page_tables(page: str) -> dict[str, list[list[str]]]:
     parser = Tables()
     parser.feed(page)
     return parser.tables
+
+
+#: ``fsat sweep`` settings of the smallest real sweep: widths 8 and 16 × seeds 1, 2, one short epoch per fold,
+#: screened on fold 0 keeping 1 point. The shared ``model.width=8`` makes point 0 the sweep's own settings (its
+#: "preset point"), so the wider point 1 is set against it once both have trained every fold.
+SWEEP_ARGS = ("--preset", "demo", "--set", "train.epochs=1", "--set", "train.steps_per_epoch=4", "--set",
+              "audio.crop_seconds=1", "--set", "optim.warmup_epochs=0", "--set", "model.width=8",
+              "--grid", "model.width=[8,16]", "--seeds", "1,2", "--screen-fold", "0", "--keep", "1")
+
+
+def run_demo_sweep(db: Path, data: Path, *, drain_queue: bool = True) -> int:
+    """Queue the smallest real sweep with ``fsat sweep`` and, with ``drain_queue``, train it with a real worker;
+    returns the sweep id."""
+    from tests.helpers.processes import drain, run_cli
+
+    sweep_id = int(run_cli("sweep", *SWEEP_ARGS, "--data", str(data), db=db).stdout)
+    if drain_queue:
+        drain(db)
+    return sweep_id
+
+
+def sweep_expectations(db: Path, sweep_id: int) -> dict[int, dict]:
+    """Per point, straight from its runs' recorded scores: the mean and sample std over seeds of the out-of-fold
+    LWLRAP of the runs that trained all 5 folds, the screening fold 0's mean LWLRAP, and the folds trained."""
+    import statistics
+
+    from engine.store import Store
+
+    with Store(db, readonly=True) as store:
+        runs = store.sweep_runs(sweep_id)
+        folds = {r["run_id"]: {f["fold"]: f["lwlrap"] for f in store.fold_scores(r["run_id"])} for r in runs}
+        cv = {r["run_id"]: (store.get_run(r["run_id"]) or {}).get("cv_lwlrap") for r in runs}
+    out: dict[int, dict] = {}
+    for point in sorted({r["point"] for r in runs}):
+        ids = [r["run_id"] for r in runs if r["point"] == point]
+        complete = [cv[i] for i in ids if len(folds[i]) == N_FOLDS]
+        screen = [folds[i][0] for i in ids if 0 in folds[i]]
+        out[point] = {"runs": ids, "cv_mean": statistics.mean(complete) if complete else None,
+                      "cv_std": statistics.stdev(complete) if len(complete) > 1 else None,
+                      "screen": statistics.mean(screen) if len(screen) == len(ids) else None,
+                      "folds": sum(len(folds[i]) for i in ids)}
+    return out
