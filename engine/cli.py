@@ -28,6 +28,7 @@
     fsat [--db PATH] cancel JOB_ID
     fsat [--db PATH] wait JOB_ID [--timeout SECONDS]
     fsat [--db PATH] report RUN_ID ... --out FILE.html [--baseline RUN_ID] [--png DIR] [--blend ...]
+    fsat [--db PATH] report SWEEP_ID --sweep --out FILE.html [--png DIR]
 
 Every ``queue`` (and ``ensemble`` without ``--now``) goes through
 ``engine.intake``: the console's dialogs make the same checks, in the same
