@@ -409,9 +409,13 @@ def cmd_runs(args: argparse.Namespace) -> int:
         total = store.count_runs(where=flt.sql, params=flt.params, archived=archived) \
             if limit is not None else len(rows)
         from engine.seeds import group_columns, seed_groups
+        from engine.sweeps import mark_screened
 
         groups = group_columns(seed_groups(store))
+        mark_screened(store, rows)
     rows = [{**r, **groups.get(r["run_id"], {})} for r in rows]
+    if not args.json:  # a screened run's score is its screening fold's (f0 0.6120), never a CV figure
+        rows = [{**r, "cv_lwlrap": r["screen_text"]} if r.get("screen_text") else r for r in rows]
     _emit(args, rows, "runs", ["run_id", "kind", "name", "model", "status", "folds_done", "cv_lwlrap",
                                "mean_fold_lwlrap", "seeds", "group_cv", "test_lwlrap", "tags", "created"])
     _say_cut(len(rows), total, "runs")
@@ -528,6 +532,9 @@ def cmd_show(args: argparse.Namespace) -> int:
         run = store.get_run(args.run_id)
         if run is None:
             raise FsatError(f"no run {args.run_id!r} (see `fsat runs`)")
+        from engine.sweeps import mark_screened
+
+        mark_screened(store, [run])
         folds = store.fold_scores(args.run_id)
         fold = OOF if args.fold is None else args.fold
         classes = store.class_scores(args.run_id, fold)
@@ -538,8 +545,10 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(json.dumps({"run": run, "folds": folds, "classes": classes, "epochs": epochs,
                           "members": members, "candidates": candidates}, indent=2, default=str))
         return 0
-    console.print(f"[bold]{run['run_id']}[/] {run['kind']} {run['model']} [{run['status']}]  "
-                  f"CV lwlrap [bold]{_fmt(run['cv_lwlrap'])}[/]  test {_fmt(run['test_lwlrap'])}  "
+    headline = f"screening {run['screen_text']}" if run.get("screen_text") else \
+        f"CV lwlrap [bold]{_fmt(run['cv_lwlrap'])}[/]"
+    console.print(f"[bold]{run['run_id']}[/] {run['kind']} {run['model']} \\[{run['status']}]  "
+                  f"{headline}  test {_fmt(run['test_lwlrap'])}  "
                   f"seed {run['seed']}  device {run['device']}  config {run['config_hash']}")
     for f in folds:
         f["epochs"] = sum(1 for e in epochs if e["fold"] == f["fold"])

@@ -40,32 +40,57 @@ class SeedGroup:
         """Mean ± std over seeds of each run's fold mean."""
         return mean_std(self.fold_means)
 
+    @property
+    def cv_text(self) -> str:
+        """``0.8123 ± 0.0085 (2)``: OOF mean ± std over the seeds that trained every fold; empty under two."""
+        if len(self.cv) < 2:
+            return ""
+        return f"{pm_text(*self.cv_mean_std)} ({len(self.cv)})"
+
 
 def _n_folds(config: dict) -> int:
     train = config.get("train") or {}
     return len(train.get("folds") or []) or int(train.get("n_folds") or 5)
 
 
-def seed_groups(store: "Store") -> dict[str, SeedGroup]:
-    """Every seed group of the database's scored training runs, by key."""
+def seed_groups(store: "Store", *, keys: dict[str, tuple[str, int]] | None = None) -> dict[str, SeedGroup]:
+    """Every seed group of the database's scored training runs, by key.
+
+    ``keys`` (config hash -> group key and folds) is a cache the caller keeps
+    between calls, as the console's poll does: a run's config is decoded and
+    keyed only the first time its config hash is seen (runs with the same
+    config hash have the same group and folds). Without it every config is
+    decoded and keyed.
+    """
+    cache: dict[str, tuple[str, int]] = {} if keys is None else keys
     groups: dict[str, SeedGroup] = {}
-    for run in store.runs_for_seed_groups():
-        group = groups.setdefault(seed_group_key(run["config"]), SeedGroup(seed_group_key(run["config"])))
+    for run in store.runs_for_seed_groups(known=list(cache)):
+        digest = run.get("config_hash") or ""
+        keyed = cache.get(digest) if digest else None
+        if keyed is None:
+            config = run["config"] or {}
+            keyed = (seed_group_key(config), _n_folds(config))
+            if digest:
+                cache[digest] = keyed
+        key, n_folds = keyed
+        group = groups.setdefault(key, SeedGroup(key))
         group.run_ids.append(run["run_id"])
         group.seeds.append(run["seed"])
         if run["mean_fold_lwlrap"] is not None:
             group.fold_means.append(run["mean_fold_lwlrap"])
-        if run["cv_lwlrap"] is not None and run["folds_done"] >= _n_folds(run["config"]):
+        if run["cv_lwlrap"] is not None and run["folds_done"] >= n_folds:
             group.cv.append(run["cv_lwlrap"])
     return groups
 
 
 def group_columns(groups: dict[str, SeedGroup]) -> dict[str, dict]:
-    """run id -> its group's columns: ``group`` (key), ``seeds`` (runs), ``group_cv`` and ``group_folds`` (mean ± std)."""
+    """run id -> its group's columns: ``group`` (key), ``seeds`` (runs), ``group_cv`` and ``group_folds`` (mean ± std),
+    ``group_oof`` (:attr:`SeedGroup.cv_text`, the console's runs table) and ``group_cv_mean`` (its sort key)."""
     out = {}
     for group in groups.values():
         cells = {"group": group.key, "seeds": len(group.run_ids), "group_cv": pm_text(*group.cv_mean_std),
-                 "group_folds": pm_text(*group.fold_mean_std)}
+                 "group_folds": pm_text(*group.fold_mean_std), "group_oof": group.cv_text,
+                 "group_cv_mean": group.cv_mean_std[0] if len(group.cv) >= 2 else None}
         for run_id in group.run_ids:
             out[run_id] = cells
     return out

@@ -298,10 +298,52 @@ def _state(runs: list[dict], n_folds: int) -> str:
     return "screened"
 
 
+def sweep_folds(base: dict) -> int:
+    """How many folds a sweep's runs train once completed: its base spec's ``train.n_folds``."""
+    return int((base.get("train") or {}).get("n_folds") or 5)
+
+
+#: A point's decision -> the state of its runs while they hold the screening fold only, in place of ``done``:
+#: ``screened`` out (as the sweep view's state says), ``screening`` (not decided yet), ``kept`` (other folds to come).
+SCREENED_STATES = {"screened out": "screened", None: "screening", "kept": "kept", "completed by hand": "kept"}
+
+
+def screen_text(fold: int, score: float | None) -> str:
+    """``f0 0.6120``: a screening fold's LWLRAP, labelled with its fold so it never reads as a CV figure."""
+    return f"f{fold} " + ("—" if score is None else f"{score:.4f}")
+
+
+def mark_screened(store: "Store", runs: list) -> list:
+    """Relabel, in place, the runs that hold only their sweep's screening fold; returns ``runs``.
+
+    Such a run's job ended ``done`` after one fold, and its recorded CV
+    LWLRAP is that fold's clips alone: read as a 5-fold result it misleads. Its
+    ``status`` becomes one of :data:`SCREENED_STATES` (``screened`` when its
+    point was screened out), ``cv_lwlrap`` None, and ``screen_fold``, ``screen_lwlrap`` and
+    ``screen_text`` (``f0 0.6120``) say what the score is. A run that went on
+    to train every fold is left as it is. One query for all the runs
+    (``Store.screened_runs``); ``fsat runs``, ``fsat show`` and the console's
+    runs table and run screen call it.
+    """
+    facts = {f["run_id"]: f for f in store.screened_runs([r["run_id"] for r in runs if r.get("status") == "done"])}
+    for run in runs:
+        fact = facts.get(run["run_id"])
+        if fact is None or run.get("status") != "done":
+            continue
+        if fact["folds_done"] >= sweep_folds(json.loads(fact["base"] or "{}")):
+            continue
+        run["status"] = SCREENED_STATES.get(fact["decision"], "kept")
+        run["cv_lwlrap"] = None
+        run["screen_fold"] = fact["screen_fold"]
+        run["screen_lwlrap"] = fact["screen_lwlrap"]
+        run["screen_text"] = screen_text(fact["screen_fold"], fact["screen_lwlrap"])
+    return runs
+
+
 def sweep_table(store: "Store", sweep_id: int) -> SweepTable:
     """The sweep's table from the store: each point's runs, their recorded scores, its decision."""
     sweep = store.get_sweep(sweep_id)
-    n_folds = int(sweep["base"].get("train", {}).get("n_folds", 5))
+    n_folds = sweep_folds(sweep["base"])
     points = store.sweep_points(sweep_id)
     runs = store.sweep_runs(sweep_id)
     fold_means = {}

@@ -21,6 +21,10 @@ STATUS_STYLES = {
     "failed": "bold red",
     "cancelled": "dim",
     "interrupted": "dark_orange",
+    # A sweep's run that trained its screening fold only (``engine.sweeps.mark_screened``).
+    "screened": "dim",
+    "screening": "dark_cyan",
+    "kept": "dark_cyan",
     "idle": "green",
     "busy": "bold yellow",
 }
@@ -33,6 +37,9 @@ STATUS_ICONS = {
     "failed": "✖",
     "cancelled": "⊘",
     "interrupted": "⏸",
+    "screened": "◔",
+    "screening": "◔",
+    "kept": "◔",
 }
 
 

@@ -35,6 +35,8 @@ from textual.message import Message
 from engine.errors import FsatError
 from engine.filters import compile_filter
 from engine.runs.reports import TtaComparison, infer_runs_of, tta_comparison
+from engine.seeds import group_columns, seed_groups
+from engine.sweeps import mark_screened
 from engine.store import Store, StoreError
 
 #: A worker whose heartbeat is older than this is not counted as alive.
@@ -94,6 +96,9 @@ class Overview:
     run_stamp: tuple = ()
     #: Per run of a running job: its latest epoch's system figures (device, peak_gpu_mib, gpu_util, peak_rss_mib).
     system: dict[str, dict] = field(default_factory=dict)
+    #: Per run on the page in a seed group: its group's cells (``engine.seeds.group_columns``); None until the
+    #: poll after the first has computed them.
+    groups: dict[str, dict] | None = None
 
     def job(self, job_id: int | None) -> dict | None:
         """The job row with this id, if it is running or on the shown page."""
@@ -231,6 +236,12 @@ class Poller:
         self._detail_key: tuple | None = None
         self._loaded_at = 0.0
         self._ended_since: float | None = None
+        #: Every run's seed-group cells, and the run stamp they were computed at (again only when runs change).
+        self._groups: dict[str, dict] = {}
+        self._groups_stamp: tuple | None = None
+        self._group_keys: dict[str, tuple[str, int]] = {}
+        #: The first load left the groups out; the next poll loads the overview again to bring them.
+        self._groups_due = False
 
     def _open(self) -> Store:
         if self._store is None:
@@ -267,7 +278,7 @@ class Poller:
             changed = version != self._version
             stale = time.time() - self._loaded_at >= self.stale_after
             overview = detail = None
-            if changed or stale or force:
+            if changed or stale or force or self._groups_due:
                 overview = self._load_overview(store, force, *(views or ()))
                 self._loaded_at = time.time()
             if watch is not None and (changed or force or force_detail or self._detail_key is None
@@ -303,18 +314,39 @@ class Poller:
         job_matches = len(jobs) + job_view.offset if len(jobs) < job_view.limit else store.count_jobs_where(
             where=job_filter.sql, params=job_filter.params)
         stamp = store.run_stamp()
+        groups = self._page_groups(store, stamp, runs)
+        mark_screened(store, runs)
         system = store.latest_epoch_system([j["run_id"] for j in running if j.get("run_id")])
         ended = self._ended_jobs(store)
         # Heartbeats alone must not repaint: compare without them.
         key = (repr(_strip(jobs, "heartbeat_at")), repr(runs), repr(_strip(workers, "heartbeat_at")),
                repr(_strip(running, "heartbeat_at")), run_matches, job_matches, repr(run_totals),
-               repr(job_counts), run_view, job_view, stamp, repr(system))
+               repr(job_counts), run_view, job_view, stamp, repr(system), repr(groups))
         if key == self._overview_key and not force and not ended:
             return None
         self._overview_key = key
         return Overview(jobs=jobs, runs=runs, workers=workers, run_matches=run_matches, job_matches=job_matches,
                         run_totals=run_totals, job_counts=job_counts, running=running, ended=ended,
-                        run_view=run_view, job_view=job_view, run_stamp=stamp, system=system)
+                        run_view=run_view, job_view=job_view, run_stamp=stamp, system=system, groups=groups)
+
+    def _page_groups(self, store: Store, stamp: tuple, runs: list[dict]) -> dict[str, dict] | None:
+        """The page's runs' seed-group cells: every group from one query, again only when the runs changed.
+
+        A group's OOF statistics change only when a run is added, finishes or
+        is rescored, which is what the run stamp follows. The first load
+        returns None and leaves them to the next poll: keying every run's
+        config the first time takes about a second at 10,000 runs, which the
+        first paint should not wait for; later only new configs are keyed
+        (``seed_groups``' cache).
+        """
+        if stamp != self._groups_stamp:
+            if self._groups_stamp is None and not self._groups_due:
+                self._groups_due = True
+                return None
+            self._groups = group_columns(seed_groups(store, keys=self._group_keys))
+            self._groups_stamp = stamp
+            self._groups_due = False
+        return {r["run_id"]: self._groups[r["run_id"]] for r in runs if r["run_id"] in self._groups}
 
     def _ended_jobs(self, store: Store) -> list[dict]:
         """Jobs that finished or failed since the last look (none on the first look: old news)."""
@@ -331,6 +363,8 @@ class Poller:
     def _load_detail(self, store: Store, watch: tuple[str, int], force: bool) -> RunDetail | None:
         run_id, class_fold = watch
         run = store.get_run(run_id)
+        if run is not None:
+            mark_screened(store, [run])
         job = None
         if run and run.get("job_id") is not None:
             try:

@@ -34,10 +34,11 @@ def fixed_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 
 async def settle(pilot) -> None:
-    """Until the first poll's rows are on screen; the header shows the file name, not the test's folder."""
+    """Until the polls' rows and seed groups are on screen; the header shows the file name, not the test's folder."""
     app = pilot.app
-    await wait_until(pilot, lambda: app.overview is not None and table(app, "runs").row_count == len(app.overview.runs)
-                     and table(app, "jobs").row_count == len(app.overview.jobs), what="the first poll's rows")
+    await wait_until(pilot, lambda: app.overview is not None and app.overview.groups is not None
+                     and table(app, "runs").row_count == len(app.overview.runs)
+                     and table(app, "jobs").row_count == len(app.overview.jobs), what="the polls' rows and groups")
     app.sub_title = "experiments.db"
     await settle_workers(pilot, app)
 

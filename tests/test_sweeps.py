@@ -132,8 +132,10 @@ def _run_screening_job(store: Store, job_id: int, *, score: float | None, fail: 
         store.record_fold(job.run_id, 0, lwlrap=score, best_epoch=1, n_val=10)
     owner = {"worker_id": "w1", "attempt": job.attempts}
     if fail:
+        store.finish_run(job.run_id, status="failed")
         store.fail_job(job.id, "out of memory", None, **owner)
     else:
+        store.finish_run(job.run_id, status="done", cv_lwlrap=score)  # the OOF of the one fold trained
         store.finish_job(job.id, **owner)
 
 
@@ -147,8 +149,15 @@ def test_screening_keeps_the_best_points_once_every_screening_job_ended_and_comp
     for job, (score, fail) in zip(jobs, outcomes):
         assert sweeps.advance(store, job["id"]) == []  # not every screening job has ended yet
         _run_screening_job(store, job["id"], score=score, fail=fail)
+    states = {r["run_id"]: r["status"] for r in sweeps.mark_screened(store, store.page_runs())}
+    assert states[jobs[0]["run_id"]] == "screening" and states[jobs[-1]["run_id"]] == "failed"  # not decided yet
     queued = sweeps.advance(store, jobs[-1]["id"])
     assert sweeps.advance(store, jobs[-1]["id"]) == []  # decided once
+    listed = {r["run_id"]: r for r in sweeps.mark_screened(store, store.page_runs())}
+    # Point 0 screened out, point 1 kept (its other folds queued), point 2 screened out by its failed run.
+    assert [listed[j["run_id"]]["status"] for j in jobs] == ["screened", "screened", "kept", "kept", "screened",
+                                                             "failed"]
+    assert listed[jobs[1]["run_id"]]["screen_text"] == "f0 0.6000" and listed[jobs[1]["run_id"]]["cv_lwlrap"] is None
     points = {p["point"]: p for p in store.sweep_points(sweep_id)}
     assert points[1]["decision"] == "kept" and points[1]["screen_lwlrap"] == pytest.approx(0.6)
     assert points[0]["decision"] == "screened out" and points[0]["screen_lwlrap"] == pytest.approx(0.55)
@@ -163,6 +172,7 @@ def test_screening_keeps_the_best_points_once_every_screening_job_ended_and_comp
     more = sweeps.complete_point(store, sweep_id, 0)
     assert [store.get_job(j).run_id for j in more] == [f"sweep-{sweep_id:04d}-p0-s1", f"sweep-{sweep_id:04d}-p0-s2"]
     assert store.sweep_points(sweep_id)[0]["decision"] == "completed by hand"
+    assert sweeps.mark_screened(store, store.run_rows([jobs[0]["run_id"]]))[0]["status"] == "kept"
     with pytest.raises(Exception, match="only a screened-out point"):
         sweeps.complete_point(store, sweep_id, 1)
 
@@ -187,15 +197,31 @@ def test_cancelling_a_sweep_cancels_what_has_not_started_and_queues_nothing_more
     assert store.get_sweep(sweep_id)["stage"] == "cancelled"
 
 
-@pytest.mark.slow
-def test_a_demo_sweep_of_two_points_and_two_seeds_screened_on_fold_0_runs_from_one_command(tiny_demo, tmp_path):
-    db = tmp_path / "experiments.db"
+@pytest.fixture(scope="module")
+def demo_sweep(tiny_demo, tmp_path_factory) -> tuple[Path, int]:
+    """The demo sweep of 2 points × 2 seeds screened on fold 0, keep 1: queued by one command, drained once."""
+    db = tmp_path_factory.mktemp("sweep") / "experiments.db"
     out = run_cli("sweep", "--preset", "demo", "--data", str(tiny_demo), "--set", "train.epochs=1",
                   "--set", "train.steps_per_epoch=4", "--set", "audio.crop_seconds=1", "--set",
                   "optim.warmup_epochs=0", "--grid", "model.width=[8,16]", "--seeds", "1,2", "--screen-fold", "0",
                   "--keep", "1", db=db)
     sweep_id = int(out.stdout)
     drain(db)
+    return db, sweep_id
+
+
+def _decided(db: Path, sweep_id: int) -> dict[str, dict]:
+    """Each run of the sweep: its point's decision, its recorded run row and its fold scores."""
+    with Store(db, readonly=True) as store:
+        points = {p["point"]: p["decision"] for p in store.sweep_points(sweep_id)}
+        return {r["run_id"]: {"decision": points[r["point"]], "run": store.get_run(r["run_id"]),
+                              "folds": {f["fold"]: f["lwlrap"] for f in store.fold_scores(r["run_id"])}}
+                for r in store.sweep_runs(sweep_id)}
+
+
+@pytest.mark.slow
+def test_a_demo_sweep_of_two_points_and_two_seeds_screened_on_fold_0_runs_from_one_command(demo_sweep):
+    db, sweep_id = demo_sweep
     table = json.loads(run_cli("sweep", "show", str(sweep_id), "--json", db=db).stdout)
     rows = {r["point"]: r for r in table["rows"]}
     with Store(db, readonly=True) as store:
@@ -234,6 +260,64 @@ def test_a_demo_sweep_of_two_points_and_two_seeds_screened_on_fold_0_runs_from_o
     for r in runs:
         config = recorded[r["run_id"]]["config"]
         assert (config["model"]["width"], config["train"]["seed"]) == ((8, 16)[r["point"]], r["seed"])
+
+
+@pytest.mark.slow
+def test_a_screened_out_run_is_listed_as_screened_with_its_fold_score_not_as_a_cv(demo_sweep):
+    db, sweep_id = demo_sweep
+    runs = _decided(db, sweep_id)
+    out = [r for r, v in runs.items() if v["decision"] == "screened out"]
+    kept = [r for r, v in runs.items() if v["decision"] == "kept"]
+    assert len(out) == 2 and len(kept) == 2
+    listed = {r["run_id"]: r for r in json.loads(run_cli("runs", "--json", db=db).stdout)}
+    for r in out:
+        assert listed[r]["status"] == "screened" and listed[r]["cv_lwlrap"] is None
+        assert listed[r]["screen_fold"] == 0 and listed[r]["screen_lwlrap"] == pytest.approx(runs[r]["folds"][0])
+    for r in kept:  # kept, then every fold: a run like any other
+        assert listed[r]["status"] == "done" and listed[r]["folds_done"] == 5
+        assert listed[r]["cv_lwlrap"] == pytest.approx(runs[r]["run"]["cv_lwlrap"]) and "screen_fold" not in listed[r]
+    lines = {line.split()[0]: line for line in run_cli("runs", db=db).stdout.splitlines() if line.startswith("sweep-")}
+    for r in out:
+        assert " screened " in lines[r] and f"f0 {runs[r]['folds'][0]:.4f}" in lines[r]
+        assert " done " not in lines[r]
+    for r in kept:
+        assert " done " in lines[r] and f"{runs[r]['run']['cv_lwlrap']:.4f}" in lines[r] and "f0 " not in lines[r]
+    shown = run_cli("show", out[0], db=db).stdout.splitlines()[0]
+    assert "[screened]" in shown and f"screening f0 {runs[out[0]]['folds'][0]:.4f}" in shown
+    assert "CV lwlrap" not in shown
+    assert "CV lwlrap" in run_cli("show", kept[0], db=db).stdout.splitlines()[0]
+
+
+@pytest.mark.slow
+async def test_the_console_shows_a_screened_out_run_as_screened_and_the_kept_points_seed_group(demo_sweep) -> None:
+    from fsat_console.app import FsatConsole
+    from tests.helpers.console import cell_text, screen_text, settle_workers, table
+    from tests.helpers.waiting import wait_until
+
+    db, sweep_id = demo_sweep
+    runs = _decided(db, sweep_id)
+    out = [r for r, v in runs.items() if v["decision"] == "screened out"]
+    kept = [r for r, v in runs.items() if v["decision"] == "kept"]
+    kept_cvs = [runs[r]["run"]["cv_lwlrap"] for r in kept]
+    app = FsatConsole(db, poll_interval=0.1)
+    async with app.run_test(size=(160, 40)) as pilot:
+        t = table(app, "runs")
+        await wait_until(pilot, lambda: t.row_count == 4 and cell_text(t, kept[0], "group") != "",
+                         what="the sweep's four runs and the kept point's group")
+        await settle_workers(pilot, app)
+        for r in out:
+            assert cell_text(t, r, "status").endswith(" screened")
+            assert cell_text(t, r, "cv") == f"f0 {runs[r]['folds'][0]:.4f}"
+            assert cell_text(t, r, "group") == ""  # no seed of this point trained every fold
+        for r in kept:
+            assert cell_text(t, r, "status").endswith("done")
+            assert cell_text(t, r, "cv") == f"{runs[r]['run']['cv_lwlrap']:.4f}"
+            assert cell_text(t, r, "group") == (f"{statistics.mean(kept_cvs):.4f} ± "
+                                                f"{statistics.stdev(kept_cvs):.4f} (2)")
+        app.open_run(out[0])
+        await wait_until(pilot, lambda: f"screening f0 {runs[out[0]]['folds'][0]:.4f}" in screen_text(app),
+                         what="the run screen's screening score")
+        assert "CV LWLRAP" not in screen_text(app).split("mean fold")[0]
 
 
 @pytest.mark.parametrize("options, field", [

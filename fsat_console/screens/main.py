@@ -42,6 +42,9 @@ RUN_COLUMNS = (
     ColumnSpec("status", "status", width=13),
     ColumnSpec("cv", "CV LWLRAP", descending_first=True, width=9),
     ColumnSpec("delta", "Δ base", descending_first=True, width=7),
+    # A seed group's OOF mean ± std (n seeds): beside the run's own CV, the noise its seeds show. After Δ base,
+    # because a narrow table hides columns from the right: at 80 columns this one (19 cells) goes, Δ base stays.
+    ColumnSpec("group", "seed group", sortable=False),
     ColumnSpec("test", "test", descending_first=True, width=6),
     ColumnSpec("folds", "folds", descending_first=True, width=5),
     ColumnSpec("model", "model"),
@@ -72,18 +75,24 @@ RUN_SORT = {"run_id": "run_id", "name": "name", "model": "model", "status": "sta
 JOB_SORT = {"id": "id", "kind": "kind", "name": "name", "status": "status", "progress": "progress",
             "duration": "duration", "attempts": "attempts", "started": "started"}
 
-_STATUS_ORDER = {"running": 0, "queued": 1, "interrupted": 2, "failed": 3, "cancelled": 4, "done": 5}
+_STATUS_ORDER = {"running": 0, "queued": 1, "interrupted": 2, "failed": 3, "cancelled": 4, "done": 5,
+                 "screening": 6, "kept": 6, "screened": 7}
 #: Runs whose job can be queued again to resume or retry them.
 RESUMABLE = ("cancelled", "failed", "interrupted")
 
 
 def run_rows(runs: list[dict], *, pinned: str | None = None, pinned_cv: float | None = None,
-             marked: tuple[str, ...] | list[str] = (), at: float | None = None) -> list[tuple[str, list[Cell]]]:
+             marked: tuple[str, ...] | list[str] = (), at: float | None = None,
+             groups: dict[str, dict] | None = None) -> list[tuple[str, list[Cell]]]:
     """Runs table rows from ``Store.page_runs()`` rows; the best CV LWLRAP is bold.
 
     ``pinned``/``pinned_cv`` give the Δ column (CV LWLRAP minus the pinned
-    run's); ``marked`` runs carry a tick (they go to the compare screen).
+    run's); ``marked`` runs carry a tick (they go to the compare screen);
+    ``groups`` (``engine.seeds.group_columns``) fill the seed-group column. A
+    sweep's run that holds its screening fold only (``engine.sweeps.mark_screened``)
+    shows that fold's score as ``f0 0.6120``, never as a CV figure.
     """
+    groups = groups or {}
     scored = [r["cv_lwlrap"] for r in runs if r.get("cv_lwlrap") is not None]
     best = max(scored) if scored else None
     moment = now() if at is None else at
@@ -109,8 +118,11 @@ def run_rows(runs: list[dict], *, pinned: str | None = None, pinned_cv: float | 
             Cell(run_id, sort_key=run_id),
             Cell(shorten(r.get("name"), 16), sort_key=(r.get("name") or "").lower()),
             Cell(status.plain, style=str(status.style), sort_key=_STATUS_ORDER.get(r["status"], 9)),
-            num_cell(fmt_score(cv), cv, cv_style),
+            (num_cell(r["screen_text"], r.get("screen_lwlrap"), "dim") if r.get("screen_text")
+             else num_cell(fmt_score(cv), cv, cv_style)),
             delta_cell,
+            num_cell((groups.get(run_id) or {}).get("group_oof") or "",
+                     (groups.get(run_id) or {}).get("group_cv_mean")),
             num_cell(fmt_score(r.get("test_lwlrap")), r.get("test_lwlrap")),
             num_cell(str(r.get("folds_done") or 0), r.get("folds_done") or 0),
             Cell(r.get("model") or "—", sort_key=r.get("model") or ""),
@@ -288,7 +300,7 @@ class MainScreen(Screen):
             return
         self._shown = shown
         self.runs_table.sync(run_rows(overview.runs, pinned=app.pinned_run, pinned_cv=app.pinned_cv,
-                                      marked=app.marked_runs))
+                                      marked=app.marked_runs, groups=overview.groups))
         self.jobs_table.sync(job_rows(overview.jobs))
         self._titles(overview)
         self.query_one("#empty-hint").display = (not overview.runs and not overview.jobs

@@ -228,8 +228,11 @@ def run_header(detail: RunDetail | None, run_id: str) -> Text:
                           status_text(run.get("status")), sep, (run.get("model") or "—", "bold"), sep,
                           pair("seed", "—" if run.get("seed") is None else str(run["seed"])), sep,
                           pair("config", run.get("config_hash") or "—"))
+    # A sweep's run that trained its screening fold only has that fold's score, not a CV figure.
+    headline = pair("screening", run["screen_text"]) if run.get("screen_text") else \
+        pair("CV LWLRAP", fmt_score(run.get("cv_lwlrap")), "bold green" if run.get("cv_lwlrap") else "bold")
     second = Text.assemble(
-        pair("CV LWLRAP", fmt_score(run.get("cv_lwlrap")), "bold green" if run.get("cv_lwlrap") else "bold"), sep,
+        headline, sep,
         pair("mean fold", pm_text(mean, std)), sep, pair("test", fmt_score(run.get("test_lwlrap"))), sep,
         (run.get("device") or "—", "dim"))
     job = detail.job
