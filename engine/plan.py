@@ -135,11 +135,14 @@ def _step_overrides(plan: Plan, overrides: Iterable[str]) -> dict[str, list[str]
 
 
 def prepare_plan(store: "Store", plan: Plan, *, first_id: int, data_root: str | None = None,
-                 overrides: Iterable[str] = ()) -> list:
+                 overrides: Iterable[str] = (), name: str | None = None) -> list:
     """Every step through ``intake.prepare``, its parents' runs named by their reserved run ids.
 
     Returns the ``PlanJob`` list ``Store.enqueue_plan`` queues; ConfigError names the step and field.
+    Each job is named ``step · plan name`` (``name``, default the preset's): the step first, so a
+    narrow jobs column still shows it.
     """
+    title = name or plan.name
     from engine.store.plans import PlanJob
 
     extra = _step_overrides(plan, overrides)
@@ -164,7 +167,7 @@ def prepare_plan(store: "Store", plan: Plan, *, first_id: int, data_root: str | 
         planned[run_id] = step.kind
         parents = tuple(dict.fromkeys(t for target in step.uses.values()
                                       for t in ([target] if isinstance(target, str) else target)))
-        jobs.append(PlanJob(step.name, step.kind, specs.to_dict(prepared.spec), f"{plan.name}: {step.name}",
+        jobs.append(PlanJob(step.name, step.kind, specs.to_dict(prepared.spec), f"{step.name} · {title}",
                             parents=parents, after=intake.parent_jobs(store, prepared)))
     return jobs
 
@@ -181,7 +184,7 @@ def queue_plan(store: "Store", preset: str | Path, *, data_root: str | None = No
     overrides = list(overrides)
     for _ in range(_RESERVE_TRIES):
         first_id = store.next_job_id()
-        jobs = prepare_plan(store, plan, first_id=first_id, data_root=data_root, overrides=overrides)
+        jobs = prepare_plan(store, plan, first_id=first_id, data_root=data_root, overrides=overrides, name=name)
         try:
             return store.enqueue_plan(name or plan.name, str(preset), jobs, first_id=first_id, priority=priority)
         except ReservationMoved:

@@ -84,6 +84,7 @@ def test_a_plan_takes_the_name_and_priority_given_on_the_command_line(tmp_path: 
     store = Store(db)
     assert store.get_plan(plan["plan_id"])["name"] == "night run"
     assert {store.get_job(j).priority for j in plan["jobs"].values()} == {5}
+    assert {step: store.get_job(j).name for step, j in plan["jobs"].items()}["tta_focal"] == "tta_focal · night run"
     assert store.claim("w").id == plan["jobs"]["teacher"]  # its priority puts its first step before the other job
     assert store.get_job(other).status == "queued"
 
