@@ -48,12 +48,21 @@ async def test_a_plan_is_queued_from_the_dialog_and_shown_as_a_live_tree(tmp_pat
         store = Store(db)
         assert store.count_jobs("queued") == 0
         dialog.query_one("#overrides", Input).value = "train:train.epochs=1"
+        dialog.query_one("#priority", Input).value = "x"
+        await pilot.press("ctrl+s")
+        assert "whole number" in str(dialog.query_one("#priority-error").render())
+        assert store.count_jobs("queued") == 0
+        dialog.query_one("#priority", Input).value = "4"
+        dialog.query_one("#name", Input).value = "night run"
         await pilot.press("ctrl+s")
         await wait_until(pilot, lambda: isinstance(app.screen, PlanScreen), timeout=20, what="the plan tree")
         screen = app.screen
         await wait_until(pilot, lambda: len(_tree_lines(screen)) == 8, what="eight steps")
         lines = _tree_lines(screen)
         assert "queued" in lines["teacher"] and "waiting for job" in lines["curriculum"]
+        # The name and priority typed: the plan's name, every step's priority (as fsat queue plan --name --priority).
+        assert store.get_plan(1)["name"] == "night run"
+        assert {(j["priority"], j["name"].endswith(" · night run")) for j in store.list_jobs()} == {(4, True)}
         # The curriculum sits under its teacher, the blend under its first member's inference.
         root = screen.query_one("#plan-tree", Tree).root
         teacher = next(n for n in root.children if n.label.plain.startswith("teacher"))

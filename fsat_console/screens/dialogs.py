@@ -128,14 +128,14 @@ class SpecDialog(ModalScreen[int | None]):
         self.priority = 0
         self._submitting = False
 
-    def priority_row(self, name_placeholder: str) -> ComposeResult:
+    def priority_row(self, name_placeholder: str, name_label: str = "Job name") -> ComposeResult:
         """The priority (higher runs first) beside the job name, with the priority's error line under them."""
         with Horizontal(classes="field-row"):
             with Vertical(classes="field-box narrow"):
                 yield Label("Priority (higher first)", classes="field-label")
                 yield Input("0", type="integer", id="priority")
             with Vertical(classes="field-box"):
-                yield Label("Job name", classes="field-label")
+                yield Label(name_label, classes="field-label")
                 yield Input("", placeholder=name_placeholder, id="name")
         yield Static("", id="priority-error", classes="field-error")
 

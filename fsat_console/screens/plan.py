@@ -37,7 +37,7 @@ STATE_STYLES = {**STATUS_STYLES, "waiting": "cyan dim", "held": "bold dark_orang
 class PlanDialog(SpecDialog):
     """Queue a plan preset; dismisses with the plan's id, or None when closed."""
 
-    FIELDS = ("plan", "data-root", "overrides", "queue")
+    FIELDS = ("plan", "data-root", "overrides", "priority", "queue")
     FIELD_SLOTS = {"data.root": "data-root", "data_root": "data-root"}
     FALLBACK = "plan"
 
@@ -47,7 +47,7 @@ class PlanDialog(SpecDialog):
         self.initial_data_root = data_root
 
     def compose(self) -> ComposeResult:
-        """The plan presets, the data root and the overrides, with an error line under each."""
+        """The plan presets, the data root, the overrides, the priority and name, with an error line under each."""
         with Vertical(id="plan-dialog", classes="dialog"):
             yield Static("Queue a plan", classes="dialog-title")
             yield from labelled("Plan", OptionList(*[Option(name, id=name) for name in self.presets], id="plan"),
@@ -55,6 +55,7 @@ class PlanDialog(SpecDialog):
             yield from labelled("Data root", Input(self.initial_data_root, placeholder=DATA_ROOT_HINT, id="data-root"))
             yield from labelled("Overrides", Input("", id="overrides", placeholder="STEP:key=value or KIND:key=value …  "
                                                    "e.g. train:train.epochs=3"))
+            yield from self.priority_row("default: the preset's name", name_label="Plan name")
             yield Static("", id="queue-error", classes="field-error")
             yield Static("[b]enter[/b] queue   [b]tab[/b] next field   [b]↑↓[/b] plan   [b]esc[/b] close",
                          classes="dialog-keys")
@@ -116,7 +117,7 @@ class PlanDialog(SpecDialog):
         """Queue the plan (one write transaction) off the UI thread; dismiss with its id."""
         app = self.app
         try:
-            plan_id = queue_plan(console(self).store, **prepared)
+            plan_id = queue_plan(console(self).store, **prepared, name=name or None, priority=priority)
         except (FsatError, sqlite3.Error) as err:
             app.call_from_thread(self._submit_failed, f"Could not queue: {err}")
             return
