@@ -37,6 +37,7 @@ import argparse
 import json
 import mmap
 import os
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -154,14 +155,17 @@ def job_peak(folder: Path, per_class: int, env: dict) -> dict:
     """Write a demo set with ``per_class`` curated clips a class, run one train job on it, return its peak memory."""
     from engine.data.demo import write_demo_dataset
 
-    root, db = folder / f"demo-{per_class}", folder / f"jobs-{per_class}.db"
+    # A folder of its own per job: its database, its data and its runs (each database owns its run folders).
+    work = folder / f"job-{per_class}"
+    work.mkdir()
+    root, db = work / "demo", work / "experiments.db"
     write_demo_dataset(root, seed=0, clips_per_class=per_class, noisy_per_class=1, test_per_class=1)
     cli = [sys.executable, "-m", "engine.cli", "--db", str(db)]
     subprocess.run([*cli, "queue", "train", "--data", str(root), "--preset", "demo", "--set", "train.epochs=1",
                     "--set", "train.folds=[0]", "--name", f"memory-{per_class}"], env=env, check=True,
                    capture_output=True)
     worker = subprocess.Popen([sys.executable, "-m", "engine.worker", "--db", str(db), "--drain", "--poll", "0.2"],
-                              env=env, cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              env=env, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     peak = {"VmRSS": 0.0, "RssAnon": 0.0, "RssFile": 0.0}
     while worker.poll() is None:
         for pid in _job_processes(db):
@@ -170,6 +174,13 @@ def job_peak(folder: Path, per_class: int, env: dict) -> dict:
         time.sleep(0.1)
     if worker.returncode != 0:
         raise RuntimeError(f"the worker exited {worker.returncode}")
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        status, error = conn.execute("SELECT status, error FROM jobs ORDER BY id DESC LIMIT 1").fetchone()
+    finally:
+        conn.close()
+    if status != "done":  # a failed job measured nothing: say why instead of reporting its zeros
+        raise RuntimeError(f"the train job on {per_class} clips a class ended {status}: {error}")
     cache = sum(f.stat().st_size for f in (root / ".fsat-cache").rglob("waves.int16")) / 2**20
     return {"clips": per_class * 80, "cache_mib": cache, **peak}
 
