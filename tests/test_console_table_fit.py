@@ -148,3 +148,18 @@ async def test_every_table_of_the_console_fits_80_columns(fixed_app) -> None:
         await settle_workers(pilot, app)
         for t in app.screen.query(LiveTable):
             assert_fits(t)
+
+
+async def test_a_first_fill_that_hides_columns_leaves_the_cursor_on_the_top_row_of_the_sort() -> None:
+    # Rows arrive in another order than the sort (lowest CV first, the table sorts by CV, highest first), and
+    # their widths make the table hide columns while it fills: the cursor must stay on the sort's first row.
+    app = TableApp()
+    async with app.run_test(size=(50, 12)) as pilot:
+        t = app.query_one(LiveTable)
+        await wait_until(pilot, lambda: t.size.width > 0, what="the table laid out")
+        t.sync(rows(20))
+        await pilot.pause()
+        assert "note" not in [str(c.key.value) for c in t.ordered_columns]
+        assert t.keys_in_order()[0] == "train-0019"
+        assert (t.cursor_row, t.selected_key()) == (0, "train-0019")
+        assert t.scroll_y == 0

@@ -153,6 +153,12 @@ class LiveTable(DataTable):
         for key in order:
             self.add_row(*self._shown_cells(self._cells[key]), key=key)
         self._apply_sort()
+        if self.keys_in_order() != order:
+            # The rows were not in the sort's order yet (their sort column had not been laid out): the row
+            # under the cursor was only the first one added, not one the user chose. Show the top.
+            self.move_cursor(row=0, animate=False)
+            self.scroll_home(animate=False)
+            return
         self._restore_cursor(keep)
 
     def _shown_cells(self, cells: Sequence[Cell]) -> list[Cell]:
