@@ -140,18 +140,20 @@ async def test_a_later_console_mentions_the_left_worker_and_stops_it_on_quit_onc
         later = FsatConsole(env["db"], data_root=env["data"], start_worker=True, poll_interval=0.1)
         async with later.run_test(size=(160, 48)) as pilot:
             await wait_until(pilot, lambda: any(str(pid) in n.message and "earlier console" in n.message
-                                                for n in later._notifications), timeout=20,
+                                                for n in later._notifications),
                              what="the left worker mentioned")
             # Busy: quitting leaves it running its job.
             await pilot.press("q")
         assert "keeps running" in later.exit_note and process_alive(pid)
         (job,) = store.list_jobs()
-        store.request_cancel(job["id"])
-        wait_for(lambda: store.count_jobs("running", "queued") == 0, timeout=60, what="the probe cancelled")
         last = FsatConsole(env["db"], data_root=env["data"], start_worker=True, poll_interval=0.1)
         async with last.run_test(size=(160, 48)) as pilot:
-            await wait_until(pilot, lambda: any(str(pid) in n.message for n in last._notifications), timeout=20,
+            # Taken over while still busy: once idle, the watcher the earlier console left would stop it on
+            # its own, before a console opened after that could mention it.
+            await wait_until(pilot, lambda: any(str(pid) in n.message for n in last._notifications),
                              what="the left worker mentioned")
+            store.request_cancel(job["id"])
+            await wait_until(pilot, lambda: store.count_jobs("running", "queued") == 0, what="the probe cancelled")
             await pilot.press("q")
         assert f"stopped the idle worker (pid {pid})" in last.exit_note
         wait_for(lambda: not process_alive(pid), timeout=30, what="the worker gone")
