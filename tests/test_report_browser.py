@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.reporting.browser import PageRender, chromium_path, render_page
+from engine.reporting.browser import PageRender, render_page
 from tests.helpers.processes import run_cli
-from tests.helpers.report_world import build_report_world, figure_names
+from tests.helpers.report_world import build_report_world, figure_names, require_chromium
 
 #: Height of the README's screenshot (the top of the page), in CSS pixels.
 SCREENSHOT_HEIGHT = 1450
@@ -29,13 +29,7 @@ SCREENSHOT_HEIGHT = 1450
 
 @pytest.fixture(scope="module", autouse=True)
 def browser() -> str:
-    path = chromium_path()
-    if path is None:
-        reason = "no Chromium to render with (Debian: apt-get install chromium; or set FSAT_CHROMIUM)"
-        if os.environ.get("FSAT_REQUIRE_BROWSER") or os.environ.get("CI"):
-            pytest.fail(reason + "; this run requires it (FSAT_REQUIRE_BROWSER / CI)")
-        pytest.skip(reason)
-    return path
+    return require_chromium()
 
 
 @pytest.fixture(scope="module")

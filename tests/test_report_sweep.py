@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import re
 import statistics
 from dataclasses import dataclass
@@ -21,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.reporting.browser import chromium_path, render_page
+from engine.reporting.browser import render_page
 from engine.store import Store
 from tests.helpers.processes import drain, run_cli
-from tests.helpers.report_world import figure_names, page_tables, run_demo_sweep, sweep_expectations
+from tests.helpers.report_world import figure_names, page_tables, require_chromium, run_demo_sweep, sweep_expectations
 
 #: Seconds the console's report may take on a busy machine.
 REPORT_WAIT = 240.0
@@ -192,11 +191,7 @@ def test_a_missing_sweep_or_a_sweep_id_without_the_flag_is_one_line(pages, tmp_p
 
 
 def test_the_sweep_reports_render_in_a_real_browser_with_every_figure_and_fetch_nothing(pages):
-    if chromium_path() is None:
-        reason = "no Chromium to render with (Debian: apt-get install chromium; or set FSAT_CHROMIUM)"
-        if os.environ.get("FSAT_REQUIRE_BROWSER") or os.environ.get("CI"):
-            pytest.fail(reason + "; this run requires it (FSAT_REQUIRE_BROWSER / CI)")
-        pytest.skip(reason)
+    require_chromium()
     for name in ("screened", "completed"):
         path = pages.paths[name]
         render = render_page(path)

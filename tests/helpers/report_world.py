@@ -11,10 +11,12 @@ outranking view reads) and empty clip files. Scores are made here with numpy.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.helpers.datasets import ENSEMBLE_CLASSES, multi_hot_truth, write_dataset
 from tests.helpers.recording import finish_trained_run, record_run, record_trained_fold, tagger_scores
@@ -238,3 +240,16 @@ def sweep_expectations(db: Path, sweep_id: int) -> dict[int, dict]:
                       "screen": statistics.mean(screen) if len(screen) == len(ids) else None,
                       "folds": sum(len(folds[i]) for i in ids)}
     return out
+
+
+def require_chromium() -> str:
+    """The Chromium to render reports with; skips without one, fails instead where a run requires it (CI)."""
+    from engine.reporting.browser import chromium_path
+
+    path = chromium_path()
+    if path is None:
+        reason = "no Chromium to render with (Debian: apt-get install chromium; or set FSAT_CHROMIUM)"
+        if os.environ.get("FSAT_REQUIRE_BROWSER") or os.environ.get("CI"):
+            pytest.fail(reason + "; this run requires it (FSAT_REQUIRE_BROWSER / CI)")
+        pytest.skip(reason)
+    return path
